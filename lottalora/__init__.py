@@ -1,0 +1,19 @@
+"""lottalora: linear layers whose big weight is a seed, regenerated inside Triton kernels.
+
+    layer = lottalora.Linear(1024, 1024, rank=8, seed=0)   # a drop-in nn.Linear
+    y = layer(x)   # beta * x @ W_seed^T + (alpha/r) * (x @ A^T) @ B^T + bias
+
+Heavy integrations (Triton, transformers) are imported lazily, never here.
+"""
+
+from lottalora_kernels.stream_spec import INITS, STREAM_VERSION
+
+from .functional import SeededLinearFunction, seeded_linear
+from .linear import Linear
+from .stream import BackboneSpec, backbone_block
+
+__all__ = [
+    "INITS", "STREAM_VERSION", "BackboneSpec", "Linear", "SeededLinearFunction",
+    "backbone_block", "seeded_linear",
+]
+__version__ = "0.1.0"

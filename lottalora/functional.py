@@ -1,0 +1,104 @@
+"""The seeded linear op with autograd: what ``lottalora.Linear`` calls.
+
+    y = beta * x @ W_seed^T + scale * (x @ A^T) @ B^T + bias
+
+The forward saves the input and the small (M, rank) product x @ A^T, never W_seed nor any
+out x in tensor; the backward regenerates W_seed's tiles (bit-identical to the forward's).
+
+dbeta = sum(dy * (x @ W_seed^T)) is computed as <x, dy @ W_seed>: the input-gradient pass
+already forms dy @ W_seed tile by tile, so dbeta costs one extra read of x there instead of
+keeping an (M, out) activation from the forward or recomputing the forward matmul. When x needs
+no gradient but beta does, the same pass runs without writing dx; when beta is frozen the x
+read is skipped.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .backend import backward_dx_op, forward_op, resolve_backend, supported_dtypes
+from .stream import BackboneSpec
+
+
+class SeededLinearFunction(torch.autograd.Function):
+    """Autograd for the seeded linear op; see ``seeded_linear`` for the arguments."""
+
+    @staticmethod
+    def forward(ctx, x, lora_A, lora_B, beta, bias, spec: BackboneSpec, scale: float, backend: str):
+        x2d = x.reshape(-1, spec.in_features)
+        xa = x2d @ lora_A.T if lora_A is not None else None
+        y2d = forward_op(backend)(x2d, spec, xa, lora_B, beta, bias, scale)
+        need_x = ctx.needs_input_grad[1] or ctx.needs_input_grad[3]  # dA or dbeta
+        ctx.save_for_backward(x2d if need_x else None, xa, lora_A, lora_B, beta)
+        ctx.spec, ctx.scale, ctx.backend = spec, scale, backend
+        ctx.x_shape = x.shape
+        return y2d.reshape(*x.shape[:-1], spec.out_features)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x2d, xa, lora_A, lora_B, beta = ctx.saved_tensors
+        need_dx, need_dA, need_dB, need_dbeta, need_dbias = ctx.needs_input_grad[:5]
+        spec, scale = ctx.spec, ctx.scale
+        dy2d = dy.reshape(-1, spec.out_features)
+        if not dy2d.is_contiguous():
+            dy2d = dy2d.contiguous()
+        has_lora = lora_A is not None
+        dy_b = dy2d @ lora_B if has_lora and (need_dx or need_dA) else None
+
+        dx = dbeta = None
+        if need_dx or need_dbeta:
+            dx, dbeta = backward_dx_op(ctx.backend)(
+                dy2d, spec, dy_b if need_dx else None, lora_A if need_dx else None, beta, scale,
+                x2d if need_dbeta else None, need_dx,
+            )
+            if dx is not None:
+                dx = dx.reshape(ctx.x_shape)
+            if dbeta is not None:
+                dbeta = dbeta.to(beta.dtype).reshape(beta.shape)
+        dA = (dy_b.T @ x2d) * scale if need_dA else None
+        dB = (dy2d.T @ xa) * scale if need_dB else None
+        dbias = dy2d.sum(0) if need_dbias else None
+        return dx, dA, dB, dbeta, dbias, None, None, None
+
+
+def _check_param(name: str, tensor: torch.Tensor | None, shape: tuple, x: torch.Tensor) -> None:
+    if tensor is None:
+        return
+    if tuple(tensor.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {tuple(tensor.shape)}")
+    if tensor.device != x.device:
+        raise ValueError(f"{name} is on {tensor.device} but the input is on {x.device}")
+    if tensor.dtype != x.dtype and name != "beta":
+        raise TypeError(f"{name} has dtype {tensor.dtype} but the input has {x.dtype}: they must match")
+
+
+def seeded_linear(
+    x: torch.Tensor, spec: BackboneSpec, lora_A: torch.Tensor | None, lora_B: torch.Tensor | None,
+    beta: torch.Tensor, bias: torch.Tensor | None = None, scale: float = 1.0,
+) -> torch.Tensor:
+    """y = beta * x @ W_seed^T + scale * (x @ lora_A^T) @ lora_B^T + bias, with autograd.
+
+    x: (*, in_features); lora_A: (rank, in_features) and lora_B: (out_features, rank), or both
+    None for a rank-0 layer; beta: a one-element tensor; bias: (out_features,) or None.
+    Returns (*, out_features) in x.dtype. W_seed is regenerated from ``spec``, never stored.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() == 0 or x.shape[-1] != spec.in_features:
+        raise ValueError(
+            f"input must have shape (*, in_features={spec.in_features}), got {tuple(x.shape)}"
+        )
+    backend = resolve_backend(x.device)
+    dtypes = supported_dtypes(backend)
+    if x.dtype not in dtypes:
+        raise TypeError(f"input dtype must be one of {dtypes} on the {backend} backend, got {x.dtype}")
+    if (lora_A is None) != (lora_B is None):
+        raise ValueError("lora_A and lora_B must both be given or both be None")
+    rank = lora_A.shape[0] if lora_A is not None else 0
+    _check_param("lora_A", lora_A, (rank, spec.in_features), x)
+    _check_param("lora_B", lora_B, (spec.out_features, rank), x)
+    _check_param("bias", bias, (spec.out_features,), x)
+    if beta.numel() != 1:
+        raise ValueError(f"beta must have one element, got shape {tuple(beta.shape)}")
+    _check_param("beta", beta, tuple(beta.shape), x)
+    return SeededLinearFunction.apply(x, lora_A, lora_B, beta, bias, spec, float(scale), backend)

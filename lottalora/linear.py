@@ -1,0 +1,148 @@
+"""``lottalora.Linear``: a drop-in ``nn.Linear`` whose weight is a seed, plus a LoRA adapter."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from lottalora_kernels import stream_spec as spec_consts
+
+from .functional import seeded_linear
+from .stream import BackboneSpec, backbone_block
+
+_EXTRA_STATE_LEN = 8
+
+
+class Linear(nn.Module):
+    """y = beta * x @ W_seed^T + scaling * (x @ lora_A^T) @ lora_B^T + bias.
+
+    W_seed (out_features x in_features) is drawn from (seed, stream, init) by the backbone
+    stream (docs/backbone.md) and regenerated inside the kernels at every call: it is never a
+    parameter, buffer or state_dict entry. Trainable: lora_A (rank, in_features),
+    Kaiming-uniform; lora_B (out_features, rank), zeros; beta, a scalar starting at 1.0; bias
+    (out_features,), nn.Linear's init. With rank=0 the layer is frozen random plus beta and bias
+    (lora_A and lora_B are None).
+
+    scaling = alpha / rank, or alpha / sqrt(rank) with use_rslora; alpha=None means alpha=rank.
+    Input: (*, in_features); output: (*, out_features).
+    """
+
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = True, *, rank: int = 8,
+        alpha: float | None = None, use_rslora: bool = False, seed: int = 0, stream: int = 0,
+        init: str = "gaussian", device=None, dtype=None,
+    ) -> None:
+        super().__init__()
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+            raise ValueError(f"rank must be an int >= 0, got {rank!r}")
+        if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float))
+                                  or not math.isfinite(alpha) or alpha <= 0):
+            raise ValueError(f"alpha must be a positive finite number or None, got {alpha!r}")
+        factory = {"device": device, "dtype": dtype}
+        if dtype is not None and dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+            raise TypeError(f"dtype must be float32, float16, bfloat16 or float64, got {dtype}")
+        self._spec = BackboneSpec(seed, stream, in_features, out_features, init)
+        self.rank = rank
+        self.alpha = float(alpha) if alpha is not None else float(rank)
+        self.use_rslora = bool(use_rslora)
+        if rank > 0:
+            self.lora_A = nn.Parameter(torch.empty((rank, in_features), **factory))
+            self.lora_B = nn.Parameter(torch.empty((out_features, rank), **factory))
+        else:
+            self.register_parameter("lora_A", None)
+            self.register_parameter("lora_B", None)
+        self.beta = nn.Parameter(torch.ones((), **factory))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_features, **factory))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    # The backbone's identity, read-only: change it by building a new layer or loading state.
+    in_features = property(lambda self: self._spec.in_features)
+    out_features = property(lambda self: self._spec.out_features)
+    seed = property(lambda self: self._spec.seed)
+    stream = property(lambda self: self._spec.stream)
+    init = property(lambda self: self._spec.init)
+    spec = property(lambda self: self._spec, doc="The layer's BackboneSpec.")
+
+    @property
+    def scaling(self) -> float:
+        """The factor on the low-rank product: alpha / rank (or / sqrt(rank) with rsLoRA)."""
+        if self.rank == 0:
+            return 0.0
+        return self.alpha / (math.sqrt(self.rank) if self.use_rslora else self.rank)
+
+    def reset_parameters(self) -> None:
+        """A as PEFT (Kaiming-uniform, a=sqrt(5)), B = 0, beta = 1, bias as nn.Linear."""
+        if self.lora_A is not None:
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+            nn.init.zeros_(self.lora_B)
+        with torch.no_grad():
+            self.beta.fill_(1.0)
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(self.in_features)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (*, in_features) -> (*, out_features)."""
+        return seeded_linear(x, self._spec, self.lora_A, self.lora_B, self.beta, self.bias, self.scaling)
+
+    def backbone_weight(self, dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
+        """The dense W_seed (out_features, in_features), regenerated now and never cached.
+
+        float32 by default (the stream's native precision); ``dtype`` rounds it as the kernels
+        do for that input dtype. Defaults to the device of the layer's parameters.
+        """
+        device = device if device is not None else self.beta.device
+        if torch.device(device).type == "cuda":
+            from lottalora_kernels.backbone_gen import generate_backbone
+
+            w = generate_backbone(self.seed, self.stream, self.in_features, self.init,
+                                  (0, self.out_features), (0, self.in_features), device)
+        else:
+            w = backbone_block(self._spec, device=device)
+        return w.to(dtype) if dtype is not None else w
+
+    # seed, stream and init travel in the state_dict as one small int64 tensor ("_extra_state").
+    def get_extra_state(self) -> torch.Tensor:
+        seed_lo, seed_hi = spec_consts.split_u64(self.seed)
+        stream_lo, stream_hi = spec_consts.split_u64(self.stream)
+        return torch.tensor(
+            [spec_consts.STREAM_VERSION, seed_lo, seed_hi, stream_lo, stream_hi,
+             spec_consts.INIT_CODES[self.init], self.in_features, self.out_features],
+            dtype=torch.int64,
+        )
+
+    def set_extra_state(self, state) -> None:
+        if not isinstance(state, torch.Tensor) or state.dtype != torch.int64 or state.shape != (_EXTRA_STATE_LEN,):
+            raise ValueError(
+                f"lottalora.Linear extra state must be an int64 tensor of {_EXTRA_STATE_LEN} values, got {state!r}"
+            )
+        version, seed_lo, seed_hi, stream_lo, stream_hi, init_code, in_f, out_f = (int(v) for v in state.tolist())
+        if version not in spec_consts.SUPPORTED_STREAM_VERSIONS:
+            raise ValueError(
+                f"backbone stream version {version} is not supported by this build "
+                f"(supported: {spec_consts.SUPPORTED_STREAM_VERSIONS})"
+            )
+        if not 0 <= init_code < len(spec_consts.INITS):
+            raise ValueError(f"unknown init code {init_code} in state (known: {spec_consts.INITS})")
+        if (in_f, out_f) != (self.in_features, self.out_features):
+            raise ValueError(
+                f"state is for a {out_f} x {in_f} backbone, this layer is "
+                f"{self.out_features} x {self.in_features}"
+            )
+        for name, word in (("seed", seed_lo), ("seed", seed_hi), ("stream", stream_lo), ("stream", stream_hi)):
+            if not 0 <= word <= 0xFFFFFFFF:
+                raise ValueError(f"corrupt {name} word {word} in state")
+        self._spec = BackboneSpec(seed_lo | (seed_hi << 32), stream_lo | (stream_hi << 32),
+                                  in_f, out_f, spec_consts.INITS[init_code])
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, rank={self.rank}, alpha={self.alpha:g}, "
+            f"rslora={self.use_rslora}, init={self.init!r}, seed={self.seed}, stream={self.stream}"
+        )

@@ -1,0 +1,31 @@
+"""One tolerance table and one verbose comparison, used by every numerical test."""
+
+from __future__ import annotations
+
+import torch
+
+# (rtol, atol) for a kernel result in the given dtype against a float64 reference: about two
+# output ulps plus the spread of fp32 accumulation over the small K used in tests.
+TOLERANCES = {
+    torch.float64: (1e-10, 1e-10),
+    torch.float32: (2e-5, 2e-5),
+    torch.float16: (2e-3, 2e-3),
+    torch.bfloat16: (1.6e-2, 1.6e-2),
+}
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, what: str = "") -> None:
+    """actual (any dtype) against a float64 ``expected`` with the tolerance of ``dtype``."""
+    rtol, atol = TOLERANCES[dtype]
+    actual64, expected64 = actual.detach().double().cpu(), expected.detach().double().cpu()
+    assert actual64.shape == expected64.shape, f"{what}: shape {actual64.shape} != {expected64.shape}"
+    bad = ~torch.isclose(actual64, expected64, rtol=rtol, atol=atol)
+    bad |= ~torch.isfinite(actual64)
+    if bad.any():
+        idx = bad.nonzero()[:5].tolist()
+        err = (actual64 - expected64).abs()
+        rows = [f"  at {i}: got {actual64[tuple(i)].item():.6g}, want {expected64[tuple(i)].item():.6g}" for i in idx]
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} of {bad.numel()} elements off (dtype {dtype}, rtol={rtol}, "
+            f"atol={atol}, max abs err {err.nan_to_num(float('inf')).max().item():.3g})\n" + "\n".join(rows)
+        )

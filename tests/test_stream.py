@@ -1,0 +1,182 @@
+"""The backbone stream: definition, golden values, statistics, independence, determinism."""
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from lottalora import BackboneSpec, backbone_block
+from lottalora.stream import philox4x32
+from lottalora_kernels import stream_spec as spec
+
+from .numpy_stream import backbone as numpy_backbone
+from .numpy_stream import philox4x32_10 as numpy_philox
+
+# Random123's published known-answer vectors for Philox4x32-10: (counter, key, output).
+PHILOX_KAT = [
+    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+]
+
+# Stream version 1, seed 0x0123456789ABCDEF, stream 42, a 70000 x 1000 layer: W[o, i] at these
+# points. These bits are a file format: they change only with STREAM_VERSION.
+GOLDEN_POINTS = [(0, 0), (0, 1), (0, 2), (0, 3), (0, 999), (69999, 997), (12345, 501)]
+GOLDEN = {
+    "gaussian": ["0x1.d80874p-10", "0x1.970844p-6", "0x1.05a100p-5", "0x1.6afed0p-5",
+                 "0x1.5c1f62p-8", "-0x1.31cf2ep-6", "-0x1.0a7390p-5"],
+    "uniform": ["0x1.e3799cp-7", "-0x1.0efc82p-6", "-0x1.1cf97ep-6", "-0x1.6a0c60p-6",
+                "-0x1.afc2eap-6", "0x1.2e3b04p-6", "0x1.0f9a4ap-6"],
+    "rademacher": ["-0x1.030dc4p-5", "0x1.030dc4p-5", "0x1.030dc4p-5", "0x1.030dc4p-5",
+                   "0x1.030dc4p-5", "-0x1.030dc4p-5", "-0x1.030dc4p-5"],
+}
+EDGE_SEEDS = [0, 1, 2**32 - 1, 2**32, 2**63, 2**64 - 1]
+
+
+@pytest.mark.parametrize("counter,key,expected", PHILOX_KAT)
+def test_philox_matches_random123_known_answers(counter, key, expected):
+    words = philox4x32(key, tuple(torch.tensor([c], dtype=torch.int64) for c in counter))
+    assert tuple(int(w) for w in words) == expected
+    assert tuple(int(w[()]) for w in numpy_philox(key, counter)) == expected
+
+
+def test_stream_version_is_one():
+    assert spec.STREAM_VERSION == 1 and spec.PHILOX_ROUNDS == 10
+
+
+@pytest.mark.parametrize("init", spec.INITS)
+def test_golden_values_are_pinned(init):
+    s = BackboneSpec(0x0123456789ABCDEF, 42, 1000, 70000, init)
+    got = [backbone_block(s, rows=(o, o + 1), cols=(i, i + 1))[0, 0].item() for o, i in GOLDEN_POINTS]
+    assert [float.fromhex(h) for h in GOLDEN[init]] == got
+
+
+@pytest.mark.parametrize("init", spec.INITS)
+@pytest.mark.parametrize("seed,stream", [(0, 0), (2**64 - 1, 2**64 - 1), (123456789012345, 7)])
+def test_reference_matches_the_documented_definition_in_numpy(init, seed, stream):
+    s = BackboneSpec(seed, stream, 37, 23, init)
+    expected = numpy_backbone(seed, stream, 37, 23, init)
+    got = backbone_block(s).numpy()
+    assert np.array_equal(got.view(np.int32), expected.view(np.int32))
+
+
+@pytest.mark.parametrize("init", spec.INITS)
+def test_any_sub_block_equals_the_slice_of_the_whole(init):
+    s = BackboneSpec(5, 6, 53, 29, init)
+    whole = backbone_block(s)
+    for rows, cols in [((0, 29), (0, 53)), ((3, 17), (5, 50)), ((28, 29), (52, 53)), ((7, 8), (1, 2))]:
+        block = backbone_block(s, rows=rows, cols=cols)
+        assert torch.equal(block, whole[rows[0]:rows[1], cols[0]:cols[1]])
+
+
+def _normal_cdf(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (1 + torch.erf(x / math.sqrt(2)))
+
+
+@pytest.mark.parametrize("init", spec.INITS)
+def test_init_statistics_on_a_large_block(init):
+    in_features = 1024
+    w = backbone_block(BackboneSpec(11, 3, in_features, 1024, init)).double().flatten()
+    std = 1 / math.sqrt(in_features)
+    n = w.numel()
+    expected_std = {"gaussian": std, "uniform": std / math.sqrt(3), "rademacher": std}[init]
+    assert abs(w.mean().item()) < 5 * expected_std / math.sqrt(n)
+    assert w.std().item() == pytest.approx(expected_std, rel=5 / math.sqrt(n) + 1e-4)
+    z = w / std
+    if init == "rademacher":
+        bound = spec.backbone_std(in_features)
+        assert set(torch.unique(w.float()).tolist()) == {-bound, bound}
+        assert (w > 0).double().mean().item() == pytest.approx(0.5, abs=5 * 0.5 / math.sqrt(n))
+    elif init == "uniform":
+        assert z.min().item() >= -1.0 and z.max().item() < 1.0
+        ks = (torch.sort(z).values.add(1).div(2) - torch.arange(1, n + 1, dtype=torch.float64) / n).abs().max()
+        assert ks.item() < 1.63 / math.sqrt(n)  # Kolmogorov-Smirnov at the 1% level
+    else:
+        zs = torch.sort(z).values
+        ks = (_normal_cdf(zs) - torch.arange(1, n + 1, dtype=torch.float64) / n).abs().max()
+        assert ks.item() < 1.63 / math.sqrt(n)  # Kolmogorov-Smirnov at the 1% level
+        skew = (z ** 3).mean().item()
+        kurtosis = (z ** 4).mean().item()
+        assert abs(skew) < 5 * math.sqrt(15 / n)
+        assert kurtosis == pytest.approx(3.0, abs=5 * math.sqrt(96 / n))
+        assert zs.abs().max().item() <= math.sqrt(-2 * math.log(2.0**-24)) + 1e-6
+
+
+def test_gaussian_transform_is_accurate_against_exact_box_muller():
+    """The frozen polynomials track the true log/sin/cos to float32 resolution."""
+    s = BackboneSpec(9, 9, 64, 64, "gaussian")
+    got = backbone_block(s).double() * 8.0  # std = 1/8: back to N(0, 1)
+    words = philox4x32((9, 0), (
+        torch.arange(16).repeat(64, 1), torch.arange(64)[:, None].expand(64, 16),
+        torch.full((64, 16), 9), torch.zeros(64, 16, dtype=torch.int64)))
+    def exact(a, b):
+        u = (2 * (a >> 9) + 1).double() * 2.0**-24
+        r = torch.sqrt(-2 * torch.log(u))
+        theta = (b >> 30).double() * math.pi / 2 + ((b >> 7) & 0x7FFFFF).double() * 2.0**-23 * math.pi / 2
+        return r * torch.cos(theta), r * torch.sin(theta)
+    z0, z1 = exact(words[0], words[1])
+    z2, z3 = exact(words[2], words[3])
+    want = torch.stack([z0, z1, z2, z3], -1).reshape(64, 64)
+    assert (got - want).abs().max().item() < 2e-5
+
+
+@pytest.mark.parametrize("seed_a,seed_b,stream_a,stream_b", [
+    (0, 1, 0, 0), (0, 2**32, 0, 0), (5, 5, 0, 1), (5, 5, 0, 2**32), (2**64 - 1, 2**64 - 2, 0, 0),
+])
+def test_different_seeds_and_streams_are_uncorrelated(seed_a, seed_b, stream_a, stream_b):
+    a = backbone_block(BackboneSpec(seed_a, stream_a, 256, 256)).double().flatten()
+    b = backbone_block(BackboneSpec(seed_b, stream_b, 256, 256)).double().flatten()
+    corr = torch.corrcoef(torch.stack([a, b]))[0, 1].item()
+    assert abs(corr) < 5 / math.sqrt(a.numel())
+    assert (a == b).double().mean().item() < 1e-3
+
+
+def test_neighbouring_rows_and_columns_are_uncorrelated():
+    w = backbone_block(BackboneSpec(1, 0, 512, 512)).double()
+    n = w.numel()
+    for a, b in [(w[:, :-1], w[:, 1:]), (w[:-1], w[1:]), (w[:, :-4], w[:, 4:])]:
+        corr = torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1].item()
+        assert abs(corr) < 5 / math.sqrt(n)
+
+
+@pytest.mark.parametrize("seed", EDGE_SEEDS)
+def test_edge_seeds_give_finite_distinct_values(seed):
+    w = backbone_block(BackboneSpec(seed, seed, 64, 32))
+    assert torch.isfinite(w).all()
+    assert torch.unique(w).numel() > 0.99 * w.numel()
+    assert w.std().item() == pytest.approx(1 / 8, rel=0.1)
+
+
+def test_backbone_is_identical_across_processes():
+    code = (
+        "import hashlib; from lottalora import BackboneSpec, backbone_block;"
+        "w = backbone_block(BackboneSpec(2**63 + 5, 77, 129, 33, 'gaussian'));"
+        "print(hashlib.sha256(w.numpy().tobytes()).hexdigest())"
+    )
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+            for _ in range(2)]
+    here = backbone_block(BackboneSpec(2**63 + 5, 77, 129, 33, "gaussian"))
+    import hashlib
+    assert runs[0] == runs[1] == hashlib.sha256(here.numpy().tobytes()).hexdigest() + "\n"
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(seed=-1), ValueError, "seed"), (dict(seed=2**64), ValueError, "seed"),
+    (dict(seed=1.5), TypeError, "seed"), (dict(seed=True), TypeError, "seed"),
+    (dict(stream=-3), ValueError, "stream"), (dict(init="normal"), ValueError, "init"),
+    (dict(in_features=0), ValueError, "in_features"), (dict(out_features=-2), ValueError, "out_features"),
+    (dict(out_features=2**32 + 1), ValueError, "out_features"),
+])
+def test_bad_spec_arguments_are_named(kwargs, error, match):
+    args = dict(seed=0, stream=0, in_features=4, out_features=4, init="gaussian") | kwargs
+    with pytest.raises(error, match=match):
+        BackboneSpec(**args)
+
+
+def test_block_outside_the_backbone_is_refused():
+    with pytest.raises(ValueError, match="outside"):
+        backbone_block(BackboneSpec(0, 0, 8, 8), rows=(0, 9))
