@@ -29,3 +29,20 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtyp
             f"{what}: {int(bad.sum())} of {bad.numel()} elements off (dtype {dtype}, rtol={rtol}, "
             f"atol={atol}, max abs err {err.nan_to_num(float('inf')).max().item():.3g})\n" + "\n".join(rows)
         )
+
+
+# atol added to twice the baseline's error; about one output ulp near 1.
+BASELINE_ATOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+
+
+def assert_close_to_baseline(actual: torch.Tensor, baseline: torch.Tensor, expected: torch.Tensor,
+                             dtype: torch.dtype, what: str = "") -> None:
+    """flash-attention's rule: |actual - expected| <= 2 |baseline - expected| + atol, elementwise
+    in the max norm, where ``baseline`` is the same computation in plain PyTorch at ``dtype``
+    and ``expected`` is float64."""
+    expected64 = expected.detach().double().cpu()
+    err = (actual.detach().double().cpu() - expected64).abs().max().item()
+    base_err = (baseline.detach().double().cpu() - expected64).abs().max().item()
+    limit = 2 * base_err + BASELINE_ATOL[dtype]
+    assert err <= limit, (f"{what}: max error {err:.3g} exceeds 2 x PyTorch's {base_err:.3g} + "
+                          f"{BASELINE_ATOL[dtype]:g} at {dtype}")

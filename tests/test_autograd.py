@@ -1,0 +1,131 @@
+"""Gradients of the seeded layer: exact on the reference, kernels against the reference."""
+
+import pytest
+import torch
+
+import lottalora
+from lottalora.functional import seeded_linear
+
+from .helpers import assert_close, assert_close_to_baseline
+
+
+def _params(K, N, R, dtype, device, bias=True):
+    g = lambda *s: torch.randn(*s, dtype=dtype, device=device, requires_grad=True)  # noqa: E731
+    A = g(R, K) if R else None
+    B = g(N, R) if R else None
+    beta = torch.tensor(0.8, dtype=dtype, device=device, requires_grad=True)
+    return A, B, beta, (g(N) if bias else None)
+
+
+@pytest.mark.parametrize("R", [0, 3])
+def test_reference_gradients_pass_gradcheck_in_float64(R, monkeypatch):
+    monkeypatch.setenv("LOTTALORA_BACKEND", "torch")
+    spec = lottalora.BackboneSpec(7, 2, 11, 9)
+    A, B, beta, bias = _params(11, 9, R, torch.float64, "cpu")
+    x = torch.randn(2, 3, 11, dtype=torch.float64, requires_grad=True)
+    inputs = tuple(t for t in (x, A, B, beta, bias) if t is not None)
+
+    def fn(*ts):
+        it = iter(ts)
+        x_, A_, B_ = next(it), (next(it) if R else None), (next(it) if R else None)
+        return seeded_linear(x_, spec, A_, B_, next(it), next(it), scale=0.5)
+    assert torch.autograd.gradcheck(fn, inputs)
+
+
+def _grads(backend, spec, x, A, B, beta, bias, dy, monkeypatch):
+    monkeypatch.setenv("LOTTALORA_BACKEND", backend)
+    leaves = [t for t in (x, A, B, beta, bias) if t is not None and t.requires_grad]
+    for t in leaves:
+        t.grad = None
+    seeded_linear(x, spec, A, B, beta, bias, scale=0.5).backward(dy)
+    return [t.grad.clone() for t in leaves]
+
+
+def _formula_grads(w, leaves, dy, R):
+    """Gradients of the plain PyTorch formula with W materialised, computed in w's dtype."""
+    x, A, B, beta, bias = leaves
+    y = beta * x @ w.T + bias
+    if R:
+        y = y + 0.5 * (x @ A.T) @ B.T
+    y.backward(dy.to(w.dtype))
+    return [t.grad for t in leaves if t is not None]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("M,K,N,R", [(1, 45, 37, 0), (19, 77, 33, 5), (33, 4, 70, 2)])
+def test_kernel_gradients_match_the_float64_formula(dtype, M, K, N, R, monkeypatch, device):
+    spec = lottalora.BackboneSpec(77, 5, K, N)
+    A, B, beta, bias = _params(K, N, R, dtype, device)
+    x = torch.randn(M, K, dtype=dtype, device=device, requires_grad=True)
+    dy = torch.randn(M, N, dtype=dtype, device=device)
+    got = _grads("triton", spec, x, A, B, beta, bias, dy, monkeypatch)
+
+    w = lottalora.backbone_block(spec, device=device).to(dtype)
+    copies = lambda cast: [t.detach().to(cast).requires_grad_() if t is not None else None  # noqa: E731
+                           for t in (x, A, B, beta, bias)]
+    want = _formula_grads(w.double(), copies(torch.float64), dy, R)
+    baseline = _formula_grads(w, copies(dtype), dy, R)
+    names = ["x", "A", "B", "beta", "bias"] if R else ["x", "beta", "bias"]
+    for name, g, b, w_ in zip(names, got, baseline, want):
+        assert g.dtype == dtype
+        assert_close_to_baseline(g, b, w_, dtype, f"d{name} {dtype} {M}x{K}x{N} r={R}")
+
+
+@pytest.mark.parametrize("needs", [
+    dict(x=True, A=False, B=False, beta=False, bias=False),
+    dict(x=False, A=False, B=False, beta=True, bias=False),
+    dict(x=False, A=True, B=True, beta=False, bias=True),
+    dict(x=True, A=True, B=False, beta=True, bias=False),
+])
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_any_subset_of_inputs_may_require_grad(needs, backend, monkeypatch, device):
+    spec = lottalora.BackboneSpec(3, 3, 20, 17)
+    A, B, beta, bias = _params(20, 17, 3, torch.float32, device)
+    x = torch.randn(6, 20, device=device, requires_grad=True)
+    for name, t in zip(["x", "A", "B", "beta", "bias"], (x, A, B, beta, bias)):
+        t.requires_grad_(needs[name])
+    monkeypatch.setenv("LOTTALORA_BACKEND", backend)
+    y = seeded_linear(x, spec, A, B, beta, bias, scale=1.0)
+    if not any(needs.values()):
+        return
+    y.sum().backward()
+    for name, t in zip(["x", "A", "B", "beta", "bias"], (x, A, B, beta, bias)):
+        assert (t.grad is not None) == needs[name], name
+    monkeypatch.setenv("LOTTALORA_BACKEND", "torch")
+    leaves = [t.detach().clone().requires_grad_(needs[n]) for n, t in zip(["x", "A", "B", "beta", "bias"], (x, A, B, beta, bias))]
+    seeded_linear(leaves[0], spec, *leaves[1:], scale=1.0).sum().backward()
+    for n, t, r in zip(["x", "A", "B", "beta", "bias"], (x, A, B, beta, bias), leaves):
+        if needs[n]:
+            assert_close(t.grad, r.grad.double(), torch.float32, f"d{n}")
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_autograd_saves_no_out_by_in_tensor(backend, monkeypatch, device):
+    monkeypatch.setenv("LOTTALORA_BACKEND", backend)
+    layer = lottalora.Linear(48, 40, rank=4, device=device)
+    x = torch.randn(3, 48, device=device, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
+        y = layer(x)
+    y.sum().backward()
+    assert saved, "the hook saw nothing"
+    assert all(torch.Size(s).numel() < 48 * 40 for s in saved), saved
+
+
+def test_a_layer_trains_on_a_linear_target():
+    torch.manual_seed(0)
+    layer = lottalora.Linear(16, 8, rank=4)
+    target = torch.nn.Linear(16, 8)
+    opt = torch.optim.Adam(layer.parameters(), lr=3e-2)
+    x = torch.randn(256, 16)
+    with torch.no_grad():
+        y_true = target(x)
+    first = None
+    for _ in range(150):
+        loss = torch.nn.functional.mse_loss(layer(x), y_true)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.2 * first
+    assert layer.lora_B.abs().sum() > 0 and layer.beta.grad is not None

@@ -1,0 +1,171 @@
+"""lottalora.Linear: the pinned API, both backends against float64, state, and bad input."""
+
+import math
+
+import pytest
+import torch
+
+import lottalora
+from lottalora import reference
+
+from .helpers import assert_close
+
+BACKENDS = ["torch", "triton"]
+
+
+def _formula64(layer: lottalora.Linear, x: torch.Tensor) -> torch.Tensor:
+    """The float64 layer formula built from backbone_weight() rounded to the input dtype."""
+    w = layer.backbone_weight(dtype=x.dtype).double()
+    y = layer.beta.double() * x.double() @ w.T
+    if layer.rank:
+        y = y + layer.scaling * (x @ layer.lora_A.T).double() @ layer.lora_B.double().T
+    if layer.bias is not None:
+        y = y + layer.bias.double()
+    return y
+
+
+def _trained_like(layer: lottalora.Linear) -> lottalora.Linear:
+    """Move off the init (B = 0, beta = 1) so every term of the formula is exercised."""
+    with torch.no_grad():
+        if layer.rank:
+            layer.lora_B.normal_()
+        layer.beta.fill_(0.625)
+    return layer
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("rank,bias", [(0, True), (4, False), (8, True)])
+def test_layer_matches_the_float64_formula(backend, dtype, rank, bias, monkeypatch, device):
+    monkeypatch.setenv("LOTTALORA_BACKEND", backend)
+    layer = _trained_like(lottalora.Linear(37, 29, bias=bias, rank=rank, seed=2**40 + 3, stream=9,
+                                           device=device, dtype=dtype))
+    x = torch.randn(3, 5, 37, device=device).to(dtype)
+    y = layer(x)
+    assert y.shape == (3, 5, 29) and y.dtype == dtype
+    assert_close(y, _formula64(layer, x.reshape(-1, 37)).reshape(3, 5, 29), dtype, f"{backend} {dtype} r={rank}")
+
+
+@pytest.mark.parametrize("init", ["uniform", "rademacher"])
+def test_backends_agree_for_every_init(init, monkeypatch, device):
+    layer = _trained_like(lottalora.Linear(21, 18, rank=2, init=init, seed=4, device=device))
+    x = torch.randn(7, 21, device=device)
+    outs = {}
+    for backend in BACKENDS:
+        monkeypatch.setenv("LOTTALORA_BACKEND", backend)
+        outs[backend] = layer(x)
+    assert_close(outs["triton"], outs["torch"].double(), torch.float32, "triton vs torch")
+    assert_close(outs["torch"], _formula64(layer, x), torch.float32, "torch vs formula")
+
+
+def test_column_blocked_reference_equals_one_block():
+    spec = lottalora.BackboneSpec(3, 1, 50, 10)
+    x = torch.randn(4, 50)
+    beta = torch.tensor(1.5)
+    whole = reference.seeded_linear_ref_fwd(x, spec, None, None, beta, None, 1.0, block_elements=10**9)
+    blocked = reference.seeded_linear_ref_fwd(x, spec, None, None, beta, None, 1.0, block_elements=40)
+    assert_close(blocked, whole.double(), torch.float32, "blocked reference")
+
+
+def test_parameters_follow_the_pinned_api():
+    layer = lottalora.Linear(64, 32, rank=4, alpha=8, seed=1)
+    assert layer.lora_A.shape == (4, 64) and layer.lora_B.shape == (32, 4)
+    assert torch.count_nonzero(layer.lora_B) == 0
+    bound = 1 / math.sqrt(64)  # Kaiming-uniform with a = sqrt(5)
+    assert layer.lora_A.abs().max().item() <= bound and layer.lora_A.std().item() > bound / 4
+    assert layer.beta.shape == () and layer.beta.item() == 1.0
+    assert layer.bias.shape == (32,) and layer.bias.abs().max().item() <= bound
+    assert layer.scaling == 2.0
+    assert lottalora.Linear(64, 32, rank=4).scaling == 1.0
+    assert lottalora.Linear(64, 32, rank=4, alpha=8, use_rslora=True).scaling == 4.0
+    rank0 = lottalora.Linear(64, 32, rank=0, bias=False)
+    assert rank0.lora_A is None and rank0.lora_B is None and rank0.bias is None
+    assert [n for n, _ in rank0.named_parameters()] == ["beta"]
+
+
+def test_no_out_by_in_tensor_is_held_anywhere():
+    layer = lottalora.Linear(96, 80, rank=8)
+    held = list(layer.parameters()) + list(layer.buffers()) + list(layer.state_dict().values())
+    assert all(t.numel() < 96 * 80 for t in held)
+    assert sum(p.numel() for p in layer.parameters()) == 8 * 96 + 80 * 8 + 1 + 80
+
+
+def test_backbone_weight_is_regenerated_not_cached():
+    layer = lottalora.Linear(16, 8)
+    a, b = layer.backbone_weight(), layer.backbone_weight()
+    assert torch.equal(a, b) and a.data_ptr() != b.data_ptr()
+    assert a.shape == (8, 16) and a.dtype == torch.float32
+    assert torch.equal(layer.backbone_weight(dtype=torch.bfloat16), a.to(torch.bfloat16))
+
+
+def test_state_dict_restores_seed_stream_and_init():
+    src = _trained_like(lottalora.Linear(24, 12, rank=3, seed=2**64 - 1, stream=2**33 + 1, init="uniform"))
+    dst = lottalora.Linear(24, 12, rank=3)
+    dst.load_state_dict(src.state_dict())
+    assert (dst.seed, dst.stream, dst.init) == (2**64 - 1, 2**33 + 1, "uniform")
+    x = torch.randn(5, 24)
+    assert torch.equal(dst(x), src(x))
+    assert torch.equal(dst.backbone_weight(), src.backbone_weight())
+
+
+def test_state_dict_survives_torch_save_with_weights_only(tmp_path):
+    src = lottalora.Linear(8, 8, rank=2, seed=99, stream=7)
+    torch.save(src.state_dict(), tmp_path / "sd.pt")
+    dst = lottalora.Linear(8, 8, rank=2)
+    dst.load_state_dict(torch.load(tmp_path / "sd.pt", weights_only=True))
+    assert (dst.seed, dst.stream) == (99, 7)
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda s: s.__setitem__(0, 2), "stream version 2"),
+    (lambda s: s.__setitem__(5, 9), "unknown init"),
+    (lambda s: s.__setitem__(6, 10), "backbone"),
+    (lambda s: s.__setitem__(1, -1), "corrupt seed"),
+])
+def test_bad_extra_state_is_refused(mutate, match):
+    sd = lottalora.Linear(8, 8, rank=2).state_dict()
+    mutate(sd["_extra_state"])
+    with pytest.raises(ValueError, match=match):
+        lottalora.Linear(8, 8, rank=2).load_state_dict(sd)
+
+
+def test_extra_repr_shows_the_backbone():
+    text = repr(lottalora.Linear(8, 4, rank=2, seed=5, stream=6, init="rademacher"))
+    for part in ("rank=2", "seed=5", "stream=6", "init='rademacher'", "in_features=8", "out_features=4"):
+        assert part in text
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(rank=-1), ValueError, "rank"), (dict(rank=2.0), ValueError, "rank"),
+    (dict(alpha=0), ValueError, "alpha"), (dict(alpha=float("nan")), ValueError, "alpha"),
+    (dict(seed=-5), ValueError, "seed"), (dict(seed=2**64), ValueError, "seed"),
+    (dict(init="xavier"), ValueError, "init"), (dict(dtype=torch.int32), TypeError, "dtype"),
+])
+def test_bad_constructor_arguments_are_named(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        lottalora.Linear(8, 4, **kwargs)
+
+
+def test_bad_input_is_named():
+    layer = lottalora.Linear(8, 4)
+    with pytest.raises(ValueError, match="in_features=8"):
+        layer(torch.randn(3, 7))
+    with pytest.raises(ValueError, match="in_features=8"):
+        layer(torch.tensor(1.0))
+    with pytest.raises(TypeError, match="dtype"):
+        layer(torch.randn(3, 8, dtype=torch.float16))
+    with pytest.raises(TypeError, match="dtype"):
+        layer(torch.ones(3, 8, dtype=torch.int64))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        layer([1.0] * 8)
+
+
+def test_unknown_backend_and_uninterpreted_cpu_triton_are_refused(monkeypatch):
+    layer = lottalora.Linear(8, 4)
+    monkeypatch.setenv("LOTTALORA_BACKEND", "cuda")
+    with pytest.raises(ValueError, match="LOTTALORA_BACKEND"):
+        layer(torch.randn(2, 8))
+    monkeypatch.setenv("LOTTALORA_BACKEND", "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        layer(torch.randn(2, 8))
