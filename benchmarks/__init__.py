@@ -1,0 +1,1 @@
+"""Benchmarks and kernel reports: scripts that use the library as a user would."""
