@@ -8,12 +8,14 @@ Heavy integrations (Triton, transformers) are imported lazily, never here.
 
 from lottalora_kernels.stream_spec import INITS, STREAM_VERSION
 
+from .checkpoint import describe, load, save
+from .convert import convert, materialize, stream_for_name
 from .functional import SeededLinearFunction, seeded_linear
 from .linear import Linear
 from .stream import BackboneSpec, backbone_block
 
 __all__ = [
-    "INITS", "STREAM_VERSION", "BackboneSpec", "Linear", "SeededLinearFunction",
-    "backbone_block", "seeded_linear",
+    "INITS", "STREAM_VERSION", "BackboneSpec", "Linear", "SeededLinearFunction", "backbone_block",
+    "convert", "describe", "load", "materialize", "save", "seeded_linear", "stream_for_name",
 ]
 __version__ = "0.1.0"

@@ -38,7 +38,8 @@ def _hidden(text: str) -> tuple[int, ...]:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import format_table, plot_sweep, run_sweep, saturation_rank
+    from .checkpoint import save
+    from .demo import best_seeded, format_table, plot_sweep, run_sweep, saturation_rank
 
     device = torch.device(args.device) if args.device else None
     full, sweep = run_sweep(args.ranks, init=args.init, epochs=args.epochs, seed=args.seed,
@@ -54,6 +55,22 @@ def _demo(args: argparse.Namespace) -> int:
     if args.plot:
         plot_sweep(full, sweep, args.plot, sat)
         print(f"plot written to {args.plot}")
+    if args.save:
+        best = best_seeded([r for r in sweep])
+        save(best.model, args.save)
+        print(f"best model (rank {best.rank}, accuracy {best.test_accuracy:.4f}) saved as seed + adapters "
+              f"to {args.save}; inspect it with: lottalora info {args.save}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from .checkpoint import describe
+
+    try:
+        print(describe(args.directory))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -73,7 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--plot", metavar="PNG", help="write accuracy against rank to this PNG")
     demo.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
+    demo.add_argument("--save", metavar="DIR", help="save the best LottaLoRA model as seed + adapters")
     demo.set_defaults(run=_demo)
+    info = sub.add_parser("info", help="what a seed-only checkpoint holds and what it saves")
+    info.add_argument("directory", help="a directory written by lottalora.save")
+    info.set_defaults(run=_info)
     return parser
 
 

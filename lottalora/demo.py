@@ -26,6 +26,7 @@ class SweepResult:
     test_accuracy: float
     betas: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    model: nn.Module | None = field(default=None, repr=False)
 
 
 def load_digits_split(seed: int, device: torch.device, test_fraction: float = 0.2):
@@ -87,7 +88,8 @@ def train_and_evaluate(model: nn.Module, data, *, epochs: int, lr: float, batch_
 def run_sweep(ranks: list[int], *, init: str = "gaussian", epochs: int = 40, seed: int = 0,
               hidden: tuple[int, ...] = (32, 32), batch_size: int = 128, lr_full: float = 1e-3,
               lr_lora: float = 3e-3, device: torch.device | None = None, show_progress: bool = True):
-    """Full training plus one LottaLoRA run per rank. Returns (full, [per rank]) SweepResults."""
+    """Full training plus one LottaLoRA run per rank. Returns (full, [per rank]) SweepResults;
+    each LottaLoRA result keeps its trained model in ``.model``."""
     from tqdm.auto import tqdm
 
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -103,7 +105,8 @@ def run_sweep(ranks: list[int], *, init: str = "gaussian", epochs: int = 40, see
                                  batch_size=batch_size, seed=seed, progress=progress)
         betas = [m.beta.item() for m in model.modules() if isinstance(m, Linear)]
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        results.append(SweepResult(rank, trainable, acc, betas, time.perf_counter() - start))
+        results.append(SweepResult(rank, trainable, acc, betas, time.perf_counter() - start,
+                                   model if rank is not None else None))
     progress.close()
     return results[0], results[1:]
 
@@ -114,6 +117,11 @@ def saturation_rank(full: SweepResult, sweep: list[SweepResult], tolerance: floa
         if row.test_accuracy >= (1.0 - tolerance) * full.test_accuracy:
             return row.rank
     return None
+
+
+def best_seeded(sweep: list[SweepResult]) -> SweepResult:
+    """The most accurate LottaLoRA run; among equals, the smallest rank."""
+    return max(sweep, key=lambda r: (r.test_accuracy, -r.rank))
 
 
 def format_table(full: SweepResult, sweep: list[SweepResult]) -> str:

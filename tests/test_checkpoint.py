@@ -1,0 +1,147 @@
+"""Seed-only checkpoints: round trip across processes, size, and refusal of anything wrong."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import lottalora
+from lottalora.checkpoint import CONFIG_NAME, TENSORS_NAME
+
+from .models import converted_tiny_llama
+
+pytest.importorskip("transformers")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def trained(tmp_path):
+    """A converted tiny LLaMA after a few optimizer steps, saved to tmp_path / 'ck'."""
+    torch.manual_seed(0)
+    model = converted_tiny_llama()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    ids = torch.randint(0, 96, (4, 12))
+    for _ in range(3):
+        loss = model(ids, labels=ids).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    lottalora.save(model, tmp_path / "ck")
+    return model, tmp_path / "ck"
+
+
+def test_trained_model_loads_in_a_fresh_process_with_identical_outputs(trained, tmp_path):
+    model, ck = trained
+    ids = torch.arange(24).reshape(2, 12) % 96
+    with torch.no_grad():
+        want = model(ids).logits
+    script = (
+        "import sys, torch, lottalora\n"
+        "sys.path.insert(0, sys.argv[3])\n"
+        "from tests.models import converted_tiny_llama\n"
+        "torch.manual_seed(12345)  # a different global seed: only the checkpoint may matter\n"
+        "model = converted_tiny_llama(meta=True)\n"
+        "lottalora.load(model, sys.argv[1])\n"
+        "with torch.no_grad():\n"
+        "    torch.save(model(torch.arange(24).reshape(2, 12) % 96).logits, sys.argv[2])\n"
+    )
+    out = tmp_path / "logits.pt"
+    subprocess.run([sys.executable, "-c", script, str(ck), str(out), str(ROOT)], check=True)
+    assert torch.equal(torch.load(out), want)
+
+
+def test_checkpoint_holds_adapters_and_trainable_modules_not_backbones(trained):
+    model, ck = trained
+    from safetensors import safe_open
+
+    with safe_open(str(ck / TENSORS_NAME), framework="pt") as f:
+        keys = set(f.keys())
+        stored = sum(math.prod(f.get_slice(k).get_shape()) for k in keys)
+    assert not any(k.endswith(".weight") and ("proj" in k) for k in keys)  # no backbone or dense proj
+    assert "model.embed_tokens.weight" in keys and "model.layers.0.self_attn.q_proj.lora_A" in keys
+    assert stored == sum(t.numel() for k, t in model.state_dict().items() if not k.endswith("_extra_state"))
+    config = json.loads((ck / CONFIG_NAME).read_text())
+    assert len(config["layers"]) == 14 and (ck / CONFIG_NAME).stat().st_size < 16_000
+    assert (ck / TENSORS_NAME).stat().st_size < 4 * stored + 10_000
+
+
+def test_info_reports_layers_and_sizes(trained, capsys):
+    _, ck = trained
+    from lottalora.cli import main
+
+    assert main(["info", str(ck)]) == 0
+    out = capsys.readouterr().out
+    assert "model.layers.1.mlp.down_proj" in out and "bytes stored" in out and "stored fp16 weights" in out
+
+
+def _corrupt(ck: Path, how: str):
+    config_path, tensor_path = ck / CONFIG_NAME, ck / TENSORS_NAME
+    config = json.loads(config_path.read_text())
+    if how == "missing":
+        tensor_path.unlink()
+    elif how == "truncated":
+        tensor_path.write_bytes(tensor_path.read_bytes()[:-100])
+    elif how == "tampered":
+        data = bytearray(tensor_path.read_bytes())
+        data[-5] ^= 0xFF
+        tensor_path.write_bytes(bytes(data))
+    elif how == "bad json":
+        config_path.write_text("{not json")
+    elif how == "format version":
+        config["format_version"] = 99
+    elif how == "stream version":
+        config["generator"]["stream_version"] = 2
+    elif how == "fingerprint":
+        config["layers"][0]["fingerprint"] = "0" * 16
+    elif how == "unknown layer":
+        config["layers"][0]["name"] = "model.layers.9.self_attn.q_proj"
+    elif how == "shape":
+        config["layers"][0]["in_features"] = 47
+    elif how == "missing layer":
+        config["layers"].pop()
+    if how in ("format version", "stream version", "fingerprint", "unknown layer", "shape", "missing layer"):
+        config_path.write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("how,match", [
+    ("missing", "missing file"), ("truncated", "truncated"), ("tampered", "tampered"),
+    ("bad json", "not valid JSON"), ("format version", "format_version"), ("stream version", "generator"),
+    ("fingerprint", "fingerprint differs"), ("unknown layer", "not lottalora.Linear layers"),
+    ("shape", "in the checkpoint"), ("missing layer", "not in the checkpoint"),
+])
+def test_bad_checkpoints_are_refused_and_nothing_is_loaded(trained, how, match):
+    _, ck = trained
+    _corrupt(ck, how)
+    torch.manual_seed(7)
+    fresh = converted_tiny_llama()
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    specs = [(m.seed, m.stream) for m in fresh.modules() if isinstance(m, lottalora.Linear)]
+    with pytest.raises(ValueError, match=match):
+        lottalora.load(fresh, ck)
+    assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
+    assert specs == [(m.seed, m.stream) for m in fresh.modules() if isinstance(m, lottalora.Linear)]
+
+
+def test_a_model_with_other_tensor_shapes_is_refused(trained):
+    _, ck = trained
+    import lottalora as ll
+    from transformers import LlamaForCausalLM
+
+    from .models import LLAMA_ADAPTERS, LLAMA_TARGETS, LLAMA_TRAINABLE, tiny_llama_config
+
+    cfg = tiny_llama_config()
+    cfg.vocab_size = 97
+    other = LlamaForCausalLM(cfg)
+    ll.convert(other, rank=4, seed=2024, use_rslora=True, target_modules=LLAMA_TARGETS,
+               adapter_modules=LLAMA_ADAPTERS, trainable_modules=LLAMA_TRAINABLE)
+    with pytest.raises(ValueError, match="shape"):
+        ll.load(other, ck)
+
+
+def test_saving_a_model_without_seeded_layers_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="convert it first"):
+        lottalora.save(torch.nn.Linear(2, 2), tmp_path)
