@@ -27,7 +27,7 @@ def environment(device: str | None = None) -> dict:
             "python": platform.python_version(), "date": datetime.date.today().isoformat()}
 
 
-def write_results(name: str, rows: list[dict], table: str, device: str | None = None,
+def write_results(name: str, rows: list[dict] | dict, table: str, device: str | None = None,
                   directory: Path = RESULTS_DIR, notes: str = "") -> tuple[Path, Path]:
     """Write ``name``.json and ``name``.md under ``directory``; returns their paths."""
     directory.mkdir(parents=True, exist_ok=True)
