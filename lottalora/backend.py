@@ -44,11 +44,10 @@ def forward_op(backend: str):
     """(x2d, spec, xa, lora_B, beta, bias, scale) -> y2d for ``backend``."""
     if backend == "torch":
         return reference.seeded_linear_ref_fwd
-    from lottalora_kernels.seeded_matmul import seeded_linear_fwd
+    from .ops import seeded_linear_fwd_op, spec_words
 
     def run(x, spec, xa, lora_B, beta, bias, scale):
-        return seeded_linear_fwd(x, seed=spec.seed, stream=spec.stream, out_features=spec.out_features,
-                                 init=spec.init, xa=xa, lora_B=lora_B, beta=beta, bias=bias, scale=scale)
+        return seeded_linear_fwd_op(x, xa, lora_B, beta, bias, spec_words(spec), spec.out_features, spec.init, scale)
     return run
 
 
@@ -56,12 +55,12 @@ def backward_dx_op(backend: str):
     """(dy2d, spec, dy_b, lora_A, beta, scale, x_for_dbeta, need_dx) -> (dx, dbeta)."""
     if backend == "torch":
         return reference.seeded_linear_ref_bwd_dx
-    from lottalora_kernels.seeded_matmul import seeded_linear_bwd_dx
+    from .ops import seeded_linear_bwd_dx_op, spec_words
 
     def run(dy, spec, dy_b, lora_A, beta, scale, x_for_dbeta, need_dx):
-        return seeded_linear_bwd_dx(dy, seed=spec.seed, stream=spec.stream, in_features=spec.in_features,
-                                    init=spec.init, dy_b=dy_b, lora_A=lora_A, beta=beta, scale=scale,
-                                    x_for_dbeta=x_for_dbeta, need_dx=need_dx)
+        dx, dbeta = seeded_linear_bwd_dx_op(dy, dy_b, lora_A, beta, x_for_dbeta, spec_words(spec),
+                                            spec.in_features, spec.init, scale, need_dx)
+        return (dx if need_dx else None), (dbeta if x_for_dbeta is not None else None)
     return run
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from lottalora_kernels.runtime import new_output
+
 from .stream import BackboneSpec, backbone_block
 
 DEFAULT_BLOCK_ELEMENTS = 1 << 20
@@ -59,7 +61,7 @@ def seeded_linear_ref_bwd_dx(
     """
     cdt = _compute_dtype(dy.dtype)
     dy_c = dy.to(cdt)
-    dx = torch.empty((dy.shape[0], spec.in_features), dtype=cdt, device=dy.device) if need_dx else None
+    dx = new_output((dy.shape[0], spec.in_features), cdt, dy.device) if need_dx else None
     dbeta = torch.zeros((), dtype=cdt, device=dy.device) if x_for_dbeta is not None else None
     for c0, c1 in _column_blocks(spec, block_elements):
         grad_block = dy_c @ _weight_block(spec, (c0, c1), dy.dtype, dy.device)

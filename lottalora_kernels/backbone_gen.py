@@ -8,7 +8,7 @@ import triton.language as tl
 
 from . import stream_spec as spec
 from .backbone_tile import backbone_tile
-from .runtime import backbone_scalars
+from .runtime import backbone_scalars, new_output
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "stream_lo", "stream_hi", "row_start", "col_start"])
@@ -47,7 +47,7 @@ def generate_backbone(
     """
     row0, row1 = rows
     col0, col1 = cols
-    out = torch.empty((row1 - row0, col1 - col0), dtype=torch.float32, device=device)
+    out = new_output((row1 - row0, col1 - col0), torch.float32, device)
     if out.numel() == 0:
         return out
     seed_lo, seed_hi, stream_lo, stream_hi = backbone_scalars(seed, stream)

@@ -13,6 +13,15 @@ def is_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def new_output(shape, dtype: torch.dtype, device) -> torch.Tensor:
+    """torch.empty for kernel outputs; NaN-filled when LOTTALORA_POISON_OUTPUTS=1 (the test
+    suite sets it) so that an element a kernel forgets to write cannot pass for a value."""
+    out = torch.empty(shape, dtype=dtype, device=device)
+    if os.environ.get("LOTTALORA_POISON_OUTPUTS", "0") == "1" and out.is_floating_point():
+        out.fill_(float("nan"))
+    return out
+
+
 def _as_int32(word: int) -> int:
     """A uint32 bit pattern as the int32 with the same bits (kernels bitcast it back)."""
     return word - (1 << 32) if word >= (1 << 31) else word

@@ -24,7 +24,7 @@ import triton.language as tl
 
 from . import stream_spec as spec
 from .backbone_tile import backbone_tile, round_to
-from .runtime import backbone_scalars, dot_dtype, fp32_input_precision, is_interpreting
+from .runtime import backbone_scalars, dot_dtype, fp32_input_precision, is_interpreting, new_output
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "stream_lo", "stream_hi"])
@@ -194,7 +194,7 @@ def seeded_linear_fwd(
     (keys BLOCK_M, BLOCK_P, BLOCK_Q, GROUP_M) instead of autotuning.
     """
     M, K = x.shape
-    out = torch.empty((M, out_features), dtype=x.dtype, device=x.device)
+    out = new_output((M, out_features), x.dtype, x.device)
     if M == 0:
         return out
     _launch(x, seed=seed, stream=stream, init=init, value_scale=spec.value_scale(K, init),
@@ -216,7 +216,7 @@ def seeded_linear_bwd_dx(
     (dx or None when ``need_dx`` is False, dbeta as a float32 0-dim tensor or None).
     """
     M, N = dy.shape
-    dx = torch.empty((M, in_features), dtype=dy.dtype, device=dy.device) if need_dx else None
+    dx = new_output((M, in_features), dy.dtype, dy.device) if need_dx else None
     if M == 0:
         zero = torch.zeros((), dtype=torch.float32, device=dy.device)
         return dx, (zero if x_for_dbeta is not None else None)

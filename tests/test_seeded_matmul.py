@@ -101,3 +101,9 @@ def test_empty_batch_returns_empty_outputs(device):
     s, x, A, B, bias, beta, _ = _inputs(1, 8, 8, 2, torch.float32, device)
     y = _forward(s, x[:0], A, B, bias, beta, 1.0)
     assert y.shape == (0, 8)
+
+
+def test_outputs_are_poisoned_in_tests_so_unwritten_elements_show():
+    from lottalora_kernels.runtime import new_output
+
+    assert torch.isnan(new_output((3, 4), torch.bfloat16, "cpu")).all()
