@@ -75,9 +75,22 @@ def _seeded_matmul_kernel(
             acc = tl.dot(a.to(DOT_DTYPE), w, acc)
 
     if DBETA:
+        # One cell per 16 x 16 block of ``out``, whatever the config: the program's partial goes
+        # in its first cell and zeros in the rest, so every cell is written on every run and no
+        # stale value can survive from an autotuning run.
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_p[None, :] * stride_xp,
                     mask=mask_m[:, None] & mask_p[None, :], other=0.0)
-        tl.store(dbeta_ptr + pid, tl.sum(tl.sum(acc * x.to(tl.float32), axis=1), axis=0))
+        partial = tl.sum(tl.sum(acc * x.to(tl.float32), axis=1), axis=0)
+        local_m = tl.arange(0, BLOCK_M // 16)
+        local_p = tl.arange(0, BLOCK_P // 16)
+        cells_m = pid_m * (BLOCK_M // 16) + local_m
+        cells_p = pid_p * (BLOCK_P // 16) + local_p
+        n_cells_m = tl.cdiv(M, 16)
+        n_cells_p = tl.cdiv(P, 16)
+        first = (local_m[:, None] == 0) & (local_p[None, :] == 0)
+        cells = tl.where(first, partial, 0.0)
+        tl.store(dbeta_ptr + cells_m[:, None] * n_cells_p + cells_p[None, :], cells,
+                 mask=(cells_m < n_cells_m)[:, None] & (cells_p < n_cells_p)[None, :])
 
     if WRITE_OUT:
         out = acc * tl.load(beta_ptr).to(tl.float32)
@@ -120,13 +133,10 @@ AUTOTUNE_CONFIGS = [
 ]
 # Used under the interpreter and available to tests: small enough to interpret quickly.
 INTERPRETER_CONFIG = {"BLOCK_M": 16, "BLOCK_P": 32, "BLOCK_Q": 32, "GROUP_M": 4}
-_MIN_BLOCK_M = min(c.kwargs["BLOCK_M"] for c in AUTOTUNE_CONFIGS)
-_MIN_BLOCK_P = min(c.kwargs["BLOCK_P"] for c in AUTOTUNE_CONFIGS)
 
 _seeded_matmul_autotuned = triton.autotune(
     configs=AUTOTUNE_CONFIGS,
     key=["M_BUCKET", "P", "Q", "W_TRANSPOSED", "INIT", "HAS_LORA", "DBETA", "WRITE_OUT", "DOT_DTYPE"],
-    reset_to_zero=["dbeta_ptr"],
 )(_seeded_matmul_kernel)
 
 
@@ -143,10 +153,7 @@ def _launch(a, *, seed, stream, init, value_scale, w_transposed, P, lo, lmat_str
     if config is None and is_interpreting():
         config = INTERPRETER_CONFIG
     if dbeta_x is not None:
-        min_m = config["BLOCK_M"] if config else _MIN_BLOCK_M
-        min_p = config["BLOCK_P"] if config else _MIN_BLOCK_P
-        dbeta_buffer = torch.zeros(triton.cdiv(M, min_m) * triton.cdiv(P, min_p),
-                                   dtype=torch.float32, device=a.device)
+        dbeta_buffer = new_output((triton.cdiv(M, 16), triton.cdiv(P, 16)), torch.float32, a.device)
     seed_lo, seed_hi, stream_lo, stream_hi = backbone_scalars(seed, stream)
     dummy = a  # stands in for absent optional pointers; never read
     args = (

@@ -107,3 +107,11 @@ def test_outputs_are_poisoned_in_tests_so_unwritten_elements_show():
     from lottalora_kernels.runtime import new_output
 
     assert torch.isnan(new_output((3, 4), torch.bfloat16, "cpu")).all()
+
+
+def test_block_configs_respect_the_kernel_invariants():
+    """dbeta cells are 16 x 16 output blocks and tiles start on the generator's 4-column groups."""
+    from lottalora_kernels.seeded_matmul import AUTOTUNE_CONFIGS
+
+    for kw in [c.kwargs for c in AUTOTUNE_CONFIGS] + [INTERPRETER_CONFIG, OTHER_CONFIG]:
+        assert kw["BLOCK_M"] % 16 == 0 and kw["BLOCK_P"] % 16 == 0 and kw["BLOCK_Q"] % 16 == 0
