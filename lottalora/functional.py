@@ -80,10 +80,16 @@ def seeded_linear(
 
     x: (*, in_features); lora_A: (rank, in_features) and lora_B: (out_features, rank), or both
     None for a rank-0 layer; beta: a one-element tensor; bias: (out_features,) or None.
-    Returns (*, out_features) in x.dtype. W_seed is regenerated from ``spec``, never stored.
+    Returns (*, out_features) in x.dtype (the autocast dtype inside torch.autocast). W_seed is
+    regenerated from ``spec``, never stored.
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+    if torch.is_autocast_enabled(x.device.type):
+        # As nn.Linear under autocast: compute in the autocast dtype; gradients flow back
+        # through the casts to parameters kept in their own dtype.
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x, lora_A, lora_B, bias = (t.to(dtype) if t is not None else None for t in (x, lora_A, lora_B, bias))
     if x.dim() == 0 or x.shape[-1] != spec.in_features:
         raise ValueError(
             f"input must have shape (*, in_features={spec.in_features}), got {tuple(x.shape)}"

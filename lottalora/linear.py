@@ -9,6 +9,7 @@ from torch import nn
 
 from lottalora_kernels import stream_spec as spec_consts
 
+from .backend import resolve_backend
 from .functional import seeded_linear
 from .stream import BackboneSpec, backbone_block
 
@@ -96,8 +97,8 @@ class Linear(nn.Module):
         float32 by default (the stream's native precision); ``dtype`` rounds it as the kernels
         do for that input dtype. Defaults to the device of the layer's parameters.
         """
-        device = device if device is not None else self.beta.device
-        if torch.device(device).type == "cuda":
+        device = torch.device(device) if device is not None else self.beta.device
+        if resolve_backend(device) == "triton":
             from lottalora_kernels.backbone_gen import generate_backbone
 
             w = generate_backbone(self.seed, self.stream, self.in_features, self.init,

@@ -169,3 +169,30 @@ def test_unknown_backend_and_uninterpreted_cpu_triton_are_refused(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         layer(torch.randn(2, 8))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_autocast_runs_in_the_autocast_dtype_and_trains_fp32_parameters(backend, monkeypatch, device):
+    monkeypatch.setenv("LOTTALORA_BACKEND", backend)
+    layer = _trained_like(lottalora.Linear(24, 20, rank=4, seed=8, device=device))
+    x = torch.randn(6, 24, device=device)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert layer.lora_A.grad.dtype == torch.float32 and layer.beta.grad is not None
+    bf16 = torch.bfloat16
+    with torch.no_grad():
+        xb, A, B, bias = (t.to(bf16) for t in (x, layer.lora_A, layer.lora_B, layer.bias))
+        want = (layer.beta.double() * xb.double() @ layer.backbone_weight(dtype=bf16).double().T
+                + layer.scaling * (xb @ A.T).double() @ B.double().T + bias.double())
+    assert_close(y, want, bf16, "autocast")
+    assert layer.lora_A.dtype == torch.float32  # the parameters themselves are not cast
+
+
+def test_backbone_weight_follows_the_backend(monkeypatch):
+    layer = lottalora.Linear(12, 8, seed=4)
+    monkeypatch.setenv("LOTTALORA_BACKEND", "triton")
+    via_triton = layer.backbone_weight()
+    monkeypatch.setenv("LOTTALORA_BACKEND", "torch")
+    assert torch.equal(via_triton, layer.backbone_weight())
