@@ -25,6 +25,9 @@ from triton.compiler import ASTSource
 
 from lottalora_kernels import stream_spec as spec
 from lottalora_kernels.backbone_gen import _backbone_gen_kernel
+from lottalora_kernels.candidates import VARIANTS as CANDIDATES
+from lottalora_kernels.backbone_tile import backbone_tile
+from lottalora_kernels.candidates import _candidate_gen_kernel, candidate_tile
 from lottalora_kernels.seeded_matmul import AUTOTUNE_CONFIGS, _seeded_matmul_kernel
 
 from .results import write_results
@@ -66,6 +69,49 @@ def compile_generator(init: str, block_rows: int = 32, block_cols: int = 64, arc
                           options={"enable_fp_fusion": False, "num_warps": num_warps})
 
 
+def compile_candidate(variant: str, rounds: int, block_rows: int = 32, block_cols: int = 128, arch: int = 90,
+                      num_warps: int = 4):
+    """A candidate stream-v2 generator (lottalora_kernels/candidates.py) compiled for sm_<arch>."""
+    sig = {"out_ptr": "*fp32", "std": "fp32"}
+    sig.update({n: "i32" for n in ["n_rows", "n_cols", "stride_out", "seed_lo", "seed_hi", "stream_lo", "stream_hi"]})
+    constexprs = {"VARIANT": CANDIDATES[variant], "N_ROUNDS": rounds, "BLOCK_ROWS": block_rows,
+                  "BLOCK_COLS": block_cols}
+    sig.update({name: "constexpr" for name in constexprs})
+    return triton.compile(ASTSource(_candidate_gen_kernel, sig, constexprs=constexprs),
+                          target=GPUTarget("cuda", arch, 32),
+                          options={"enable_fp_fusion": False, "num_warps": num_warps})
+
+
+@triton.jit
+def _generation_probe_kernel(out_ptr, seed_lo, seed_hi, stream_lo, stream_hi, scale,
+                             CANDIDATE: tl.constexpr, CODE: tl.constexpr, N_ROUNDS: tl.constexpr,
+                             BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
+    """A measuring instrument, not a library kernel: one tile generated and summed to a scalar,
+    so the SASS count is generation plus about one add per value, with no per-value store
+    (the fused matmul never stores W either)."""
+    offs_row = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+    col_start = tl.program_id(1) * BLOCK_COLS
+    if CODE < 0:  # baseline: a constant tile, to subtract the probe's own reduction
+        tile = tl.zeros((BLOCK_ROWS, BLOCK_COLS), tl.float32) + scale
+    elif CANDIDATE:
+        tile = candidate_tile(seed_lo, seed_hi, stream_lo, stream_hi, offs_row, col_start, scale,
+                              BLOCK_COLS, CODE, N_ROUNDS)
+    else:
+        tile = backbone_tile(seed_lo, seed_hi, stream_lo, stream_hi, offs_row, col_start, scale, BLOCK_COLS, CODE)
+    tl.store(out_ptr + tl.program_id(0) * tl.num_programs(1) + tl.program_id(1), tl.sum(tl.sum(tile, 1), 0))
+
+
+def compile_probe(candidate: bool, code: int, rounds: int = 10, block_rows: int = 32, block_cols: int = 128,
+                  arch: int = 90, num_warps: int = 4):
+    sig = {"out_ptr": "*fp32", "scale": "fp32", **{n: "i32" for n in ["seed_lo", "seed_hi", "stream_lo", "stream_hi"]}}
+    constexprs = {"CANDIDATE": candidate, "CODE": code, "N_ROUNDS": rounds, "BLOCK_ROWS": block_rows,
+                  "BLOCK_COLS": block_cols}
+    sig.update({name: "constexpr" for name in constexprs})
+    return triton.compile(ASTSource(_generation_probe_kernel, sig, constexprs=constexprs),
+                          target=GPUTarget("cuda", arch, 32),
+                          options={"enable_fp_fusion": False, "num_warps": num_warps})
+
+
 def inspect(kernel) -> dict:
     """Registers, stack (spills), PTX fma count and the SASS instruction mix of a compiled kernel."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,11 +140,25 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     rows = []
+    values_per_thread = 32 * 128 / (4 * 32)  # a 32 x 128 tile over 4 warps
     for init in spec.INITS:
-        k = inspect(compile_generator(init, arch=args.arch))
-        values_per_thread = 32 * 64 / (4 * 32)
-        rows.append({"kernel": "backbone_gen 32x64", "init": init, **k,
+        k = inspect(compile_generator(init, block_rows=32, block_cols=128, arch=args.arch))
+        rows.append({"kernel": "stream v1 generator 32x128", "init": init, **k,
                      "sass_per_value": round(k["sass_total"] / values_per_thread, 1)})
+    for variant in CANDIDATES:
+        for rounds in (10, 7):
+            k = inspect(compile_candidate(variant, rounds, arch=args.arch))
+            rows.append({"kernel": f"candidate {variant}, Philox-{rounds}, 32x128", "init": variant, **k,
+                         "sass_per_value": round(k["sass_total"] / values_per_thread, 1)})
+    # Generation alone (tile summed, no per-value store): what the fused matmul pays per value.
+    probes = [(f"probe: stream v1 {init}", False, spec.INIT_CODES[init], 10) for init in spec.INITS]
+    probes += [(f"probe: candidate {v}, Philox-{r}", True, c, r) for v, c in CANDIDATES.items() for r in (10, 7)]
+    baseline = inspect(compile_probe(False, -1, arch=args.arch))["sass_total"]
+    for label, candidate, code, rounds in probes:
+        k = inspect(compile_probe(candidate, code, rounds, arch=args.arch))
+        rows.append({"kernel": label + f", 32x128 (minus {baseline} for the probe's own sum)",
+                     "init": label.split()[-1], **k,
+                     "sass_per_value": round((k["sass_total"] - baseline) / values_per_thread, 1)})
     configs = AUTOTUNE_CONFIGS[:1] if args.quick else AUTOTUNE_CONFIGS
     for cfg in configs:
         for forward in (True, False):

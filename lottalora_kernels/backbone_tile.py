@@ -36,9 +36,11 @@ INIT_RADEMACHER = tl.constexpr(spec.INIT_CODES["rademacher"])
 
 
 @triton.jit
-def philox4x32(k0, k1, c0, c1, c2, c3):
-    """Philox4x32 with the Random123 constants: uint32 key (k0, k1), uint32 counter (c0..c3)."""
-    for _ in tl.static_range(_ROUNDS):
+def philox4x32(k0, k1, c0, c1, c2, c3, N_ROUNDS: tl.constexpr = _ROUNDS):
+    """Philox4x32 with the Random123 constants: uint32 key (k0, k1), uint32 counter (c0..c3).
+
+    N_ROUNDS other than the stream's 10 is for candidate generators (candidates.py) only."""
+    for _ in tl.static_range(N_ROUNDS):
         hi_b = tl.umulhi(c2, _ROUND_B)
         hi_a = tl.umulhi(c0, _ROUND_A)
         lo_b = c2 * _ROUND_B
@@ -131,9 +133,15 @@ def backbone_tile(seed_lo, seed_hi, stream_lo, stream_hi, offs_row, col_start, s
         v1 = _rademacher(w1, scale)
         v2 = _rademacher(w2, scale)
         v3 = _rademacher(w3, scale)
-    # Word j of group g is column 4g + j: interleave the four [R, BLOCK_COLS/4] blocks.
+    # Word j of group g is column 4g + j.
+    return interleave4(v0, v1, v2, v3)
+
+
+@triton.jit
+def interleave4(v0, v1, v2, v3):
+    """Four [R, C] blocks -> [R, 4C] with element 4c + j taken from block j."""
     tile = tl.join(tl.join(v0, v2), tl.join(v1, v3))
-    return tl.reshape(tile, (offs_row.shape[0], BLOCK_COLS))
+    return tl.reshape(tile, (v0.shape[0], 4 * v0.shape[1]))
 
 
 @triton.jit

@@ -15,10 +15,10 @@ from lottalora_kernels import stream_spec as spec
 U32 = np.uint64(0xFFFFFFFF)
 
 
-def philox4x32_10(key, counter):
+def philox4x32_10(key, counter, rounds=10):
     k0, k1 = (np.uint64(k) for k in key)
     c0, c1, c2, c3 = (np.asarray(c, dtype=np.uint64) for c in counter)
-    for _ in range(10):
+    for _ in range(rounds):
         prod_b = np.uint64(0xCD9E8D57) * c2  # < 2^64: exact in uint64
         prod_a = np.uint64(0xD2511F53) * c0
         c0, c1, c2, c3 = ((prod_b >> np.uint64(32)) ^ c1 ^ k0, prod_b & U32,
