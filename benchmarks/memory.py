@@ -202,16 +202,16 @@ def main(argv=None) -> int:
             row["fits_budget"] = row["peak_bytes"] <= BUDGET_BYTES
             budget_rows.append(row)
             print(f"budget: {name} {variant} peak {row['peak_bytes'] / MIB:,.0f} MiB", flush=True)
-    largest = {v: max((r["dense_params"] for r in budget_rows if r["variant"] == v and r["fits_budget"]),
-                      default=None) for v in ("full", "lottalora")}
+    largest = {v: max(((r["dense_params"], r["config"]) for r in budget_rows if r["variant"] == v and r["fits_budget"]),
+                      default=(0, "none"))[1] for v in ("full", "lottalora")}
     budget_lines = [f"Seed-only inference in a {BUDGET_BYTES / 2**30:.0f} GiB budget (bf16 forward, batch 1 x {SEQ}):",
                     "", "| config | stored weights: peak MiB | lottalora: peak MiB |", "|---|---|---|"]
     for name in budget_configs:
         cells = [next(r for r in budget_rows if r["config"] == name and r["variant"] == v) for v in ("full", "lottalora")]
         budget_lines.append(f"| {name} | " + " | ".join(
             f"{c['peak_bytes'] / MIB:,.0f}{'' if c['fits_budget'] else ' (over)'}" for c in cells) + " |")
-    budget_lines += ["", f"Largest measured config that fits: stored weights "
-                         f"{largest['full'] or 'none'} parameters, lottalora {largest['lottalora'] or 'none'}."]
+    budget_lines += ["", f"Largest measured config that fits: stored weights {largest['full']}, "
+                         f"lottalora {largest['lottalora']}."]
     table = _table(rows) + "\n\n" + "\n".join(budget_lines)
     print(table)
     device_tag = "cpu" if args.device == "cpu" else "gpu"

@@ -15,6 +15,7 @@ import torch
 from lottalora_kernels import stream_spec as spec
 
 _MASK32 = 0xFFFFFFFF
+_CHUNK_VALUES = 1 << 20
 
 
 def _check_u64(name: str, value: object) -> int:
@@ -151,6 +152,15 @@ def backbone_block(
         )
     device = torch.device(device) if device is not None else torch.device("cpu")
     group0, group1 = col0 // 4, (col1 + 3) // 4
+    # The int64 temporaries are about ten times the block: big blocks go in row chunks of about
+    # 2^20 values, which bounds memory and keeps the working set in cache (4x faster at 4096^2).
+    chunk_rows = max(1, _CHUNK_VALUES // max(1, 4 * (group1 - group0)))
+    if row1 - row0 > chunk_rows:
+        out = torch.empty((row1 - row0, col1 - col0), dtype=torch.float32, device=device)
+        for start in range(row0, row1, chunk_rows):
+            stop = min(start + chunk_rows, row1)
+            out[start - row0: stop - row0] = backbone_block(spec_, (start, stop), (col0, col1), device)
+        return out
     row_idx = torch.arange(row0, row1, dtype=torch.int64, device=device)[:, None]
     group_idx = torch.arange(group0, group1, dtype=torch.int64, device=device)[None, :]
     shape = (row1 - row0, group1 - group0)

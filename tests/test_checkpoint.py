@@ -145,3 +145,10 @@ def test_a_model_with_other_tensor_shapes_is_refused(trained):
 def test_saving_a_model_without_seeded_layers_is_refused(tmp_path):
     with pytest.raises(ValueError, match="convert it first"):
         lottalora.save(torch.nn.Linear(2, 2), tmp_path)
+
+
+def test_info_on_a_bad_directory_fails_with_a_message(tmp_path, capsys):
+    from lottalora.cli import main
+
+    assert main(["info", str(tmp_path / "nope")]) == 2
+    assert "missing file lottalora_config.json" in capsys.readouterr().err
