@@ -55,6 +55,22 @@ def _tensors_to_save(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
 
 
+def _split_aliases(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors stored once each, and {alias: stored name} for names that share a tensor's memory
+    (tied weights such as GPT-2's lm_head and token embedding)."""
+    unique, aliases, seen = {}, {}, {}
+    for name in sorted(tensors):
+        t = tensors[name]
+        key = (t.device, t.data_ptr(), t.dtype, tuple(t.shape), t.stride()) if t.numel() else None
+        if key is not None and key in seen:
+            aliases[name] = seen[key]
+        else:
+            unique[name] = t
+            if key is not None:
+                seen[key] = name
+    return unique, aliases
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -77,7 +93,8 @@ def save(model: nn.Module, directory: str | os.PathLike) -> Path:
         raise ValueError("model has no lottalora.Linear layer: convert it first (lottalora.convert)")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in _tensors_to_save(model).items()}
+    unique, aliases = _split_aliases(_tensors_to_save(model))
+    tensors = {k: v.detach().contiguous().cpu() for k, v in unique.items()}
     trainable = sorted(n for n, p in model.named_parameters() if p.requires_grad)
     tensor_path = directory / TENSORS_NAME
     save_file(tensors, str(tensor_path), metadata={"format": FORMAT_NAME})
@@ -93,6 +110,7 @@ def save(model: nn.Module, directory: str | os.PathLike) -> Path:
             for name, m in layers.items()
         ],
         "trainable": trainable,
+        "aliases": aliases,
         "tensors": {"file": TENSORS_NAME, "sha256": _sha256(tensor_path), "bytes": tensor_path.stat().st_size},
     }
     (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
@@ -180,6 +198,11 @@ def load(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
         tensors = load_file(str(directory / TENSORS_NAME))
     except (SafetensorError, OSError, ValueError) as exc:
         _fail(directory, f"{TENSORS_NAME} cannot be read ({exc})")
+    aliases = config.get("aliases", {})
+    if not isinstance(aliases, dict) or any(not isinstance(v, str) or v not in tensors for v in aliases.values()):
+        _fail(directory, f"aliases {aliases!r} must map names to tensors stored in {TENSORS_NAME}")
+    for alias, stored in aliases.items():
+        tensors[alias] = tensors[stored]
     expected = {k: v for k, v in _tensors_to_save(model).items()}
     if set(tensors) != set(expected):
         _fail(directory, f"tensors differ from the model's: missing {sorted(set(expected) - set(tensors))[:5]}, "
@@ -196,6 +219,8 @@ def load(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     on_meta = any(t.device.type == "meta" for t in list(model.parameters()) + list(model.buffers()))
     if on_meta:
         model.load_state_dict(tensors, strict=True, assign=True)
+        if aliases and hasattr(model, "tie_weights"):
+            model.tie_weights()  # assign=True gives each name its own Parameter; tie them again
     else:
         model.load_state_dict(tensors, strict=True)
     return model

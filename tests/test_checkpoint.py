@@ -152,3 +152,29 @@ def test_info_on_a_bad_directory_fails_with_a_message(tmp_path, capsys):
 
     assert main(["info", str(tmp_path / "nope")]) == 2
     assert "missing file lottalora_config.json" in capsys.readouterr().err
+
+
+def test_tied_weights_are_stored_once_and_restored(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    def gpt2():
+        torch.manual_seed(len(str(tmp_path)))
+        m = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=50, n_positions=16))
+        return lottalora.convert(m, rank=2, target_modules=["c_attn", "c_proj", "c_fc"],
+                                 trainable_modules=["wte", "wpe", "ln_1", "ln_2", "ln_f"])
+
+    model = gpt2()
+    with torch.no_grad():
+        model.transformer.wte.weight.add_(1.0)
+    lottalora.save(model, tmp_path / "ck")
+    config = json.loads((tmp_path / "ck" / CONFIG_NAME).read_text())
+    assert config["aliases"] == {"transformer.wte.weight": "lm_head.weight"} or \
+        config["aliases"] == {"lm_head.weight": "transformer.wte.weight"}
+    fresh = gpt2()
+    lottalora.load(fresh, tmp_path / "ck")
+    ids = torch.arange(8).reshape(1, 8)
+    model.eval()  # no dropout
+    fresh.eval()
+    with torch.no_grad():
+        assert torch.equal(fresh(ids).logits, model(ids).logits)
+    assert fresh.lm_head.weight.data_ptr() == fresh.transformer.wte.weight.data_ptr()
