@@ -20,6 +20,18 @@ def _ranks(text: str) -> list[int]:
     return ranks
 
 
+def _device(text: str) -> str:
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"--device must be cpu or cuda[:N], got {text!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError("--device cuda was asked for but no CUDA device is available")
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"--device must be cpu or cuda[:N], got {text!r}")
+    return text
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -88,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--tolerance", type=float, default=0.02,
                       help="saturation: accuracy within this fraction of full training")
     demo.add_argument("--plot", metavar="PNG", help="write accuracy against rank to this PNG")
-    demo.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    demo.add_argument("--device", type=_device, help="cpu or cuda (default: cuda when available)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo.add_argument("--save", metavar="DIR", help="save the best LottaLoRA model as seed + adapters")
     demo.set_defaults(run=_demo)

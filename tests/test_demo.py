@@ -39,7 +39,7 @@ def test_demo_command_prints_the_table_and_writes_the_plot(tmp_path, capsys):
 @pytest.mark.parametrize("argv,message", [
     (["demo", "--ranks", "1,x"], "--ranks"), (["demo", "--ranks", "-1"], "--ranks"),
     (["demo", "--epochs", "0"], "--epochs"), (["demo", "--init", "normal"], "--init"),
-    (["demo", "--hidden", "0"], "--hidden"),
+    (["demo", "--hidden", "0"], "--hidden"), (["demo", "--device", "tpu"], "--device"),
 ])
 def test_bad_demo_options_are_named(argv, message, capsys):
     with pytest.raises(SystemExit):
