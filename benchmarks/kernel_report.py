@@ -11,7 +11,6 @@ instruction-count side of the performance model (benchmarks/NOTES.md). No timing
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import subprocess
 import tempfile

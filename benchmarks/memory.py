@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from .llama import CONFIGS, VARIANTS, build, parameter_count
-from .results import RESULTS_DIR, environment, write_results
+from .llama import VARIANTS, build, parameter_count
+from .results import RESULTS_DIR, write_results
 
 PHASES = ("forward", "train", "decode")
 FULL_CONFIGS = ["35M", "134M", "374M", "1.26B"]
@@ -148,12 +148,12 @@ def _plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(PHASES), figsize=(13, 4), sharey=True)
-    for ax, phase in zip(axes, PHASES):
-        for variant, style in zip(VARIANTS, ("s-", "^-", "o-")):
+    for ax, phase in zip(axes, PHASES, strict=True):
+        for variant, style in zip(VARIANTS, ("s-", "^-", "o-"), strict=True):
             pts = sorted((r["dense_params"], r["peak_bytes"] / MIB) for r in rows
                          if r["phase"] == phase and r["variant"] == variant and "peak_bytes" in r)
             if pts:
-                ax.plot(*zip(*pts), style, label=variant)
+                ax.plot(*zip(*pts, strict=True), style, label=variant)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_title(phase)

@@ -111,8 +111,8 @@ def bench_shape(m: int, nk: int, cuda: bool, timer) -> list[dict]:
         with torch.no_grad():
             t_fwd = timer(forward)
         y = forward()
-        t_bwd = timer(lambda: torch.autograd.backward(y, dy, retain_graph=True))
-        t_both = timer(lambda: torch.autograd.backward(forward(), dy))
+        t_bwd = timer(lambda y=y: torch.autograd.backward(y, dy, retain_graph=True))
+        t_both = timer(lambda forward=forward: torch.autograd.backward(forward(), dy))
         for param in (x, A, B, bias, beta):
             param.grad = None
         rows.append({"M": m, "N": n, "K": k, "method": method, "forward_s": t_fwd, "backward_s": t_bwd,

@@ -66,7 +66,7 @@ def test_kernel_gradients_match_the_float64_formula(dtype, M, K, N, R, monkeypat
     want = _formula_grads(w.double(), copies(torch.float64), dy, R)
     baseline = _formula_grads(w, copies(dtype), dy, R)
     names = ["x", "A", "B", "beta", "bias"] if R else ["x", "beta", "bias"]
-    for name, g, b, w_ in zip(names, got, baseline, want):
+    for name, g, b, w_ in zip(names, got, baseline, want, strict=True):
         assert g.dtype == dtype
         assert_close_to_baseline(g, b, w_, dtype, f"d{name} {dtype} {M}x{K}x{N} r={R}")
 
@@ -82,19 +82,19 @@ def test_any_subset_of_inputs_may_require_grad(needs, backend, monkeypatch, devi
     spec = lottalora.BackboneSpec(3, 3, 20, 17)
     A, B, beta, bias = _params(20, 17, 3, torch.float32, device)
     x = torch.randn(6, 20, device=device, requires_grad=True)
-    for name, t in zip(["x", "A", "B", "beta", "bias"], (x, A, B, beta, bias)):
+    for name, t in zip(["x", "A", "B", "beta", "bias"], (x, A, B, beta, bias), strict=True):
         t.requires_grad_(needs[name])
     monkeypatch.setenv("LOTTALORA_BACKEND", backend)
     y = seeded_linear(x, spec, A, B, beta, bias, scale=1.0)
     if not any(needs.values()):
         return
     y.sum().backward()
-    for name, t in zip(["x", "A", "B", "beta", "bias"], (x, A, B, beta, bias)):
+    for name, t in zip(["x", "A", "B", "beta", "bias"], (x, A, B, beta, bias), strict=True):
         assert (t.grad is not None) == needs[name], name
     monkeypatch.setenv("LOTTALORA_BACKEND", "torch")
-    leaves = [t.detach().clone().requires_grad_(needs[n]) for n, t in zip(["x", "A", "B", "beta", "bias"], (x, A, B, beta, bias))]
+    leaves = [t.detach().clone().requires_grad_(needs[n]) for n, t in zip(["x", "A", "B", "beta", "bias"], (x, A, B, beta, bias), strict=True)]
     seeded_linear(leaves[0], spec, *leaves[1:], scale=1.0).sum().backward()
-    for n, t, r in zip(["x", "A", "B", "beta", "bias"], (x, A, B, beta, bias), leaves):
+    for n, t, r in zip(["x", "A", "B", "beta", "bias"], (x, A, B, beta, bias), leaves, strict=True):
         if needs[n]:
             assert_close(t.grad, r.grad.double(), torch.float32, f"d{n}")
 

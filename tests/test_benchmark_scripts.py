@@ -17,7 +17,7 @@ def test_memory_quick_run_writes_results(tmp_path):
                                                             for p in ("forward", "train", "decode")}
     seeded = [r for r in runs if r["variant"] == "lottalora"]
     full = [r for r in runs if r["variant"] == "full"]
-    assert all(r["stored_params"] < f["stored_params"] for r, f in zip(seeded, full))
+    assert all(r["stored_params"] < f["stored_params"] for r, f in zip(seeded, full, strict=True))
     assert all(r["peak_bytes"] > 0 for r in runs)
     assert data["environment"]["device"].startswith("CPU")
     assert (tmp_path / "memory_cpu.md").read_text().startswith("# memory_cpu")

@@ -49,7 +49,7 @@ def test_autotuned_forward_and_backward_match_float64(dtype, M, monkeypatch):
     base_y, base_g = formula(dtype)
     assert_close_to_baseline(y, base_y, want_y, dtype, f"y {dtype} M={M}")
     got_g = [x.grad, layer.lora_A.grad, layer.lora_B.grad, layer.beta.grad, layer.bias.grad]
-    for name, g, b, w_ in zip(["x", "A", "B", "beta", "bias"], got_g, base_g, want_g):
+    for name, g, b, w_ in zip(["x", "A", "B", "beta", "bias"], got_g, base_g, want_g, strict=True):
         assert_close_to_baseline(g, b, w_, dtype, f"d{name} {dtype} M={M}")
 
 
