@@ -26,7 +26,7 @@ from torch import nn
 
 from lottalora_kernels import stream_spec as spec
 
-from .linear import Linear
+from .linear import Linear, extra_state
 from .stream import BackboneSpec, backbone_block
 
 CONFIG_NAME = "lottalora_config.json"
@@ -215,7 +215,7 @@ def load(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     for layer in config["layers"]:
         module = layers[layer["name"]]
         module.alpha, module.use_rslora = float(layer["alpha"]), layer["use_rslora"]
-        tensors[f"{layer['name']}._extra_state" if layer["name"] else "_extra_state"] = _extra_state(layer["spec"])
+        tensors[f"{layer['name']}._extra_state" if layer["name"] else "_extra_state"] = extra_state(layer["spec"])
     on_meta = any(t.device.type == "meta" for t in list(model.parameters()) + list(model.buffers()))
     if on_meta:
         model.load_state_dict(tensors, strict=True, assign=True)
@@ -224,13 +224,6 @@ def load(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     else:
         model.load_state_dict(tensors, strict=True)
     return model
-
-
-def _extra_state(s: BackboneSpec) -> torch.Tensor:
-    seed_lo, seed_hi = spec.split_u64(s.seed)
-    stream_lo, stream_hi = spec.split_u64(s.stream)
-    return torch.tensor([spec.STREAM_VERSION, seed_lo, seed_hi, stream_lo, stream_hi,
-                         spec.INIT_CODES[s.init], s.in_features, s.out_features], dtype=torch.int64)
 
 
 def describe(directory: str | os.PathLike) -> str:

@@ -16,6 +16,16 @@ from .stream import BackboneSpec, backbone_block
 _EXTRA_STATE_LEN = 8
 
 
+def extra_state(spec: BackboneSpec) -> torch.Tensor:
+    """A layer's state_dict entry "_extra_state": int64 [stream version, seed lo/hi,
+    stream lo/hi, init code, in_features, out_features]."""
+    seed_lo, seed_hi = spec_consts.split_u64(spec.seed)
+    stream_lo, stream_hi = spec_consts.split_u64(spec.stream)
+    return torch.tensor([spec_consts.STREAM_VERSION, seed_lo, seed_hi, stream_lo, stream_hi,
+                         spec_consts.INIT_CODES[spec.init], spec.in_features, spec.out_features],
+                        dtype=torch.int64)
+
+
 class Linear(nn.Module):
     """y = beta * x @ W_seed^T + scaling * (x @ lora_A^T) @ lora_B^T + bias.
 
@@ -109,13 +119,7 @@ class Linear(nn.Module):
 
     # seed, stream and init travel in the state_dict as one small int64 tensor ("_extra_state").
     def get_extra_state(self) -> torch.Tensor:
-        seed_lo, seed_hi = spec_consts.split_u64(self.seed)
-        stream_lo, stream_hi = spec_consts.split_u64(self.stream)
-        return torch.tensor(
-            [spec_consts.STREAM_VERSION, seed_lo, seed_hi, stream_lo, stream_hi,
-             spec_consts.INIT_CODES[self.init], self.in_features, self.out_features],
-            dtype=torch.int64,
-        )
+        return extra_state(self._spec)
 
     def set_extra_state(self, state) -> None:
         if not isinstance(state, torch.Tensor) or state.dtype != torch.int64 or state.shape != (_EXTRA_STATE_LEN,):
