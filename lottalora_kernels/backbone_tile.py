@@ -52,6 +52,21 @@ def philox4x32(k0, k1, c0, c1, c2, c3, N_ROUNDS: tl.constexpr = _ROUNDS):
 
 
 @triton.jit
+def philox_block(seed_lo, seed_hi, stream_lo, stream_hi, offs_row, group_start, N_GROUPS: tl.constexpr,
+                 N_ROUNDS: tl.constexpr):
+    """The four words of the calls with counter (group_start + g, row, stream_lo, stream_hi) and
+    key (seed_lo, seed_hi), for g < N_GROUPS and each row of offs_row: four [R, N_GROUPS] uint32
+    blocks. The counter layout of every stream lives here (docs/backbone.md)."""
+    rows = offs_row.to(tl.uint32)[:, None]
+    groups = (group_start + tl.arange(0, N_GROUPS)).to(tl.uint32)[None, :]
+    c0, c1 = tl.broadcast(groups, rows)
+    c2 = tl.zeros_like(c0) + stream_lo.to(tl.uint32, bitcast=True)
+    c3 = tl.zeros_like(c0) + stream_hi.to(tl.uint32, bitcast=True)
+    return philox4x32(seed_lo.to(tl.uint32, bitcast=True), seed_hi.to(tl.uint32, bitcast=True),
+                      c0, c1, c2, c3, N_ROUNDS)
+
+
+@triton.jit
 def _box_muller(word_radius, word_angle, std):
     """Two N(0, std^2) values from two uint32 words, with fixed polynomials for log, sin, cos."""
     # u = odd / 2^24 in (0, 1): exact in float32, never 0, so ln(u) is finite.
@@ -112,14 +127,8 @@ def backbone_tile(seed_lo, seed_hi, stream_lo, stream_hi, offs_row, col_start, s
     float32 from ``stream_spec.value_scale``. Rows and columns past the layer's edges produce
     finite values: callers mask loads or stores, never the tile.
     """
-    k0 = seed_lo.to(tl.uint32, bitcast=True)
-    k1 = seed_hi.to(tl.uint32, bitcast=True)
-    rows = offs_row.to(tl.uint32)[:, None]
-    groups = ((col_start // 4) + tl.arange(0, BLOCK_COLS // 4)).to(tl.uint32)[None, :]
-    c0, c1 = tl.broadcast(groups, rows)
-    c2 = tl.zeros_like(c0) + stream_lo.to(tl.uint32, bitcast=True)
-    c3 = tl.zeros_like(c0) + stream_hi.to(tl.uint32, bitcast=True)
-    w0, w1, w2, w3 = philox4x32(k0, k1, c0, c1, c2, c3)
+    w0, w1, w2, w3 = philox_block(seed_lo, seed_hi, stream_lo, stream_hi, offs_row, col_start // 4,
+                                  BLOCK_COLS // 4, _ROUNDS)
     if INIT == INIT_GAUSSIAN:
         v0, v1 = _box_muller(w0, w1, scale)
         v2, v3 = _box_muller(w2, w3, scale)

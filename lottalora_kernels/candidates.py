@@ -19,7 +19,7 @@ Both accept a round count (10 as in v1, or 7, which passes BigCrush per Random12
 import triton
 import triton.language as tl
 
-from .backbone_tile import interleave4, philox4x32
+from .backbone_tile import interleave4, philox_block
 
 VARIANT_RADEMACHER_BITS = tl.constexpr(0)
 VARIANT_UNIFORM16 = tl.constexpr(1)
@@ -30,15 +30,9 @@ COLUMNS_PER_CALL = {"rademacher_bits": 128, "uniform16": 8}
 @triton.jit
 def _words(seed_lo, seed_hi, stream_lo, stream_hi, offs_row, group_start, N_GROUPS: tl.constexpr,
            N_ROUNDS: tl.constexpr):
-    """The four Philox words of calls (group_start + g, row) as one [R, 4 * N_GROUPS] block,
-    word j of group g at 4g + j."""
-    rows = offs_row.to(tl.uint32)[:, None]
-    groups = (group_start + tl.arange(0, N_GROUPS)).to(tl.uint32)[None, :]
-    c0, c1 = tl.broadcast(groups, rows)
-    c2 = tl.zeros_like(c0) + stream_lo.to(tl.uint32, bitcast=True)
-    c3 = tl.zeros_like(c0) + stream_hi.to(tl.uint32, bitcast=True)
-    w0, w1, w2, w3 = philox4x32(seed_lo.to(tl.uint32, bitcast=True), seed_hi.to(tl.uint32, bitcast=True),
-                                c0, c1, c2, c3, N_ROUNDS)
+    """The calls (group_start + g, row) as one [R, 4 * N_GROUPS] block, word j of group g at 4g + j."""
+    w0, w1, w2, w3 = philox_block(seed_lo, seed_hi, stream_lo, stream_hi, offs_row, group_start,
+                                  N_GROUPS, N_ROUNDS)
     return interleave4(w0, w1, w2, w3)
 
 
