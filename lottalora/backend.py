@@ -8,6 +8,7 @@ installed and the reference otherwise.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
@@ -18,7 +19,9 @@ from . import reference
 BACKENDS = ("auto", "triton", "torch")
 
 
+@functools.cache
 def _triton_available() -> bool:
+    # Asked on every forward on CUDA; whether Triton is installed does not change in a process.
     return importlib.util.find_spec("triton") is not None
 
 

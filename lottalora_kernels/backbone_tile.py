@@ -31,8 +31,7 @@ _TWO_POW_M24 = tl.constexpr(spec.TWO_POW_M24)
 # Fixed at import, as @triton.jit's own choice between interpreter and compiler is.
 _INTERPRETING = tl.constexpr(is_interpreting())
 INIT_GAUSSIAN = tl.constexpr(spec.INIT_CODES["gaussian"])
-INIT_UNIFORM = tl.constexpr(spec.INIT_CODES["uniform"])
-INIT_RADEMACHER = tl.constexpr(spec.INIT_CODES["rademacher"])
+INIT_UNIFORM = tl.constexpr(spec.INIT_CODES["uniform"])  # any other code is rademacher
 
 
 @triton.jit

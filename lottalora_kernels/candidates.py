@@ -21,10 +21,8 @@ import triton.language as tl
 
 from .backbone_tile import interleave4, philox_block
 
-VARIANT_RADEMACHER_BITS = tl.constexpr(0)
-VARIANT_UNIFORM16 = tl.constexpr(1)
+VARIANT_RADEMACHER_BITS = tl.constexpr(0)  # any other code is uniform16
 VARIANTS = {"rademacher_bits": 0, "uniform16": 1}
-COLUMNS_PER_CALL = {"rademacher_bits": 128, "uniform16": 8}
 
 
 @triton.jit

@@ -26,9 +26,6 @@ PHILOX_ROUND_B = 0xCD9E8D57  # multiplies counter word 2
 PHILOX_KEY_A = 0x9E3779B9  # added to key word 0 after each round
 PHILOX_KEY_B = 0xBB67AE85  # added to key word 1 after each round
 
-# One Philox call yields four 32-bit words, used for four consecutive columns of one row.
-WORDS_PER_CALL = 4
-
 # Init names in code order: the code is what kernels receive as a constexpr.
 INITS = ("gaussian", "uniform", "rademacher")
 INIT_CODES = {name: code for code, name in enumerate(INITS)}
