@@ -33,3 +33,11 @@ def test_speed_quick_run_writes_results(tmp_path, monkeypatch):
     methods = {r["method"] for r in data["rows"]["rows"]}
     assert methods == {"seeded", "cublas+lora", "regen+matmul"}
     assert all(r["forward_s"] > 0 and r["fwd_bwd_s"] > 0 for r in data["rows"]["rows"])
+
+
+def test_checkpoint_size_run_writes_results(tmp_path):
+    from benchmarks.checkpoint_size import main
+
+    assert main(["--configs", "tiny", "--out", str(tmp_path)]) == 0
+    (row,) = json.loads((tmp_path / "checkpoint_size.json").read_text())["rows"]
+    assert row["config"] == "tiny" and 0 < row["checkpoint_bytes"] and row["dense_fp16_bytes"] > 0

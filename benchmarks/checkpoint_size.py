@@ -1,0 +1,71 @@
+"""Seed-only checkpoint size: what lottalora.save writes for LLaMA-style configs, against the
+same model with stored fp16 weights, and the peak host memory of building and saving it.
+
+    python -m benchmarks.checkpoint_size [--configs 374M 1.26B]   # results/checkpoint_size.*
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from .results import write_results
+
+MIB = 2**20
+
+
+def measure_one(name: str) -> dict:
+    """Build (meta + materialize, bf16), save, and read back the sizes; in this process."""
+    import resource
+
+    import torch
+
+    import lottalora
+
+    from .llama import build, parameter_count
+
+    model = build(name, "lottalora", dtype=torch.bfloat16)
+    with tempfile.TemporaryDirectory() as tmp:
+        lottalora.save(model, tmp)
+        stored = sum(p.stat().st_size for p in Path(tmp).iterdir())
+    dense_fp16 = 2 * parameter_count(name)
+    return {"config": name, "dense_params": parameter_count(name), "checkpoint_bytes": stored,
+            "dense_fp16_bytes": dense_fp16, "ratio": dense_fp16 / stored,
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", nargs="+", default=["374M", "1.26B", "2.7B"])
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help="results directory (default benchmarks/results)")
+    args = parser.parse_args(argv)
+    if args.one:
+        print(json.dumps(measure_one(args.one)))
+        return 0
+    rows = []
+    for name in args.configs:  # one fresh process each, so the peak is this model's
+        out = subprocess.run([sys.executable, "-m", "benchmarks.checkpoint_size", "--one", name],
+                             capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent.parent)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    lines = ["| config | checkpoint MiB | stored fp16 weights MiB | ratio | peak RSS of build + save MiB |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['config']} | {r['checkpoint_bytes'] / MIB:,.1f} | {r['dense_fp16_bytes'] / MIB:,.0f} | "
+                     f"{r['ratio']:.1f}x | {r['peak_rss_bytes'] / MIB:,.0f} |")
+    table = "\n".join(lines)
+    print(table)
+    kwargs = {"directory": args.out} if args.out else {}
+    write_results("checkpoint_size", rows, table, notes=(
+        "lottalora recipe (q,k,v,o seeded + rank-8 adapters, MLP seeded with no adapter; embeddings, "
+        "norms and untied head stored), bf16, built on the meta device. Peak RSS is the whole process "
+        "(Python and torch included)."), **kwargs)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
