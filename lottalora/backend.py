@@ -8,7 +8,6 @@ installed and the reference otherwise.
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 
@@ -19,10 +18,13 @@ from . import reference
 BACKENDS = ("auto", "triton", "torch")
 
 
-@functools.cache
+# Looked up once: asked on every forward on CUDA, and fixed for a process. find_spec does not
+# import Triton. (A functools cache here makes torch.compile warn as it traces the wrapper.)
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
+
 def _triton_available() -> bool:
-    # Asked on every forward on CUDA; whether Triton is installed does not change in a process.
-    return importlib.util.find_spec("triton") is not None
+    return _TRITON_INSTALLED
 
 
 def resolve_backend(device: torch.device) -> str:
