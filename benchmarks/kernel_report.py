@@ -24,9 +24,7 @@ from triton.compiler import ASTSource
 
 from lottalora_kernels import stream_spec as spec
 from lottalora_kernels.backbone_gen import _backbone_gen_kernel
-from lottalora_kernels.candidates import VARIANTS as CANDIDATES
-from lottalora_kernels.backbone_tile import backbone_tile
-from lottalora_kernels.candidates import _candidate_gen_kernel, candidate_tile
+from lottalora_kernels.stream_v1 import backbone_tile
 from lottalora_kernels.seeded_matmul import AUTOTUNE_CONFIGS, _seeded_matmul_kernel
 
 from .results import write_results

@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 
 import torch
+import triton
 import triton.language as tl
+
+from .allocation import new_output  # noqa: F401  (launchers import it from here)
 
 
 def is_interpreting() -> bool:
@@ -13,13 +16,24 @@ def is_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def new_output(shape, dtype: torch.dtype, device) -> torch.Tensor:
-    """torch.empty for kernel outputs; NaN-filled when LOTTALORA_POISON_OUTPUTS=1 (the test
-    suite sets it) so that an element a kernel forgets to write cannot pass for a value."""
-    out = torch.empty(shape, dtype=dtype, device=device)
-    if os.environ.get("LOTTALORA_POISON_OUTPUTS", "0") == "1" and out.is_floating_point():
-        out.fill_(float("nan"))
-    return out
+def gluon_available() -> bool:
+    """Whether this Triton ships Gluon (triton.experimental.gluon, Triton >= 3.5)."""
+    try:
+        from triton.experimental import gluon  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+_SM_COUNTS: dict[int, int] = {}
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (asked once per device)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SM_COUNTS:
+        _SM_COUNTS[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _SM_COUNTS[index]
 
 
 def _as_int32(word: int) -> int:
@@ -53,3 +67,25 @@ def dot_dtype(dtype: torch.dtype):
 def fp32_input_precision() -> str:
     """tl.dot precision for float32 inputs, following torch's matmul precision setting."""
     return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+
+
+# Fixed at import, as @triton.jit's own choice between interpreter and compiler is.
+_INTERPRETING = tl.constexpr(is_interpreting())
+
+
+@triton.jit
+def round_to(x, DTYPE: tl.constexpr):
+    """float32 -> DTYPE, rounding to nearest even as a GPU's cvt.rn does.
+
+    The interpreter casts float32 -> bfloat16 by truncation whatever rounding is asked for
+    (seen with Triton 3.9), so there the rounding is done on the bits first and the cast is
+    then exact. Values here are finite (no NaN handling needed).
+    """
+    if DTYPE == tl.float32:
+        return x
+    elif _INTERPRETING and DTYPE == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        return bits.to(tl.float32, bitcast=True).to(DTYPE)
+    else:
+        return x.to(DTYPE)

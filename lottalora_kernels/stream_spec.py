@@ -1,9 +1,9 @@
 """The constants that define the backbone stream, shared by every implementation of it.
 
 This module is the single source of truth for the numbers in ``docs/backbone.md``: the Triton
-tile generator (``lottalora_kernels.backbone_tile``) and the PyTorch reference
-(``lottalora.stream``) both read them from here, and tests hold the two bit-equal. It imports
-nothing heavy so that it can be used without Triton.
+tile generators (``lottalora_kernels.stream_v1``, ``lottalora_kernels.stream_v2``) and the
+PyTorch twins (``lottalora.stream_v1``, ``lottalora.stream_v2``) all read them from here, and
+tests hold each pair bit-equal. It imports nothing heavy so that it can be used without Triton.
 
 Changing any value here changes every seeded model's weights: bump ``STREAM_VERSION`` and keep
 the old definition loadable instead.
@@ -15,8 +15,8 @@ import math
 
 import numpy as np
 
-STREAM_VERSION = 1
-SUPPORTED_STREAM_VERSIONS = (1,)
+STREAM_VERSION = 2  # the newest: what a layer gets when it names no version
+SUPPORTED_STREAM_VERSIONS = (1, 2)
 
 # Philox4x32 (Salmon et al., SC'11) with the Random123 constants; ten rounds is the
 # Random123 default and the generator's tested-safe count (7 already passes BigCrush).
@@ -26,9 +26,23 @@ PHILOX_ROUND_B = 0xCD9E8D57  # multiplies counter word 2
 PHILOX_KEY_A = 0x9E3779B9  # added to key word 0 after each round
 PHILOX_KEY_B = 0xBB67AE85  # added to key word 1 after each round
 
-# Init names in code order: the code is what kernels receive as a constexpr.
+# Init names in code order: the code is what kernels receive as a constexpr and what a layer's
+# state_dict records. Codes are shared by all versions; each version provides some of them.
 INITS = ("gaussian", "uniform", "rademacher")
 INIT_CODES = {name: code for code, name in enumerate(INITS)}
+VERSION_INITS = {1: ("gaussian", "uniform", "rademacher"), 2: ("rademacher",)}
+DEFAULT_INIT = {1: "gaussian", 2: "rademacher"}
+
+# Stream version 2 (docs/backbone.md): one Philox call gives one bit to each of 128 weights that
+# share a residue (o mod 8, i mod 8) inside a 64-row x 128-column span. That is the set of
+# values one thread holds in a tensor-core operand fragment, in the forward (W as the A operand)
+# and in the input gradient (W^T as the A operand) alike, so each thread generates exactly the
+# calls it consumes, whatever the warp's position.
+V2_RESIDUE = 8  # rows and columns are split as (block of 8, residue mod 8)
+V2_ROW_SPAN = 64  # rows of one call span: 8 row blocks (p = (o div 8) mod 8)
+V2_COL_SPAN = 128  # columns of one call span: 16 column blocks (q = (i div 8) mod 16)
+V2_MAX_IN_FEATURES = 2**33  # counter word 0 = 64 * (i div 128) + 8 * (o mod 8) + (i mod 8)
+V2_MAX_OUT_FEATURES = 2**32  # counter word 1 = o div 64, kept to v1's bound
 
 UINT64_MAX = 2**64 - 1
 
@@ -67,16 +81,41 @@ def backbone_std(in_features: int) -> float:
     return _f32(1.0 / math.sqrt(in_features))
 
 
-def value_scale(in_features: int, init: str) -> float:
-    """The one float32 factor a kernel multiplies into every value of ``init``.
+def value_scale(in_features: int, init: str, version: int = 1) -> float:
+    """The one float32 factor every stream value of ``init`` is multiplied by.
 
-    gaussian: the std; uniform: bound * 2^-23 (applied to a centred 24-bit integer);
-    rademacher: the bound. All are exact float32 values.
+    Version 1 applies it inside the tile generator: gaussian, the std; uniform, bound * 2^-23
+    (applied to a centred 24-bit integer); rademacher, the bound. Version 2 generates exact
+    +-1 and the kernels apply the std once, in the epilogue, together with beta. All are exact
+    float32 values.
     """
     std = backbone_std(in_features)
-    if init == "uniform":
+    if version == 1 and init == "uniform":
         return std * TWO_POW_M23  # a power-of-two scaling: exact
     return std
+
+
+def resolve_version_and_init(version: int | None, init: str | None) -> tuple[int, str]:
+    """(version, init) with the defaults filled in, or ValueError naming what is unsupported.
+
+    version None: the newest version that provides ``init`` (so init="gaussian" alone keeps
+    meaning stream version 1); init None: the version's default init.
+    """
+    if init is not None and init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    if version is None:
+        if init is None:
+            version = STREAM_VERSION
+        else:
+            version = max(v for v in SUPPORTED_STREAM_VERSIONS if init in VERSION_INITS[v])
+    if isinstance(version, bool) or not isinstance(version, int) or version not in SUPPORTED_STREAM_VERSIONS:
+        raise ValueError(f"stream_version must be one of {SUPPORTED_STREAM_VERSIONS} or None, got {version!r}")
+    if init is None:
+        init = DEFAULT_INIT[version]
+    if init not in VERSION_INITS[version]:
+        raise ValueError(f"init {init!r} is not provided by stream version {version} "
+                         f"(it provides {VERSION_INITS[version]})")
+    return version, init
 
 
 def split_u64(value: int) -> tuple[int, int]:

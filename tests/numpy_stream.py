@@ -69,3 +69,25 @@ def backbone(seed, stream, in_features, out_features, init):
         v2, v3 = _box_muller(words[2], words[3], std)
         vals = [v0, v1, v2, v3]
     return np.stack(vals, axis=-1).reshape(out_features, groups * 4)[:, :in_features]
+
+
+def backbone_v2_signs(seed, stream, in_features, out_features):
+    """Stream version 2's signs (out_features, in_features) as float32 +-1, per docs/backbone.md."""
+    o = np.arange(out_features, dtype=np.uint64)[:, None]
+    i = np.arange(in_features, dtype=np.uint64)[None, :]
+    a, p, big_o = o % 8, (o // 8) % 8, o // 64
+    c, q, big_i = i % 8, (i // 8) % 16, i // 128
+    c0 = 64 * big_i + 8 * a + c
+    c1 = big_o + 0 * c0
+    words = philox4x32_10((seed & 0xFFFFFFFF, seed >> 32),
+                          (c0, c1, np.full_like(c0, stream & 0xFFFFFFFF), np.full_like(c0, stream >> 32)))
+    n = 16 * p + q
+    word = np.select([n // 32 == k for k in range(4)], list(words))
+    bit = (word >> (n % 32)) & np.uint64(1)
+    return np.where(bit == 1, np.float32(-1.0), np.float32(1.0)).astype(np.float32)
+
+
+def backbone_v2(seed, stream, in_features, out_features):
+    """Stream version 2's W_seed = sign * f32(1/sqrt(in_features)), float32."""
+    std = np.float32(1.0 / math.sqrt(in_features))
+    return (backbone_v2_signs(seed, stream, in_features, out_features) * std).astype(np.float32)

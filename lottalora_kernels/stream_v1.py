@@ -1,10 +1,10 @@
-"""The backbone stream in Triton: one tile generator shared by every kernel.
+"""Stream version 1 in Triton: the one v1 tile generator, shared by every kernel.
 
 ``backbone_tile`` returns ``W_seed[rows, col_start : col_start + BLOCK_COLS]`` in float32 for
 any block of rows and any column start that is a multiple of 4. A value depends only on
 (seed, stream, row, column, init, in_features), never on the program id or the tile shape, so
 the forward, the backward and every autotune config regenerate the same bits. The definition is
-``docs/backbone.md``; ``lottalora.stream`` is the PyTorch twin and tests hold the two bit-equal.
+``docs/backbone.md``; ``lottalora.stream_v1`` is the PyTorch twin and tests hold the two bit-equal.
 
 Bit-exactness rests on every float step being a single IEEE operation (multiply, add, exact
 int->float conversion, correctly rounded sqrt): kernels that call this must be launched with
@@ -15,39 +15,17 @@ import triton
 import triton.language as tl
 
 from . import stream_spec as spec
-from .runtime import is_interpreting
+from .philox import PHILOX_ROUNDS as _ROUNDS
+from .philox import philox4x32
 
-_ROUND_A = tl.constexpr(spec.PHILOX_ROUND_A)
-_ROUND_B = tl.constexpr(spec.PHILOX_ROUND_B)
-_KEY_A = tl.constexpr(spec.PHILOX_KEY_A)
-_KEY_B = tl.constexpr(spec.PHILOX_KEY_B)
-_ROUNDS = tl.constexpr(spec.PHILOX_ROUNDS)
 _LN2 = tl.constexpr(spec.LN2)
 _L0, _L1, _L2, _L3, _L4, _L5, _L6, _L7, _L8 = (tl.constexpr(c) for c in spec.LOG1P_COEFFS)
 _S0, _S1, _S2, _S3, _S4 = (tl.constexpr(c) for c in spec.SIN_COEFFS)
 _C0, _C1, _C2, _C3, _C4, _C5 = (tl.constexpr(c) for c in spec.COS_COEFFS)
 _TWO_POW_M23 = tl.constexpr(spec.TWO_POW_M23)
 _TWO_POW_M24 = tl.constexpr(spec.TWO_POW_M24)
-# Fixed at import, as @triton.jit's own choice between interpreter and compiler is.
-_INTERPRETING = tl.constexpr(is_interpreting())
 INIT_GAUSSIAN = tl.constexpr(spec.INIT_CODES["gaussian"])
 INIT_UNIFORM = tl.constexpr(spec.INIT_CODES["uniform"])  # any other code is rademacher
-
-
-@triton.jit
-def philox4x32(k0, k1, c0, c1, c2, c3, N_ROUNDS: tl.constexpr = _ROUNDS):
-    """Philox4x32 with the Random123 constants: uint32 key (k0, k1), uint32 counter (c0..c3).
-
-    N_ROUNDS other than the stream's 10 is for candidate generators (candidates.py) only."""
-    for _ in tl.static_range(N_ROUNDS):
-        hi_b = tl.umulhi(c2, _ROUND_B)
-        hi_a = tl.umulhi(c0, _ROUND_A)
-        lo_b = c2 * _ROUND_B
-        lo_a = c0 * _ROUND_A
-        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
-        k0 = k0 + _KEY_A
-        k1 = k1 + _KEY_B
-    return c0, c1, c2, c3
 
 
 @triton.jit
@@ -55,7 +33,7 @@ def philox_block(seed_lo, seed_hi, stream_lo, stream_hi, offs_row, group_start, 
                  N_ROUNDS: tl.constexpr):
     """The four words of the calls with counter (group_start + g, row, stream_lo, stream_hi) and
     key (seed_lo, seed_hi), for g < N_GROUPS and each row of offs_row: four [R, N_GROUPS] uint32
-    blocks. The counter layout of every stream lives here (docs/backbone.md)."""
+    blocks. Stream v1's counter layout (docs/backbone.md)."""
     rows = offs_row.to(tl.uint32)[:, None]
     groups = (group_start + tl.arange(0, N_GROUPS)).to(tl.uint32)[None, :]
     c0, c1 = tl.broadcast(groups, rows)
@@ -150,21 +128,3 @@ def interleave4(v0, v1, v2, v3):
     """Four [R, C] blocks -> [R, 4C] with element 4c + j taken from block j."""
     tile = tl.join(tl.join(v0, v2), tl.join(v1, v3))
     return tl.reshape(tile, (v0.shape[0], 4 * v0.shape[1]))
-
-
-@triton.jit
-def round_to(x, DTYPE: tl.constexpr):
-    """float32 -> DTYPE, rounding to nearest even as a GPU's cvt.rn does.
-
-    The interpreter casts float32 -> bfloat16 by truncation whatever rounding is asked for
-    (seen with Triton 3.9), so there the rounding is done on the bits first and the cast is
-    then exact. Values here are finite (no NaN handling needed).
-    """
-    if DTYPE == tl.float32:
-        return x
-    elif _INTERPRETING and DTYPE == tl.bfloat16:
-        bits = x.to(tl.uint32, bitcast=True)
-        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-        return bits.to(tl.float32, bitcast=True).to(DTYPE)
-    else:
-        return x.to(DTYPE)
