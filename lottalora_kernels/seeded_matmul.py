@@ -23,8 +23,8 @@ import triton
 import triton.language as tl
 
 from . import stream_spec as spec
-from .backbone_tile import backbone_tile, round_to
-from .runtime import backbone_scalars, dot_dtype, fp32_input_precision, is_interpreting, new_output
+from .stream_v1 import backbone_tile
+from .runtime import backbone_scalars, dot_dtype, fp32_input_precision, is_interpreting, new_output, round_to
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "stream_lo", "stream_hi"])
@@ -204,7 +204,7 @@ def seeded_linear_fwd(
     out = new_output((M, out_features), x.dtype, x.device)
     if M == 0:
         return out
-    _launch(x, seed=seed, stream=stream, init=init, value_scale=spec.value_scale(K, init),
+    _launch(x, seed=seed, stream=stream, init=init, value_scale=spec.value_scale(K, init, 1),
             w_transposed=True, P=out_features, lo=xa,
             lmat_strides=(lora_B.stride(1), lora_B.stride(0)) if lora_B is not None else None,
             lmat=lora_B, bias=bias, beta=beta, lora_scale=scale, out=out, dbeta_x=None, config=config)
@@ -228,7 +228,7 @@ def seeded_linear_bwd_dx(
         zero = torch.zeros((), dtype=torch.float32, device=dy.device)
         return dx, (zero if x_for_dbeta is not None else None)
     dbeta = _launch(dy, seed=seed, stream=stream, init=init,
-                    value_scale=spec.value_scale(in_features, init), w_transposed=False,
+                    value_scale=spec.value_scale(in_features, init, 1), w_transposed=False,
                     P=in_features, lo=dy_b,
                     lmat_strides=(lora_A.stride(0), lora_A.stride(1)) if lora_A is not None else None,
                     lmat=lora_A, bias=None, beta=beta, lora_scale=scale, out=dx,

@@ -1,0 +1,76 @@
+"""Which kernel regime runs a seeded layer: one entry point per direction, chosen by M.
+
+    stream v2, forward:  M <= DECODE_MAX_M  -> seeded_decode (W on the left, split over K)
+                         otherwise         -> seeded_two_phase (W chunk once, then cuBLAS)
+    stream v2, input gradient:                seeded_two_phase
+    stream v1:           M <= V1_ONE_PASS_MAX_M -> seeded_matmul (one pass, W per row block)
+                         otherwise         -> seeded_two_phase
+
+The thresholds are predictions from instruction counts and the H100's rates, not yet GPU
+measurements (benchmarks/NOTES.md, "Dispatch"): the decode kernel's main loop costs ~2 SASS per
+weight whatever M <= 16 (M only adds MMAs), so it generates W at ~15 T weights/s against cuBLAS
+reading stored weights at 1.7 T/s; past M = 16 its accumulators no longer fit and the two-phase
+path (one generation, then a GEMM at tensor-core speed) takes over. Stream v1 generates a weight
+in 24-65 SASS, so its one-pass kernel is worth it only while W is regenerated few times (M up to
+a couple of row blocks). ``benchmarks.speed`` measures every regime on a GPU to set these.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import seeded_decode, seeded_matmul, seeded_two_phase
+
+DECODE_MAX_M = seeded_decode.MAX_M
+V1_ONE_PASS_MAX_M = 128
+
+
+def forward_regime(version: int, m: int) -> str:
+    if version == 2:
+        return "decode" if m <= DECODE_MAX_M else "two_phase"
+    return "one_pass" if m <= V1_ONE_PASS_MAX_M else "two_phase"
+
+
+def input_grad_regime(version: int, m: int) -> str:
+    if version == 2:
+        return "two_phase"
+    return "one_pass" if m <= V1_ONE_PASS_MAX_M else "two_phase"
+
+
+def seeded_linear_fwd(
+    x: torch.Tensor, *, seed: int, stream: int, version: int, init: str, out_features: int,
+    xa: torch.Tensor | None, lora_B: torch.Tensor | None, beta: torch.Tensor, bias: torch.Tensor | None,
+    scale: float, regime: str | None = None,
+) -> torch.Tensor:
+    """y (M, out_features) = beta * x @ W_seed^T + scale * xa @ lora_B^T + bias; x: (M, K).
+
+    ``regime`` ("decode", "one_pass", "two_phase") overrides the choice (tests, benchmarks)."""
+    regime = regime or forward_regime(version, x.shape[0])
+    if regime == "decode":
+        return seeded_decode.seeded_decode_fwd(x, seed=seed, stream=stream, out_features=out_features, xa=xa,
+                                               lora_B=lora_B, beta=beta, bias=bias, scale=scale)
+    if regime == "two_phase":
+        return seeded_two_phase.two_phase_fwd(x, seed=seed, stream=stream, version=version, init=init,
+                                              out_features=out_features, xa=xa, lora_B=lora_B, beta=beta,
+                                              bias=bias, scale=scale)
+    return seeded_matmul.seeded_linear_fwd(x, seed=seed, stream=stream, out_features=out_features, init=init, xa=xa,
+                                           lora_B=lora_B, beta=beta, bias=bias, scale=scale)
+
+
+def seeded_linear_bwd_dx(
+    dy: torch.Tensor, *, seed: int, stream: int, version: int, init: str, in_features: int,
+    dy_b: torch.Tensor | None, lora_A: torch.Tensor | None, beta: torch.Tensor, scale: float,
+    x_for_dbeta: torch.Tensor | None = None, need_dx: bool = True, regime: str | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(dx = beta * dy @ W_seed + scale * dy_b @ lora_A, dbeta = <x, dy @ W_seed>); see
+    ``seeded_two_phase.two_phase_bwd_dx`` for shapes."""
+    regime = regime or input_grad_regime(version, dy.shape[0])
+    if regime == "two_phase":
+        return seeded_two_phase.two_phase_bwd_dx(dy, seed=seed, stream=stream, version=version, init=init,
+                                                 in_features=in_features, dy_b=dy_b, lora_A=lora_A, beta=beta,
+                                                 scale=scale, x_for_dbeta=x_for_dbeta, need_dx=need_dx)
+    if version != 1:
+        raise ValueError(f"the {regime!r} regime serves stream v1 input gradients only")
+    return seeded_matmul.seeded_linear_bwd_dx(dy, seed=seed, stream=stream, in_features=in_features, init=init,
+                                              dy_b=dy_b, lora_A=lora_A, beta=beta, scale=scale,
+                                              x_for_dbeta=x_for_dbeta, need_dx=need_dx)

@@ -1,0 +1,183 @@
+"""Decode regime (small M, stream v2): the backbone on the left of the dot, split over K.
+
+    partial[s, m, o] = sum_{i in split s} W_signs[o, i] * x[m, i]               (kernel 1)
+    y[m, o] = beta * std * sum_s partial[s, m, o] + scale * (xa @ B^T)[m, o] + bias[o]   (kernel 2)
+
+At M <= 16 the layer is a matrix-vector product: the tensor cores idle and the cost is making
+W. Generating W on the left of the product (out^T = W @ x^T) makes each thread's tile of W an
+mma.sync A-operand fragment, which lives in registers: with stream v2's layout each thread
+computes exactly the two Philox calls whose 256 bits it consumes per 128-column span, and turns
+them into bf16/fp16 pairs with one shift and one LOP3 per register (stream_v2.v2_sign_pairs).
+W never touches shared memory. Splitting K over programs puts several programs on every SM
+(N = K = 4096 gives 16 x 32 programs of 4 warps); the partial sums are reduced in a fixed order
+by the epilogue kernel, so results are deterministic (no atomics).
+
+Row mapping: mma.sync gives warp w the tensor rows 16 w + 16 NW rep + [0, 16); the kernel maps
+them to weight rows o = 64 w + 16 rep + [0, 16), so that each warp holds 64 consecutive weight
+rows, one v2 call span, in registers (the bit index then depends on registers only).
+
+Two implementations of kernel 1, one contract:
+- ``_seeded_decode_fwd_kernel`` (Gluon, GPU with sm_80+): explicit mma layouts and inline PTX;
+  built to reach about 2 SASS instructions per weight in its main loop (1.87 counted for sm_90
+  at M <= 8 by ``python -m benchmarks.kernel_report``; the CI gate is 4).
+- ``_seeded_decode_fwd_twin_kernel`` (plain Triton): the same grid, row mapping, spans and
+  partials with one weight per element (``v2_signs``); it runs under the interpreter, where CI
+  holds it to the float64 reference, and the GPU tests hold the Gluon kernel to it bit for bit.
+Not done here: M > 16 (the two-phase regime serves it), stream v1 (the one-pass kernel).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import stream_spec as spec
+from .epilogue import seeded_epilogue
+from .runtime import backbone_scalars, gluon_available, is_interpreting, new_output, sm_count
+from .stream_v2 import v2_sign_pairs, v2_signs, v2_words_at, warp_span_rows
+
+try:  # Gluon ships with Triton >= 3.5; without it only the twin runs
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+except ImportError:  # pragma: no cover
+    gluon = gl = None
+
+ROWS_PER_WARP = spec.V2_ROW_SPAN  # weight rows per warp: one call span
+SPAN_COLS = tl.constexpr(spec.V2_COL_SPAN)  # columns of W per main-loop step: one call span
+MAX_M = 16
+
+
+@triton.jit
+def _seeded_decode_fwd_twin_kernel(
+    x_ptr, partial_ptr, M, N, K, stride_xm, stride_xk,
+    seed_lo, seed_hi, stream_lo, stream_hi, spans_per_split,
+    NUM_WARPS: tl.constexpr, M_PAD: tl.constexpr, DOT_DTYPE: tl.constexpr,
+):
+    BLOCK_N: tl.constexpr = 64 * NUM_WARPS
+    pid_n = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    rows_t = tl.arange(0, BLOCK_N)
+    offs_o = pid_n * BLOCK_N + warp_span_rows(rows_t, NUM_WARPS).to(tl.int64)
+    offs_m = tl.arange(0, M_PAD)
+    cols = tl.arange(0, SPAN_COLS).to(tl.int64)
+    acc = tl.zeros((BLOCK_N, M_PAD), dtype=tl.float32)
+    span_end = tl.minimum((pid_s + 1) * spans_per_split, tl.cdiv(K, SPAN_COLS))
+    for span in range(pid_s * spans_per_split, span_end):
+        offs_i = span * SPAN_COLS + cols
+        w = v2_signs(seed_lo, seed_hi, stream_lo, stream_hi, offs_o[:, None], offs_i[None, :], DOT_DTYPE)
+        xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + offs_i[:, None] * stride_xk,
+                     mask=(offs_m < M)[None, :] & (offs_i < K)[:, None], other=0.0)
+        acc = tl.dot(w, xt.to(DOT_DTYPE), acc)
+    dst = partial_ptr + (pid_s * M + offs_m[None, :]).to(tl.int64) * N + offs_o[:, None]
+    tl.store(dst, acc, mask=(offs_m < M)[None, :] & (offs_o < N)[:, None])
+
+
+def _gluon_jit(fn):
+    return gluon.jit(fn) if gluon is not None else None
+
+
+@_gluon_jit
+def _seeded_decode_fwd_kernel(
+    x_ptr, partial_ptr, M, N, K, stride_xm, stride_xk,
+    seed_lo, seed_hi, stream_lo, stream_hi, spans_per_split,
+    NUM_WARPS: gl.constexpr, M_PAD: gl.constexpr, DTYPE: gl.constexpr,
+):
+    # Same contract, grid and row mapping as _seeded_decode_fwd_twin_kernel; W is generated in
+    # the mma A-operand layout (two Philox calls per thread per span) and never leaves registers.
+    BLOCK_N: gl.constexpr = 64 * NUM_WARPS
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[NUM_WARPS, 1],
+                                                  instr_shape=[16, 8])
+    w_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
+    x_layout: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
+    pid_n = gl.program_id(0)
+    pid_s = gl.program_id(1)
+    # Tensor row 16 NUM_WARPS rep + 16 w + 8 h + g is weight row 64 (pid_n NUM_WARPS + w) + 8 (2 rep
+    # + h) + g (warp_span_rows), split here into (span, p, a) straight from its bit fields.
+    rows_t = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, w_layout))
+    span_o = gl.expand_dims(pid_n * NUM_WARPS + (rows_t // 16) % NUM_WARPS, 1)
+    p = gl.expand_dims(2 * (rows_t // (16 * NUM_WARPS)) + (rows_t // 8) % 2, 1)
+    a = gl.expand_dims(rows_t % 8, 1)
+    cols = gl.expand_dims(gl.arange(0, SPAN_COLS, layout=gl.SliceLayout(0, w_layout)), 0)
+    q = cols // 8
+    c = cols % 8
+    offs_m_x = gl.expand_dims(gl.arange(0, M_PAD, layout=gl.SliceLayout(0, x_layout)), 0)
+    offs_k_x = gl.expand_dims(gl.arange(0, SPAN_COLS, layout=gl.SliceLayout(1, x_layout)), 1)
+    acc = gl.zeros((BLOCK_N, M_PAD), gl.float32, layout=mma)
+    span_end = gl.minimum((pid_s + 1) * spans_per_split, gl.cdiv(K, SPAN_COLS))
+    for span in range(pid_s * spans_per_split, span_end):
+        k0 = span * SPAN_COLS
+        # The two columns of an operand register (c even, c + 1) come from two calls, same bit.
+        word_a, bit = v2_words_at(seed_lo, seed_hi, stream_lo, stream_hi, span_o, p, a, span, q, c & 6)
+        word_b, _ = v2_words_at(seed_lo, seed_hi, stream_lo, stream_hi, span_o, p, a, span, q, c | 1)
+        w = v2_sign_pairs(word_a, word_b, bit, DTYPE)
+        offs_k = k0 + offs_k_x
+        xt = gl.load(x_ptr + offs_m_x * stride_xm + offs_k.to(gl.int64) * stride_xk,
+                     mask=(offs_m_x < M) & (offs_k < K), other=0.0)
+        acc = gl.nvidia.ampere.mma_v2(w, xt.to(DTYPE), acc)
+    rows_acc = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma))
+    offs_o_acc = gl.expand_dims(pid_n * BLOCK_N + warp_span_rows(rows_acc, NUM_WARPS), 1).to(gl.int64)
+    offs_m_acc = gl.expand_dims(gl.arange(0, M_PAD, layout=gl.SliceLayout(0, mma)), 0)
+    dst = partial_ptr + (pid_s * M + offs_m_acc).to(gl.int64) * N + offs_o_acc
+    gl.store(dst, acc, mask=(offs_m_acc < M) & (offs_o_acc < N))
+
+
+_TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
+
+
+def use_fast_path(x: torch.Tensor) -> bool:
+    """The Gluon kernel needs a CUDA GPU with mma.sync (sm_80+), 16-bit inputs and Gluon."""
+    return (x.is_cuda and not is_interpreting() and x.dtype in (torch.float16, torch.bfloat16)
+            and torch.cuda.get_device_capability(x.device)[0] >= 8 and gluon_available())
+
+
+def split_k_for(n_row_blocks: int, n_spans: int, device: torch.device) -> int:
+    """Programs along K: enough for about four programs per SM, at least one span each."""
+    if device.type != "cuda":
+        return min(n_spans, 2)  # the interpreter: exercise the split without slowing tests
+    return max(1, min(n_spans, triton.cdiv(4 * sm_count(device), n_row_blocks)))
+
+
+def seeded_decode_fwd(
+    x: torch.Tensor, *, seed: int, stream: int, out_features: int, xa: torch.Tensor | None,
+    lora_B: torch.Tensor | None, beta: torch.Tensor, bias: torch.Tensor | None, scale: float,
+    fast: bool | None = None, num_warps: int | None = None, split_k: int | None = None,
+) -> torch.Tensor:
+    """y = beta * std * x @ W_signs^T + scale * xa @ lora_B^T + bias for stream v2 and M <= 16.
+
+    x: (M, K); xa: (M, rank) or None; lora_B: (out_features, rank) or None; beta: one element;
+    bias: (out_features,) or None. Returns (M, out_features) in x.dtype. ``fast`` picks the
+    Gluon kernel (default: when ``use_fast_path``), else the plain-Triton twin; ``num_warps``
+    and ``split_k`` pin the launch (tests). Inputs are assumed validated.
+    """
+    M, K = x.shape
+    N = out_features
+    if M > MAX_M:
+        raise ValueError(f"the decode kernel takes at most {MAX_M} rows, got {M}")
+    out = new_output((M, N), x.dtype, x.device)
+    if M == 0:
+        return out
+    fast = use_fast_path(x) if fast is None else fast
+    if num_warps is None:
+        num_warps = 4 if x.is_cuda else 1
+    block_n = ROWS_PER_WARP * num_warps
+    n_row_blocks = triton.cdiv(N, block_n)
+    n_spans = triton.cdiv(K, spec.V2_COL_SPAN)
+    split_k = split_k or split_k_for(n_row_blocks, n_spans, x.device)
+    spans_per_split = triton.cdiv(n_spans, split_k)
+    split_k = triton.cdiv(n_spans, spans_per_split)  # no empty splits
+    partial = new_output((split_k, M, N), torch.float32, x.device)
+    scalars = backbone_scalars(seed, stream)
+    grid = (n_row_blocks, split_k)
+    if fast:
+        _seeded_decode_fwd_kernel[grid](x, partial, M, N, K, x.stride(0), x.stride(1), *scalars, spans_per_split,
+                              NUM_WARPS=num_warps, M_PAD=8 if M <= 8 else 16, DTYPE=_TL_DTYPES[x.dtype],
+                              num_warps=num_warps)
+    else:
+        dot_dtype = tl.float32 if (x.dtype == torch.bfloat16 and is_interpreting()) else _TL_DTYPES[x.dtype]
+        _seeded_decode_fwd_twin_kernel[grid](x, partial, M, N, K, x.stride(0), x.stride(1), *scalars,
+                                             spans_per_split, NUM_WARPS=num_warps, M_PAD=16,
+                                             DOT_DTYPE=dot_dtype, num_warps=num_warps)
+    seeded_epilogue(partial, out, beta=beta, value_scale=spec.backbone_std(K), lo=xa, lmat=lora_B,
+                    lora_scale=scale, bias=bias)
+    return out

@@ -1,0 +1,82 @@
+"""The two-phase regime (a chunk of W generated once, then a GEMM) and the regime dispatch,
+interpreted on the CPU against float64, for both stream versions."""
+
+import pytest
+import torch
+
+from lottalora import BackboneSpec, backbone_block
+from lottalora_kernels import dispatch, seeded_two_phase
+
+from .helpers import assert_close
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+SPECS = [(1, "gaussian"), (2, "rademacher")]
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Chunks of a few hundred bytes, so every test crosses several of them and a ragged last one."""
+    monkeypatch.setattr(seeded_two_phase, "CHUNK_BYTES", 64 * 1024)
+
+
+def _inputs(M, K, N, R, dtype, device, version, init):
+    s = BackboneSpec(31337, 4, K, N, init, version)
+    x = torch.randn(M, K, device=device).to(dtype)
+    A = (torch.randn(R, K, device=device) / K**0.5).to(dtype)
+    B = torch.randn(N, R, device=device).to(dtype)
+    bias = torch.randn(N, device=device).to(dtype)
+    w64 = backbone_block(s, device=device).to(dtype).double()  # what the kernels multiply by
+    return s, x, A, B, bias, torch.tensor(1.25, device=device), w64
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("version,init", SPECS)
+@pytest.mark.parametrize("M,K,N,R", [(17, 300, 200, 3), (40, 129, 70, 0)])
+def test_two_phase_forward_matches_float64(dtype, version, init, M, K, N, R, small_chunks, device):
+    s, x, A, B, bias, beta, w64 = _inputs(M, K, N, R, dtype, device, version, init)
+    xa = x @ A.T if R else None
+    y = seeded_two_phase.two_phase_fwd(x, seed=s.seed, stream=s.stream, version=version, init=init,
+                                       out_features=N, xa=xa, lora_B=B if R else None, beta=beta, bias=bias,
+                                       scale=0.5)
+    want = 1.25 * x.double() @ w64.T + bias.double()
+    if R:
+        want += 0.5 * xa.double() @ B.double().T
+    assert_close(y, want, dtype, f"two-phase forward v{version} {dtype}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("version,init", SPECS)
+@pytest.mark.parametrize("need_dx", [True, False])
+def test_two_phase_input_gradient_and_dbeta_match_float64(dtype, version, init, need_dx, small_chunks, device):
+    M, K, N, R = 23, 300, 150, 4
+    s, x, A, B, _, beta, w64 = _inputs(M, K, N, R, dtype, device, version, init)
+    dy = torch.randn(M, N, device=device).to(dtype)
+    dy_b = dy @ B
+    dx, dbeta = seeded_two_phase.two_phase_bwd_dx(dy, seed=s.seed, stream=s.stream, version=version, init=init,
+                                                  in_features=K, dy_b=dy_b, lora_A=A, beta=beta, scale=0.5,
+                                                  x_for_dbeta=x, need_dx=need_dx)
+    if need_dx:
+        want = 1.25 * dy.double() @ w64 + 0.5 * dy_b.double() @ A.double()
+        assert_close(dx, want, dtype, f"two-phase dx v{version} {dtype}")
+    else:
+        assert dx is None
+    want_dbeta = (x.double() * (dy.double() @ w64)).sum()
+    size = (x.double().abs() * (dy.double().abs() @ w64.abs())).sum()
+    assert abs(dbeta.item() - want_dbeta.item()) <= 1e-5 * size.item() + 1e-6
+
+
+def test_regimes_follow_the_documented_thresholds():
+    assert dispatch.forward_regime(2, 1) == dispatch.forward_regime(2, dispatch.DECODE_MAX_M) == "decode"
+    assert dispatch.forward_regime(2, dispatch.DECODE_MAX_M + 1) == "two_phase"
+    assert dispatch.input_grad_regime(2, 1) == "two_phase"
+    assert dispatch.forward_regime(1, dispatch.V1_ONE_PASS_MAX_M) == "one_pass"
+    assert dispatch.forward_regime(1, dispatch.V1_ONE_PASS_MAX_M + 1) == "two_phase"
+
+
+@pytest.mark.parametrize("regime", ["decode", "two_phase"])
+def test_dispatch_runs_each_v2_regime_to_the_same_result(regime, device):
+    s, x, A, B, bias, beta, w64 = _inputs(9, 200, 70, 2, torch.float32, device, 2, "rademacher")
+    y = dispatch.seeded_linear_fwd(x, seed=s.seed, stream=s.stream, version=2, init="rademacher", out_features=70,
+                                   xa=x @ A.T, lora_B=B, beta=beta, bias=bias, scale=0.5, regime=regime)
+    want = 1.25 * x.double() @ w64.T + 0.5 * (x @ A.T).double() @ B.double().T + bias.double()
+    assert_close(y, want, torch.float32, f"regime {regime}")
