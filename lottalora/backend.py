@@ -13,8 +13,6 @@ import os
 
 import torch
 
-from . import reference
-
 BACKENDS = ("auto", "triton", "torch")
 
 
@@ -46,25 +44,22 @@ def resolve_backend(device: torch.device) -> str:
 
 
 def forward_op(backend: str):
-    """(x2d, spec, xa, lora_B, beta, bias, scale) -> y2d for ``backend``."""
-    if backend == "torch":
-        return reference.seeded_linear_ref_fwd
+    """(x2d, spec, xa, lora_B, beta, bias, scale) -> y2d through the registered op for ``backend``."""
     from .ops import seeded_linear_fwd_op, spec_words
 
     def run(x, spec, xa, lora_B, beta, bias, scale):
-        return seeded_linear_fwd_op(x, xa, lora_B, beta, bias, spec_words(spec), spec.out_features, spec.init, scale)
+        return seeded_linear_fwd_op(x, xa, lora_B, beta, bias, spec_words(spec), spec.out_features, spec.init,
+                                    spec.version, scale, backend)
     return run
 
 
 def backward_dx_op(backend: str):
     """(dy2d, spec, dy_b, lora_A, beta, scale, x_for_dbeta, need_dx) -> (dx, dbeta)."""
-    if backend == "torch":
-        return reference.seeded_linear_ref_bwd_dx
     from .ops import seeded_linear_bwd_dx_op, spec_words
 
     def run(dy, spec, dy_b, lora_A, beta, scale, x_for_dbeta, need_dx):
         dx, dbeta = seeded_linear_bwd_dx_op(dy, dy_b, lora_A, beta, x_for_dbeta, spec_words(spec),
-                                            spec.in_features, spec.init, scale, need_dx)
+                                            spec.in_features, spec.init, spec.version, scale, need_dx, backend)
         return (dx if need_dx else None), (dbeta if x_for_dbeta is not None else None)
     return run
 

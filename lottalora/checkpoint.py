@@ -101,10 +101,13 @@ def save(model: nn.Module, directory: str | os.PathLike) -> Path:
     config = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
-        "generator": {"name": "philox4x32", "rounds": spec.PHILOX_ROUNDS, "stream_version": spec.STREAM_VERSION},
+        # The newest stream version in use: a reader that knows only older versions refuses the file.
+        "generator": {"name": "philox4x32", "rounds": spec.PHILOX_ROUNDS,
+                      "stream_version": max(m.stream_version for m in layers.values())},
         "layers": [
             {"name": name, "in_features": m.in_features, "out_features": m.out_features, "seed": str(m.seed),
-             "stream": str(m.stream), "init": m.init, "rank": m.rank, "alpha": m.alpha,
+             "stream": str(m.stream), "stream_version": m.stream_version, "init": m.init, "rank": m.rank,
+             "alpha": m.alpha,
              "use_rslora": m.use_rslora, "scaling": m.scaling, "bias": m.bias is not None,
              "fingerprint": backbone_fingerprint(m.spec)}
             for name, m in layers.items()
@@ -150,9 +153,15 @@ def read_config(directory: str | os.PathLike) -> dict:
         for key, kind in required.items():
             if not isinstance(layer, dict) or not isinstance(layer.get(key), kind):
                 _fail(directory, f"layer entry {layer!r} lacks a valid {key!r}")
+        # Checkpoints written before stream v2 record the version once, in the generator.
+        version = layer.get("stream_version", generator["stream_version"])
+        if isinstance(version, bool) or version not in spec.SUPPORTED_STREAM_VERSIONS or \
+                version > generator["stream_version"]:
+            _fail(directory, f"layer {layer['name']!r} has stream_version {version!r} (this build reads "
+                             f"{spec.SUPPORTED_STREAM_VERSIONS}, the generator records {generator['stream_version']})")
         try:
             layer["spec"] = BackboneSpec(int(layer["seed"]), int(layer["stream"]), layer["in_features"],
-                                         layer["out_features"], layer["init"])
+                                         layer["out_features"], layer["init"], version)
         except (TypeError, ValueError) as exc:
             _fail(directory, f"layer {layer['name']!r}: {exc}")
     tensors = config.get("tensors", {})
@@ -242,11 +251,12 @@ def describe(directory: str | os.PathLike) -> str:
     stored = sum((directory / n).stat().st_size for n in (CONFIG_NAME, TENSORS_NAME))
     dense_fp16 = 2 * (backbone_values + other_values)
     lines = [f"{directory}: {FORMAT_NAME} v{config['format_version']}, generator "
-             f"philox4x32-{config['generator']['rounds']} stream v{config['generator']['stream_version']}",
-             "", "| layer | shape (out x in) | rank | init | seed | stream |", "|---|---|---|---|---|---|"]
+             f"philox4x32-{config['generator']['rounds']}",
+             "", "| layer | shape (out x in) | rank | init | stream version | seed | stream |",
+             "|---|---|---|---|---|---|---|"]
     for l in config["layers"]:
         lines.append(f"| {l['name']} | {l['out_features']} x {l['in_features']} | {l['rank']} | {l['init']} | "
-                     f"{l['seed']} | {l['stream']} |")
+                     f"{l['spec'].version} | {l['seed']} | {l['stream']} |")
     lines += ["", f"seeded layers: {len(config['layers'])}, backbone values regenerated (never stored): "
                   f"{backbone_values:,}",
               f"stored tensors: {len(shapes)} ({adapter_values:,} adapter/beta values, {other_values:,} other values)",

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from lottalora_kernels.stream_spec import resolve_version_and_init
+
 from .linear import Linear
 
 STREAM_NAME_PREFIX = b"lottalora/stream/v1:"
@@ -71,7 +73,7 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
 
 def convert(
     model: nn.Module, *, rank: int = 8, alpha: float | None = None, use_rslora: bool = False,
-    seed: int = 0, init: str = "gaussian", target_modules: Patterns = None,
+    seed: int = 0, init: str | None = None, stream_version: int | None = None, target_modules: Patterns = None,
     adapter_modules: Patterns = None, trainable_modules: Patterns = None,
 ) -> nn.Module:
     """Replace linear layers of ``model`` in place with seeded ``lottalora.Linear`` and freeze the rest.
@@ -80,7 +82,9 @@ def convert(
     those get a rank-``rank`` adapter; the others become rank-0 seeded layers (all get one when
     None). trainable_modules: modules whose parameters stay trainable (embeddings, norms, a
     head). Each accepts a regex matched against the whole qualified name, or a list of names /
-    name suffixes (PEFT's convention). The old dense weights are dropped; biases are kept.
+    name suffixes (PEFT's convention). init and stream_version choose the backbone as in
+    ``lottalora.Linear`` (default: stream 2's binary backbone). The old dense weights are
+    dropped; biases are kept.
     Works on models whose weights are on the meta device (see ``materialize``). Returns model.
     """
     for argument, patterns in (("target_modules", target_modules), ("adapter_modules", adapter_modules),
@@ -88,6 +92,7 @@ def convert(
         _check_patterns(argument, patterns)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    resolve_version_and_init(stream_version, init)  # a bad pair fails before the model changes
 
     targets = []
     for name, module in model.named_modules():
@@ -109,7 +114,8 @@ def convert(
         has_adapter = adapter_modules is None or name_matches(name, adapter_modules)
         new = Linear(in_features, out_features, bias=module.bias is not None,
                      rank=rank if has_adapter else 0, alpha=alpha, use_rslora=use_rslora, seed=seed,
-                     stream=stream_for_name(name), init=init, device=weight.device, dtype=weight.dtype)
+                     stream=stream_for_name(name), init=init, stream_version=stream_version,
+                     device=weight.device, dtype=weight.dtype)
         if module.bias is not None and module.bias.device.type != "meta":
             with torch.no_grad():
                 new.bias.copy_(module.bias)

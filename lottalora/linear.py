@@ -21,7 +21,7 @@ def extra_state(spec: BackboneSpec) -> torch.Tensor:
     stream lo/hi, init code, in_features, out_features]."""
     seed_lo, seed_hi = spec_consts.split_u64(spec.seed)
     stream_lo, stream_hi = spec_consts.split_u64(spec.stream)
-    return torch.tensor([spec_consts.STREAM_VERSION, seed_lo, seed_hi, stream_lo, stream_hi,
+    return torch.tensor([spec.version, seed_lo, seed_hi, stream_lo, stream_hi,
                          spec_consts.INIT_CODES[spec.init], spec.in_features, spec.out_features],
                         dtype=torch.int64)
 
@@ -31,7 +31,10 @@ class Linear(nn.Module):
 
     W_seed (out_features x in_features) is drawn from (seed, stream, init) by the backbone
     stream (docs/backbone.md) and regenerated inside the kernels at every call: it is never a
-    parameter, buffer or state_dict entry. Trainable: lora_A (rank, in_features),
+    parameter, buffer or state_dict entry. ``stream_version=None`` takes the newest stream that
+    provides ``init`` (``init=None``: stream 2's binary backbone, +-1/sqrt(in_features) built for
+    the tensor cores; ``init="gaussian"``: stream 1); ``stream_version=1`` reproduces layers
+    made before stream 2 bit for bit. Trainable: lora_A (rank, in_features),
     Kaiming-uniform; lora_B (out_features, rank), zeros; beta, a scalar starting at 1.0; bias
     (out_features,), nn.Linear's init. With rank=0 the layer is frozen random plus beta and bias
     (lora_A and lora_B are None).
@@ -43,7 +46,7 @@ class Linear(nn.Module):
     def __init__(
         self, in_features: int, out_features: int, bias: bool = True, *, rank: int = 8,
         alpha: float | None = None, use_rslora: bool = False, seed: int = 0, stream: int = 0,
-        init: str = "gaussian", device=None, dtype=None,
+        init: str | None = None, stream_version: int | None = None, device=None, dtype=None,
     ) -> None:
         super().__init__()
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
@@ -54,7 +57,7 @@ class Linear(nn.Module):
         factory = {"device": device, "dtype": dtype}
         if dtype is not None and dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
             raise TypeError(f"dtype must be float32, float16, bfloat16 or float64, got {dtype}")
-        self._spec = BackboneSpec(seed, stream, in_features, out_features, init)
+        self._spec = BackboneSpec(seed, stream, in_features, out_features, init, stream_version)
         self.rank = rank
         self.alpha = float(alpha) if alpha is not None else float(rank)
         self.use_rslora = bool(use_rslora)
@@ -77,6 +80,7 @@ class Linear(nn.Module):
     seed = property(lambda self: self._spec.seed)
     stream = property(lambda self: self._spec.stream)
     init = property(lambda self: self._spec.init)
+    stream_version = property(lambda self: self._spec.version, doc="The backbone stream's version (1 or 2).")
     spec = property(lambda self: self._spec, doc="The layer's BackboneSpec.")
 
     @property
@@ -104,15 +108,17 @@ class Linear(nn.Module):
     def backbone_weight(self, dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
         """The dense W_seed (out_features, in_features), regenerated now and never cached.
 
-        float32 by default (the stream's native precision); ``dtype`` rounds it as the kernels
-        do for that input dtype. Defaults to the device of the layer's parameters.
+        float32 by default (the stream's native precision; stream 2's values are exactly
+        +-1/sqrt(in_features) in float32); ``dtype`` rounds it to that dtype. Defaults to the
+        device of the layer's parameters.
         """
         device = torch.device(device) if device is not None else self.beta.device
         if resolve_backend(device) == "triton":
             from lottalora_kernels.backbone_gen import generate_backbone
 
             w = generate_backbone(self.seed, self.stream, self.in_features, self.init,
-                                  (0, self.out_features), (0, self.in_features), device)
+                                  (0, self.out_features), (0, self.in_features), device,
+                                  version=self.stream_version)
         else:
             w = backbone_block(self._spec, device=device)
         return w.to(dtype) if dtype is not None else w
@@ -132,8 +138,10 @@ class Linear(nn.Module):
                 f"backbone stream version {version} is not supported by this build "
                 f"(supported: {spec_consts.SUPPORTED_STREAM_VERSIONS})"
             )
-        if not 0 <= init_code < len(spec_consts.INITS):
-            raise ValueError(f"unknown init code {init_code} in state (known: {spec_consts.INITS})")
+        if not 0 <= init_code < len(spec_consts.INITS) or \
+                spec_consts.INITS[init_code] not in spec_consts.VERSION_INITS[version]:
+            raise ValueError(f"unknown init code {init_code} for stream version {version} in state "
+                             f"(known: {spec_consts.VERSION_INITS[version]})")
         if (in_f, out_f) != (self.in_features, self.out_features):
             raise ValueError(
                 f"state is for a {out_f} x {in_f} backbone, this layer is "
@@ -143,11 +151,12 @@ class Linear(nn.Module):
             if not 0 <= word <= 0xFFFFFFFF:
                 raise ValueError(f"corrupt {name} word {word} in state")
         self._spec = BackboneSpec(seed_lo | (seed_hi << 32), stream_lo | (stream_hi << 32),
-                                  in_f, out_f, spec_consts.INITS[init_code])
+                                  in_f, out_f, spec_consts.INITS[init_code], version)
 
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={self.bias is not None}, rank={self.rank}, alpha={self.alpha:g}, "
-            f"rslora={self.use_rslora}, init={self.init!r}, seed={self.seed}, stream={self.stream}"
+            f"rslora={self.use_rslora}, init={self.init!r}, stream_version={self.stream_version}, "
+            f"seed={self.seed}, stream={self.stream}"
         )

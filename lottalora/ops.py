@@ -1,9 +1,11 @@
-"""The Triton launchers registered as torch.library custom ops.
+"""The seeded linear op's two halves registered as torch.library custom ops, for both backends.
 
 ``torch.compile`` then sees two opaque ops with known output shapes (the fake implementations)
-instead of tracing into Python launchers, and the autograd Function in ``functional.py`` calls
-them. Seeds and streams travel as four 32-bit words because a schema ``int`` is 64-bit signed
-and a seed may use all 64 bits.
+instead of tracing into Python launchers or the PyTorch stream (Inductor would otherwise try to
+compile the whole generator on CPU), and the autograd Function in ``functional.py`` calls them.
+Seeds and streams travel as four 32-bit words because a schema ``int`` is 64-bit signed and a
+seed may use all 64 bits. ``backend`` is "triton" (the kernels, ``lottalora_kernels.dispatch``)
+or "torch" (``reference``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import torch
 
 from lottalora_kernels import stream_spec as spec
 
+from . import reference
 from .stream import BackboneSpec
 
 
@@ -20,50 +23,62 @@ def spec_words(s: BackboneSpec) -> list[int]:
     return [*spec.split_u64(s.seed), *spec.split_u64(s.stream)]
 
 
-def _unwords(words: list[int]) -> tuple[int, int]:
-    return words[0] | (words[1] << 32), words[2] | (words[3] << 32)
+def _spec(words: list[int], in_features: int, out_features: int, init: str, version: int) -> BackboneSpec:
+    return BackboneSpec(words[0] | (words[1] << 32), words[2] | (words[3] << 32), in_features, out_features,
+                        init, version)
 
 
 @torch.library.custom_op("lottalora::seeded_linear_fwd", mutates_args=())
 def seeded_linear_fwd_op(
     x: torch.Tensor, xa: torch.Tensor | None, lora_B: torch.Tensor | None, beta: torch.Tensor,
-    bias: torch.Tensor | None, words: list[int], out_features: int, init: str, scale: float,
+    bias: torch.Tensor | None, words: list[int], out_features: int, init: str, version: int, scale: float,
+    backend: str,
 ) -> torch.Tensor:
     """y (M, out_features) = beta * x @ W_seed^T + scale * xa @ lora_B^T + bias; x: (M, in)."""
-    from lottalora_kernels.seeded_matmul import seeded_linear_fwd
+    s = _spec(words, x.shape[1], out_features, init, version)
+    if backend == "torch":
+        return reference.seeded_linear_ref_fwd(x, s, xa, lora_B, beta, bias, scale)
+    from lottalora_kernels.dispatch import seeded_linear_fwd
 
-    seed, stream = _unwords(words)
-    return seeded_linear_fwd(x, seed=seed, stream=stream, out_features=out_features, init=init, xa=xa,
-                             lora_B=lora_B, beta=beta, bias=bias, scale=scale)
+    return seeded_linear_fwd(x, seed=s.seed, stream=s.stream, version=s.version, init=s.init,
+                             out_features=out_features, xa=xa, lora_B=lora_B, beta=beta, bias=bias, scale=scale)
 
 
 @seeded_linear_fwd_op.register_fake
-def _(x, xa, lora_B, beta, bias, words, out_features, init, scale):
+def _(x, xa, lora_B, beta, bias, words, out_features, init, version, scale, backend):
     return x.new_empty((x.shape[0], out_features))
+
+
+def _dbeta_dtype(dy: torch.Tensor) -> torch.dtype:
+    return torch.float64 if dy.dtype == torch.float64 else torch.float32
 
 
 @torch.library.custom_op("lottalora::seeded_linear_bwd_dx", mutates_args=())
 def seeded_linear_bwd_dx_op(
     dy: torch.Tensor, dy_b: torch.Tensor | None, lora_A: torch.Tensor | None, beta: torch.Tensor,
-    x_for_dbeta: torch.Tensor | None, words: list[int], in_features: int, init: str, scale: float,
-    need_dx: bool,
+    x_for_dbeta: torch.Tensor | None, words: list[int], in_features: int, init: str, version: int, scale: float,
+    need_dx: bool, backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(dx (M, in_features), dbeta float32 scalar); dx is empty (0, in) when not needed and
-    dbeta is 0 when ``x_for_dbeta`` is None (custom ops return tensors, not None)."""
-    from lottalora_kernels.seeded_matmul import seeded_linear_bwd_dx
+    """(dx (M, in_features), dbeta scalar: float64 for float64 dy, else float32); dx is empty
+    (0, in) when not needed and dbeta is 0 when ``x_for_dbeta`` is None (custom ops return
+    tensors, not None)."""
+    s = _spec(words, in_features, dy.shape[1], init, version)
+    if backend == "torch":
+        dx, dbeta = reference.seeded_linear_ref_bwd_dx(dy, s, dy_b, lora_A, beta, scale, x_for_dbeta, need_dx)
+    else:
+        from lottalora_kernels.dispatch import seeded_linear_bwd_dx
 
-    seed, stream = _unwords(words)
-    dx, dbeta = seeded_linear_bwd_dx(dy, seed=seed, stream=stream, in_features=in_features, init=init,
-                                     dy_b=dy_b, lora_A=lora_A, beta=beta, scale=scale,
-                                     x_for_dbeta=x_for_dbeta, need_dx=need_dx)
+        dx, dbeta = seeded_linear_bwd_dx(dy, seed=s.seed, stream=s.stream, version=s.version, init=s.init,
+                                         in_features=in_features, dy_b=dy_b, lora_A=lora_A, beta=beta, scale=scale,
+                                         x_for_dbeta=x_for_dbeta, need_dx=need_dx)
     if dx is None:
         dx = dy.new_empty((0, in_features))
     if dbeta is None:
-        dbeta = torch.zeros((), dtype=torch.float32, device=dy.device)
-    return dx, dbeta
+        dbeta = torch.zeros((), device=dy.device)
+    return dx, dbeta.to(_dbeta_dtype(dy))
 
 
 @seeded_linear_bwd_dx_op.register_fake
-def _(dy, dy_b, lora_A, beta, x_for_dbeta, words, in_features, init, scale, need_dx):
+def _(dy, dy_b, lora_A, beta, x_for_dbeta, words, in_features, init, version, scale, need_dx, backend):
     rows = dy.shape[0] if need_dx else 0
-    return dy.new_empty((rows, in_features)), dy.new_empty((), dtype=torch.float32)
+    return dy.new_empty((rows, in_features)), dy.new_empty((), dtype=_dbeta_dtype(dy))

@@ -94,7 +94,7 @@ def _corrupt(ck: Path, how: str):
     elif how == "format version":
         config["format_version"] = 99
     elif how == "stream version":
-        config["generator"]["stream_version"] = 2
+        config["generator"]["stream_version"] = 3
     elif how == "fingerprint":
         config["layers"][0]["fingerprint"] = "0" * 16
     elif how == "unknown layer":

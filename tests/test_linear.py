@@ -58,13 +58,20 @@ def test_backends_agree_for_every_init(init, monkeypatch, device):
     assert_close(outs["torch"], _formula64(layer, x), torch.float32, "torch vs formula")
 
 
-def test_column_blocked_reference_equals_one_block():
-    spec = lottalora.BackboneSpec(3, 1, 50, 10)
-    x = torch.randn(4, 50)
+@pytest.mark.parametrize("version", [1, 2])
+def test_column_blocked_reference_equals_one_block(version, monkeypatch):
+    spec = lottalora.BackboneSpec(3, 1, 300, 10, version=version)
+    x = torch.randn(4, 300)
     beta = torch.tensor(1.5)
-    whole = reference.seeded_linear_ref_fwd(x, spec, None, None, beta, None, 1.0, block_elements=10**9)
-    blocked = reference.seeded_linear_ref_fwd(x, spec, None, None, beta, None, 1.0, block_elements=40)
+    whole = reference.seeded_linear_ref_fwd(x, spec, None, None, beta, None, 1.0)
+    monkeypatch.setattr(reference, "V1_BLOCK_VALUES", 40)
+    monkeypatch.setattr(reference, "V2_BLOCK_VALUES", 40)
+    assert len(list(reference._column_blocks(spec))) > 2
+    blocked = reference.seeded_linear_ref_fwd(x, spec, None, None, beta, None, 1.0)
     assert_close(blocked, whole.double(), torch.float32, "blocked reference")
+    dx_whole, _ = reference.seeded_linear_ref_bwd_dx(torch.ones(4, 10), spec, None, None, beta, 1.0)
+    assert_close(dx_whole, (1.5 * torch.ones(4, 10).double() @ lottalora.backbone_block(spec).double()),
+                 torch.float32, "blocked dx")
 
 
 def test_parameters_follow_the_pinned_api():
@@ -117,7 +124,7 @@ def test_state_dict_survives_torch_save_with_weights_only(tmp_path):
 
 
 @pytest.mark.parametrize("mutate,match", [
-    (lambda s: s.__setitem__(0, 2), "stream version 2"),
+    (lambda s: s.__setitem__(0, 3), "stream version 3"),
     (lambda s: s.__setitem__(5, 9), "unknown init"),
     (lambda s: s.__setitem__(6, 10), "backbone"),
     (lambda s: s.__setitem__(1, -1), "corrupt seed"),

@@ -15,21 +15,26 @@ def _args(device, R=3):
     return s, x, A, B, torch.tensor(0.5, device=device), torch.randn(18, device=device)
 
 
-def test_forward_op_passes_opcheck(device):
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_forward_op_passes_opcheck(backend, device):
     s, x, A, B, beta, bias = _args(device)
-    torch.library.opcheck(seeded_linear_fwd_op, (x, x @ A.T, B, beta, bias, spec_words(s), 18, "gaussian", 0.5),
-                          test_utils=("test_schema", "test_faketensor"))
-    torch.library.opcheck(seeded_linear_fwd_op, (x, None, None, beta, None, spec_words(s), 18, "uniform", 1.0),
-                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(seeded_linear_fwd_op, (x, x @ A.T, B, beta, bias, spec_words(s), 18, "gaussian", 1, 0.5,
+                                                 backend), test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(seeded_linear_fwd_op, (x, None, None, beta, None, spec_words(s), 18, "uniform", 1, 1.0,
+                                                 backend), test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(seeded_linear_fwd_op, (x, x @ A.T, B, beta, bias, spec_words(s), 18, "rademacher", 2,
+                                                 0.5, backend), test_utils=("test_schema", "test_faketensor"))
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
 @pytest.mark.parametrize("need_dx,with_x", [(True, True), (False, True), (True, False)])
-def test_input_gradient_op_passes_opcheck(need_dx, with_x, device):
+@pytest.mark.parametrize("version,init", [(1, "gaussian"), (2, "rademacher")])
+def test_input_gradient_op_passes_opcheck(need_dx, with_x, version, init, backend, device):
     s, x, A, B, beta, _ = _args(device)
     dy = torch.randn(5, 18, device=device)
     torch.library.opcheck(seeded_linear_bwd_dx_op,
-                          (dy, dy @ B, A, beta, x if with_x else None, spec_words(s), 20, "gaussian", 0.5, need_dx),
-                          test_utils=("test_schema", "test_faketensor"))
+                          (dy, dy @ B, A, beta, x if with_x else None, spec_words(s), 20, init, version, 0.5,
+                           need_dx, backend), test_utils=("test_schema", "test_faketensor"))
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
