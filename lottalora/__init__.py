@@ -14,10 +14,11 @@ from .functional import SeededLinearFunction, seeded_linear
 from .linear import Linear
 from .scaffold import ScaffoldSchedule, reseed
 from .stream import BackboneSpec, backbone_block
+from .summary import ModelSummary, summary
 
 __all__ = [
-    "INITS", "STREAM_VERSION", "BackboneSpec", "Linear", "ScaffoldSchedule",
+    "INITS", "STREAM_VERSION", "BackboneSpec", "Linear", "ModelSummary", "ScaffoldSchedule",
     "SeededLinearFunction", "backbone_block", "convert", "describe", "load", "materialize", "reseed", "save",
-    "seeded_linear", "stream_for_name",
+    "seeded_linear", "stream_for_name", "summary",
 ]
 __version__ = "0.1.0"
