@@ -11,6 +11,10 @@ state stay as they are.
         for x, y in loader:
             ...; optimizer.step(); schedule.step()
         schedule.epoch_end()
+
+Under torch.compile a layer's seed is a constant of the compiled graph, so each new scaffold is
+a recompile; past torch._dynamo.config.recompile_limit (8) the module runs eagerly, still on the
+right scaffold. Cycling among at most 8 scaffolds compiles each once.
 """
 
 from __future__ import annotations

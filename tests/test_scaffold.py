@@ -155,3 +155,14 @@ def test_schedule_needs_a_base_seed_when_layers_differ():
         lottalora.ScaffoldSchedule(model)
     lottalora.ScaffoldSchedule(model, base_seed=9)
     assert [layer.seed for layer in model] == [9, 9]
+
+
+def test_a_compiled_model_follows_the_redraws():
+    model = _mlp(seed=3)
+    compiled = torch.compile(model, backend="eager")
+    x = torch.randn(2, 12)
+    schedule = lottalora.ScaffoldSchedule(model, every="step", num_scaffolds=2)
+    for _ in range(3):
+        with torch.no_grad():
+            assert torch.equal(compiled(x), model(x))
+        schedule.step()
