@@ -18,7 +18,8 @@ dropout, into the input of a seeded layer D without adapter whose beta trains. U
 add a term beta_up does not scale, and an adapter on either layer adds trained terms that the
 betas do not scale together, so those pairs are left alone. A module that torch.fx cannot
 trace (control flow on inputs, unpacking arguments) is left alone too: nothing is frozen
-that the graph does not prove redundant.
+that the graph does not prove redundant. transformers' attention modules are such modules, so
+v_proj and o_proj both without adapters keep two betas although attention is linear in V.
 """
 
 from __future__ import annotations
