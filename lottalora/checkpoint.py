@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 from pathlib import Path
 
 import torch
@@ -116,7 +117,10 @@ def save(model: nn.Module, directory: str | os.PathLike) -> Path:
         "aliases": aliases,
         "tensors": {"file": TENSORS_NAME, "sha256": _sha256(tensor_path), "bytes": tensor_path.stat().st_size},
     }
-    (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    config_path = directory / CONFIG_NAME
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+    # safetensors writes owner-only (0600); give the tensors the config's permissions (the umask's).
+    os.chmod(tensor_path, stat.S_IMODE(config_path.stat().st_mode))
     return directory
 
 

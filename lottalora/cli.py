@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
@@ -51,21 +52,26 @@ def _hidden(text: str) -> tuple[int, ...]:
 
 def _demo(args: argparse.Namespace) -> int:
     from .checkpoint import save
-    from .demo import best_seeded, format_table, plot_sweep, run_sweep, saturation_rank
+    from .demo import TASKS, best_seeded, format_table, plot_sweep, run_sweep, saturation_rank
 
+    task = TASKS[args.task]
+    ranks = list(task.ranks) if args.ranks is None else args.ranks
+    epochs = args.epochs or task.epochs
+    hidden = args.hidden or task.hidden
     device = torch.device(args.device) if args.device else None
-    full, sweep = run_sweep(args.ranks, init=args.init, epochs=args.epochs, seed=args.seed,
-                            hidden=args.hidden, device=device, show_progress=not args.no_progress)
-    print(f"digits (scikit-learn), MLP 64-{'-'.join(map(str, args.hidden))}-10, init={args.init}, "
-          f"epochs={args.epochs}, seed={args.seed}, device={(device or ('cuda' if torch.cuda.is_available() else 'cpu'))}")
+    full, sweep = run_sweep(ranks, task=args.task, init=args.init, epochs=epochs, seed=args.seed,
+                            hidden=hidden, device=device, show_progress=not args.no_progress)
+    widths = "-".join(map(str, (task.in_features, *hidden, task.classes)))
+    print(f"{task.title}, MLP {widths}, init={args.init}, epochs={epochs}, seed={args.seed}, "
+          f"device={(device or ('cuda' if torch.cuda.is_available() else 'cpu'))}")
     print(format_table(full, sweep))
     sat = saturation_rank(full, sweep, args.tolerance)
     if sat is None:
-        print(f"saturation rank: none of {args.ranks} is within {args.tolerance:.1%} of full training")
+        print(f"saturation rank: none of {ranks} is within {args.tolerance:.1%} of full training")
     else:
         print(f"saturation rank (within {args.tolerance:.1%} of full training): {sat}")
     if args.plot:
-        plot_sweep(full, sweep, args.plot, sat)
+        plot_sweep(full, sweep, args.plot, sat, title=task.label)
         print(f"plot written to {args.plot}")
     if args.save:
         best = best_seeded([r for r in sweep])
@@ -78,6 +84,12 @@ def _demo(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     from .checkpoint import describe
 
+    directory = Path(args.directory)
+    if not directory.is_dir():
+        problem = "is not a directory" if directory.exists() else "does not exist"
+        print(f"error: {directory} {problem}: give a directory written by lottalora.save "
+              "(or lottalora demo --save DIR)", file=sys.stderr)
+        return 2
     try:
         print(describe(args.directory))
     except ValueError as exc:
@@ -86,17 +98,44 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: ...)" only where there is a default worth reading."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lottalora", description=__doc__)
+    from .demo import TASKS
+
+    # allow_abbrev=False: "--rank 4" must not be taken silently as "--ranks 4".
+    options = {"allow_abbrev": False, "formatter_class": _HelpFormatter}
+    parser = argparse.ArgumentParser(prog="lottalora", description=__doc__, **options)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="rank sweep on the digits data set: full training vs LottaLoRA")
-    demo.add_argument("--ranks", type=_ranks, default=_ranks("0,1,2,4,8,16,32"),
-                      help="comma-separated ranks; 0 is the frozen random layer with beta and bias only")
+    demo = sub.add_parser("demo", help="rank sweep: full training vs LottaLoRA at several ranks",
+                          description="Rank sweep: full training against LottaLoRA (frozen random hidden "
+                                      "layers + rank-r adapters) at several ranks, on a task that needs no "
+                                      "download.", **options)
+    per_task = ", ".join(f"{t.name}: {{}}" for t in TASKS.values())
+
+    def task_defaults(field: str) -> str:
+        return "default: " + per_task.format(*(_comma(getattr(t, field)) for t in TASKS.values()))
+
+    demo.add_argument("--task", choices=sorted(TASKS), default="digits",
+                      help="digits: scikit-learn's 8x8 digits, quick; mnist1d: MNIST-1D, where rank saturation "
+                           "shows (a few minutes on a 2-core CPU)")
+    demo.add_argument("--ranks", type=_ranks,
+                      help="comma-separated ranks; 0 is the frozen random layer with beta and bias only "
+                           f"({task_defaults('ranks')})")
     demo.add_argument("--init", choices=INITS, default="gaussian", help="backbone distribution")
-    demo.add_argument("--epochs", type=_positive, default=40)
+    demo.add_argument("--epochs", type=_positive,
+                      help=f"training epochs of every run, full and each rank ({task_defaults('epochs')})")
     demo.add_argument("--seed", type=int, default=0, help="backbone seed and training seed")
-    demo.add_argument("--hidden", type=_hidden, default=(32, 32),
-                      help="hidden widths; narrow layers make the rank matter (wide random features alone do well)")
+    demo.add_argument("--hidden", type=_hidden,
+                      help="hidden widths; narrow layers make the rank matter (wide random features alone do "
+                           f"well) ({task_defaults('hidden')})")
     demo.add_argument("--tolerance", type=float, default=0.02,
                       help="saturation: accuracy within this fraction of full training")
     demo.add_argument("--plot", metavar="PNG", help="write accuracy against rank to this PNG")
@@ -104,10 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo.add_argument("--save", metavar="DIR", help="save the best LottaLoRA model as seed + adapters")
     demo.set_defaults(run=_demo)
-    info = sub.add_parser("info", help="what a seed-only checkpoint holds and what it saves")
+    info = sub.add_parser("info", help="what a seed-only checkpoint holds and what it saves", **options)
     info.add_argument("directory", help="a directory written by lottalora.save")
     info.set_defaults(run=_info)
     return parser
+
+
+def _comma(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 def main(argv: list[str] | None = None) -> int:

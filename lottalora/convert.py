@@ -3,7 +3,8 @@
 Each converted layer's stream is derived from its qualified module name (``stream_for_name``),
 so two converted copies of one architecture get the same backbones whatever the construction
 order, process or machine. Everything is frozen afterwards except the adapters, beta, biases of
-converted layers, and the modules named in ``trainable_modules``.
+converted layers, and the modules named in ``trainable_modules``; a beta that only acts as a
+product with another layer's beta (``redundant_betas``) is frozen at 1.0.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch import nn
 from lottalora_kernels.stream_spec import resolve_version_and_init
 
 from .linear import Linear
+from .redundant_betas import find_redundant_betas
 
 STREAM_NAME_PREFIX = b"lottalora/stream/v1:"
 
@@ -74,7 +76,7 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
 def convert(
     model: nn.Module, *, rank: int = 8, alpha: float | None = None, use_rslora: bool = False,
     seed: int = 0, init: str | None = None, stream_version: int | None = None, target_modules: Patterns = None,
-    adapter_modules: Patterns = None, trainable_modules: Patterns = None,
+    adapter_modules: Patterns = None, trainable_modules: Patterns = None, train_beta: bool = True,
 ) -> nn.Module:
     """Replace linear layers of ``model`` in place with seeded ``lottalora.Linear`` and freeze the rest.
 
@@ -86,6 +88,12 @@ def convert(
     ``lottalora.Linear`` (default: stream 2's binary backbone). The old dense weights are
     dropped; biases are kept.
     Works on models whose weights are on the meta device (see ``materialize``). Returns model.
+
+    train_beta=False freezes every converted layer's beta at 1.0. With train_beta=True, a beta
+    that can only act as a product with the beta of the layer it feeds (LLaMA's MLP up_proj into
+    down_proj when neither has an adapter; rule and proof in ``lottalora.redundant_betas``) is
+    frozen at 1.0 too, leaving one trained scale per product instead of two equal ones. Make it
+    train again with ``layer.beta.requires_grad_(True)`` to reproduce one beta per layer exactly.
     """
     for argument, patterns in (("target_modules", target_modules), ("adapter_modules", adapter_modules),
                                ("trainable_modules", trainable_modules)):
@@ -93,6 +101,8 @@ def convert(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     resolve_version_and_init(stream_version, init)  # a bad pair fails before the model changes
+    if not isinstance(train_beta, bool):
+        raise TypeError(f"train_beta must be a bool, got {train_beta!r}")
 
     targets = []
     for name, module in model.named_modules():
@@ -115,7 +125,7 @@ def convert(
         new = Linear(in_features, out_features, bias=module.bias is not None,
                      rank=rank if has_adapter else 0, alpha=alpha, use_rslora=use_rslora, seed=seed,
                      stream=stream_for_name(name), init=init, stream_version=stream_version,
-                     device=weight.device, dtype=weight.dtype)
+                     train_beta=train_beta, device=weight.device, dtype=weight.dtype)
         if module.bias is not None and module.bias.device.type != "meta":
             with torch.no_grad():
                 new.bias.copy_(module.bias)
@@ -125,11 +135,16 @@ def convert(
         param.requires_grad_(False)
     for name, module in model.named_modules():
         if isinstance(module, Linear):
-            for param in module.parameters():
-                param.requires_grad_(True)
+            for param_name, param in module.named_parameters():
+                param.requires_grad_(param_name != "beta" or train_beta)
         elif trainable_modules is not None and name and name_matches(name, trainable_modules):
             for param in module.parameters():
                 param.requires_grad_(True)
+    if train_beta:
+        converted = {name for name, _, _ in targets}
+        for name in find_redundant_betas(model):
+            if name in converted:
+                model.get_submodule(name).beta.requires_grad_(False)
     return model
 
 

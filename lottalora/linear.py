@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -37,7 +38,8 @@ class Linear(nn.Module):
     made before stream 2 bit for bit. Trainable: lora_A (rank, in_features),
     Kaiming-uniform; lora_B (out_features, rank), zeros; beta, a scalar starting at 1.0; bias
     (out_features,), nn.Linear's init. With rank=0 the layer is frozen random plus beta and bias
-    (lora_A and lora_B are None).
+    (lora_A and lora_B are None). train_beta=False keeps beta a parameter (it stays in the
+    state_dict) with requires_grad=False, so it stays at its value: the paper's fixed-beta runs.
 
     scaling = alpha / rank, or alpha / sqrt(rank) with use_rslora; alpha=None means alpha=rank.
     Input: (*, in_features); output: (*, out_features).
@@ -46,7 +48,8 @@ class Linear(nn.Module):
     def __init__(
         self, in_features: int, out_features: int, bias: bool = True, *, rank: int = 8,
         alpha: float | None = None, use_rslora: bool = False, seed: int = 0, stream: int = 0,
-        init: str | None = None, stream_version: int | None = None, device=None, dtype=None,
+        init: str | None = None, stream_version: int | None = None, train_beta: bool = True, device=None,
+        dtype=None,
     ) -> None:
         super().__init__()
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
@@ -54,6 +57,8 @@ class Linear(nn.Module):
         if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float))
                                   or not math.isfinite(alpha) or alpha <= 0):
             raise ValueError(f"alpha must be a positive finite number or None, got {alpha!r}")
+        if not isinstance(train_beta, bool):
+            raise TypeError(f"train_beta must be a bool, got {train_beta!r}")
         factory = {"device": device, "dtype": dtype}
         if dtype is not None and dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
             raise TypeError(f"dtype must be float32, float16, bfloat16 or float64, got {dtype}")
@@ -67,14 +72,15 @@ class Linear(nn.Module):
         else:
             self.register_parameter("lora_A", None)
             self.register_parameter("lora_B", None)
-        self.beta = nn.Parameter(torch.ones((), **factory))
+        self.beta = nn.Parameter(torch.ones((), **factory), requires_grad=train_beta)
         if bias:
             self.bias = nn.Parameter(torch.empty(out_features, **factory))
         else:
             self.register_parameter("bias", None)
         self.reset_parameters()
 
-    # The backbone's identity, read-only: change it by building a new layer or loading state.
+    # The backbone's identity, read-only: change it by building a new layer, loading state, or
+    # re-drawing it with reseed.
     in_features = property(lambda self: self._spec.in_features)
     out_features = property(lambda self: self._spec.out_features)
     seed = property(lambda self: self._spec.seed)
@@ -82,6 +88,18 @@ class Linear(nn.Module):
     init = property(lambda self: self._spec.init)
     stream_version = property(lambda self: self._spec.version, doc="The backbone stream's version (1 or 2).")
     spec = property(lambda self: self._spec, doc="The layer's BackboneSpec.")
+
+    @property
+    def train_beta(self) -> bool:
+        """Whether beta is trained (its requires_grad)."""
+        return self.beta.requires_grad
+
+    def reseed(self, seed: int) -> None:
+        """Re-draw W_seed in place from ``seed`` (a 64-bit unsigned int); everything else of the
+        backbone (stream, init, shape) and every parameter stay as they are, so an optimizer
+        holding this layer's parameters goes on unchanged. ``lottalora.reseed`` does it for a
+        whole model."""
+        self._spec = dataclasses.replace(self._spec, seed=seed)
 
     @property
     def scaling(self) -> float:
@@ -159,4 +177,5 @@ class Linear(nn.Module):
             f"bias={self.bias is not None}, rank={self.rank}, alpha={self.alpha:g}, "
             f"rslora={self.use_rslora}, init={self.init!r}, stream_version={self.stream_version}, "
             f"seed={self.seed}, stream={self.stream}"
+            + ("" if self.train_beta else ", train_beta=False")
         )

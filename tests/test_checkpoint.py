@@ -150,7 +150,7 @@ def test_saving_a_model_without_seeded_layers_is_refused(tmp_path):
 def test_info_on_a_bad_directory_fails_with_a_message(tmp_path, capsys):
     from lottalora.cli import main
 
-    assert main(["info", str(tmp_path / "nope")]) == 2
+    assert main(["info", str(tmp_path)]) == 2
     assert "missing file lottalora_config.json" in capsys.readouterr().err
 
 
@@ -178,3 +178,17 @@ def test_tied_weights_are_stored_once_and_restored(tmp_path):
     with torch.no_grad():
         assert torch.equal(fresh(ids).logits, model(ids).logits)
     assert fresh.lm_head.weight.data_ptr() == fresh.transformer.wte.weight.data_ptr()
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_tensor_file_gets_the_same_permissions_as_the_config(tmp_path, umask, mode):
+    import os
+    import stat
+
+    old = os.umask(umask)
+    try:
+        lottalora.save(torch.nn.Sequential(lottalora.Linear(4, 3, rank=1)), tmp_path / "ck")
+    finally:
+        os.umask(old)
+    modes = {name: stat.S_IMODE((tmp_path / "ck" / name).stat().st_mode) for name in (CONFIG_NAME, TENSORS_NAME)}
+    assert modes == {CONFIG_NAME: mode, TENSORS_NAME: mode}

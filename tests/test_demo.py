@@ -1,12 +1,13 @@
-"""The digits rank sweep and the ``lottalora`` command, in short versions."""
+"""The rank sweeps (digits, MNIST-1D) and the ``lottalora`` command, in short versions."""
 
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from lottalora.cli import main
-from lottalora.demo import SweepResult, run_sweep, saturation_rank
+from lottalora.demo import TASKS, SweepResult, load_mnist1d_split, run_sweep, saturation_rank
 
 
 def test_short_sweep_learns_far_above_chance():
@@ -16,6 +17,34 @@ def test_short_sweep_learns_far_above_chance():
     assert row.rank == 4 and row.test_accuracy > 0.5  # chance is 0.1
     assert len(row.betas) == 2 and all(b > 0 for b in row.betas)
     assert row.trainable_params < full.trainable_params
+
+
+def test_mnist1d_is_generated_offline_with_the_package_defaults_and_leaves_global_seeds_alone():
+    import random
+
+    import numpy as np
+
+    np.random.seed(5)
+    random.seed(5)
+    want = (np.random.rand(), random.random())
+    np.random.seed(5)
+    random.seed(5)
+    x_train, y_train, x_test, y_test = load_mnist1d_split(0, torch.device("cpu"))
+    assert (np.random.rand(), random.random()) == want
+    assert x_train.shape == (4000, 40) and x_test.shape == (1000, 40) and x_train.dtype == torch.float32
+    assert set(y_train.tolist()) == set(range(10)) and y_test.dtype == torch.int64
+    assert TASKS["mnist1d"].in_features == 40 and TASKS["mnist1d"].hidden == (256, 256)
+
+
+def test_one_epoch_mnist1d_sweep_runs_with_the_task_recipe():
+    full, (row,) = run_sweep([2], task="mnist1d", epochs=1, hidden=(32, 32), show_progress=False)
+    assert full.test_accuracy > 0.15 and row.test_accuracy > 0.12  # chance is 0.1
+    assert row.rank == 2 and len(row.betas) == 2
+
+
+def test_unknown_task_is_named():
+    with pytest.raises(ValueError, match="task"):
+        run_sweep([1], task="cifar")
 
 
 def test_saturation_rank_is_the_smallest_within_tolerance():
@@ -36,10 +65,23 @@ def test_demo_command_prints_the_table_and_writes_the_plot(tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_mnist1d_demo_command_names_its_task_and_widths(tmp_path, capsys):
+    png = tmp_path / "sweep.png"
+    argv = ["demo", "--task", "mnist1d", "--ranks", "1", "--epochs", "1", "--hidden", "16", "--no-progress",
+            "--plot", str(png)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("MNIST-1D") and "MLP 40-16-10" in out and "| 1 |" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 @pytest.mark.parametrize("argv,message", [
     (["demo", "--ranks", "1,x"], "--ranks"), (["demo", "--ranks", "-1"], "--ranks"),
     (["demo", "--epochs", "0"], "--epochs"), (["demo", "--init", "normal"], "--init"),
     (["demo", "--hidden", "0"], "--hidden"), (["demo", "--device", "tpu"], "--device"),
+    (["demo", "--task", "cifar"], "--task"),
+    (["demo", "--rank", "4"], "unrecognized arguments: --rank"),  # no abbreviation of --ranks
+    (["demo", "--epoch", "4"], "unrecognized arguments: --epoch"),
 ])
 def test_bad_demo_options_are_named(argv, message, capsys):
     with pytest.raises(SystemExit):
@@ -50,3 +92,17 @@ def test_bad_demo_options_are_named(argv, message, capsys):
 def test_python_dash_m_runs_the_cli():
     result = subprocess.run([sys.executable, "-m", "lottalora", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "demo" in result.stdout
+
+
+def test_help_shows_defaults_and_explains_epochs(capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(default: 0.02)" in out and "(default: gaussian)" in out and "(default: digits)" in out
+    assert "--epochs EPOCHS training epochs" in out and "digits: 40, mnist1d: 30" in out
+    assert "digits: 0,1,2,4,8,16,32, mnist1d: 0,1,2,4,8,16,32,64" in out
+
+
+def test_info_on_a_missing_directory_says_so(tmp_path, capsys):
+    assert main(["info", str(tmp_path / "nope")]) == 2
+    assert f"{tmp_path / 'nope'} does not exist" in capsys.readouterr().err

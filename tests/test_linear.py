@@ -203,3 +203,32 @@ def test_backbone_weight_follows_the_backend(monkeypatch):
     via_triton = layer.backbone_weight()
     monkeypatch.setenv("LOTTALORA_BACKEND", "torch")
     assert torch.equal(via_triton, layer.backbone_weight())
+
+
+@pytest.mark.parametrize("rank", [0, 3])
+def test_frozen_beta_stays_exactly_at_its_value_and_gets_no_grad(rank):
+    torch.manual_seed(0)
+    layer = lottalora.Linear(10, 6, rank=rank, seed=2, train_beta=False)
+    trained = lottalora.Linear(10, 6, rank=rank, seed=2)
+    trained.load_state_dict(layer.state_dict())
+    assert not layer.train_beta and not layer.beta.requires_grad and trained.train_beta
+    assert "train_beta=False" in repr(layer) and "train_beta" not in repr(trained)
+    x = torch.randn(5, 10)
+    assert torch.equal(layer(x), trained(x))  # same forward: beta is 1.0 in both
+    opt = torch.optim.AdamW(layer.parameters(), lr=0.1, weight_decay=0.5)  # every parameter, beta too
+    for _ in range(3):
+        loss = layer(x).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        assert layer.beta.grad is None and layer.bias.grad is not None
+        opt.step()
+    assert layer.beta.item() == 1.0
+    with torch.no_grad():
+        layer.beta.fill_(0.25)
+    layer(x).sum().backward()
+    assert layer.beta.grad is None and layer.beta.item() == 0.25
+
+
+def test_train_beta_must_be_a_bool():
+    with pytest.raises(TypeError, match="train_beta"):
+        lottalora.Linear(4, 4, train_beta="no")
