@@ -1,9 +1,13 @@
-"""Compile the kernels for a GPU target without a GPU and report what the hardware would run.
+"""Compile every shipped kernel for a GPU target without a GPU and count what the hardware would run.
 
-Triton can lower to PTX and, with the ptxas it bundles, to a cubin for any NVIDIA target on a
-machine with no GPU. This reads off registers, spills and the SASS instruction mix of each
-kernel variant, and the SASS instructions per generated backbone value of the generator: the
-instruction-count side of the performance model (benchmarks/NOTES.md). No timing here.
+Triton lowers to PTX and, with the ptxas it bundles, to a cubin for any NVIDIA target on a
+machine with no GPU. Each kernel is compiled with the specialisations a real launch gets
+(16-divisible pointers, sizes and leading strides; unit strides as the constant 1) and the
+report reads off registers, spills and the SASS of its main loop (the body of the loop that
+generates the backbone), divided by the backbone values one thread generates per iteration:
+``main_loop_sass_per_value``. From that and the H100's published rates it predicts the time of
+an N = K = 4096 layer at M = 1 and M = 8192 against the stored-weight floor. No timing here:
+benchmarks/NOTES.md compares these predictions with GPU measurements when a GPU is lent.
 
     python -m benchmarks.kernel_report [--arch 90] [--quick]
 """
@@ -11,6 +15,7 @@ instruction-count side of the performance model (benchmarks/NOTES.md). No timing
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import subprocess
 import tempfile
@@ -23,173 +28,302 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from lottalora_kernels import stream_spec as spec
-from lottalora_kernels.backbone_gen import _backbone_gen_kernel
-from lottalora_kernels.stream_v1 import backbone_tile
+from lottalora_kernels.backbone_gen import _backbone_gen_kernel, _backbone_gen_v2_kernel
+from lottalora_kernels.seeded_decode import _seeded_decode_fwd_kernel
 from lottalora_kernels.seeded_matmul import AUTOTUNE_CONFIGS, _seeded_matmul_kernel
 
 from .results import write_results
 
+# H100 SXM: 132 SMs x 4 schedulers x 32 lanes x 1.83 GHz thread-instructions/s (the issue rate,
+# a ceiling for any mix; IMAD and LOP3 run on separate half-rate pipes), HBM3 bytes/s, dense
+# bf16 tensor-core FLOP/s. Published figures, not measurements.
+ISSUE_RATE = 30.9e12
+HBM_BYTES_PER_S = 3.35e12
+TC_FLOPS = 989.4e12
+PREDICT_NK = 4096
+PREDICT_M = (1, 8192)
+# The CI gate (tests/test_sm90_compile.py): stream v2's decode forward, the issue-9 target.
+DECODE_BUDGET_SASS_PER_VALUE = 4.0
+
 _TL = {"fp32": tl.float32, "fp16": tl.float16, "bf16": tl.bfloat16}
-_INT_ARGS = ["M", "P", "Q", "R", "stride_am", "stride_aq", "stride_lom", "stride_lor", "stride_lmr",
-             "stride_lmp", "stride_om", "stride_op", "stride_xm", "stride_xp",
-             "seed_lo", "seed_hi", "stream_lo", "stream_hi"]
 
 
 def _bin_dir() -> Path:
     return Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 
 
+def _target(arch: int) -> GPUTarget:
+    return GPUTarget("cuda", arch, 32)
+
+
+def _specialise(sig: dict, divisible: list[str], unit: list[str], constexprs: dict) -> dict:
+    """Mark ``divisible`` arguments 16-divisible and turn ``unit`` ones into the constant 1, as
+    Triton does for the arguments of a contiguous launch. Returns ASTSource attrs."""
+    for name in unit:
+        sig[name] = "constexpr"
+        constexprs[name] = 1
+    index = {name: i for i, name in enumerate(sig)}
+    return {(index[name],): [["tt.divisibility", 16]] for name in divisible}
+
+
 def compile_seeded_matmul(forward: bool, dtype: str, config: dict, init: str = "gaussian", arch: int = 90,
                           num_warps: int = 4, num_stages: int = 3):
-    """The fused kernel compiled for sm_<arch>: forward (x @ W^T) or input gradient (+ dbeta)."""
-    sig = {name: f"*{dtype}" for name in ["a_ptr", "lo_ptr", "lmat_ptr", "bias_ptr", "out_ptr", "x_ptr"]}
-    sig.update(beta_ptr="*fp32", dbeta_ptr="*fp32", value_scale="fp32", lora_scale="fp32", M_BUCKET="i32")
-    sig.update({name: "i32" for name in _INT_ARGS})
+    """Stream v1's one-pass kernel: forward (x @ W^T) or input gradient (+ dbeta), one config."""
+    sig = {name: f"*{dtype}" for name in ["a_ptr", "lo_ptr", "lmat_ptr", "bias_ptr"]}
+    sig.update(beta_ptr="*fp32", out_ptr=f"*{dtype}", x_ptr=f"*{dtype}", dbeta_ptr="*fp32")
+    sig.update({n: "i32" for n in ["M", "P", "Q", "R", "stride_am", "stride_aq", "stride_lom", "stride_lor",
+                                   "stride_lmr", "stride_lmp", "stride_om", "stride_op", "stride_xm", "stride_xp",
+                                   "seed_lo", "seed_hi", "stream_lo", "stream_hi"]})
+    sig.update(value_scale="fp32", lora_scale="fp32", M_BUCKET="i32")
     constexprs = dict(W_TRANSPOSED=forward, INIT=spec.INIT_CODES[init], HAS_LORA=True, HAS_BIAS=forward,
                       WRITE_OUT=True, DBETA=not forward, DOT_DTYPE=_TL[dtype], INPUT_PRECISION="ieee",
                       BLOCK_R=16, **config)
     sig.update({name: "constexpr" for name in constexprs})
-    return triton.compile(ASTSource(_seeded_matmul_kernel, sig, constexprs=constexprs),
-                          target=GPUTarget("cuda", arch, 32),
+    attrs = _specialise(sig, ["a_ptr", "lo_ptr", "lmat_ptr", "bias_ptr", "out_ptr", "x_ptr", "P", "Q", "stride_am",
+                              "stride_om", "stride_xm", "stride_lmp" if not forward else "stride_lmr"],
+                        ["stride_aq", "stride_lor", "stride_op", "stride_xp",
+                         "stride_lmr" if not forward else "stride_lmp"], constexprs)
+    return triton.compile(ASTSource(_seeded_matmul_kernel, sig, constexprs=constexprs, attrs=attrs),
+                          target=_target(arch),
                           options={"enable_fp_fusion": False, "num_warps": num_warps, "num_stages": num_stages})
 
 
-def compile_generator(init: str, block_rows: int = 32, block_cols: int = 64, arch: int = 90, num_warps: int = 4):
-    """The standalone generation kernel compiled for sm_<arch>."""
-    sig = {"out_ptr": "*fp32", "scale": "fp32"}
-    sig.update({n: "i32" for n in ["n_rows", "n_cols", "row_start", "col_start", "stride_out_r",
-                                   "stride_out_c", "seed_lo", "seed_hi", "stream_lo", "stream_hi"]})
+def compile_decode_v2(dtype: str = "bf16", num_warps: int = 4, m_pad: int = 8, rounds: int = spec.PHILOX_ROUNDS,
+                      arch: int = 90):
+    """Stream v2's Gluon decode kernel (seeded_decode), as launched for a contiguous x."""
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    sig = {"x_ptr": f"*{dtype}", "partial_ptr": "*fp32"}
+    sig.update({n: "i32" for n in ["M", "N", "K", "stride_xm", "stride_xk", "seed_lo", "seed_hi", "stream_lo",
+                                   "stream_hi", "spans_per_split"]})
+    constexprs = dict(NUM_WARPS=num_warps, M_PAD=m_pad, DTYPE=_TL[dtype], N_ROUNDS=rounds)
+    sig.update({name: "constexpr" for name in constexprs})
+    attrs = _specialise(sig, ["x_ptr", "partial_ptr", "N", "K", "stride_xm"], ["stride_xk"], constexprs)
+    return triton.compile(GluonASTSource(_seeded_decode_fwd_kernel, sig, constexprs=constexprs, attrs=attrs),
+                          target=_target(arch), options={"num_warps": num_warps})
+
+
+def compile_generator_v2(dtype: str = "bf16", num_warps: int = 4, arch: int = 90):
+    """Stream v2's Gluon generator (backbone_gen), writing signs into a row-major chunk."""
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    sig = {"out_ptr": f"*{dtype}"}
+    sig.update({n: "i32" for n in ["n_rows", "n_cols", "row_start", "col_start", "stride_out_r", "stride_out_c",
+                                   "seed_lo", "seed_hi", "stream_lo", "stream_hi"]})
+    sig["scale"] = "fp32"
+    constexprs = dict(NUM_WARPS=num_warps, PAIR_DTYPE=tl.float16 if dtype == "fp16" else tl.bfloat16,
+                      SCALED=dtype == "fp32")
+    sig.update({name: "constexpr" for name in constexprs})
+    attrs = _specialise(sig, ["out_ptr", "n_cols", "row_start", "col_start", "stride_out_r"], ["stride_out_c"],
+                        constexprs)
+    return triton.compile(GluonASTSource(_backbone_gen_v2_kernel, sig, constexprs=constexprs, attrs=attrs),
+                          target=_target(arch), options={"num_warps": num_warps})
+
+
+def compile_generator_v1(init: str, block_rows: int = 32, block_cols: int = 64, dtype: str = "fp32",
+                         arch: int = 90, num_warps: int = 4):
+    """Stream v1's generator (backbone_gen), float32 values rounded to ``dtype``."""
+    sig = {"out_ptr": f"*{dtype}"}
+    sig.update({n: "i32" for n in ["n_rows", "n_cols", "row_start", "col_start", "stride_out_r", "stride_out_c",
+                                   "seed_lo", "seed_hi", "stream_lo", "stream_hi"]})
+    sig["scale"] = "fp32"
     constexprs = {"INIT": spec.INIT_CODES[init], "BLOCK_ROWS": block_rows, "BLOCK_COLS": block_cols}
     sig.update({name: "constexpr" for name in constexprs})
-    return triton.compile(ASTSource(_backbone_gen_kernel, sig, constexprs=constexprs),
-                          target=GPUTarget("cuda", arch, 32),
-                          options={"enable_fp_fusion": False, "num_warps": num_warps})
+    attrs = _specialise(sig, ["out_ptr", "n_cols", "stride_out_r"], ["stride_out_c"], constexprs)
+    return triton.compile(ASTSource(_backbone_gen_kernel, sig, constexprs=constexprs, attrs=attrs),
+                          target=_target(arch), options={"enable_fp_fusion": False, "num_warps": num_warps})
 
 
-def compile_candidate(variant: str, rounds: int, block_rows: int = 32, block_cols: int = 128, arch: int = 90,
-                      num_warps: int = 4):
-    """A candidate stream-v2 generator (lottalora_kernels/candidates.py) compiled for sm_<arch>."""
-    sig = {"out_ptr": "*fp32", "std": "fp32"}
-    sig.update({n: "i32" for n in ["n_rows", "n_cols", "stride_out", "seed_lo", "seed_hi", "stream_lo", "stream_hi"]})
-    constexprs = {"VARIANT": CANDIDATES[variant], "N_ROUNDS": rounds, "BLOCK_ROWS": block_rows,
-                  "BLOCK_COLS": block_cols}
-    sig.update({name: "constexpr" for name in constexprs})
-    return triton.compile(ASTSource(_candidate_gen_kernel, sig, constexprs=constexprs),
-                          target=GPUTarget("cuda", arch, 32),
-                          options={"enable_fp_fusion": False, "num_warps": num_warps})
+_INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)(?:\.[A-Z0-9_.]+)?([^;]*);")
+_LABEL = re.compile(r"^\s*(\.L_x_\d+):")
 
 
-@triton.jit
-def _generation_probe_kernel(out_ptr, seed_lo, seed_hi, stream_lo, stream_hi, scale,
-                             CANDIDATE: tl.constexpr, CODE: tl.constexpr, N_ROUNDS: tl.constexpr,
-                             BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
-    """A measuring instrument, not a library kernel: one tile generated and summed to a scalar,
-    so the SASS count is generation plus about one add per value, with no per-value store
-    (the fused matmul never stores W either)."""
-    offs_row = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
-    col_start = tl.program_id(1) * BLOCK_COLS
-    if CODE < 0:  # baseline: a constant tile, to subtract the probe's own reduction
-        tile = tl.zeros((BLOCK_ROWS, BLOCK_COLS), tl.float32) + scale
-    elif CANDIDATE:
-        tile = candidate_tile(seed_lo, seed_hi, stream_lo, stream_hi, offs_row, col_start, scale,
-                              BLOCK_COLS, CODE, N_ROUNDS)
-    else:
-        tile = backbone_tile(seed_lo, seed_hi, stream_lo, stream_hi, offs_row, col_start, scale, BLOCK_COLS, CODE)
-    tl.store(out_ptr + tl.program_id(0) * tl.num_programs(1) + tl.program_id(1), tl.sum(tl.sum(tile, 1), 0))
-
-
-def compile_probe(candidate: bool, code: int, rounds: int = 10, block_rows: int = 32, block_cols: int = 128,
-                  arch: int = 90, num_warps: int = 4):
-    sig = {"out_ptr": "*fp32", "scale": "fp32", **{n: "i32" for n in ["seed_lo", "seed_hi", "stream_lo", "stream_hi"]}}
-    constexprs = {"CANDIDATE": candidate, "CODE": code, "N_ROUNDS": rounds, "BLOCK_ROWS": block_rows,
-                  "BLOCK_COLS": block_cols}
-    sig.update({name: "constexpr" for name in constexprs})
-    return triton.compile(ASTSource(_generation_probe_kernel, sig, constexprs=constexprs),
-                          target=GPUTarget("cuda", arch, 32),
-                          options={"enable_fp_fusion": False, "num_warps": num_warps})
+def main_loop(sass: str) -> Counter | None:
+    """Opcodes of the largest loop body (a backward branch's target up to the branch), NOPs
+    excluded, or None for straight-line code (the one-instruction trap loop that ends every
+    kernel does not count)."""
+    labels, pending, instructions = {}, [], []
+    for line in sass.splitlines():
+        label = _LABEL.match(line)
+        if label:
+            pending.append(label.group(1))
+            continue
+        m = _INSTRUCTION.search(line)
+        if m:
+            address = int(m.group(1), 16)
+            labels.update((name, address) for name in pending)
+            pending = []
+            instructions.append((address, m.group(2), m.group(3)))
+    best = None
+    for address, opcode, operands in instructions:
+        target = re.search(r"(\.L_x_\d+)", operands) if opcode == "BRA" else None
+        if target and labels.get(target.group(1), address + 1) <= address:
+            body = Counter(op for a, op, _ in instructions if labels[target.group(1)] <= a <= address and op != "NOP")
+            if sum(body.values()) > 2 and (best is None or sum(body.values()) > sum(best.values())):
+                best = body
+    return best
 
 
 def inspect(kernel) -> dict:
-    """Registers, stack (spills), PTX fma count and the SASS instruction mix of a compiled kernel."""
+    """Registers, stack (spills), PTX fma count, SASS totals and the main loop of a compiled kernel."""
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / "k.cubin"
         cubin.write_bytes(kernel.asm["cubin"])
         usage = subprocess.run([str(_bin_dir() / "cuobjdump"), "-res-usage", str(cubin)],
                                capture_output=True, text=True, check=True).stdout
-        sass = subprocess.run([str(_bin_dir() / "nvdisasm"), str(cubin)],
+        sass = subprocess.run([str(_bin_dir() / "nvdisasm"), "-c", str(cubin)],
                               capture_output=True, text=True, check=True).stdout
     ptx = kernel.asm["ptx"]
-    opcodes = re.findall(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", sass)
+    opcodes = [m.group(2) for m in _INSTRUCTION.finditer(sass)]
+    loop = main_loop(sass)
     field = lambda name: int(re.search(rf"{name}:(\d+)", usage).group(1))  # noqa: E731
     return {
         "registers": field("REG"), "stack_bytes": field("STACK"),
         "ptx_fma": len(re.findall(r"^\s+fma\.", ptx, re.M)),
-        "uses_wgmma": "wgmma" in ptx,
+        "uses_wgmma": "wgmma" in ptx, "uses_mma": "mma.sync" in ptx,
         "sass_total": len(opcodes), "sass_mix": dict(Counter(opcodes).most_common(12)),
         "spill_stores": opcodes.count("STL"), "spill_loads": opcodes.count("LDL"),
+        "main_loop_sass": sum(loop.values()) if loop else None,
+        "main_loop_mix": dict(loop.most_common(10)) if loop else None,
     }
+
+
+def stored_floor_s(m: int, nk: int = PREDICT_NK) -> float:
+    """The stored-weight layer's floor: tensor-core time or bf16 bytes (W, x, y) over HBM."""
+    return max(2 * m * nk * nk / TC_FLOPS, 2 * (nk * nk + 2 * m * nk) / HBM_BYTES_PER_S)
+
+
+def _row(kernel: str, stream_version: int, init: str, config: str, info: dict, values_per_iteration: float,
+         predict) -> dict:
+    """One report row; ``predict(m, sass_per_value) -> seconds`` gives the predicted time."""
+    sass = info["main_loop_sass"] if info["main_loop_sass"] is not None else info["sass_total"]
+    per_value = sass / values_per_iteration
+    row = {"kernel": kernel, "stream_version": stream_version, "init": init, "config": config,
+           "main_loop_sass_per_value": round(per_value, 2), "values_per_thread_per_iteration": values_per_iteration,
+           **info}
+    for m in PREDICT_M:
+        t = predict(m, per_value)
+        row[f"predicted_us_M{m}"] = round(t * 1e6, 2)
+        row[f"predicted_ratio_to_stored_M{m}"] = round(t / stored_floor_s(m), 2)
+    return row
+
+
+def _generation_s(values: float, sass_per_value: float) -> float:
+    return values * sass_per_value / ISSUE_RATE
+
+
+def decode_rows(arch: int, quick: bool = False) -> list[dict]:
+    """Stream v2's decode kernel: the shipped configs, and Philox-7 for the round-count record."""
+    rows, nk = [], PREDICT_NK
+    variants = [("bf16", 8, spec.PHILOX_ROUNDS)] if quick else \
+        [(d, m, spec.PHILOX_ROUNDS) for d in ("bf16", "fp16") for m in (8, 16)] + [("bf16", 8, 7)]
+    for dtype, m_pad, rounds in variants:
+        info = inspect(compile_decode_v2(dtype, 4, m_pad, rounds, arch))
+        values = spec.V2_ROW_SPAN * spec.V2_COL_SPAN / 32  # a warp's span over its 32 threads
+
+        def predict(m, per_value, m_pad=m_pad):
+            # Kernel 1 generates W once per call of <= 16 rows; split-K partials (4 splits per
+            # 256-row block, fp32) and the epilogue's bytes go through HBM.
+            calls = math.ceil(m / 16)
+            partial_bytes = calls * 32 * min(m, 16) * nk * 4 * 2
+            return calls * _generation_s(nk * nk, per_value) + (partial_bytes + 4 * m * nk) / HBM_BYTES_PER_S
+        label = "seeded_decode (Gluon, shipped)" if rounds == spec.PHILOX_ROUNDS else \
+            "seeded_decode (Gluon) probe with Philox-7, not shipped"
+        rows.append(_row(label, 2, "rademacher", f"{dtype} 4 warps M_PAD={m_pad}", info, values, predict))
+    return rows
+
+
+def generator_rows(arch: int, quick: bool = False) -> list[dict]:
+    """The generators: v2's Gluon one (two-phase phase 1) and v1's (backbone_weight, v1 two-phase)."""
+    rows, nk = [], PREDICT_NK
+
+    def two_phase(m, per_value):
+        # Phase 1 once, phase 2 at the tensor-core floor; the float32 product makes one round
+        # trip (4 + 4 bytes per output) and y is written once (2 bytes).
+        return (_generation_s(nk * nk, per_value) + 2 * m * nk * nk / TC_FLOPS
+                + (m * nk * 10 + 2 * m * nk) / HBM_BYTES_PER_S)
+    for dtype in (("bf16",) if quick else ("bf16", "fp32")):
+        info = inspect(compile_generator_v2(dtype, 4, arch))
+        values = spec.V2_ROW_SPAN * spec.V2_COL_SPAN / 32
+        rows.append(_row("backbone_gen v2 (Gluon): two-phase phase 1", 2, "rademacher", f"{dtype} out, 4 warps",
+                         info, values, two_phase))
+    for init in (("gaussian",) if quick else spec.VERSION_INITS[1]):
+        info = inspect(compile_generator_v1(init, 32, 64, "bf16", arch))
+        rows.append(_row("backbone_gen v1: two-phase phase 1", 1, init, "bf16 out 32x64, 4 warps", info,
+                         32 * 64 / 128, two_phase))
+    return rows
+
+
+def one_pass_rows(arch: int, quick: bool = False) -> list[dict]:
+    """Stream v1's one-pass kernel, every autotune config, forward and input gradient."""
+    rows, nk = [], PREDICT_NK
+    configs = AUTOTUNE_CONFIGS[:1] if quick else AUTOTUNE_CONFIGS
+    for cfg in configs:
+        blocks = cfg.kwargs
+        for forward in (True, False):
+            for init in (("gaussian",) if quick or not forward else ("gaussian", "rademacher")):
+                info = inspect(compile_seeded_matmul(forward, "bf16", blocks, init, arch, cfg.num_warps,
+                                                     cfg.num_stages))
+                values = blocks["BLOCK_Q"] * blocks["BLOCK_P"] / (32 * cfg.num_warps)
+
+                def predict(m, per_value, block_m=blocks["BLOCK_M"]):
+                    # W is regenerated once per BLOCK_M rows of x.
+                    return max(math.ceil(m / block_m) * _generation_s(nk * nk, per_value), stored_floor_s(m))
+                config = "x".join(str(blocks[b]) for b in ("BLOCK_M", "BLOCK_P", "BLOCK_Q")) + \
+                    f" w{cfg.num_warps} s{cfg.num_stages}"
+                rows.append(_row(f"seeded_matmul one-pass {'fwd' if forward else 'dx+dbeta'}", 1, init, config,
+                                 info, values, predict))
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| kernel | v | init | config | regs | spills st/ld | main-loop SASS | SASS/value | "
+             "M=1 us (x stored) | M=8192 us (x stored) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['kernel']} | {r['stream_version']} | {r['init']} | {r['config']} | {r['registers']} | "
+            f"{r['spill_stores']}/{r['spill_loads']} | {r['main_loop_sass'] or '-'} | "
+            f"{r['main_loop_sass_per_value']} | {r['predicted_us_M1']:,} ({r['predicted_ratio_to_stored_M1']}x) | "
+            f"{r['predicted_us_M8192']:,} ({r['predicted_ratio_to_stored_M8192']}x) |")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90, help="SM version, e.g. 90 for H100/H200")
-    parser.add_argument("--quick", action="store_true", help="one config and dtype (smoke run)")
+    parser.add_argument("--quick", action="store_true", help="one config of each kernel (smoke run)")
     args = parser.parse_args(argv)
-
-    rows = []
-    values_per_thread = 32 * 128 / (4 * 32)  # a 32 x 128 tile over 4 warps
-    for init in spec.INITS:
-        k = inspect(compile_generator(init, block_rows=32, block_cols=128, arch=args.arch))
-        rows.append({"kernel": "stream v1 generator 32x128", "init": init, **k,
-                     "sass_per_value": round(k["sass_total"] / values_per_thread, 1)})
-    for variant in CANDIDATES:
-        for rounds in (10, 7):
-            k = inspect(compile_candidate(variant, rounds, arch=args.arch))
-            rows.append({"kernel": f"candidate {variant}, Philox-{rounds}, 32x128", "init": variant, **k,
-                         "sass_per_value": round(k["sass_total"] / values_per_thread, 1)})
-    # Generation alone (tile summed, no per-value store): what the fused matmul pays per value.
-    probes = [(f"probe: stream v1 {init}", False, spec.INIT_CODES[init], 10) for init in spec.INITS]
-    probes += [(f"probe: candidate {v}, Philox-{r}", True, c, r) for v, c in CANDIDATES.items() for r in (10, 7)]
-    baseline = inspect(compile_probe(False, -1, arch=args.arch))["sass_total"]
-    for label, candidate, code, rounds in probes:
-        k = inspect(compile_probe(candidate, code, rounds, arch=args.arch))
-        rows.append({"kernel": label + f", 32x128 (minus {baseline} for the probe's own sum)",
-                     "init": label.split()[-1], **k,
-                     "sass_per_value": round((k["sass_total"] - baseline) / values_per_thread, 1)})
-    configs = AUTOTUNE_CONFIGS[:1] if args.quick else AUTOTUNE_CONFIGS
-    for cfg in configs:
-        for forward in (True, False):
-            k = inspect(compile_seeded_matmul(forward, "bf16", cfg.kwargs, arch=args.arch,
-                                              num_warps=cfg.num_warps, num_stages=cfg.num_stages))
-            blocks = "x".join(str(cfg.kwargs[b]) for b in ("BLOCK_M", "BLOCK_P", "BLOCK_Q"))
-            rows.append({"kernel": f"seeded_matmul {'fwd' if forward else 'dx+dbeta'} {blocks} w{cfg.num_warps}",
-                         "init": "gaussian", **k})
-    header = "| kernel | init | regs | stack B | spill st/ld | PTX fma | SASS instr | SASS/value |"
-    lines = [header, "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['kernel']} | {r['init']} | {r['registers']} | {r['stack_bytes']} | "
-                     f"{r['spill_stores']}/{r['spill_loads']} | {r['ptx_fma']} | {r['sass_total']} | "
-                     f"{r.get('sass_per_value', '-')} |")
-    table = "\n".join(lines)
-    print(table)
+    rows = decode_rows(args.arch, args.quick) + generator_rows(args.arch, args.quick) + \
+        one_pass_rows(args.arch, args.quick)
+    text = table(rows)
+    print(text)
     if not args.quick:
-        write_results(f"kernel_report_sm{args.arch}", rows, table,
+        notes = (f"Predictions: N = K = {PREDICT_NK}, bf16; issue rate {ISSUE_RATE / 1e12:.1f} T thread-instructions/s, "
+                 f"HBM {HBM_BYTES_PER_S / 1e12:.2f} TB/s, tensor cores {TC_FLOPS / 1e12:.0f} TFLOP/s (H100 SXM, "
+                 "published); ratios against the stored-weight floor (tensor-core time or bytes). "
+                 "For kernels without a loop, SASS/value is the whole kernel per value.")
+        write_results(f"kernel_report_sm{args.arch}", rows, text, notes=notes,
                       device=f"none (compiled for sm_{args.arch} with Triton's bundled ptxas)")
     return 0
 
 
+def compile_checks() -> list[dict]:
+    """The CI gate (tests/test_sm90_compile.py): every shipped stream-v2 decode config, the v2
+    generator, stream v1's generator for each init and its one-pass kernel in each dtype, compiled
+    for sm_90 and inspected. Must run in a process without TRITON_INTERPRET."""
+    results = [dict(kernel="decode", dtype=d, m_pad=m, **inspect(compile_decode_v2(d, 4, m)))
+               for d in ("bf16", "fp16") for m in (8, 16)]
+    results += [dict(kernel="gen_v2", dtype=d, **inspect(compile_generator_v2(d))) for d in ("bf16", "fp16", "fp32")]
+    results += [dict(kernel="gen", init=init, **inspect(compile_generator_v1(init))) for init in spec.VERSION_INITS[1]]
+    for cfg in AUTOTUNE_CONFIGS:
+        for dtype in (("bf16", "fp16", "fp32") if cfg is AUTOTUNE_CONFIGS[0] else ("bf16",)):
+            for forward in (True, False):
+                k = compile_seeded_matmul(forward, dtype, cfg.kwargs, num_warps=cfg.num_warps,
+                                          num_stages=cfg.num_stages)
+                results.append({"kernel": "fwd" if forward else "dx", "dtype": dtype,
+                                "config": str(cfg.kwargs), **inspect(k)})
+    return results
+
+
 if __name__ == "__main__":
     raise SystemExit(main())
-
-
-def compile_checks() -> list[dict]:
-    """Every init of the generator and each direction x dtype of the fused kernel (one config),
-    compiled for sm_90 and inspected; used by tests/test_sm90_compile.py. Must run in a process
-    without TRITON_INTERPRET (interpreted kernels cannot be compiled)."""
-    results = [{"kernel": "gen", "init": init, **inspect(compile_generator(init))} for init in spec.INITS]
-    cfg = AUTOTUNE_CONFIGS[2]
-    for dtype in ("bf16", "fp16", "fp32"):
-        for forward in (True, False):
-            k = compile_seeded_matmul(forward, dtype, cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-            results.append({"kernel": "fwd" if forward else "dx", "dtype": dtype, **inspect(k)})
-    return results

@@ -89,36 +89,41 @@ def _backbone_gen_v2_kernel(
     seed_lo, seed_hi, stream_lo, stream_hi, scale,
     NUM_WARPS: gl.constexpr, PAIR_DTYPE: gl.constexpr, SCALED: gl.constexpr,
 ):
-    # Same contract and tiles as _backbone_gen_v2_twin_kernel.
+    # Same contract and tiles as _backbone_gen_v2_twin_kernel. The span's 128 columns go out in
+    # four 32-column parts so that a thread holds 64 values at a time, not 256; the two Philox
+    # calls are the same expressions in every part, which the compiler computes once.
     BLOCK_R: gl.constexpr = 64 * NUM_WARPS
+    PART: gl.constexpr = 32
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[NUM_WARPS, 1],
                                                   instr_shape=[16, 8])
     w_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
-    store_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [NUM_WARPS, 1], [1, 0])
+    store_layout: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [NUM_WARPS, 1], [1, 0])
     pid_r = gl.program_id(0)
     pid_c = gl.program_id(1)
     rows_t = gl.arange(0, BLOCK_R, layout=gl.SliceLayout(1, w_layout))
     span_o = gl.expand_dims(row_start // 64 + pid_r * NUM_WARPS + (rows_t // 16) % NUM_WARPS, 1)
     p = gl.expand_dims(2 * (rows_t // (16 * NUM_WARPS)) + (rows_t // 8) % 2, 1)
     a = gl.expand_dims(rows_t % 8, 1)
-    cols = gl.expand_dims(gl.arange(0, SPAN_COLS, layout=gl.SliceLayout(0, w_layout)), 0)
+    part_cols = gl.expand_dims(gl.arange(0, PART, layout=gl.SliceLayout(0, w_layout)), 0)
     span_i = col_start // 128 + pid_c
-    word_a, bit = v2_words_at(seed_lo, seed_hi, stream_lo, stream_hi, span_o, p, a, span_i, cols // 8,
-                              (cols % 8) & 6)
-    word_b, _ = v2_words_at(seed_lo, seed_hi, stream_lo, stream_hi, span_o, p, a, span_i, cols // 8,
-                            (cols % 8) | 1)
-    signs = v2_sign_pairs(word_a, word_b, bit, PAIR_DTYPE)
-    if SCALED:
-        values = (signs.to(gl.float32) * scale).to(out_ptr.dtype.element_ty)
-    else:
-        values = signs.to(out_ptr.dtype.element_ty)
-    values = gl.convert_layout(values, store_layout)
     rows_s = gl.arange(0, BLOCK_R, layout=gl.SliceLayout(1, store_layout))
     local_r = gl.expand_dims(pid_r * BLOCK_R + warp_span_rows(rows_s, NUM_WARPS), 1).to(gl.int64)
-    local_c = gl.expand_dims(pid_c * SPAN_COLS + gl.arange(0, SPAN_COLS, layout=gl.SliceLayout(0, store_layout)),
-                             0).to(gl.int64)
-    gl.store(out_ptr + local_r * stride_out_r + local_c * stride_out_c, values,
-             mask=(local_r < n_rows) & (local_c < n_cols))
+    part_cols_s = gl.expand_dims(gl.arange(0, PART, layout=gl.SliceLayout(0, store_layout)), 0)
+    for part in gl.static_range(SPAN_COLS // PART):
+        cols = part * PART + part_cols
+        word_a, bit = v2_words_at(seed_lo, seed_hi, stream_lo, stream_hi, span_o, p, a, span_i, cols // 8,
+                                  (cols % 8) & 6)
+        word_b, _ = v2_words_at(seed_lo, seed_hi, stream_lo, stream_hi, span_o, p, a, span_i, cols // 8,
+                                (cols % 8) | 1)
+        signs = v2_sign_pairs(word_a, word_b, bit, PAIR_DTYPE)
+        if SCALED:
+            values = (signs.to(gl.float32) * scale).to(out_ptr.dtype.element_ty)
+        else:
+            values = signs.to(out_ptr.dtype.element_ty)
+        values = gl.convert_layout(values, store_layout)
+        local_c = (pid_c * SPAN_COLS + part * PART + part_cols_s).to(gl.int64)
+        gl.store(out_ptr + local_r * stride_out_r + local_c * stride_out_c, values,
+                 mask=(local_r < n_rows) & (local_c < n_cols))
 
 
 def use_gluon_generator(device: torch.device) -> bool:

@@ -4,7 +4,7 @@
                          otherwise         -> seeded_two_phase (W chunk once, then cuBLAS)
     stream v2, input gradient:                seeded_two_phase
     stream v1:           M <= V1_ONE_PASS_MAX_M -> seeded_matmul (one pass, W per row block)
-                         otherwise         -> seeded_two_phase
+                         otherwise, and float32 on a GPU -> seeded_two_phase
 
 The thresholds are predictions from instruction counts and the H100's rates, not yet GPU
 measurements (benchmarks/NOTES.md, "Dispatch"): the decode kernel's main loop costs ~2 SASS per
@@ -12,7 +12,9 @@ weight whatever M <= 16 (M only adds MMAs), so it generates W at ~15 T weights/s
 reading stored weights at 1.7 T/s; past M = 16 its accumulators no longer fit and the two-phase
 path (one generation, then a GEMM at tensor-core speed) takes over. Stream v1 generates a weight
 in 24-65 SASS, so its one-pass kernel is worth it only while W is regenerated few times (M up to
-a couple of row blocks). ``benchmarks.speed`` measures every regime on a GPU to set these.
+a couple of row blocks). Float32 layers on a GPU take the two-phase path at every M: an IEEE
+float32 tl.dot has no tensor-core path (and spilled in the one-pass kernel), while cuBLAS follows
+torch's TF32 setting. ``benchmarks.speed`` measures every regime on a GPU to set these.
 """
 
 from __future__ import annotations
@@ -25,16 +27,22 @@ DECODE_MAX_M = seeded_decode.MAX_M
 V1_ONE_PASS_MAX_M = 128
 
 
-def forward_regime(version: int, m: int) -> str:
-    if version == 2:
-        return "decode" if m <= DECODE_MAX_M else "two_phase"
-    return "one_pass" if m <= V1_ONE_PASS_MAX_M else "two_phase"
-
-
-def input_grad_regime(version: int, m: int) -> str:
-    if version == 2:
+def _v1_regime(m: int, dtype: torch.dtype | None, on_gpu: bool) -> str:
+    if on_gpu and dtype == torch.float32:
         return "two_phase"
     return "one_pass" if m <= V1_ONE_PASS_MAX_M else "two_phase"
+
+
+def forward_regime(version: int, m: int, dtype: torch.dtype | None = None, on_gpu: bool = False) -> str:
+    if version == 2:
+        return "decode" if m <= DECODE_MAX_M else "two_phase"
+    return _v1_regime(m, dtype, on_gpu)
+
+
+def input_grad_regime(version: int, m: int, dtype: torch.dtype | None = None, on_gpu: bool = False) -> str:
+    if version == 2:
+        return "two_phase"
+    return _v1_regime(m, dtype, on_gpu)
 
 
 def seeded_linear_fwd(
@@ -45,7 +53,7 @@ def seeded_linear_fwd(
     """y (M, out_features) = beta * x @ W_seed^T + scale * xa @ lora_B^T + bias; x: (M, K).
 
     ``regime`` ("decode", "one_pass", "two_phase") overrides the choice (tests, benchmarks)."""
-    regime = regime or forward_regime(version, x.shape[0])
+    regime = regime or forward_regime(version, x.shape[0], x.dtype, x.is_cuda)
     if regime == "decode":
         return seeded_decode.seeded_decode_fwd(x, seed=seed, stream=stream, out_features=out_features, xa=xa,
                                                lora_B=lora_B, beta=beta, bias=bias, scale=scale)
@@ -64,7 +72,7 @@ def seeded_linear_bwd_dx(
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """(dx = beta * dy @ W_seed + scale * dy_b @ lora_A, dbeta = <x, dy @ W_seed>); see
     ``seeded_two_phase.two_phase_bwd_dx`` for shapes."""
-    regime = regime or input_grad_regime(version, dy.shape[0])
+    regime = regime or input_grad_regime(version, dy.shape[0], dy.dtype, dy.is_cuda)
     if regime == "two_phase":
         return seeded_two_phase.two_phase_bwd_dx(dy, seed=seed, stream=stream, version=version, init=init,
                                                  in_features=in_features, dy_b=dy_b, lora_A=lora_A, beta=beta,

@@ -34,6 +34,7 @@ import triton.language as tl
 
 from . import stream_spec as spec
 from .epilogue import seeded_epilogue
+from .philox import PHILOX_ROUNDS
 from .runtime import backbone_scalars, gluon_available, is_interpreting, new_output, sm_count
 from .stream_v2 import v2_sign_pairs, v2_signs, v2_words_at, warp_span_rows
 
@@ -81,7 +82,7 @@ def _gluon_jit(fn):
 def _seeded_decode_fwd_kernel(
     x_ptr, partial_ptr, M, N, K, stride_xm, stride_xk,
     seed_lo, seed_hi, stream_lo, stream_hi, spans_per_split,
-    NUM_WARPS: gl.constexpr, M_PAD: gl.constexpr, DTYPE: gl.constexpr,
+    NUM_WARPS: gl.constexpr, M_PAD: gl.constexpr, DTYPE: gl.constexpr, N_ROUNDS: gl.constexpr = PHILOX_ROUNDS,
 ):
     # Same contract, grid and row mapping as _seeded_decode_fwd_twin_kernel; W is generated in
     # the mma A-operand layout (two Philox calls per thread per span) and never leaves registers.
@@ -108,8 +109,9 @@ def _seeded_decode_fwd_kernel(
     for span in range(pid_s * spans_per_split, span_end):
         k0 = span * SPAN_COLS
         # The two columns of an operand register (c even, c + 1) come from two calls, same bit.
-        word_a, bit = v2_words_at(seed_lo, seed_hi, stream_lo, stream_hi, span_o, p, a, span, q, c & 6)
-        word_b, _ = v2_words_at(seed_lo, seed_hi, stream_lo, stream_hi, span_o, p, a, span, q, c | 1)
+        word_a, bit = v2_words_at(seed_lo, seed_hi, stream_lo, stream_hi, span_o, p, a, span, q, c & 6,
+                                    N_ROUNDS)
+        word_b, _ = v2_words_at(seed_lo, seed_hi, stream_lo, stream_hi, span_o, p, a, span, q, c | 1, N_ROUNDS)
         w = v2_sign_pairs(word_a, word_b, bit, DTYPE)
         offs_k = k0 + offs_k_x
         xt = gl.load(x_ptr + offs_m_x * stride_xm + offs_k.to(gl.int64) * stride_xk,

@@ -1,4 +1,5 @@
-"""The fused seeded matmul: one kernel body for the forward and for the input gradient.
+"""The one-pass fused seeded matmul (stream v1): one kernel body for the forward and for the
+input gradient.
 
     out[M, P] = beta * (a[M, Q] @ Wop[Q, P]) + lora_scale * (lo[M, R] @ lmat[R, P]) + bias[P]
 
@@ -121,15 +122,16 @@ def _config(block_m, block_p, block_q, warps, stages, group_m=8):
 
 
 # Few, reasoned configs: generation cost per output scales as 1/BLOCK_M (every M-block
-# regenerates its W tiles), so large M wants tall blocks; decode (M <= 16) wants many P-blocks
-# to fill the SMs. BLOCK_Q stays a multiple of 4 (the generator's column group).
+# regenerates its W tiles), so taller blocks help; decode (M <= 16) wants many P-blocks to fill
+# the SMs. This kernel serves stream v1 up to M = 128 (lottalora_kernels.dispatch; larger M goes
+# to the two-phase regime), so the 128x256 and 256x128 tiles are gone: they spilled 200-390
+# registers in the main loop (benchmarks/results/kernel_report_sm90.md, 2026-11-24).
+# BLOCK_Q stays a multiple of 4 (the v1 generator's column group).
 AUTOTUNE_CONFIGS = [
     _config(16, 64, 128, 4, 3),
     _config(16, 128, 64, 4, 4),
     _config(64, 128, 64, 4, 4),
     _config(128, 128, 64, 8, 3),
-    _config(128, 256, 64, 8, 3),
-    _config(256, 128, 64, 8, 3),
 ]
 # Used under the interpreter and available to tests: small enough to interpret quickly.
 INTERPRETER_CONFIG = {"BLOCK_M": 16, "BLOCK_P": 32, "BLOCK_Q": 32, "GROUP_M": 4}

@@ -25,21 +25,23 @@ regenerates the same bits for a given (o, i).
 import triton
 import triton.language as tl
 
-from .philox import philox4x32
+from .philox import PHILOX_ROUNDS, philox4x32
 
 
 @triton.jit
-def v2_words_at(seed_lo, seed_hi, stream_lo, stream_hi, span_o, p, a, span_i, q, c):
+def v2_words_at(seed_lo, seed_hi, stream_lo, stream_hi, span_o, p, a, span_i, q, c,
+                N_ROUNDS: tl.constexpr = PHILOX_ROUNDS):
     """v2_words with the coordinates already split: o = 64 span_o + 8 p + a, i = 128 span_i + 8 q
     + c (tensors that broadcast together). Kernels that know the split from their layout call
-    this directly, so the compiler sees, for instance, that a warp's rows share span_o."""
+    this directly, so the compiler sees, for instance, that a warp's rows share span_o.
+    N_ROUNDS other than the stream's 10 is for instruction-count probes only."""
     c0 = (span_i * 64 + a * 8 + c).to(tl.uint32)
     c1 = span_o.to(tl.uint32) + c0 * 0  # broadcast to the tile's shape
     c0 = c0 + c1 * 0
     c2 = c0 * 0 + stream_lo.to(tl.uint32, bitcast=True)
     c3 = c0 * 0 + stream_hi.to(tl.uint32, bitcast=True)
     w0, w1, w2, w3 = philox4x32(seed_lo.to(tl.uint32, bitcast=True), seed_hi.to(tl.uint32, bitcast=True),
-                                c0, c1, c2, c3)
+                                c0, c1, c2, c3, N_ROUNDS)
     bit = (p * 16 + q + c0 * 0).to(tl.uint32)  # n = 16 p + q, in [0, 128)
     word_index = bit >> 5
     word = tl.where(word_index == 0, w0, tl.where(word_index == 1, w1, tl.where(word_index == 2, w2, w3)))
