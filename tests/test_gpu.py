@@ -1,44 +1,94 @@
-"""Checks that only mean something on a real GPU: compiled kernels, autotuned configs, and
-bit-exactness of the compiled generator against the CPU reference. Skipped without CUDA."""
+"""Checks that only mean something on a real GPU: the compiled and Gluon fast paths against the
+CPU reference, bit for bit where the contract is bits, and every regime end to end. Skipped
+without CUDA (the interpreter runs the plain-Triton twins of these kernels in CI)."""
 
 import pytest
 import torch
 
 import lottalora
+from lottalora.stream import backbone_signs
+from lottalora_kernels import dispatch, seeded_decode
 from lottalora_kernels import stream_spec as spec
 from lottalora_kernels.backbone_gen import generate_backbone
+from lottalora_kernels.runtime import backbone_scalars
 
 from .helpers import assert_close_to_baseline
 
 pytestmark = pytest.mark.gpu
 
 
-@pytest.mark.parametrize("init", spec.INITS)
-def test_compiled_generator_is_bit_identical_to_the_cpu_reference(init):
-    s = lottalora.BackboneSpec(2**64 - 7, 2**40 + 9, 3001, 1037, init)
+@pytest.mark.parametrize("version,init", [(1, i) for i in spec.VERSION_INITS[1]] + [(2, "rademacher")])
+def test_compiled_generator_is_bit_identical_to_the_cpu_reference(version, init):
+    s = lottalora.BackboneSpec(2**64 - 7, 2**40 + 9, 3001, 1037, init, version)
     cpu = lottalora.backbone_block(s)
-    gpu = generate_backbone(s.seed, s.stream, 3001, init, (0, 1037), (0, 3001), "cuda").cpu()
+    gpu = generate_backbone(s.seed, s.stream, 3001, init, (0, 1037), (0, 3001), "cuda", version=version).cpu()
     mismatches = (gpu.view(torch.int32) != cpu.view(torch.int32)).sum().item()
     assert mismatches == 0, f"{mismatches} of {cpu.numel()} values differ"
     torch_on_gpu = lottalora.backbone_block(s, device="cuda").cpu()
     assert torch.equal(torch_on_gpu.view(torch.int32), cpu.view(torch.int32))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("M", [1, 16, 300, 2049])
-def test_autotuned_forward_and_backward_match_float64(dtype, M, monkeypatch):
-    monkeypatch.setenv("LOTTALORA_BACKEND", "triton")
-    K, N = 1000, 777
-    layer = lottalora.Linear(K, N, rank=16, seed=5, device="cuda", dtype=dtype)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("rows,cols", [((0, 1037), (0, 3001)), ((63, 700), (129, 1000))])
+def test_v2_generators_give_the_reference_signs(dtype, fast, rows, cols):
+    s = lottalora.BackboneSpec(12345, 678, 3001, 1037)
+    want = backbone_signs(s, rows=rows, cols=cols, dtype=dtype)
+    got = generate_backbone(s.seed, s.stream, 3001, s.init, rows, cols, "cuda", version=2, dtype=dtype, signs=True,
+                            fast=fast).cpu()
+    assert torch.equal(got, want), f"{(got != want).sum().item()} signs differ"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("m", [1, 9, 16])
+def test_decode_kernel_generates_the_reference_signs(dtype, fast, m):
+    """With x = rows of the identity, every partial sum is one weight times 1.0: exact. So the
+    kernel's own W (Gluon fast path: mma fragments and inline PTX) is read back bit for bit."""
+    K, N = 384, 700
+    s = lottalora.BackboneSpec(2**63 + 1, 5, K, N)
+    want = backbone_signs(s, dtype=torch.float32)
+    got = torch.empty(N, K)
+    for k0 in range(0, K, m):
+        k1 = min(k0 + m, K)
+        x = torch.zeros(k1 - k0, K, dtype=dtype, device="cuda")
+        x[torch.arange(k1 - k0), torch.arange(k0, k1)] = 1
+        block_n = 64 * 4
+        n_spans = -(-K // 128)
+        partial = torch.empty((n_spans, k1 - k0, N), device="cuda")
+        grid = (-(-N // block_n), n_spans)
+        args = (x, partial, k1 - k0, N, K, x.stride(0), x.stride(1), *backbone_scalars(s.seed, s.stream), 1)
+        if fast:
+            seeded_decode._seeded_decode_fwd_kernel[grid](*args, NUM_WARPS=4, M_PAD=8 if k1 - k0 <= 8 else 16,
+                                                         DTYPE=seeded_decode._TL_DTYPES[dtype], num_warps=4)
+        else:
+            seeded_decode._seeded_decode_fwd_twin_kernel[grid](*args, NUM_WARPS=4, M_PAD=16,
+                                                              DOT_DTYPE=seeded_decode._TL_DTYPES[dtype], num_warps=4)
+        got[:, k0:k1] = partial.sum(0).T.cpu()
+    assert torch.equal(got, want), f"{(got != want).sum().item()} weights differ"
+
+
+def _layer_case(dtype, M, version, K=1000, N=777):
+    layer = lottalora.Linear(K, N, rank=16, seed=5, stream_version=version, device="cuda", dtype=dtype)
     with torch.no_grad():
         layer.lora_B.normal_(std=0.1)
         layer.beta.fill_(0.9)
     x = torch.randn(M, K, device="cuda", dtype=dtype, requires_grad=True)
+    return layer, x
+
+
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("M", [1, 16, 17, 300, 2049])
+def test_forward_and_backward_match_float64_in_every_regime(version, dtype, M, monkeypatch):
+    monkeypatch.setenv("LOTTALORA_BACKEND", "triton")
+    layer, x = _layer_case(dtype, M, version)
     y = layer(x)
     dy = torch.randn_like(y)
     y.backward(dy)
 
-    w = layer.backbone_weight(dtype=dtype)
+    w = layer.backbone_weight(dtype=dtype if version == 1 else torch.float32)
+
     def formula(cast):
         leaves = [t.detach().to(cast).requires_grad_() for t in (x, layer.lora_A, layer.lora_B, layer.beta, layer.bias)]
         xx, A, B, beta, bias = leaves
@@ -47,18 +97,33 @@ def test_autotuned_forward_and_backward_match_float64(dtype, M, monkeypatch):
         return out, [t.grad for t in leaves]
     want_y, want_g = formula(torch.float64)
     base_y, base_g = formula(dtype)
-    assert_close_to_baseline(y, base_y, want_y, dtype, f"y {dtype} M={M}")
+    tag = f"v{version} {dtype} M={M} ({dispatch.forward_regime(version, M, dtype, True)})"
+    assert_close_to_baseline(y, base_y, want_y, dtype, f"y {tag}")
     got_g = [x.grad, layer.lora_A.grad, layer.lora_B.grad, layer.beta.grad, layer.bias.grad]
     for name, g, b, w_ in zip(["x", "A", "B", "beta", "bias"], got_g, base_g, want_g, strict=True):
-        assert_close_to_baseline(g, b, w_, dtype, f"d{name} {dtype} M={M}")
+        assert_close_to_baseline(g, b, w_, dtype, f"d{name} {tag}")
 
 
-def test_large_index_space_does_not_overflow():
+@pytest.mark.parametrize("M", [1, 16])
+def test_gluon_decode_matches_its_twin(M):
+    layer, x = _layer_case(torch.bfloat16, M, 2, K=4096, N=4096)
+    x = x.detach()
+    kwargs = dict(seed=layer.seed, stream=layer.stream, out_features=4096, xa=x @ layer.lora_A.T,
+                  lora_B=layer.lora_B.detach(), beta=layer.beta.detach(), bias=layer.bias.detach(), scale=layer.scaling)
+    fast = seeded_decode.seeded_decode_fwd(x, fast=True, **kwargs)
+    twin = seeded_decode.seeded_decode_fwd(x, fast=False, **kwargs)
+    # Same weights, same float32 partial sums in a different order: equal to bf16 rounding.
+    assert torch.allclose(fast.float(), twin.float(), rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_large_index_space_does_not_overflow(version):
     """Rows past 2^16 and an x with over 2^31 / K rows: offsets are int64."""
     K, N = 64, 70000
-    layer = lottalora.Linear(K, N, rank=0, bias=False, seed=1, device="cuda", dtype=torch.bfloat16)
+    layer = lottalora.Linear(K, N, rank=0, bias=False, seed=1, stream_version=version, device="cuda",
+                             dtype=torch.bfloat16)
     x = torch.randn(40000, K, device="cuda", dtype=torch.bfloat16)  # y has 2.8e9 > 2^31 elements
     y = layer(x)
     rows = torch.tensor([0, 39999])
-    want = (x[rows].double() @ layer.backbone_weight(dtype=torch.bfloat16).double().T)
+    want = (x[rows].double() @ layer.backbone_weight().double().T)
     assert torch.allclose(y[rows].double(), want, rtol=2e-2, atol=2e-2)
