@@ -10,6 +10,9 @@ already forms dy @ W_seed tile by tile, so dbeta costs one extra read of x there
 keeping an (M, out) activation from the forward or recomputing the forward matmul. When x needs
 no gradient but beta does, the same pass runs without writing dx; when beta is frozen the x
 read is skipped.
+
+The backward is not itself differentiable (it calls the seeded kernels, which have no autograd
+of their own): a second derivative through it is refused with an error, never answered wrong.
 """
 
 from __future__ import annotations
@@ -18,6 +21,30 @@ import torch
 
 from .backend import backward_dx_op, forward_op, resolve_backend, supported_dtypes
 from .stream import BackboneSpec
+
+DOUBLE_BACKWARD_ERROR = (
+    "lottalora.seeded_linear (lottalora.Linear) has no second derivative: double backward "
+    "(differentiating gradients taken with create_graph=True: gradient penalties, Hessians, "
+    "gradgradcheck) is not supported"
+)
+
+
+class _RefuseSecondDerivative(torch.autograd.Function):
+    """Hands first-order gradients through unchanged; a backward through them raises.
+
+    Its inputs are the tensors the gradients depend on (dy, x, lora_A, lora_B, beta), so the
+    autograd engine has to pass through it to reach any of them: torch's
+    ``once_differentiable`` hangs its error on detached copies instead, and a second derivative
+    that also reaches x by another path silently leaves out the part through the gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, grads: list, *depends_on: torch.Tensor):
+        return tuple(grads)
+
+    @staticmethod
+    def backward(ctx, *_):
+        raise RuntimeError(DOUBLE_BACKWARD_ERROR)
 
 
 class SeededLinearFunction(torch.autograd.Function):
@@ -28,37 +55,58 @@ class SeededLinearFunction(torch.autograd.Function):
         x2d = x.reshape(-1, spec.in_features)
         xa = x2d @ lora_A.T if lora_A is not None else None
         y2d = forward_op(backend)(x2d, spec, xa, lora_B, beta, bias, scale)
-        need_x = ctx.needs_input_grad[1] or ctx.needs_input_grad[3]  # dA or dbeta
-        ctx.save_for_backward(x2d if need_x else None, xa, lora_A, lora_B, beta)
+        # x is needed by dA and dbeta, and dB depends on it through xa. x itself is saved, not
+        # the reshaped x2d (detached from it), so that a refused double backward can list x
+        # among the tensors the gradients depend on.
+        need_x = any(ctx.needs_input_grad[1:4])
+        ctx.save_for_backward(x if need_x else None, xa, lora_A, lora_B, beta)
         ctx.spec, ctx.scale, ctx.backend = spec, scale, backend
         ctx.x_shape = x.shape
         return y2d.reshape(*x.shape[:-1], spec.out_features)
 
     @staticmethod
     def backward(ctx, dy):
-        x2d, xa, lora_A, lora_B, beta = ctx.saved_tensors
-        need_dx, need_dA, need_dB, need_dbeta, need_dbias = ctx.needs_input_grad[:5]
-        spec, scale = ctx.spec, ctx.scale
-        dy2d = dy.reshape(-1, spec.out_features)
-        if not dy2d.is_contiguous():
-            dy2d = dy2d.contiguous()
-        has_lora = lora_A is not None
-        dy_b = dy2d @ lora_B if has_lora and (need_dx or need_dA) else None
+        create_graph = torch.is_grad_enabled()
+        with torch.no_grad():
+            grads = _seeded_linear_bwd(ctx, dy)
+        x, _, lora_A, lora_B, beta = ctx.saved_tensors
+        depends_on = [t for t in (dy, x, lora_A, lora_B, beta) if t is not None]
+        if not create_graph or not any(t.requires_grad for t in depends_on):
+            return grads
+        present = [i for i, g in enumerate(grads) if g is not None]
+        refused = _RefuseSecondDerivative.apply([grads[i] for i in present], *depends_on)
+        out = list(grads)
+        for i, g in zip(present, refused, strict=True):
+            out[i] = g
+        return tuple(out)
 
-        dx = dbeta = None
-        if need_dx or need_dbeta:
-            dx, dbeta = backward_dx_op(ctx.backend)(
-                dy2d, spec, dy_b if need_dx else None, lora_A if need_dx else None, beta, scale,
-                x2d if need_dbeta else None, need_dx,
-            )
-            if dx is not None:
-                dx = dx.reshape(ctx.x_shape)
-            if dbeta is not None:
-                dbeta = dbeta.to(beta.dtype).reshape(beta.shape)
-        dA = (dy_b.T @ x2d) * scale if need_dA else None
-        dB = (dy2d.T @ xa) * scale if need_dB else None
-        dbias = dy2d.sum(0) if need_dbias else None
-        return dx, dA, dB, dbeta, dbias, None, None, None
+
+def _seeded_linear_bwd(ctx, dy: torch.Tensor) -> tuple:
+    """The first-order gradients (dx, dA, dB, dbeta, dbias, None, None, None)."""
+    x, xa, lora_A, lora_B, beta = ctx.saved_tensors
+    need_dx, need_dA, need_dB, need_dbeta, need_dbias = ctx.needs_input_grad[:5]
+    spec, scale = ctx.spec, ctx.scale
+    x2d = x.reshape(-1, spec.in_features) if x is not None else None
+    dy2d = dy.reshape(-1, spec.out_features)
+    if not dy2d.is_contiguous():
+        dy2d = dy2d.contiguous()
+    has_lora = lora_A is not None
+    dy_b = dy2d @ lora_B if has_lora and (need_dx or need_dA) else None
+
+    dx = dbeta = None
+    if need_dx or need_dbeta:
+        dx, dbeta = backward_dx_op(ctx.backend)(
+            dy2d, spec, dy_b if need_dx else None, lora_A if need_dx else None, beta, scale,
+            x2d if need_dbeta else None, need_dx,
+        )
+        if dx is not None:
+            dx = dx.reshape(ctx.x_shape)
+        if dbeta is not None:
+            dbeta = dbeta.to(beta.dtype).reshape(beta.shape)
+    dA = (dy_b.T @ x2d) * scale if need_dA else None
+    dB = (dy2d.T @ xa) * scale if need_dB else None
+    dbias = dy2d.sum(0) if need_dbias else None
+    return dx, dA, dB, dbeta, dbias, None, None, None
 
 
 def _check_param(name: str, tensor: torch.Tensor | None, shape: tuple, x: torch.Tensor) -> None:
