@@ -17,6 +17,9 @@ of their own): a second derivative through it is refused with an error, never an
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 
 from .backend import backward_dx_op, forward_op, resolve_backend, supported_dtypes
@@ -109,15 +112,41 @@ def _seeded_linear_bwd(ctx, dy: torch.Tensor) -> tuple:
     return dx, dA, dB, dbeta, dbias, None, None, None
 
 
+_MATERIALIZE_HINT = " (a model built on the meta device needs lottalora.materialize(model, device) before it runs)"
+
+
 def _check_param(name: str, tensor: torch.Tensor | None, shape: tuple, x: torch.Tensor) -> None:
     if tensor is None:
         return
     if tuple(tensor.shape) != shape:
         raise ValueError(f"{name} must have shape {shape}, got {tuple(tensor.shape)}")
     if tensor.device != x.device:
-        raise ValueError(f"{name} is on {tensor.device} but the input is on {x.device}")
+        hint = _MATERIALIZE_HINT if tensor.device.type == "meta" else ""
+        raise ValueError(f"{name} is on {tensor.device} but the input is on {x.device}{hint}")
     if tensor.dtype != x.dtype and name != "beta":
         raise TypeError(f"{name} has dtype {tensor.dtype} but the input has {x.dtype}: they must match")
+
+
+def _check_types(x, spec, lora_A, lora_B, beta, bias, scale) -> None:
+    """TypeError/ValueError naming the argument for anything that is not what the op takes."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+    if not isinstance(spec, BackboneSpec):
+        raise TypeError(f"spec must be a lottalora.BackboneSpec, got {type(spec).__name__} {spec!r}")
+    for name, t in (("lora_A", lora_A), ("lora_B", lora_B), ("bias", bias)):
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
+    if not isinstance(beta, torch.Tensor):
+        raise TypeError(f"beta must be a one-element torch.Tensor, got {type(beta).__name__} {beta!r}")
+    if not beta.is_floating_point():
+        raise TypeError(f"beta must be a floating-point tensor, got dtype {beta.dtype}")
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale must be a real number, got {type(scale).__name__} {scale!r}")
+    if not math.isfinite(float(scale)):
+        raise ValueError(f"scale must be finite, got {scale!r}")
+    if x.device.type == "meta":
+        raise ValueError(f"input is on the meta device, which holds no values: seeded_linear computes "
+                         f"them{_MATERIALIZE_HINT}")
 
 
 def seeded_linear(
@@ -127,16 +156,17 @@ def seeded_linear(
     """y = beta * x @ W_seed^T + scale * (x @ lora_A^T) @ lora_B^T + bias, with autograd.
 
     x: (*, in_features); lora_A: (rank, in_features) and lora_B: (out_features, rank), or both
-    None for a rank-0 layer; beta: a one-element tensor; bias: (out_features,) or None.
-    Returns (*, out_features) in x.dtype (the autocast dtype inside torch.autocast). W_seed is
-    regenerated from ``spec``, never stored.
+    None for a rank-0 layer; beta: a one-element floating-point tensor; bias: (out_features,) or
+    None; scale: a finite real number. Returns (*, out_features) in x.dtype (the autocast
+    dtype inside torch.autocast). W_seed is regenerated from ``spec``, never stored.
+    Differentiable once (double backward raises).
     """
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
-    if torch.is_autocast_enabled(x.device.type):
+    _check_types(x, spec, lora_A, lora_B, beta, bias, scale)
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
         # As nn.Linear under autocast: compute in the autocast dtype; gradients flow back
         # through the casts to parameters kept in their own dtype.
-        dtype = torch.get_autocast_dtype(x.device.type)
+        dtype = torch.get_autocast_dtype(device_type)
         x, lora_A, lora_B, bias = (t.to(dtype) if t is not None else None for t in (x, lora_A, lora_B, bias))
     if x.dim() == 0 or x.shape[-1] != spec.in_features:
         raise ValueError(
