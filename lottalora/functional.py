@@ -17,6 +17,7 @@ of their own): a second derivative through it is refused with an error, never an
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 
@@ -50,6 +51,14 @@ class _RefuseSecondDerivative(torch.autograd.Function):
         raise RuntimeError(DOUBLE_BACKWARD_ERROR)
 
 
+def _autocast_off(device_type: str):
+    """Autocast disabled on ``device_type`` while the op runs: its float32 accumulations must not
+    be recast to the autocast dtype (the casts autocast would do are done before, by hand)."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 class SeededLinearFunction(torch.autograd.Function):
     """Autograd for the seeded linear op; see ``seeded_linear`` for the arguments."""
 
@@ -70,7 +79,7 @@ class SeededLinearFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         create_graph = torch.is_grad_enabled()
-        with torch.no_grad():
+        with torch.no_grad(), _autocast_off(dy.device.type):
             grads = _seeded_linear_bwd(ctx, dy)
         x, _, lora_A, lora_B, beta = ctx.saved_tensors
         depends_on = [t for t in (dy, x, lora_A, lora_B, beta) if t is not None]
@@ -149,6 +158,14 @@ def _check_types(x, spec, lora_A, lora_B, beta, bias, scale) -> None:
                          f"them{_MATERIALIZE_HINT}")
 
 
+def _autocast_cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """What autocast does to a matmul argument: floating tensors other than float64 go to the
+    autocast dtype; float64 stays float64 (nn.Linear keeps a float64 layer in float64)."""
+    if t is None or not t.is_floating_point() or t.dtype == torch.float64:
+        return t
+    return t.to(dtype)
+
+
 def seeded_linear(
     x: torch.Tensor, spec: BackboneSpec, lora_A: torch.Tensor | None, lora_B: torch.Tensor | None,
     beta: torch.Tensor, bias: torch.Tensor | None = None, scale: float = 1.0,
@@ -157,9 +174,10 @@ def seeded_linear(
 
     x: (*, in_features); lora_A: (rank, in_features) and lora_B: (out_features, rank), or both
     None for a rank-0 layer; beta: a one-element floating-point tensor; bias: (out_features,) or
-    None; scale: a finite real number. Returns (*, out_features) in x.dtype (the autocast
-    dtype inside torch.autocast). W_seed is regenerated from ``spec``, never stored.
-    Differentiable once (double backward raises).
+    None; scale: a finite real number. Returns (*, out_features) in x.dtype. Inside
+    torch.autocast, x, lora_A, lora_B and bias are cast to the autocast dtype as nn.Linear's
+    are (float64 ones are left alone) and the op accumulates in float32 as outside it. W_seed
+    is regenerated from ``spec``, never stored. Differentiable once (double backward raises).
     """
     _check_types(x, spec, lora_A, lora_B, beta, bias, scale)
     device_type = x.device.type
@@ -167,7 +185,7 @@ def seeded_linear(
         # As nn.Linear under autocast: compute in the autocast dtype; gradients flow back
         # through the casts to parameters kept in their own dtype.
         dtype = torch.get_autocast_dtype(device_type)
-        x, lora_A, lora_B, bias = (t.to(dtype) if t is not None else None for t in (x, lora_A, lora_B, bias))
+        x, lora_A, lora_B, bias = (_autocast_cast(t, dtype) for t in (x, lora_A, lora_B, bias))
     if x.dim() == 0 or x.shape[-1] != spec.in_features:
         raise ValueError(
             f"input must have shape (*, in_features={spec.in_features}), got {tuple(x.shape)}"
@@ -185,4 +203,5 @@ def seeded_linear(
     if beta.numel() != 1:
         raise ValueError(f"beta must have one element, got shape {tuple(beta.shape)}")
     _check_param("beta", beta, tuple(beta.shape), x)
-    return SeededLinearFunction.apply(x, lora_A, lora_B, beta, bias, spec, float(scale), backend)
+    with _autocast_off(device_type):
+        return SeededLinearFunction.apply(x, lora_A, lora_B, beta, bias, spec, float(scale), backend)
