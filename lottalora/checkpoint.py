@@ -213,9 +213,8 @@ def load(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
                              f"{tuple(expected[key].shape)}")
 
     for layer in config["layers"]:
-        module = layers[layer["name"]]
-        module.alpha, module.use_rslora = float(layer["alpha"]), layer["use_rslora"]
-        tensors[f"{layer['name']}._extra_state" if layer["name"] else "_extra_state"] = extra_state(layer["spec"])
+        tensors[f"{layer['name']}._extra_state" if layer["name"] else "_extra_state"] = extra_state(
+            layer["spec"], layer["rank"], float(layer["alpha"]), layer["use_rslora"])
     on_meta = any(t.device.type == "meta" for t in list(model.parameters()) + list(model.buffers()))
     if on_meta:
         model.load_state_dict(tensors, strict=True, assign=True)
