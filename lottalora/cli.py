@@ -76,12 +76,12 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .checkpoint import describe
+    from .checkpoint import describe, terminal_safe
 
     try:
         print(describe(args.directory))
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (ValueError, OSError) as exc:  # a refused checkpoint, or an unreadable file
+        print(f"error: {terminal_safe(str(exc))}", file=sys.stderr)
         return 2
     return 0
 

@@ -261,3 +261,10 @@ def test_info_escapes_control_characters_in_names(tmp_path, capsys):
     assert main(["info", str(tmp_path / "ck")]) == 2
     assert "\x1b" not in capsys.readouterr().err
 
+
+def test_info_escapes_the_directory_in_errors(tmp_path, capsys):
+    from lottalora.cli import main
+
+    assert main(["info", str(tmp_path / "a\x1b[2Jb")]) == 2
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "a\\x1b[2Jb" in err
