@@ -2,7 +2,6 @@
 model (no transformers): config values and schema, checksums, dtypes, the meta device."""
 
 import hashlib
-import json
 import struct
 
 import pytest
