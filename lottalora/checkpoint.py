@@ -415,10 +415,12 @@ def load(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     _check_nothing_left_on_meta(directory, model, tensors)
 
     on_meta = any(t.device.type == "meta" for t in list(model.parameters()) + list(model.buffers()))
-    for key, value in tensors.items():
-        want = expected[key]
-        device = torch.device("cpu") if want.device.type == "meta" else want.device
-        tensors[key] = value.to(device=device, dtype=want.dtype)
+    if on_meta:
+        # assign=True adopts the given tensors as they are: give them the model's dtype (and
+        # device, CPU for what is on meta) first. The copying load converts on its own.
+        for key, value in tensors.items():
+            want = expected[key]
+            tensors[key] = value.to(device="cpu" if want.device.type == "meta" else want.device, dtype=want.dtype)
     for layer in config["layers"]:
         tensors[f"{layer['name']}._extra_state" if layer["name"] else "_extra_state"] = extra_state(
             layer["spec"], layer["rank"], float(layer["alpha"]), layer["use_rslora"])
