@@ -23,6 +23,7 @@ import json
 import math
 import os
 import re
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -41,6 +42,9 @@ READABLE_FORMAT_VERSIONS = (1, 2)
 # A config lists a few hundred bytes per seeded layer: 16 MiB is tens of thousands of layers,
 # and keeps a hostile file from being read into memory whole.
 MAX_CONFIG_BYTES = 16 * 2**20
+# A config nests 3 deep (config, layers, a layer); anything much deeper is refused before any
+# recursive code (checksum, messages) walks it.
+MAX_CONFIG_NESTING = 16
 _FINGERPRINT_ROWS = 2
 _FINGERPRINT_COLS = 64
 
@@ -201,6 +205,17 @@ def _parse_json(directory: Path, raw: bytes):
         _fail(directory, f"{CONFIG_NAME} is not valid JSON ({exc})")
 
 
+def _nesting(value) -> int:
+    """How deep lists and objects nest in a parsed JSON value (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 def _check_keys(directory: Path, what: str, value, keys: set[str]) -> None:
     if not isinstance(value, dict):
         _fail(directory, f"{what} must be a JSON object, got {_json_type(value)}")
@@ -260,6 +275,8 @@ def _check_layer(directory: Path, index: int, layer) -> BackboneSpec:
 
 def _check_config(directory: Path, config) -> None:
     """Schema and content of a parsed config; adds each layer's "spec" (a BackboneSpec)."""
+    if _nesting(config) > MAX_CONFIG_NESTING:
+        _fail(directory, f"{CONFIG_NAME} nests deeper than {MAX_CONFIG_NESTING} levels")
     if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
         _fail(directory, f"{CONFIG_NAME} is not a {FORMAT_NAME} config")
     version = config.get("format_version")
@@ -273,9 +290,9 @@ def _check_config(directory: Path, config) -> None:
     if not isinstance(layers, list) or not layers:
         _fail(directory, "config lists no layers")
     specs = [_check_layer(directory, i, layer) for i, layer in enumerate(layers)]
-    names = [layer["name"] for layer in layers]
-    if len(set(names)) != len(names):
-        _fail(directory, f"layers list a name twice: {_short(sorted({n for n in names if names.count(n) > 1}))}")
+    repeated = sorted(name for name, count in Counter(layer["name"] for layer in layers).items() if count > 1)
+    if repeated:
+        _fail(directory, f"layers list a name twice: {_short(repeated)}")
     trainable, aliases = config["trainable"], config["aliases"]
     if not isinstance(trainable, list) or not all(isinstance(n, str) for n in trainable):
         _fail(directory, f"trainable must be a list of names, got {_json_type(trainable)}")

@@ -109,6 +109,7 @@ def test_configs_that_break_the_schema_are_refused(saved, edit, match):
 
 @pytest.mark.parametrize("text,match", [
     ("[" * 200_000 + "]" * 200_000, "nests too deeply|not valid JSON"),
+    ('{"a": ' + "[" * 900 + "]" * 900 + "}", "nests deeper than 16 levels"),
     ('{"format": "lottalora-seed-only", "format": "x"}', "duplicate key 'format'"),
     ('{"a": NaN}', "NaN is not a JSON number"),
     ('{"a": 1e999}', "out of float64's range"),
