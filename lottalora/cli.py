@@ -82,18 +82,18 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .checkpoint import describe
+    from .checkpoint import describe, terminal_safe
 
     directory = Path(args.directory)
     if not directory.is_dir():
         problem = "is not a directory" if directory.exists() else "does not exist"
-        print(f"error: {directory} {problem}: give a directory written by lottalora.save "
+        print(f"error: {terminal_safe(str(directory))} {problem}: give a directory written by lottalora.save "
               "(or lottalora demo --save DIR)", file=sys.stderr)
         return 2
     try:
         print(describe(args.directory))
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (ValueError, OSError) as exc:  # a refused checkpoint, or an unreadable file
+        print(f"error: {terminal_safe(str(exc))}", file=sys.stderr)
         return 2
     return 0
 

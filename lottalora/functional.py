@@ -10,14 +10,53 @@ already forms dy @ W_seed tile by tile, so dbeta costs one extra read of x there
 keeping an (M, out) activation from the forward or recomputing the forward matmul. When x needs
 no gradient but beta does, the same pass runs without writing dx; when beta is frozen the x
 read is skipped.
+
+The backward is not itself differentiable (it calls the seeded kernels, which have no autograd
+of their own): a second derivative through it is refused with an error, never answered wrong.
 """
 
 from __future__ import annotations
+
+import contextlib
+import math
+import numbers
 
 import torch
 
 from .backend import backward_dx_op, forward_op, resolve_backend, supported_dtypes
 from .stream import BackboneSpec
+
+DOUBLE_BACKWARD_ERROR = (
+    "lottalora.seeded_linear (lottalora.Linear) has no second derivative: double backward "
+    "(differentiating gradients taken with create_graph=True: gradient penalties, Hessians, "
+    "gradgradcheck) is not supported"
+)
+
+
+class _RefuseSecondDerivative(torch.autograd.Function):
+    """Hands first-order gradients through unchanged; a backward through them raises.
+
+    Its inputs are the tensors the gradients depend on (dy, x, lora_A, lora_B, beta), so the
+    autograd engine has to pass through it to reach any of them: torch's
+    ``once_differentiable`` hangs its error on detached copies instead, and a second derivative
+    that also reaches x by another path silently leaves out the part through the gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, grads: list, *depends_on: torch.Tensor):
+        return tuple(grads)
+
+    @staticmethod
+    def backward(ctx, *_):
+        raise RuntimeError(DOUBLE_BACKWARD_ERROR)
+
+
+def _autocast_off(device_type: str):
+    """Autocast disabled on ``device_type`` while the op runs: its float32 accumulations must not
+    be recast to the autocast dtype (the casts autocast would do are done before, by hand)."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 class SeededLinearFunction(torch.autograd.Function):
@@ -28,37 +67,61 @@ class SeededLinearFunction(torch.autograd.Function):
         x2d = x.reshape(-1, spec.in_features)
         xa = x2d @ lora_A.T if lora_A is not None else None
         y2d = forward_op(backend)(x2d, spec, xa, lora_B, beta, bias, scale)
-        need_x = ctx.needs_input_grad[1] or ctx.needs_input_grad[3]  # dA or dbeta
-        ctx.save_for_backward(x2d if need_x else None, xa, lora_A, lora_B, beta)
+        # x is needed by dA and dbeta, and dB depends on it through xa. x itself is saved, not
+        # the reshaped x2d (detached from it), so that a refused double backward can list x
+        # among the tensors the gradients depend on.
+        need_x = any(ctx.needs_input_grad[1:4])
+        ctx.save_for_backward(x if need_x else None, xa, lora_A, lora_B, beta)
         ctx.spec, ctx.scale, ctx.backend = spec, scale, backend
         ctx.x_shape = x.shape
         return y2d.reshape(*x.shape[:-1], spec.out_features)
 
     @staticmethod
     def backward(ctx, dy):
-        x2d, xa, lora_A, lora_B, beta = ctx.saved_tensors
-        need_dx, need_dA, need_dB, need_dbeta, need_dbias = ctx.needs_input_grad[:5]
-        spec, scale = ctx.spec, ctx.scale
-        dy2d = dy.reshape(-1, spec.out_features)
-        if not dy2d.is_contiguous():
-            dy2d = dy2d.contiguous()
-        has_lora = lora_A is not None
-        dy_b = dy2d @ lora_B if has_lora and (need_dx or need_dA) else None
+        create_graph = torch.is_grad_enabled()
+        with torch.no_grad(), _autocast_off(dy.device.type):
+            grads = _seeded_linear_bwd(ctx, dy)
+        x, _, lora_A, lora_B, beta = ctx.saved_tensors
+        depends_on = [t for t in (dy, x, lora_A, lora_B, beta) if t is not None]
+        if not create_graph or not any(t.requires_grad for t in depends_on):
+            return grads
+        present = [i for i, g in enumerate(grads) if g is not None]
+        refused = _RefuseSecondDerivative.apply([grads[i] for i in present], *depends_on)
+        out = list(grads)
+        for i, g in zip(present, refused, strict=True):
+            out[i] = g
+        return tuple(out)
 
-        dx = dbeta = None
-        if need_dx or need_dbeta:
-            dx, dbeta = backward_dx_op(ctx.backend)(
-                dy2d, spec, dy_b if need_dx else None, lora_A if need_dx else None, beta, scale,
-                x2d if need_dbeta else None, need_dx,
-            )
-            if dx is not None:
-                dx = dx.reshape(ctx.x_shape)
-            if dbeta is not None:
-                dbeta = dbeta.to(beta.dtype).reshape(beta.shape)
-        dA = (dy_b.T @ x2d) * scale if need_dA else None
-        dB = (dy2d.T @ xa) * scale if need_dB else None
-        dbias = dy2d.sum(0) if need_dbias else None
-        return dx, dA, dB, dbeta, dbias, None, None, None
+
+def _seeded_linear_bwd(ctx, dy: torch.Tensor) -> tuple:
+    """The first-order gradients (dx, dA, dB, dbeta, dbias, None, None, None)."""
+    x, xa, lora_A, lora_B, beta = ctx.saved_tensors
+    need_dx, need_dA, need_dB, need_dbeta, need_dbias = ctx.needs_input_grad[:5]
+    spec, scale = ctx.spec, ctx.scale
+    x2d = x.reshape(-1, spec.in_features) if x is not None else None
+    dy2d = dy.reshape(-1, spec.out_features)
+    if not dy2d.is_contiguous():
+        dy2d = dy2d.contiguous()
+    has_lora = lora_A is not None
+    dy_b = dy2d @ lora_B if has_lora and (need_dx or need_dA) else None
+
+    dx = dbeta = None
+    if need_dx or need_dbeta:
+        dx, dbeta = backward_dx_op(ctx.backend)(
+            dy2d, spec, dy_b if need_dx else None, lora_A if need_dx else None, beta, scale,
+            x2d if need_dbeta else None, need_dx,
+        )
+        if dx is not None:
+            dx = dx.reshape(ctx.x_shape)
+        if dbeta is not None:
+            dbeta = dbeta.to(beta.dtype).reshape(beta.shape)
+    dA = (dy_b.T @ x2d) * scale if need_dA else None
+    dB = (dy2d.T @ xa) * scale if need_dB else None
+    dbias = dy2d.sum(0) if need_dbias else None
+    return dx, dA, dB, dbeta, dbias, None, None, None
+
+
+_MATERIALIZE_HINT = " (a model built on the meta device needs lottalora.materialize(model, device) before it runs)"
 
 
 def _check_param(name: str, tensor: torch.Tensor | None, shape: tuple, x: torch.Tensor) -> None:
@@ -67,9 +130,40 @@ def _check_param(name: str, tensor: torch.Tensor | None, shape: tuple, x: torch.
     if tuple(tensor.shape) != shape:
         raise ValueError(f"{name} must have shape {shape}, got {tuple(tensor.shape)}")
     if tensor.device != x.device:
-        raise ValueError(f"{name} is on {tensor.device} but the input is on {x.device}")
+        hint = _MATERIALIZE_HINT if tensor.device.type == "meta" else ""
+        raise ValueError(f"{name} is on {tensor.device} but the input is on {x.device}{hint}")
     if tensor.dtype != x.dtype and name != "beta":
         raise TypeError(f"{name} has dtype {tensor.dtype} but the input has {x.dtype}: they must match")
+
+
+def _check_types(x, spec, lora_A, lora_B, beta, bias, scale) -> None:
+    """TypeError/ValueError naming the argument for anything that is not what the op takes."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+    if not isinstance(spec, BackboneSpec):
+        raise TypeError(f"spec must be a lottalora.BackboneSpec, got {type(spec).__name__} {spec!r}")
+    for name, t in (("lora_A", lora_A), ("lora_B", lora_B), ("bias", bias)):
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
+    if not isinstance(beta, torch.Tensor):
+        raise TypeError(f"beta must be a one-element torch.Tensor, got {type(beta).__name__} {beta!r}")
+    if not beta.is_floating_point():
+        raise TypeError(f"beta must be a floating-point tensor, got dtype {beta.dtype}")
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale must be a real number, got {type(scale).__name__} {scale!r}")
+    if not math.isfinite(float(scale)):
+        raise ValueError(f"scale must be finite, got {scale!r}")
+    if x.device.type == "meta":
+        raise ValueError(f"input is on the meta device, which holds no values: seeded_linear computes "
+                         f"them{_MATERIALIZE_HINT}")
+
+
+def _autocast_cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """What autocast does to a matmul argument: floating tensors other than float64 go to the
+    autocast dtype; float64 stays float64 (nn.Linear keeps a float64 layer in float64)."""
+    if t is None or not t.is_floating_point() or t.dtype == torch.float64:
+        return t
+    return t.to(dtype)
 
 
 def seeded_linear(
@@ -79,17 +173,19 @@ def seeded_linear(
     """y = beta * x @ W_seed^T + scale * (x @ lora_A^T) @ lora_B^T + bias, with autograd.
 
     x: (*, in_features); lora_A: (rank, in_features) and lora_B: (out_features, rank), or both
-    None for a rank-0 layer; beta: a one-element tensor; bias: (out_features,) or None.
-    Returns (*, out_features) in x.dtype (the autocast dtype inside torch.autocast). W_seed is
-    regenerated from ``spec``, never stored.
+    None for a rank-0 layer; beta: a one-element floating-point tensor; bias: (out_features,) or
+    None; scale: a finite real number. Returns (*, out_features) in x.dtype. Inside
+    torch.autocast, x, lora_A, lora_B and bias are cast to the autocast dtype as nn.Linear's
+    are (float64 ones are left alone) and the op accumulates in float32 as outside it. W_seed
+    is regenerated from ``spec``, never stored. Differentiable once (double backward raises).
     """
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
-    if torch.is_autocast_enabled(x.device.type):
+    _check_types(x, spec, lora_A, lora_B, beta, bias, scale)
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
         # As nn.Linear under autocast: compute in the autocast dtype; gradients flow back
         # through the casts to parameters kept in their own dtype.
-        dtype = torch.get_autocast_dtype(x.device.type)
-        x, lora_A, lora_B, bias = (t.to(dtype) if t is not None else None for t in (x, lora_A, lora_B, bias))
+        dtype = torch.get_autocast_dtype(device_type)
+        x, lora_A, lora_B, bias = (_autocast_cast(t, dtype) for t in (x, lora_A, lora_B, bias))
     if x.dim() == 0 or x.shape[-1] != spec.in_features:
         raise ValueError(
             f"input must have shape (*, in_features={spec.in_features}), got {tuple(x.shape)}"
@@ -107,4 +203,5 @@ def seeded_linear(
     if beta.numel() != 1:
         raise ValueError(f"beta must have one element, got shape {tuple(beta.shape)}")
     _check_param("beta", beta, tuple(beta.shape), x)
-    return SeededLinearFunction.apply(x, lora_A, lora_B, beta, bias, spec, float(scale), backend)
+    with _autocast_off(device_type):
+        return SeededLinearFunction.apply(x, lora_A, lora_B, beta, bias, spec, float(scale), backend)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import struct
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -14,17 +16,107 @@ from .backend import resolve_backend
 from .functional import seeded_linear
 from .stream import BackboneSpec, backbone_block
 
-_EXTRA_STATE_LEN = 8
+# The kernels take the LoRA scaling as a float32: an alpha above this would turn into inf.
+ALPHA_MAX = torch.finfo(torch.float32).max
+
+# "_extra_state" layouts (int64 tensors). Layout 1 (lottalora 0.1.0, 8 values) carries the
+# backbone only; layout 2 appends what else changes the layer's function. Index 0 is the
+# backbone stream version in both; index 8 names the layout from layout 2 on.
+EXTRA_STATE_LAYOUT = 2
+_LAYOUT_LENGTHS = {8: 1, 12: 2}
 
 
-def extra_state(spec: BackboneSpec) -> torch.Tensor:
-    """A layer's state_dict entry "_extra_state": int64 [stream version, seed lo/hi,
-    stream lo/hi, init code, in_features, out_features]."""
+def lora_scaling(rank: int, alpha: float, use_rslora: bool) -> float:
+    """The factor on the low-rank product: alpha / rank, or alpha / sqrt(rank); 0 at rank 0."""
+    if rank == 0:
+        return 0.0
+    return alpha / (math.sqrt(rank) if use_rslora else rank)
+
+
+def check_alpha(alpha: object, zero_ok: bool = False) -> float:
+    """``alpha`` as a float, or ValueError: a number (not a bool), finite, in (0, ALPHA_MAX].
+    ``zero_ok`` admits 0 too: a saved rank-0 layer's alpha (alpha=None resolves to the rank)."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) \
+            or alpha < 0 or (alpha == 0 and not zero_ok) or alpha > ALPHA_MAX:
+        raise ValueError(f"alpha must be a positive finite number of at most {ALPHA_MAX:.4g} (float32's "
+                         f"largest, the kernels' precision for the scaling), got {alpha!r}")
+    return float(alpha)
+
+
+def _float64_bits(value: float) -> int:
+    return struct.unpack("<q", struct.pack("<d", value))[0]
+
+
+def _bits_float64(word: int) -> float:
+    return struct.unpack("<d", struct.pack("<q", word))[0]
+
+
+def extra_state(spec: BackboneSpec, rank: int, alpha: float, use_rslora: bool) -> torch.Tensor:
+    """A layer's state_dict entry "_extra_state", layout 2: int64 [stream version, seed lo/hi,
+    stream lo/hi, init code, in_features, out_features, layout (2), rank, alpha's float64 bit
+    pattern, use_rslora (0 or 1)]."""
     seed_lo, seed_hi = spec_consts.split_u64(spec.seed)
     stream_lo, stream_hi = spec_consts.split_u64(spec.stream)
     return torch.tensor([spec.version, seed_lo, seed_hi, stream_lo, stream_hi,
-                         spec_consts.INIT_CODES[spec.init], spec.in_features, spec.out_features],
+                         spec_consts.INIT_CODES[spec.init], spec.in_features, spec.out_features,
+                         EXTRA_STATE_LAYOUT, rank, _float64_bits(alpha), int(use_rslora)],
                         dtype=torch.int64)
+
+
+@dataclass(frozen=True)
+class LayerState:
+    """A decoded "_extra_state". rank, alpha and use_rslora are None in layout 1, which does not
+    carry them (a layer loading it keeps its own alpha and use_rslora)."""
+
+    spec: BackboneSpec
+    rank: int | None
+    alpha: float | None
+    use_rslora: bool | None
+
+
+def decode_extra_state(state: object) -> LayerState:
+    """Check an "_extra_state" value of either layout and decode it; ValueError if it is not one."""
+    if not isinstance(state, torch.Tensor) or state.dtype != torch.int64 or state.dim() != 1 \
+            or state.shape[0] not in _LAYOUT_LENGTHS:
+        described = (f"{state.dtype} tensor of shape {tuple(state.shape)}" if isinstance(state, torch.Tensor)
+                     else type(state).__name__)
+        raise ValueError(f"lottalora.Linear extra state must be an int64 tensor of 8 (layout 1) or 12 "
+                         f"(layout 2) values, got a {described}")
+    words = [int(v) for v in state.tolist()]
+    version, seed_lo, seed_hi, stream_lo, stream_hi, init_code, in_f, out_f = words[:8]
+    if version not in spec_consts.SUPPORTED_STREAM_VERSIONS:
+        raise ValueError(
+            f"backbone stream version {version} is not supported by this build "
+            f"(supported: {spec_consts.SUPPORTED_STREAM_VERSIONS})"
+        )
+    if not 0 <= init_code < len(spec_consts.INITS) or \
+            spec_consts.INITS[init_code] not in spec_consts.VERSION_INITS[version]:
+        raise ValueError(f"unknown init code {init_code} for stream version {version} in state "
+                         f"(known: {spec_consts.VERSION_INITS[version]})")
+    for name, word in (("seed", seed_lo), ("seed", seed_hi), ("stream", stream_lo), ("stream", stream_hi)):
+        if not 0 <= word <= 0xFFFFFFFF:
+            raise ValueError(f"corrupt {name} word {word} in state (each must be in [0, 2**32))")
+    try:
+        spec = BackboneSpec(seed_lo | (seed_hi << 32), stream_lo | (stream_hi << 32), in_f, out_f,
+                            spec_consts.INITS[init_code], version)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"corrupt backbone in state: {exc}") from None
+    if len(words) == 8:
+        return LayerState(spec, None, None, None)
+    layout, rank, alpha_bits, rslora = words[8:]
+    if layout != EXTRA_STATE_LAYOUT:
+        raise ValueError(f"extra state layout {layout} of 12 values is not one this build reads "
+                         f"(it reads layout {EXTRA_STATE_LAYOUT})")
+    if rank < 0:
+        raise ValueError(f"corrupt rank {rank} in state")
+    if rslora not in (0, 1):
+        raise ValueError(f"corrupt use_rslora word {rslora} in state (0 or 1)")
+    alpha = _bits_float64(alpha_bits)
+    try:
+        check_alpha(alpha, zero_ok=rank == 0)
+    except ValueError as exc:
+        raise ValueError(f"corrupt alpha in state: {exc}") from None
+    return LayerState(spec, rank, alpha, bool(rslora))
 
 
 class Linear(nn.Module):
@@ -54,9 +146,7 @@ class Linear(nn.Module):
         super().__init__()
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
             raise ValueError(f"rank must be an int >= 0, got {rank!r}")
-        if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float))
-                                  or not math.isfinite(alpha) or alpha <= 0):
-            raise ValueError(f"alpha must be a positive finite number or None, got {alpha!r}")
+        alpha = check_alpha(alpha) if alpha is not None else float(rank)
         if not isinstance(train_beta, bool):
             raise TypeError(f"train_beta must be a bool, got {train_beta!r}")
         factory = {"device": device, "dtype": dtype}
@@ -64,7 +154,7 @@ class Linear(nn.Module):
             raise TypeError(f"dtype must be float32, float16, bfloat16 or float64, got {dtype}")
         self._spec = BackboneSpec(seed, stream, in_features, out_features, init, stream_version)
         self.rank = rank
-        self.alpha = float(alpha) if alpha is not None else float(rank)
+        self.alpha = alpha
         self.use_rslora = bool(use_rslora)
         if rank > 0:
             self.lora_A = nn.Parameter(torch.empty((rank, in_features), **factory))
@@ -104,9 +194,7 @@ class Linear(nn.Module):
     @property
     def scaling(self) -> float:
         """The factor on the low-rank product: alpha / rank (or / sqrt(rank) with rsLoRA)."""
-        if self.rank == 0:
-            return 0.0
-        return self.alpha / (math.sqrt(self.rank) if self.use_rslora else self.rank)
+        return lora_scaling(self.rank, self.alpha, self.use_rslora)
 
     def reset_parameters(self) -> None:
         """A as PEFT (Kaiming-uniform, a=sqrt(5)), B = 0, beta = 1, bias as nn.Linear."""
@@ -141,35 +229,61 @@ class Linear(nn.Module):
             w = backbone_block(self._spec, device=device)
         return w.to(dtype) if dtype is not None else w
 
-    # seed, stream and init travel in the state_dict as one small int64 tensor ("_extra_state").
+    # Everything that makes the layer's function besides its tensors (seed, stream, init, rank,
+    # alpha, use_rslora) travels in the state_dict as one small int64 tensor ("_extra_state").
     def get_extra_state(self) -> torch.Tensor:
-        return extra_state(self._spec)
+        return extra_state(self._spec, self.rank, self.alpha, self.use_rslora)
 
     def set_extra_state(self, state) -> None:
-        if not isinstance(state, torch.Tensor) or state.dtype != torch.int64 or state.shape != (_EXTRA_STATE_LEN,):
+        decoded = decode_extra_state(state)
+        self._check_fits(decoded)
+        self._spec = decoded.spec
+        if decoded.alpha is not None:
+            self.alpha, self.use_rslora = decoded.alpha, decoded.use_rslora
+
+    def _check_fits(self, decoded: LayerState) -> None:
+        """ValueError unless a decoded state describes a layer of this one's shape and rank."""
+        s = decoded.spec
+        if (s.in_features, s.out_features) != (self.in_features, self.out_features):
             raise ValueError(
-                f"lottalora.Linear extra state must be an int64 tensor of {_EXTRA_STATE_LEN} values, got {state!r}"
-            )
-        version, seed_lo, seed_hi, stream_lo, stream_hi, init_code, in_f, out_f = (int(v) for v in state.tolist())
-        if version not in spec_consts.SUPPORTED_STREAM_VERSIONS:
-            raise ValueError(
-                f"backbone stream version {version} is not supported by this build "
-                f"(supported: {spec_consts.SUPPORTED_STREAM_VERSIONS})"
-            )
-        if not 0 <= init_code < len(spec_consts.INITS) or \
-                spec_consts.INITS[init_code] not in spec_consts.VERSION_INITS[version]:
-            raise ValueError(f"unknown init code {init_code} for stream version {version} in state "
-                             f"(known: {spec_consts.VERSION_INITS[version]})")
-        if (in_f, out_f) != (self.in_features, self.out_features):
-            raise ValueError(
-                f"state is for a {out_f} x {in_f} backbone, this layer is "
+                f"state is for a {s.out_features} x {s.in_features} backbone, this layer is "
                 f"{self.out_features} x {self.in_features}"
             )
-        for name, word in (("seed", seed_lo), ("seed", seed_hi), ("stream", stream_lo), ("stream", stream_hi)):
-            if not 0 <= word <= 0xFFFFFFFF:
-                raise ValueError(f"corrupt {name} word {word} in state")
-        self._spec = BackboneSpec(seed_lo | (seed_hi << 32), stream_lo | (stream_hi << 32),
-                                  in_f, out_f, spec_consts.INITS[init_code], version)
+        if decoded.rank is not None and decoded.rank != self.rank:
+            raise ValueError(f"state is for a rank-{decoded.rank} layer, this layer has rank {self.rank}")
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # nn.Module copies the tensors one by one and only then sets the extra state: the entries
+        # present are checked here first, so a bad one leaves the whole layer as it was. Missing
+        # and unexpected entries are left to nn.Module (it does not tell a module whether the
+        # load is strict).
+        where = f"lottalora.Linear {prefix[:-1]!r}" if prefix else "lottalora.Linear"
+        try:
+            self._check_loadable(state_dict, prefix)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def _check_loadable(self, state_dict, prefix: str) -> None:
+        key = prefix + "_extra_state"
+        if key in state_dict:
+            self._check_fits(decode_extra_state(state_dict[key]))
+        for name, param in self._parameters.items():
+            key = prefix + name
+            if param is None or key not in state_dict:
+                continue
+            value = state_dict[key]
+            if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+                got = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
+                raise ValueError(f"{name} must be a floating-point tensor, got {got}")
+            # nn.Module also accepts a 1-d tensor for a 0-d parameter (it takes element 0): only
+            # one element is a beta, not the first of several.
+            fits = value.shape == param.shape or (param.dim() == 0 and value.shape == (1,))
+            if not fits:
+                raise ValueError(f"{name} has shape {tuple(value.shape)} in the state_dict, this layer's is "
+                                 f"{tuple(param.shape)} (rank {self.rank})")
 
     def extra_repr(self) -> str:
         return (

@@ -129,3 +129,70 @@ def test_a_layer_trains_on_a_linear_target():
         opt.step()
     assert loss.item() < 0.2 * first
     assert layer.lora_B.abs().sum() > 0 and layer.beta.grad is not None
+
+
+def _second_order_cases(layer, x):
+    """Second derivatives that go through the layer's first-order gradients."""
+    def grad_of_grad_A():  # the issue's example: d/dx of sum(dL/dA)
+        gA, = torch.autograd.grad(layer(x).pow(2).sum(), layer.lora_A, create_graph=True)
+        return torch.autograd.grad(gA.sum(), x)
+
+    def x_also_reached_directly():  # once_differentiable leaves out the path through gA here
+        gA, = torch.autograd.grad(layer(x).pow(2).sum(), layer.lora_A, create_graph=True)
+        return torch.autograd.grad(gA.sum() + x.pow(2).sum(), x)
+
+    def linear_loss_grad_B():  # dy needs no grad here; gA still depends on lora_B
+        gA, = torch.autograd.grad(layer(x).sum(), layer.lora_A, create_graph=True)
+        return torch.autograd.grad(gA.pow(2).sum(), layer.lora_B)
+
+    def gradient_penalty():
+        gx, = torch.autograd.grad(layer(x).pow(2).sum(), x, create_graph=True)
+        gx.pow(2).sum().backward()
+
+    return [grad_of_grad_A, x_also_reached_directly, linear_loss_grad_B, gradient_penalty]
+
+
+@pytest.mark.parametrize("case", range(4))
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_double_backward_is_refused_never_answered_wrong(backend, case, monkeypatch, device):
+    monkeypatch.setenv("LOTTALORA_BACKEND", backend)
+    dtype = torch.float64 if backend == "torch" else torch.float32
+    torch.manual_seed(0)
+    layer = lottalora.Linear(4, 3, rank=2, device=device, dtype=dtype)
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    x = torch.randn(2, 4, dtype=dtype, device=device, requires_grad=True)
+    with pytest.raises(RuntimeError, match="no second derivative"):
+        _second_order_cases(layer, x)[case]()
+
+
+@pytest.mark.filterwarnings("ignore:Input #\\d requires gradient and is not a double")  # triton: float32
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_gradgradcheck_raises_the_refusal(backend, monkeypatch, device):
+    monkeypatch.setenv("LOTTALORA_BACKEND", backend)
+    dtype = torch.float64 if backend == "torch" else torch.float32
+    spec = lottalora.BackboneSpec(7, 2, 5, 4)
+    A, B, beta, bias = _params(5, 4, 2, dtype, device)
+    x = torch.randn(3, 5, dtype=dtype, device=device, requires_grad=True)
+    with pytest.raises(RuntimeError, match="no second derivative"):
+        torch.autograd.gradgradcheck(lambda *t: seeded_linear(*t[:1], spec, *t[1:], scale=0.5),
+                                     (x, A, B, beta, bias), eps=1e-3, atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True")
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_first_order_gradients_with_create_graph_are_unchanged_and_writable(backend, monkeypatch, device):
+    monkeypatch.setenv("LOTTALORA_BACKEND", backend)
+    layer = lottalora.Linear(6, 5, rank=2, device=device)
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    x = torch.randn(4, 6, device=device, requires_grad=True)
+    inputs = (x, *layer.parameters())
+    plain = torch.autograd.grad(layer(x).pow(2).sum(), inputs)
+    graphed = torch.autograd.grad(layer(x).pow(2).sum(), inputs, create_graph=True)
+    for p, g in zip(plain, graphed, strict=True):
+        assert torch.equal(p, g) and g.requires_grad
+    graphed[1].mul_(0.5)  # in place, as gradient clipping does
+    layer(x).pow(2).sum().backward(create_graph=True)
+    torch.nn.utils.clip_grad_norm_(layer.parameters(), 1e-3)
+    layer.zero_grad(set_to_none=True)  # break the parameter <-> grad cycle create_graph makes

@@ -12,6 +12,7 @@ import torch
 import lottalora
 from lottalora.checkpoint import CONFIG_NAME, TENSORS_NAME
 
+from .checkpoints import sign
 from .models import converted_tiny_llama
 
 pytest.importorskip("transformers")
@@ -104,7 +105,7 @@ def _corrupt(ck: Path, how: str):
     elif how == "missing layer":
         config["layers"].pop()
     if how in ("format version", "stream version", "fingerprint", "unknown layer", "shape", "missing layer"):
-        config_path.write_text(json.dumps(config))
+        config_path.write_text(json.dumps(sign(config)))  # signed: each edit must be refused on its own
 
 
 @pytest.mark.parametrize("how,match", [

@@ -123,17 +123,140 @@ def test_state_dict_survives_torch_save_with_weights_only(tmp_path):
     assert (dst.seed, dst.stream) == (99, 7)
 
 
+def _snapshot(layer: lottalora.Linear) -> dict:
+    """Everything a load could change: tensors (cloned) and the non-tensor state."""
+    return {"tensors": {k: v.clone() for k, v in layer.state_dict().items()},
+            "attrs": (layer.spec, layer.alpha, layer.use_rslora, layer.rank)}
+
+
+def _assert_unchanged(layer: lottalora.Linear, before: dict) -> None:
+    after = _snapshot(layer)
+    assert after["attrs"] == before["attrs"]
+    assert after["tensors"].keys() == before["tensors"].keys()
+    for k, v in before["tensors"].items():
+        assert v.dtype == after["tensors"][k].dtype and torch.equal(v, after["tensors"][k]), k
+
+
+def _source_and_destination():
+    """A trained-looking source and a destination that differs from it in every tensor and in
+    seed, stream, init and alpha, so that anything copied by a refused load shows."""
+    src = _trained_like(lottalora.Linear(8, 8, rank=2, alpha=3.0, use_rslora=True, seed=5, stream=6, init="uniform"))
+    dst = lottalora.Linear(8, 8, rank=2, seed=1, stream=2, init="gaussian")
+    with torch.no_grad():
+        for p in dst.parameters():
+            p.uniform_(-2, 2)
+    return src, dst
+
+
 @pytest.mark.parametrize("mutate,match", [
     (lambda s: s.__setitem__(0, 3), "stream version 3"),
     (lambda s: s.__setitem__(5, 9), "unknown init"),
     (lambda s: s.__setitem__(6, 10), "backbone"),
     (lambda s: s.__setitem__(1, -1), "corrupt seed"),
+    (lambda s: s.__setitem__(4, 2**32), "corrupt stream"),
+    (lambda s: s.__setitem__(8, 7), "layout 7"),
+    (lambda s: s.__setitem__(9, 3), "rank-3"),
+    (lambda s: s.__setitem__(10, -1), "corrupt alpha"),  # the bits of a NaN
+    (lambda s: s.__setitem__(11, 2), "use_rslora"),
 ])
-def test_bad_extra_state_is_refused(mutate, match):
-    sd = lottalora.Linear(8, 8, rank=2).state_dict()
+def test_bad_extra_state_is_refused_and_the_layer_is_untouched(mutate, match):
+    src, dst = _source_and_destination()
+    sd = src.state_dict()
     mutate(sd["_extra_state"])
+    before = _snapshot(dst)
     with pytest.raises(ValueError, match=match):
-        lottalora.Linear(8, 8, rank=2).load_state_dict(sd)
+        dst.load_state_dict(sd)
+    _assert_unchanged(dst, before)
+
+
+@pytest.mark.parametrize("replace", [
+    lambda s: s["_extra_state"].to(torch.int32), lambda s: s["_extra_state"][:7],
+    lambda s: s["_extra_state"].float(), lambda s: [1, 2, 3],
+])
+def test_extra_state_of_the_wrong_dtype_or_length_is_refused(replace):
+    src, dst = _source_and_destination()
+    sd = src.state_dict()
+    sd["_extra_state"] = replace(sd)
+    before = _snapshot(dst)
+    with pytest.raises(ValueError, match="extra state must be an int64 tensor of 8 .* or 12"):
+        dst.load_state_dict(sd)
+    _assert_unchanged(dst, before)
+
+
+def test_state_dict_carries_alpha_and_rslora():
+    src = _trained_like(lottalora.Linear(20, 12, rank=4, alpha=3.0, use_rslora=True, seed=7))
+    dst = lottalora.Linear(20, 12, rank=4, alpha=64)
+    dst.load_state_dict(src.state_dict())
+    assert (dst.alpha, dst.use_rslora, dst.scaling) == (3.0, True, 1.5)
+    x = torch.randn(5, 20)
+    assert torch.equal(dst(x), src(x))
+
+
+@pytest.mark.parametrize("dst_rank", [0, 2, 6])
+def test_a_rank_mismatch_is_refused_before_anything_is_adopted(dst_rank):
+    src = _trained_like(lottalora.Linear(8, 8, rank=4, alpha=2.0, seed=5, init="uniform"))
+    dst = lottalora.Linear(8, 8, rank=dst_rank, seed=1)
+    before = _snapshot(dst)
+    with pytest.raises(ValueError, match="rank"):
+        dst.load_state_dict(src.state_dict())
+    with pytest.raises(ValueError, match="rank"):
+        dst.load_state_dict(src.state_dict(), strict=False)
+    _assert_unchanged(dst, before)
+
+
+@pytest.mark.parametrize("name,value,match", [
+    ("lora_A", lambda t: t.to(torch.int32), "lora_A must be a floating-point tensor, got torch.int32"),
+    ("bias", lambda t: t.bool(), "bias must be a floating-point tensor"),
+    ("beta", lambda t: torch.tensor([0.5, 7.0]), r"beta has shape \(2,\)"),
+    ("lora_B", lambda t: t.T, r"lora_B has shape \(2, 8\)"),
+    ("bias", lambda t: t.tolist(), "bias must be a floating-point tensor, got list"),
+])
+def test_tensors_of_the_wrong_kind_or_shape_are_refused_untouched(name, value, match):
+    src, dst = _source_and_destination()
+    sd = src.state_dict()
+    sd[name] = value(sd[name])
+    before = _snapshot(dst)
+    with pytest.raises(ValueError, match=match):
+        dst.load_state_dict(sd)
+    _assert_unchanged(dst, before)
+
+
+def test_a_one_element_beta_of_shape_1_still_loads():
+    src, dst = _source_and_destination()
+    sd = src.state_dict()
+    sd["beta"] = sd["beta"].reshape(1)
+    dst.load_state_dict(sd)
+    assert dst.beta.item() == src.beta.item()
+
+
+def test_missing_entries_follow_torch_strictness():
+    src, dst = _source_and_destination()
+    sd = src.state_dict()
+    sd.pop("lora_B")
+    with pytest.raises(RuntimeError, match="Missing key.*lora_B"):
+        dst.load_state_dict(sd)
+    dst.load_state_dict(sd, strict=False)  # non-strict: what is there loads
+    assert torch.equal(dst.lora_A, src.lora_A) and (dst.seed, dst.alpha) == (src.seed, src.alpha)
+
+
+def test_a_layer_inside_a_model_is_named_in_the_error():
+    src = torch.nn.Sequential(torch.nn.Linear(8, 8), lottalora.Linear(8, 8, rank=2))
+    sd = src.state_dict()
+    sd["1._extra_state"][0] = 9
+    with pytest.raises(ValueError, match="lottalora.Linear '1': backbone stream version 9"):
+        torch.nn.Sequential(torch.nn.Linear(8, 8), lottalora.Linear(8, 8, rank=2)).load_state_dict(sd)
+
+
+def test_the_8_value_extra_state_of_lottalora_0_1_still_loads():
+    """Layout 1 carries no alpha: the layer keeps its own (tests/test_compat.py loads a real one)."""
+    src = _trained_like(lottalora.Linear(8, 8, rank=2, alpha=3.0, seed=5, stream=6, init="uniform"))
+    sd = src.state_dict()
+    sd["_extra_state"] = sd["_extra_state"][:8].clone()
+    dst = lottalora.Linear(8, 8, rank=2, alpha=3.0)
+    dst.load_state_dict(sd)
+    assert (dst.seed, dst.stream, dst.init, dst.alpha) == (5, 6, "uniform", 3.0)
+    x = torch.randn(3, 8)
+    assert torch.equal(dst(x), src(x))
 
 
 def test_extra_repr_shows_the_backbone():
@@ -145,6 +268,7 @@ def test_extra_repr_shows_the_backbone():
 @pytest.mark.parametrize("kwargs,error,match", [
     (dict(rank=-1), ValueError, "rank"), (dict(rank=2.0), ValueError, "rank"),
     (dict(alpha=0), ValueError, "alpha"), (dict(alpha=float("nan")), ValueError, "alpha"),
+    (dict(alpha=1e308), ValueError, "alpha"), (dict(alpha=True), ValueError, "alpha"),
     (dict(seed=-5), ValueError, "seed"), (dict(seed=2**64), ValueError, "seed"),
     (dict(init="xavier"), ValueError, "init"), (dict(dtype=torch.int32), TypeError, "dtype"),
 ])
