@@ -44,22 +44,25 @@ def resolve_backend(device: torch.device) -> str:
 
 
 def forward_op(backend: str):
-    """(x2d, spec, xa, lora_B, beta, bias, scale) -> y2d through the registered op for ``backend``."""
+    """(x2d, spec, xa, lora_B, beta, bias, scale, keep_signs) -> (y2d, packed signs or None)
+    through the registered op for ``backend``."""
     from .ops import seeded_linear_fwd_op, spec_words
 
-    def run(x, spec, xa, lora_B, beta, bias, scale):
-        return seeded_linear_fwd_op(x, xa, lora_B, beta, bias, spec_words(spec), spec.out_features, spec.init,
-                                    spec.version, scale, backend)
+    def run(x, spec, xa, lora_B, beta, bias, scale, keep_signs=False):
+        y, packed = seeded_linear_fwd_op(x, xa, lora_B, beta, bias, spec_words(spec), spec.out_features, spec.init,
+                                         spec.version, scale, backend, keep_signs)
+        return y, (packed if packed.numel() else None)
     return run
 
 
 def backward_dx_op(backend: str):
-    """(dy2d, spec, dy_b, lora_A, beta, scale, x_for_dbeta, need_dx) -> (dx, dbeta)."""
+    """(dy2d, spec, dy_b, lora_A, beta, scale, x_for_dbeta, need_dx, packed) -> (dx, dbeta)."""
     from .ops import seeded_linear_bwd_dx_op, spec_words
 
-    def run(dy, spec, dy_b, lora_A, beta, scale, x_for_dbeta, need_dx):
+    def run(dy, spec, dy_b, lora_A, beta, scale, x_for_dbeta, need_dx, packed=None):
         dx, dbeta = seeded_linear_bwd_dx_op(dy, dy_b, lora_A, beta, x_for_dbeta, spec_words(spec),
-                                            spec.in_features, spec.init, spec.version, scale, need_dx, backend)
+                                            spec.in_features, spec.init, spec.version, scale, need_dx, backend,
+                                            packed)
         return (dx if need_dx else None), (dbeta if x_for_dbeta is not None else None)
     return run
 

@@ -66,12 +66,15 @@ class SeededLinearFunction(torch.autograd.Function):
     def forward(ctx, x, lora_A, lora_B, beta, bias, spec: BackboneSpec, scale: float, backend: str):
         x2d = x.reshape(-1, spec.in_features)
         xa = x2d @ lora_A.T if lora_A is not None else None
-        y2d = forward_op(backend)(x2d, spec, xa, lora_B, beta, bias, scale)
+        # On the torch backend the backward reuses the forward's packed signs (stream v2):
+        # one generation per step instead of two (lottalora.reference).
+        need_w = ctx.needs_input_grad[0] or ctx.needs_input_grad[3]  # dx or dbeta
+        y2d, packed = forward_op(backend)(x2d, spec, xa, lora_B, beta, bias, scale, keep_signs=need_w)
         # x is needed by dA and dbeta, and dB depends on it through xa. x itself is saved, not
         # the reshaped x2d (detached from it), so that a refused double backward can list x
         # among the tensors the gradients depend on.
         need_x = any(ctx.needs_input_grad[1:4])
-        ctx.save_for_backward(x if need_x else None, xa, lora_A, lora_B, beta)
+        ctx.save_for_backward(x if need_x else None, xa, lora_A, lora_B, beta, packed)
         ctx.spec, ctx.scale, ctx.backend = spec, scale, backend
         ctx.x_shape = x.shape
         return y2d.reshape(*x.shape[:-1], spec.out_features)
@@ -81,7 +84,7 @@ class SeededLinearFunction(torch.autograd.Function):
         create_graph = torch.is_grad_enabled()
         with torch.no_grad(), _autocast_off(dy.device.type):
             grads = _seeded_linear_bwd(ctx, dy)
-        x, _, lora_A, lora_B, beta = ctx.saved_tensors
+        x, _, lora_A, lora_B, beta, _ = ctx.saved_tensors
         depends_on = [t for t in (dy, x, lora_A, lora_B, beta) if t is not None]
         if not create_graph or not any(t.requires_grad for t in depends_on):
             return grads
@@ -95,7 +98,7 @@ class SeededLinearFunction(torch.autograd.Function):
 
 def _seeded_linear_bwd(ctx, dy: torch.Tensor) -> tuple:
     """The first-order gradients (dx, dA, dB, dbeta, dbias, None, None, None)."""
-    x, xa, lora_A, lora_B, beta = ctx.saved_tensors
+    x, xa, lora_A, lora_B, beta, packed = ctx.saved_tensors
     need_dx, need_dA, need_dB, need_dbeta, need_dbias = ctx.needs_input_grad[:5]
     spec, scale = ctx.spec, ctx.scale
     x2d = x.reshape(-1, spec.in_features) if x is not None else None
@@ -109,7 +112,7 @@ def _seeded_linear_bwd(ctx, dy: torch.Tensor) -> tuple:
     if need_dx or need_dbeta:
         dx, dbeta = backward_dx_op(ctx.backend)(
             dy2d, spec, dy_b if need_dx else None, lora_A if need_dx else None, beta, scale,
-            x2d if need_dbeta else None, need_dx,
+            x2d if need_dbeta else None, need_dx, packed,
         )
         if dx is not None:
             dx = dx.reshape(ctx.x_shape)

@@ -10,6 +10,8 @@ or "torch" (``reference``).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from lottalora_kernels import stream_spec as spec
@@ -24,29 +26,52 @@ def spec_words(s: BackboneSpec) -> list[int]:
 
 
 def _spec(words: list[int], in_features: int, out_features: int, init: str, version: int) -> BackboneSpec:
+    return _cached_spec(tuple(words), in_features, out_features, init, version)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_spec(words: tuple[int, ...], in_features: int, out_features: int, init: str, version: int):
+    # A layer calls the op with the same identity every step: validate it once (CPU training of
+    # small layers spends a visible share of a step building specs otherwise).
     return BackboneSpec(words[0] | (words[1] << 32), words[2] | (words[3] << 32), in_features, out_features,
                         init, version)
+
+
+def keeps_signs(backend: str, version: int) -> bool:
+    """Whether the forward can hand packed signs to the backward: the torch backend, stream v2
+    (regenerating on GPU is cheaper than holding them)."""
+    return backend == "torch" and version == 2
+
+
+def _packed_shape(in_features: int, out_features: int) -> tuple[int, int]:
+    return out_features, 16 * -(-in_features // 128)
 
 
 @torch.library.custom_op("lottalora::seeded_linear_fwd", mutates_args=())
 def seeded_linear_fwd_op(
     x: torch.Tensor, xa: torch.Tensor | None, lora_B: torch.Tensor | None, beta: torch.Tensor,
     bias: torch.Tensor | None, words: list[int], out_features: int, init: str, version: int, scale: float,
-    backend: str,
-) -> torch.Tensor:
-    """y (M, out_features) = beta * x @ W_seed^T + scale * xa @ lora_B^T + bias; x: (M, in)."""
+    backend: str, keep_signs: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y (M, out_features) = beta * x @ W_seed^T + scale * xa @ lora_B^T + bias, packed signs);
+    x: (M, in). The packed signs (uint8, ``reference.packed_signs``) are returned for the
+    backward when ``keep_signs`` and ``keeps_signs(backend, version)``, else an empty tensor."""
     s = _spec(words, x.shape[1], out_features, init, version)
     if backend == "torch":
-        return reference.seeded_linear_ref_fwd(x, s, xa, lora_B, beta, bias, scale)
+        y, packed = reference.seeded_linear_ref_fwd(x, s, xa, lora_B, beta, bias, scale,
+                                                    keep_signs=keep_signs and keeps_signs(backend, version))
+        return y, packed if packed is not None else x.new_empty((0,), dtype=torch.uint8)
     from lottalora_kernels.dispatch import seeded_linear_fwd
 
-    return seeded_linear_fwd(x, seed=s.seed, stream=s.stream, version=s.version, init=s.init,
-                             out_features=out_features, xa=xa, lora_B=lora_B, beta=beta, bias=bias, scale=scale)
+    y = seeded_linear_fwd(x, seed=s.seed, stream=s.stream, version=s.version, init=s.init,
+                          out_features=out_features, xa=xa, lora_B=lora_B, beta=beta, bias=bias, scale=scale)
+    return y, x.new_empty((0,), dtype=torch.uint8)
 
 
 @seeded_linear_fwd_op.register_fake
-def _(x, xa, lora_B, beta, bias, words, out_features, init, version, scale, backend):
-    return x.new_empty((x.shape[0], out_features))
+def _(x, xa, lora_B, beta, bias, words, out_features, init, version, scale, backend, keep_signs):
+    packed = _packed_shape(x.shape[1], out_features) if keep_signs and keeps_signs(backend, version) else (0,)
+    return x.new_empty((x.shape[0], out_features)), x.new_empty(packed, dtype=torch.uint8)
 
 
 def _dbeta_dtype(dy: torch.Tensor) -> torch.dtype:
@@ -57,14 +82,15 @@ def _dbeta_dtype(dy: torch.Tensor) -> torch.dtype:
 def seeded_linear_bwd_dx_op(
     dy: torch.Tensor, dy_b: torch.Tensor | None, lora_A: torch.Tensor | None, beta: torch.Tensor,
     x_for_dbeta: torch.Tensor | None, words: list[int], in_features: int, init: str, version: int, scale: float,
-    need_dx: bool, backend: str,
+    need_dx: bool, backend: str, packed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(dx (M, in_features), dbeta scalar: float64 for float64 dy, else float32); dx is empty
     (0, in) when not needed and dbeta is 0 when ``x_for_dbeta`` is None (custom ops return
-    tensors, not None)."""
+    tensors, not None). ``packed``: the forward's packed signs (torch backend), or None."""
     s = _spec(words, in_features, dy.shape[1], init, version)
     if backend == "torch":
-        dx, dbeta = reference.seeded_linear_ref_bwd_dx(dy, s, dy_b, lora_A, beta, scale, x_for_dbeta, need_dx)
+        dx, dbeta = reference.seeded_linear_ref_bwd_dx(dy, s, dy_b, lora_A, beta, scale, x_for_dbeta, need_dx,
+                                                       packed)
     else:
         from lottalora_kernels.dispatch import seeded_linear_bwd_dx
 
@@ -79,6 +105,6 @@ def seeded_linear_bwd_dx_op(
 
 
 @seeded_linear_bwd_dx_op.register_fake
-def _(dy, dy_b, lora_A, beta, x_for_dbeta, words, in_features, init, version, scale, need_dx, backend):
+def _(dy, dy_b, lora_A, beta, x_for_dbeta, words, in_features, init, version, scale, need_dx, backend, packed=None):
     rows = dy.shape[0] if need_dx else 0
     return dy.new_empty((rows, in_features)), dy.new_empty((), dtype=_dbeta_dtype(dy))

@@ -104,6 +104,13 @@ def _row_chunks(rows: tuple[int, int], cols: tuple[int, int], granule: int, valu
         start = stop
 
 
+def _v2_block(spec_: BackboneSpec, rows, cols, device, dtype: torch.dtype, scale: float) -> torch.Tensor:
+    out = torch.empty((rows[1] - rows[0], cols[1] - cols[0]), dtype=dtype, device=device)
+    for r0, r1 in _row_chunks(rows, cols, stream_v2.ROW_SPAN, _V2_CHUNK_VALUES):
+        stream_v2.write_signs(out[r0 - rows[0]: r1 - rows[0]], spec_.seed, spec_.stream, (r0, r1), cols, scale)
+    return out
+
+
 def backbone_signs(spec_: BackboneSpec, rows: tuple[int, int] | None = None, cols: tuple[int, int] | None = None,
                    device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The +-1 signs of a version-2 backbone block (``W_seed = signs * spec.std``), in ``dtype``."""
@@ -111,12 +118,7 @@ def backbone_signs(spec_: BackboneSpec, rows: tuple[int, int] | None = None, col
         raise ValueError(f"backbone_signs needs a stream version 2 spec, got version {spec_.version}")
     rows, cols = _check_block(spec_, rows, cols)
     device = torch.device(device) if device is not None else torch.device("cpu")
-    out = torch.empty((rows[1] - rows[0], cols[1] - cols[0]), dtype=dtype, device=device)
-    for r0, r1 in _row_chunks(rows, cols, stream_v2.ROW_SPAN, _V2_CHUNK_VALUES):
-        chunk = out[r0 - rows[0]: r1 - rows[0]]
-        chunk.copy_(stream_v2.sign_bits(spec_.seed, spec_.stream, (r0, r1), cols, device))
-        chunk.mul_(-2).add_(1)  # bit 1 -> -1, bit 0 -> +1: exact in every dtype
-    return out
+    return _v2_block(spec_, rows, cols, device, dtype, 1.0)
 
 
 def backbone_block(
@@ -127,7 +129,7 @@ def backbone_block(
     rows, cols = _check_block(spec_, rows, cols)
     device = torch.device(device) if device is not None else torch.device("cpu")
     if spec_.version == 2:
-        return backbone_signs(spec_, rows, cols, device).mul_(spec_.std)
+        return _v2_block(spec_, rows, cols, device, torch.float32, spec_.std)  # +-std: exact
     out = torch.empty((rows[1] - rows[0], cols[1] - cols[0]), dtype=torch.float32, device=device)
     for r0, r1 in _row_chunks(rows, cols, 1):
         out[r0 - rows[0]: r1 - rows[0]] = stream_v1.block(spec_.seed, spec_.stream, spec_.init, spec_.value_scale,

@@ -29,6 +29,13 @@ def _output(model, x):
         return model(x)
 
 
+def _same_outputs(got: torch.Tensor, recorded: torch.Tensor) -> bool:
+    """The recorded outputs to float32 rounding: what loads is exact (the parameters, and the
+    backbone bit for bit), but a later build may sum a product in another order (the torch
+    backend's table-lookup product for a few rows, say), which moves the last bits."""
+    return torch.allclose(got, recorded, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("meta", [False, True])
 @pytest.mark.parametrize("name", FORMATS)
 def test_checkpoint_directories_load_with_their_recorded_outputs(name, meta):
@@ -39,7 +46,7 @@ def test_checkpoint_directories_load_with_their_recorded_outputs(name, meta):
     else:
         model = compat_model(alpha_rank2=None, rslora_rank4=False)  # alpha and rsLoRA come from the file
     lottalora.load(model, FIXTURES / name / "checkpoint")
-    assert torch.equal(_output(model, x), y)
+    assert _same_outputs(_output(model, x), y)
     assert (model[0].alpha, model[2].use_rslora) == (5.0, True)
 
 
@@ -49,14 +56,14 @@ def test_state_dicts_load_with_their_recorded_outputs(name):
     state = torch.load(FIXTURES / name / "state_dict.pt", weights_only=True)
     model = compat_model()  # the saved model's alpha and rsLoRA: layout 1 does not carry them
     model.load_state_dict(state)
-    assert torch.equal(_output(model, x), y)
+    assert _same_outputs(_output(model, x), y)
 
 
 def test_layout_2_state_dicts_carry_alpha_and_rslora():
     x, y = _expected("format_v2")
     model = compat_model(alpha_rank2=None, rslora_rank4=False)
     model.load_state_dict(torch.load(FIXTURES / "format_v2" / "state_dict.pt", weights_only=True))
-    assert torch.equal(_output(model, x), y)
+    assert _same_outputs(_output(model, x), y)
 
 
 def test_a_layout_1_state_dict_leaves_alpha_as_the_layer_has_it():

@@ -63,11 +63,11 @@ def test_column_blocked_reference_equals_one_block(version, monkeypatch):
     spec = lottalora.BackboneSpec(3, 1, 300, 10, version=version)
     x = torch.randn(4, 300)
     beta = torch.tensor(1.5)
-    whole = reference.seeded_linear_ref_fwd(x, spec, None, None, beta, None, 1.0)
+    whole, _ = reference.seeded_linear_ref_fwd(x, spec, None, None, beta, None, 1.0)
     monkeypatch.setattr(reference, "V1_BLOCK_VALUES", 40)
     monkeypatch.setattr(reference, "V2_BLOCK_VALUES", 40)
     assert len(list(reference._column_blocks(spec))) > 2
-    blocked = reference.seeded_linear_ref_fwd(x, spec, None, None, beta, None, 1.0)
+    blocked, _ = reference.seeded_linear_ref_fwd(x, spec, None, None, beta, None, 1.0)
     assert_close(blocked, whole.double(), torch.float32, "blocked reference")
     dx_whole, _ = reference.seeded_linear_ref_bwd_dx(torch.ones(4, 10), spec, None, None, beta, 1.0)
     assert_close(dx_whole, (1.5 * torch.ones(4, 10).double() @ lottalora.backbone_block(spec).double()),

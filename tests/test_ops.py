@@ -16,14 +16,15 @@ def _args(device, R=3):
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_forward_op_passes_opcheck(backend, device):
+@pytest.mark.parametrize("keep", [True, False])
+def test_forward_op_passes_opcheck(backend, keep, device):
     s, x, A, B, beta, bias = _args(device)
     torch.library.opcheck(seeded_linear_fwd_op, (x, x @ A.T, B, beta, bias, spec_words(s), 18, "gaussian", 1, 0.5,
-                                                 backend), test_utils=("test_schema", "test_faketensor"))
+                                                 backend, True), test_utils=("test_schema", "test_faketensor"))
     torch.library.opcheck(seeded_linear_fwd_op, (x, None, None, beta, None, spec_words(s), 18, "uniform", 1, 1.0,
-                                                 backend), test_utils=("test_schema", "test_faketensor"))
+                                                 backend, False), test_utils=("test_schema", "test_faketensor"))
     torch.library.opcheck(seeded_linear_fwd_op, (x, x @ A.T, B, beta, bias, spec_words(s), 18, "rademacher", 2,
-                                                 0.5, backend), test_utils=("test_schema", "test_faketensor"))
+                                                 0.5, backend, keep), test_utils=("test_schema", "test_faketensor"))
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
@@ -50,3 +51,22 @@ def test_torch_compile_runs_the_layer(backend, monkeypatch, device):
     assert torch.allclose(compiled, eager)
     compiled.sum().backward()
     assert x.grad is not None and layer.beta.grad is not None
+
+
+def test_torch_backend_forward_hands_its_packed_signs_to_the_backward():
+    """Stream v2 on the torch backend: the backward reuses the forward's packed signs (1 bit per
+    weight) and gives the gradients a fresh generation gives; they are kept only for training."""
+    from lottalora import reference
+
+    s = lottalora.BackboneSpec(11, 12, 300, 70)
+    x, dy, beta = torch.randn(9, 300), torch.randn(9, 70), torch.tensor(0.7)
+    y, packed = seeded_linear_fwd_op(x, None, None, beta, None, spec_words(s), 70, s.init, 2, 1.0, "torch", True)
+    assert packed.dtype == torch.uint8 and packed.shape == (70, 16 * 3)
+    assert torch.equal(packed, reference.packed_signs(s, "cpu"))
+    _, not_kept = seeded_linear_fwd_op(x, None, None, beta, None, spec_words(s), 70, s.init, 2, 1.0, "torch", False)
+    assert not_kept.numel() == 0
+    args = (dy, None, None, beta, x, spec_words(s), 300, s.init, 2, 1.0, True, "torch")
+    reused = seeded_linear_bwd_dx_op(*args, packed)
+    fresh = seeded_linear_bwd_dx_op(*args)
+    assert torch.equal(reused[0], fresh[0]) and torch.equal(reused[1], fresh[1])
+    torch.library.opcheck(seeded_linear_bwd_dx_op, (*args, packed), test_utils=("test_schema", "test_faketensor"))

@@ -274,3 +274,12 @@ def test_default_spec_is_version_2_and_gaussian_alone_means_version_1():
     assert BackboneSpec(0, 0, 4, 4, "rademacher").version == 2
     assert BackboneSpec(0, 0, 4, 4, version=1).init == "gaussian"
     assert BackboneSpec(0, 0, 4, 4, "rademacher", version=1) != BackboneSpec(0, 0, 4, 4, "rademacher", version=2)
+
+
+def test_v2_packed_bytes_are_the_same_on_either_host_byte_order():
+    """The byte-view route (little-endian hosts) and the arithmetic route (any host) agree."""
+    from lottalora import stream_v2
+
+    little = stream_v2.span_bytes(2**64 - 1, 77, (1, 3), (2, 5), torch.device("cpu"), little_endian=True)
+    arithmetic = stream_v2.span_bytes(2**64 - 1, 77, (1, 3), (2, 5), torch.device("cpu"), little_endian=False)
+    assert little.dtype == arithmetic.dtype == torch.uint8 and torch.equal(little, arithmetic)
