@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# What a lent GPU should run for lottalora, in two parts that each fit one 10-minute device call.
+# What a lent GPU should run for lottalora, in parts that each fit one 10-minute device call.
 # The device image has torch, Triton and every dependency; run from the repository root:
-#   bash benchmarks/gpu_session.sh tests   # the whole suite on the GPU (compiled kernels, gpu tests)
-#   bash benchmarks/gpu_session.sh bench   # benchmarks.speed and benchmarks.memory on the GPU
+#   bash benchmarks/gpu_session.sh tests   # GPU tests: Gluon and compiled paths bit-exact, every regime vs float64
+#   bash benchmarks/gpu_session.sh bench   # benchmarks.speed (regimes vs cuBLAS + LoRA, graphs, generation rates)
+#   bash benchmarks/gpu_session.sh memory  # benchmarks.memory on the GPU
+#   bash benchmarks/gpu_session.sh suite   # the whole test suite on the GPU (slow: compiles every kernel)
 # Results and logs go to $OUT when set (the device tool's output folder), else benchmarks/results.
 set -uo pipefail
 export PYTHONPATH=. PYTHONUNBUFFERED=1
@@ -13,10 +15,14 @@ mkdir -p "$out"
   > "$out/gpu_environment.txt" 2>&1
 case "${1:-}" in
   tests)
-    python3 -m pytest -q -rs tests/ 2>&1 | tee "$out/pytest_gpu.log" ;;
+    python3 -m pytest -q -rs tests/test_gpu.py tests/test_seeded_decode.py tests/test_seeded_two_phase.py \
+      tests/test_backbone_kernels.py tests/test_autograd.py 2>&1 | tee "$out/pytest_gpu.log" ;;
   bench)
-    python3 -m benchmarks.speed --out "$out" 2>&1 | tee "$out/speed.log"
+    python3 -m benchmarks.speed --out "$out" 2>&1 | tee "$out/speed.log" ;;
+  memory)
     python3 -m benchmarks.memory --device cuda --out "$out" 2>&1 | tee "$out/memory.log" ;;
+  suite)
+    python3 -m pytest -q -rs tests/ 2>&1 | tee "$out/pytest_suite_gpu.log" ;;
   *)
-    echo "usage: bash benchmarks/gpu_session.sh tests|bench" >&2; exit 2 ;;
+    echo "usage: bash benchmarks/gpu_session.sh tests|bench|memory|suite" >&2; exit 2 ;;
 esac

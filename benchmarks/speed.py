@@ -1,13 +1,16 @@
-"""Speed: the fused seeded layer against what users would run instead, with the floors beside.
+"""Speed: the seeded layer against what users would run instead, with the floors beside.
 
 Per shape (bf16, rank 8, bias) and pass (forward, backward, forward+backward), medians of:
-- ``seeded``: lottalora's fused kernels (W_seed regenerated in registers);
-- ``cublas+lora``: F.linear with a stored weight plus an unfused LoRA (the baseline);
-- ``regen+matmul``: generate the full W_seed with the standalone kernel, then the baseline.
-The headline is seeded / cublas+lora, measured in the same process. Floors: tensor-core time
-for the FLOPs at the device's peak, HBM time for the stored weight's bytes at the copy bandwidth
-measured in the same run, and the generator's rate (values/s) against the stored-weight read
-rate (copy bandwidth / 2 bytes).
+- ``seeded``: lottalora.Linear as users call it (stream v2, the regime the dispatch picks);
+- ``seeded <regime>``: the forward forced through each regime that can serve the shape
+  (decode for M <= 16, two-phase), to check the dispatch thresholds;
+- ``cublas+lora``: F.linear with a stored bf16 weight plus an unfused LoRA: the baseline.
+The headline is seeded / cublas+lora, measured in the same process. Forwards are also timed as
+CUDA graphs (``*_graph``), which removes Python and launch overhead from both sides. Floors:
+tensor-core time at the device's peak and HBM time for the stored weight at the copy bandwidth
+measured in the same run. Generation: the decode kernel's weights per second at M = 1 (W made
+in registers and consumed by the tensor cores) and the standalone generator's into a buffer,
+against the stored-weight read rate (copy bandwidth / 2 bytes).
 
     python -m benchmarks.speed            # GPU: triton.testing.do_bench medians
     python -m benchmarks.speed --quick    # CPU smoke run of the same code (torch backend)
@@ -26,22 +29,19 @@ import torch
 import torch.nn.functional as F
 
 import lottalora
-from lottalora.stream import BackboneSpec
+from lottalora_kernels import dispatch
 
 from .results import RESULTS_DIR, write_results
 
 GPU_M = [1, 16, 128, 2048, 8192]
-GPU_NK = [1024, 4096, 8192]
+GPU_NK = [4096, 8192]
 RANK = 8
 # Dense bf16 tensor-core peaks (vendor figures, SXM parts); the floor uses them, not a measurement.
 PEAK_BF16_FLOPS = {"H100": 989.4e12, "H200": 989.4e12}
 
 
 def _peak_flops(device_name: str) -> float | None:
-    for key, value in PEAK_BF16_FLOPS.items():
-        if key in device_name:
-            return value
-    return None
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in device_name), None)
 
 
 def _timer(cuda: bool):
@@ -62,6 +62,15 @@ def _timer(cuda: bool):
     return cpu_median
 
 
+def _graph_timer(cuda: bool):
+    """Median seconds of fn() replayed as a CUDA graph (None on CPU)."""
+    if not cuda:
+        return None
+    from triton.testing import do_bench_cudagraph
+
+    return lambda fn: do_bench_cudagraph(fn, rep=100, return_mode="median") * 1e-3
+
+
 def copy_bandwidth(cuda: bool, timer) -> float:
     """Bytes per second of a large device copy (read + write), measured now."""
     n = (1 << 28) if cuda else (1 << 22)
@@ -70,19 +79,32 @@ def copy_bandwidth(cuda: bool, timer) -> float:
     return 2 * n / timer(lambda: dst.copy_(src))
 
 
-def generation_rate(cuda: bool, timer, n: int, k: int) -> float:
-    """Backbone values per second from the standalone generator (gaussian, float32 output)."""
-    if cuda:
-        from lottalora_kernels.backbone_gen import generate_backbone
+def generation_rates(cuda: bool, timer, nk: int) -> dict:
+    """Weights per second: made in registers by the decode kernel at M = 1 (GPU), and written
+    by the generator into a chunk that stays in L2 and into a whole HBM buffer."""
+    from lottalora_kernels.backbone_gen import generate_backbone
 
-        fn = lambda: generate_backbone(0, 0, k, "gaussian", (0, n), (0, k), "cuda")  # noqa: E731
-    else:
-        spec = BackboneSpec(0, 0, k, n)
-        fn = lambda: lottalora.backbone_block(spec)  # noqa: E731
-    return n * k / timer(fn)
+    device = "cuda" if cuda else "cpu"
+    rates = {}
+    dtype = torch.bfloat16 if cuda else torch.float32
+    if not cuda:  # the torch backend's generator (the kernels need a GPU or the interpreter)
+        spec = lottalora.BackboneSpec(1, 0, nk, nk)
+        rates["torch_backend_generator"] = nk * nk / timer(lambda: lottalora.stream.backbone_signs(spec))
+        return rates
+    layer = lottalora.Linear(nk, nk, rank=0, bias=False, seed=1, device=device, dtype=dtype)
+    x = torch.randn(1, nk, device=device, dtype=dtype)
+    with torch.no_grad():
+        rates["decode_kernel_m1"] = nk * nk / timer(lambda: layer(x))
+    chunk = torch.empty((512, nk), dtype=dtype, device=device)
+    rates["generator_into_l2_chunk"] = 512 * nk / timer(
+        lambda: generate_backbone(1, 0, nk, "rademacher", (0, 512), (0, nk), device, version=2, signs=True, out=chunk))
+    whole = torch.empty((nk, nk), dtype=dtype, device=device)
+    rates["generator_into_hbm"] = nk * nk / timer(
+        lambda: generate_backbone(1, 0, nk, "rademacher", (0, nk), (0, nk), device, version=2, signs=True, out=whole))
+    return rates
 
 
-def bench_shape(m: int, nk: int, cuda: bool, timer) -> list[dict]:
+def bench_shape(m: int, nk: int, cuda: bool, timer, graph_timer) -> list[dict]:
     device = "cuda" if cuda else "cpu"
     dtype = torch.bfloat16 if cuda else torch.float32
     n = k = nk
@@ -95,28 +117,30 @@ def bench_shape(m: int, nk: int, cuda: bool, timer) -> list[dict]:
     x = torch.randn(m, k, device=device, dtype=dtype, requires_grad=True)
     dy = torch.randn(m, n, device=device, dtype=dtype)
 
-    def baseline(weight):
-        return beta * F.linear(x, weight) + layer.scaling * F.linear(F.linear(x, A), B) + bias
+    def baseline():
+        return beta * F.linear(x, w_stored) + layer.scaling * F.linear(F.linear(x, A), B) + bias
 
-    if cuda:
-        from lottalora_kernels.backbone_gen import generate_backbone
-
-        regen = lambda: generate_backbone(1, 0, k, "gaussian", (0, n), (0, k), device).to(dtype)  # noqa: E731
-    else:
-        regen = lambda: layer.backbone_weight(dtype=dtype)  # noqa: E731
-    methods = {"seeded": lambda: layer(x), "cublas+lora": lambda: baseline(w_stored),
-               "regen+matmul": lambda: baseline(regen())}
+    methods = {"seeded": lambda: layer(x), "cublas+lora": baseline}
+    regimes = ["decode", "two_phase"] if m <= dispatch.DECODE_MAX_M else ["two_phase"]
+    for regime in regimes if cuda else []:
+        methods[f"seeded {regime}"] = lambda regime=regime: dispatch.seeded_linear_fwd(
+            x.detach(), seed=layer.seed, stream=layer.stream, version=2, init=layer.init, out_features=n,
+            xa=x.detach() @ A.detach().T, lora_B=B.detach(), beta=beta.detach(), bias=bias.detach(),
+            scale=layer.scaling, regime=regime)
     rows = []
     for method, forward in methods.items():
+        row = {"M": m, "N": n, "K": k, "method": method, "regime": dispatch.forward_regime(2, m, dtype, cuda)
+               if method == "seeded" else method.removeprefix("seeded ")}
         with torch.no_grad():
-            t_fwd = timer(forward)
-        y = forward()
-        t_bwd = timer(lambda y=y: torch.autograd.backward(y, dy, retain_graph=True))
-        t_both = timer(lambda forward=forward: torch.autograd.backward(forward(), dy))
-        for param in (x, A, B, bias, beta):
-            param.grad = None
-        rows.append({"M": m, "N": n, "K": k, "method": method, "forward_s": t_fwd, "backward_s": t_bwd,
-                     "fwd_bwd_s": t_both})
+            row["forward_s"] = timer(forward)
+            row["forward_graph_s"] = graph_timer(forward) if graph_timer else None
+        if not method.startswith("seeded "):  # forced regimes are forward-only
+            y = forward()
+            row["backward_s"] = timer(lambda y=y: torch.autograd.backward(y, dy, retain_graph=True))
+            row["fwd_bwd_s"] = timer(lambda forward=forward: torch.autograd.backward(forward(), dy))
+            for param in (x, A, B, bias, beta):
+                param.grad = None
+        rows.append(row)
     return rows
 
 
@@ -131,47 +155,52 @@ def main(argv=None) -> int:
         parser.error("the speed suite needs a CUDA GPU; use --quick for a CPU smoke run")
     if not cuda:
         os.environ.setdefault("LOTTALORA_BACKEND", "torch")
-    timer = _timer(cuda)
+    timer, graph_timer = _timer(cuda), _graph_timer(cuda)
     device_name = torch.cuda.get_device_name() if cuda else "CPU"
-    shapes = [(m, nk) for nk in GPU_NK for m in GPU_M] if not args.quick else [(1, 64), (16, 64)]
+    shapes = [(m, nk) for nk in GPU_NK for m in GPU_M] if not args.quick else [(1, 256), (16, 256)]
     if args.quick and cuda:
         shapes = [(1, 1024), (2048, 1024)]
 
     bandwidth = copy_bandwidth(cuda, timer)
-    gen_nk = 8192 if cuda else 256
-    gen_rate = generation_rate(cuda, timer, gen_nk, gen_nk)
+    read_rate = bandwidth / 2  # stored bf16 weights per second
+    gen = generation_rates(cuda, timer, 8192 if cuda else 256)
     peak = _peak_flops(device_name) if cuda else None
     rows = []
     for m, nk in shapes:
-        shape_rows = bench_shape(m, nk, cuda, timer)
+        shape_rows = bench_shape(m, nk, cuda, timer, graph_timer)
         base = next(r for r in shape_rows if r["method"] == "cublas+lora")
-        flops = 2 * m * nk * nk
         for r in shape_rows:
-            for key in ("forward_s", "backward_s", "fwd_bwd_s"):
-                r[key.replace("_s", "_ratio")] = r[key] / base[key]
-            r["floor_tensor_core_fwd_s"] = flops / peak if peak else None
+            for key in ("forward_s", "forward_graph_s", "backward_s", "fwd_bwd_s"):
+                if r.get(key) is not None and base.get(key):
+                    r[key.replace("_s", "_ratio")] = r[key] / base[key]
+            r["floor_tensor_core_fwd_s"] = 2 * m * nk * nk / peak if peak else None
             r["floor_hbm_weight_fwd_s"] = 2 * nk * nk / bandwidth
         rows += shape_rows
         seeded = next(r for r in shape_rows if r["method"] == "seeded")
-        print(f"M={m:5d} N=K={nk:5d}  seeded fwd {seeded['forward_s'] * 1e6:9.1f} us  "
+        print(f"M={m:5d} N=K={nk:5d} [{seeded['regime']}] seeded fwd {seeded['forward_s'] * 1e6:9.1f} us  "
               f"ratio fwd {seeded['forward_ratio']:.2f}x  fwd+bwd {seeded['fwd_bwd_ratio']:.2f}x", flush=True)
 
-    lines = [f"Device: {device_name}. Copy bandwidth measured: {bandwidth / 1e9:,.0f} GB/s; stored bf16 weight "
-             f"read rate {bandwidth / 2 / 1e9:,.1f} G values/s; generator (gaussian, {gen_nk}x{gen_nk}, float32 "
-             f"out): {gen_rate / 1e9:,.2f} G values/s = {gen_rate / (bandwidth / 2):.3f}x the read rate.", "",
-             "| M | N=K | method | fwd us | bwd us | fwd+bwd us | fwd ratio | fwd+bwd ratio | TC floor us | HBM floor us |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    def us(v):
+        return f"{v * 1e6:,.1f}" if v is not None else "-"
+
+    def ratio(r, key):
+        return f"{r[key]:.2f}" if r.get(key) is not None else "-"
+    lines = [f"Device: {device_name}. Copy bandwidth measured: {bandwidth / 1e9:,.0f} GB/s; stored bf16 weights "
+             f"read at {read_rate / 1e9:,.1f} G values/s. Generation: " + ", ".join(
+                 f"{k} {v / 1e9:,.1f} G values/s ({v / read_rate:.2f}x the read rate)" for k, v in gen.items()), "",
+             "| M | N=K | method | regime | fwd us | fwd graph us | bwd us | fwd+bwd us | fwd ratio | fwd graph ratio | "
+             "fwd+bwd ratio | TC floor us | HBM floor us |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        tc = f"{r['floor_tensor_core_fwd_s'] * 1e6:.1f}" if r["floor_tensor_core_fwd_s"] else "-"
-        lines.append(f"| {r['M']} | {r['N']} | {r['method']} | {r['forward_s'] * 1e6:,.1f} | "
-                     f"{r['backward_s'] * 1e6:,.1f} | {r['fwd_bwd_s'] * 1e6:,.1f} | {r['forward_ratio']:.2f} | "
-                     f"{r['fwd_bwd_ratio']:.2f} | {tc} | {r['floor_hbm_weight_fwd_s'] * 1e6:.1f} |")
+        lines.append(f"| {r['M']} | {r['N']} | {r['method']} | {r['regime']} | {us(r['forward_s'])} | "
+                     f"{us(r.get('forward_graph_s'))} | {us(r.get('backward_s'))} | {us(r.get('fwd_bwd_s'))} | "
+                     f"{ratio(r, 'forward_ratio')} | {ratio(r, 'forward_graph_ratio')} | {ratio(r, 'fwd_bwd_ratio')} | "
+                     f"{us(r['floor_tensor_core_fwd_s'])} | {us(r['floor_hbm_weight_fwd_s'])} |")
     table = "\n".join(lines)
     print(table)
     out_dir = args.out or (Path(tempfile.mkdtemp(prefix="lottalora-speed-")) if args.quick else RESULTS_DIR)
     tag = "gpu" if cuda else "cpu_quick"
-    write_results(f"speed_{tag}", {"copy_bandwidth_Bps": bandwidth, "generation_values_per_s": gen_rate,
-                                   "rows": rows}, table, directory=out_dir,
+    write_results(f"speed_{tag}", {"copy_bandwidth_Bps": bandwidth, "generation_values_per_s": gen, "rows": rows},
+                  table, directory=out_dir,
                   notes="Ratios are against cublas+lora measured in the same run (lower is faster).")
     _plot(rows, out_dir / f"speed_{tag}.png", device_name)
     print(f"results written to {out_dir}")
