@@ -1,7 +1,7 @@
 """Which kernel regime runs a seeded layer: one entry point per direction, chosen by M.
 
     stream v2, forward:  M <= DECODE_MAX_M  -> seeded_decode (W on the left, split over K)
-                         otherwise         -> seeded_two_phase (W chunk once, then cuBLAS)
+                         otherwise, and float32 on a GPU -> seeded_two_phase (W chunk once, then cuBLAS)
     stream v2, input gradient:                seeded_two_phase
     stream v1:           M <= V1_ONE_PASS_MAX_M -> seeded_matmul (one pass, W per row block)
                          otherwise, and float32 on a GPU -> seeded_two_phase
@@ -35,7 +35,10 @@ def _v1_regime(m: int, dtype: torch.dtype | None, on_gpu: bool) -> str:
 
 def forward_regime(version: int, m: int, dtype: torch.dtype | None = None, on_gpu: bool = False) -> str:
     if version == 2:
-        return "decode" if m <= DECODE_MAX_M else "two_phase"
+        # The decode kernel's fast path makes 16-bit operand pairs; float32 on a GPU goes to
+        # cuBLAS through the two-phase path.
+        small = m <= DECODE_MAX_M and not (on_gpu and dtype == torch.float32)
+        return "decode" if small else "two_phase"
     return _v1_regime(m, dtype, on_gpu)
 
 

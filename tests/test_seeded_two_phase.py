@@ -71,6 +71,10 @@ def test_regimes_follow_the_documented_thresholds():
     assert dispatch.input_grad_regime(2, 1) == "two_phase"
     assert dispatch.forward_regime(1, dispatch.V1_ONE_PASS_MAX_M) == "one_pass"
     assert dispatch.forward_regime(1, dispatch.V1_ONE_PASS_MAX_M + 1) == "two_phase"
+    # float32 on a GPU: cuBLAS (TF32 per torch's setting) through the two-phase path, any M
+    assert dispatch.forward_regime(2, 1, torch.float32, on_gpu=True) == "two_phase"
+    assert dispatch.forward_regime(2, 1, torch.bfloat16, on_gpu=True) == "decode"
+    assert dispatch.forward_regime(1, 1, torch.float32, on_gpu=True) == "two_phase"
 
 
 @pytest.mark.parametrize("regime", ["decode", "two_phase"])
