@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from . import stream_spec as spec
-from .runtime import backbone_scalars, gluon_available, is_interpreting, new_output
+from .runtime import backbone_scalars, gluon_available, is_interpreting, new_output, round_to
 from .stream_v1 import backbone_tile
 from .stream_v2 import v2_sign_pairs, v2_signs, v2_words_at, warp_span_rows
 
@@ -55,7 +55,7 @@ def _backbone_gen_kernel(
     local_c = offs_col - col_start
     mask = ((local_r < n_rows)[:, None] & (local_c >= 0)[None, :] & (local_c < n_cols)[None, :])
     ptrs = out_ptr + local_r[:, None] * stride_out_r + local_c[None, :] * stride_out_c
-    tl.store(ptrs, tile.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(ptrs, round_to(tile, out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "stream_lo", "stream_hi"])
