@@ -17,8 +17,9 @@ from pathlib import Path
 from .results import write_results
 
 ROOT = Path(__file__).resolve().parent.parent
-# The peak resident memory a forward adds, in a fresh process: setup, then ru_maxrss before and
-# after one forward (inputs and layer made first; only the forward's temporaries count).
+# The peak resident memory a forward adds, in a fresh process: the layer and input are made and
+# a 1-column layer runs once (imports, op registration), then ru_maxrss (a high-water mark)
+# before and after the first forward: what its temporaries take at their peak.
 _PEAK_SCRIPT = """
 import os, resource, sys, torch, lottalora
 os.environ["LOTTALORA_BACKEND"] = "torch"
@@ -26,8 +27,9 @@ torch.set_num_threads(int(sys.argv[2]))
 kind, m, nk = sys.argv[1], int(sys.argv[3]), 4096
 layer = torch.nn.Linear(nk, nk) if kind == "linear" else lottalora.Linear(nk, nk, rank=8)
 x = torch.randn(m, nk)
+tiny = torch.nn.Linear(8, 8) if kind == "linear" else lottalora.Linear(8, 8, rank=8)
 with torch.no_grad():
-    layer(x[:1]); layer(x)  # warm: allocator pools and tables
+    tiny(torch.randn(1, 8))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     y = layer(x)
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

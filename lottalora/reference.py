@@ -28,7 +28,7 @@ from .stream import BackboneSpec, backbone_block
 V1_BLOCK_VALUES = 1 << 20
 V2_BLOCK_VALUES = 1 << 21
 _V2_SPAN_COLS = 128
-_V2_BYTE_ROWS = 1 << 15  # rows per packed-byte generation pass (4 MiB of bytes at 1024 spans)
+_V2_BYTE_ROWS = 1024  # rows per packed-byte generation pass: bounds its int64 temporaries (~5 MiB at 4096 columns)
 # Up to this many rows, stream v2's forward never makes float weights: it looks up byte-wise
 # partial sums of x (a table-lookup GEMV, 1.5x faster than generating signs at batch 1 on a
 # 2-core CPU); past it one float product per block of signs is cheaper.
