@@ -283,3 +283,39 @@ def test_v2_packed_bytes_are_the_same_on_either_host_byte_order():
     little = stream_v2.span_bytes(2**64 - 1, 77, (1, 3), (2, 5), torch.device("cpu"), little_endian=True)
     arithmetic = stream_v2.span_bytes(2**64 - 1, 77, (1, 3), (2, 5), torch.device("cpu"), little_endian=False)
     assert little.dtype == arithmetic.dtype == torch.uint8 and torch.equal(little, arithmetic)
+
+
+def _mma_a_fragment(lane: int, rows: int, cols: int):
+    """(row, col) of every element lane ``lane`` holds of an mma.sync m16n8k16 A operand tiled
+    over a rows x cols warp tile (rows, cols multiples of 16): rows g, g + 8 of each 16-row
+    block, columns 2t, 2t + 1, 2t + 8, 2t + 9 of each 16-column step (g = lane div 4, t = lane mod 4)."""
+    g, t = divmod(lane, 4)
+    return [(r0 + g + 8 * h, c0 + 2 * t + 8 * kh + j) for r0 in range(0, rows, 16) for c0 in range(0, cols, 16)
+            for h in (0, 1) for kh in (0, 1) for j in (0, 1)]
+
+
+def _v2_call_and_bit(o: int, i: int) -> tuple[tuple[int, int], int]:
+    """docs/backbone.md: the call (c0, c1) and bit (16 p + q) of W[o, i]."""
+    return (64 * (i // 128) + 8 * (o % 8) + i % 8, o // 64), 16 * ((o // 8) % 8) + (i // 8) % 16
+
+
+@pytest.mark.parametrize("direction", ["forward", "input gradient"])
+def test_v2_each_fragment_thread_consumes_exactly_two_whole_calls_per_span(direction):
+    """The layout's reason to be: in the forward (W as the A operand, a warp's 64 rows of o by a
+    128-column span of i) and in the input gradient (W^T as the A operand, a warp's 128 rows of i
+    by a 64-column span of o), each of the 32 threads needs exactly two Philox calls, uses all
+    128 bits of both, and shares none with another thread: no redundant Philox, no exchange."""
+    rows, cols = (64, 128) if direction == "forward" else (128, 64)
+    calls_of_lane, bits_of_call = {}, {}
+    for lane in range(32):
+        calls = set()
+        for r, c in _mma_a_fragment(lane, rows, cols):
+            o, i = (r, c) if direction == "forward" else (c, r)
+            call, bit = _v2_call_and_bit(o, i)
+            calls.add(call)
+            bits_of_call.setdefault(call, []).append((lane, bit))
+        calls_of_lane[lane] = calls
+    assert all(len(calls) == 2 for calls in calls_of_lane.values())
+    for call, uses in bits_of_call.items():
+        assert len({lane for lane, _ in uses}) == 1, f"call {call} is needed by several threads"
+        assert sorted(bit for _, bit in uses) == list(range(128)), f"call {call} is not used bit for bit"
