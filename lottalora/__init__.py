@@ -6,19 +6,19 @@
 Heavy integrations (Triton, transformers) are imported lazily, never here.
 """
 
-from lottalora_kernels.stream_spec import INITS, STREAM_VERSION
+from lottalora_kernels.stream_spec import INITS, STREAM_VERSION, SUPPORTED_STREAM_VERSIONS
 
 from .checkpoint import describe, load, save
 from .convert import convert, materialize, stream_for_name
 from .functional import SeededLinearFunction, seeded_linear
 from .linear import Linear
 from .scaffold import ScaffoldSchedule, reseed
-from .stream import BackboneSpec, backbone_block
+from .stream import BackboneSpec, backbone_block, backbone_signs
 from .summary import ModelSummary, summary
 
 __all__ = [
-    "INITS", "STREAM_VERSION", "BackboneSpec", "Linear", "ModelSummary", "ScaffoldSchedule",
-    "SeededLinearFunction", "backbone_block", "convert", "describe", "load", "materialize", "reseed", "save",
+    "INITS", "STREAM_VERSION", "SUPPORTED_STREAM_VERSIONS", "BackboneSpec", "Linear", "ModelSummary",
+    "ScaffoldSchedule", "SeededLinearFunction", "backbone_block", "backbone_signs", "convert", "describe", "load", "materialize", "reseed", "save",
     "seeded_linear", "stream_for_name", "summary",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"
