@@ -18,15 +18,9 @@ import triton
 import triton.language as tl
 
 from . import stream_spec as spec
-from .runtime import backbone_scalars, gluon_available, is_interpreting, new_output, round_to
+from .runtime import backbone_scalars, gl, gluon_available, gluon_jit, is_interpreting, new_output, round_to
 from .stream_v1 import backbone_tile
 from .stream_v2 import v2_sign_pairs, v2_signs, v2_words_at, warp_span_rows
-
-try:
-    from triton.experimental import gluon
-    from triton.experimental.gluon import language as gl
-except ImportError:  # pragma: no cover
-    gluon = gl = None
 
 _ROW_SPAN, _COL_SPAN = spec.V2_ROW_SPAN, spec.V2_COL_SPAN
 SPAN_COLS = tl.constexpr(_COL_SPAN)
@@ -78,12 +72,7 @@ def _backbone_gen_v2_twin_kernel(
     tl.store(ptrs, (signs * scale).to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def _gluon_jit(fn):
-    return gluon.jit(fn, do_not_specialize=["seed_lo", "seed_hi", "stream_lo", "stream_hi"]) \
-        if gluon is not None else None
-
-
-@_gluon_jit
+@gluon_jit(do_not_specialize=["seed_lo", "seed_hi", "stream_lo", "stream_hi"])
 def _backbone_gen_v2_kernel(
     out_ptr, n_rows, n_cols, row_start, col_start, stride_out_r, stride_out_c,
     seed_lo, seed_hi, stream_lo, stream_hi, scale,

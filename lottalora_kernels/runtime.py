@@ -16,13 +16,23 @@ def is_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+try:  # Gluon ships with Triton >= 3.5; without it only the plain-Triton twins run
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+except ImportError:  # pragma: no cover
+    gluon = gl = None
+
+
 def gluon_available() -> bool:
-    """Whether this Triton ships Gluon (triton.experimental.gluon, Triton >= 3.5)."""
-    try:
-        from triton.experimental import gluon  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether this Triton ships Gluon (triton.experimental.gluon)."""
+    return gluon is not None
+
+
+def gluon_jit(**options):
+    """gluon.jit(**options) as a decorator, or one that gives None when Gluon is missing."""
+    def decorate(fn):
+        return gluon.jit(fn, **options) if gluon is not None else None
+    return decorate
 
 
 _SM_COUNTS: dict[int, int] = {}

@@ -35,14 +35,8 @@ import triton.language as tl
 from . import stream_spec as spec
 from .epilogue import seeded_epilogue
 from .philox import PHILOX_ROUNDS
-from .runtime import backbone_scalars, gluon_available, is_interpreting, new_output, sm_count
+from .runtime import backbone_scalars, gl, gluon_available, gluon_jit, is_interpreting, new_output, sm_count
 from .stream_v2 import v2_sign_pairs, v2_signs, v2_words_at, warp_span_rows
-
-try:  # Gluon ships with Triton >= 3.5; without it only the twin runs
-    from triton.experimental import gluon
-    from triton.experimental.gluon import language as gl
-except ImportError:  # pragma: no cover
-    gluon = gl = None
 
 ROWS_PER_WARP = spec.V2_ROW_SPAN  # weight rows per warp: one call span
 SPAN_COLS = tl.constexpr(spec.V2_COL_SPAN)  # columns of W per main-loop step: one call span
@@ -74,11 +68,7 @@ def _seeded_decode_fwd_twin_kernel(
     tl.store(dst, acc, mask=(offs_m < M)[None, :] & (offs_o < N)[:, None])
 
 
-def _gluon_jit(fn):
-    return gluon.jit(fn) if gluon is not None else None
-
-
-@_gluon_jit
+@gluon_jit()
 def _seeded_decode_fwd_kernel(
     x_ptr, partial_ptr, M, N, K, stride_xm, stride_xk,
     seed_lo, seed_hi, stream_lo, stream_hi, spans_per_split,
