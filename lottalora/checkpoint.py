@@ -121,6 +121,14 @@ def _split_aliases(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Te
     return unique, aliases
 
 
+def _upgrade_betas(tensors: dict[str, torch.Tensor], layers: dict[str, Linear]) -> None:
+    """Checkpoints written by lottalora 0.1 hold each beta 0-dim; layers hold it as (1,) now."""
+    for name in layers:
+        key = f"{name}.beta" if name else "beta"
+        if key in tensors and tensors[key].dim() == 0:
+            tensors[key] = tensors[key].reshape(1)
+
+
 def save(model: nn.Module, directory: str | os.PathLike) -> Path:
     """Write ``model`` as seeds + tensors to ``directory`` (created if needed). Returns the path.
 
@@ -442,6 +450,7 @@ def load(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     tensors = _parse_tensors(directory, data)
     del data
     _resolve_aliases(directory, tensors, config["aliases"])
+    _upgrade_betas(tensors, layers)
     expected = _tensors_to_save(model)
     _check_tensors_match(directory, tensors, expected)
     _check_nothing_left_on_meta(directory, model, tensors)

@@ -128,7 +128,9 @@ class Linear(nn.Module):
     provides ``init`` (``init=None``: stream 2's binary backbone, +-1/sqrt(in_features) built for
     the tensor cores; ``init="gaussian"``: stream 1); ``stream_version=1`` reproduces layers
     made before stream 2 bit for bit. Trainable: lora_A (rank, in_features),
-    Kaiming-uniform; lora_B (out_features, rank), zeros; beta, a scalar starting at 1.0; bias
+    Kaiming-uniform; lora_B (out_features, rank), zeros; beta (1,), one value starting at 1.0
+    (a 1-element 1-D tensor, not 0-dim, so that FSDP2 can shard it; state_dicts and checkpoints
+    written with the older 0-dim beta load into it); bias
     (out_features,), nn.Linear's init. With rank=0 the layer is frozen random plus beta and bias
     (lora_A and lora_B are None). train_beta=False keeps beta a parameter (it stays in the
     state_dict) with requires_grad=False, so it stays at its value: the paper's fixed-beta runs.
@@ -162,7 +164,7 @@ class Linear(nn.Module):
         else:
             self.register_parameter("lora_A", None)
             self.register_parameter("lora_B", None)
-        self.beta = nn.Parameter(torch.ones((), **factory), requires_grad=train_beta)
+        self.beta = nn.Parameter(torch.ones(1, **factory), requires_grad=train_beta)
         if bias:
             self.bias = nn.Parameter(torch.empty(out_features, **factory))
         else:
@@ -258,6 +260,12 @@ class Linear(nn.Module):
         # present are checked here first, so a bad one leaves the whole layer as it was. Missing
         # and unexpected entries are left to nn.Module (it does not tell a module whether the
         # load is strict).
+        # lottalora 0.1 stored beta 0-dim; it is (1,) now (FSDP2 refuses 0-dim parameters).
+        # load_state_dict hands each module its own copy of the dict, so replacing the entry
+        # leaves the caller's state_dict as it was.
+        key = prefix + "beta"
+        if isinstance(state_dict.get(key), torch.Tensor) and state_dict[key].dim() == 0:
+            state_dict[key] = state_dict[key].reshape(1)
         where = f"lottalora.Linear {prefix[:-1]!r}" if prefix else "lottalora.Linear"
         try:
             self._check_loadable(state_dict, prefix)
@@ -278,10 +286,7 @@ class Linear(nn.Module):
             if not isinstance(value, torch.Tensor) or not value.is_floating_point():
                 got = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
                 raise ValueError(f"{name} must be a floating-point tensor, got {got}")
-            # nn.Module also accepts a 1-d tensor for a 0-d parameter (it takes element 0): only
-            # one element is a beta, not the first of several.
-            fits = value.shape == param.shape or (param.dim() == 0 and value.shape == (1,))
-            if not fits:
+            if value.shape != param.shape:
                 raise ValueError(f"{name} has shape {tuple(value.shape)} in the state_dict, this layer's is "
                                  f"{tuple(param.shape)} (rank {self.rank})")
 
