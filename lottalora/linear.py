@@ -26,6 +26,13 @@ EXTRA_STATE_LAYOUT = 2
 _LAYOUT_LENGTHS = {8: 1, 12: 2}
 
 
+def check_dropout(lora_dropout: object) -> float:
+    """``lora_dropout`` as a float, or ValueError: a probability in [0, 1)."""
+    if isinstance(lora_dropout, bool) or not isinstance(lora_dropout, (int, float)) or not 0 <= lora_dropout < 1:
+        raise ValueError(f"lora_dropout must be a probability in [0, 1), got {lora_dropout!r}")
+    return float(lora_dropout)
+
+
 def lora_scaling(rank: int, alpha: float, use_rslora: bool) -> float:
     """The factor on the low-rank product: alpha / rank, or alpha / sqrt(rank); 0 at rank 0."""
     if rank == 0:
@@ -142,8 +149,8 @@ class Linear(nn.Module):
     def __init__(
         self, in_features: int, out_features: int, bias: bool = True, *, rank: int = 8,
         alpha: float | None = None, use_rslora: bool = False, seed: int = 0, stream: int = 0,
-        init: str | None = None, stream_version: int | None = None, train_beta: bool = True, device=None,
-        dtype=None,
+        init: str | None = None, stream_version: int | None = None, train_beta: bool = True,
+        lora_dropout: float = 0.0, device=None, dtype=None,
     ) -> None:
         super().__init__()
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
@@ -158,6 +165,9 @@ class Linear(nn.Module):
         self.rank = rank
         self.alpha = alpha
         self.use_rslora = bool(use_rslora)
+        self.lora_dropout = check_dropout(lora_dropout)
+        # Set by lottalora.distributed's tensor-parallel styles: this rank's block of W_seed.
+        self._tensor_parallel = None
         if rank > 0:
             self.lora_A = nn.Parameter(torch.empty((rank, in_features), **factory))
             self.lora_B = nn.Parameter(torch.empty((out_features, rank), **factory))
@@ -209,8 +219,23 @@ class Linear(nn.Module):
             bound = 1.0 / math.sqrt(self.in_features)
             nn.init.uniform_(self.bias, -bound, bound)
 
+    @property
+    def shard(self) -> tuple[tuple[int, int], tuple[int, int]] | None:
+        """(rows, cols): the block of W_seed this rank computes under tensor parallelism
+        (``lottalora.distributed.ColwiseParallel`` owns rows, ``RowwiseParallel`` columns), or
+        None when the layer computes all of it."""
+        tp = self._tensor_parallel
+        return None if tp is None else (tp.rows, tp.cols)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (*, in_features) -> (*, out_features)."""
+        if self._tensor_parallel is not None:
+            # The parameters are DTensors and this rank computes only its block of W_seed.
+            return self._tensor_parallel.forward(self, x)
+        if self.lora_A is not None and self.lora_dropout > 0 and self.training:
+            base = seeded_linear(x, self._spec, None, None, self.beta, self.bias, 0.0)
+            dropped = nn.functional.dropout(x, self.lora_dropout, training=True)
+            return base + (dropped @ self.lora_A.T) @ self.lora_B.T * self.scaling
         return seeded_linear(x, self._spec, self.lora_A, self.lora_B, self.beta, self.bias, self.scaling)
 
     def backbone_weight(self, dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
@@ -297,4 +322,6 @@ class Linear(nn.Module):
             f"rslora={self.use_rslora}, init={self.init!r}, stream_version={self.stream_version}, "
             f"seed={self.seed}, stream={self.stream}"
             + ("" if self.train_beta else ", train_beta=False")
+            + (f", lora_dropout={self.lora_dropout:g}" if self.lora_dropout else "")
+            + (f", shard=rows {self.shard[0]} cols {self.shard[1]}" if self.shard is not None else "")
         )
