@@ -12,13 +12,15 @@ from .checkpoint import describe, load, save
 from .convert import convert, materialize, stream_for_name
 from .functional import SeededLinearFunction, seeded_linear
 from .linear import Linear
+from .pretrained import from_pretrained
 from .scaffold import ScaffoldSchedule, reseed
 from .stream import BackboneSpec, backbone_block
 from .summary import ModelSummary, summary
 
 __all__ = [
     "INITS", "STREAM_VERSION", "BackboneSpec", "Linear", "ModelSummary", "ScaffoldSchedule",
-    "SeededLinearFunction", "backbone_block", "convert", "describe", "load", "materialize", "reseed", "save",
+    "SeededLinearFunction", "backbone_block", "convert", "describe", "from_pretrained", "load", "materialize",
+    "reseed", "save",
     "seeded_linear", "stream_for_name", "summary",
 ]
 __version__ = "0.1.0"

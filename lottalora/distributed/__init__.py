@@ -1,0 +1,1 @@
+"""lottalora across processes."""
