@@ -10,6 +10,7 @@ from lottalora_kernels.stream_spec import INITS, STREAM_VERSION
 
 from .checkpoint import describe, load, save
 from .convert import convert, materialize, stream_for_name
+from .merge import merge_and_unload
 from .functional import SeededLinearFunction, seeded_linear
 from .linear import Linear
 from .pretrained import from_pretrained
@@ -20,7 +21,7 @@ from .summary import ModelSummary, summary
 __all__ = [
     "INITS", "STREAM_VERSION", "BackboneSpec", "Linear", "ModelSummary", "ScaffoldSchedule",
     "SeededLinearFunction", "backbone_block", "convert", "describe", "from_pretrained", "load", "materialize",
-    "reseed", "save",
+    "merge_and_unload", "reseed", "save",
     "seeded_linear", "stream_for_name", "summary",
 ]
 __version__ = "0.1.0"
