@@ -248,6 +248,8 @@ def convert(
                 new.bias.copy_(module.bias)
         if new.bias is not None:
             new.bias.requires_grad_(bias != "none")
+        if not isinstance(module, nn.Linear):
+            new.merges_into_conv1d = True  # merge_and_unload gives the architecture its Conv1D back
         _set_submodule(model, name, new)
         converted[name] = new
 

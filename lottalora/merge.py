@@ -30,12 +30,30 @@ def merged_weight(layer: Linear) -> torch.Tensor:
     return weight.to(layer.beta.dtype)
 
 
+def _dense_layer(layer: Linear, weight: torch.Tensor) -> nn.Module:
+    """nn.Linear (or transformers' Conv1D, for a layer convert made from one) holding ``weight``
+    and the layer's bias."""
+    if getattr(layer, "merges_into_conv1d", False):
+        from transformers.pytorch_utils import Conv1D
+
+        dense = Conv1D(layer.out_features, layer.in_features).to(device="meta")
+        dense.weight = nn.Parameter(weight.T.contiguous(), requires_grad=False)
+        bias = layer.bias if layer.bias is not None else nn.Parameter(weight.new_zeros(layer.out_features))
+        dense.bias = bias
+        return dense
+    dense = nn.Linear(layer.in_features, layer.out_features, bias=False, device="meta", dtype=weight.dtype)
+    dense.weight = nn.Parameter(weight, requires_grad=False)
+    dense.bias = layer.bias
+    return dense
+
+
 def merge_and_unload(model: nn.Module, *, safe_merge: bool = False) -> nn.Module:
     """Replace every ``lottalora.Linear`` of ``model`` in place by an ``nn.Linear`` computing the
     same function (``merged_weight``), and return ``model``.
 
-    GPT-2's Conv1D layers come back as nn.Linear (the same function, the weight transposed to
-    nn.Linear's layout). The merged weight is frozen (it stands for a frozen backbone plus
+    Layers that ``convert`` made from transformers' Conv1D (GPT-2) come back as Conv1D, with the
+    merged weight in its (in_features, out_features) layout, so the architecture's own code and
+    checkpoints (``save_pretrained`` / ``from_pretrained``) fit again. The merged weight is frozen (it stands for a frozen backbone plus
     adapters; ``requires_grad_(True)`` to train it); each bias is the layer's own parameter. The
     convert records go too: the model is a plain model afterwards. ``safe_merge=True`` (PEFT's
     option) checks each merged weight for NaN and inf before it replaces anything of its layer.
@@ -56,9 +74,7 @@ def merge_and_unload(model: nn.Module, *, safe_merge: bool = False) -> nn.Module
         weight = merged_weight(layer)
         if safe_merge and not torch.isfinite(weight).all():
             raise ValueError(f"layer {name!r}: the merged weight has NaN or inf values; the layer is left as it was")
-        plain = nn.Linear(layer.in_features, layer.out_features, bias=False, device="meta", dtype=weight.dtype)
-        plain.weight = nn.Parameter(weight, requires_grad=False)
-        plain.bias = layer.bias
+        plain = _dense_layer(layer, weight)
         plain.train(layer.training)
         _set_submodule(root, name, plain)
     for module in root.modules():

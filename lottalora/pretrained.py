@@ -191,6 +191,8 @@ def _place_seeded_layer(directory: Path, model: nn.Module, layer: dict, dtype: t
                     alpha=layer["alpha"] if layer["rank"] else None, use_rslora=layer["use_rslora"],
                     seed=spec.seed, stream=spec.stream, init=spec.init, stream_version=spec.version,
                     device="meta", dtype=dtype)
+    if not isinstance(module, nn.Linear):
+        seeded.merges_into_conv1d = True  # as convert marks it
     _set_submodule(model, name, seeded)
 
 

@@ -50,19 +50,29 @@ def test_merged_llama_is_plain_and_computes_the_same_logits_in_transformers(tmp_
         assert_close(reloaded(ids).logits, want.double(), torch.float32, "reloaded by transformers")
 
 
-def test_gpt2_conv1d_layers_merge_into_nn_linear():
+@pytest.mark.parametrize("rebuilt", [False, True])
+def test_gpt2_layers_merge_back_into_conv1d_that_gpt2_checkpoints_fit(tmp_path, rebuilt):
     from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.pytorch_utils import Conv1D
 
     model = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=50, n_positions=16))
     model = _trained_like(lottalora.convert(model, rank=2)).eval()
+    if rebuilt:  # a model rebuilt by from_pretrained merges the same way
+        lottalora.save(model, tmp_path / "seeded")
+        model = lottalora.from_pretrained(tmp_path / "seeded")
     ids = torch.randint(0, 50, (1, 8))
     with torch.no_grad():
         want = model(ids).logits
         lottalora.merge_and_unload(model)
         got = model(ids).logits
-    assert type(model.transformer.h[0].attn.c_attn) is nn.Linear
+    attn = model.transformer.h[0].attn.c_attn
+    assert type(attn) is Conv1D and attn.weight.shape == (32, 96)
     assert model.lm_head.weight is model.transformer.wte.weight
     assert_close(got, want.double(), torch.float32, "merged GPT-2")
+    model.save_pretrained(tmp_path / "plain")  # c_proj is square: a transposed weight would load silently
+    reloaded = GPT2LMHeadModel.from_pretrained(tmp_path / "plain").eval()
+    with torch.no_grad():
+        assert_close(reloaded(ids).logits, want.double(), torch.float32, "GPT-2 reloaded by transformers")
 
 
 def test_safe_merge_refuses_a_non_finite_weight_and_leaves_the_layer():
