@@ -97,11 +97,18 @@ def test_column_and_row_parallel_seeded_layers_equal_the_unsharded_ones():
     run_ranks("tests.distributed.test_tensor_parallel:_tp_mlp_equals_the_unsharded_one", timeout=240)
 
 
-def _llama_mlps_in_tensor_parallel_train_like_the_unsharded_model(rank, world, directory):
+def _llama_plan():
+    """transformers' own tensor-parallel plan for a LLaMA decoder layer, with lottalora's styles."""
+    from lottalora.distributed import ColwiseParallel, RowwiseParallel
+
+    return {"self_attn.q_proj": ColwiseParallel(), "self_attn.k_proj": ColwiseParallel(),
+            "self_attn.v_proj": ColwiseParallel(), "self_attn.o_proj": RowwiseParallel(),
+            "mlp.gate_proj": ColwiseParallel(), "mlp.up_proj": ColwiseParallel(), "mlp.down_proj": RowwiseParallel()}
+
+
+def _llama_in_tensor_parallel_trains_like_the_unsharded_model(rank, world, directory):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor.parallel import parallelize_module
-
-    from lottalora.distributed import ColwiseParallel, RowwiseParallel
 
     from ..models import converted_tiny_llama
 
@@ -113,9 +120,8 @@ def _llama_mlps_in_tensor_parallel_train_like_the_unsharded_model(rank, world, d
             if isinstance(m, lottalora.Linear):
                 m.beta.fill_(1.1)
     tp = copy.deepcopy(ref)
-    for block in tp.model.layers:
-        parallelize_module(block.mlp, mesh, {"gate_proj": ColwiseParallel(), "up_proj": ColwiseParallel(),
-                                             "down_proj": RowwiseParallel()})
+    for block in tp.model.layers:  # attention heads and MLP split over the ranks, as transformers' plan does
+        parallelize_module(block, mesh, _llama_plan())
     ids = torch.randint(0, 96, (2, 9))
     opt, opt_ref = (torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.1) for m in (tp, ref))
     for _ in range(2):
@@ -133,8 +139,7 @@ def _llama_mlps_in_tensor_parallel_train_like_the_unsharded_model(rank, world, d
     lottalora.load(plain, directory)
     fresh = converted_tiny_llama()
     for block in fresh.model.layers:
-        parallelize_module(block.mlp, mesh, {"gate_proj": ColwiseParallel(), "up_proj": ColwiseParallel(),
-                                             "down_proj": RowwiseParallel()})
+        parallelize_module(block, mesh, _llama_plan())
     lottalora.load(fresh, directory)
     with torch.no_grad():
         want = ref(ids).logits
@@ -142,8 +147,8 @@ def _llama_mlps_in_tensor_parallel_train_like_the_unsharded_model(rank, world, d
         torch.testing.assert_close(fresh(ids).logits, want, rtol=1e-4, atol=1e-5)
 
 
-def test_llama_mlps_in_tensor_parallel_train_save_and_load_like_the_unsharded_model(tmp_path):
-    run_ranks("tests.distributed.test_tensor_parallel:_llama_mlps_in_tensor_parallel_train_like_the_unsharded_model",
+def test_llama_in_tensor_parallel_trains_saves_and_loads_like_the_unsharded_model(tmp_path):
+    run_ranks("tests.distributed.test_tensor_parallel:_llama_in_tensor_parallel_trains_like_the_unsharded_model",
               args=[str(tmp_path / "ck")], timeout=240)
 
 
