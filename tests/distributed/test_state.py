@@ -52,6 +52,8 @@ def _fsdp2_trains_like_one_process_and_checkpoints(rank, world, directory):
     model = copy.deepcopy(ref)
     shard_llama(model)  # fully_shard on every decoder layer and the root: the converted model, unchanged
     sizes = _group_sizes(model, world)
+    betas = lottalora.summary(model)["betas"]  # no collective: rank 0 holds each 1-element beta
+    assert all((b == 1.0) if rank == 0 else math.isnan(b) for b in betas.values()) and len(betas) == 14
     ids = torch.randint(0, 96, (4, 10), generator=torch.Generator().manual_seed(1))
     mine = ids[rank * 2:(rank + 1) * 2]  # each rank its half of the batch
     # SGD: Adam divides by the gradients' size, which turns fp32 rounding in near-zero gradient
@@ -89,6 +91,23 @@ def _fsdp2_trains_like_one_process_and_checkpoints(rank, world, directory):
     lottalora.load(fresh, directory)  # every rank reads the files and keeps its shards
     with torch.no_grad():
         assert torch.equal(fresh(ids).logits, model(ids).logits)
+
+    # GPT-2's tied head and embedding: stored once, and the model rebuilt from the directory alone.
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    gpt2 = lottalora.convert(GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=50,
+                                                        n_positions=16)), rank=2, trainable_modules=["wte"]).eval()
+    with torch.no_grad():
+        want = gpt2(ids % 50).logits
+    for block in gpt2.transformer.h:
+        fully_shard(block)
+    fully_shard(gpt2)
+    lottalora.save(gpt2, f"{directory}-gpt2")
+    rebuilt = lottalora.from_pretrained(f"{directory}-gpt2")
+    assert rebuilt.lm_head.weight is rebuilt.transformer.wte.weight
+    with torch.no_grad():
+        assert torch.equal(rebuilt(ids % 50).logits, want)
 
     # A checkpoint from lottalora 0.1 (0-dim betas) loads into a sharded model.
     old = nn.Sequential(nn.Linear(12, 20), nn.ReLU(), nn.Linear(20, 6))
