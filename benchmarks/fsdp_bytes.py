@@ -154,10 +154,12 @@ def main(argv=None) -> int:
             print(_table(rows[-1:]).splitlines()[-1], flush=True)
     table = _table(rows)
     print(table)
-    notes = ("2 CPU ranks (one torch thread each), gloo, FSDP2 (fully_shard per decoder layer and the root), float32, one AdamW step "
-             f"on batch 1 x {SEQ} tokens, the second of {STEPS} steps; bytes per rank per step. All-gather: the "
-             "unsharded parameters each all-gather assembles; reduce-scatter: the unsharded gradients each "
-             "reduce-scatter reduces. No other collective ran (other_ops is empty in the JSON).")
+    others = sorted({op for r in rows for s in r["steps"] for op in s["other_ops"]})
+    notes = ("2 CPU ranks (one torch thread each), gloo, FSDP2 (fully_shard per decoder layer and the root), "
+             f"float32, one AdamW step on batch 1 x {SEQ} tokens, the second of {STEPS} steps; bytes per rank per "
+             "step. All-gather: the unsharded parameters each all-gather assembles; reduce-scatter: the unsharded "
+             "gradients each reduce-scatter reduces. "
+             + (f"Other collectives also ran: {others}." if others else "No other collective ran."))
     write_results("fsdp_bytes", rows, table, directory=out_dir, notes=notes)
     print(f"results written to {out_dir}")
     return 0

@@ -186,8 +186,8 @@ def main(argv=None) -> int:
                 print(_table(rows[-1:]).splitlines()[-1], flush=True)
     table = _table(rows)
     print(table)
-    notes = (f"2 CPU ranks (one torch thread each), gloo, float32, batch 1 x {TOKENS} tokens. Peak: the larger of the two ranks' peak "
-             "RSS above the RSS before the model was built. stored: nn.Linear shards (torch's ColwiseParallel / "
+    notes = (f"2 CPU ranks (one torch thread each), gloo, float32, batch 1 x {TOKENS} tokens. Peak: the larger "
+             "of the two ranks' peak RSS above the RSS before the model was built. stored: nn.Linear shards (torch's ColwiseParallel / "
              "RowwiseParallel), frozen; lottalora: lottalora.Linear rank 8 (lottalora.distributed's styles), "
              "regenerating its rows or columns of W_seed in chunks of 2^21 values. Train: backward to the input "
              "and the trainable parameters (adapters and betas for lottalora, none for stored) and an SGD step.")

@@ -53,8 +53,9 @@ def merge_and_unload(model: nn.Module, *, safe_merge: bool = False) -> nn.Module
 
     Layers that ``convert`` made from transformers' Conv1D (GPT-2) come back as Conv1D, with the
     merged weight in its (in_features, out_features) layout, so the architecture's own code and
-    checkpoints (``save_pretrained`` / ``from_pretrained``) fit again. The merged weight is frozen (it stands for a frozen backbone plus
-    adapters; ``requires_grad_(True)`` to train it); each bias is the layer's own parameter. The
+    checkpoints (``save_pretrained`` / ``from_pretrained``) fit again. The merged weight is
+    frozen (it stands for a frozen backbone plus adapters; ``requires_grad_(True)`` to train
+    it); each bias is the layer's own parameter. The
     convert records go too: the model is a plain model afterwards. ``safe_merge=True`` (PEFT's
     option) checks each merged weight for NaN and inf before it replaces anything of its layer.
     Sharded layers (FSDP2, tensor parallel) are refused: save the model with lottalora.save,

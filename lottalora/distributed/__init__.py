@@ -17,6 +17,7 @@ _EXPORTS = {
     "ColwiseParallel": "tensor_parallel",
     "RowwiseParallel": "tensor_parallel",
     "check_same_backbone": "backbone_check",
+    "BackboneMismatchError": "backbone_check",
     "backbone_fingerprints": "backbone_check",
 }
 __all__ = sorted(_EXPORTS)

@@ -79,7 +79,8 @@ def _fsdp2_trains_like_one_process_and_checkpoints(rank, world, directory):
         # backbones are not parameters, so they are never among them.
         assert set(gathered) <= {s for s, _ in sizes} and set(reduced) <= {t for _, t in sizes}, (counter.ops, sizes)
     for (name, p), p_ref in zip(model.named_parameters(), ref.parameters(), strict=True):
-        torch.testing.assert_close(p.full_tensor(), p_ref, rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(p.full_tensor(), p_ref, rtol=1e-5, atol=1e-6,
+                                   msg=lambda m, name=name: f"{name}: {m}")
 
     lottalora.save(model, directory)  # every rank: the shards are gathered, rank 0 writes
     plain = converted_tiny_llama()

@@ -164,9 +164,13 @@ def _rank_dependent_seed_is_refused_on_every_rank(rank, world):
     with pytest.raises(BackboneMismatchError, match="rank 1 has another backbone for 1 layer"):
         parallelize_module(model, mesh, {"up": ColwiseParallel()})
     assert model.up.shard is None
+    same = MLP(2, 2, True, seed=5)
+    parallelize_module(same, mesh, {"up": ColwiseParallel()})
+    with pytest.raises(ValueError, match="already sharded"):
+        parallelize_module(same, mesh, {"up": ColwiseParallel()})
 
 
-def test_tensor_parallel_styles_refuse_ranks_with_different_backbones():
+def test_tensor_parallel_styles_refuse_ranks_with_different_backbones_and_sharding_twice():
     run_ranks("tests.distributed.test_tensor_parallel:_rank_dependent_seed_is_refused_on_every_rank")
 
 
