@@ -10,15 +10,18 @@ from lottalora_kernels.stream_spec import INITS, STREAM_VERSION, SUPPORTED_STREA
 
 from .checkpoint import describe, load, save
 from .convert import convert, materialize, stream_for_name
+from .merge import merge_and_unload
 from .functional import SeededLinearFunction, seeded_linear
 from .linear import Linear
+from .pretrained import from_pretrained
 from .scaffold import ScaffoldSchedule, reseed
 from .stream import BackboneSpec, backbone_block, backbone_signs
 from .summary import ModelSummary, summary
 
 __all__ = [
     "INITS", "STREAM_VERSION", "SUPPORTED_STREAM_VERSIONS", "BackboneSpec", "Linear", "ModelSummary",
-    "ScaffoldSchedule", "SeededLinearFunction", "backbone_block", "backbone_signs", "convert", "describe", "load", "materialize", "reseed", "save",
+    "ScaffoldSchedule", "SeededLinearFunction", "backbone_block", "backbone_signs", "convert", "describe",
+    "from_pretrained", "load", "materialize", "merge_and_unload", "reseed", "save",
     "seeded_linear", "stream_for_name", "summary",
 ]
 __version__ = "0.2.0"

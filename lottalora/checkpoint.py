@@ -18,6 +18,7 @@ Nothing is unpickled: the config is JSON and the tensors are safetensors.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -32,11 +33,18 @@ from torch import nn
 
 from lottalora_kernels import stream_spec as spec
 
+from .distributed.state import barrier, gather_full, is_dtensor, shard_like
 from .linear import Linear, check_alpha, extra_state, lora_scaling
 from .stream import BackboneSpec, backbone_block
+from .wrappers import plain_name, unwrap_model
 
 CONFIG_NAME = "lottalora_config.json"
 TENSORS_NAME = "adapters.safetensors"
+# Written beside them for a transformers model: its architecture and the convert calls, from
+# which lottalora.from_pretrained rebuilds it (lottalora/pretrained.py).
+MODEL_CONFIG_NAME = "config.json"
+# The tensor file's metadata "contents" when save(trainable_only=True) wrote it.
+TRAINABLE_ONLY = "trainable"
 FORMAT_NAME = "lottalora-seed-only"
 FORMAT_VERSION = 2
 READABLE_FORMAT_VERSIONS = (1, 2)
@@ -98,20 +106,39 @@ def terminal_safe(text: str) -> str:
 
 
 def _seeded_layers(model: nn.Module) -> dict[str, Linear]:
-    return {name: m for name, m in model.named_modules() if isinstance(m, Linear)}
+    """{plain name: layer} for every lottalora.Linear of ``model``."""
+    return {plain_name(name): m for name, m in model.named_modules() if isinstance(m, Linear)}
 
 
 def _tensors_to_save(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
+    """{plain name: state_dict tensor} for every tensor a checkpoint can hold (not the extra states)."""
+    return {plain_name(k): v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
 
 
-def _split_aliases(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors stored once each, and {alias: stored name} for names that share a tensor's memory
-    (tied weights such as GPT-2's lm_head and token embedding)."""
+def _trainable_names(model: nn.Module) -> list[str]:
+    """Plain names of the parameters that require grad, tied names included."""
+    return sorted({plain_name(n) for n, p in model.named_parameters(remove_duplicate=False) if p.requires_grad})
+
+
+def _parameter_ids(model: nn.Module) -> dict[str, int]:
+    """{plain name: id of the parameter or buffer}: tied weights share one object."""
+    named = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+    return {plain_name(n): id(t) for n, t in named}
+
+
+def _split_aliases(tensors: dict[str, torch.Tensor], ids: dict[str, int]) -> tuple[dict[str, torch.Tensor],
+                                                                                  dict[str, str]]:
+    """Tensors stored once each, and {alias: stored name} for names that share a tensor (tied
+    weights such as GPT-2's lm_head and token embedding). Sharded tensors (DTensors) are tied
+    when they are one parameter object, which every rank decides alike; plain tensors when they
+    share memory."""
     unique, aliases, seen = {}, {}, {}
     for name in sorted(tensors):
         t = tensors[name]
-        key = (t.device, t.data_ptr(), t.dtype, tuple(t.shape), t.stride()) if t.numel() else None
+        if is_dtensor(t):
+            key = ("parameter", ids[name]) if name in ids else None
+        else:
+            key = (t.device, t.data_ptr(), t.dtype, tuple(t.shape), t.stride()) if t.numel() else None
         if key is not None and key in seen:
             aliases[name] = seen[key]
         else:
@@ -121,15 +148,38 @@ def _split_aliases(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Te
     return unique, aliases
 
 
-def save(model: nn.Module, directory: str | os.PathLike) -> Path:
+def _upgrade_betas(tensors: dict[str, torch.Tensor], layers: dict[str, Linear]) -> None:
+    """Checkpoints written by lottalora 0.1 hold each beta 0-dim; layers hold it as (1,) now."""
+    for name in layers:
+        key = f"{name}.beta" if name else "beta"
+        if key in tensors and tensors[key].dim() == 0:
+            tensors[key] = tensors[key].reshape(1)
+
+
+def save(model: nn.Module, directory: str | os.PathLike, *, trainable_only: bool = False) -> Path:
     """Write ``model`` as seeds + tensors to ``directory`` (created if needed). Returns the path.
 
     The model must contain at least one ``lottalora.Linear``; every tensor of its state_dict is
     stored (the seeded backbones are not in it), so a model of the same architecture restores
     identical outputs with ``load``. Writes format version ``FORMAT_VERSION``.
+    ``trainable_only=True`` stores only the parameters that require grad (adapters, betas,
+    trained biases, ``trainable_modules``), as PEFT saves an adapter: ``load`` then restores
+    those into a model that has the rest (the same base model, converted the same way).
+
+    ``model`` may be wrapped by ``torch.compile`` or ``DistributedDataParallel``: the plain
+    names are written. With FSDP2 (``fully_shard``) or tensor-parallel parameters (DTensors),
+    every rank must call ``save`` (the shards are gathered, one tensor at a time); rank 0 writes
+    and every rank returns once the files are complete. Transformers models also get a
+    ``config.json`` from which ``lottalora.from_pretrained`` rebuilds them (``lottalora.pretrained``).
+    Each file is replaced in one step, so a reader never sees half of one.
     """
     from safetensors.torch import save as serialize
 
+    from .pretrained import model_config_for_save
+
+    if not isinstance(trainable_only, bool):
+        raise TypeError(f"trainable_only must be a bool, got {trainable_only!r}")
+    model = unwrap_model(model)
     layers = _seeded_layers(model)
     if not layers:
         raise ValueError("model has no lottalora.Linear layer: convert it first (lottalora.convert)")
@@ -139,10 +189,25 @@ def save(model: nn.Module, directory: str | os.PathLike) -> Path:
         except ValueError as exc:
             raise ValueError(f"layer {name!r}: {exc}") from None
     directory = Path(directory)
+    trainable = _trainable_names(model)
+    state = _tensors_to_save(model)
+    if trainable_only:
+        state = {k: v for k, v in state.items() if k in set(trainable)}
+        if not state:
+            raise ValueError("trainable_only=True but no parameter of the model requires grad: nothing to save")
+    unique, aliases = _split_aliases(state, _parameter_ids(model))
+    sharded = any(is_dtensor(t) for t in unique.values())
+    if sharded:
+        unique = gather_full(unique)  # a collective: every rank is here
+        if unique is None:  # not the writer
+            barrier()
+            return directory
+    metadata = {"format": FORMAT_NAME, **({"contents": TRAINABLE_ONLY} if trainable_only else {})}
+    data = serialize({k: v.detach().contiguous().cpu() for k, v in unique.items()}, metadata=metadata)
+    model_config = model_config_for_save(model)
     directory.mkdir(parents=True, exist_ok=True)
-    unique, aliases = _split_aliases(_tensors_to_save(model))
-    data = serialize({k: v.detach().contiguous().cpu() for k, v in unique.items()}, metadata={"format": FORMAT_NAME})
-    (directory / TENSORS_NAME).write_bytes(data)
+    with _replaced_atomically(directory / TENSORS_NAME) as tmp:
+        tmp.write_bytes(data)
     config = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -157,16 +222,34 @@ def save(model: nn.Module, directory: str | os.PathLike) -> Path:
              "fingerprint": backbone_fingerprint(m.spec)}
             for name, m in layers.items()
         ],
-        "trainable": sorted(n for n, p in model.named_parameters() if p.requires_grad),
+        "trainable": trainable,
         "aliases": aliases,
         "tensors": {"file": TENSORS_NAME, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)},
     }
     config["config_sha256"] = config_checksum(config)
     config_path = directory / CONFIG_NAME
-    config_path.write_text(json.dumps(config, indent=2, allow_nan=False) + "\n")
-    # safetensors writes owner-only (0600); give the tensors the config's permissions (the umask's).
+    with _replaced_atomically(config_path) as tmp:
+        tmp.write_text(json.dumps(config, indent=2, allow_nan=False) + "\n")
+    # The tensors get the config's permissions (the umask's).
     os.chmod(directory / TENSORS_NAME, stat.S_IMODE(config_path.stat().st_mode))
+    if model_config is not None:
+        with _replaced_atomically(directory / MODEL_CONFIG_NAME) as tmp:
+            tmp.write_text(json.dumps(model_config, indent=2) + "\n")
+    if sharded:
+        barrier()
     return directory
+
+
+@contextlib.contextmanager
+def _replaced_atomically(path: Path):
+    """Yield a temporary path beside ``path``; once written, it replaces ``path`` in one step, so
+    a reader (or another rank saving the same model) never sees a half-written file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _fail(directory: Path, message: str):
@@ -358,6 +441,30 @@ def _parse_tensors(directory: Path, data: bytes) -> dict[str, torch.Tensor]:
         _fail(directory, f"{TENSORS_NAME} is not a valid safetensors file ({type(exc).__name__}: {exc})")
 
 
+def _tensor_contents(directory: Path, data: bytes) -> str:
+    """What the tensor file holds, from its safetensors metadata: "all" (every tensor of the
+    state_dict) or TRAINABLE_ONLY. The header is an 8-byte little-endian length and a JSON object."""
+    try:
+        length = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + length].decode("utf-8")) if 8 <= 8 + length <= len(data) else None
+    except (ValueError, UnicodeDecodeError):
+        header = None
+    if not isinstance(header, dict):
+        _fail(directory, f"{TENSORS_NAME} is not a valid safetensors file (no JSON header)")
+    metadata = header.get("__metadata__") or {}
+    contents = metadata.get("contents", "all") if isinstance(metadata, dict) else None
+    if contents not in ("all", TRAINABLE_ONLY):
+        _fail(directory, f"{TENSORS_NAME} says it holds {_short(contents)} tensors (this build reads 'all' and "
+                         f"{TRAINABLE_ONLY!r})")
+    return contents
+
+
+def checkpoint_contents(directory: str | os.PathLike) -> str:
+    """"all" for a checkpoint with every tensor, TRAINABLE_ONLY for one saved with trainable_only=True."""
+    directory = Path(directory)
+    return _tensor_contents(directory, _read_checkpoint(directory)[1])
+
+
 def read_config(directory: str | os.PathLike) -> dict:
     """The validated JSON config of a checkpoint directory (the tensor file's checksum included)."""
     return _read_checkpoint(Path(directory))[0]
@@ -394,10 +501,14 @@ def _resolve_aliases(directory: Path, tensors: dict[str, torch.Tensor], aliases:
         tensors[alias] = tensors[stored]
 
 
-def _check_tensors_match(directory: Path, tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]):
-    if set(tensors) != set(expected):
-        _fail(directory, f"tensors differ from the model's: missing {sorted(set(expected) - set(tensors))[:5]}, "
-                         f"unexpected {_short(sorted(set(tensors) - set(expected))[:5])}")
+def _check_tensors_match(directory: Path, tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
+                         every: bool = True):
+    """``every``: the checkpoint must hold every tensor of the model (else a subset of them)."""
+    missing = sorted(set(expected) - set(tensors)) if every else []
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        _fail(directory, f"tensors differ from the model's: missing {missing[:5]}, "
+                         f"unexpected {_short(unexpected[:5])}")
     for key, value in tensors.items():
         want = expected[key]
         if value.shape != want.shape:
@@ -419,7 +530,7 @@ def _check_nothing_left_on_meta(directory: Path, model: nn.Module, tensors: dict
     model would keep them on meta, and its forward would fail far from here."""
     left = [name for name, t in [*model.named_parameters(remove_duplicate=False),
                                  *model.named_buffers(remove_duplicate=False)]
-            if t.device.type == "meta" and name not in tensors]
+            if t.device.type == "meta" and plain_name(name) not in tensors]
     if left:
         _fail(directory, f"the model has tensors on the meta device that no checkpoint holds ({left[:3]}): "
                          "call lottalora.materialize(model, device) before lottalora.load")
@@ -433,35 +544,45 @@ def load(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     and every tensor is loaded, converted to the dtype of the model's tensor (floating-point
     values only, into floating-point tensors). Parameters on the meta device are replaced by
     CPU tensors; a model with other tensors left on meta (non-persistent buffers) is refused:
-    ``lottalora.materialize`` it first. Returns ``model``.
+    ``lottalora.materialize`` it first. A checkpoint saved with ``trainable_only=True`` loads
+    its tensors and leaves the model's others as they are. ``model`` may be compiled,
+    DDP-wrapped, or sharded with FSDP2 or tensor parallel (every rank reads the files and keeps
+    its own shards; no collective). Returns ``model``.
     """
     directory = Path(directory)
     config, data = _read_checkpoint(directory)
+    model = unwrap_model(model)
     layers = _seeded_layers(model)
     _check_layers_match(directory, config, layers)
     tensors = _parse_tensors(directory, data)
+    every = _tensor_contents(directory, data) == "all"
     del data
     _resolve_aliases(directory, tensors, config["aliases"])
+    _upgrade_betas(tensors, layers)
     expected = _tensors_to_save(model)
-    _check_tensors_match(directory, tensors, expected)
+    _check_tensors_match(directory, tensors, expected, every)
     _check_nothing_left_on_meta(directory, model, tensors)
 
     on_meta = any(t.device.type == "meta" for t in list(model.parameters()) + list(model.buffers()))
-    if on_meta:
-        # assign=True adopts the given tensors as they are: give them the model's dtype (and
-        # device, CPU for what is on meta) first. The copying load converts on its own.
-        for key, value in tensors.items():
-            want = expected[key]
+    for key, value in tensors.items():
+        want = expected[key]
+        if is_dtensor(want):  # every rank keeps its own shard of the whole tensor read
+            tensors[key] = shard_like(value, want)
+        elif on_meta:
+            # assign=True adopts the given tensors as they are: give them the model's dtype (and
+            # device, CPU for what is on meta) first. The copying load converts on its own.
             tensors[key] = value.to(device="cpu" if want.device.type == "meta" else want.device, dtype=want.dtype)
     for layer in config["layers"]:
         tensors[f"{layer['name']}._extra_state" if layer["name"] else "_extra_state"] = extra_state(
             layer["spec"], layer["rank"], float(layer["alpha"]), layer["use_rslora"])
+    model_names = {plain_name(k): k for k in model.state_dict()}
+    tensors = {model_names[k]: v for k, v in tensors.items()}
     if on_meta:
-        model.load_state_dict(tensors, strict=True, assign=True)
+        model.load_state_dict(tensors, strict=every, assign=True)
         if config["aliases"] and hasattr(model, "tie_weights"):
             model.tie_weights()  # assign=True gives each name its own Parameter; tie them again
     else:
-        model.load_state_dict(tensors, strict=True)
+        model.load_state_dict(tensors, strict=every)
     return model
 
 

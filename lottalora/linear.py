@@ -26,6 +26,13 @@ EXTRA_STATE_LAYOUT = 2
 _LAYOUT_LENGTHS = {8: 1, 12: 2}
 
 
+def check_dropout(lora_dropout: object) -> float:
+    """``lora_dropout`` as a float, or ValueError: a probability in [0, 1)."""
+    if isinstance(lora_dropout, bool) or not isinstance(lora_dropout, (int, float)) or not 0 <= lora_dropout < 1:
+        raise ValueError(f"lora_dropout must be a probability in [0, 1), got {lora_dropout!r}")
+    return float(lora_dropout)
+
+
 def lora_scaling(rank: int, alpha: float, use_rslora: bool) -> float:
     """The factor on the low-rank product: alpha / rank, or alpha / sqrt(rank); 0 at rank 0."""
     if rank == 0:
@@ -128,7 +135,9 @@ class Linear(nn.Module):
     provides ``init`` (``init=None``: stream 2's binary backbone, +-1/sqrt(in_features) built for
     the tensor cores; ``init="gaussian"``: stream 1); ``stream_version=1`` reproduces layers
     made before stream 2 bit for bit. Trainable: lora_A (rank, in_features),
-    Kaiming-uniform; lora_B (out_features, rank), zeros; beta, a scalar starting at 1.0; bias
+    Kaiming-uniform; lora_B (out_features, rank), zeros; beta (1,), one value starting at 1.0
+    (a 1-element 1-D tensor, not 0-dim, so that FSDP2 can shard it; state_dicts and checkpoints
+    written with the older 0-dim beta load into it); bias
     (out_features,), nn.Linear's init. With rank=0 the layer is frozen random plus beta and bias
     (lora_A and lora_B are None). train_beta=False keeps beta a parameter (it stays in the
     state_dict) with requires_grad=False, so it stays at its value: the paper's fixed-beta runs.
@@ -140,8 +149,8 @@ class Linear(nn.Module):
     def __init__(
         self, in_features: int, out_features: int, bias: bool = True, *, rank: int = 8,
         alpha: float | None = None, use_rslora: bool = False, seed: int = 0, stream: int = 0,
-        init: str | None = None, stream_version: int | None = None, train_beta: bool = True, device=None,
-        dtype=None,
+        init: str | None = None, stream_version: int | None = None, train_beta: bool = True,
+        lora_dropout: float = 0.0, device=None, dtype=None,
     ) -> None:
         super().__init__()
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
@@ -156,13 +165,16 @@ class Linear(nn.Module):
         self.rank = rank
         self.alpha = alpha
         self.use_rslora = bool(use_rslora)
+        self.lora_dropout = check_dropout(lora_dropout)
+        # Set by lottalora.distributed's tensor-parallel styles: this rank's block of W_seed.
+        self._tensor_parallel = None
         if rank > 0:
             self.lora_A = nn.Parameter(torch.empty((rank, in_features), **factory))
             self.lora_B = nn.Parameter(torch.empty((out_features, rank), **factory))
         else:
             self.register_parameter("lora_A", None)
             self.register_parameter("lora_B", None)
-        self.beta = nn.Parameter(torch.ones((), **factory), requires_grad=train_beta)
+        self.beta = nn.Parameter(torch.ones(1, **factory), requires_grad=train_beta)
         if bias:
             self.bias = nn.Parameter(torch.empty(out_features, **factory))
         else:
@@ -207,8 +219,23 @@ class Linear(nn.Module):
             bound = 1.0 / math.sqrt(self.in_features)
             nn.init.uniform_(self.bias, -bound, bound)
 
+    @property
+    def shard(self) -> tuple[tuple[int, int], tuple[int, int]] | None:
+        """(rows, cols): the block of W_seed this rank computes under tensor parallelism
+        (``lottalora.distributed.ColwiseParallel`` owns rows, ``RowwiseParallel`` columns), or
+        None when the layer computes all of it."""
+        tp = self._tensor_parallel
+        return None if tp is None else (tp.rows, tp.cols)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (*, in_features) -> (*, out_features)."""
+        if self._tensor_parallel is not None:
+            # The parameters are DTensors and this rank computes only its block of W_seed.
+            return self._tensor_parallel.forward(self, x)
+        if self.lora_A is not None and self.lora_dropout > 0 and self.training:
+            base = seeded_linear(x, self._spec, None, None, self.beta, self.bias, 0.0)
+            dropped = nn.functional.dropout(x, self.lora_dropout, training=True)
+            return base + (dropped @ self.lora_A.T) @ self.lora_B.T * self.scaling
         return seeded_linear(x, self._spec, self.lora_A, self.lora_B, self.beta, self.bias, self.scaling)
 
     def backbone_weight(self, dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
@@ -258,6 +285,12 @@ class Linear(nn.Module):
         # present are checked here first, so a bad one leaves the whole layer as it was. Missing
         # and unexpected entries are left to nn.Module (it does not tell a module whether the
         # load is strict).
+        # lottalora 0.1 stored beta 0-dim; it is (1,) now (FSDP2 refuses 0-dim parameters).
+        # load_state_dict hands each module its own copy of the dict, so replacing the entry
+        # leaves the caller's state_dict as it was.
+        key = prefix + "beta"
+        if isinstance(state_dict.get(key), torch.Tensor) and state_dict[key].dim() == 0:
+            state_dict[key] = state_dict[key].reshape(1)
         where = f"lottalora.Linear {prefix[:-1]!r}" if prefix else "lottalora.Linear"
         try:
             self._check_loadable(state_dict, prefix)
@@ -278,10 +311,7 @@ class Linear(nn.Module):
             if not isinstance(value, torch.Tensor) or not value.is_floating_point():
                 got = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
                 raise ValueError(f"{name} must be a floating-point tensor, got {got}")
-            # nn.Module also accepts a 1-d tensor for a 0-d parameter (it takes element 0): only
-            # one element is a beta, not the first of several.
-            fits = value.shape == param.shape or (param.dim() == 0 and value.shape == (1,))
-            if not fits:
+            if value.shape != param.shape:
                 raise ValueError(f"{name} has shape {tuple(value.shape)} in the state_dict, this layer's is "
                                  f"{tuple(param.shape)} (rank {self.rank})")
 
@@ -292,4 +322,6 @@ class Linear(nn.Module):
             f"rslora={self.use_rslora}, init={self.init!r}, stream_version={self.stream_version}, "
             f"seed={self.seed}, stream={self.stream}"
             + ("" if self.train_beta else ", train_beta=False")
+            + (f", lora_dropout={self.lora_dropout:g}" if self.lora_dropout else "")
+            + (f", shard=rows {self.shard[0]} cols {self.shard[1]}" if self.shard is not None else "")
         )

@@ -19,6 +19,7 @@ from torch import nn
 
 from lottalora_kernels.stream_spec import STREAM_VERSION
 
+from .distributed.state import is_dtensor
 from .linear import Linear
 
 
@@ -99,6 +100,15 @@ def _finish(trainable: int, frozen: int, adapter: int, backbone_bytes: int, laye
     return ModelSummary(values, source)
 
 
+def _beta_value(beta: torch.Tensor) -> float:
+    """beta's value, or NaN where this process does not hold it: on the meta device, or a rank
+    whose FSDP2 shard of it is empty (rank 0 holds it). Never a collective, so a summary printed
+    on one rank cannot hang the others."""
+    if is_dtensor(beta):
+        beta = beta.to_local()
+    return beta.item() if beta.device.type != "meta" and beta.numel() else math.nan
+
+
 def _summarize_module(model: nn.Module) -> ModelSummary:
     layers, adapter, backbone_bytes = [], 0, 0
     for name, m in model.named_modules():
@@ -107,7 +117,7 @@ def _summarize_module(model: nn.Module) -> ModelSummary:
         layers.append({"name": name, "out_features": m.out_features, "in_features": m.in_features, "rank": m.rank,
                        "init": m.init, "seed": m.seed, "stream": m.stream,
                        "stream_version": m.stream_version,
-                       "beta": m.beta.item() if m.beta.device.type != "meta" else math.nan,
+                       "beta": _beta_value(m.beta),
                        "train_beta": m.beta.requires_grad})
         adapter += sum(p.numel() for p in (m.lora_A, m.lora_B) if p is not None)
         backbone_bytes += m.out_features * m.in_features * m.beta.element_size()

@@ -62,3 +62,32 @@ def test_stream_science_quick_run(tmp_path):
     from benchmarks.stream_science import main
 
     assert main(["--quick"]) == 0
+
+
+def test_fsdp_bytes_quick_run_counts_only_parameter_collectives(tmp_path):
+    from benchmarks.fsdp_bytes import main
+
+    assert main(["--quick", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "fsdp_bytes.json").read_text())
+    rows = {r["variant"]: r for r in data["rows"]}
+    assert set(rows) == {"full", "lora", "lottalora"}
+    for r in rows.values():
+        assert all(s["other_ops"] == [] and s["other_bytes"] == 0 for s in r["steps"])
+        assert r["all_gather_bytes"] > 0 and r["reduce_scatter_bytes"] > 0
+    # The stored backbones are gathered (twice per layer: forward and backward), seeds never are.
+    gathered = {v: r["all_gather_bytes"] for v, r in rows.items()}
+    assert gathered["lottalora"] < gathered["lora"] < 2 * gathered["full"]
+    assert rows["lottalora"]["reduce_scatter_bytes"] < rows["full"]["reduce_scatter_bytes"]
+    assert (tmp_path / "fsdp_bytes.md").read_text().startswith("# fsdp_bytes")
+
+
+def test_tp_memory_quick_run_writes_results(tmp_path):
+    from benchmarks.tp_memory import main
+
+    assert main(["--quick", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "tp_memory.json").read_text())["rows"]
+    assert {(r["variant"], r["phase"]) for r in rows} == {(v, p) for v in ("stored", "lottalora")
+                                                          for p in ("forward", "train")}
+    params = {r["variant"]: r["param_bytes_per_rank"] for r in rows}
+    assert params["lottalora"] < params["stored"] == 3 * 64 * 160 * 2 * 4 // 2  # fp32 shards: half each
+    assert all(len(r["per_rank"]) == 2 for r in rows)

@@ -193,3 +193,51 @@ def test_tensor_file_gets_the_same_permissions_as_the_config(tmp_path, umask, mo
         os.umask(old)
     modes = {name: stat.S_IMODE((tmp_path / "ck" / name).stat().st_mode) for name in (CONFIG_NAME, TENSORS_NAME)}
     assert modes == {CONFIG_NAME: mode, TENSORS_NAME: mode}
+
+
+def test_compiled_model_saves_plain_names_that_load_anywhere(trained, tmp_path):
+    model, _ = trained
+    compiled = torch.compile(model)  # saving and loading never run the compiled graph
+    lottalora.save(compiled, tmp_path / "c")
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "c" / TENSORS_NAME), framework="pt") as f:
+        assert not any("_orig_mod" in k for k in f.keys())
+    config = json.loads((tmp_path / "c" / CONFIG_NAME).read_text())
+    assert not any("_orig_mod" in n for n in [*config["trainable"], *(l["name"] for l in config["layers"])])
+    ids = torch.arange(24).reshape(2, 12) % 96
+    with torch.no_grad():
+        want = model(ids).logits
+    for fresh in (converted_tiny_llama(), torch.compile(converted_tiny_llama())):
+        lottalora.load(fresh, tmp_path / "c")
+        with torch.no_grad():
+            assert torch.equal(getattr(fresh, "_orig_mod", fresh)(ids).logits, want)
+    inner = converted_tiny_llama()
+    inner.model.layers[0] = torch.compile(inner.model.layers[0])  # a submodule compiled in place
+    lottalora.load(inner, tmp_path / "c")
+    lottalora.save(inner, tmp_path / "inner")
+    assert json.loads((tmp_path / "inner" / CONFIG_NAME).read_text())["trainable"] == config["trainable"]
+
+
+def test_trainable_only_checkpoint_holds_the_trained_tensors_and_loads_onto_a_base(trained, tmp_path):
+    model, _ = trained
+    lottalora.save(model, tmp_path / "t", trainable_only=True)
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "t" / TENSORS_NAME), framework="pt") as f:
+        stored = set(f.keys())
+        assert f.metadata()["contents"] == "trainable"
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert stored == trainable and "model.layers.0.mlp.up_proj.beta" not in stored  # frozen (redundant) beta
+    base = converted_tiny_llama()
+    with torch.no_grad():  # the frozen tensors come from the base: make them the trained model's
+        for name, param in base.named_parameters():
+            if name not in trainable:
+                param.copy_(model.get_parameter(name))
+        base.model.layers[0].self_attn.q_proj.lora_B.fill_(3.0)
+    lottalora.load(base, tmp_path / "t")
+    ids = torch.arange(24).reshape(2, 12) % 96
+    with torch.no_grad():
+        assert torch.equal(base(ids).logits, model(ids).logits)
+    with pytest.raises(TypeError, match="trainable_only must be a bool"):
+        lottalora.save(model, tmp_path / "x", trainable_only="yes")

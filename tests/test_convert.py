@@ -115,3 +115,107 @@ def test_gpt2_conv1d_is_handled():
     attn = model.transformer.h[0].attn.c_attn
     assert isinstance(attn, lottalora.Linear) and (attn.in_features, attn.out_features) == (32, 96)
     assert torch.isfinite(model(torch.randint(0, 50, (1, 6))).logits).all()
+
+
+def _seeded_names(model):
+    return {n for n, m in model.named_modules() if isinstance(m, lottalora.Linear)}
+
+
+@pytest.mark.parametrize("target_modules", [None, "all-linear", "ALL-LINEAR"])
+def test_all_linear_converts_every_linear_but_the_output_head(target_modules):
+    from transformers import LlamaForCausalLM
+
+    from .models import tiny_llama_config
+
+    model = LlamaForCausalLM(tiny_llama_config())
+    lottalora.convert(model, rank=2, target_modules=target_modules)
+    assert len(_seeded_names(model)) == 14 and type(model.lm_head) is nn.Linear
+    assert not model.lm_head.weight.requires_grad  # frozen like the rest: list it in trainable_modules
+
+
+def test_gpt2_tied_head_stays_tied_and_dense_and_naming_it_is_refused():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=50, n_positions=16)
+    model = lottalora.convert(GPT2LMHeadModel(config), rank=2)
+    assert type(model.lm_head) is nn.Linear and model.lm_head.weight is model.transformer.wte.weight
+    assert _seeded_names(model) == {"transformer.h.0.attn.c_attn", "transformer.h.0.attn.c_proj",
+                                    "transformer.h.0.mlp.c_fc", "transformer.h.0.mlp.c_proj"}
+    with torch.device("meta"):
+        meta = GPT2LMHeadModel(config)
+    lottalora.convert(meta, rank=2, trainable_modules=["wte"])
+    lottalora.materialize(meta, "cpu")
+    assert meta.lm_head.weight is meta.transformer.wte.weight and meta.lm_head.weight.device.type == "cpu"
+    with pytest.raises(ValueError, match="lm_head.weight is tied to transformer.wte.weight"):
+        lottalora.convert(GPT2LMHeadModel(config), target_modules=["lm_head"])
+
+
+def test_a_second_convert_call_adds_layers_and_never_refreezes():
+    model = TwoTower()
+    lottalora.convert(model, rank=2, target_modules=["encoder.0"], trainable_modules=["embed"])
+    model.head.weight.requires_grad_(True)  # the user unfreezes something by hand
+    lottalora.convert(model, rank=3, target_modules=["encoder.2"], trainable_modules=["head"], train_beta=False)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"embed.weight", "head.weight", "head.bias", "encoder.0.lora_A", "encoder.0.lora_B",
+                         "encoder.0.beta", "encoder.0.bias", "encoder.2.lora_A", "encoder.2.lora_B", "encoder.2.bias"}
+    assert model.encoder[2].rank == 3 and model.encoder[0].rank == 2
+    calls = model._lottalora_convert_calls
+    assert [c["converted"] for c in calls] == [["encoder.0"], ["encoder.2"]]
+
+
+def test_exclude_modules_are_never_converted():
+    model = lottalora.convert(TwoTower(), rank=2, exclude_modules=["head"])
+    assert _seeded_names(model) == {"encoder.0", "encoder.2"}
+    model = lottalora.convert(TwoTower(), rank=2, target_modules=r"encoder\..*", exclude_modules=r".*\.2")
+    assert _seeded_names(model) == {"encoder.0"}
+
+
+@pytest.mark.parametrize("bias,want", [
+    ("lora_only", {"encoder.0.bias", "encoder.2.bias"}),
+    ("none", set()),
+    ("all", {"encoder.0.bias", "encoder.2.bias", "head.bias"}),
+])
+def test_bias_modes_follow_peft(bias, want):
+    model = lottalora.convert(TwoTower(), rank=2, target_modules=["encoder.0", "encoder.2"], bias=bias)
+    assert {n for n, p in model.named_parameters() if p.requires_grad and n.endswith("bias")} == want
+
+
+def test_rank_and_alpha_patterns_override_per_layer():
+    model = lottalora.convert(TwoTower(), rank=4, alpha=8, rank_pattern={r"encoder\.2": 16, "head": 0},
+                              alpha_pattern={"0": 2})
+    assert (model.encoder[0].rank, model.encoder[2].rank, model.head.rank) == (4, 16, 0)
+    assert (model.encoder[0].alpha, model.encoder[2].alpha) == (2.0, 8.0)
+    with pytest.raises(ValueError, match=r"rank_pattern key 'nothing' matches none"):
+        lottalora.convert(TwoTower(), rank_pattern={"nothing": 2})
+    with pytest.raises(ValueError, match=r"rank_pattern\['head'\] must be an int >= 0, got -1"):
+        lottalora.convert(TwoTower(), rank_pattern={"head": -1})
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(bias="some"), ValueError, "bias must be one of"),
+    (dict(lora_dropout=1.0), ValueError, r"lora_dropout must be a probability in \[0, 1\), got 1.0"),
+    (dict(alpha_pattern={"head": 0}), ValueError, "alpha_pattern"),
+    (dict(exclude_modules=5), TypeError, "exclude_modules"),
+])
+def test_bad_peft_style_arguments_are_named(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        lottalora.convert(TwoTower(), **kwargs)
+
+
+def test_lora_dropout_drops_the_adapter_input_only_and_only_in_training():
+    model = lottalora.convert(TwoTower(), rank=4, lora_dropout=0.5, target_modules=["encoder.0"])
+    layer = model.encoder[0]
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    x = torch.randn(3, 16)
+    torch.manual_seed(7)
+    y = layer(x)
+    torch.manual_seed(7)
+    dropped = nn.functional.dropout(x, 0.5, training=True)
+    base = x @ (layer.backbone_weight() * layer.beta).T + layer.bias
+    want = base + (dropped @ layer.lora_A.T) @ layer.lora_B.T * layer.scaling
+    torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)
+    layer.eval()
+    no_dropout = base + (x @ layer.lora_A.T) @ layer.lora_B.T * layer.scaling
+    torch.testing.assert_close(layer(x), no_dropout, rtol=1e-5, atol=1e-5)
+    assert "lora_dropout=0.5" in repr(layer)

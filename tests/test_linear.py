@@ -80,7 +80,7 @@ def test_parameters_follow_the_pinned_api():
     assert torch.count_nonzero(layer.lora_B) == 0
     bound = 1 / math.sqrt(64)  # Kaiming-uniform with a = sqrt(5)
     assert layer.lora_A.abs().max().item() <= bound and layer.lora_A.std().item() > bound / 4
-    assert layer.beta.shape == () and layer.beta.item() == 1.0
+    assert layer.beta.shape == (1,) and layer.beta.item() == 1.0
     assert layer.bias.shape == (32,) and layer.bias.abs().max().item() <= bound
     assert layer.scaling == 2.0
     assert lottalora.Linear(64, 32, rank=4).scaling == 1.0
@@ -356,3 +356,18 @@ def test_frozen_beta_stays_exactly_at_its_value_and_gets_no_grad(rank):
 def test_train_beta_must_be_a_bool():
     with pytest.raises(TypeError, match="train_beta"):
         lottalora.Linear(4, 4, train_beta="no")
+
+
+def test_beta_is_a_one_element_1d_parameter_and_a_0dim_beta_still_loads():
+    # FSDP2 refuses 0-dim parameters; lottalora 0.1 wrote beta 0-dim (the checkpoint fixtures
+    # in tests/fixtures/checkpoint_v1 still do, and test_stream_versions loads them).
+    layer = lottalora.Linear(8, 4, rank=2, seed=3)
+    assert layer.beta.shape == (1,) and layer.beta.dim() == 1
+    state = layer.state_dict()
+    state["beta"] = torch.tensor(0.5)
+    fresh = lottalora.Linear(8, 4, rank=2, seed=9)
+    fresh.load_state_dict(state)
+    assert fresh.beta.shape == (1,) and fresh.beta.item() == 0.5 and fresh.seed == 3
+    assert state["beta"].shape == ()  # the caller's dict is left as it was
+    with pytest.raises(ValueError, match=r"beta has shape \(2,\) in the state_dict, this layer's is \(1,\)"):
+        fresh.load_state_dict({**state, "beta": torch.ones(2)})

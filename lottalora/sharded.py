@@ -1,0 +1,187 @@
+"""The seeded linear op on one block of a bigger backbone: what a tensor-parallel rank computes.
+
+    y = beta * x @ W_seed[r0:r1, c0:c1]^T + scale * (x @ lora_A^T) @ lora_B^T + bias
+    x: (*, c1 - c0); lora_A: (rank, c1 - c0); lora_B: (r1 - r0, rank); bias: (r1 - r0,) or None
+    y: (*, r1 - r0)
+
+``spec`` is the whole layer's backbone (out_features x in_features); rows [r0, r1) and columns
+[c0, c1) of it are regenerated here, never the rest. Column-parallel ranks own rows (all
+columns), row-parallel ranks own columns (all rows); ``lottalora.distributed`` adds the
+collectives. The block is generated in column chunks of about 2^21 values and dropped after
+use, in the forward and again in the backward, so memory stays bounded whatever the block's
+size. Unlike ``seeded_linear`` the generation is not fused into the matmul: each chunk is
+generated (the Triton generator for CUDA tensors, the PyTorch stream otherwise, as
+``resolve_backend`` picks) and multiplied by torch.matmul. Numerics follow the reference backend
+(``lottalora/reference.py``): fp32 accumulation (fp64 for fp64 inputs); stream v2 multiplies its
+exact +-1 signs and scales by beta * std afterwards; stream v1 values are rounded to the input
+dtype first. ``seeded_linear_shard_ref`` is the readable float64 reference the tests hold it to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from .backend import resolve_backend
+from .stream import BackboneSpec, backbone_block, backbone_signs
+
+BLOCK_VALUES = 1 << 21
+_V2_SPAN_COLS = 128  # stream v2 draws 128 columns per Philox call: chunks start on those spans
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _column_chunks(spec: BackboneSpec, rows: tuple[int, int], cols: tuple[int, int]):
+    span = _V2_SPAN_COLS if spec.version == 2 else 4
+    width = max(span, (BLOCK_VALUES // max(1, rows[1] - rows[0])) // span * span)
+    start = cols[0]
+    while start < cols[1]:
+        stop = min(cols[1], (start // span) * span + width)
+        yield start, stop
+        start = stop
+
+
+def _weight_chunk(spec: BackboneSpec, rows, cols, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The chunk the product uses, in the compute dtype: v2's signs, v1's values rounded to ``dtype``."""
+    compute = _compute_dtype(dtype)
+    if resolve_backend(device) == "triton":
+        from lottalora_kernels.backbone_gen import generate_backbone
+
+        if spec.version == 2:
+            return generate_backbone(spec.seed, spec.stream, spec.in_features, spec.init, rows, cols, device,
+                                     version=2, dtype=compute, signs=True)
+        return generate_backbone(spec.seed, spec.stream, spec.in_features, spec.init, rows, cols, device,
+                                 version=1, dtype=dtype).to(compute)
+    if spec.version == 2:
+        return backbone_signs(spec, rows, cols, device, compute)
+    return backbone_block(spec, rows, cols, device).to(dtype).to(compute)
+
+
+def _product_scale(spec: BackboneSpec) -> float:
+    return spec.std if spec.version == 2 else 1.0
+
+
+class SeededShardFunction(torch.autograd.Function):
+    """Autograd for ``seeded_linear_shard``; the backward regenerates the block."""
+
+    @staticmethod
+    def forward(ctx, x, lora_A, lora_B, beta, bias, spec: BackboneSpec, rows, cols, scale: float):
+        x2d = x.reshape(-1, cols[1] - cols[0])
+        compute = _compute_dtype(x.dtype)
+        acc = torch.zeros((x2d.shape[0], rows[1] - rows[0]), dtype=compute, device=x.device)
+        for c0, c1 in _column_chunks(spec, rows, cols):
+            acc.addmm_(x2d[:, c0 - cols[0]: c1 - cols[0]].to(compute),
+                       _weight_chunk(spec, rows, (c0, c1), x.dtype, x.device).T)
+        out = acc * (beta.to(compute) * _product_scale(spec))
+        xa = x2d @ lora_A.T if lora_A is not None else None
+        if xa is not None:
+            out += (xa.to(compute) @ lora_B.to(compute).T) * scale
+        if bias is not None:
+            out += bias.to(compute)
+        need_x = ctx.needs_input_grad[1] or ctx.needs_input_grad[3]  # dA or dbeta
+        ctx.save_for_backward(x2d if need_x else None, xa, lora_A, lora_B, beta)
+        ctx.spec, ctx.rows, ctx.cols, ctx.scale, ctx.x_shape = spec, rows, cols, scale, x.shape
+        return out.to(x.dtype).reshape(*x.shape[:-1], rows[1] - rows[0])
+
+    @staticmethod
+    def backward(ctx, dy):
+        x2d, xa, lora_A, lora_B, beta = ctx.saved_tensors
+        need_dx, need_dA, need_dB, need_dbeta, need_dbias = ctx.needs_input_grad[:5]
+        spec, rows, cols, scale = ctx.spec, ctx.rows, ctx.cols, ctx.scale
+        compute = _compute_dtype(dy.dtype)
+        dy2d = dy.reshape(-1, rows[1] - rows[0])
+        dy_c = dy2d.to(compute)
+        dy_b = dy2d @ lora_B if lora_A is not None and (need_dx or need_dA) else None
+        w_scale = _product_scale(spec)
+        dx = torch.empty((dy2d.shape[0], cols[1] - cols[0]), dtype=compute, device=dy.device) if need_dx else None
+        dbeta = torch.zeros((), dtype=compute, device=dy.device) if need_dbeta else None
+        for c0, c1 in _column_chunks(spec, rows, cols):
+            grad_chunk = dy_c @ _weight_chunk(spec, rows, (c0, c1), dy.dtype, dy.device)
+            local = slice(c0 - cols[0], c1 - cols[0])
+            if dbeta is not None:
+                dbeta += (grad_chunk * x2d[:, local].to(compute)).sum()
+            if dx is not None:
+                torch.mul(grad_chunk, beta.to(compute) * w_scale, out=dx[:, local])
+        if dx is not None:
+            if dy_b is not None:
+                dx += (dy_b.to(compute) @ lora_A.to(compute)) * scale
+            dx = dx.to(dy.dtype).reshape(ctx.x_shape)
+        if dbeta is not None:
+            dbeta = (dbeta * w_scale).to(beta.dtype).reshape(beta.shape)
+        dA = (dy_b.T @ x2d) * scale if need_dA else None
+        dB = (dy2d.T @ xa) * scale if need_dB else None
+        dbias = dy2d.sum(0) if need_dbias else None
+        return dx, dA, dB, dbeta, dbias, None, None, None, None
+
+
+def _check_range(name: str, value, limit: int) -> tuple[int, int]:
+    if not (isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                                 for v in value)):
+        raise TypeError(f"{name} must be a (start, stop) tuple of ints, got {value!r}")
+    if not 0 <= value[0] <= value[1] <= limit:
+        raise ValueError(f"{name} must satisfy 0 <= start <= stop <= {limit}, got {value!r}")
+    return value
+
+
+def _check_tensor(name: str, t: torch.Tensor | None, shape: tuple, x: torch.Tensor, same_dtype: bool = True):
+    if t is None:
+        return
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+    if t.device != x.device:
+        raise ValueError(f"{name} is on {t.device} but the input is on {x.device}")
+    if same_dtype and t.dtype != x.dtype:
+        raise TypeError(f"{name} has dtype {t.dtype} but the input has {x.dtype}: they must match")
+
+
+def seeded_linear_shard(
+    x: torch.Tensor, spec: BackboneSpec, rows: tuple[int, int], cols: tuple[int, int],
+    lora_A: torch.Tensor | None, lora_B: torch.Tensor | None, beta: torch.Tensor,
+    bias: torch.Tensor | None = None, scale: float = 1.0,
+) -> torch.Tensor:
+    """y = beta * x @ W_seed[rows, cols]^T + scale * (x @ lora_A^T) @ lora_B^T + bias, with autograd.
+
+    See the module docstring for the shapes. ``rows`` and ``cols`` are (start, stop) ranges of
+    ``spec``'s backbone; lora_A and lora_B are both None for a rank-0 layer; beta has one
+    element. Inside torch.autocast, x, lora_A, lora_B and bias are cast to the autocast dtype
+    as ``seeded_linear`` casts them.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+    if not isinstance(spec, BackboneSpec):
+        raise TypeError(f"spec must be a lottalora.BackboneSpec, got {type(spec).__name__}")
+    rows = _check_range("rows", rows, spec.out_features)
+    cols = _check_range("cols", cols, spec.in_features)
+    autocast = torch.is_autocast_enabled(x.device.type)
+    if autocast:
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x, lora_A, lora_B, bias = (t.to(dtype) if t is not None and t.dtype != torch.float64 else t
+                                   for t in (x, lora_A, lora_B, bias))
+    if x.dim() == 0 or x.shape[-1] != cols[1] - cols[0]:
+        raise ValueError(f"input must have shape (*, {cols[1] - cols[0]}) for cols={cols}, got {tuple(x.shape)}")
+    if (lora_A is None) != (lora_B is None):
+        raise ValueError("lora_A and lora_B must both be given or both be None")
+    rank = lora_A.shape[0] if lora_A is not None else 0
+    _check_tensor("lora_A", lora_A, (rank, cols[1] - cols[0]), x)
+    _check_tensor("lora_B", lora_B, (rows[1] - rows[0], rank), x)
+    _check_tensor("bias", bias, (rows[1] - rows[0],), x)
+    if not isinstance(beta, torch.Tensor) or beta.numel() != 1:
+        raise ValueError(f"beta must be a one-element tensor, got {beta!r}")
+    _check_tensor("beta", beta, tuple(beta.shape), x, same_dtype=False)
+    context = torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext()
+    with context:
+        return SeededShardFunction.apply(x, lora_A, lora_B, beta, bias, spec, rows, cols, float(scale))
+
+
+def seeded_linear_shard_ref(x, spec, rows, cols, lora_A, lora_B, beta, bias=None, scale=1.0) -> torch.Tensor:
+    """The same function, readable: the dense block in float64 and plain autograd ops."""
+    w = backbone_block(spec, rows, cols, device=x.device).double()
+    y = beta.double() * (x.double() @ w.T)
+    if lora_A is not None:
+        y = y + scale * (x.double() @ lora_A.double().T) @ lora_B.double().T
+    if bias is not None:
+        y = y + bias.double()
+    return y

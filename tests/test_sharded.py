@@ -1,0 +1,100 @@
+"""seeded_linear_shard: the op on one block of a bigger backbone, held to its float64 reference
+and to the whole layer it is a piece of."""
+
+import pytest
+import torch
+
+import lottalora
+from lottalora import sharded
+from lottalora.sharded import seeded_linear_shard, seeded_linear_shard_ref
+
+from .helpers import assert_close
+
+SHAPES = [((3, 20), (5, 17)), ((0, 33), (0, 129)), ((32, 33), (128, 129)), ((7, 7), (0, 129))]
+
+
+def _inputs(spec, rows, cols, rank, dtype, bias=True):
+    gen = torch.Generator().manual_seed(rows[0] * 131 + cols[1])
+    n, k = rows[1] - rows[0], cols[1] - cols[0]
+
+    def rand(*shape):
+        return (torch.randn(*shape, generator=gen) * 0.5).to(dtype).requires_grad_()
+
+    x = rand(2, 3, k)
+    a, b = (rand(rank, k), rand(n, rank)) if rank else (None, None)
+    return x, a, b, rand(1).detach().float().add(1).requires_grad_(), rand(n) if bias else None
+
+
+@pytest.mark.parametrize("rows,cols", SHAPES)
+@pytest.mark.parametrize("version,init", [(2, None), (1, "gaussian")])
+@pytest.mark.parametrize("rank", [0, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_block_op_and_its_gradients_match_the_float64_reference(rows, cols, version, init, rank, dtype):
+    spec = lottalora.BackboneSpec(11, 5, 129, 33, init, version)
+    x, a, b, beta, bias = _inputs(spec, rows, cols, rank, dtype)
+    leaves = [t for t in (x, a, b, beta, bias) if t is not None]
+    y = seeded_linear_shard(x, spec, rows, cols, a, b, beta, bias, 0.5)
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(2)).to(dtype)
+    got = torch.autograd.grad(y, leaves, dy) if y.numel() else [torch.zeros_like(t) for t in leaves]
+    ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
+    it = iter(ref_leaves)
+    rx, ra, rb, rbeta = next(it), next(it) if a is not None else None, next(it) if b is not None else None, next(it)
+    rbias = next(it) if bias is not None else None
+    want = seeded_linear_shard_ref(rx, spec, rows, cols, ra, rb, rbeta, rbias, 0.5)
+    want_grads = torch.autograd.grad(want, ref_leaves, dy.double(), allow_unused=True) if want.numel() else \
+        [torch.zeros_like(t) for t in ref_leaves]
+    assert y.dtype == dtype and y.shape == (2, 3, rows[1] - rows[0])
+    assert_close(y, want, dtype, "y")
+    names = ["dx", "dA", "dB", "dbeta", "dbias"]
+    present = [n for n, t in zip(names, (x, a, b, beta, bias), strict=True) if t is not None]
+    for name, g, w, leaf in zip(present, got, want_grads, leaves, strict=True):
+        w = torch.zeros_like(leaf, dtype=torch.float64) if w is None else w
+        assert_close(g, w, dtype, name)
+
+
+def test_row_blocks_side_by_side_are_the_whole_layer():
+    layer = lottalora.Linear(129, 33, rank=4, seed=8)
+    with torch.no_grad():
+        layer.lora_B.normal_()
+        layer.beta.fill_(0.8)
+    x = torch.randn(5, 129)
+    parts = [seeded_linear_shard(x, layer.spec, (r0, r1), (0, 129), layer.lora_A, layer.lora_B[r0:r1],
+                                 layer.beta, layer.bias[r0:r1], layer.scaling) for r0, r1 in ((0, 17), (17, 33))]
+    assert_close(torch.cat(parts, -1), layer(x).double(), torch.float32, "row blocks")
+    cols = [seeded_linear_shard(x[:, c0:c1], layer.spec, (0, 33), (c0, c1), layer.lora_A[:, c0:c1], layer.lora_B,
+                                layer.beta, None, layer.scaling) for c0, c1 in ((0, 64), (64, 129))]
+    assert_close(cols[0] + cols[1] + layer.bias, layer(x).double(), torch.float32, "column blocks")
+
+
+def test_chunked_generation_gives_the_same_result(monkeypatch):
+    spec = lottalora.BackboneSpec(3, 1, 300, 40)
+    x = torch.randn(4, 280)
+    whole = seeded_linear_shard(x, spec, (2, 40), (20, 300), None, None, torch.ones(1))
+    monkeypatch.setattr(sharded, "BLOCK_VALUES", 128 * 38)  # one 128-column span per chunk
+    assert len(list(sharded._column_chunks(spec, (2, 40), (20, 300)))) == 3
+    chunked = seeded_linear_shard(x, spec, (2, 40), (20, 300), None, None, torch.ones(1))
+    assert_close(chunked, whole.double(), torch.float32, "chunked")  # the sums' order differs: fp32 rounding
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(rows=(0, 34)), ValueError, r"rows must satisfy 0 <= start <= stop <= 33, got \(0, 34\)"),
+    (dict(cols=[0, 8]), TypeError, "cols must be a"),
+    (dict(cols=(0, 9)), ValueError, r"input must have shape \(\*, 9\)"),
+    (dict(beta=torch.ones(2)), ValueError, "beta must be a one-element tensor"),
+])
+def test_bad_arguments_are_named(kwargs, error, match):
+    spec = lottalora.BackboneSpec(0, 0, 16, 33)
+    args = dict(x=torch.randn(2, 8), spec=spec, rows=(0, 33), cols=(0, 8), lora_A=None, lora_B=None,
+                beta=torch.ones(1))
+    with pytest.raises(error, match=match):
+        seeded_linear_shard(**{**args, **kwargs})
+
+
+@pytest.mark.parametrize("version,init", [(2, None), (1, "gaussian")])
+def test_the_triton_generator_gives_the_blocks_the_stream_gives(monkeypatch, version, init):
+    spec = lottalora.BackboneSpec(5, 9, 129, 33, init, version)
+    x = torch.randn(3, 100)
+    a, b = torch.randn(2, 100), torch.randn(20, 2)
+    want = seeded_linear_shard(x, spec, (13, 33), (29, 129), a, b, torch.ones(1), None, 0.5)
+    monkeypatch.setenv("LOTTALORA_BACKEND", "triton")  # on CPU this runs under TRITON_INTERPRET=1
+    assert torch.equal(seeded_linear_shard(x, spec, (13, 33), (29, 129), a, b, torch.ones(1), None, 0.5), want)
