@@ -52,17 +52,22 @@ def _hidden(text: str) -> tuple[int, ...]:
 
 def _demo(args: argparse.Namespace) -> int:
     from .checkpoint import save
-    from .demo import TASKS, best_seeded, format_table, plot_sweep, run_sweep, saturation_rank
+    from .demo import TASKS, average_sweeps, best_seeded, format_table, plot_sweep, run_sweep, saturation_rank
 
     task = TASKS[args.task]
     ranks = list(task.ranks) if args.ranks is None else args.ranks
     epochs = args.epochs or task.epochs
     hidden = args.hidden or task.hidden
     device = torch.device(args.device) if args.device else None
-    full, sweep = run_sweep(ranks, task=args.task, init=args.init, epochs=epochs, seed=args.seed,
-                            hidden=hidden, device=device, show_progress=not args.no_progress)
+    seeds = range(args.seed, args.seed + args.seeds)
+    full, sweep = average_sweeps([run_sweep(ranks, task=args.task, init=args.init, epochs=epochs, seed=seed,
+                                            hidden=hidden, device=device, show_progress=not args.no_progress)
+                                  for seed in seeds])
     widths = "-".join(map(str, (task.in_features, *hidden, task.classes)))
-    print(f"{task.title}, MLP {widths}, init={args.init}, epochs={epochs}, seed={args.seed}, "
+    spec = next(m.spec for m in sweep[0].model.modules() if hasattr(m, "spec")) if sweep else None
+    backbone = f"{spec.init} (stream v{spec.version})" if spec is not None else args.init
+    seed_text = f"seed={args.seed}" if args.seeds == 1 else f"seeds={args.seed}..{args.seed + args.seeds - 1}"
+    print(f"{task.title}, MLP {widths}, init={backbone}, epochs={epochs}, {seed_text}, "
           f"device={(device or ('cuda' if torch.cuda.is_available() else 'cpu'))}")
     print(format_table(full, sweep))
     sat = saturation_rank(full, sweep, args.tolerance)
@@ -76,7 +81,8 @@ def _demo(args: argparse.Namespace) -> int:
     if args.save:
         best = best_seeded([r for r in sweep])
         save(best.model, args.save)
-        print(f"best model (rank {best.rank}, accuracy {best.test_accuracy:.4f}) saved as seed + adapters "
+        print(f"best model (rank {best.rank}, mean accuracy {best.test_accuracy:.4f}; the run with seed "
+              f"{args.seed}) saved as seed + adapters "
               f"to {args.save}; inspect it with: lottalora info {args.save}")
     return 0
 
@@ -123,16 +129,21 @@ def build_parser() -> argparse.ArgumentParser:
     def task_defaults(field: str) -> str:
         return "default: " + per_task.format(*(_comma(getattr(t, field)) for t in TASKS.values()))
 
-    demo.add_argument("--task", choices=sorted(TASKS), default="digits",
-                      help="digits: scikit-learn's 8x8 digits, quick; mnist1d: MNIST-1D, where rank saturation "
-                           "shows (a few minutes on a 2-core CPU)")
+    demo.add_argument("--task", choices=sorted(TASKS), default="mnist1d",
+                      help="mnist1d: MNIST-1D, where rank saturation shows (a few minutes on a 2-core CPU); "
+                           "digits: scikit-learn's 8x8 digits, quick")
     demo.add_argument("--ranks", type=_ranks,
                       help="comma-separated ranks; 0 is the frozen random layer with beta and bias only "
                            f"({task_defaults('ranks')})")
-    demo.add_argument("--init", choices=INITS, default="gaussian", help="backbone distribution")
+    demo.add_argument("--init", choices=INITS, default=None,
+                      help="backbone distribution (default: the library's, stream v2's binary rademacher; "
+                           "gaussian and uniform take stream v1)")
     demo.add_argument("--epochs", type=_positive,
                       help=f"training epochs of every run, full and each rank ({task_defaults('epochs')})")
-    demo.add_argument("--seed", type=int, default=0, help="backbone seed and training seed")
+    demo.add_argument("--seed", type=int, default=0, help="backbone seed and training seed (the first one)")
+    demo.add_argument("--seeds", type=_positive, default=3,
+                      help="runs per rank, seeds --seed, --seed + 1, ...: the table shows mean +- sd and the "
+                           "saturation rank reads the means")
     demo.add_argument("--hidden", type=_hidden,
                       help="hidden widths; narrow layers make the rank matter (wide random features alone do "
                            f"well) ({task_defaults('hidden')})")

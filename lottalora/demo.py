@@ -26,7 +26,8 @@ from .linear import Linear
 
 @dataclass
 class SweepResult:
-    """One row of the sweep: rank None is full training."""
+    """One row of the sweep: rank None is full training. Averaged over seeds (``seeds`` > 1),
+    test_accuracy and betas are means and test_accuracy_sd the standard deviation."""
 
     rank: int | None
     trainable_params: int
@@ -34,6 +35,8 @@ class SweepResult:
     betas: list[float] = field(default_factory=list)
     seconds: float = 0.0
     model: nn.Module | None = field(default=None, repr=False)
+    test_accuracy_sd: float = 0.0
+    seeds: int = 1
 
 
 def load_digits_split(seed: int, device: torch.device, test_fraction: float = 0.2):
@@ -109,7 +112,7 @@ TASKS = {
 
 
 def build_mlp(in_features: int, hidden: tuple[int, ...], classes: int, rank: int | None,
-              init: str, seed: int, device: torch.device) -> nn.Sequential:
+              init: str | None, seed: int, device: torch.device) -> nn.Sequential:
     """Hidden layers as nn.Linear (rank None) or lottalora.Linear (stream = layer index); the
     head is an ordinary trainable nn.Linear in both."""
     torch.manual_seed(seed)
@@ -155,7 +158,7 @@ def train_and_evaluate(model: nn.Module, data, *, epochs: int, lr: float, batch_
         return (model(x_test).argmax(1) == y_test).float().mean().item()
 
 
-def run_sweep(ranks: list[int] | None = None, *, task: str = "digits", init: str = "gaussian",
+def run_sweep(ranks: list[int] | None = None, *, task: str = "mnist1d", init: str | None = None,
               epochs: int | None = None, seed: int = 0, hidden: tuple[int, ...] | None = None,
               device: torch.device | None = None, show_progress: bool = True):
     """Full training plus one LottaLoRA run per rank on ``task`` (a key of TASKS); ranks, epochs
@@ -189,6 +192,21 @@ def run_sweep(ranks: list[int] | None = None, *, task: str = "digits", init: str
     return results[0], results[1:]
 
 
+def average_sweeps(runs: list[tuple[SweepResult, list[SweepResult]]]) -> tuple[SweepResult, list[SweepResult]]:
+    """One (full, sweep) from run_sweep's results for several seeds: mean accuracy and betas,
+    the accuracy's standard deviation, total seconds, the first seed's model."""
+    def average(rows: list[SweepResult]) -> SweepResult:
+        accuracies = [r.test_accuracy for r in rows]
+        mean = sum(accuracies) / len(accuracies)
+        sd = math.sqrt(sum((a - mean) ** 2 for a in accuracies) / (len(rows) - 1)) if len(rows) > 1 else 0.0
+        betas = [sum(bs) / len(bs) for bs in zip(*(r.betas for r in rows), strict=True)]
+        return SweepResult(rows[0].rank, rows[0].trainable_params, mean, betas, sum(r.seconds for r in rows),
+                           rows[0].model, sd, len(rows))
+    full = average([f for f, _ in runs])
+    sweep = [average([s[i] for _, s in runs]) for i in range(len(runs[0][1]))]
+    return full, sweep
+
+
 def saturation_rank(full: SweepResult, sweep: list[SweepResult], tolerance: float) -> int | None:
     """The smallest rank whose accuracy is within ``tolerance`` (a fraction) of full training."""
     for row in sorted(sweep, key=lambda r: r.rank):
@@ -203,13 +221,16 @@ def best_seeded(sweep: list[SweepResult]) -> SweepResult:
 
 
 def format_table(full: SweepResult, sweep: list[SweepResult]) -> str:
-    """The sweep as a markdown table."""
-    lines = ["| rank | trainable params | test accuracy | ratio to full | betas | seconds |",
+    """The sweep as a markdown table (accuracy as mean +- sd when averaged over seeds)."""
+    seeds = full.seeds
+    accuracy = "test accuracy" if seeds == 1 else f"test accuracy (mean +- sd, {seeds} seeds)"
+    lines = [f"| rank | trainable params | {accuracy} | ratio to full | betas | seconds |",
              "|---|---|---|---|---|---|"]
     for row in [full, *sweep]:
         name = "full" if row.rank is None else str(row.rank)
         betas = ", ".join(f"{b:.3f}" for b in row.betas) or "-"
-        lines.append(f"| {name} | {row.trainable_params:,} | {row.test_accuracy:.4f} | "
+        acc = f"{row.test_accuracy:.4f}" + (f" +- {row.test_accuracy_sd:.4f}" if seeds > 1 else "")
+        lines.append(f"| {name} | {row.trainable_params:,} | {acc} | "
                      f"{row.test_accuracy / full.test_accuracy:.4f} | {betas} | {row.seconds:.1f} |")
     return "\n".join(lines)
 
@@ -225,12 +246,14 @@ def plot_sweep(full: SweepResult, sweep: list[SweepResult], path: str, saturatio
     ranks = [r.rank for r in sweep]
     positions = list(range(len(ranks)))  # categorical: rank 0 has no place on a log axis
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(positions, [r.test_accuracy for r in sweep], "o-", label="LottaLoRA (frozen random + rank r)")
+    ax.errorbar(positions, [r.test_accuracy for r in sweep], yerr=[r.test_accuracy_sd for r in sweep], fmt="o-",
+                capsize=3, label="LottaLoRA (frozen random + rank r)")
     ax.axhline(full.test_accuracy, color="k", linestyle="--", label="full training")
     if saturation is not None:
         ax.axvline(ranks.index(saturation), color="tab:green", linestyle=":",
                    label=f"saturation rank {saturation}")
-    accuracies = [full.test_accuracy] + [r.test_accuracy for r in sweep]
+    accuracies = [full.test_accuracy] + [r.test_accuracy + sign * r.test_accuracy_sd for r in sweep
+                                         for sign in (-1, 1)]
     pad = 0.05 * (max(accuracies) - min(accuracies)) + 1e-3  # keep the full-training line off the frame
     ax.set_ylim(min(accuracies) - pad, max(accuracies) + pad)
     ax.set_xticks(positions, [str(r) for r in ranks])

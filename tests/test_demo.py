@@ -11,7 +11,7 @@ from lottalora.demo import TASKS, SweepResult, load_mnist1d_split, run_sweep, sa
 
 
 def test_short_sweep_learns_far_above_chance():
-    full, sweep = run_sweep([4], epochs=10, hidden=(32, 32), show_progress=False)
+    full, sweep = run_sweep([4], task="digits", epochs=10, hidden=(32, 32), show_progress=False)
     assert full.test_accuracy > 0.6
     (row,) = sweep
     assert row.rank == 4 and row.test_accuracy > 0.5  # chance is 0.1
@@ -57,12 +57,23 @@ def test_saturation_rank_is_the_smallest_within_tolerance():
 
 def test_demo_command_prints_the_table_and_writes_the_plot(tmp_path, capsys):
     png = tmp_path / "sweep.png"
-    assert main(["demo", "--ranks", "0,2", "--epochs", "2", "--no-progress", "--plot", str(png)]) == 0
+    assert main(["demo", "--task", "digits", "--ranks", "0,2", "--epochs", "2", "--seeds", "1", "--no-progress",
+                 "--plot", str(png)]) == 0
     out = capsys.readouterr().out
     assert "| rank | trainable params | test accuracy | ratio to full | betas |" in out
     assert "| full |" in out and "| 0 |" in out and "| 2 |" in out
     assert "saturation rank" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_averages_over_seeds(capsys):
+    """The default table: mean +- sd over three seeds, the same rows and parameter counts."""
+    assert main(["demo", "--task", "digits", "--ranks", "1", "--epochs", "1", "--hidden", "8", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "seeds=0..2" in out and "test accuracy (mean +- sd, 3 seeds)" in out
+    row = next(line for line in out.splitlines() if line.startswith("| 1 |"))
+    mean, sd = (float(v) for v in row.split("|")[3].split("+-"))
+    assert 0.0 < mean < 1.0 and sd >= 0.0
 
 
 def test_mnist1d_demo_command_names_its_task_and_widths(tmp_path, capsys):
@@ -98,7 +109,8 @@ def test_help_shows_defaults_and_explains_epochs(capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "(default: 0.02)" in out and "(default: gaussian)" in out and "(default: digits)" in out
+    assert "(default: 0.02)" in out and "(default: mnist1d)" in out
+    assert "default: the library's, stream v2's binary rademacher" in out
     assert "--epochs EPOCHS training epochs" in out and "digits: 40, mnist1d: 30" in out
     assert "digits: 0,1,2,4,8,16,32, mnist1d: 0,1,2,4,8,16,32,64" in out
 
