@@ -5,7 +5,7 @@ without Triton. Float64 inputs are computed in float64 (for gradcheck).
 
 Stream v2: the signs are made once per call as packed bytes (1 bit per weight, 1/32 of a
 float32 weight; ``stream_v2.sign_bytes``), then expanded to float in column blocks of about
-2^21 values for each matrix product, so peak memory stays well below the dense weight. Up to
+2^20 values for each matrix product, so peak memory stays well below the dense weight. Up to
 ``V2_TABLE_GEMV_MAX_M`` rows no float weight is made at all (a table-lookup product). The
 forward can hand its packed signs to the backward (``keep_signs``): one generation per training
 step instead of two, the lever that brings a CPU training step near stored-weight speed; they
@@ -26,7 +26,7 @@ from . import stream_v2
 from .stream import BackboneSpec, backbone_block
 
 V1_BLOCK_VALUES = 1 << 20
-V2_BLOCK_VALUES = 1 << 21
+V2_BLOCK_VALUES = 1 << 20
 _V2_SPAN_COLS = 128
 _V2_BYTE_ROWS = 1024  # rows per packed-byte generation pass: bounds its int64 temporaries (~5 MiB at 4096 columns)
 # Up to this many rows, stream v2's forward never makes float weights: it looks up byte-wise

@@ -104,33 +104,48 @@ def _row_chunks(rows: tuple[int, int], cols: tuple[int, int], granule: int, valu
         start = stop
 
 
-def _v2_block(spec_: BackboneSpec, rows, cols, device, dtype: torch.dtype, scale: float) -> torch.Tensor:
-    out = torch.empty((rows[1] - rows[0], cols[1] - cols[0]), dtype=dtype, device=device)
+def _output(rows, cols, device, dtype: torch.dtype, out: torch.Tensor | None) -> torch.Tensor:
+    shape = (rows[1] - rows[0], cols[1] - cols[0])
+    if out is None:
+        return torch.empty(shape, dtype=dtype, device=device)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != shape or out.dtype != dtype or out.device != device:
+        got = (f"{tuple(out.shape)} {out.dtype} on {out.device}" if isinstance(out, torch.Tensor)
+               else type(out).__name__)
+        raise ValueError(f"out must be a {shape} {dtype} tensor on {device}, got {got}")
+    return out
+
+
+def _v2_block(spec_: BackboneSpec, rows, cols, device, dtype: torch.dtype, scale: float,
+              out: torch.Tensor | None = None) -> torch.Tensor:
+    out = _output(rows, cols, device, dtype, out)
     for r0, r1 in _row_chunks(rows, cols, stream_v2.ROW_SPAN, _V2_CHUNK_VALUES):
         stream_v2.write_signs(out[r0 - rows[0]: r1 - rows[0]], spec_.seed, spec_.stream, (r0, r1), cols, scale)
     return out
 
 
 def backbone_signs(spec_: BackboneSpec, rows: tuple[int, int] | None = None, cols: tuple[int, int] | None = None,
-                   device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The +-1 signs of a version-2 backbone block (``W_seed = signs * spec.std``), in ``dtype``."""
+                   device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
+    """The +-1 signs of a version-2 backbone block (``W_seed = signs * spec.std``), in ``dtype``
+    (written into ``out`` when given: a tensor of the block's shape, ``dtype`` and device)."""
     if spec_.version != 2:
         raise ValueError(f"backbone_signs needs a stream version 2 spec, got version {spec_.version}")
     rows, cols = _check_block(spec_, rows, cols)
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    return _v2_block(spec_, rows, cols, device, dtype, 1.0)
+    device = torch.device(device) if device is not None else (out.device if out is not None else torch.device("cpu"))
+    return _v2_block(spec_, rows, cols, device, dtype, 1.0, out)
 
 
 def backbone_block(
     spec_: BackboneSpec, rows: tuple[int, int] | None = None, cols: tuple[int, int] | None = None,
-    device: torch.device | str | None = None,
+    device: torch.device | str | None = None, out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``W_seed[rows[0]:rows[1], cols[0]:cols[1]]`` as a new float32 tensor (default: all of it)."""
+    """``W_seed[rows[0]:rows[1], cols[0]:cols[1]]`` as a float32 tensor (default: all of it), new
+    or written into ``out`` (a float32 tensor of the block's shape on ``device``)."""
     rows, cols = _check_block(spec_, rows, cols)
-    device = torch.device(device) if device is not None else torch.device("cpu")
+    device = torch.device(device) if device is not None else (out.device if out is not None else torch.device("cpu"))
     if spec_.version == 2:
-        return _v2_block(spec_, rows, cols, device, torch.float32, spec_.std)  # +-std: exact
-    out = torch.empty((rows[1] - rows[0], cols[1] - cols[0]), dtype=torch.float32, device=device)
+        return _v2_block(spec_, rows, cols, device, torch.float32, spec_.std, out)  # +-std: exact
+    out = _output(rows, cols, device, torch.float32, out)
     for r0, r1 in _row_chunks(rows, cols, 1):
         out[r0 - rows[0]: r1 - rows[0]] = stream_v1.block(spec_.seed, spec_.stream, spec_.init, spec_.value_scale,
                                                           (r0, r1), cols, device)

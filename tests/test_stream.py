@@ -319,3 +319,13 @@ def test_v2_each_fragment_thread_consumes_exactly_two_whole_calls_per_span(direc
     for call, uses in bits_of_call.items():
         assert len({lane for lane, _ in uses}) == 1, f"call {call} is needed by several threads"
         assert sorted(bit for _, bit in uses) == list(range(128)), f"call {call} is not used bit for bit"
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_backbone_block_writes_into_a_given_tensor(version):
+    s = BackboneSpec(4, 5, 300, 70, version=version)
+    out = torch.full((40, 200), float("nan"))
+    assert backbone_block(s, rows=(10, 50), cols=(50, 250), out=out) is out
+    assert torch.equal(out, backbone_block(s)[10:50, 50:250])
+    with pytest.raises(ValueError, match="out must be"):
+        backbone_block(s, rows=(10, 50), cols=(50, 250), out=torch.empty(40, 200, dtype=torch.float64))
