@@ -18,7 +18,8 @@ import triton
 import triton.language as tl
 
 from . import stream_spec as spec
-from .runtime import backbone_scalars, gl, gluon_available, gluon_jit, is_interpreting, new_output, round_to
+from .runtime import (backbone_scalars, gl, gluon_available, gluon_jit, is_interpreting, new_output, round_to,
+                      run_fast_path)
 from .stream_v1 import backbone_tile
 from .stream_v2 import v2_sign_pairs, v2_signs, v2_words_at, warp_span_rows
 
@@ -168,10 +169,15 @@ def generate_backbone(
         return out
     grid = (triton.cdiv(row1 - row0, _ROW_SPAN * num_warps), triton.cdiv(col1 - col0, _COL_SPAN))
     args = (out, row1 - row0, col1 - col0, row0, col0, out.stride(0), out.stride(1), *scalars, scale)
-    if fast:
+    def launch_fast():
         pair_dtype = gl.float16 if out.dtype == torch.float16 else gl.bfloat16  # +-1 exact in both
         _backbone_gen_v2_kernel[grid](*args, NUM_WARPS=num_warps, PAIR_DTYPE=pair_dtype,
                                       SCALED=(not signs) or out.dtype == torch.float32, num_warps=num_warps)
-    else:
+
+    def launch_twin():
         _backbone_gen_v2_twin_kernel[grid](*args, NUM_WARPS=num_warps, num_warps=num_warps)
+    if fast:
+        run_fast_path("backbone_gen_v2", launch_fast, launch_twin)
+    else:
+        launch_twin()
     return out

@@ -28,6 +28,36 @@ def gluon_available() -> bool:
     return gluon is not None
 
 
+_GLUON_FAILURES: dict[str, str] = {}
+
+
+def gluon_failed(name: str) -> bool:
+    """Whether the Gluon kernel ``name`` failed to compile in this process (see run_fast_path)."""
+    return name in _GLUON_FAILURES
+
+
+def run_fast_path(name: str, fast, twin):
+    """fast() if Gluon kernel ``name`` compiles here, else twin() from then on, with one warning.
+
+    The Gluon kernels are compiled and counted for sm_90 in CI with Triton 3.6 and 3.9, but a
+    GPU's own Triton may be another version whose Gluon API has moved: a compile error there
+    costs speed (the plain-Triton twin computes the same values), never the user's run.
+    """
+    if name not in _GLUON_FAILURES:
+        from triton.compiler.errors import CompilationError
+
+        try:
+            return fast()
+        except CompilationError as exc:
+            import warnings
+
+            _GLUON_FAILURES[name] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            warnings.warn(f"lottalora: the Gluon kernel {name} does not compile with Triton {triton.__version__} "
+                          f"({_GLUON_FAILURES[name]}); using its plain-Triton twin (same values, slower)",
+                          RuntimeWarning, stacklevel=3)
+    return twin()
+
+
 def gluon_jit(**options):
     """gluon.jit(**options) as a decorator, or one that gives None when Gluon is missing."""
     def decorate(fn):

@@ -37,7 +37,8 @@ import triton.language as tl
 from . import stream_spec as spec
 from .epilogue import seeded_epilogue
 from .philox import PHILOX_ROUNDS
-from .runtime import backbone_scalars, gl, gluon_available, gluon_jit, is_interpreting, new_output, sm_count
+from .runtime import (backbone_scalars, gl, gluon_available, gluon_jit, is_interpreting, new_output, run_fast_path,
+                      sm_count)
 from .stream_v2 import v2_sign_pairs, v2_signs, v2_words_at, warp_span_rows
 
 ROWS_PER_WARP = spec.V2_ROW_SPAN  # weight rows per warp: one call span
@@ -163,15 +164,20 @@ def seeded_decode_fwd(
     partial = new_output((split_k, M, N), torch.float32, x.device)
     scalars = backbone_scalars(seed, stream)
     grid = (n_row_blocks, split_k)
-    if fast:
+    def launch_fast():
         _seeded_decode_fwd_kernel[grid](x, partial, M, N, K, x.stride(0), x.stride(1), *scalars, spans_per_split,
                                         NUM_WARPS=num_warps, M_PAD=8 if M <= 8 else 16,
                                         DTYPE=_TL_DTYPES[x.dtype], num_warps=num_warps)
-    else:
+
+    def launch_twin():
         dot_dtype = tl.float32 if (x.dtype == torch.bfloat16 and is_interpreting()) else _TL_DTYPES[x.dtype]
         _seeded_decode_fwd_twin_kernel[grid](x, partial, M, N, K, x.stride(0), x.stride(1), *scalars,
                                              spans_per_split, NUM_WARPS=num_warps, M_PAD=16,
                                              DOT_DTYPE=dot_dtype, num_warps=num_warps)
+    if fast:
+        run_fast_path("seeded_decode", launch_fast, launch_twin)
+    else:
+        launch_twin()
     seeded_epilogue(partial, out, beta=beta, value_scale=spec.backbone_std(K), lo=xa, lmat=lora_B,
                     lora_scale=scale, bias=bias)
     return out

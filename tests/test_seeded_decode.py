@@ -68,3 +68,26 @@ def test_decode_of_an_empty_batch_is_empty(device):
     y = seeded_decode_fwd(x[:0], seed=s.seed, stream=s.stream, out_features=8, xa=None, lora_B=None, beta=beta,
                           bias=b, scale=1.0)
     assert y.shape == (0, 8)
+
+
+def test_a_fast_path_that_does_not_compile_falls_back_to_its_twin_with_a_warning(monkeypatch):
+    """A GPU's Triton whose Gluon API moved costs speed, never the run: the twin computes the
+    same values (runtime.run_fast_path)."""
+    from triton.compiler.errors import CompilationError
+
+    from lottalora_kernels import runtime
+
+    monkeypatch.setattr(runtime, "_GLUON_FAILURES", {})
+    calls = []
+
+    def broken():
+        calls.append("fast")
+        raise CompilationError("kernel.py", None, "layout mismatch")
+
+    def twin():
+        calls.append("twin")
+        return "twin result"
+    with pytest.warns(RuntimeWarning, match="plain-Triton twin"):
+        assert runtime.run_fast_path("probe", broken, twin) == "twin result"
+    assert runtime.run_fast_path("probe", broken, twin) == "twin result"  # no retry, no second warning
+    assert calls == ["fast", "twin", "twin"] and runtime.gluon_failed("probe")
