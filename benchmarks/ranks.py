@@ -28,8 +28,40 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_PORT_RETRIES = 3
+
+
 def run_on_ranks(module: str, argv: list[str], world_size: int = 2, timeout: float = 3600) -> list[dict]:
-    """Each rank's last stdout line, parsed as JSON; RuntimeError with the ranks' output if one fails."""
+    """Each rank's last stdout line, parsed as JSON; RuntimeError with the ranks' output if one fails.
+
+    A free port can be taken by someone else between ``free_port`` and rank 0's bind: a run that
+    fails with "address already in use" is tried again on a new port (as tests/distributed does).
+    """
+    for attempt in range(_PORT_RETRIES):
+        procs, outputs = _run_once(module, argv, world_size, timeout)
+        collided = any("address already in use" in o.lower() for o in outputs)
+        if not (collided and any(p.returncode != 0 for p in procs)) or attempt == _PORT_RETRIES - 1:
+            break
+    if any(p.returncode != 0 for p in procs):
+        report = "\n".join(f"--- rank {r}: exit {p.returncode} ---\n{o[-4000:]}"
+                           for r, (p, o) in enumerate(zip(procs, outputs, strict=True)))
+        raise RuntimeError(f"{module} {' '.join(argv)} failed:\n{report}")
+    return [_last_json_line(o) for o in outputs]
+
+
+def _last_json_line(output: str) -> dict:
+    """The rank's result: its last line that is a JSON object (stderr shares the file, and a
+    warning printed at interpreter exit may come after it)."""
+    for line in reversed(output.strip().splitlines()):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                continue
+    raise RuntimeError(f"a rank printed no JSON result:\n{output[-4000:]}")
+
+
+def _run_once(module: str, argv: list[str], world_size: int, timeout: float):
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     port = free_port()
@@ -52,11 +84,7 @@ def run_on_ranks(module: str, argv: list[str], world_size: int = 2, timeout: flo
                 p.kill()
                 p.wait()
         outputs = [path.read_text(errors="replace") for path in paths]
-    if any(p.returncode != 0 for p in procs):
-        report = "\n".join(f"--- rank {r}: exit {p.returncode} ---\n{o[-4000:]}"
-                           for r, (p, o) in enumerate(zip(procs, outputs, strict=True)))
-        raise RuntimeError(f"{module} {' '.join(argv)} failed:\n{report}")
-    return [json.loads(o.strip().splitlines()[-1]) for o in outputs]
+    return procs, outputs
 
 
 def join_group(rank: int, world_size: int, port: int) -> None:
