@@ -29,7 +29,7 @@ from triton.compiler import ASTSource
 
 from lottalora_kernels import stream_spec as spec
 from lottalora_kernels.backbone_gen import _backbone_gen_kernel, _backbone_gen_v2_kernel
-from lottalora_kernels.seeded_decode import _seeded_decode_fwd_kernel
+from lottalora_kernels.seeded_decode import _seeded_decode_dx_kernel, _seeded_decode_fwd_kernel
 from lottalora_kernels.seeded_matmul import AUTOTUNE_CONFIGS, _seeded_matmul_kernel
 
 from .results import write_results
@@ -89,17 +89,21 @@ def compile_seeded_matmul(forward: bool, dtype: str, config: dict, init: str = "
 
 
 def compile_decode_v2(dtype: str = "bf16", num_warps: int = 4, m_pad: int = 8, rounds: int = spec.PHILOX_ROUNDS,
-                      arch: int = 90):
-    """Stream v2's Gluon decode kernel (seeded_decode), as launched for a contiguous x."""
+                      arch: int = 90, direction: str = "fwd"):
+    """Stream v2's Gluon decode kernel (seeded_decode), forward ("fwd", x @ W^T) or input
+    gradient ("dx", dy @ W), as launched for a contiguous x or dy."""
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    sig = {"x_ptr": f"*{dtype}", "partial_ptr": "*fp32"}
-    sig.update({n: "i32" for n in ["M", "N", "K", "stride_xm", "stride_xk", "seed_lo", "seed_hi", "stream_lo",
-                                   "stream_hi", "spans_per_split"]})
+    lead = "x" if direction == "fwd" else "dy"
+    strides = ["stride_xm", "stride_xk"] if direction == "fwd" else ["stride_dym", "stride_dyn"]
+    sig = {f"{lead}_ptr": f"*{dtype}", "partial_ptr": "*fp32"}
+    sig.update({n: "i32" for n in ["M", "N", "K", *strides, "seed_lo", "seed_hi", "stream_lo", "stream_hi",
+                                   "spans_per_split"]})
     constexprs = dict(NUM_WARPS=num_warps, M_PAD=m_pad, DTYPE=_TL[dtype], N_ROUNDS=rounds)
     sig.update({name: "constexpr" for name in constexprs})
-    attrs = _specialise(sig, ["x_ptr", "partial_ptr", "N", "K", "stride_xm"], ["stride_xk"], constexprs)
-    return triton.compile(GluonASTSource(_seeded_decode_fwd_kernel, sig, constexprs=constexprs, attrs=attrs),
+    attrs = _specialise(sig, [f"{lead}_ptr", "partial_ptr", "N", "K", strides[0]], [strides[1]], constexprs)
+    kernel = _seeded_decode_fwd_kernel if direction == "fwd" else _seeded_decode_dx_kernel
+    return triton.compile(GluonASTSource(kernel, sig, constexprs=constexprs, attrs=attrs),
                           target=_target(arch), options={"num_warps": num_warps})
 
 
@@ -213,12 +217,13 @@ def _generation_s(values: float, sass_per_value: float) -> float:
 
 
 def decode_rows(arch: int, quick: bool = False) -> list[dict]:
-    """Stream v2's decode kernel: the shipped configs, and Philox-7 for the round-count record."""
+    """Stream v2's decode kernels: the shipped configs, and Philox-7 for the round-count record."""
     rows, nk = [], PREDICT_NK
-    variants = [("bf16", 8, spec.PHILOX_ROUNDS)] if quick else \
-        [(d, m, spec.PHILOX_ROUNDS) for d in ("bf16", "fp16") for m in (8, 16)] + [("bf16", 8, 7)]
-    for dtype, m_pad, rounds in variants:
-        info = inspect(compile_decode_v2(dtype, 4, m_pad, rounds, arch))
+    variants = [(direction, "bf16", 8, spec.PHILOX_ROUNDS) for direction in ("fwd", "dx")] if quick else \
+        [(direction, d, m, spec.PHILOX_ROUNDS) for direction in ("fwd", "dx") for d in ("bf16", "fp16")
+         for m in (8, 16)] + [("fwd", "bf16", 8, 7)]
+    for direction, dtype, m_pad, rounds in variants:
+        info = inspect(compile_decode_v2(dtype, 4, m_pad, rounds, arch, direction))
         values = spec.V2_ROW_SPAN * spec.V2_COL_SPAN / 32  # a warp's span over its 32 threads
 
         def predict(m, per_value, m_pad=m_pad):
@@ -227,8 +232,8 @@ def decode_rows(arch: int, quick: bool = False) -> list[dict]:
             calls = math.ceil(m / 16)
             partial_bytes = calls * 32 * min(m, 16) * nk * 4 * 2
             return calls * _generation_s(nk * nk, per_value) + (partial_bytes + 4 * m * nk) / HBM_BYTES_PER_S
-        label = "seeded_decode (Gluon, shipped)" if rounds == spec.PHILOX_ROUNDS else \
-            "seeded_decode (Gluon) probe with Philox-7, not shipped"
+        label = f"seeded_decode {direction} (Gluon, shipped)" if rounds == spec.PHILOX_ROUNDS else \
+            f"seeded_decode {direction} (Gluon) probe with Philox-7, not shipped"
         rows.append(_row(label, 2, "rademacher", f"{dtype} 4 warps M_PAD={m_pad}", info, values, predict))
     return rows
 
@@ -311,8 +316,9 @@ def compile_checks() -> list[dict]:
     """The CI gate (tests/test_sm90_compile.py): every shipped stream-v2 decode config, the v2
     generator, stream v1's generator for each init and its one-pass kernel in each dtype, compiled
     for sm_90 and inspected. Must run in a process without TRITON_INTERPRET."""
-    results = [dict(kernel="decode", dtype=d, m_pad=m, **inspect(compile_decode_v2(d, 4, m)))
-               for d in ("bf16", "fp16") for m in (8, 16)]
+    results = [dict(kernel="decode", direction=direction, dtype=d, m_pad=m,
+                    **inspect(compile_decode_v2(d, 4, m, direction=direction)))
+               for direction in ("fwd", "dx") for d in ("bf16", "fp16") for m in (8, 16)]
     results += [dict(kernel="gen_v2", dtype=d, **inspect(compile_generator_v2(d))) for d in ("bf16", "fp16", "fp32")]
     results += [dict(kernel="gen", init=init, **inspect(compile_generator_v1(init))) for init in spec.VERSION_INITS[1]]
     for cfg in AUTOTUNE_CONFIGS:

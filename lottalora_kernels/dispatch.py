@@ -1,16 +1,17 @@
 """Which kernel regime runs a seeded layer: one entry point per direction, chosen by M.
 
-    stream v2, forward:  M <= DECODE_MAX_M  -> seeded_decode (W on the left, split over K)
+    stream v2, forward and input gradient:
+                         M <= DECODE_MAX_M  -> seeded_decode (W or W^T on the left, split over K)
                          otherwise, and float32 on a GPU -> seeded_two_phase (W chunk once, then cuBLAS)
-    stream v2, input gradient:                seeded_two_phase
     stream v1:           M <= V1_ONE_PASS_MAX_M -> seeded_matmul (one pass, W per row block)
                          otherwise, and float32 on a GPU -> seeded_two_phase
 
-The thresholds are predictions from instruction counts and the H100's rates, not yet GPU
-measurements (benchmarks/NOTES.md, "Dispatch"): the decode kernel's main loop costs ~2 SASS per
-weight whatever M <= 16 (M only adds MMAs), so it generates W at ~15 T weights/s against cuBLAS
-reading stored weights at 1.7 T/s; past M = 16 its accumulators no longer fit and the two-phase
-path (one generation, then a GEMM at tensor-core speed) takes over. Stream v1 generates a weight
+The thresholds were set from instruction counts (benchmarks/NOTES.md, "Dispatch"): the decode
+kernel's main loop costs ~2 SASS per weight whatever M <= 16 (M only adds MMAs); past M = 16 its
+accumulators no longer fit and the two-phase path (one generation, then a GEMM at tensor-core
+speed) takes over. Measured on an H100 (CUDA graphs, bf16): at M = 1 and 16 the decode regime
+takes 12-26 us where the two-phase one takes 37-141 us, so decode keeps M <= 16; at M = 128 the
+two-phase path is 1.3-2.3x cuBLAS + LoRA, the case a wider decode kernel should take next. Stream v1 generates a weight
 in 24-65 SASS, so its one-pass kernel is worth it only while W is regenerated few times (M up to
 a couple of row blocks). Float32 layers on a GPU take the two-phase path at every M: an IEEE
 float32 tl.dot has no tensor-core path (and spilled in the one-pass kernel), while cuBLAS follows
@@ -33,19 +34,19 @@ def _v1_regime(m: int, dtype: torch.dtype | None, on_gpu: bool) -> str:
     return "one_pass" if m <= V1_ONE_PASS_MAX_M else "two_phase"
 
 
+def _v2_regime(m: int, dtype: torch.dtype | None, on_gpu: bool) -> str:
+    # The decode kernels' fast paths make 16-bit operand pairs; float32 on a GPU goes to cuBLAS
+    # through the two-phase path.
+    small = m <= DECODE_MAX_M and not (on_gpu and dtype == torch.float32)
+    return "decode" if small else "two_phase"
+
+
 def forward_regime(version: int, m: int, dtype: torch.dtype | None = None, on_gpu: bool = False) -> str:
-    if version == 2:
-        # The decode kernel's fast path makes 16-bit operand pairs; float32 on a GPU goes to
-        # cuBLAS through the two-phase path.
-        small = m <= DECODE_MAX_M and not (on_gpu and dtype == torch.float32)
-        return "decode" if small else "two_phase"
-    return _v1_regime(m, dtype, on_gpu)
+    return _v2_regime(m, dtype, on_gpu) if version == 2 else _v1_regime(m, dtype, on_gpu)
 
 
 def input_grad_regime(version: int, m: int, dtype: torch.dtype | None = None, on_gpu: bool = False) -> str:
-    if version == 2:
-        return "two_phase"
-    return _v1_regime(m, dtype, on_gpu)
+    return _v2_regime(m, dtype, on_gpu) if version == 2 else _v1_regime(m, dtype, on_gpu)
 
 
 def seeded_linear_fwd(
@@ -76,6 +77,12 @@ def seeded_linear_bwd_dx(
     """(dx = beta * dy @ W_seed + scale * dy_b @ lora_A, dbeta = <x, dy @ W_seed>); see
     ``seeded_two_phase.two_phase_bwd_dx`` for shapes."""
     regime = regime or input_grad_regime(version, dy.shape[0], dy.dtype, dy.is_cuda)
+    if regime == "decode":
+        if version != 2:
+            raise ValueError("the decode regime serves stream v2 only")
+        return seeded_decode.seeded_decode_bwd_dx(dy, seed=seed, stream=stream, in_features=in_features, dy_b=dy_b,
+                                                  lora_A=lora_A, beta=beta, scale=scale, x_for_dbeta=x_for_dbeta,
+                                                  need_dx=need_dx)
     if regime == "two_phase":
         return seeded_two_phase.two_phase_bwd_dx(dy, seed=seed, stream=stream, version=version, init=init,
                                                  in_features=in_features, dy_b=dy_b, lora_A=lora_A, beta=beta,

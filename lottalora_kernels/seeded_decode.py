@@ -1,7 +1,10 @@
 """Decode regime (small M, stream v2): the backbone on the left of the dot, split over K.
 
-    partial[s, m, o] = sum_{i in split s} W_signs[o, i] * x[m, i]               (kernel 1)
-    y[m, o] = beta * std * sum_s partial[s, m, o] + scale * (xa @ B^T)[m, o] + bias[o]   (kernel 2)
+    forward:        partial[s, m, o] = sum_{i in split s} W_signs[o, i] * x[m, i]      (kernel 1)
+                    y[m, o] = beta * std * sum_s partial[s, m, o] + scale * (xa @ B^T)[m, o] + bias[o]
+    input gradient: partial[s, m, i] = sum_{o in split s} W_signs[o, i] * dy[m, o]     (kernel 1)
+                    dx[m, i] = beta * std * sum_s partial[s, m, i] + scale * (dy_b @ A)[m, i]
+                    dbeta = std * <x, sum_s partial>                                    (kernel 2)
 
 At M <= 16 the layer is a matrix-vector product: the tensor cores idle and the cost is making
 W. Generating W on the left of the product (out^T = W @ x^T) makes each thread's tile of W an
@@ -12,9 +15,11 @@ W never touches shared memory. Splitting K over programs puts several programs o
 (N = K = 4096 gives 16 x 32 programs of 4 warps); the partial sums are reduced in a fixed order
 by the epilogue kernel, so results are deterministic (no atomics).
 
-Row mapping: mma.sync gives warp w the tensor rows 16 w + 16 NW rep + [0, 16); the kernel maps
+Row mapping: mma.sync gives warp w the tensor rows 16 w + 16 NW rep + [0, 16); the forward maps
 them to weight rows o = 64 w + 16 rep + [0, 16), so that each warp holds 64 consecutive weight
-rows, one v2 call span, in registers (the bit index then depends on registers only).
+rows, one v2 call span, in registers (the bit index then depends on registers only). The input
+gradient multiplies W^T (rows i, a span of 128) by dy^T: each warp holds 128 rows of i and steps
+over o in spans of 64, and each thread again computes exactly the two calls it consumes.
 
 Two implementations of kernel 1, one contract:
 - ``_seeded_decode_fwd_kernel`` (Gluon, GPU with sm_80+): explicit mma layouts and inline PTX;
@@ -25,6 +30,9 @@ Two implementations of kernel 1, one contract:
   holds it to the float64 reference. On a GPU, tests/test_gpu.py reads the Gluon kernel's own
   weights back bit for bit (one-hot inputs make every partial sum one weight) and holds its
   outputs to the twin's.
+The input gradient has the same pair: ``_seeded_decode_dx_kernel`` (Gluon, 1.69 / 1.92 SASS
+per weight) and its twin, read back the same way with one-hot dy. Measured on an H100
+(benchmarks/NOTES.md): the forward kernel makes 16.8 M weights in 3.6 us, 2.8x its count.
 Not done here: M > 16 (the two-phase regime serves it), stream v1 (the one-pass kernel).
 """
 
@@ -37,20 +45,22 @@ import triton.language as tl
 from . import stream_spec as spec
 from .epilogue import seeded_epilogue
 from .philox import PHILOX_ROUNDS
-from .runtime import (backbone_scalars, gl, gluon_available, gluon_jit, is_interpreting, new_output, run_fast_path,
-                      sm_count)
+from .runtime import (backbone_scalars, fp32_input_precision, gl, gluon_available, gluon_jit, is_interpreting,
+                      new_output, run_fast_path, sm_count)
 from .stream_v2 import v2_sign_pairs, v2_signs, v2_words_at, warp_span_rows
 
 ROWS_PER_WARP = spec.V2_ROW_SPAN  # weight rows per warp: one call span
 SPAN_COLS = tl.constexpr(spec.V2_COL_SPAN)  # columns of W per main-loop step: one call span
+ROW_SPAN = tl.constexpr(spec.V2_ROW_SPAN)  # rows of W (o) per input-gradient main-loop step
+ROW_SPAN_C = ROW_SPAN
 MAX_M = 16
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "stream_lo", "stream_hi"])
 def _seeded_decode_fwd_twin_kernel(
     x_ptr, partial_ptr, M, N, K, stride_xm, stride_xk,
     seed_lo, seed_hi, stream_lo, stream_hi, spans_per_split,
-    NUM_WARPS: tl.constexpr, M_PAD: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    NUM_WARPS: tl.constexpr, M_PAD: tl.constexpr, DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):
     BLOCK_N: tl.constexpr = 64 * NUM_WARPS
     pid_n = tl.program_id(0)
@@ -66,12 +76,38 @@ def _seeded_decode_fwd_twin_kernel(
         w = v2_signs(seed_lo, seed_hi, stream_lo, stream_hi, offs_o[:, None], offs_i[None, :], DOT_DTYPE)
         xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + offs_i[:, None] * stride_xk,
                      mask=(offs_m < M)[None, :] & (offs_i < K)[:, None], other=0.0)
-        acc = tl.dot(w, xt.to(DOT_DTYPE), acc)
+        acc = tl.dot(w, xt.to(DOT_DTYPE), acc, input_precision=INPUT_PRECISION)
     dst = partial_ptr + (pid_s * M + offs_m[None, :]).to(tl.int64) * N + offs_o[:, None]
     tl.store(dst, acc, mask=(offs_m < M)[None, :] & (offs_o < N)[:, None])
 
 
-@gluon_jit()
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "stream_lo", "stream_hi"])
+def _seeded_decode_dx_twin_kernel(
+    dy_ptr, partial_ptr, M, N, K, stride_dym, stride_dyn,
+    seed_lo, seed_hi, stream_lo, stream_hi, spans_per_split,
+    NUM_WARPS: tl.constexpr, M_PAD: tl.constexpr, DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+):
+    """partial[s, m, i] = sum over o in split s of W_signs[o, i] dy[m, o]: W^T on the left."""
+    BLOCK_I: tl.constexpr = 128 * NUM_WARPS
+    pid_i = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    rows_t = tl.arange(0, BLOCK_I)
+    offs_i = pid_i * BLOCK_I + warp_span_rows(rows_t, NUM_WARPS, 128).to(tl.int64)
+    offs_m = tl.arange(0, M_PAD)
+    cols = tl.arange(0, ROW_SPAN).to(tl.int64)
+    acc = tl.zeros((BLOCK_I, M_PAD), dtype=tl.float32)
+    span_end = tl.minimum((pid_s + 1) * spans_per_split, tl.cdiv(N, ROW_SPAN))
+    for span in range(pid_s * spans_per_split, span_end):
+        offs_o = span * ROW_SPAN + cols
+        wt = v2_signs(seed_lo, seed_hi, stream_lo, stream_hi, offs_o[None, :], offs_i[:, None], DOT_DTYPE)
+        dyt = tl.load(dy_ptr + offs_m[None, :] * stride_dym + offs_o[:, None] * stride_dyn,
+                      mask=(offs_m < M)[None, :] & (offs_o < N)[:, None], other=0.0)
+        acc = tl.dot(wt, dyt.to(DOT_DTYPE), acc, input_precision=INPUT_PRECISION)
+    dst = partial_ptr + (pid_s * M + offs_m[None, :]).to(tl.int64) * K + offs_i[:, None]
+    tl.store(dst, acc, mask=(offs_m < M)[None, :] & (offs_i < K)[:, None])
+
+
+@gluon_jit(do_not_specialize=["seed_lo", "seed_hi", "stream_lo", "stream_hi"])
 def _seeded_decode_fwd_kernel(
     x_ptr, partial_ptr, M, N, K, stride_xm, stride_xk,
     seed_lo, seed_hi, stream_lo, stream_hi, spans_per_split,
@@ -115,6 +151,50 @@ def _seeded_decode_fwd_kernel(
     offs_m_acc = gl.expand_dims(gl.arange(0, M_PAD, layout=gl.SliceLayout(0, mma)), 0)
     dst = partial_ptr + (pid_s * M + offs_m_acc).to(gl.int64) * N + offs_o_acc
     gl.store(dst, acc, mask=(offs_m_acc < M) & (offs_o_acc < N))
+
+
+@gluon_jit(do_not_specialize=["seed_lo", "seed_hi", "stream_lo", "stream_hi"])
+def _seeded_decode_dx_kernel(
+    dy_ptr, partial_ptr, M, N, K, stride_dym, stride_dyn,
+    seed_lo, seed_hi, stream_lo, stream_hi, spans_per_split,
+    NUM_WARPS: gl.constexpr, M_PAD: gl.constexpr, DTYPE: gl.constexpr, N_ROUNDS: gl.constexpr = PHILOX_ROUNDS,
+):
+    # Same contract, grid and row mapping as _seeded_decode_dx_twin_kernel. W^T's tile (128 rows
+    # of i per warp, a 64-wide span of o) is generated in the mma A-operand layout; the two
+    # values of an operand register are neighbouring o's, so the pair's calls differ in o mod 8.
+    BLOCK_I: gl.constexpr = 128 * NUM_WARPS
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[NUM_WARPS, 1],
+                                                  instr_shape=[16, 8])
+    w_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
+    dy_layout: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
+    pid_i = gl.program_id(0)
+    pid_s = gl.program_id(1)
+    # Tensor row 16 NUM_WARPS rep + 16 w + 8 h + g is row i = 128 (pid_i NUM_WARPS + w) + 8 (2 rep
+    # + h) + g of W^T (warp_span_rows with SPAN = 128), split here into (span, q, c).
+    rows_t = gl.arange(0, BLOCK_I, layout=gl.SliceLayout(1, w_layout))
+    span_i = gl.expand_dims(pid_i * NUM_WARPS + (rows_t // 16) % NUM_WARPS, 1)
+    q = gl.expand_dims(2 * (rows_t // (16 * NUM_WARPS)) + (rows_t // 8) % 2, 1)
+    c = gl.expand_dims(rows_t % 8, 1)
+    cols = gl.expand_dims(gl.arange(0, ROW_SPAN_C, layout=gl.SliceLayout(0, w_layout)), 0)
+    p = cols // 8
+    a = cols % 8
+    offs_m_dy = gl.expand_dims(gl.arange(0, M_PAD, layout=gl.SliceLayout(0, dy_layout)), 0)
+    offs_o_dy = gl.expand_dims(gl.arange(0, ROW_SPAN_C, layout=gl.SliceLayout(1, dy_layout)), 1)
+    acc = gl.zeros((BLOCK_I, M_PAD), gl.float32, layout=mma)
+    span_end = gl.minimum((pid_s + 1) * spans_per_split, gl.cdiv(N, ROW_SPAN_C))
+    for span in range(pid_s * spans_per_split, span_end):
+        word_a, bit = v2_words_at(seed_lo, seed_hi, stream_lo, stream_hi, span, p, a & 6, span_i, q, c, N_ROUNDS)
+        word_b, _ = v2_words_at(seed_lo, seed_hi, stream_lo, stream_hi, span, p, a | 1, span_i, q, c, N_ROUNDS)
+        wt = v2_sign_pairs(word_a, word_b, bit, DTYPE)
+        offs_o = span * ROW_SPAN_C + offs_o_dy
+        dyt = gl.load(dy_ptr + offs_m_dy * stride_dym + offs_o.to(gl.int64) * stride_dyn,
+                      mask=(offs_m_dy < M) & (offs_o < N), other=0.0)
+        acc = gl.nvidia.ampere.mma_v2(wt, dyt.to(DTYPE), acc)
+    rows_acc = gl.arange(0, BLOCK_I, layout=gl.SliceLayout(1, mma))
+    offs_i_acc = gl.expand_dims(pid_i * BLOCK_I + warp_span_rows(rows_acc, NUM_WARPS, 128), 1).to(gl.int64)
+    offs_m_acc = gl.expand_dims(gl.arange(0, M_PAD, layout=gl.SliceLayout(0, mma)), 0)
+    dst = partial_ptr + (pid_s * M + offs_m_acc).to(gl.int64) * K + offs_i_acc
+    gl.store(dst, acc, mask=(offs_m_acc < M) & (offs_i_acc < K))
 
 
 _TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
@@ -173,7 +253,8 @@ def seeded_decode_fwd(
         dot_dtype = tl.float32 if (x.dtype == torch.bfloat16 and is_interpreting()) else _TL_DTYPES[x.dtype]
         _seeded_decode_fwd_twin_kernel[grid](x, partial, M, N, K, x.stride(0), x.stride(1), *scalars,
                                              spans_per_split, NUM_WARPS=num_warps, M_PAD=16,
-                                             DOT_DTYPE=dot_dtype, num_warps=num_warps)
+                                             DOT_DTYPE=dot_dtype, INPUT_PRECISION=fp32_input_precision(),
+                                            num_warps=num_warps)
     if fast:
         run_fast_path("seeded_decode", launch_fast, launch_twin)
     else:
@@ -181,3 +262,59 @@ def seeded_decode_fwd(
     seeded_epilogue(partial, out, beta=beta, value_scale=spec.backbone_std(K), lo=xa, lmat=lora_B,
                     lora_scale=scale, bias=bias)
     return out
+
+
+def seeded_decode_bwd_dx(
+    dy: torch.Tensor, *, seed: int, stream: int, in_features: int, dy_b: torch.Tensor | None,
+    lora_A: torch.Tensor | None, beta: torch.Tensor, scale: float, x_for_dbeta: torch.Tensor | None = None,
+    need_dx: bool = True, fast: bool | None = None, num_warps: int | None = None, split_k: int | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """dx = beta * std * dy @ W_signs + scale * dy_b @ lora_A and dbeta = std * <x, dy @ W_signs>
+    for stream v2 and M <= 16.
+
+    dy: (M, N); dy_b: (M, rank) or None; lora_A: (rank, in_features) or None; x_for_dbeta: the
+    forward's input (M, in_features) or None. Returns (dx (M, in_features) in dy.dtype or None
+    when ``need_dx`` is False, dbeta as a float32 0-dim tensor or None). ``fast``,
+    ``num_warps`` and ``split_k`` as in ``seeded_decode_fwd``.
+    """
+    M, N = dy.shape
+    K = in_features
+    if M > MAX_M:
+        raise ValueError(f"the decode kernel takes at most {MAX_M} rows, got {M}")
+    dx = new_output((M, K), dy.dtype, dy.device) if need_dx else None
+    if M == 0:
+        return dx, (torch.zeros((), device=dy.device) if x_for_dbeta is not None else None)
+    fast = use_fast_path(dy) if fast is None else fast
+    if num_warps is None:
+        num_warps = 4 if dy.is_cuda else 1
+    block_i = spec.V2_COL_SPAN * num_warps
+    n_row_blocks = triton.cdiv(K, block_i)
+    n_spans = triton.cdiv(N, spec.V2_ROW_SPAN)
+    split_k = split_k or split_k_for(n_row_blocks, n_spans, dy.device)
+    spans_per_split = triton.cdiv(n_spans, split_k)
+    split_k = triton.cdiv(n_spans, spans_per_split)
+    partial = new_output((split_k, M, K), torch.float32, dy.device)
+    scalars = backbone_scalars(seed, stream)
+    grid = (n_row_blocks, split_k)
+
+    def launch_fast():
+        _seeded_decode_dx_kernel[grid](dy, partial, M, N, K, dy.stride(0), dy.stride(1), *scalars, spans_per_split,
+                                       NUM_WARPS=num_warps, M_PAD=8 if M <= 8 else 16,
+                                       DTYPE=_TL_DTYPES[dy.dtype], num_warps=num_warps)
+
+    def launch_twin():
+        dot_dtype = tl.float32 if (dy.dtype == torch.bfloat16 and is_interpreting()) else _TL_DTYPES[dy.dtype]
+        _seeded_decode_dx_twin_kernel[grid](dy, partial, M, N, K, dy.stride(0), dy.stride(1), *scalars,
+                                            spans_per_split, NUM_WARPS=num_warps, M_PAD=16,
+                                            DOT_DTYPE=dot_dtype, INPUT_PRECISION=fp32_input_precision(),
+                                            num_warps=num_warps)
+    if fast:
+        run_fast_path("seeded_decode_dx", launch_fast, launch_twin)
+    else:
+        launch_twin()
+    std = spec.backbone_std(K)
+    partial_dbeta = seeded_epilogue(partial, dx, beta=beta, value_scale=std, lo=dy_b,
+                                    lmat=lora_A.T if lora_A is not None else None, lora_scale=scale,
+                                    x_for_dbeta=x_for_dbeta)
+    dbeta = partial_dbeta.sum() * std if partial_dbeta is not None else None
+    return dx, dbeta

@@ -37,9 +37,9 @@ def philox_block(seed_lo, seed_hi, stream_lo, stream_hi, offs_row, group_start, 
     rows = offs_row.to(tl.uint32)[:, None]
     groups = (group_start + tl.arange(0, N_GROUPS)).to(tl.uint32)[None, :]
     c0, c1 = tl.broadcast(groups, rows)
-    c2 = tl.zeros_like(c0) + stream_lo.to(tl.uint32, bitcast=True)
-    c3 = tl.zeros_like(c0) + stream_hi.to(tl.uint32, bitcast=True)
-    return philox4x32(seed_lo.to(tl.uint32, bitcast=True), seed_hi.to(tl.uint32, bitcast=True),
+    c2 = tl.zeros_like(c0) + tl.cast(stream_lo, tl.uint32, bitcast=True)
+    c3 = tl.zeros_like(c0) + tl.cast(stream_hi, tl.uint32, bitcast=True)
+    return philox4x32(tl.cast(seed_lo, tl.uint32, bitcast=True), tl.cast(seed_hi, tl.uint32, bitcast=True),
                       c0, c1, c2, c3, N_ROUNDS)
 
 

@@ -38,9 +38,9 @@ def v2_words_at(seed_lo, seed_hi, stream_lo, stream_hi, span_o, p, a, span_i, q,
     c0 = (span_i * 64 + a * 8 + c).to(tl.uint32)
     c1 = span_o.to(tl.uint32) + c0 * 0  # broadcast to the tile's shape
     c0 = c0 + c1 * 0
-    c2 = c0 * 0 + stream_lo.to(tl.uint32, bitcast=True)
-    c3 = c0 * 0 + stream_hi.to(tl.uint32, bitcast=True)
-    w0, w1, w2, w3 = philox4x32(seed_lo.to(tl.uint32, bitcast=True), seed_hi.to(tl.uint32, bitcast=True),
+    c2 = c0 * 0 + tl.cast(stream_lo, tl.uint32, bitcast=True)
+    c3 = c0 * 0 + tl.cast(stream_hi, tl.uint32, bitcast=True)
+    w0, w1, w2, w3 = philox4x32(tl.cast(seed_lo, tl.uint32, bitcast=True), tl.cast(seed_hi, tl.uint32, bitcast=True),
                                 c0, c1, c2, c3, N_ROUNDS)
     bit = (p * 16 + q + c0 * 0).to(tl.uint32)  # n = 16 p + q, in [0, 128)
     word_index = bit >> 5
@@ -86,11 +86,11 @@ def v2_sign_pairs(word_a, word_b, bit, DTYPE: tl.constexpr):
 
 
 @triton.jit
-def warp_span_rows(rows_t, NUM_WARPS: tl.constexpr):
-    """The weight row (within a block of 64 NUM_WARPS) that v2 kernels give each row of an
-    mma.sync / wgmma tile: warp w holds tensor rows 16 w + 16 NUM_WARPS rep + r (r < 16), which
-    become weight rows 64 w + 16 rep + r, so that each warp holds one 64-row call span and the
-    bit index (8 row blocks) depends on its registers only."""
+def warp_span_rows(rows_t, NUM_WARPS: tl.constexpr, SPAN: tl.constexpr = 64):
+    """The row of W (forward, SPAN = 64) or of W^T (input gradient, SPAN = 128), within a block
+    of SPAN * NUM_WARPS, that v2 kernels give each row of an mma.sync / wgmma tile: warp w holds
+    tensor rows 16 w + 16 NUM_WARPS rep + r (r < 16), which become rows SPAN w + 16 rep + r, so
+    that each warp holds one call span in registers and the bit index depends on them only."""
     warp = (rows_t // 16) % NUM_WARPS
     rep = rows_t // (16 * NUM_WARPS)
-    return warp * 64 + rep * 16 + (rows_t % 16)
+    return warp * SPAN + rep * 16 + (rows_t % 16)

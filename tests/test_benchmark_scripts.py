@@ -55,7 +55,8 @@ def test_kernel_report_quick_run_counts_the_shipped_kernels(tmp_path):
     out = subprocess.run([sys.executable, "-m", "benchmarks.kernel_report", "--quick"], capture_output=True, text=True,
                          env=env, cwd=Path(__file__).resolve().parent.parent)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "seeded_decode (Gluon, shipped)" in out.stdout and "backbone_gen v2" in out.stdout
+    assert "seeded_decode fwd (Gluon, shipped)" in out.stdout and "seeded_decode dx (Gluon, shipped)" in out.stdout
+    assert "backbone_gen v2" in out.stdout
 
 
 def test_stream_science_quick_run(tmp_path):

@@ -63,9 +63,33 @@ def test_decode_kernel_generates_the_reference_signs(dtype, fast, m):
                                                          DTYPE=seeded_decode._TL_DTYPES[dtype], num_warps=4)
         else:
             seeded_decode._seeded_decode_fwd_twin_kernel[grid](*args, NUM_WARPS=4, M_PAD=16,
-                                                              DOT_DTYPE=seeded_decode._TL_DTYPES[dtype], num_warps=4)
+                                                              DOT_DTYPE=seeded_decode._TL_DTYPES[dtype],
+                                                              INPUT_PRECISION="ieee", num_warps=4)
         got[:, k0:k1] = partial.sum(0).T.cpu()
     assert torch.equal(got, want), f"{(got != want).sum().item()} weights differ"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("m", [1, 9, 16])
+def test_decode_dx_kernel_generates_the_reference_signs(dtype, fast, m):
+    """The input-gradient twin of the test above: with dy = rows of the identity and beta = 1,
+    dx's row j is W's row j times std, one product per element: exact up to the sign."""
+    K, N = 700, 384
+    s = lottalora.BackboneSpec(2**63 + 1, 5, K, N)
+    want = backbone_signs(s, dtype=torch.float32)
+    std = torch.tensor(spec.backbone_std(K)).to(dtype).float()  # float32 first, as the epilogue rounds
+    got = torch.empty(N, K)
+    for n0 in range(0, N, m):
+        n1 = min(n0 + m, N)
+        dy = torch.zeros(n1 - n0, N, dtype=dtype, device="cuda")
+        dy[torch.arange(n1 - n0), torch.arange(n0, n1)] = 1
+        dx, _ = seeded_decode.seeded_decode_bwd_dx(dy, seed=s.seed, stream=s.stream, in_features=K, dy_b=None,
+                                                   lora_A=None, beta=torch.ones((), device="cuda"), scale=0.0,
+                                                   fast=fast)
+        got[n0:n1] = dx.float().cpu()
+    assert torch.equal(got.abs(), torch.full_like(got, std.item())), "a weight is not exactly +-std"
+    assert torch.equal(torch.sign(got), want), f"{(torch.sign(got) != want).sum().item()} weights differ"
 
 
 def _layer_case(dtype, M, version, K=1000, N=777):
@@ -101,7 +125,7 @@ def test_forward_and_backward_match_float64_in_every_regime(version, dtype, M, m
     assert_close_to_baseline(y, base_y, want_y, dtype, f"y {tag}")
     got_g = [x.grad, layer.lora_A.grad, layer.lora_B.grad, layer.beta.grad, layer.bias.grad]
     for name, g, b, w_ in zip(["x", "A", "B", "beta", "bias"], got_g, base_g, want_g, strict=True):
-        assert_close_to_baseline(g, b, w_, dtype, f"d{name} {tag}")
+        assert_close_to_baseline(g, b, w_, dtype, f"d{name} {tag}", summed_terms=y.numel() if name == "beta" else 1)
 
 
 @pytest.mark.parametrize("M", [1, 16])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lottalora import BackboneSpec, backbone_block
-from lottalora_kernels.seeded_decode import MAX_M, seeded_decode_fwd
+from lottalora_kernels.seeded_decode import MAX_M, seeded_decode_bwd_dx, seeded_decode_fwd
 
 from .helpers import assert_close
 
@@ -91,3 +91,42 @@ def test_a_fast_path_that_does_not_compile_falls_back_to_its_twin_with_a_warning
         assert runtime.run_fast_path("probe", broken, twin) == "twin result"
     assert runtime.run_fast_path("probe", broken, twin) == "twin result"  # no retry, no second warning
     assert calls == ["fast", "twin", "twin"] and runtime.gluon_failed("probe")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M,K,N", [(1, 45, 37), (7, 300, 70), (16, 129, 200)])
+@pytest.mark.parametrize("R", [0, 3])
+def test_decode_input_gradient_and_dbeta_match_float64(dtype, M, K, N, R, device):
+    s = BackboneSpec(2**63 + 7, 11, K, N)
+    dy = torch.randn(M, N, device=device).to(dtype)
+    x = torch.randn(M, K, device=device).to(dtype)
+    A = (torch.randn(R, K, device=device) / K**0.5).to(dtype)
+    B = torch.randn(N, R, device=device).to(dtype)
+    dy_b = dy @ B if R else None
+    beta = torch.tensor(0.8, device=device)
+    dx, dbeta = seeded_decode_bwd_dx(dy, seed=s.seed, stream=s.stream, in_features=K, dy_b=dy_b,
+                                     lora_A=A if R else None, beta=beta, scale=0.5, x_for_dbeta=x, fast=False)
+    w64 = backbone_block(s, device=device).double()
+    want = 0.8 * dy.double() @ w64
+    if R:
+        want += 0.5 * dy_b.double() @ A.double()
+    assert dx.dtype == dtype and dx.shape == (M, K)
+    assert_close(dx, want, dtype, f"decode dx {dtype} {M}x{K}x{N} r={R}")
+    want_dbeta = (x.double() * (dy.double() @ w64)).sum()
+    size = (x.double().abs() * (dy.double().abs() @ w64.abs())).sum()
+    assert abs(dbeta.item() - want_dbeta.item()) <= 1e-5 * size.item() + 1e-6
+
+
+@pytest.mark.parametrize("num_warps,split_k", [(1, 1), (1, 3), (2, 2)])
+def test_decode_input_gradient_does_not_depend_on_the_launch(num_warps, split_k, device):
+    s = BackboneSpec(5, 6, 300, 200)
+    dy, x = torch.randn(4, 200, device=device), torch.randn(4, 300, device=device)
+    beta = torch.tensor(1.5, device=device)
+    dx, dbeta = seeded_decode_bwd_dx(dy, seed=5, stream=6, in_features=300, dy_b=None, lora_A=None, beta=beta,
+                                     scale=1.0, x_for_dbeta=x, fast=False, num_warps=num_warps, split_k=split_k)
+    w64 = backbone_block(s, device=device).double()
+    assert_close(dx, 1.5 * dy.double() @ w64, torch.float32, f"dx nw={num_warps} split={split_k}")
+    assert dbeta.item() == pytest.approx((x.double() * (dy.double() @ w64)).sum().item(), rel=1e-5, abs=1e-5)
+    only_dbeta = seeded_decode_bwd_dx(dy, seed=5, stream=6, in_features=300, dy_b=None, lora_A=None, beta=beta,
+                                      scale=1.0, x_for_dbeta=x, need_dx=False, fast=False)
+    assert only_dbeta[0] is None and only_dbeta[1].item() == pytest.approx(dbeta.item(), rel=1e-6)

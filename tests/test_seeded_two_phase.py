@@ -68,7 +68,8 @@ def test_two_phase_input_gradient_and_dbeta_match_float64(dtype, version, init, 
 def test_regimes_follow_the_documented_thresholds():
     assert dispatch.forward_regime(2, 1) == dispatch.forward_regime(2, dispatch.DECODE_MAX_M) == "decode"
     assert dispatch.forward_regime(2, dispatch.DECODE_MAX_M + 1) == "two_phase"
-    assert dispatch.input_grad_regime(2, 1) == "two_phase"
+    assert dispatch.input_grad_regime(2, 1) == "decode"
+    assert dispatch.input_grad_regime(2, dispatch.DECODE_MAX_M + 1) == "two_phase"
     assert dispatch.forward_regime(1, dispatch.V1_ONE_PASS_MAX_M) == "one_pass"
     assert dispatch.forward_regime(1, dispatch.V1_ONE_PASS_MAX_M + 1) == "two_phase"
     # float32 on a GPU: cuBLAS (TF32 per torch's setting) through the two-phase path, any M
