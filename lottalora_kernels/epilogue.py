@@ -1,10 +1,10 @@
 """The epilogue shared by the decode and two-phase regimes: what follows the backbone product.
 
     out[m, n] = beta * value_scale * sum_s acc[s, m, n] + lora_scale * lo[m, :] . lmat[n, :] + bias[n]
-    dbeta_partial[m, block] = sum_{n in block} acc_sum[m, n] * x[m, n]       (optional)
+    dbeta_partial[tile] = sum_{(m, n) in tile} acc_sum[m, n] * x[m, n]          (optional)
 
-``acc`` is the backbone product without its scale: split-K partial sums in float32 (decode) or
-one cuBLAS product in the input dtype (two-phase). Splits are summed in a fixed order, so the
+``acc`` is the backbone product without its scale, in float32: split-K partial sums (decode) or
+one cuBLAS product (two-phase). Splits are summed in a fixed order, so the
 result does not depend on scheduling. For the input gradient, lo = dy @ B, lmat = A^T and the
 dbeta partials give dbeta = value_scale * <x, dy @ W_signs>.
 """
@@ -26,34 +26,41 @@ def _seeded_epilogue_kernel(
     stride_om, stride_on, stride_xm, stride_xn,
     value_scale, lora_scale,
     HAS_LORA: tl.constexpr, HAS_BIAS: tl.constexpr, WRITE_OUT: tl.constexpr, DBETA: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    m = tl.program_id(0)
+    # 2-D tiles: each LoRA factor row is read once per tile, not once per output row (a row per
+    # program re-read lmat M times and made this kernel 70% of a two-phase step on an H100).
+    pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)  # int64: M * N may pass 2^31
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
+    mask_m = offs_m < M
     mask_n = offs_n < N
-    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    mask = mask_m[:, None] & mask_n[None, :]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for s in range(0, n_splits):
-        acc += tl.load(acc_ptr + s * stride_as + m * stride_am + offs_n * stride_an, mask=mask_n,
-                       other=0.0).to(tl.float32)
+        acc += tl.load(acc_ptr + s * stride_as + offs_m[:, None] * stride_am + offs_n[None, :] * stride_an,
+                       mask=mask, other=0.0).to(tl.float32)
     if DBETA:
-        x = tl.load(x_ptr + m * stride_xm + offs_n * stride_xn, mask=mask_n, other=0.0).to(tl.float32)
-        tl.store(dbeta_ptr + m * tl.num_programs(1) + pid_n, tl.sum(acc * x, axis=0))
+        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_n[None, :] * stride_xn, mask=mask,
+                    other=0.0).to(tl.float32)
+        tl.store(dbeta_ptr + pid_m * tl.num_programs(1) + pid_n, tl.sum(tl.sum(acc * x, axis=1), axis=0))
     if WRITE_OUT:
         out = acc * (tl.load(beta_ptr).to(tl.float32) * value_scale)
         if HAS_LORA:
-            lora = tl.zeros((BLOCK_N,), dtype=tl.float32)
-            for r_start in range(0, R, BLOCK_R):
-                offs_r = r_start + tl.arange(0, BLOCK_R)
-                mask_r = offs_r < R
-                lo = tl.load(lo_ptr + m * stride_lom + offs_r * stride_lor, mask=mask_r, other=0.0).to(tl.float32)
-                lmat = tl.load(lmat_ptr + offs_n[:, None] * stride_lmn + offs_r[None, :] * stride_lmr,
-                               mask=mask_n[:, None] & mask_r[None, :], other=0.0).to(tl.float32)
-                lora += tl.sum(lmat * lo[None, :], axis=1)
+            # Outer products in float32, one rank at a time: exact products of the input-dtype
+            # factors, and no bf16 tl.dot (wrong under the interpreter) for ranks that are small.
+            lora = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for r in range(0, R):
+                lo = tl.load(lo_ptr + offs_m * stride_lom + r * stride_lor, mask=mask_m, other=0.0).to(tl.float32)
+                lmat = tl.load(lmat_ptr + offs_n * stride_lmn + r * stride_lmr, mask=mask_n,
+                               other=0.0).to(tl.float32)
+                lora += lo[:, None] * lmat[None, :]
             out = out + lora * lora_scale
         if HAS_BIAS:
-            out = out + tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-        tl.store(out_ptr + m * stride_om + offs_n * stride_on, round_to(out, out_ptr.dtype.element_ty), mask=mask_n)
+            out = out + tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :] * stride_on,
+                 round_to(out, out_ptr.dtype.element_ty), mask=mask)
 
 
 def seeded_epilogue(
@@ -61,7 +68,8 @@ def seeded_epilogue(
     lo: torch.Tensor | None = None, lmat: torch.Tensor | None = None, lora_scale: float = 0.0,
     bias: torch.Tensor | None = None, x_for_dbeta: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
-    """Apply the epilogue; returns the dbeta partial sums (M, blocks) float32, or None.
+    """Apply the epilogue; returns the dbeta partial sums (row blocks, column blocks) float32, or
+    None (their sum is <x, acc>).
 
     acc: (splits, M, N) or (M, N), any strides; out: (M, N) or None (dbeta only); lo: (M, R)
     and lmat: (N, R), or None; bias: (N,) or None; x_for_dbeta: (M, N) or None.
@@ -71,22 +79,23 @@ def seeded_epilogue(
     n_splits, M, N = acc.shape
     has_lora = lo is not None and lo.shape[1] > 0
     R = lo.shape[1] if has_lora else 0
-    block_n = 256 if acc.is_cuda else 32
-    n_blocks = triton.cdiv(N, block_n)
-    dbeta = new_output((M, n_blocks), torch.float32, acc.device) if x_for_dbeta is not None else None
+    block_m = min(32 if acc.is_cuda else 8, triton.next_power_of_2(max(M, 1)))
+    block_n = 128 if acc.is_cuda else 32
+    m_blocks, n_blocks = triton.cdiv(M, block_m), triton.cdiv(N, block_n)
+    dbeta = new_output((m_blocks, n_blocks), torch.float32, acc.device) if x_for_dbeta is not None else None
     if M == 0 or N == 0:
         return dbeta.zero_() if dbeta is not None else None
     dummy = acc
 
     def strides(t, n):
         return tuple(t.stride()) if t is not None else (0,) * n
-    _seeded_epilogue_kernel[(M, n_blocks)](
+    _seeded_epilogue_kernel[(m_blocks, n_blocks)](
         acc, lo if has_lora else dummy, lmat if has_lora else dummy, bias if bias is not None else dummy, beta,
         out if out is not None else dummy, x_for_dbeta if x_for_dbeta is not None else dummy,
         dbeta if dbeta is not None else dummy, M, N, R, n_splits, *acc.stride(),
         *strides(lo if has_lora else None, 2), *strides(lmat if has_lora else None, 2),
         *strides(out, 2), *strides(x_for_dbeta, 2), value_scale, lora_scale,
         HAS_LORA=has_lora, HAS_BIAS=bias is not None, WRITE_OUT=out is not None, DBETA=dbeta is not None,
-        BLOCK_N=block_n, BLOCK_R=max(16, min(64, triton.next_power_of_2(max(R, 1)))),
+        BLOCK_M=block_m, BLOCK_N=block_n,
     )
     return dbeta
