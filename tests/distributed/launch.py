@@ -90,6 +90,9 @@ def _main(target: str, rank: str, world_size: str, port: str, args_json: str) ->
         traceback.print_exc()
         sys.stdout.flush()
         return 1
+    # Rank 0 hosts the TCP store: were it to exit while another rank still tears down its gloo
+    # threads, that rank dies in std::terminate (seen once under a loaded full suite).
+    dist.barrier()
     dist.destroy_process_group()
     return 0
 
