@@ -4,6 +4,7 @@
 #   bash benchmarks/gpu_session.sh tests   # GPU tests: Gluon and compiled paths bit-exact, every regime vs float64
 #   bash benchmarks/gpu_session.sh bench   # benchmarks.speed (regimes vs cuBLAS + LoRA, graphs, generation rates)
 #   bash benchmarks/gpu_session.sh memory  # benchmarks.memory on the GPU
+#   bash benchmarks/gpu_session.sh profile # benchmarks.profile: kernel and host time, decode and M = 8192
 #   bash benchmarks/gpu_session.sh suite   # the whole test suite on the GPU (slow: compiles every kernel)
 # Results and logs go to $OUT when set (the device tool's output folder), else benchmarks/results.
 set -uo pipefail
@@ -21,8 +22,11 @@ case "${1:-}" in
     python3 -m benchmarks.speed --out "$out" 2>&1 | tee "$out/speed.log" ;;
   memory)
     python3 -m benchmarks.memory --device cuda --out "$out" 2>&1 | tee "$out/memory.log" ;;
+  profile)
+    python3 -m benchmarks.profile --m 8192 --nk 4096 > "$out/profile_m8192.txt" 2>&1
+    python3 -m benchmarks.profile --m 1 --nk 4096 --no-backward > "$out/profile_m1_decode.txt" 2>&1 ;;
   suite)
     python3 -m pytest -q -rs tests/ 2>&1 | tee "$out/pytest_suite_gpu.log" ;;
   *)
-    echo "usage: bash benchmarks/gpu_session.sh tests|bench|memory|suite" >&2; exit 2 ;;
+    echo "usage: bash benchmarks/gpu_session.sh tests|bench|memory|profile|suite" >&2; exit 2 ;;
 esac

@@ -92,3 +92,16 @@ def test_tp_memory_quick_run_writes_results(tmp_path):
     params = {r["variant"]: r["param_bytes_per_rank"] for r in rows}
     assert params["lottalora"] < params["stored"] == 3 * 64 * 160 * 2 * 4 // 2  # fp32 shards: half each
     assert all(len(r["per_rank"]) == 2 for r in rows)
+
+
+def test_profile_script_refuses_without_a_gpu(capsys):
+    import pytest
+    import torch
+
+    from benchmarks import profile
+
+    if torch.cuda.is_available():
+        pytest.skip("has a GPU: the script would profile")
+    with pytest.raises(SystemExit):
+        profile.main(["--m", "1", "--nk", "64"])
+    assert "needs a CUDA GPU" in capsys.readouterr().err
