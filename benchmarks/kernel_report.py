@@ -29,6 +29,7 @@ from triton.compiler import ASTSource
 
 from lottalora_kernels import stream_spec as spec
 from lottalora_kernels.backbone_gen import _backbone_gen_kernel, _backbone_gen_v2_kernel
+from lottalora_kernels.seeded_decode import MAX_M as DECODE_MAX_M
 from lottalora_kernels.seeded_decode import _seeded_decode_dx_kernel, _seeded_decode_fwd_kernel
 from lottalora_kernels.seeded_matmul import AUTOTUNE_CONFIGS, _seeded_matmul_kernel
 
@@ -221,16 +222,16 @@ def decode_rows(arch: int, quick: bool = False) -> list[dict]:
     rows, nk = [], PREDICT_NK
     variants = [(direction, "bf16", 8, spec.PHILOX_ROUNDS) for direction in ("fwd", "dx")] if quick else \
         [(direction, d, m, spec.PHILOX_ROUNDS) for direction in ("fwd", "dx") for d in ("bf16", "fp16")
-         for m in (8, 16)] + [("fwd", "bf16", 8, 7)]
+         for m in (8, 16, 32)] + [("fwd", "bf16", 8, 7)]
     for direction, dtype, m_pad, rounds in variants:
         info = inspect(compile_decode_v2(dtype, 4, m_pad, rounds, arch, direction))
         values = spec.V2_ROW_SPAN * spec.V2_COL_SPAN / 32  # a warp's span over its 32 threads
 
         def predict(m, per_value, m_pad=m_pad):
-            # Kernel 1 generates W once per call of <= 16 rows; split-K partials (4 splits per
+            # Kernel 1 generates W once per call of <= MAX_M rows; split-K partials (4 splits per
             # 256-row block, fp32) and the epilogue's bytes go through HBM.
-            calls = math.ceil(m / 16)
-            partial_bytes = calls * 32 * min(m, 16) * nk * 4 * 2
+            calls = math.ceil(m / DECODE_MAX_M)
+            partial_bytes = calls * 32 * min(m, DECODE_MAX_M) * nk * 4 * 2
             return calls * _generation_s(nk * nk, per_value) + (partial_bytes + 4 * m * nk) / HBM_BYTES_PER_S
         label = f"seeded_decode {direction} (Gluon, shipped)" if rounds == spec.PHILOX_ROUNDS else \
             f"seeded_decode {direction} (Gluon) probe with Philox-7, not shipped"
@@ -306,7 +307,9 @@ def main(argv=None) -> int:
         notes = (f"Predictions: N = K = {PREDICT_NK}, bf16; issue rate {ISSUE_RATE / 1e12:.1f} T thread-instructions/s, "
                  f"HBM {HBM_BYTES_PER_S / 1e12:.2f} TB/s, tensor cores {TC_FLOPS / 1e12:.0f} TFLOP/s (H100 SXM, "
                  "published); ratios against the stored-weight floor (tensor-core time or bytes). "
-                 "For kernels without a loop, SASS/value is the whole kernel per value.")
+                 "For kernels without a loop, SASS/value is the whole kernel per value. Calibration: on an "
+                 "H100 (2026-11-24, benchmarks/NOTES.md) the forward decode kernel at M = 1 took 3.6 us, "
+                 "2.8x its prediction here.")
         write_results(f"kernel_report_sm{args.arch}", rows, text, notes=notes,
                       device=f"none (compiled for sm_{args.arch} with Triton's bundled ptxas)")
     return 0
@@ -318,7 +321,7 @@ def compile_checks() -> list[dict]:
     for sm_90 and inspected. Must run in a process without TRITON_INTERPRET."""
     results = [dict(kernel="decode", direction=direction, dtype=d, m_pad=m,
                     **inspect(compile_decode_v2(d, 4, m, direction=direction)))
-               for direction in ("fwd", "dx") for d in ("bf16", "fp16") for m in (8, 16)]
+               for direction in ("fwd", "dx") for d in ("bf16", "fp16") for m in (8, 16, 32)]
     results += [dict(kernel="gen_v2", dtype=d, **inspect(compile_generator_v2(d))) for d in ("bf16", "fp16", "fp32")]
     results += [dict(kernel="gen", init=init, **inspect(compile_generator_v1(init))) for init in spec.VERSION_INITS[1]]
     for cfg in AUTOTUNE_CONFIGS:

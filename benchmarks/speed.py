@@ -33,7 +33,7 @@ from lottalora_kernels import dispatch
 
 from .results import RESULTS_DIR, write_results
 
-GPU_M = [1, 16, 128, 2048, 8192]
+GPU_M = [1, 16, 32, 128, 2048, 8192]
 GPU_NK = [4096, 8192]
 RANK = 8
 # Dense bf16 tensor-core peaks (vendor figures, SXM parts); the floor uses them, not a measurement.

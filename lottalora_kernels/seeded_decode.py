@@ -6,7 +6,7 @@
                     dx[m, i] = beta * std * sum_s partial[s, m, i] + scale * (dy_b @ A)[m, i]
                     dbeta = std * <x, sum_s partial>                                    (kernel 2)
 
-At M <= 16 the layer is a matrix-vector product: the tensor cores idle and the cost is making
+At M <= 32 the layer is a matrix-vector product: the tensor cores idle and the cost is making
 W. Generating W on the left of the product (out^T = W @ x^T) makes each thread's tile of W an
 mma.sync A-operand fragment, which lives in registers: with stream v2's layout each thread
 computes exactly the two Philox calls whose 256 bits it consumes per 128-column span, and turns
@@ -24,16 +24,19 @@ over o in spans of 64, and each thread again computes exactly the two calls it c
 Two implementations of kernel 1, one contract:
 - ``_seeded_decode_fwd_kernel`` (Gluon, GPU with sm_80+): explicit mma layouts and inline PTX;
   built to reach about 2 SASS instructions per weight in its main loop (1.84 counted for sm_90
-  at M <= 8, 2.12 at M = 16, by ``python -m benchmarks.kernel_report``; the CI gate is 4).
+  at M <= 8, 2.12 at M <= 16, 2.64 at M <= 32, by ``python -m benchmarks.kernel_report``; the CI
+  gate is 4).
 - ``_seeded_decode_fwd_twin_kernel`` (plain Triton): the same grid, row mapping, spans and
   partials with one weight per element (``v2_signs``); it runs under the interpreter, where CI
   holds it to the float64 reference. On a GPU, tests/test_gpu.py reads the Gluon kernel's own
   weights back bit for bit (one-hot inputs make every partial sum one weight) and holds its
   outputs to the twin's.
-The input gradient has the same pair: ``_seeded_decode_dx_kernel`` (Gluon, 1.69 / 1.92 SASS
-per weight) and its twin, read back the same way with one-hot dy. Measured on an H100
+The input gradient has the same pair: ``_seeded_decode_dx_kernel`` (Gluon, 1.69 / 1.92 / 2.38
+SASS per weight) and its twin, read back the same way with one-hot dy. Measured on an H100
 (benchmarks/NOTES.md): the forward kernel makes 16.8 M weights in 3.6 us, 2.8x its count.
-Not done here: M > 16 (the two-phase regime serves it), stream v1 (the one-pass kernel).
+Not done here: M > 32 (the two-phase regime serves it; a 64-wide accumulator spills, 7 registers
+forward and 1,746 input gradient even when a span is multiplied in parts), stream v1 (the
+one-pass kernel).
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ ROWS_PER_WARP = spec.V2_ROW_SPAN  # weight rows per warp: one call span
 SPAN_COLS = tl.constexpr(spec.V2_COL_SPAN)  # columns of W per main-loop step: one call span
 ROW_SPAN = tl.constexpr(spec.V2_ROW_SPAN)  # rows of W (o) per input-gradient main-loop step
 ROW_SPAN_C = ROW_SPAN
-MAX_M = 16
+MAX_M = 32
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "stream_lo", "stream_hi"])
@@ -200,6 +203,13 @@ def _seeded_decode_dx_kernel(
 _TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
 
+def _m_pad(m: int) -> int:
+    """The accumulator's width (the mma's N): 8, 16 or 32 rows. Wider costs more MMAs and
+    registers per weight (1.84 / 2.12 / 2.64 SASS per weight forward, counted for sm_90); 64
+    spills."""
+    return 8 if m <= 8 else 16 if m <= 16 else 32
+
+
 def use_fast_path(x: torch.Tensor) -> bool:
     """The Gluon kernel needs a CUDA GPU with mma.sync (sm_80+), 16-bit inputs and Gluon."""
     return (x.is_cuda and not is_interpreting() and x.dtype in (torch.float16, torch.bfloat16)
@@ -218,7 +228,7 @@ def seeded_decode_fwd(
     lora_B: torch.Tensor | None, beta: torch.Tensor, bias: torch.Tensor | None, scale: float,
     fast: bool | None = None, num_warps: int | None = None, split_k: int | None = None,
 ) -> torch.Tensor:
-    """y = beta * std * x @ W_signs^T + scale * xa @ lora_B^T + bias for stream v2 and M <= 16.
+    """y = beta * std * x @ W_signs^T + scale * xa @ lora_B^T + bias for stream v2 and M <= 32.
 
     x: (M, K); xa: (M, rank) or None; lora_B: (out_features, rank) or None; beta: one element;
     bias: (out_features,) or None. Returns (M, out_features) in x.dtype. ``fast`` picks the
@@ -246,13 +256,13 @@ def seeded_decode_fwd(
     grid = (n_row_blocks, split_k)
     def launch_fast():
         _seeded_decode_fwd_kernel[grid](x, partial, M, N, K, x.stride(0), x.stride(1), *scalars, spans_per_split,
-                                        NUM_WARPS=num_warps, M_PAD=8 if M <= 8 else 16,
+                                        NUM_WARPS=num_warps, M_PAD=_m_pad(M),
                                         DTYPE=_TL_DTYPES[x.dtype], num_warps=num_warps)
 
     def launch_twin():
         dot_dtype = tl.float32 if (x.dtype == torch.bfloat16 and is_interpreting()) else _TL_DTYPES[x.dtype]
         _seeded_decode_fwd_twin_kernel[grid](x, partial, M, N, K, x.stride(0), x.stride(1), *scalars,
-                                             spans_per_split, NUM_WARPS=num_warps, M_PAD=16,
+                                             spans_per_split, NUM_WARPS=num_warps, M_PAD=max(16, _m_pad(M)),
                                              DOT_DTYPE=dot_dtype, INPUT_PRECISION=fp32_input_precision(),
                                             num_warps=num_warps)
     if fast:
@@ -270,7 +280,7 @@ def seeded_decode_bwd_dx(
     need_dx: bool = True, fast: bool | None = None, num_warps: int | None = None, split_k: int | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """dx = beta * std * dy @ W_signs + scale * dy_b @ lora_A and dbeta = std * <x, dy @ W_signs>
-    for stream v2 and M <= 16.
+    for stream v2 and M <= 32.
 
     dy: (M, N); dy_b: (M, rank) or None; lora_A: (rank, in_features) or None; x_for_dbeta: the
     forward's input (M, in_features) or None. Returns (dx (M, in_features) in dy.dtype or None
@@ -299,13 +309,13 @@ def seeded_decode_bwd_dx(
 
     def launch_fast():
         _seeded_decode_dx_kernel[grid](dy, partial, M, N, K, dy.stride(0), dy.stride(1), *scalars, spans_per_split,
-                                       NUM_WARPS=num_warps, M_PAD=8 if M <= 8 else 16,
+                                       NUM_WARPS=num_warps, M_PAD=_m_pad(M),
                                        DTYPE=_TL_DTYPES[dy.dtype], num_warps=num_warps)
 
     def launch_twin():
         dot_dtype = tl.float32 if (dy.dtype == torch.bfloat16 and is_interpreting()) else _TL_DTYPES[dy.dtype]
         _seeded_decode_dx_twin_kernel[grid](dy, partial, M, N, K, dy.stride(0), dy.stride(1), *scalars,
-                                            spans_per_split, NUM_WARPS=num_warps, M_PAD=16,
+                                            spans_per_split, NUM_WARPS=num_warps, M_PAD=max(16, _m_pad(M)),
                                             DOT_DTYPE=dot_dtype, INPUT_PRECISION=fp32_input_precision(),
                                             num_warps=num_warps)
     if fast:

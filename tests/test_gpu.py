@@ -41,7 +41,7 @@ def test_v2_generators_give_the_reference_signs(dtype, fast, rows, cols):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("fast", [True, False])
-@pytest.mark.parametrize("m", [1, 9, 16])
+@pytest.mark.parametrize("m", [1, 9, 16, 27])
 def test_decode_kernel_generates_the_reference_signs(dtype, fast, m):
     """With x = rows of the identity, every partial sum is one weight times 1.0: exact. So the
     kernel's own W (Gluon fast path: mma fragments and inline PTX) is read back bit for bit."""
@@ -59,10 +59,11 @@ def test_decode_kernel_generates_the_reference_signs(dtype, fast, m):
         grid = (-(-N // block_n), n_spans)
         args = (x, partial, k1 - k0, N, K, x.stride(0), x.stride(1), *backbone_scalars(s.seed, s.stream), 1)
         if fast:
-            seeded_decode._seeded_decode_fwd_kernel[grid](*args, NUM_WARPS=4, M_PAD=8 if k1 - k0 <= 8 else 16,
+            seeded_decode._seeded_decode_fwd_kernel[grid](*args, NUM_WARPS=4, M_PAD=seeded_decode._m_pad(k1 - k0),
                                                          DTYPE=seeded_decode._TL_DTYPES[dtype], num_warps=4)
         else:
-            seeded_decode._seeded_decode_fwd_twin_kernel[grid](*args, NUM_WARPS=4, M_PAD=16,
+            twin_pad = max(16, seeded_decode._m_pad(k1 - k0))
+            seeded_decode._seeded_decode_fwd_twin_kernel[grid](*args, NUM_WARPS=4, M_PAD=twin_pad,
                                                               DOT_DTYPE=seeded_decode._TL_DTYPES[dtype],
                                                               INPUT_PRECISION="ieee", num_warps=4)
         got[:, k0:k1] = partial.sum(0).T.cpu()
@@ -71,7 +72,7 @@ def test_decode_kernel_generates_the_reference_signs(dtype, fast, m):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("fast", [True, False])
-@pytest.mark.parametrize("m", [1, 9, 16])
+@pytest.mark.parametrize("m", [1, 9, 16, 27])
 def test_decode_dx_kernel_generates_the_reference_signs(dtype, fast, m):
     """The input-gradient twin of the test above: with dy = rows of the identity and beta = 1,
     dx's row j is W's row j times std, one product per element: exact up to the sign."""
@@ -103,7 +104,7 @@ def _layer_case(dtype, M, version, K=1000, N=777):
 
 @pytest.mark.parametrize("version", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("M", [1, 16, 17, 300, 2049])
+@pytest.mark.parametrize("M", [1, 16, 17, 32, 33, 300, 2049])
 def test_forward_and_backward_match_float64_in_every_regime(version, dtype, M, monkeypatch):
     monkeypatch.setenv("LOTTALORA_BACKEND", "triton")
     layer, x = _layer_case(dtype, M, version)

@@ -30,7 +30,7 @@ def _case(M, K, N, R, dtype, device, bias=True):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("M,K,N", [(1, 45, 37), (7, 300, 70), (16, 129, 200)])
+@pytest.mark.parametrize("M,K,N", [(1, 45, 37), (7, 300, 70), (16, 129, 200), (29, 131, 70)])
 @pytest.mark.parametrize("R", [0, 3])
 def test_decode_forward_matches_float64(dtype, M, K, N, R, device):
     s, x, xa, B, b, beta, want = _case(M, K, N, R, dtype, device)
@@ -94,7 +94,7 @@ def test_a_fast_path_that_does_not_compile_falls_back_to_its_twin_with_a_warning
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("M,K,N", [(1, 45, 37), (7, 300, 70), (16, 129, 200)])
+@pytest.mark.parametrize("M,K,N", [(1, 45, 37), (7, 300, 70), (16, 129, 200), (29, 131, 70)])
 @pytest.mark.parametrize("R", [0, 3])
 def test_decode_input_gradient_and_dbeta_match_float64(dtype, M, K, N, R, device):
     s = BackboneSpec(2**63 + 7, 11, K, N)

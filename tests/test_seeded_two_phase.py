@@ -85,3 +85,13 @@ def test_dispatch_runs_each_v2_regime_to_the_same_result(regime, device):
                                    xa=x @ A.T, lora_B=B, beta=beta, bias=bias, scale=0.5, regime=regime)
     want = 1.25 * x.double() @ w64.T + 0.5 * (x @ A.T).double() @ B.double().T + bias.double()
     assert_close(y, want, torch.float32, f"regime {regime}")
+
+
+def test_epilogue_tiles_fill_the_gpu_at_decode_sizes_and_stay_wide_at_large_m():
+    from lottalora_kernels.epilogue import tile_shape
+
+    assert tile_shape(8192, 4096, 132) == (32, 128)
+    bm, bn = tile_shape(16, 4096, 132)
+    assert -(-16 // bm) * -(-4096 // bn) >= 264 and bn >= 32
+    assert tile_shape(1, 37, 132) == (1, 32)  # cannot fill: the smallest tile, still valid
+    assert tile_shape(7, 300, None) == (8, 32)
