@@ -43,26 +43,45 @@ def resolve_backend(device: torch.device) -> str:
     return choice
 
 
+_PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
+
+
+def direct_call_ok(*tensors: torch.Tensor | None) -> bool:
+    """Whether the ops' Python implementations may run without the registered op: eager mode,
+    no dispatch mode (fake tensors, functionalization), and plain tensors (not DTensor nor a
+    functorch wrapper). Anything else goes through the op, which is what those systems see."""
+    if torch.compiler.is_compiling():
+        return False
+    stack_depth = getattr(torch._C, "_len_torch_dispatch_stack", None)
+    is_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    if stack_depth is None or is_wrapped is None or stack_depth() > 0:
+        return False
+    return all(t is None or (type(t) in _PLAIN_TENSOR_TYPES and not is_wrapped(t)) for t in tensors)
+
+
 def forward_op(backend: str):
     """(x2d, spec, xa, lora_B, beta, bias, scale, keep_signs) -> (y2d, packed signs or None)
-    through the registered op for ``backend``."""
-    from .ops import seeded_linear_fwd_op, spec_words
+    through the registered op for ``backend`` (its implementation directly when
+    ``direct_call_ok``: same code, less dispatch)."""
+    from .ops import seeded_linear_fwd_impl, seeded_linear_fwd_op, spec_words
 
     def run(x, spec, xa, lora_B, beta, bias, scale, keep_signs=False):
-        y, packed = seeded_linear_fwd_op(x, xa, lora_B, beta, bias, spec_words(spec), spec.out_features, spec.init,
-                                         spec.version, scale, backend, keep_signs)
+        op = seeded_linear_fwd_impl if direct_call_ok(x, xa, lora_B, beta, bias) else seeded_linear_fwd_op
+        y, packed = op(x, xa, lora_B, beta, bias, spec_words(spec), spec.out_features, spec.init, spec.version,
+                       scale, backend, keep_signs)
         return y, (packed if packed.numel() else None)
     return run
 
 
 def backward_dx_op(backend: str):
     """(dy2d, spec, dy_b, lora_A, beta, scale, x_for_dbeta, need_dx, packed) -> (dx, dbeta)."""
-    from .ops import seeded_linear_bwd_dx_op, spec_words
+    from .ops import seeded_linear_bwd_dx_impl, seeded_linear_bwd_dx_op, spec_words
 
     def run(dy, spec, dy_b, lora_A, beta, scale, x_for_dbeta, need_dx, packed=None):
-        dx, dbeta = seeded_linear_bwd_dx_op(dy, dy_b, lora_A, beta, x_for_dbeta, spec_words(spec),
-                                            spec.in_features, spec.init, spec.version, scale, need_dx, backend,
-                                            packed)
+        direct = direct_call_ok(dy, dy_b, lora_A, beta, x_for_dbeta, packed)
+        op = seeded_linear_bwd_dx_impl if direct else seeded_linear_bwd_dx_op
+        dx, dbeta = op(dy, dy_b, lora_A, beta, x_for_dbeta, spec_words(spec), spec.in_features, spec.init,
+                       spec.version, scale, need_dx, backend, packed)
         return (dx if need_dx else None), (dbeta if x_for_dbeta is not None else None)
     return run
 

@@ -70,3 +70,46 @@ def test_torch_backend_forward_hands_its_packed_signs_to_the_backward():
     fresh = seeded_linear_bwd_dx_op(*args)
     assert torch.equal(reused[0], fresh[0]) and torch.equal(reused[1], fresh[1])
     torch.library.opcheck(seeded_linear_bwd_dx_op, (*args, packed), test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_eager_direct_call_equals_the_registered_op_bit_for_bit(backend, monkeypatch):
+    """Eager layers call the ops' implementations directly (less dispatch); the registered op
+    must give the same bits, forward and every gradient."""
+    import lottalora
+    from lottalora import backend as backend_module
+
+    monkeypatch.setenv("LOTTALORA_BACKEND", backend)
+    torch.manual_seed(0)
+    layer = lottalora.Linear(37, 21, rank=3)
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    x = torch.randn(5, 37)
+
+    def run():
+        xx = x.clone().requires_grad_()
+        y = layer(xx)
+        y.backward(torch.ones_like(y))
+        grads = [xx.grad] + [p.grad.clone() for p in layer.parameters()]
+        layer.zero_grad(set_to_none=True)
+        return y.detach(), grads
+
+    assert backend_module.direct_call_ok(x, layer.lora_A, layer.beta)
+    direct_y, direct_g = run()
+    monkeypatch.setattr(backend_module, "direct_call_ok", lambda *tensors: False)
+    op_y, op_g = run()
+    assert torch.equal(direct_y, op_y)
+    for a, b in zip(direct_g, op_g, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_direct_calls_are_refused_under_fake_tensors_and_compilation():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from lottalora.backend import direct_call_ok
+
+    x = torch.randn(2, 3)
+    assert direct_call_ok(x, None)
+    with FakeTensorMode():
+        assert not direct_call_ok(torch.empty(2, 3))
+    assert not torch.compile(lambda t: t + direct_call_ok(t), backend="eager", fullgraph=True)(x).eq(x + 1).any()
