@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from . import stream_spec as spec
-from .runtime import (backbone_scalars, gl, gluon_available, gluon_jit, is_interpreting, new_output, round_to,
+from .runtime import (backbone_scalars, cdiv, gl, gluon_available, gluon_jit, is_interpreting, new_output, round_to,
                       run_fast_path)
 from .stream_v1 import backbone_tile
 from .stream_v2 import v2_sign_pairs, v2_signs, v2_words_at, warp_span_rows
@@ -146,7 +146,7 @@ def generate_backbone(
     if version == 1:
         block_rows, block_cols = 32, 64
         aligned_col0 = (col0 // 4) * 4
-        grid = (triton.cdiv(row1 - row0, block_rows), triton.cdiv(col1 - aligned_col0, block_cols))
+        grid = (cdiv(row1 - row0, block_rows), cdiv(col1 - aligned_col0, block_cols))
         _backbone_gen_kernel[grid](
             out, row1 - row0, col1 - col0, row0, col0, out.stride(0), out.stride(1), *scalars,
             spec.value_scale(in_features, init, 1), INIT=spec.INIT_CODES[init],
@@ -167,7 +167,7 @@ def generate_backbone(
                           out.dtype, signs, staging, fast)
         out.copy_(staging[lead_r:, lead_c:])
         return out
-    grid = (triton.cdiv(row1 - row0, _ROW_SPAN * num_warps), triton.cdiv(col1 - col0, _COL_SPAN))
+    grid = (cdiv(row1 - row0, _ROW_SPAN * num_warps), cdiv(col1 - col0, _COL_SPAN))
     args = (out, row1 - row0, col1 - col0, row0, col0, out.stride(0), out.stride(1), *scalars, scale)
     def launch_fast():
         pair_dtype = gl.float16 if out.dtype == torch.float16 else gl.bfloat16  # +-1 exact in both

@@ -12,11 +12,12 @@ accumulator spills, so past M = 32 the two-phase path (one generation, then a GE
 tensor-core speed) takes over. Measured on an H100 (CUDA graphs, bf16): at M = 1 and 16 the
 decode regime takes 12-26 us where the two-phase one takes 37-141 us; M = 17-32 moved to decode
 on the count (2.64 against 2.12 SASS per weight at M = 16), not yet timed. At M = 128 the
-two-phase path is 1.3-2.3x cuBLAS + LoRA, the case a wgmma kernel should take next. Stream v1 generates a weight in 24-65 SASS, so its
-one-pass kernel is worth it only while W is regenerated few times (M up to a couple of row
-blocks). Float32 layers on a GPU take the two-phase path at every M: an IEEE
-float32 tl.dot has no tensor-core path (and spilled in the one-pass kernel), while cuBLAS follows
-torch's TF32 setting. ``benchmarks.speed`` measures every regime on a GPU to set these.
+two-phase path is 1.3-2.3x cuBLAS + LoRA, the case a wgmma kernel should take next. Stream v1
+generates a weight in 24-65 SASS, so its one-pass kernel is worth it only while W is
+regenerated few times (M up to a couple of row blocks). Float32 layers on a GPU take the
+two-phase path at every M: an IEEE float32 tl.dot has no tensor-core path (and spilled in the
+one-pass kernel), while cuBLAS follows torch's TF32 setting. ``benchmarks.speed`` measures
+every regime on a GPU to set these.
 """
 
 from __future__ import annotations

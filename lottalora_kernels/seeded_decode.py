@@ -48,7 +48,7 @@ import triton.language as tl
 from . import stream_spec as spec
 from .epilogue import seeded_epilogue
 from .philox import PHILOX_ROUNDS
-from .runtime import (backbone_scalars, fp32_input_precision, gl, gluon_available, gluon_jit, is_interpreting,
+from .runtime import (backbone_scalars, cdiv, fp32_input_precision, gl, gluon_available, gluon_jit, is_interpreting,
                       new_output, run_fast_path, sm_count)
 from .stream_v2 import v2_sign_pairs, v2_signs, v2_words_at, warp_span_rows
 
@@ -220,7 +220,7 @@ def split_k_for(n_row_blocks: int, n_spans: int, device: torch.device) -> int:
     """Programs along K: enough for about four programs per SM, at least one span each."""
     if device.type != "cuda":
         return min(n_spans, 2)  # the interpreter: exercise the split without slowing tests
-    return max(1, min(n_spans, triton.cdiv(4 * sm_count(device), n_row_blocks)))
+    return max(1, min(n_spans, cdiv(4 * sm_count(device), n_row_blocks)))
 
 
 def seeded_decode_fwd(
@@ -246,11 +246,11 @@ def seeded_decode_fwd(
     if num_warps is None:
         num_warps = 4 if x.is_cuda else 1
     block_n = ROWS_PER_WARP * num_warps
-    n_row_blocks = triton.cdiv(N, block_n)
-    n_spans = triton.cdiv(K, spec.V2_COL_SPAN)
+    n_row_blocks = cdiv(N, block_n)
+    n_spans = cdiv(K, spec.V2_COL_SPAN)
     split_k = split_k or split_k_for(n_row_blocks, n_spans, x.device)
-    spans_per_split = triton.cdiv(n_spans, split_k)
-    split_k = triton.cdiv(n_spans, spans_per_split)  # no empty splits
+    spans_per_split = cdiv(n_spans, split_k)
+    split_k = cdiv(n_spans, spans_per_split)  # no empty splits
     partial = new_output((split_k, M, N), torch.float32, x.device)
     scalars = backbone_scalars(seed, stream)
     grid = (n_row_blocks, split_k)
@@ -298,11 +298,11 @@ def seeded_decode_bwd_dx(
     if num_warps is None:
         num_warps = 4 if dy.is_cuda else 1
     block_i = spec.V2_COL_SPAN * num_warps
-    n_row_blocks = triton.cdiv(K, block_i)
-    n_spans = triton.cdiv(N, spec.V2_ROW_SPAN)
+    n_row_blocks = cdiv(K, block_i)
+    n_spans = cdiv(N, spec.V2_ROW_SPAN)
     split_k = split_k or split_k_for(n_row_blocks, n_spans, dy.device)
-    spans_per_split = triton.cdiv(n_spans, split_k)
-    split_k = triton.cdiv(n_spans, spans_per_split)
+    spans_per_split = cdiv(n_spans, split_k)
+    split_k = cdiv(n_spans, spans_per_split)
     partial = new_output((split_k, M, K), torch.float32, dy.device)
     scalars = backbone_scalars(seed, stream)
     grid = (n_row_blocks, split_k)

@@ -25,7 +25,8 @@ import triton.language as tl
 
 from . import stream_spec as spec
 from .stream_v1 import backbone_tile
-from .runtime import backbone_scalars, dot_dtype, fp32_input_precision, is_interpreting, new_output, round_to
+from .runtime import (backbone_scalars, cdiv, dot_dtype, fp32_input_precision, is_interpreting, new_output,
+                      next_power_of_2, round_to)
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "stream_lo", "stream_hi"])
@@ -146,7 +147,7 @@ _seeded_matmul_autotuned = triton.autotune(
 
 
 def _m_bucket(m: int) -> int:
-    return min(triton.next_power_of_2(max(m, 1)), 8192)
+    return min(next_power_of_2(max(m, 1)), 8192)
 
 
 def _launch(a, *, seed, stream, init, value_scale, w_transposed, P, lo, lmat_strides, lmat,
@@ -158,7 +159,7 @@ def _launch(a, *, seed, stream, init, value_scale, w_transposed, P, lo, lmat_str
     if config is None and is_interpreting():
         config = INTERPRETER_CONFIG
     if dbeta_x is not None:
-        dbeta_buffer = new_output((triton.cdiv(M, 16), triton.cdiv(P, 16)), torch.float32, a.device)
+        dbeta_buffer = new_output((cdiv(M, 16), cdiv(P, 16)), torch.float32, a.device)
     seed_lo, seed_hi, stream_lo, stream_hi = backbone_scalars(seed, stream)
     dummy = a  # stands in for absent optional pointers; never read
     args = (
@@ -177,17 +178,17 @@ def _launch(a, *, seed, stream, init, value_scale, w_transposed, P, lo, lmat_str
         W_TRANSPOSED=w_transposed, INIT=spec.INIT_CODES[init], HAS_LORA=has_lora,
         HAS_BIAS=bias is not None, WRITE_OUT=out is not None, DBETA=dbeta_x is not None,
         DOT_DTYPE=dot_dtype(a.dtype), INPUT_PRECISION=fp32_input_precision(),
-        BLOCK_R=max(16, min(64, triton.next_power_of_2(max(R, 1)))),
+        BLOCK_R=max(16, min(64, next_power_of_2(max(R, 1)))),
         enable_fp_fusion=False,  # bit-exact backbone: no FMA contraction (backbone_tile.py)
     )
     if config is not None:
-        grid = (triton.cdiv(M, config["BLOCK_M"]) * triton.cdiv(P, config["BLOCK_P"]),)
+        grid = (cdiv(M, config["BLOCK_M"]) * cdiv(P, config["BLOCK_P"]),)
         blocks = {key: config[key] for key in ("BLOCK_M", "BLOCK_P", "BLOCK_Q", "GROUP_M")}
         _seeded_matmul_kernel[grid](*args, **meta, **blocks, num_warps=config.get("num_warps", 4),
                                     num_stages=config.get("num_stages", 2))
     else:
         def grid(meta_):
-            return (triton.cdiv(M, meta_["BLOCK_M"]) * triton.cdiv(P, meta_["BLOCK_P"]),)
+            return (cdiv(M, meta_["BLOCK_M"]) * cdiv(P, meta_["BLOCK_P"]),)
         _seeded_matmul_autotuned[grid](*args, **meta)
     return dbeta_buffer.sum() if dbeta_buffer is not None else None
 

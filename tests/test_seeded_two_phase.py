@@ -95,3 +95,16 @@ def test_epilogue_tiles_fill_the_gpu_at_decode_sizes_and_stay_wide_at_large_m():
     assert -(-16 // bm) * -(-4096 // bn) >= 264 and bn >= 32
     assert tile_shape(1, 37, 132) == (1, 32)  # cannot fill: the smallest tile, still valid
     assert tile_shape(7, 300, None) == (8, 32)
+
+
+def test_host_ceil_division_matches_triton():
+    """Launchers use plain-Python cdiv / next_power_of_2 (triton's are constexpr functions with
+    microseconds of call overhead); they must agree with Triton's."""
+    import triton
+
+    from lottalora_kernels.runtime import cdiv, next_power_of_2
+
+    for a in range(1, 600, 7):
+        for b in (1, 3, 16, 128, 1000):
+            assert cdiv(a, b) == triton.cdiv(a, b)
+        assert next_power_of_2(a) == triton.next_power_of_2(a)
