@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .ranks import join_group, leave_group, run_on_ranks
+from .ranks import exit_rank, join_group, leave_group, run_on_ranks
 from .results import RESULTS_DIR, write_results
 
 FULL_CONFIGS = ["35M", "134M", "374M"]
@@ -140,7 +140,7 @@ def main(argv=None) -> int:
         row = measure_rank(rank, world, *args.one)
         leave_group()
         print(json.dumps(row), flush=True)
-        return 0
+        exit_rank(0)
 
     configs = ["tiny"] if args.quick else (args.configs or FULL_CONFIGS)
     out_dir = args.out or (Path(tempfile.mkdtemp(prefix="lottalora-fsdp-")) if args.quick else RESULTS_DIR)

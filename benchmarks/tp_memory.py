@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .ranks import join_group, leave_group, run_on_ranks
+from .ranks import exit_rank, join_group, leave_group, run_on_ranks
 from .results import RESULTS_DIR, write_results
 
 # name: (hidden, intermediate, blocks)
@@ -172,7 +172,7 @@ def main(argv=None) -> int:
         row = measure_rank(rank, world, *args.one)
         leave_group()
         print(json.dumps(row), flush=True)
-        return 0
+        exit_rank(0)
 
     configs = ["tiny"] if args.quick else (args.configs or FULL_CONFIGS)
     out_dir = args.out or (Path(tempfile.mkdtemp(prefix="lottalora-tp-")) if args.quick else RESULTS_DIR)

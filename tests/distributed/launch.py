@@ -98,4 +98,9 @@ def _main(target: str, rank: str, world_size: str, port: str, args_json: str) ->
 
 
 if __name__ == "__main__":
-    sys.exit(_main(*sys.argv[1:]))
+    exit_code = _main(*sys.argv[1:])
+    # Skip the interpreter's teardown: gloo's threads can abort it (exit -6, "terminate called
+    # without an active exception") after the rank's work and output were complete.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)
