@@ -30,3 +30,15 @@ def converted_tiny_llama(meta: bool = False):
     if meta:
         lottalora.materialize(model, "cpu")
     return model
+
+
+def train_language_model(model, steps: int, batch: int = 4, length: int = 12, lr: float = 1e-2):
+    """``steps`` Adam steps of next-token loss on random ids of ``model``'s tiny vocabulary."""
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    ids = torch.randint(0, 96, (batch, length))
+    for _ in range(steps):
+        loss = model(ids, labels=ids).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model

@@ -13,7 +13,7 @@ import lottalora
 from lottalora.checkpoint import CONFIG_NAME, TENSORS_NAME
 
 from .checkpoints import sign
-from .models import converted_tiny_llama
+from .models import converted_tiny_llama, train_language_model
 
 pytest.importorskip("transformers")
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,14 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def trained(tmp_path):
     """A converted tiny LLaMA after a few optimizer steps, saved to tmp_path / 'ck'."""
     torch.manual_seed(0)
-    model = converted_tiny_llama()
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    ids = torch.randint(0, 96, (4, 12))
-    for _ in range(3):
-        loss = model(ids, labels=ids).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    model = train_language_model(converted_tiny_llama(), steps=3)
     lottalora.save(model, tmp_path / "ck")
     return model, tmp_path / "ck"
 

@@ -10,7 +10,7 @@ import torch
 import lottalora
 from lottalora.checkpoint import MODEL_CONFIG_NAME
 
-from .models import converted_tiny_llama
+from .models import converted_tiny_llama, train_language_model
 
 transformers = pytest.importorskip("transformers")
 
@@ -19,14 +19,7 @@ transformers = pytest.importorskip("transformers")
 def saved(tmp_path):
     """A converted tiny LLaMA after two optimizer steps, saved, with its logits on fixed ids."""
     torch.manual_seed(0)
-    model = converted_tiny_llama()
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    ids = torch.randint(0, 96, (4, 12))
-    for _ in range(2):
-        loss = model(ids, labels=ids).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    model = train_language_model(converted_tiny_llama(), steps=2)
     model.model.layers[1].mlp.up_proj.beta.requires_grad_(True)  # a choice made after convert
     lottalora.save(model, tmp_path / "ck")
     with torch.no_grad():

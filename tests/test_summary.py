@@ -6,7 +6,7 @@ from torch import nn
 
 import lottalora
 
-from .models import LLAMA_ADAPTERS, LLAMA_TARGETS, LLAMA_TRAINABLE, tiny_llama_config
+from .models import LLAMA_ADAPTERS, LLAMA_TARGETS, LLAMA_TRAINABLE, tiny_llama_config, train_language_model
 
 pytest.importorskip("transformers")
 KEYS = ("trainable_params", "adapter_params", "frozen_params", "stored_params", "backbone_params",
@@ -67,13 +67,7 @@ def test_report_shows_peft_line_backbone_and_betas(llama):
 
 def test_a_checkpoint_summarises_like_the_live_model(llama, tmp_path):
     model, _, _ = llama
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    ids = torch.randint(0, 96, (2, 8))
-    for _ in range(2):
-        loss = model(ids, labels=ids).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    train_language_model(model, steps=2, batch=2, length=8)
     lottalora.save(model, tmp_path / "ck")
     live, stored = lottalora.summary(model), lottalora.summary(tmp_path / "ck")
     assert {k: stored[k] for k in KEYS} == {k: live[k] for k in KEYS}
