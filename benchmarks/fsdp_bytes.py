@@ -18,7 +18,6 @@ adapters, MLP seeded without adapter. All train embeddings, norms and the head.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .ranks import exit_rank, join_group, leave_group, run_on_ranks
+from .ranks import run_on_ranks, serve_as_rank
 from .results import RESULTS_DIR, write_results
 
 FULL_CONFIGS = ["35M", "134M", "374M"]
@@ -135,12 +134,7 @@ def main(argv=None) -> int:
     parser.add_argument("--one", nargs=2, metavar=("CONFIG", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.as_rank:
-        rank, world, port = args.as_rank
-        join_group(rank, world, port)
-        row = measure_rank(rank, world, *args.one)
-        leave_group()
-        print(json.dumps(row), flush=True)
-        exit_rank(0)
+        serve_as_rank(args.as_rank, measure_rank, *args.one)
 
     configs = ["tiny"] if args.quick else (args.configs or FULL_CONFIGS)
     out_dir = args.out or (Path(tempfile.mkdtemp(prefix="lottalora-fsdp-")) if args.quick else RESULTS_DIR)

@@ -1,10 +1,11 @@
-"""Run a benchmark's per-rank function on several processes (gloo on 127.0.0.1, a free port).
+"""Run code on several processes joined by gloo on 127.0.0.1 (a free port): the launcher shared by
+the distributed benchmarks and tests/distributed.
 
-    rows = run_on_ranks("benchmarks.fsdp_bytes", ["--config", "35M"], world_size=2)
+    rows = run_on_ranks("benchmarks.fsdp_bytes", ["--one", "35M", "lottalora"], world_size=2)
 
-Each rank runs ``python -m MODULE --as-rank RANK WORLD PORT ARGS...``; the module's main joins
-the group with ``join_group`` and prints one JSON line last. Ranks share no memory, so each one's
-peak RSS is its own.
+A benchmark rank runs ``python -m MODULE --as-rank RANK WORLD PORT ARGS...``; its main calls
+``serve_as_rank``, which joins the group, measures and prints one JSON line last. Ranks share no
+memory, so each one's peak RSS is its own.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+_PORT_RETRIES = 3
 
 
 def free_port() -> int:
@@ -28,24 +31,59 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-_PORT_RETRIES = 3
+def launch_ranks(rank_argv: Callable[[int, int], list[str]], world_size: int,
+                 timeout: float) -> tuple[list[int | None], list[str]]:
+    """Run ``python *rank_argv(rank, port)`` for every rank, each process's stdout and stderr
+    captured; returns (exit codes, None for a rank killed at ``timeout``; outputs).
+
+    A failed rank ends the wait (the others would only block on it). A free port can be taken
+    by someone else between ``free_port`` and rank 0's bind: a run that fails with "address
+    already in use" is tried again on a new port.
+    """
+    for _ in range(_PORT_RETRIES):
+        codes, outputs = _launch_once(rank_argv, world_size, timeout)
+        if all(c == 0 for c in codes) or not any("address already in use" in o.lower() for o in outputs):
+            break
+    return codes, outputs
+
+
+def _launch_once(rank_argv, world_size: int, timeout: float) -> tuple[list[int | None], list[str]]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    port = free_port()
+    with tempfile.TemporaryDirectory() as logs:
+        paths = [Path(logs) / f"rank{r}.out" for r in range(world_size)]
+        procs = []
+        for rank, path in enumerate(paths):
+            with open(path, "wb") as out:
+                procs.append(subprocess.Popen([sys.executable, *rank_argv(rank, port)], cwd=ROOT, env=env,
+                                              stdout=out, stderr=subprocess.STDOUT))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+            if any(p.poll() not in (None, 0) for p in procs):
+                time.sleep(2)
+                break
+            time.sleep(0.1)
+        codes = [p.poll() for p in procs]
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        return codes, [path.read_text(errors="replace") for path in paths]
+
+
+def rank_report(codes: list[int | None], outputs: list[str], tail: int = 4000) -> str:
+    return "\n".join(f"--- rank {r}: exit {'timeout' if c is None else c} ---\n{o[-tail:]}"
+                     for r, (c, o) in enumerate(zip(codes, outputs, strict=True)))
 
 
 def run_on_ranks(module: str, argv: list[str], world_size: int = 2, timeout: float = 3600) -> list[dict]:
-    """Each rank's last stdout line, parsed as JSON; RuntimeError with the ranks' output if one fails.
-
-    A free port can be taken by someone else between ``free_port`` and rank 0's bind: a run that
-    fails with "address already in use" is tried again on a new port (as tests/distributed does).
-    """
-    for attempt in range(_PORT_RETRIES):
-        procs, outputs = _run_once(module, argv, world_size, timeout)
-        collided = any("address already in use" in o.lower() for o in outputs)
-        if not (collided and any(p.returncode != 0 for p in procs)) or attempt == _PORT_RETRIES - 1:
-            break
-    if any(p.returncode != 0 for p in procs):
-        report = "\n".join(f"--- rank {r}: exit {p.returncode} ---\n{o[-4000:]}"
-                           for r, (p, o) in enumerate(zip(procs, outputs, strict=True)))
-        raise RuntimeError(f"{module} {' '.join(argv)} failed:\n{report}")
+    """Each benchmark rank's last JSON line; RuntimeError with the ranks' output if one fails."""
+    codes, outputs = launch_ranks(
+        lambda rank, port: ["-m", module, "--as-rank", str(rank), str(world_size), str(port), *argv],
+        world_size, timeout)
+    if any(c != 0 for c in codes):
+        raise RuntimeError(f"{module} {' '.join(argv)} failed:\n{rank_report(codes, outputs)}")
     return [_last_json_line(o) for o in outputs]
 
 
@@ -61,40 +99,24 @@ def _last_json_line(output: str) -> dict:
     raise RuntimeError(f"a rank printed no JSON result:\n{output[-4000:]}")
 
 
-def _run_once(module: str, argv: list[str], world_size: int, timeout: float):
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    port = free_port()
-    with tempfile.TemporaryDirectory() as logs:
-        paths = [Path(logs) / f"rank{r}.out" for r in range(world_size)]
-        procs = []
-        for rank, path in enumerate(paths):
-            with open(path, "wb") as out:
-                procs.append(subprocess.Popen(
-                    [sys.executable, "-m", module, "--as-rank", str(rank), str(world_size), str(port), *argv],
-                    cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(p.poll() is None for p in procs):
-            if any(p.poll() not in (None, 0) for p in procs):
-                time.sleep(2)
-                break
-            time.sleep(0.2)
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        outputs = [path.read_text(errors="replace") for path in paths]
-    return procs, outputs
-
-
-def join_group(rank: int, world_size: int, port: int) -> None:
-    """The default process group for this rank: gloo, 127.0.0.1:``port``, one torch thread."""
+def join_group(rank: int, world_size: int, port: int, timeout_s: float = 1800) -> None:
+    """The default process group for this rank: gloo, 127.0.0.1:``port``, one torch thread,
+    collectives timing out after ``timeout_s``."""
     import torch
     import torch.distributed as dist
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
-                            timeout=datetime.timedelta(minutes=30))
+                            timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def leave_group() -> None:
+    """Wait for every rank, then tear the group down: rank 0 hosts the TCP store, and a rank
+    still tearing down its gloo threads when rank 0 leaves can die in std::terminate."""
+    import torch.distributed as dist
+
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def exit_rank(code: int = 0) -> None:
@@ -106,10 +128,12 @@ def exit_rank(code: int = 0) -> None:
     os._exit(code)
 
 
-def leave_group() -> None:
-    """Wait for every rank, then tear the group down (a gloo group left to the interpreter's exit
-    can abort the process)."""
-    import torch.distributed as dist
-
-    dist.barrier()
-    dist.destroy_process_group()
+def serve_as_rank(as_rank: list[int], measure: Callable[..., dict], *args) -> None:
+    """A benchmark's ``--as-rank RANK WORLD PORT`` branch: join, ``measure(rank, world, *args)``,
+    leave, print the row as the last JSON line and end the process."""
+    rank, world, port = as_rank
+    join_group(rank, world, port)
+    row = measure(rank, world, *args)
+    leave_group()
+    print(json.dumps(row), flush=True)
+    exit_rank(0)

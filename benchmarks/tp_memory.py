@@ -19,7 +19,6 @@ that first-call set-up is not counted as model memory).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .ranks import exit_rank, join_group, leave_group, run_on_ranks
+from .ranks import run_on_ranks, serve_as_rank
 from .results import RESULTS_DIR, write_results
 
 # name: (hidden, intermediate, blocks)
@@ -167,12 +166,7 @@ def main(argv=None) -> int:
     parser.add_argument("--one", nargs=3, metavar=("CONFIG", "VARIANT", "PHASE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.as_rank:
-        rank, world, port = args.as_rank
-        join_group(rank, world, port)
-        row = measure_rank(rank, world, *args.one)
-        leave_group()
-        print(json.dumps(row), flush=True)
-        exit_rank(0)
+        serve_as_rank(args.as_rank, measure_rank, *args.one)
 
     configs = ["tiny"] if args.quick else (args.configs or FULL_CONFIGS)
     out_dir = args.out or (Path(tempfile.mkdtemp(prefix="lottalora-tp-")) if args.quick else RESULTS_DIR)
@@ -187,7 +181,8 @@ def main(argv=None) -> int:
     table = _table(rows)
     print(table)
     notes = (f"2 CPU ranks (one torch thread each), gloo, float32, batch 1 x {TOKENS} tokens. Peak: the larger "
-             "of the two ranks' peak RSS above the RSS before the model was built. stored: nn.Linear shards (torch's ColwiseParallel / "
+             "of the two ranks' peak RSS above the RSS before the model was built. stored: nn.Linear shards "
+             "(torch's ColwiseParallel / "
              "RowwiseParallel), frozen; lottalora: lottalora.Linear rank 8 (lottalora.distributed's styles), "
              "regenerating its rows or columns of W_seed in chunks of 2^21 values. Train: backward to the input "
              "and the trainable parameters (adapters and betas for lottalora, none for stored) and an SGD step.")
