@@ -19,7 +19,7 @@ from torch import nn
 
 from lottalora_kernels.stream_spec import resolve_version_and_init
 
-from .linear import Linear, check_dropout
+from .linear import Linear, check_alpha, check_dropout, check_rank
 from .redundant_betas import find_redundant_betas
 
 STREAM_NAME_PREFIX = b"lottalora/stream/v1:"
@@ -128,16 +128,6 @@ def _check_pattern_dict(argument: str, pattern, check_value) -> None:
         check_value(key, value)
 
 
-def _check_rank(key, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"rank_pattern[{key!r}] must be an int >= 0, got {value!r}")
-
-
-def _check_alpha(key, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
-        raise ValueError(f"alpha_pattern[{key!r}] must be a positive finite number, got {value!r}")
-
-
 def _json_patterns(patterns: Patterns):
     return patterns if patterns is None or isinstance(patterns, str) else list(patterns)
 
@@ -191,16 +181,17 @@ def convert(
         _check_patterns(argument, patterns)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
-        raise ValueError(f"rank must be an int >= 0, got {rank!r}")
+    check_rank(rank)
+    if alpha is not None:
+        check_alpha(alpha)  # as Linear would, but before the model changes
     version, init = resolve_version_and_init(stream_version, init)  # a bad pair fails before the model changes
     if not isinstance(train_beta, bool):
         raise TypeError(f"train_beta must be a bool, got {train_beta!r}")
     if bias not in BIAS_MODES:
         raise ValueError(f"bias must be one of {BIAS_MODES}, got {bias!r}")
     check_dropout(lora_dropout)
-    _check_pattern_dict("rank_pattern", rank_pattern, _check_rank)
-    _check_pattern_dict("alpha_pattern", alpha_pattern, _check_alpha)
+    _check_pattern_dict("rank_pattern", rank_pattern, lambda key, v: check_rank(v, f"rank_pattern[{key!r}]"))
+    _check_pattern_dict("alpha_pattern", alpha_pattern, lambda key, v: check_alpha(v, what=f"alpha_pattern[{key!r}]"))
 
     heads = output_head_names(model) if all_linear else set()
     targets = []

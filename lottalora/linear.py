@@ -40,12 +40,19 @@ def lora_scaling(rank: int, alpha: float, use_rslora: bool) -> float:
     return alpha / (math.sqrt(rank) if use_rslora else rank)
 
 
-def check_alpha(alpha: object, zero_ok: bool = False) -> float:
+def check_rank(rank: object, what: str = "rank") -> int:
+    """``rank`` or ValueError naming ``what``: an int (not a bool) >= 0."""
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+        raise ValueError(f"{what} must be an int >= 0, got {rank!r}")
+    return rank
+
+
+def check_alpha(alpha: object, zero_ok: bool = False, what: str = "alpha") -> float:
     """``alpha`` as a float, or ValueError: a number (not a bool), finite, in (0, ALPHA_MAX].
     ``zero_ok`` admits 0 too: a saved rank-0 layer's alpha (alpha=None resolves to the rank)."""
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) \
             or alpha < 0 or (alpha == 0 and not zero_ok) or alpha > ALPHA_MAX:
-        raise ValueError(f"alpha must be a positive finite number of at most {ALPHA_MAX:.4g} (float32's "
+        raise ValueError(f"{what} must be a positive finite number of at most {ALPHA_MAX:.4g} (float32's "
                          f"largest, the kernels' precision for the scaling), got {alpha!r}")
     return float(alpha)
 
@@ -153,8 +160,7 @@ class Linear(nn.Module):
         lora_dropout: float = 0.0, device=None, dtype=None,
     ) -> None:
         super().__init__()
-        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
-            raise ValueError(f"rank must be an int >= 0, got {rank!r}")
+        check_rank(rank)
         alpha = check_alpha(alpha) if alpha is not None else float(rank)
         if not isinstance(train_beta, bool):
             raise TypeError(f"train_beta must be a bool, got {train_beta!r}")

@@ -202,6 +202,21 @@ def test_bad_peft_style_arguments_are_named(kwargs, error, match):
         lottalora.convert(TwoTower(), **kwargs)
 
 
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(alpha_pattern={"head": 1e39}), r"alpha_pattern\['head'\] must be a positive finite number"),
+    (dict(alpha=1e39), "alpha must be a positive finite number"),
+])
+def test_an_alpha_only_linear_would_refuse_is_refused_before_any_layer_changes(kwargs, match):
+    """Above float32's largest, Linear refuses alpha: convert must refuse it up front, not after
+    converting the layers that come before the one it fails on."""
+    model = TwoTower()
+    before = {name: type(m) for name, m in model.named_modules()}
+    with pytest.raises(ValueError, match=match):
+        lottalora.convert(model, **kwargs)
+    assert {name: type(m) for name, m in model.named_modules()} == before
+    assert all(p.requires_grad for p in model.parameters())
+
+
 def test_lora_dropout_drops_the_adapter_input_only_and_only_in_training():
     model = lottalora.convert(TwoTower(), rank=4, lora_dropout=0.5, target_modules=["encoder.0"])
     layer = model.encoder[0]
