@@ -25,7 +25,6 @@ from .stream_v2 import v2_sign_pairs, v2_signs, v2_words_at, warp_span_rows
 
 _ROW_SPAN, _COL_SPAN = spec.V2_ROW_SPAN, spec.V2_COL_SPAN
 SPAN_COLS = tl.constexpr(_COL_SPAN)
-_TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "stream_lo", "stream_hi", "row_start", "col_start"])

@@ -7,6 +7,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+from triton.compiler.errors import CompilationError
 
 from .allocation import new_output  # noqa: F401  (launchers import it from here)
 
@@ -44,8 +45,6 @@ def run_fast_path(name: str, fast, twin):
     costs speed (the plain-Triton twin computes the same values), never the user's run.
     """
     if name not in _GLUON_FAILURES:
-        from triton.compiler.errors import CompilationError
-
         try:
             return fast()
         except CompilationError as exc:

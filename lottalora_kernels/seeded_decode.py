@@ -48,14 +48,12 @@ import triton.language as tl
 from . import stream_spec as spec
 from .epilogue import seeded_epilogue
 from .philox import PHILOX_ROUNDS
-from .runtime import (backbone_scalars, cdiv, fp32_input_precision, gl, gluon_available, gluon_jit, is_interpreting,
-                      new_output, run_fast_path, sm_count)
+from .runtime import (_TL_DTYPES, backbone_scalars, cdiv, dot_dtype, fp32_input_precision, gl, gluon_available,
+                      gluon_jit, is_interpreting, new_output, run_fast_path, sm_count)
 from .stream_v2 import v2_sign_pairs, v2_signs, v2_words_at, warp_span_rows
 
-ROWS_PER_WARP = spec.V2_ROW_SPAN  # weight rows per warp: one call span
 SPAN_COLS = tl.constexpr(spec.V2_COL_SPAN)  # columns of W per main-loop step: one call span
 ROW_SPAN = tl.constexpr(spec.V2_ROW_SPAN)  # rows of W (o) per input-gradient main-loop step
-ROW_SPAN_C = ROW_SPAN
 MAX_M = 32
 
 
@@ -178,18 +176,18 @@ def _seeded_decode_dx_kernel(
     span_i = gl.expand_dims(pid_i * NUM_WARPS + (rows_t // 16) % NUM_WARPS, 1)
     q = gl.expand_dims(2 * (rows_t // (16 * NUM_WARPS)) + (rows_t // 8) % 2, 1)
     c = gl.expand_dims(rows_t % 8, 1)
-    cols = gl.expand_dims(gl.arange(0, ROW_SPAN_C, layout=gl.SliceLayout(0, w_layout)), 0)
+    cols = gl.expand_dims(gl.arange(0, ROW_SPAN, layout=gl.SliceLayout(0, w_layout)), 0)
     p = cols // 8
     a = cols % 8
     offs_m_dy = gl.expand_dims(gl.arange(0, M_PAD, layout=gl.SliceLayout(0, dy_layout)), 0)
-    offs_o_dy = gl.expand_dims(gl.arange(0, ROW_SPAN_C, layout=gl.SliceLayout(1, dy_layout)), 1)
+    offs_o_dy = gl.expand_dims(gl.arange(0, ROW_SPAN, layout=gl.SliceLayout(1, dy_layout)), 1)
     acc = gl.zeros((BLOCK_I, M_PAD), gl.float32, layout=mma)
-    span_end = gl.minimum((pid_s + 1) * spans_per_split, gl.cdiv(N, ROW_SPAN_C))
+    span_end = gl.minimum((pid_s + 1) * spans_per_split, gl.cdiv(N, ROW_SPAN))
     for span in range(pid_s * spans_per_split, span_end):
         word_a, bit = v2_words_at(seed_lo, seed_hi, stream_lo, stream_hi, span, p, a & 6, span_i, q, c, N_ROUNDS)
         word_b, _ = v2_words_at(seed_lo, seed_hi, stream_lo, stream_hi, span, p, a | 1, span_i, q, c, N_ROUNDS)
         wt = v2_sign_pairs(word_a, word_b, bit, DTYPE)
-        offs_o = span * ROW_SPAN_C + offs_o_dy
+        offs_o = span * ROW_SPAN + offs_o_dy
         dyt = gl.load(dy_ptr + offs_m_dy * stride_dym + offs_o.to(gl.int64) * stride_dyn,
                       mask=(offs_m_dy < M) & (offs_o < N), other=0.0)
         acc = gl.nvidia.ampere.mma_v2(wt, dyt.to(DTYPE), acc)
@@ -198,9 +196,6 @@ def _seeded_decode_dx_kernel(
     offs_m_acc = gl.expand_dims(gl.arange(0, M_PAD, layout=gl.SliceLayout(0, mma)), 0)
     dst = partial_ptr + (pid_s * M + offs_m_acc).to(gl.int64) * K + offs_i_acc
     gl.store(dst, acc, mask=(offs_m_acc < M) & (offs_i_acc < K))
-
-
-_TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
 
 def _m_pad(m: int) -> int:
@@ -223,6 +218,44 @@ def split_k_for(n_row_blocks: int, n_spans: int, device: torch.device) -> int:
     return max(1, min(n_spans, cdiv(4 * sm_count(device), n_row_blocks)))
 
 
+def _partial_products(
+    a: torch.Tensor, *, transposed: bool, n_out: int, seed: int, stream: int, fast: bool | None,
+    num_warps: int | None, split_k: int | None,
+) -> torch.Tensor:
+    """Kernel 1 of either direction: (splits, M, n_out) float32 partial sums of a @ W_signs^T
+    (forward, a = x) or of a @ W_signs (input gradient, ``transposed``, a = dy)."""
+    M, n_red = a.shape
+    fast = use_fast_path(a) if fast is None else fast
+    if num_warps is None:
+        num_warps = 4 if a.is_cuda else 1
+    # A warp holds one call span of the output's rows: 64 rows of W, or 128 of W^T.
+    out_span, red_span = (spec.V2_COL_SPAN, spec.V2_ROW_SPAN) if transposed else (spec.V2_ROW_SPAN, spec.V2_COL_SPAN)
+    n_row_blocks = cdiv(n_out, out_span * num_warps)
+    n_spans = cdiv(n_red, red_span)
+    split_k = split_k or split_k_for(n_row_blocks, n_spans, a.device)
+    spans_per_split = cdiv(n_spans, split_k)
+    split_k = cdiv(n_spans, spans_per_split)  # no empty splits
+    partial = new_output((split_k, M, n_out), torch.float32, a.device)
+    N, K = (n_red, n_out) if transposed else (n_out, n_red)
+    args = (a, partial, M, N, K, a.stride(0), a.stride(1), *backbone_scalars(seed, stream), spans_per_split)
+    grid = (n_row_blocks, split_k)
+    fast_kernel, twin_kernel = ((_seeded_decode_dx_kernel, _seeded_decode_dx_twin_kernel) if transposed
+                                else (_seeded_decode_fwd_kernel, _seeded_decode_fwd_twin_kernel))
+
+    def launch_fast():
+        fast_kernel[grid](*args, NUM_WARPS=num_warps, M_PAD=_m_pad(M), DTYPE=_TL_DTYPES[a.dtype],
+                          num_warps=num_warps)
+
+    def launch_twin():
+        twin_kernel[grid](*args, NUM_WARPS=num_warps, M_PAD=max(16, _m_pad(M)), DOT_DTYPE=dot_dtype(a.dtype),
+                          INPUT_PRECISION=fp32_input_precision(), num_warps=num_warps)
+    if fast:
+        run_fast_path("seeded_decode_dx" if transposed else "seeded_decode", launch_fast, launch_twin)
+    else:
+        launch_twin()
+    return partial
+
+
 def seeded_decode_fwd(
     x: torch.Tensor, *, seed: int, stream: int, out_features: int, xa: torch.Tensor | None,
     lora_B: torch.Tensor | None, beta: torch.Tensor, bias: torch.Tensor | None, scale: float,
@@ -236,39 +269,13 @@ def seeded_decode_fwd(
     and ``split_k`` pin the launch (tests). Inputs are assumed validated.
     """
     M, K = x.shape
-    N = out_features
     if M > MAX_M:
         raise ValueError(f"the decode kernel takes at most {MAX_M} rows, got {M}")
-    out = new_output((M, N), x.dtype, x.device)
+    out = new_output((M, out_features), x.dtype, x.device)
     if M == 0:
         return out
-    fast = use_fast_path(x) if fast is None else fast
-    if num_warps is None:
-        num_warps = 4 if x.is_cuda else 1
-    block_n = ROWS_PER_WARP * num_warps
-    n_row_blocks = cdiv(N, block_n)
-    n_spans = cdiv(K, spec.V2_COL_SPAN)
-    split_k = split_k or split_k_for(n_row_blocks, n_spans, x.device)
-    spans_per_split = cdiv(n_spans, split_k)
-    split_k = cdiv(n_spans, spans_per_split)  # no empty splits
-    partial = new_output((split_k, M, N), torch.float32, x.device)
-    scalars = backbone_scalars(seed, stream)
-    grid = (n_row_blocks, split_k)
-    def launch_fast():
-        _seeded_decode_fwd_kernel[grid](x, partial, M, N, K, x.stride(0), x.stride(1), *scalars, spans_per_split,
-                                        NUM_WARPS=num_warps, M_PAD=_m_pad(M),
-                                        DTYPE=_TL_DTYPES[x.dtype], num_warps=num_warps)
-
-    def launch_twin():
-        dot_dtype = tl.float32 if (x.dtype == torch.bfloat16 and is_interpreting()) else _TL_DTYPES[x.dtype]
-        _seeded_decode_fwd_twin_kernel[grid](x, partial, M, N, K, x.stride(0), x.stride(1), *scalars,
-                                             spans_per_split, NUM_WARPS=num_warps, M_PAD=max(16, _m_pad(M)),
-                                             DOT_DTYPE=dot_dtype, INPUT_PRECISION=fp32_input_precision(),
-                                            num_warps=num_warps)
-    if fast:
-        run_fast_path("seeded_decode", launch_fast, launch_twin)
-    else:
-        launch_twin()
+    partial = _partial_products(x, transposed=False, n_out=out_features, seed=seed, stream=stream, fast=fast,
+                                num_warps=num_warps, split_k=split_k)
     seeded_epilogue(partial, out, beta=beta, value_scale=spec.backbone_std(K), lo=xa, lmat=lora_B,
                     lora_scale=scale, bias=bias)
     return out
@@ -287,42 +294,15 @@ def seeded_decode_bwd_dx(
     when ``need_dx`` is False, dbeta as a float32 0-dim tensor or None). ``fast``,
     ``num_warps`` and ``split_k`` as in ``seeded_decode_fwd``.
     """
-    M, N = dy.shape
-    K = in_features
+    M = dy.shape[0]
     if M > MAX_M:
         raise ValueError(f"the decode kernel takes at most {MAX_M} rows, got {M}")
-    dx = new_output((M, K), dy.dtype, dy.device) if need_dx else None
+    dx = new_output((M, in_features), dy.dtype, dy.device) if need_dx else None
     if M == 0:
         return dx, (torch.zeros((), device=dy.device) if x_for_dbeta is not None else None)
-    fast = use_fast_path(dy) if fast is None else fast
-    if num_warps is None:
-        num_warps = 4 if dy.is_cuda else 1
-    block_i = spec.V2_COL_SPAN * num_warps
-    n_row_blocks = cdiv(K, block_i)
-    n_spans = cdiv(N, spec.V2_ROW_SPAN)
-    split_k = split_k or split_k_for(n_row_blocks, n_spans, dy.device)
-    spans_per_split = cdiv(n_spans, split_k)
-    split_k = cdiv(n_spans, spans_per_split)
-    partial = new_output((split_k, M, K), torch.float32, dy.device)
-    scalars = backbone_scalars(seed, stream)
-    grid = (n_row_blocks, split_k)
-
-    def launch_fast():
-        _seeded_decode_dx_kernel[grid](dy, partial, M, N, K, dy.stride(0), dy.stride(1), *scalars, spans_per_split,
-                                       NUM_WARPS=num_warps, M_PAD=_m_pad(M),
-                                       DTYPE=_TL_DTYPES[dy.dtype], num_warps=num_warps)
-
-    def launch_twin():
-        dot_dtype = tl.float32 if (dy.dtype == torch.bfloat16 and is_interpreting()) else _TL_DTYPES[dy.dtype]
-        _seeded_decode_dx_twin_kernel[grid](dy, partial, M, N, K, dy.stride(0), dy.stride(1), *scalars,
-                                            spans_per_split, NUM_WARPS=num_warps, M_PAD=max(16, _m_pad(M)),
-                                            DOT_DTYPE=dot_dtype, INPUT_PRECISION=fp32_input_precision(),
-                                            num_warps=num_warps)
-    if fast:
-        run_fast_path("seeded_decode_dx", launch_fast, launch_twin)
-    else:
-        launch_twin()
-    std = spec.backbone_std(K)
+    partial = _partial_products(dy, transposed=True, n_out=in_features, seed=seed, stream=stream, fast=fast,
+                                num_warps=num_warps, split_k=split_k)
+    std = spec.backbone_std(in_features)
     partial_dbeta = seeded_epilogue(partial, dx, beta=beta, value_scale=std, lo=dy_b,
                                     lmat=lora_A.T if lora_A is not None else None, lora_scale=scale,
                                     x_for_dbeta=x_for_dbeta)
