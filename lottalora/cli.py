@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         return "default: " + per_task.format(*(_comma(getattr(t, field)) for t in TASKS.values()))
 
     demo.add_argument("--task", choices=sorted(TASKS), default="mnist1d",
-                      help="mnist1d: MNIST-1D, where rank saturation shows (a few minutes on a 2-core CPU); "
+                      help="mnist1d: MNIST-1D, where rank saturation shows (about a minute on a 2-core CPU); "
                            "digits: scikit-learn's 8x8 digits, quick")
     demo.add_argument("--ranks", type=_ranks,
                       help="comma-separated ranks; 0 is the frozen random layer with beta and bias only "

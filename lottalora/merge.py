@@ -36,7 +36,8 @@ def _dense_layer(layer: Linear, weight: torch.Tensor) -> nn.Module:
     if getattr(layer, "merges_into_conv1d", False):
         from transformers.pytorch_utils import Conv1D
 
-        dense = Conv1D(layer.out_features, layer.in_features).to(device="meta")
+        with torch.device("meta"):  # no dense weight allocated and initialised only to be replaced
+            dense = Conv1D(layer.out_features, layer.in_features)
         dense.weight = nn.Parameter(weight.T.contiguous(), requires_grad=False)
         bias = layer.bias if layer.bias is not None else nn.Parameter(weight.new_zeros(layer.out_features))
         dense.bias = bias
