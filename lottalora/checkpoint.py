@@ -459,12 +459,6 @@ def _tensor_contents(directory: Path, data: bytes) -> str:
     return contents
 
 
-def checkpoint_contents(directory: str | os.PathLike) -> str:
-    """"all" for a checkpoint with every tensor, TRAINABLE_ONLY for one saved with trainable_only=True."""
-    directory = Path(directory)
-    return _tensor_contents(directory, _read_checkpoint(directory)[1])
-
-
 def read_config(directory: str | os.PathLike) -> dict:
     """The validated JSON config of a checkpoint directory (the tensor file's checksum included)."""
     return _read_checkpoint(Path(directory))[0]
@@ -551,6 +545,12 @@ def load(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     """
     directory = Path(directory)
     config, data = _read_checkpoint(directory)
+    return load_read(model, directory, config, data)
+
+
+def load_read(model: nn.Module, directory: Path, config: dict, data: bytes) -> nn.Module:
+    """``load`` with the checkpoint already read by ``_read_checkpoint`` (config and tensor bytes,
+    validated): callers that also need the config read the files once."""
     model = unwrap_model(model)
     layers = _seeded_layers(model)
     _check_layers_match(directory, config, layers)

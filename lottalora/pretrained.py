@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import CONFIG_NAME, MODEL_CONFIG_NAME, TRAINABLE_ONLY, checkpoint_contents, load, read_config
+from .checkpoint import (CONFIG_NAME, MODEL_CONFIG_NAME, TRAINABLE_ONLY, _fail, _read_checkpoint, _tensor_contents,
+                         load_read)
 from .convert import CONVERT_CALLS_ATTR, _linear_shape, _set_submodule, materialize
 from .linear import Linear
 from .wrappers import plain_name
@@ -81,10 +82,6 @@ def model_config_for_save(model: nn.Module) -> dict | None:
         "transformers_version": transformers.__version__,
         "convert_calls": convert_calls(model),
     }
-
-
-def _fail(directory: Path, message: str):
-    raise ValueError(f"checkpoint {directory}: {message}")
 
 
 def read_model_config(directory: str | os.PathLike) -> dict:
@@ -156,9 +153,9 @@ def from_pretrained(directory: str | os.PathLike, *, device: torch.device | str 
     if not (directory / CONFIG_NAME).is_file() and (directory / "model.safetensors").is_file():
         _fail(directory, f"has no {CONFIG_NAME}: it looks written by transformers' save_pretrained, which "
                          "stores no seeds' config; save converted models with lottalora.save(model, directory)")
-    checkpoint = read_config(directory)
+    checkpoint, data = _read_checkpoint(directory)  # once: the tensor file can be gigabytes
     model_config = read_model_config(directory)
-    if checkpoint_contents(directory) == TRAINABLE_ONLY:
+    if _tensor_contents(directory, data) == TRAINABLE_ONLY:
         _fail(directory, "holds only the trained tensors (saved with trainable_only=True), not the base "
                          "model's: build the base model, convert it the same way and call lottalora.load")
     if dtype is None:
@@ -170,7 +167,8 @@ def from_pretrained(directory: str | os.PathLike, *, device: torch.device | str 
     for layer in checkpoint["layers"]:
         _place_seeded_layer(directory, model, layer, dtype)
     materialize(model, device)
-    load(model, directory)
+    load_read(model, directory, checkpoint, data)
+    del data
     trainable = set(checkpoint["trainable"])
     for name, param in model.named_parameters(remove_duplicate=False):
         param.requires_grad_(name in trainable)
