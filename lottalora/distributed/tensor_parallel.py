@@ -166,6 +166,22 @@ def _check_local_size(module: Linear, name: str, dim: int, want: int) -> None:
                            f"{want} were expected: torch's Shard split differs from chunk_range")
 
 
+def _shard_seeded_layer(style, module: Linear, mesh, shard: _TensorParallelShard, placements: dict,
+                        local_sizes: list[tuple[str, int, int]]) -> nn.Module:
+    """What both styles do to a checked ``lottalora.Linear``: distribute its parameters with
+    ``placements``, check each (name, dim, size) in ``local_sizes`` against this rank's block,
+    install ``shard`` and wrap the module with the style's input and output layouts."""
+    _distribute_parameters(module, mesh, placements, style.src_data_rank)
+    for name, dim, size in local_sizes:
+        _check_local_size(module, name, dim, size)
+    module._tensor_parallel = shard
+    return distribute_module(
+        module, mesh, None,
+        partial(style._prepare_input_fn, style.input_layouts, style.desired_input_layouts),
+        partial(style._prepare_output_fn, style.output_layouts, style.use_local_output),
+    )
+
+
 class ColwiseParallel(torch_styles.ColwiseParallel):
     """torch's ColwiseParallel, extended to ``lottalora.Linear``: this rank owns rows of W_seed
     (its output features) and regenerates only those (see the module docstring)."""
@@ -175,18 +191,12 @@ class ColwiseParallel(torch_styles.ColwiseParallel):
             return super()._apply(module, device_mesh)
         _check_layer(module, device_mesh)
         rows = chunk_range(module.out_features, device_mesh.size(), device_mesh.get_local_rank())
-        _distribute_parameters(module, device_mesh, {"lora_A": [Replicate()], "lora_B": [Shard(0)],
-                                                      "beta": [Replicate()], "bias": [Shard(0)]},
-                               self.src_data_rank)
-        for name in ("lora_B", "bias"):
-            _check_local_size(module, name, 0, rows[1] - rows[0])
-        module._tensor_parallel = _TensorParallelShard("colwise", device_mesh, rows, (0, module.in_features),
-                                                       dropout_seed=_shared_seed(device_mesh))
-        return distribute_module(
-            module, device_mesh, None,
-            partial(self._prepare_input_fn, self.input_layouts, self.desired_input_layouts),
-            partial(self._prepare_output_fn, self.output_layouts, self.use_local_output),
-        )
+        shard = _TensorParallelShard("colwise", device_mesh, rows, (0, module.in_features),
+                                     dropout_seed=_shared_seed(device_mesh))
+        return _shard_seeded_layer(self, module, device_mesh, shard,
+                                   {"lora_A": [Replicate()], "lora_B": [Shard(0)], "beta": [Replicate()],
+                                    "bias": [Shard(0)]},
+                                   [("lora_B", 0, rows[1] - rows[0]), ("bias", 0, rows[1] - rows[0])])
 
 
 class RowwiseParallel(torch_styles.RowwiseParallel):
@@ -199,13 +209,8 @@ class RowwiseParallel(torch_styles.RowwiseParallel):
         _check_layer(module, device_mesh)
         self.desired_input_layouts = (Shard(-1),)
         cols = chunk_range(module.in_features, device_mesh.size(), device_mesh.get_local_rank())
-        _distribute_parameters(module, device_mesh, {"lora_A": [Shard(1)], "lora_B": [Replicate()],
-                                                      "beta": [Replicate()], "bias": [Replicate()]},
-                               self.src_data_rank)
-        _check_local_size(module, "lora_A", 1, cols[1] - cols[0])
-        module._tensor_parallel = _TensorParallelShard("rowwise", device_mesh, (0, module.out_features), cols)
-        return distribute_module(
-            module, device_mesh, None,
-            partial(self._prepare_input_fn, self.input_layouts, self.desired_input_layouts),
-            partial(self._prepare_output_fn, self.output_layouts, self.use_local_output),
-        )
+        shard = _TensorParallelShard("rowwise", device_mesh, (0, module.out_features), cols)
+        return _shard_seeded_layer(self, module, device_mesh, shard,
+                                   {"lora_A": [Shard(1)], "lora_B": [Replicate()], "beta": [Replicate()],
+                                    "bias": [Replicate()]},
+                                   [("lora_A", 1, cols[1] - cols[0])])
