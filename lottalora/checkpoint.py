@@ -34,7 +34,7 @@ from torch import nn
 from lottalora_kernels import stream_spec as spec
 
 from .distributed.state import barrier, gather_full, is_dtensor, shard_like
-from .linear import Linear, check_alpha, extra_state, lora_scaling
+from .linear import Linear, check_alpha, extra_state, lora_scaling, upgrade_legacy_beta
 from .stream import BackboneSpec, backbone_block
 from .wrappers import plain_name, unwrap_model
 
@@ -151,9 +151,7 @@ def _split_aliases(tensors: dict[str, torch.Tensor], ids: dict[str, int]) -> tup
 def _upgrade_betas(tensors: dict[str, torch.Tensor], layers: dict[str, Linear]) -> None:
     """Checkpoints written by lottalora 0.1 hold each beta 0-dim; layers hold it as (1,) now."""
     for name in layers:
-        key = f"{name}.beta" if name else "beta"
-        if key in tensors and tensors[key].dim() == 0:
-            tensors[key] = tensors[key].reshape(1)
+        upgrade_legacy_beta(tensors, f"{name}.beta" if name else "beta")
 
 
 def save(model: nn.Module, directory: str | os.PathLike, *, trainable_only: bool = False) -> Path:

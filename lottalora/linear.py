@@ -40,6 +40,13 @@ def lora_scaling(rank: int, alpha: float, use_rslora: bool) -> float:
     return alpha / (math.sqrt(rank) if use_rslora else rank)
 
 
+def upgrade_legacy_beta(state: dict, key: str) -> None:
+    """lottalora 0.1 stored beta 0-dim; it is (1,) now (FSDP2 refuses 0-dim parameters): reshape
+    ``state[key]`` in place when it is such a beta."""
+    if isinstance(state.get(key), torch.Tensor) and state[key].dim() == 0:
+        state[key] = state[key].reshape(1)
+
+
 def check_rank(rank: object, what: str = "rank") -> int:
     """``rank`` or ValueError naming ``what``: an int (not a bool) >= 0."""
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
@@ -291,12 +298,9 @@ class Linear(nn.Module):
         # present are checked here first, so a bad one leaves the whole layer as it was. Missing
         # and unexpected entries are left to nn.Module (it does not tell a module whether the
         # load is strict).
-        # lottalora 0.1 stored beta 0-dim; it is (1,) now (FSDP2 refuses 0-dim parameters).
         # load_state_dict hands each module its own copy of the dict, so replacing the entry
         # leaves the caller's state_dict as it was.
-        key = prefix + "beta"
-        if isinstance(state_dict.get(key), torch.Tensor) and state_dict[key].dim() == 0:
-            state_dict[key] = state_dict[key].reshape(1)
+        upgrade_legacy_beta(state_dict, prefix + "beta")
         where = f"lottalora.Linear {prefix[:-1]!r}" if prefix else "lottalora.Linear"
         try:
             self._check_loadable(state_dict, prefix)
