@@ -96,15 +96,47 @@ def compile_decode_v2(dtype: str = "bf16", num_warps: int = 4, m_pad: int = 8, r
     from triton.experimental.gluon._runtime import GluonASTSource
 
     lead = "x" if direction == "fwd" else "dy"
-    strides = ["stride_xm", "stride_xk"] if direction == "fwd" else ["stride_dym", "stride_dyn"]
-    sig = {f"{lead}_ptr": f"*{dtype}", "partial_ptr": "*fp32"}
-    sig.update({n: "i32" for n in ["M", "N", "K", *strides, "seed_lo", "seed_hi", "stream_lo", "stream_hi",
-                                   "spans_per_split"]})
+    if direction == "fwd":  # with lora_A: the launch that also makes x @ A^T (a rank of 16 here)
+        sig = {"x_ptr": f"*{dtype}", "partial_ptr": "*fp32", "a_ptr": f"*{dtype}", "xa_partial_ptr": "*fp32"}
+        ints = ["M", "N", "K", "R", "stride_xm", "stride_xk", "stride_ar", "stride_ak"]
+        divisible = ["x_ptr", "partial_ptr", "a_ptr", "xa_partial_ptr", "N", "K", "R", "stride_xm", "stride_ar"]
+        unit = ["stride_xk", "stride_ak"]
+        tail = ["n_w_blocks"]
+    else:
+        sig = {"dy_ptr": f"*{dtype}", "partial_ptr": "*fp32"}
+        ints = ["M", "N", "K", "stride_dym", "stride_dyn"]
+        divisible, unit, tail = ["dy_ptr", "partial_ptr", "N", "K", "stride_dym"], ["stride_dyn"], []
+    sig.update({n: "i32" for n in [*ints, "seed_lo", "seed_hi", "stream_lo", "stream_hi", "spans_per_split", *tail]})
     constexprs = dict(NUM_WARPS=num_warps, M_PAD=m_pad, DTYPE=_TL[dtype], N_ROUNDS=rounds)
     sig.update({name: "constexpr" for name in constexprs})
-    attrs = _specialise(sig, [f"{lead}_ptr", "partial_ptr", "N", "K", strides[0]], [strides[1]], constexprs)
+    attrs = _specialise(sig, divisible, unit, constexprs)
     kernel = _seeded_decode_fwd_kernel if direction == "fwd" else _seeded_decode_dx_kernel
     return triton.compile(GluonASTSource(kernel, sig, constexprs=constexprs, attrs=attrs),
+                          target=_target(arch), options={"num_warps": num_warps})
+
+
+def compile_epilogue(dtype: str = "bf16", block_m: int = 4, block_n: int = 32, n_splits: int = 32,
+                     lo_splits: int = 32, arch: int = 90, num_warps: int = 4, dbeta: bool = False):
+    """The shared epilogue (epilogue.py) as a decode forward launches it: split-K partial sums of
+    the backbone product and of x @ A^T, LoRA, bias, x @ A^T written out (``dbeta``: the input
+    gradient's launch instead, with dbeta partials and no x @ A^T out)."""
+    from lottalora_kernels.epilogue import R_UNROLL, _seeded_epilogue_kernel, _split_block
+    from lottalora_kernels.runtime import next_power_of_2
+
+    sig = {"acc_ptr": "*fp32", "lo_ptr": "*fp32" if lo_splits > 1 else f"*{dtype}", "lmat_ptr": f"*{dtype}",
+           "bias_ptr": f"*{dtype}", "beta_ptr": "*fp32", "out_ptr": f"*{dtype}", "x_ptr": f"*{dtype}",
+           "dbeta_ptr": "*fp32", "lo_out_ptr": f"*{dtype}"}
+    sig.update({n: "i32" for n in ["M", "N", "R", "n_splits", "lo_splits", "stride_as", "stride_am", "stride_an",
+                                   "stride_los", "stride_lom", "stride_lor", "stride_lmn", "stride_lmr",
+                                   "stride_om", "stride_on", "stride_xm", "stride_xn"]})
+    sig.update(value_scale="fp32", lora_scale="fp32")
+    constexprs = dict(HAS_LORA=True, HAS_BIAS=not dbeta, WRITE_OUT=True, DBETA=dbeta, WRITE_LO=not dbeta,
+                      BLOCK_M=block_m, BLOCK_N=block_n, SPLIT_BLOCK=_split_block(n_splits, block_m * block_n),
+                      LO_SPLIT_BLOCK=next_power_of_2(lo_splits), R_UNROLL=R_UNROLL)
+    sig.update({name: "constexpr" for name in constexprs})
+    attrs = _specialise(sig, ["acc_ptr", "lo_ptr", "lmat_ptr", "out_ptr", "N", "stride_as", "stride_am", "stride_om",
+                              "stride_los"], ["stride_an", "stride_lor", "stride_on", "stride_lmr"], constexprs)
+    return triton.compile(ASTSource(_seeded_epilogue_kernel, sig, constexprs=constexprs, attrs=attrs),
                           target=_target(arch), options={"num_warps": num_warps})
 
 
@@ -143,10 +175,15 @@ _INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-
 _LABEL = re.compile(r"^\s*(\.L_x_\d+):")
 
 
+_TENSOR_CORE_OPS = ("HMMA", "HGMMA")
+
+
 def main_loop(sass: str) -> Counter | None:
-    """Opcodes of the largest loop body (a backward branch's target up to the branch), NOPs
-    excluded, or None for straight-line code (the one-instruction trap loop that ends every
-    kernel does not count)."""
+    """Opcodes of the main loop (a backward branch's target up to the branch), NOPs excluded,
+    or None for straight-line code (the one-instruction trap loop that ends every kernel does
+    not count). The main loop is the largest loop with a tensor-core instruction, or the largest
+    loop in a kernel without any: the decode kernel's side loop (x @ A^T, float32 FMAs in
+    separate programs) can be longer than its backbone loop."""
     labels, pending, instructions = {}, [], []
     for line in sass.splitlines():
         label = _LABEL.match(line)
@@ -159,14 +196,15 @@ def main_loop(sass: str) -> Counter | None:
             labels.update((name, address) for name in pending)
             pending = []
             instructions.append((address, m.group(2), m.group(3)))
-    best = None
+    loops = []
     for address, opcode, operands in instructions:
         target = re.search(r"(\.L_x_\d+)", operands) if opcode == "BRA" else None
         if target and labels.get(target.group(1), address + 1) <= address:
             body = Counter(op for a, op, _ in instructions if labels[target.group(1)] <= a <= address and op != "NOP")
-            if sum(body.values()) > 2 and (best is None or sum(body.values()) > sum(best.values())):
-                best = body
-    return best
+            if sum(body.values()) > 2:
+                loops.append(body)
+    with_mma = [body for body in loops if any(body[op] for op in _TENSOR_CORE_OPS)]
+    return max(with_mma or loops, key=lambda body: sum(body.values()), default=None)
 
 
 def inspect(kernel) -> dict:

@@ -127,7 +127,7 @@ def bench_shape(m: int, nk: int, cuda: bool, timer, graph_timer) -> list[dict]:
     for regime in regimes if cuda else []:
         methods[f"seeded {regime}"] = lambda regime=regime: dispatch.seeded_linear_fwd(
             x.detach(), seed=layer.seed, stream=layer.stream, version=2, init=layer.init, out_features=n,
-            xa=x.detach() @ A.detach().T, lora_B=B.detach(), beta=beta.detach(), bias=bias.detach(),
+            lora_A=A.detach(), lora_B=B.detach(), beta=beta.detach(), bias=bias.detach(),
             scale=layer.scaling, regime=regime)
     rows = []
     for method, forward in methods.items():

@@ -65,11 +65,11 @@ class SeededLinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, lora_A, lora_B, beta, bias, spec: BackboneSpec, scale: float, backend: str):
         x2d = x.reshape(-1, spec.in_features)
-        xa = x2d @ lora_A.T if lora_A is not None else None
         # On the torch backend the backward reuses the forward's packed signs (stream v2):
-        # one generation per step instead of two (lottalora.reference).
+        # one generation per step instead of two (lottalora.reference). The op also returns
+        # xa = x @ A^T, which dB needs: the decode kernels make it beside the backbone product.
         need_w = ctx.needs_input_grad[0] or ctx.needs_input_grad[3]  # dx or dbeta
-        y2d, packed = forward_op(backend)(x2d, spec, xa, lora_B, beta, bias, scale, keep_signs=need_w)
+        y2d, xa, packed = forward_op(backend)(x2d, spec, lora_A, lora_B, beta, bias, scale, keep_signs=need_w)
         # x is needed by dA and dbeta, and dB depends on it through xa. x itself is saved, not
         # the reshaped x2d (detached from it), so that a refused double backward can list x
         # among the tensors the gradients depend on.

@@ -53,22 +53,28 @@ def input_grad_regime(version: int, m: int, dtype: torch.dtype | None = None, on
 
 def seeded_linear_fwd(
     x: torch.Tensor, *, seed: int, stream: int, version: int, init: str, out_features: int,
-    xa: torch.Tensor | None, lora_B: torch.Tensor | None, beta: torch.Tensor, bias: torch.Tensor | None,
+    lora_A: torch.Tensor | None, lora_B: torch.Tensor | None, beta: torch.Tensor, bias: torch.Tensor | None,
     scale: float, regime: str | None = None,
-) -> torch.Tensor:
-    """y (M, out_features) = beta * x @ W_seed^T + scale * xa @ lora_B^T + bias; x: (M, K).
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(y (M, out_features) = beta * x @ W_seed^T + scale * xa @ lora_B^T + bias, xa = x @ lora_A^T
+    (M, rank) or None); x: (M, K), lora_A: (rank, K) or None.
 
-    ``regime`` ("decode", "one_pass", "two_phase") overrides the choice (tests, benchmarks)."""
+    The decode regime makes xa inside its backbone kernel (no separate GEMV launch); the others
+    take it from cuBLAS. ``regime`` ("decode", "one_pass", "two_phase") overrides the choice
+    (tests, benchmarks)."""
     regime = regime or forward_regime(version, x.shape[0], x.dtype, x.is_cuda)
     if regime == "decode":
-        return seeded_decode.seeded_decode_fwd(x, seed=seed, stream=stream, out_features=out_features, xa=xa,
-                                               lora_B=lora_B, beta=beta, bias=bias, scale=scale)
+        return seeded_decode.seeded_decode_fwd(x, seed=seed, stream=stream, out_features=out_features,
+                                               lora_A=lora_A, lora_B=lora_B, beta=beta, bias=bias, scale=scale)
+    xa = x @ lora_A.T if lora_A is not None else None
     if regime == "two_phase":
-        return seeded_two_phase.two_phase_fwd(x, seed=seed, stream=stream, version=version, init=init,
-                                              out_features=out_features, xa=xa, lora_B=lora_B, beta=beta,
-                                              bias=bias, scale=scale)
-    return seeded_matmul.seeded_linear_fwd(x, seed=seed, stream=stream, out_features=out_features, init=init, xa=xa,
-                                           lora_B=lora_B, beta=beta, bias=bias, scale=scale)
+        y = seeded_two_phase.two_phase_fwd(x, seed=seed, stream=stream, version=version, init=init,
+                                           out_features=out_features, xa=xa, lora_B=lora_B, beta=beta, bias=bias,
+                                           scale=scale)
+    else:
+        y = seeded_matmul.seeded_linear_fwd(x, seed=seed, stream=stream, out_features=out_features, init=init,
+                                            xa=xa, lora_B=lora_B, beta=beta, bias=bias, scale=scale)
+    return y, xa
 
 
 def seeded_linear_bwd_dx(

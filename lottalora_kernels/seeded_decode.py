@@ -1,10 +1,16 @@
 """Decode regime (small M, stream v2): the backbone on the left of the dot, split over K.
 
     forward:        partial[s, m, o] = sum_{i in split s} W_signs[o, i] * x[m, i]      (kernel 1)
+                    xa_partial[s, m, r] = sum_{i in split s} A[r, i] * x[m, i]          (kernel 1)
+                    xa = sum_s xa_partial[s]  (rounded to x's dtype, also returned)      (kernel 2)
                     y[m, o] = beta * std * sum_s partial[s, m, o] + scale * (xa @ B^T)[m, o] + bias[o]
     input gradient: partial[s, m, i] = sum_{o in split s} W_signs[o, i] * dy[m, o]     (kernel 1)
                     dx[m, i] = beta * std * sum_s partial[s, m, i] + scale * (dy_b @ A)[m, i]
                     dbeta = std * <x, sum_s partial>                                    (kernel 2)
+
+The forward is two launches: x @ A^T is made by extra programs of kernel 1 (A's rows loaded
+where W's are generated, same MMAs), not by a cuBLAS GEMV before it, which on an H100 took 5.5
+of the 12.3 us of an M = 1, N = K = 4096 layer (split-K GEMV plus its reduction kernel).
 
 At M <= 32 the layer is a matrix-vector product: the tensor cores idle and the cost is making
 W. Generating W on the left of the product (out^T = W @ x^T) makes each thread's tile of W an
@@ -24,7 +30,7 @@ over o in spans of 64, and each thread again computes exactly the two calls it c
 Two implementations of kernel 1, one contract:
 - ``_seeded_decode_fwd_kernel`` (Gluon, GPU with sm_80+): explicit mma layouts and inline PTX;
   built to reach about 2 SASS instructions per weight in its main loop (1.84 counted for sm_90
-  at M <= 8, 2.12 at M <= 16, 2.64 at M <= 32, by ``python -m benchmarks.kernel_report``; the CI
+  at M <= 8, 2.12 at M <= 16, 2.69 at M <= 32, by ``python -m benchmarks.kernel_report``; the CI
   gate is 4).
 - ``_seeded_decode_fwd_twin_kernel`` (plain Triton): the same grid, row mapping, spans and
   partials with one weight per element (``v2_signs``); it runs under the interpreter, where CI
@@ -54,32 +60,53 @@ from .stream_v2 import v2_sign_pairs, v2_signs, v2_words_at, warp_span_rows
 
 SPAN_COLS = tl.constexpr(spec.V2_COL_SPAN)  # columns of W per main-loop step: one call span
 ROW_SPAN = tl.constexpr(spec.V2_ROW_SPAN)  # rows of W (o) per input-gradient main-loop step
+_XA_ROWS_PER_WARP = 16  # ranks of x @ A^T per warp in an extra program: one mma's rows
+XA_ROWS_PER_WARP = tl.constexpr(_XA_ROWS_PER_WARP)
 MAX_M = 32
+MAX_SPLITS = 64  # the epilogue loads all split-K partial sums of an output tile at once
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "stream_lo", "stream_hi"])
 def _seeded_decode_fwd_twin_kernel(
-    x_ptr, partial_ptr, M, N, K, stride_xm, stride_xk,
-    seed_lo, seed_hi, stream_lo, stream_hi, spans_per_split,
+    x_ptr, partial_ptr, a_ptr, xa_partial_ptr, M, N, K, R, stride_xm, stride_xk, stride_ar, stride_ak,
+    seed_lo, seed_hi, stream_lo, stream_hi, spans_per_split, n_w_blocks,
     NUM_WARPS: tl.constexpr, M_PAD: tl.constexpr, DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):
     BLOCK_N: tl.constexpr = 64 * NUM_WARPS
+    XA_ROWS: tl.constexpr = XA_ROWS_PER_WARP * NUM_WARPS
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
-    rows_t = tl.arange(0, BLOCK_N)
-    offs_o = pid_n * BLOCK_N + warp_span_rows(rows_t, NUM_WARPS).to(tl.int64)
     offs_m = tl.arange(0, M_PAD)
-    cols = tl.arange(0, SPAN_COLS).to(tl.int64)
-    acc = tl.zeros((BLOCK_N, M_PAD), dtype=tl.float32)
+    span_start = pid_s * spans_per_split
     span_end = tl.minimum((pid_s + 1) * spans_per_split, tl.cdiv(K, SPAN_COLS))
-    for span in range(pid_s * spans_per_split, span_end):
-        offs_i = span * SPAN_COLS + cols
-        w = v2_signs(seed_lo, seed_hi, stream_lo, stream_hi, offs_o[:, None], offs_i[None, :], DOT_DTYPE)
-        xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + offs_i[:, None] * stride_xk,
-                     mask=(offs_m < M)[None, :] & (offs_i < K)[:, None], other=0.0)
-        acc = tl.dot(w, xt.to(DOT_DTYPE), acc, input_precision=INPUT_PRECISION)
-    dst = partial_ptr + (pid_s * M + offs_m[None, :]).to(tl.int64) * N + offs_o[:, None]
-    tl.store(dst, acc, mask=(offs_m < M)[None, :] & (offs_o < N)[:, None])
+    if pid_n >= n_w_blocks:
+        # x @ A^T's partial sums over this split, XA_ROWS ranks: the backbone loop below with A's
+        # rows loaded where W's are generated.
+        offs_r = (pid_n - n_w_blocks) * XA_ROWS + tl.arange(0, XA_ROWS)
+        a_cols = tl.arange(0, SPAN_COLS).to(tl.int64)
+        xa = tl.zeros((XA_ROWS, M_PAD), dtype=tl.float32)
+        for span in range(span_start, span_end):
+            a_k = span * SPAN_COLS + a_cols
+            av = tl.load(a_ptr + offs_r[:, None] * stride_ar + a_k[None, :] * stride_ak,
+                         mask=(offs_r < R)[:, None] & (a_k < K)[None, :], other=0.0)
+            xv = tl.load(x_ptr + offs_m[None, :] * stride_xm + a_k[:, None] * stride_xk,
+                         mask=(offs_m < M)[None, :] & (a_k < K)[:, None], other=0.0)
+            xa = tl.dot(av.to(DOT_DTYPE), xv.to(DOT_DTYPE), xa, input_precision=INPUT_PRECISION)
+        xa_dst = xa_partial_ptr + (pid_s * M + offs_m[None, :]).to(tl.int64) * R + offs_r[:, None]
+        tl.store(xa_dst, xa, mask=(offs_m < M)[None, :] & (offs_r < R)[:, None])
+    else:
+        rows_t = tl.arange(0, BLOCK_N)
+        offs_o = pid_n * BLOCK_N + warp_span_rows(rows_t, NUM_WARPS).to(tl.int64)
+        cols = tl.arange(0, SPAN_COLS).to(tl.int64)
+        acc = tl.zeros((BLOCK_N, M_PAD), dtype=tl.float32)
+        for span in range(span_start, span_end):
+            offs_i = span * SPAN_COLS + cols
+            w = v2_signs(seed_lo, seed_hi, stream_lo, stream_hi, offs_o[:, None], offs_i[None, :], DOT_DTYPE)
+            xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + offs_i[:, None] * stride_xk,
+                         mask=(offs_m < M)[None, :] & (offs_i < K)[:, None], other=0.0)
+            acc = tl.dot(w, xt.to(DOT_DTYPE), acc, input_precision=INPUT_PRECISION)
+        dst = partial_ptr + (pid_s * M + offs_m[None, :]).to(tl.int64) * N + offs_o[:, None]
+        tl.store(dst, acc, mask=(offs_m < M)[None, :] & (offs_o < N)[:, None])
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "stream_lo", "stream_hi"])
@@ -110,48 +137,73 @@ def _seeded_decode_dx_twin_kernel(
 
 @gluon_jit(do_not_specialize=["seed_lo", "seed_hi", "stream_lo", "stream_hi"])
 def _seeded_decode_fwd_kernel(
-    x_ptr, partial_ptr, M, N, K, stride_xm, stride_xk,
-    seed_lo, seed_hi, stream_lo, stream_hi, spans_per_split,
+    x_ptr, partial_ptr, a_ptr, xa_partial_ptr, M, N, K, R, stride_xm, stride_xk, stride_ar, stride_ak,
+    seed_lo, seed_hi, stream_lo, stream_hi, spans_per_split, n_w_blocks,
     NUM_WARPS: gl.constexpr, M_PAD: gl.constexpr, DTYPE: gl.constexpr, N_ROUNDS: gl.constexpr = PHILOX_ROUNDS,
 ):
     # Same contract, grid and row mapping as _seeded_decode_fwd_twin_kernel; W is generated in
     # the mma A-operand layout (two Philox calls per thread per span) and never leaves registers.
     BLOCK_N: gl.constexpr = 64 * NUM_WARPS
+    XA_ROWS: gl.constexpr = XA_ROWS_PER_WARP * NUM_WARPS
+    pid_n = gl.program_id(0)
+    pid_s = gl.program_id(1)
+    span_start = pid_s * spans_per_split
+    span_end = gl.minimum((pid_s + 1) * spans_per_split, gl.cdiv(K, SPAN_COLS))
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[NUM_WARPS, 1],
                                                   instr_shape=[16, 8])
     w_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
     x_layout: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
-    pid_n = gl.program_id(0)
-    pid_s = gl.program_id(1)
-    # Tensor row 16 NUM_WARPS rep + 16 w + 8 h + g is weight row 64 (pid_n NUM_WARPS + w) + 8 (2 rep
-    # + h) + g (warp_span_rows), split here into (span, p, a) straight from its bit fields.
-    rows_t = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, w_layout))
-    span_o = gl.expand_dims(pid_n * NUM_WARPS + (rows_t // 16) % NUM_WARPS, 1)
-    p = gl.expand_dims(2 * (rows_t // (16 * NUM_WARPS)) + (rows_t // 8) % 2, 1)
-    a = gl.expand_dims(rows_t % 8, 1)
-    cols = gl.expand_dims(gl.arange(0, SPAN_COLS, layout=gl.SliceLayout(0, w_layout)), 0)
-    q = cols // 8
-    c = cols % 8
-    offs_m_x = gl.expand_dims(gl.arange(0, M_PAD, layout=gl.SliceLayout(0, x_layout)), 0)
-    offs_k_x = gl.expand_dims(gl.arange(0, SPAN_COLS, layout=gl.SliceLayout(1, x_layout)), 1)
-    acc = gl.zeros((BLOCK_N, M_PAD), gl.float32, layout=mma)
-    span_end = gl.minimum((pid_s + 1) * spans_per_split, gl.cdiv(K, SPAN_COLS))
-    for span in range(pid_s * spans_per_split, span_end):
-        k0 = span * SPAN_COLS
-        # The two columns of an operand register (c even, c + 1) come from two calls, same bit.
-        word_a, bit = v2_words_at(seed_lo, seed_hi, stream_lo, stream_hi, span_o, p, a, span, q, c & 6,
+    if pid_n >= n_w_blocks:
+        offs_m_x = gl.expand_dims(gl.arange(0, M_PAD, layout=gl.SliceLayout(0, x_layout)), 0)
+        offs_k_x = gl.expand_dims(gl.arange(0, SPAN_COLS, layout=gl.SliceLayout(1, x_layout)), 1)
+        offs_m_acc = gl.expand_dims(gl.arange(0, M_PAD, layout=gl.SliceLayout(0, mma)), 0)
+        # x @ A^T over this split, XA_ROWS ranks: the backbone loop below with A's rows loaded
+        # where W's are generated (same operand layouts, same MMAs).
+        r0 = (pid_n - n_w_blocks) * XA_ROWS
+        offs_r = r0 + gl.expand_dims(gl.arange(0, XA_ROWS, layout=gl.SliceLayout(1, w_layout)), 1)
+        a_cols = gl.expand_dims(gl.arange(0, SPAN_COLS, layout=gl.SliceLayout(0, w_layout)), 0)
+        xa = gl.zeros((XA_ROWS, M_PAD), gl.float32, layout=mma)
+        for span in range(span_start, span_end):
+            a_k = span * SPAN_COLS + a_cols
+            av = gl.load(a_ptr + offs_r * stride_ar + a_k.to(gl.int64) * stride_ak, mask=(offs_r < R) & (a_k < K),
+                         other=0.0)
+            x_k = span * SPAN_COLS + offs_k_x
+            xv = gl.load(x_ptr + offs_m_x * stride_xm + x_k.to(gl.int64) * stride_xk,
+                         mask=(offs_m_x < M) & (x_k < K), other=0.0)
+            xa = gl.nvidia.ampere.mma_v2(av.to(DTYPE), xv.to(DTYPE), xa)
+        offs_r_acc = r0 + gl.expand_dims(gl.arange(0, XA_ROWS, layout=gl.SliceLayout(1, mma)), 1)
+        xa_dst = xa_partial_ptr + (pid_s * M + offs_m_acc).to(gl.int64) * R + offs_r_acc
+        gl.store(xa_dst, xa, mask=(offs_m_acc < M) & (offs_r_acc < R))
+    else:
+        offs_m_x = gl.expand_dims(gl.arange(0, M_PAD, layout=gl.SliceLayout(0, x_layout)), 0)
+        offs_k_x = gl.expand_dims(gl.arange(0, SPAN_COLS, layout=gl.SliceLayout(1, x_layout)), 1)
+        offs_m_acc = gl.expand_dims(gl.arange(0, M_PAD, layout=gl.SliceLayout(0, mma)), 0)
+        # Tensor row 16 NUM_WARPS rep + 16 w + 8 h + g is weight row 64 (pid_n NUM_WARPS + w) + 8 (2
+        # rep + h) + g (warp_span_rows), split here into (span, p, a) straight from its bit fields.
+        rows_t = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, w_layout))
+        span_o = gl.expand_dims(pid_n * NUM_WARPS + (rows_t // 16) % NUM_WARPS, 1)
+        p = gl.expand_dims(2 * (rows_t // (16 * NUM_WARPS)) + (rows_t // 8) % 2, 1)
+        a = gl.expand_dims(rows_t % 8, 1)
+        cols = gl.expand_dims(gl.arange(0, SPAN_COLS, layout=gl.SliceLayout(0, w_layout)), 0)
+        q = cols // 8
+        c = cols % 8
+        acc = gl.zeros((BLOCK_N, M_PAD), gl.float32, layout=mma)
+        for span in range(span_start, span_end):
+            k0 = span * SPAN_COLS
+            # The two columns of an operand register (c even, c + 1) come from two calls, same bit.
+            word_a, bit = v2_words_at(seed_lo, seed_hi, stream_lo, stream_hi, span_o, p, a, span, q, c & 6,
+                                      N_ROUNDS)
+            word_b, _ = v2_words_at(seed_lo, seed_hi, stream_lo, stream_hi, span_o, p, a, span, q, c | 1,
                                     N_ROUNDS)
-        word_b, _ = v2_words_at(seed_lo, seed_hi, stream_lo, stream_hi, span_o, p, a, span, q, c | 1, N_ROUNDS)
-        w = v2_sign_pairs(word_a, word_b, bit, DTYPE)
-        offs_k = k0 + offs_k_x
-        xt = gl.load(x_ptr + offs_m_x * stride_xm + offs_k.to(gl.int64) * stride_xk,
-                     mask=(offs_m_x < M) & (offs_k < K), other=0.0)
-        acc = gl.nvidia.ampere.mma_v2(w, xt.to(DTYPE), acc)
-    rows_acc = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma))
-    offs_o_acc = gl.expand_dims(pid_n * BLOCK_N + warp_span_rows(rows_acc, NUM_WARPS), 1).to(gl.int64)
-    offs_m_acc = gl.expand_dims(gl.arange(0, M_PAD, layout=gl.SliceLayout(0, mma)), 0)
-    dst = partial_ptr + (pid_s * M + offs_m_acc).to(gl.int64) * N + offs_o_acc
-    gl.store(dst, acc, mask=(offs_m_acc < M) & (offs_o_acc < N))
+            w = v2_sign_pairs(word_a, word_b, bit, DTYPE)
+            offs_k = k0 + offs_k_x
+            xt = gl.load(x_ptr + offs_m_x * stride_xm + offs_k.to(gl.int64) * stride_xk,
+                         mask=(offs_m_x < M) & (offs_k < K), other=0.0)
+            acc = gl.nvidia.ampere.mma_v2(w, xt.to(DTYPE), acc)
+        rows_acc = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma))
+        offs_o_acc = gl.expand_dims(pid_n * BLOCK_N + warp_span_rows(rows_acc, NUM_WARPS), 1).to(gl.int64)
+        dst = partial_ptr + (pid_s * M + offs_m_acc).to(gl.int64) * N + offs_o_acc
+        gl.store(dst, acc, mask=(offs_m_acc < M) & (offs_o_acc < N))
 
 
 @gluon_jit(do_not_specialize=["seed_lo", "seed_hi", "stream_lo", "stream_hi"])
@@ -212,18 +264,21 @@ def use_fast_path(x: torch.Tensor) -> bool:
 
 
 def split_k_for(n_row_blocks: int, n_spans: int, device: torch.device) -> int:
-    """Programs along K: enough for about four programs per SM, at least one span each."""
+    """Programs along K: enough for about four programs per SM, at least one span each, at most
+    MAX_SPLITS."""
     if device.type != "cuda":
         return min(n_spans, 2)  # the interpreter: exercise the split without slowing tests
-    return max(1, min(n_spans, cdiv(4 * sm_count(device), n_row_blocks)))
+    return max(1, min(n_spans, MAX_SPLITS, cdiv(4 * sm_count(device), n_row_blocks)))
 
 
 def _partial_products(
     a: torch.Tensor, *, transposed: bool, n_out: int, seed: int, stream: int, fast: bool | None,
-    num_warps: int | None, split_k: int | None,
-) -> torch.Tensor:
+    num_warps: int | None, split_k: int | None, lora_A: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Kernel 1 of either direction: (splits, M, n_out) float32 partial sums of a @ W_signs^T
-    (forward, a = x) or of a @ W_signs (input gradient, ``transposed``, a = dy)."""
+    (forward, a = x) or of a @ W_signs (input gradient, ``transposed``, a = dy); with
+    ``lora_A`` (rank, K) (forward only), also (splits, M, rank) float32 partial sums of
+    a @ lora_A^T, made by extra programs beside the backbone's, else None."""
     M, n_red = a.shape
     fast = use_fast_path(a) if fast is None else fast
     if num_warps is None:
@@ -237,10 +292,18 @@ def _partial_products(
     split_k = cdiv(n_spans, spans_per_split)  # no empty splits
     partial = new_output((split_k, M, n_out), torch.float32, a.device)
     N, K = (n_red, n_out) if transposed else (n_out, n_red)
-    args = (a, partial, M, N, K, a.stride(0), a.stride(1), *backbone_scalars(seed, stream), spans_per_split)
-    grid = (n_row_blocks, split_k)
-    fast_kernel, twin_kernel = ((_seeded_decode_dx_kernel, _seeded_decode_dx_twin_kernel) if transposed
-                                else (_seeded_decode_fwd_kernel, _seeded_decode_fwd_twin_kernel))
+    scalars = (*backbone_scalars(seed, stream), spans_per_split)
+    if transposed:
+        fast_kernel, twin_kernel = _seeded_decode_dx_kernel, _seeded_decode_dx_twin_kernel
+        args, grid, xa_partial = (a, partial, M, N, K, a.stride(0), a.stride(1), *scalars), (n_row_blocks, split_k), None
+    else:
+        fast_kernel, twin_kernel = _seeded_decode_fwd_kernel, _seeded_decode_fwd_twin_kernel
+        rank = lora_A.shape[0] if lora_A is not None else 0
+        xa_partial = new_output((split_k, M, rank), torch.float32, a.device) if rank else None
+        a_strides = tuple(lora_A.stride()) if rank else (0, 0)
+        args = (a, partial, lora_A if rank else a, xa_partial if rank else partial, M, N, K, rank,
+                a.stride(0), a.stride(1), *a_strides, *scalars, n_row_blocks)
+        grid = (n_row_blocks + cdiv(rank, _XA_ROWS_PER_WARP * num_warps), split_k)
 
     def launch_fast():
         fast_kernel[grid](*args, NUM_WARPS=num_warps, M_PAD=_m_pad(M), DTYPE=_TL_DTYPES[a.dtype],
@@ -253,32 +316,36 @@ def _partial_products(
         run_fast_path("seeded_decode_dx" if transposed else "seeded_decode", launch_fast, launch_twin)
     else:
         launch_twin()
-    return partial
+    return partial, xa_partial
 
 
 def seeded_decode_fwd(
-    x: torch.Tensor, *, seed: int, stream: int, out_features: int, xa: torch.Tensor | None,
+    x: torch.Tensor, *, seed: int, stream: int, out_features: int, lora_A: torch.Tensor | None,
     lora_B: torch.Tensor | None, beta: torch.Tensor, bias: torch.Tensor | None, scale: float,
     fast: bool | None = None, num_warps: int | None = None, split_k: int | None = None,
-) -> torch.Tensor:
-    """y = beta * std * x @ W_signs^T + scale * xa @ lora_B^T + bias for stream v2 and M <= 32.
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """y = beta * std * x @ W_signs^T + scale * (x @ lora_A^T) @ lora_B^T + bias for stream v2
+    and M <= 32, in two launches: x @ lora_A^T is made by the backbone kernel's extra programs.
 
-    x: (M, K); xa: (M, rank) or None; lora_B: (out_features, rank) or None; beta: one element;
-    bias: (out_features,) or None. Returns (M, out_features) in x.dtype. ``fast`` picks the
-    Gluon kernel (default: when ``use_fast_path``), else the plain-Triton twin; ``num_warps``
-    and ``split_k`` pin the launch (tests). Inputs are assumed validated.
+    x: (M, K); lora_A: (rank, K) and lora_B: (out_features, rank), or None; beta: one element;
+    bias: (out_features,) or None. Returns (y (M, out_features) in x.dtype, xa = x @ lora_A^T
+    (M, rank) in x.dtype as the LoRA term used it, or None). ``fast`` picks the Gluon kernel
+    (default: when ``use_fast_path``), else the plain-Triton twin; ``num_warps`` and
+    ``split_k`` pin the launch (tests). Inputs are assumed validated.
     """
     M, K = x.shape
     if M > MAX_M:
         raise ValueError(f"the decode kernel takes at most {MAX_M} rows, got {M}")
+    rank = lora_A.shape[0] if lora_A is not None else 0
     out = new_output((M, out_features), x.dtype, x.device)
+    xa = new_output((M, rank), x.dtype, x.device) if lora_A is not None else None
     if M == 0:
-        return out
-    partial = _partial_products(x, transposed=False, n_out=out_features, seed=seed, stream=stream, fast=fast,
-                                num_warps=num_warps, split_k=split_k)
-    seeded_epilogue(partial, out, beta=beta, value_scale=spec.backbone_std(K), lo=xa, lmat=lora_B,
-                    lora_scale=scale, bias=bias)
-    return out
+        return out, xa
+    partial, xa_partial = _partial_products(x, transposed=False, n_out=out_features, seed=seed, stream=stream,
+                                            fast=fast, num_warps=num_warps, split_k=split_k, lora_A=lora_A)
+    seeded_epilogue(partial, out, beta=beta, value_scale=spec.backbone_std(K), lo=xa_partial, lmat=lora_B,
+                    lora_scale=scale, bias=bias, lo_out=xa if rank else None)
+    return out, xa
 
 
 def seeded_decode_bwd_dx(
@@ -300,8 +367,8 @@ def seeded_decode_bwd_dx(
     dx = new_output((M, in_features), dy.dtype, dy.device) if need_dx else None
     if M == 0:
         return dx, (torch.zeros((), device=dy.device) if x_for_dbeta is not None else None)
-    partial = _partial_products(dy, transposed=True, n_out=in_features, seed=seed, stream=stream, fast=fast,
-                                num_warps=num_warps, split_k=split_k)
+    partial, _ = _partial_products(dy, transposed=True, n_out=in_features, seed=seed, stream=stream, fast=fast,
+                                   num_warps=num_warps, split_k=split_k)
     std = spec.backbone_std(in_features)
     partial_dbeta = seeded_epilogue(partial, dx, beta=beta, value_scale=std, lo=dy_b,
                                     lmat=lora_A.T if lora_A is not None else None, lora_scale=scale,

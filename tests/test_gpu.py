@@ -57,7 +57,8 @@ def test_decode_kernel_generates_the_reference_signs(dtype, fast, m):
         n_spans = -(-K // 128)
         partial = torch.empty((n_spans, k1 - k0, N), device="cuda")
         grid = (-(-N // block_n), n_spans)
-        args = (x, partial, k1 - k0, N, K, x.stride(0), x.stride(1), *backbone_scalars(s.seed, s.stream), 1)
+        args = (x, partial, x, partial, k1 - k0, N, K, 0, x.stride(0), x.stride(1), 0, 0,
+                *backbone_scalars(s.seed, s.stream), 1, grid[0])
         if fast:
             seeded_decode._seeded_decode_fwd_kernel[grid](*args, NUM_WARPS=4, M_PAD=seeded_decode._m_pad(k1 - k0),
                                                          DTYPE=seeded_decode._TL_DTYPES[dtype], num_warps=4)
@@ -93,8 +94,8 @@ def test_decode_dx_kernel_generates_the_reference_signs(dtype, fast, m):
     assert torch.equal(torch.sign(got), want), f"{(torch.sign(got) != want).sum().item()} weights differ"
 
 
-def _layer_case(dtype, M, version, K=1000, N=777):
-    layer = lottalora.Linear(K, N, rank=16, seed=5, stream_version=version, device="cuda", dtype=dtype)
+def _layer_case(dtype, M, version, K=1000, N=777, rank=16):
+    layer = lottalora.Linear(K, N, rank=rank, seed=5, stream_version=version, device="cuda", dtype=dtype)
     with torch.no_grad():
         layer.lora_B.normal_(std=0.1)
         layer.beta.fill_(0.9)
@@ -129,16 +130,23 @@ def test_forward_and_backward_match_float64_in_every_regime(version, dtype, M, m
         assert_close_to_baseline(g, b, w_, dtype, f"d{name} {tag}", summed_terms=y.numel() if name == "beta" else 1)
 
 
-@pytest.mark.parametrize("M", [1, 16])
-def test_gluon_decode_matches_its_twin(M):
-    layer, x = _layer_case(torch.bfloat16, M, 2, K=4096, N=4096)
+@pytest.mark.parametrize("M", [1, 16, 27])
+@pytest.mark.parametrize("rank", [2, 37])
+def test_gluon_decode_matches_its_twin(M, rank):
+    """Outputs and x @ A^T (made by the kernel's extra programs: 37 ranks span three of them)."""
+    layer, x = _layer_case(torch.bfloat16, M, 2, K=4096, N=4096, rank=rank)
     x = x.detach()
-    kwargs = dict(seed=layer.seed, stream=layer.stream, out_features=4096, xa=x @ layer.lora_A.T,
+    A = layer.lora_A.detach()
+    kwargs = dict(seed=layer.seed, stream=layer.stream, out_features=4096, lora_A=A,
                   lora_B=layer.lora_B.detach(), beta=layer.beta.detach(), bias=layer.bias.detach(), scale=layer.scaling)
-    fast = seeded_decode.seeded_decode_fwd(x, fast=True, **kwargs)
-    twin = seeded_decode.seeded_decode_fwd(x, fast=False, **kwargs)
+    fast, fast_xa = seeded_decode.seeded_decode_fwd(x, fast=True, **kwargs)
+    twin, twin_xa = seeded_decode.seeded_decode_fwd(x, fast=False, **kwargs)
     # Same weights, same float32 partial sums in a different order: equal to bf16 rounding.
     assert torch.allclose(fast.float(), twin.float(), rtol=1e-2, atol=1e-2)
+    want_xa = x.double() @ A.double().T
+    for name, xa in (("fast", fast_xa), ("twin", twin_xa)):
+        assert xa.dtype == torch.bfloat16 and xa.shape == (M, rank)
+        assert torch.allclose(xa.double(), want_xa, rtol=1e-2, atol=1e-2 * want_xa.abs().max().item()), name
 
 
 @pytest.mark.parametrize("version", [1, 2])

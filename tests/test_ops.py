@@ -19,11 +19,11 @@ def _args(device, R=3):
 @pytest.mark.parametrize("keep", [True, False])
 def test_forward_op_passes_opcheck(backend, keep, device):
     s, x, A, B, beta, bias = _args(device)
-    torch.library.opcheck(seeded_linear_fwd_op, (x, x @ A.T, B, beta, bias, spec_words(s), 18, "gaussian", 1, 0.5,
+    torch.library.opcheck(seeded_linear_fwd_op, (x, A, B, beta, bias, spec_words(s), 18, "gaussian", 1, 0.5,
                                                  backend, True), test_utils=("test_schema", "test_faketensor"))
     torch.library.opcheck(seeded_linear_fwd_op, (x, None, None, beta, None, spec_words(s), 18, "uniform", 1, 1.0,
                                                  backend, False), test_utils=("test_schema", "test_faketensor"))
-    torch.library.opcheck(seeded_linear_fwd_op, (x, x @ A.T, B, beta, bias, spec_words(s), 18, "rademacher", 2,
+    torch.library.opcheck(seeded_linear_fwd_op, (x, A, B, beta, bias, spec_words(s), 18, "rademacher", 2,
                                                  0.5, backend, keep), test_utils=("test_schema", "test_faketensor"))
 
 
@@ -60,10 +60,10 @@ def test_torch_backend_forward_hands_its_packed_signs_to_the_backward():
 
     s = lottalora.BackboneSpec(11, 12, 300, 70)
     x, dy, beta = torch.randn(9, 300), torch.randn(9, 70), torch.tensor(0.7)
-    y, packed = seeded_linear_fwd_op(x, None, None, beta, None, spec_words(s), 70, s.init, 2, 1.0, "torch", True)
+    y, _, packed = seeded_linear_fwd_op(x, None, None, beta, None, spec_words(s), 70, s.init, 2, 1.0, "torch", True)
     assert packed.dtype == torch.uint8 and packed.shape == (70, 16 * 3)
     assert torch.equal(packed, reference.packed_signs(s, "cpu"))
-    _, not_kept = seeded_linear_fwd_op(x, None, None, beta, None, spec_words(s), 70, s.init, 2, 1.0, "torch", False)
+    _, _, not_kept = seeded_linear_fwd_op(x, None, None, beta, None, spec_words(s), 70, s.init, 2, 1.0, "torch", False)
     assert not_kept.numel() == 0
     args = (dy, None, None, beta, x, spec_words(s), 300, s.init, 2, 1.0, True, "torch")
     reused = seeded_linear_bwd_dx_op(*args, packed)

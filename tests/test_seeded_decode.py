@@ -20,54 +20,64 @@ def _case(M, K, N, R, dtype, device, bias=True):
     B = torch.randn(N, R, device=device).to(dtype)
     b = torch.randn(N, device=device).to(dtype) if bias else None
     beta = torch.tensor(0.8, device=device)
-    xa = x @ A.T if R else None
+    xa = x @ A.T if R else None  # in the input dtype: the LoRA term of nn.Linear-style layers
     want = 0.8 * x.double() @ backbone_block(s, device=device).double().T
     if R:
         want += 0.5 * xa.double() @ B.double().T
     if bias:
         want += b.double()
-    return s, x, xa, (B if R else None), b, beta, want
+    return s, x, (A if R else None), (B if R else None), b, beta, want
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("M,K,N", [(1, 45, 37), (7, 300, 70), (16, 129, 200), (29, 131, 70)])
-@pytest.mark.parametrize("R", [0, 3])
+@pytest.mark.parametrize("R", [0, 3, 6])
 def test_decode_forward_matches_float64(dtype, M, K, N, R, device):
-    s, x, xa, B, b, beta, want = _case(M, K, N, R, dtype, device)
-    y = seeded_decode_fwd(x, seed=s.seed, stream=s.stream, out_features=N, xa=xa, lora_B=B, beta=beta, bias=b,
-                          scale=0.5, fast=False)
+    """R = 6 needs two of the kernel's x @ A^T programs (4 ranks each with one warp)."""
+    s, x, A, B, b, beta, want = _case(M, K, N, R, dtype, device)
+    y, xa = seeded_decode_fwd(x, seed=s.seed, stream=s.stream, out_features=N, lora_A=A, lora_B=B, beta=beta,
+                              bias=b, scale=0.5, fast=False)
     assert y.dtype == dtype and y.shape == (M, N)
     assert_close(y, want, dtype, f"decode {dtype} {M}x{K}x{N} r={R}")
+    if R:
+        assert xa.dtype == dtype and xa.shape == (M, R)
+        assert_close(xa, x.double() @ A.double().T, dtype, f"decode x @ A^T {dtype} r={R}")
+    else:
+        assert xa is None
 
 
 @pytest.mark.parametrize("num_warps,split_k", [(1, 1), (1, 3), (2, 2), (2, 4)])
 def test_decode_result_does_not_depend_on_the_launch(num_warps, split_k, device):
-    s, x, xa, B, b, beta, want = _case(5, 512, 150, 2, torch.float32, device)
-    y = seeded_decode_fwd(x, seed=s.seed, stream=s.stream, out_features=150, xa=xa, lora_B=B, beta=beta, bias=b,
-                          scale=0.5, fast=False, num_warps=num_warps, split_k=split_k)
+    # 20 ranks: two of the kernel's x @ A^T programs at one warp
+    s, x, A, B, b, beta, want = _case(5, 512, 150, 20, torch.float32, device)
+    y, xa = seeded_decode_fwd(x, seed=s.seed, stream=s.stream, out_features=150, lora_A=A, lora_B=B, beta=beta,
+                              bias=b, scale=0.5, fast=False, num_warps=num_warps, split_k=split_k)
     assert_close(y, want, torch.float32, f"decode nw={num_warps} split={split_k}")
+    assert_close(xa, x.double() @ A.double().T, torch.float32, f"x @ A^T nw={num_warps} split={split_k}")
 
 
 def test_decode_accepts_a_strided_input(device):
-    s, x, xa, B, b, beta, want = _case(3, 200, 40, 0, torch.float32, device)
+    s, x, A, B, b, beta, want = _case(3, 200, 40, 2, torch.float32, device)
     wide = torch.zeros(200, 3, device=device).T.copy_(x)  # (3, 200) with strides (1, 3)
-    y = seeded_decode_fwd(wide, seed=s.seed, stream=s.stream, out_features=40, xa=None, lora_B=None, beta=beta,
-                          bias=b, scale=0.5, fast=False)
+    a_t = torch.zeros(200, 2, device=device).T.copy_(A)  # lora_A with strides (1, 2)
+    y, xa = seeded_decode_fwd(wide, seed=s.seed, stream=s.stream, out_features=40, lora_A=a_t, lora_B=B, beta=beta,
+                              bias=b, scale=0.5, fast=False)
     assert_close(y, want, torch.float32, "strided input")
+    assert_close(xa, x.double() @ A.double().T, torch.float32, "strided x @ A^T")
 
 
 def test_decode_refuses_more_rows_than_it_was_built_for(device):
-    s, x, xa, B, b, beta, _ = _case(MAX_M + 1, 16, 8, 0, torch.float32, device)
+    s, x, A, B, b, beta, _ = _case(MAX_M + 1, 16, 8, 0, torch.float32, device)
     with pytest.raises(ValueError, match="at most"):
-        seeded_decode_fwd(x, seed=s.seed, stream=s.stream, out_features=8, xa=None, lora_B=None, beta=beta, bias=b,
-                          scale=1.0)
+        seeded_decode_fwd(x, seed=s.seed, stream=s.stream, out_features=8, lora_A=None, lora_B=None, beta=beta,
+                          bias=b, scale=1.0)
 
 
 def test_decode_of_an_empty_batch_is_empty(device):
-    s, x, xa, B, b, beta, _ = _case(1, 16, 8, 0, torch.float32, device)
-    y = seeded_decode_fwd(x[:0], seed=s.seed, stream=s.stream, out_features=8, xa=None, lora_B=None, beta=beta,
-                          bias=b, scale=1.0)
-    assert y.shape == (0, 8)
+    s, x, A, B, b, beta, _ = _case(1, 16, 8, 2, torch.float32, device)
+    y, xa = seeded_decode_fwd(x[:0], seed=s.seed, stream=s.stream, out_features=8, lora_A=A, lora_B=B, beta=beta,
+                              bias=b, scale=1.0)
+    assert y.shape == (0, 8) and xa.shape == (0, 2)
 
 
 def test_a_fast_path_that_does_not_compile_falls_back_to_its_twin_with_a_warning(monkeypatch):

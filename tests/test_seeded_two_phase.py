@@ -81,8 +81,10 @@ def test_regimes_follow_the_documented_thresholds():
 @pytest.mark.parametrize("regime", ["decode", "two_phase"])
 def test_dispatch_runs_each_v2_regime_to_the_same_result(regime, device):
     s, x, A, B, bias, beta, w64 = _inputs(9, 200, 70, 2, torch.float32, device, 2, "rademacher")
-    y = dispatch.seeded_linear_fwd(x, seed=s.seed, stream=s.stream, version=2, init="rademacher", out_features=70,
-                                   xa=x @ A.T, lora_B=B, beta=beta, bias=bias, scale=0.5, regime=regime)
+    y, xa = dispatch.seeded_linear_fwd(x, seed=s.seed, stream=s.stream, version=2, init="rademacher",
+                                       out_features=70, lora_A=A, lora_B=B, beta=beta, bias=bias, scale=0.5,
+                                       regime=regime)
+    assert_close(xa, x.double() @ A.double().T, torch.float32, f"xa {regime}")
     want = 1.25 * x.double() @ w64.T + 0.5 * (x @ A.T).double() @ B.double().T + bias.double()
     assert_close(y, want, torch.float32, f"regime {regime}")
 
