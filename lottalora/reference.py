@@ -46,6 +46,8 @@ _TABLE_ROWS = 1024  # rows of W per lookup pass: bounds the (rows, in / 8) gathe
 # its columns in order, each block made when the loop reaches it and dropped after.
 ColumnBlocks = Iterable[tuple[tuple[int, int], torch.Tensor]]
 
+_BIT_TABLES: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
@@ -115,8 +117,16 @@ def _product_scale(spec: BackboneSpec) -> float:
 
 
 def _bit_table(dtype: torch.dtype, device) -> torch.Tensor:
-    """[8, 256]: entry (k, v) is bit k of v."""
-    return ((torch.arange(256, device=device)[None, :] >> torch.arange(8, device=device)[:, None]) & 1).to(dtype)
+    """[8, 256]: entry (k, v) is bit k of v; made once per dtype and device (as
+    ``stream_v2.byte_sign_table`` keeps its signs: a batch-1 forward would otherwise rebuild it)."""
+    key = (dtype, torch.device(device))
+    if key not in _BIT_TABLES:
+        # Made outside inference mode even when first asked for inside it: an inference tensor
+        # could never be saved for backward by a later call that autograd records.
+        with torch.inference_mode(False):
+            bits = (torch.arange(256, device=device)[None, :] >> torch.arange(8, device=device)[:, None]) & 1
+            _BIT_TABLES[key] = bits.to(dtype)
+    return _BIT_TABLES[key]
 
 
 def _v2_table_gemv(x: torch.Tensor, spec: BackboneSpec, packed: torch.Tensor) -> torch.Tensor:
