@@ -11,10 +11,12 @@ collectives. The block is generated in column chunks of about 2^21 values and dr
 use, in the forward and again in the backward, so memory stays bounded whatever the block's
 size. Unlike ``seeded_linear`` the generation is not fused into the matmul: each chunk is
 generated (the Triton generator for CUDA tensors, the PyTorch stream otherwise, as
-``resolve_backend`` picks) and multiplied by torch.matmul. Numerics follow the reference backend
-(``lottalora/reference.py``): fp32 accumulation (fp64 for fp64 inputs); stream v2 multiplies its
-exact +-1 signs and scales by beta * std afterwards; stream v1 values are rounded to the input
-dtype first. ``seeded_linear_shard_ref`` is the readable float64 reference the tests hold it to.
+``resolve_backend`` picks) and multiplied by torch.matmul. The products and their epilogues are
+the reference backend's loops (``lottalora/reference.py``) run on the block's chunks: fp32
+accumulation (fp64 for fp64 inputs); stream v2 multiplies its exact +-1 signs and scales by
+beta * std afterwards; stream v1 values are rounded to the input dtype first. This module adds
+only the block's bookkeeping, the generator's choice and the autograd Function.
+``seeded_linear_shard_ref`` is the readable float64 reference the tests hold it to.
 """
 
 from __future__ import annotations
@@ -23,45 +25,38 @@ import contextlib
 
 import torch
 
+from . import reference
 from .backend import resolve_backend
-from .stream import BackboneSpec, backbone_block, backbone_signs
+from .stream import BackboneSpec, backbone_block
 
 BLOCK_VALUES = 1 << 21
-_V2_SPAN_COLS = 128  # stream v2 draws 128 columns per Philox call: chunks start on those spans
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _column_chunks(spec: BackboneSpec, rows: tuple[int, int], cols: tuple[int, int]):
-    span = _V2_SPAN_COLS if spec.version == 2 else 4
-    width = max(span, (BLOCK_VALUES // max(1, rows[1] - rows[0])) // span * span)
-    start = cols[0]
-    while start < cols[1]:
-        stop = min(cols[1], (start // span) * span + width)
-        yield start, stop
-        start = stop
+    """Column ranges [c0, c1) of the block (columns of the whole backbone), about BLOCK_VALUES
+    weights each."""
+    return reference._column_blocks(spec, rows, cols, BLOCK_VALUES)
 
 
 def _weight_chunk(spec: BackboneSpec, rows, cols, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """The chunk the product uses, in the compute dtype: v2's signs, v1's values rounded to ``dtype``."""
-    compute = _compute_dtype(dtype)
-    if resolve_backend(device) == "triton":
-        from lottalora_kernels.backbone_gen import generate_backbone
+    if resolve_backend(device) != "triton":
+        return reference._stream_block(spec, rows, cols, dtype, device)
+    from lottalora_kernels.backbone_gen import generate_backbone
 
-        if spec.version == 2:
-            return generate_backbone(spec.seed, spec.stream, spec.in_features, spec.init, rows, cols, device,
-                                     version=2, dtype=compute, signs=True)
-        return generate_backbone(spec.seed, spec.stream, spec.in_features, spec.init, rows, cols, device,
-                                 version=1, dtype=dtype).to(compute)
+    compute = reference._compute_dtype(dtype)
     if spec.version == 2:
-        return backbone_signs(spec, rows, cols, device, compute)
-    return backbone_block(spec, rows, cols, device).to(dtype).to(compute)
+        return generate_backbone(spec.seed, spec.stream, spec.in_features, spec.init, rows, cols, device,
+                                 version=2, dtype=compute, signs=True)
+    return generate_backbone(spec.seed, spec.stream, spec.in_features, spec.init, rows, cols, device,
+                             version=1, dtype=dtype).to(compute)
 
 
-def _product_scale(spec: BackboneSpec) -> float:
-    return spec.std if spec.version == 2 else 1.0
+def _block_chunks(spec: BackboneSpec, rows, cols, dtype: torch.dtype, device: torch.device) -> reference.ColumnBlocks:
+    """The block W_seed[rows, cols] as the reference loops take it: its chunks, keyed by the
+    columns of the shard's input (the backbone's columns less cols[0]), each made on demand."""
+    for c0, c1 in _column_chunks(spec, rows, cols):
+        yield (c0 - cols[0], c1 - cols[0]), _weight_chunk(spec, rows, (c0, c1), dtype, device)
 
 
 class SeededShardFunction(torch.autograd.Function):
@@ -70,47 +65,28 @@ class SeededShardFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, lora_A, lora_B, beta, bias, spec: BackboneSpec, rows, cols, scale: float):
         x2d = x.reshape(-1, cols[1] - cols[0])
-        compute = _compute_dtype(x.dtype)
-        acc = torch.zeros((x2d.shape[0], rows[1] - rows[0]), dtype=compute, device=x.device)
-        for c0, c1 in _column_chunks(spec, rows, cols):
-            acc.addmm_(x2d[:, c0 - cols[0]: c1 - cols[0]].to(compute),
-                       _weight_chunk(spec, rows, (c0, c1), x.dtype, x.device).T)
-        out = acc * (beta.to(compute) * _product_scale(spec))
+        acc = reference._blocked_product(x2d, _block_chunks(spec, rows, cols, x.dtype, x.device), rows[1] - rows[0])
         xa = x2d @ lora_A.T if lora_A is not None else None
-        if xa is not None:
-            out += (xa.to(compute) @ lora_B.to(compute).T) * scale
-        if bias is not None:
-            out += bias.to(compute)
+        out = reference._forward_epilogue(acc, spec, xa, lora_B, beta, bias, scale, x.dtype)
         need_x = ctx.needs_input_grad[1] or ctx.needs_input_grad[3]  # dA or dbeta
         ctx.save_for_backward(x2d if need_x else None, xa, lora_A, lora_B, beta)
         ctx.spec, ctx.rows, ctx.cols, ctx.scale, ctx.x_shape = spec, rows, cols, scale, x.shape
-        return out.to(x.dtype).reshape(*x.shape[:-1], rows[1] - rows[0])
+        return out.reshape(*x.shape[:-1], rows[1] - rows[0])
 
     @staticmethod
     def backward(ctx, dy):
         x2d, xa, lora_A, lora_B, beta = ctx.saved_tensors
         need_dx, need_dA, need_dB, need_dbeta, need_dbias = ctx.needs_input_grad[:5]
         spec, rows, cols, scale = ctx.spec, ctx.rows, ctx.cols, ctx.scale
-        compute = _compute_dtype(dy.dtype)
         dy2d = dy.reshape(-1, rows[1] - rows[0])
-        dy_c = dy2d.to(compute)
         dy_b = dy2d @ lora_B if lora_A is not None and (need_dx or need_dA) else None
-        w_scale = _product_scale(spec)
-        dx = torch.empty((dy2d.shape[0], cols[1] - cols[0]), dtype=compute, device=dy.device) if need_dx else None
-        dbeta = torch.zeros((), dtype=compute, device=dy.device) if need_dbeta else None
-        for c0, c1 in _column_chunks(spec, rows, cols):
-            grad_chunk = dy_c @ _weight_chunk(spec, rows, (c0, c1), dy.dtype, dy.device)
-            local = slice(c0 - cols[0], c1 - cols[0])
-            if dbeta is not None:
-                dbeta += (grad_chunk * x2d[:, local].to(compute)).sum()
-            if dx is not None:
-                torch.mul(grad_chunk, beta.to(compute) * w_scale, out=dx[:, local])
+        chunks = _block_chunks(spec, rows, cols, dy.dtype, dy.device)
+        dx, dbeta = reference._blocked_bwd_dx(dy2d, chunks, cols[1] - cols[0], spec, dy_b, lora_A, beta, scale,
+                                              x2d if need_dbeta else None, need_dx)
         if dx is not None:
-            if dy_b is not None:
-                dx += (dy_b.to(compute) @ lora_A.to(compute)) * scale
-            dx = dx.to(dy.dtype).reshape(ctx.x_shape)
+            dx = dx.reshape(ctx.x_shape)
         if dbeta is not None:
-            dbeta = (dbeta * w_scale).to(beta.dtype).reshape(beta.shape)
+            dbeta = dbeta.to(beta.dtype).reshape(beta.shape)
         dA = (dy_b.T @ x2d) * scale if need_dA else None
         dB = (dy2d.T @ xa) * scale if need_dB else None
         dbias = dy2d.sum(0) if need_dbias else None

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import lottalora
-from lottalora import sharded
+from lottalora import reference, sharded
 from lottalora.sharded import seeded_linear_shard, seeded_linear_shard_ref
 
 from .helpers import assert_close
@@ -98,3 +98,28 @@ def test_the_triton_generator_gives_the_blocks_the_stream_gives(monkeypatch, ver
     want = seeded_linear_shard(x, spec, (13, 33), (29, 129), a, b, torch.ones(1), None, 0.5)
     monkeypatch.setenv("LOTTALORA_BACKEND", "triton")  # on CPU this runs under TRITON_INTERPRET=1
     assert torch.equal(seeded_linear_shard(x, spec, (13, 33), (29, 129), a, b, torch.ones(1), None, 0.5), want)
+
+
+@pytest.mark.parametrize("version,init", [(2, None), (1, "gaussian")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_shard_of_the_whole_layer_is_the_reference_backend_bit_for_bit(monkeypatch, version, init, dtype):
+    """The shard runs the reference backend's loops: on the same column blocks it gives the same bits."""
+    spec = lottalora.BackboneSpec(7, 3, 300, 40, init, version)
+    for module, name in ((sharded, "BLOCK_VALUES"), (reference, "V1_BLOCK_VALUES"), (reference, "V2_BLOCK_VALUES")):
+        monkeypatch.setattr(module, name, 128 * 40)  # blocks [0, 128), [128, 256), [256, 300) in both
+    assert list(reference._column_blocks(spec)) == list(sharded._column_chunks(spec, (0, 40), (0, 300)))
+    gen = torch.Generator().manual_seed(0)
+    x, a, b, bias, dy = (torch.randn(*shape, generator=gen).to(dtype) for shape in ((6, 300), (3, 300), (40, 3),
+                                                                                      (40,), (6, 40)))
+    beta = torch.tensor([0.7])
+    x.requires_grad_()
+    beta.requires_grad_()
+    y = seeded_linear_shard(x, spec, (0, 40), (0, 300), a, b, beta, bias, 0.5)
+    dx, dbeta = torch.autograd.grad(y, (x, beta), dy)
+    x, beta = x.detach(), beta.detach()
+    # 6 rows: past V2_TABLE_GEMV_MAX_M, so the reference backend's forward takes the blocked product too.
+    want_y, _ = reference.seeded_linear_ref_fwd(x, spec, x @ a.T, b, beta, bias, 0.5)
+    want_dx, want_dbeta = reference.seeded_linear_ref_bwd_dx(dy, spec, dy @ b, a, beta, 0.5, x)
+    assert torch.equal(y, want_y)
+    assert torch.equal(dx, want_dx)
+    assert torch.equal(dbeta, want_dbeta.reshape(1))
