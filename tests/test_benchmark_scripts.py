@@ -79,6 +79,15 @@ def test_stream_science_quick_run(tmp_path):
     assert main(["--quick"]) == 0
 
 
+def test_stream_science_defaults_are_what_the_committed_results_ran():
+    from benchmarks.results import RESULTS_DIR
+    from benchmarks.stream_science import RANKS, SEEDS, TASKS
+
+    runs = json.loads((RESULTS_DIR / "stream_science.json").read_text())["rows"]["runs"]
+    assert sorted({r["seed"] for r in runs}) == SEEDS
+    assert sorted({r["rank"] for r in runs}) == RANKS and sorted({r["task"] for r in runs}) == sorted(TASKS)
+
+
 def test_fsdp_bytes_quick_run_counts_only_parameter_collectives(tmp_path):
     from benchmarks.fsdp_bytes import main
 
