@@ -98,12 +98,21 @@ def output_head_names(model: nn.Module) -> set[str]:
     return {name for name, m in model.named_modules() if id(m) in ids}
 
 
-def _tied_elsewhere(model: nn.Module, name: str, module: nn.Module) -> list[str]:
-    """Names of parameters outside ``module`` that are ``module.weight`` itself (tied weights)."""
-    weight = getattr(module, "weight", None)
+def _parameter_names(model: nn.Module) -> dict[int, list[str]]:
+    """Every name each parameter of ``model`` goes by, keyed by the parameter's id, in
+    ``named_parameters`` order (a tied parameter has several names). Built once per call, so
+    finding ties costs one scan of the model, not one per layer."""
+    names: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name)
+    return names
+
+
+def _tied_elsewhere(parameter_names: dict[int, list[str]], name: str, module: nn.Module) -> list[str]:
+    """Names of parameters outside ``module`` (the one at ``name``) that are ``module.weight``
+    itself (tied weights); ``parameter_names`` is ``_parameter_names`` of the whole model."""
     prefix = f"{name}."
-    return [n for n, p in model.named_parameters(remove_duplicate=False)
-            if p is weight and not n.startswith(prefix)]
+    return [n for n in parameter_names.get(id(module.weight), []) if not n.startswith(prefix)]
 
 
 def _pattern_value(name: str, pattern: dict | None, default):
@@ -194,6 +203,7 @@ def convert(
     _check_pattern_dict("alpha_pattern", alpha_pattern, lambda key, v: check_alpha(v, what=f"alpha_pattern[{key!r}]"))
 
     heads = output_head_names(model) if all_linear else set()
+    parameter_names = _parameter_names(model)
     targets = []
     for name, module in model.named_modules():
         shape = _linear_shape(module)
@@ -203,7 +213,7 @@ def convert(
             continue
         if not all_linear and not name_matches(name, target_modules):
             continue
-        tied = _tied_elsewhere(model, name, module)
+        tied = _tied_elsewhere(parameter_names, name, module)
         if tied and all_linear:
             continue
         if tied:
@@ -327,7 +337,4 @@ def materialize(model: nn.Module, device: torch.device | str = "cpu") -> nn.Modu
 
 def _tied_groups(model: nn.Module) -> list[list[str]]:
     """Names of parameters that are one object, in groups of two or more."""
-    by_id: dict[int, list[str]] = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
-        by_id.setdefault(id(param), []).append(name)
-    return [names for names in by_id.values() if len(names) > 1]
+    return [names for names in _parameter_names(model).values() if len(names) > 1]

@@ -36,12 +36,26 @@ def test_speed_quick_run_writes_results(tmp_path, monkeypatch):
     assert data["rows"]["generation_values_per_s"]["torch_backend_generator"] > 0
 
 
-def test_checkpoint_size_run_writes_results(tmp_path):
-    from benchmarks.checkpoint_size import main
+def test_checkpoint_size_quick_run_writes_what_it_measured(tmp_path):
+    import torch
 
-    assert main(["--configs", "tiny", "--out", str(tmp_path)]) == 0
-    (row,) = json.loads((tmp_path / "checkpoint_size.json").read_text())["rows"]
-    assert row["config"] == "tiny" and 0 < row["checkpoint_bytes"] and row["dense_fp16_bytes"] > 0
+    import lottalora
+    from benchmarks.checkpoint_size import main
+    from benchmarks.llama import build, parameter_count
+
+    assert main(["--quick", "--out", str(tmp_path / "results")]) == 0
+    data = json.loads((tmp_path / "results" / "checkpoint_size.json").read_text())
+    (row,) = data["rows"]
+    assert row["config"] == "tiny" and row["dense_params"] == parameter_count("tiny")
+    assert row["dense_fp16_bytes"] == 2 * row["dense_params"]
+    assert row["ratio"] == pytest.approx(row["dense_fp16_bytes"] / row["checkpoint_bytes"])
+    assert row["peak_rss_bytes"] > 0
+    # The bytes it reports are what lottalora.save writes for the same model (sizes depend only on shapes).
+    lottalora.save(build("tiny", "lottalora", dtype=torch.bfloat16), tmp_path / "saved")
+    assert row["checkpoint_bytes"] == sum(p.stat().st_size for p in (tmp_path / "saved").iterdir())
+    table = (tmp_path / "results" / "checkpoint_size.md").read_text()
+    assert table.startswith("# checkpoint_size") and data["environment"]["date"] in table
+    assert f"| tiny | {row['checkpoint_bytes'] / 2**20:,.1f} |" in table and f"| {row['ratio']:.1f}x |" in table
 
 
 def test_kernel_report_quick_run_counts_the_shipped_kernels(tmp_path):
@@ -63,6 +77,15 @@ def test_stream_science_quick_run(tmp_path):
     from benchmarks.stream_science import main
 
     assert main(["--quick"]) == 0
+
+
+def test_stream_science_defaults_are_what_the_committed_results_ran():
+    from benchmarks.results import RESULTS_DIR
+    from benchmarks.stream_science import RANKS, SEEDS, TASKS
+
+    runs = json.loads((RESULTS_DIR / "stream_science.json").read_text())["rows"]["runs"]
+    assert sorted({r["seed"] for r in runs}) == SEEDS
+    assert sorted({r["rank"] for r in runs}) == RANKS and sorted({r["task"] for r in runs}) == sorted(TASKS)
 
 
 def test_fsdp_bytes_quick_run_counts_only_parameter_collectives(tmp_path):

@@ -234,3 +234,72 @@ def test_lora_dropout_drops_the_adapter_input_only_and_only_in_training():
     no_dropout = base + (x @ layer.lora_A.T) @ layer.lora_B.T * layer.scaling
     torch.testing.assert_close(layer(x), no_dropout, rtol=1e-5, atol=1e-5)
     assert "lora_dropout=0.5" in repr(layer)
+
+
+class TiedHead(nn.Module):
+    """A language-model shape without transformers: the head's weight is the embedding's. The
+    embedding's name starts with the head's, so a tie must be told apart at a "." boundary."""
+
+    def __init__(self):
+        super().__init__()
+        self.head_embed = nn.Embedding(10, 16)
+        self.proj = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 10, bias=False)
+        self.head.weight = self.head_embed.weight
+
+
+def test_a_tied_linear_is_left_dense_by_all_linear_and_refused_by_name():
+    model = lottalora.convert(TiedHead(), rank=2)
+    assert _seeded_names(model) == {"proj"}
+    assert type(model.head) is nn.Linear and model.head.weight is model.head_embed.weight
+    with pytest.raises(ValueError, match=r"head\.weight is tied to head_embed\.weight: a tied weight is shared"):
+        lottalora.convert(TiedHead(), target_modules=["head"])
+    # A weight also registered under another name inside its own module is not tied elsewhere.
+    model = TiedHead()
+    model.proj.register_parameter("alias", model.proj.weight)
+    lottalora.convert(model, rank=2, target_modules=["proj"])
+    assert isinstance(model.proj, lottalora.Linear)
+
+
+def _shared_encoder_layer() -> TwoTower:
+    model = TwoTower()
+    model.encoder[0] = model.encoder[2] = nn.Linear(16, 16)  # one module, reached as encoder.0 and encoder.2
+    return model
+
+
+def test_a_module_shared_under_two_names_counts_as_tied():
+    model = lottalora.convert(_shared_encoder_layer(), rank=2)
+    assert _seeded_names(model) == {"head"}
+    with pytest.raises(ValueError, match=r"encoder\.0\.weight is tied to encoder\.2\.weight"):
+        lottalora.convert(_shared_encoder_layer(), target_modules=["encoder.0"])
+
+
+class ManyLayers(nn.Module):
+    def __init__(self, layers: int):
+        super().__init__()
+        self.layers = nn.Sequential(*(nn.Linear(4, 4) for _ in range(layers)))
+
+
+def _model_scans_during_convert(layers: int) -> int:
+    """How many times convert walks the model's parameters or modules from its root."""
+    model = ManyLayers(layers)
+    scans = 0
+
+    def counted(method):
+        def wrapper(*args, **kwargs):
+            nonlocal scans
+            scans += 1
+            return method(*args, **kwargs)
+        return wrapper
+
+    # Instance attributes shadow the class's methods; parameters() and modules() go through these too.
+    model.named_parameters = counted(model.named_parameters)
+    model.named_modules = counted(model.named_modules)
+    lottalora.convert(model, rank=1)
+    assert len(_seeded_names(model)) == layers
+    return scans
+
+
+def test_convert_walks_the_model_a_fixed_number_of_times_whatever_its_depth():
+    # Tie detection used to scan every parameter once per converted layer: quadratic in depth.
+    assert _model_scans_during_convert(200) == _model_scans_during_convert(2)
