@@ -118,10 +118,19 @@ def _seeded_linear_bwd(ctx, dy: torch.Tensor) -> tuple:
             dx = dx.reshape(ctx.x_shape)
         if dbeta is not None:
             dbeta = dbeta.to(beta.dtype).reshape(beta.shape)
-    dA = (dy_b.T @ x2d) * scale if need_dA else None
-    dB = (dy2d.T @ xa) * scale if need_dB else None
+    dA = _scaled_mm(dy_b.T, x2d, scale) if need_dA else None
+    dB = _scaled_mm(dy2d.T, xa, scale) if need_dB else None
     dbias = dy2d.sum(0) if need_dbias else None
     return dx, dA, dB, dbeta, dbias, None, None, None
+
+
+def _scaled_mm(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
+    """scale * a @ b in one GEMM (the scale is the GEMM's alpha, applied before the result is
+    rounded): a matmul and a separate multiply were two launches and two roundings."""
+    if scale == 1.0:
+        return a @ b
+    # beta=0: addmm ignores its input, so an uninitialised 0-dim tensor serves (no fill launch).
+    return torch.addmm(a.new_empty(()), a, b, beta=0, alpha=scale)
 
 
 _MATERIALIZE_HINT = " (a model built on the meta device needs lottalora.materialize(model, device) before it runs)"

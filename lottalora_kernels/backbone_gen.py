@@ -18,8 +18,8 @@ import triton
 import triton.language as tl
 
 from . import stream_spec as spec
-from .runtime import (backbone_scalars, cdiv, gl, gluon_available, gluon_jit, is_interpreting, new_output, round_to,
-                      run_fast_path)
+from .runtime import (backbone_scalars, capability_major, cdiv, gl, gluon_available, gluon_jit, is_interpreting,
+                      new_output, round_to, run_fast_path)
 from .stream_v1 import backbone_tile
 from .stream_v2 import v2_sign_pairs, v2_signs, v2_words_at, warp_span_rows
 
@@ -117,7 +117,7 @@ def _backbone_gen_v2_kernel(
 
 def use_gluon_generator(device: torch.device) -> bool:
     return (device.type == "cuda" and not is_interpreting() and gluon_available()
-            and torch.cuda.get_device_capability(device)[0] >= 8)
+            and capability_major(device) >= 8)
 
 
 def generate_backbone(

@@ -1,14 +1,14 @@
 """The epilogue shared by the decode and two-phase regimes: what follows the backbone product.
 
     out[m, n] = beta * value_scale * sum_s acc[s, m, n] + lora_scale * lo[m, :] . lmat[n, :] + bias[n]
-    dbeta_partial[tile] = sum_{(m, n) in tile} acc_sum[m, n] * x[m, n]          (optional)
+    dbeta_partial[tile] = value_scale * sum_{(m, n) in tile} acc_sum[m, n] * x[m, n]   (optional)
 
 ``acc`` is the backbone product without its scale, in float32: split-K partial sums (decode) or
 one cuBLAS product (two-phase). ``lo`` is x @ A^T (forward) or dy @ B (input gradient) in the
 input dtype, or split-K float32 partial sums of it that the decode kernel made beside the
 backbone product; then their rounded sum is also written out for the backward. Splits are summed
 in a fixed order (a fixed tree within each block of splits), so the result does not depend on
-scheduling. For the input gradient, lmat = A^T and the dbeta partials give
+scheduling. For the input gradient, lmat = A^T and the dbeta partials sum to
 dbeta = value_scale * <x, dy @ W_signs>.
 """
 
@@ -55,7 +55,8 @@ def _seeded_epilogue_kernel(
     if DBETA:
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_n[None, :] * stride_xn, mask=mask,
                     other=0.0).to(tl.float32)
-        tl.store(dbeta_ptr + pid_m * tl.num_programs(1) + pid_n, tl.sum(tl.sum(acc * x, axis=1), axis=0))
+        tile_dbeta = tl.sum(tl.sum(acc * x, axis=1), axis=0) * value_scale
+        tl.store(dbeta_ptr + pid_m * tl.num_programs(1) + pid_n, tile_dbeta)
     if WRITE_OUT:
         out = acc * (tl.load(beta_ptr).to(tl.float32) * value_scale)
         if HAS_LORA:
@@ -124,7 +125,7 @@ def seeded_epilogue(
     bias: torch.Tensor | None = None, x_for_dbeta: torch.Tensor | None = None, lo_out: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     """Apply the epilogue; returns the dbeta partial sums (row blocks, column blocks) float32, or
-    None (their sum is <x, acc>).
+    None (their sum is value_scale * <x, acc>).
 
     acc: (splits, M, N) or (M, N), any strides; out: (M, N) or None (dbeta only); lo: (M, R),
     or (lo_splits, M, R) float32 partial sums of it, and lmat: (N, R), or None; bias: (N,) or

@@ -75,6 +75,18 @@ def sm_count(device: torch.device) -> int:
     return _SM_COUNTS[index]
 
 
+_MAJORS: dict[int, int] = {}
+
+
+def capability_major(device: torch.device) -> int:
+    """A CUDA device's compute capability major version (asked once per device: the launchers
+    check it on every call)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _MAJORS:
+        _MAJORS[index] = torch.cuda.get_device_capability(index)[0]
+    return _MAJORS[index]
+
+
 def _as_int32(word: int) -> int:
     """A uint32 bit pattern as the int32 with the same bits (kernels bitcast it back)."""
     return word - (1 << 32) if word >= (1 << 31) else word

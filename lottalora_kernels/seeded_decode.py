@@ -54,8 +54,8 @@ import triton.language as tl
 from . import stream_spec as spec
 from .epilogue import seeded_epilogue
 from .philox import PHILOX_ROUNDS
-from .runtime import (_TL_DTYPES, backbone_scalars, cdiv, dot_dtype, fp32_input_precision, gl, gluon_available,
-                      gluon_jit, is_interpreting, new_output, run_fast_path, sm_count)
+from .runtime import (_TL_DTYPES, backbone_scalars, capability_major, cdiv, dot_dtype, fp32_input_precision, gl,
+                      gluon_available, gluon_jit, is_interpreting, new_output, run_fast_path, sm_count)
 from .stream_v2 import v2_sign_pairs, v2_signs, v2_words_at, warp_span_rows
 
 SPAN_COLS = tl.constexpr(spec.V2_COL_SPAN)  # columns of W per main-loop step: one call span
@@ -260,7 +260,7 @@ def _m_pad(m: int) -> int:
 def use_fast_path(x: torch.Tensor) -> bool:
     """The Gluon kernel needs a CUDA GPU with mma.sync (sm_80+), 16-bit inputs and Gluon."""
     return (x.is_cuda and not is_interpreting() and x.dtype in (torch.float16, torch.bfloat16)
-            and torch.cuda.get_device_capability(x.device)[0] >= 8 and gluon_available())
+            and capability_major(x.device) >= 8 and gluon_available())
 
 
 def split_k_for(n_row_blocks: int, n_spans: int, device: torch.device) -> int:
@@ -373,5 +373,5 @@ def seeded_decode_bwd_dx(
     partial_dbeta = seeded_epilogue(partial, dx, beta=beta, value_scale=std, lo=dy_b,
                                     lmat=lora_A.T if lora_A is not None else None, lora_scale=scale,
                                     x_for_dbeta=x_for_dbeta)
-    dbeta = partial_dbeta.sum() * std if partial_dbeta is not None else None
+    dbeta = partial_dbeta.sum() if partial_dbeta is not None else None
     return dx, dbeta

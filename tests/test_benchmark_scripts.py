@@ -128,3 +128,21 @@ def test_profile_script_refuses_without_a_gpu(capsys):
     with pytest.raises(SystemExit):
         profile.main(["--m", "1", "--nk", "64"])
     assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_launch_count_counts_what_an_eager_step_launches(tmp_path):
+    """The host-side budget of a layer call, counted without a GPU: the decode forward is its two
+    kernels (x @ A^T rides in the first), and a two-phase backward launches no more than the
+    stored-weight baseline's eleven plus one. A change that adds a launch fails here."""
+    from benchmarks.launch_count import main
+
+    assert main(["--out", str(tmp_path)]) == 0
+    rows = {(r["M"], r["method"]): r for r in json.loads((tmp_path / "launch_count.json").read_text())["rows"]}
+    decode, two_phase = rows[(1, "seeded")], rows[(64, "seeded")]
+    assert (decode["regime"], two_phase["regime"]) == ("decode", "two_phase")
+    assert (decode["forward_triton"], decode["forward_aten"]) == (2, 0)
+    assert decode["backward_launches"] <= 7
+    assert two_phase["forward_triton"] == 4 and two_phase["forward_aten"] == 3  # 2 chunks: generate + epilogue each
+    baseline = rows[(64, "stored+lora")]
+    assert baseline["backward_aten_ops"]["mm"] == 5 and baseline["forward_launches"] == 7
+    assert two_phase["backward_launches"] <= baseline["backward_launches"] + 1
