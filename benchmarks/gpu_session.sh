@@ -34,7 +34,8 @@ case "${1:-}" in
     python3 -m benchmarks.memory --device cuda --out "$out" 2>&1 | tee "$out/memory.log" ;;
   profile)
     python3 -m benchmarks.profile --m 8192 --nk 4096 > "$out/profile_m8192.txt" 2>&1
-    python3 -m benchmarks.profile --m 1 --nk 4096 --no-backward > "$out/profile_m1_decode.txt" 2>&1 ;;
+    python3 -m benchmarks.profile --m 1 --nk 4096 --no-backward > "$out/profile_m1_decode.txt" 2>&1
+    python3 -m benchmarks.profile --m 16 --nk 4096 --no-backward > "$out/profile_m16_decode.txt" 2>&1 ;;
   suite)
     python3 -m pytest -q -rs tests/ 2>&1 | tee "$out/pytest_suite_gpu.log" ;;
 esac

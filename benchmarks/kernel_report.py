@@ -140,6 +140,17 @@ def compile_epilogue(dtype: str = "bf16", block_m: int = 4, block_n: int = 32, n
                           target=_target(arch), options={"num_warps": num_warps})
 
 
+# The epilogue's launches with the largest per-program loads: decode tiles (tile_shape narrows
+# them as splits grow) and the two-phase 32 x 128 tile, forward and input gradient.
+EPILOGUE_CASES = {
+    "decode fwd, 32 splits": dict(block_m=4, block_n=32, n_splits=32, lo_splits=32),
+    "decode fwd, 64 splits": dict(block_m=2, block_n=32, n_splits=64, lo_splits=64),
+    "decode dx, 32 splits": dict(block_m=4, block_n=32, n_splits=32, lo_splits=1, dbeta=True),
+    "two-phase fwd": dict(block_m=32, block_n=128, n_splits=1, lo_splits=1),
+    "two-phase dx": dict(block_m=32, block_n=128, n_splits=1, lo_splits=1, dbeta=True),
+}
+
+
 def compile_generator_v2(dtype: str = "bf16", num_warps: int = 4, arch: int = 90):
     """Stream v2's Gluon generator (backbone_gen), writing signs into a row-major chunk."""
     from triton.experimental.gluon._runtime import GluonASTSource
@@ -355,13 +366,16 @@ def main(argv=None) -> int:
 
 def compile_checks() -> list[dict]:
     """The CI gate (tests/test_sm90_compile.py): every shipped stream-v2 decode config, the v2
-    generator, stream v1's generator for each init and its one-pass kernel in each dtype, compiled
-    for sm_90 and inspected. Must run in a process without TRITON_INTERPRET."""
+    generator, stream v1's generator for each init, the epilogue's decode and two-phase launches
+    and the one-pass kernel in each dtype, compiled for sm_90 and inspected. Must run in a
+    process without TRITON_INTERPRET."""
     results = [dict(kernel="decode", direction=direction, dtype=d, m_pad=m,
                     **inspect(compile_decode_v2(d, 4, m, direction=direction)))
                for direction in ("fwd", "dx") for d in ("bf16", "fp16") for m in (8, 16, 32)]
     results += [dict(kernel="gen_v2", dtype=d, **inspect(compile_generator_v2(d))) for d in ("bf16", "fp16", "fp32")]
     results += [dict(kernel="gen", init=init, **inspect(compile_generator_v1(init))) for init in spec.VERSION_INITS[1]]
+    results += [dict(kernel="epilogue", case=name, **inspect(compile_epilogue(**case)))
+                for name, case in EPILOGUE_CASES.items()]
     for cfg in AUTOTUNE_CONFIGS:
         for dtype in (("bf16", "fp16", "fp32") if cfg is AUTOTUNE_CONFIGS[0] else ("bf16",)):
             for forward in (True, False):

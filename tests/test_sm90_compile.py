@@ -71,6 +71,16 @@ def test_one_pass_kernel_compiles_for_sm90_with_tensor_cores_without_fma_or_spil
         assert r["uses_wgmma"] or r["uses_mma"], r
 
 
+def test_epilogue_compiles_for_sm90_without_spills(reports):
+    """The epilogue loads a block of split partial sums at once (decode) or a 32 x 128 tile
+    (two-phase): neither may spill."""
+    from benchmarks.kernel_report import EPILOGUE_CASES
+
+    epilogues = [r for r in reports if r["kernel"] == "epilogue"]
+    assert {r["case"] for r in epilogues} == set(EPILOGUE_CASES)
+    assert all(r["spill_stores"] == 0 and r["stack_bytes"] == 0 for r in epilogues), epilogues
+
+
 SEED_WORDS = ("seed_lo", "seed_hi", "stream_lo", "stream_hi")
 
 
