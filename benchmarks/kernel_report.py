@@ -95,12 +95,13 @@ def compile_decode_v2(dtype: str = "bf16", num_warps: int = 4, m_pad: int = 8, r
     gradient ("dx", dy @ W), as launched for a contiguous x or dy."""
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    lead = "x" if direction == "fwd" else "dy"
     if direction == "fwd":  # with lora_A: the launch that also makes x @ A^T (a rank of 16 here)
-        sig = {"x_ptr": f"*{dtype}", "partial_ptr": "*fp32", "a_ptr": f"*{dtype}", "xa_partial_ptr": "*fp32"}
-        ints = ["M", "N", "K", "R", "stride_xm", "stride_xk", "stride_ar", "stride_ak"]
-        divisible = ["x_ptr", "partial_ptr", "a_ptr", "xa_partial_ptr", "N", "K", "R", "stride_xm", "stride_ar"]
-        unit = ["stride_xk", "stride_ak"]
+        sig = {"x_ptr": f"*{dtype}", "partial_ptr": "*fp32", "xl_ptr": f"*{dtype}", "a_ptr": f"*{dtype}",
+               "xa_partial_ptr": "*fp32"}
+        ints = ["M", "N", "K", "R", "stride_xm", "stride_xk", "stride_xlm", "stride_xlk", "stride_ar", "stride_ak"]
+        divisible = ["x_ptr", "partial_ptr", "xl_ptr", "a_ptr", "xa_partial_ptr", "N", "K", "R", "stride_xm",
+                     "stride_xlm", "stride_ar"]
+        unit = ["stride_xk", "stride_xlk", "stride_ak"]
         tail = ["n_w_blocks"]
     else:
         sig = {"dy_ptr": f"*{dtype}", "partial_ptr": "*fp32"}

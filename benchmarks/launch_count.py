@@ -24,13 +24,13 @@ from pathlib import Path
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # before Triton is imported: kernels are Python objects here
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
-import lottalora  # noqa: E402
+import lottalora
 
-from .results import RESULTS_DIR, write_results  # noqa: E402
+from .results import RESULTS_DIR, write_results
 
 # aten ops that launch no kernel on a GPU: allocation, views and metadata.
 _NO_LAUNCH = {
@@ -146,8 +146,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     rows = [count_case(m, seeded=seeded) for m in (1, 64) for seeded in (True, False)]
-    table = ["| M | method | regime | forward launches (Triton + aten) | backward launches (Triton + aten) | "
-             "backward aten ops |", "|---|---|---|---|---|---|"]
+    header = ("| M | method | regime | forward launches (Triton + aten) | backward launches (Triton + aten) | "
+              "backward aten ops |")
+    table = [header, "|---|---|---|---|---|---|"]
     for r in rows:
         ops = ", ".join(f"{name} {n}" for name, n in sorted(r["backward_aten_ops"].items()))
         table.append(f"| {r['M']} | {r['method']} | {r['regime']} | {r['forward_launches']} "

@@ -60,15 +60,16 @@ def direct_call_ok(*tensors: torch.Tensor | None) -> bool:
 
 
 def forward_op(backend: str):
-    """(x2d, spec, lora_A, lora_B, beta, bias, scale, keep_signs) -> (y2d, xa = x2d @ lora_A^T or
-    None, packed signs or None) through the registered op for ``backend`` (its implementation
-    directly when ``direct_call_ok``: same code, less dispatch)."""
+    """(x2d, spec, lora_A, lora_B, beta, bias, scale, keep_signs, lora_x) -> (y2d, xa = (lora_x
+    or x2d) @ lora_A^T or None, packed signs or None) through the registered op for ``backend``
+    (its implementation directly when ``direct_call_ok``: same code, less dispatch)."""
     from .ops import seeded_linear_fwd_impl, seeded_linear_fwd_op, spec_words
 
-    def run(x, spec, lora_A, lora_B, beta, bias, scale, keep_signs=False):
-        op = seeded_linear_fwd_impl if direct_call_ok(x, lora_A, lora_B, beta, bias) else seeded_linear_fwd_op
+    def run(x, spec, lora_A, lora_B, beta, bias, scale, keep_signs=False, lora_x=None):
+        direct = direct_call_ok(x, lora_A, lora_B, beta, bias, lora_x)
+        op = seeded_linear_fwd_impl if direct else seeded_linear_fwd_op
         y, xa, packed = op(x, lora_A, lora_B, beta, bias, spec_words(spec), spec.out_features, spec.init,
-                           spec.version, scale, backend, keep_signs)
+                           spec.version, scale, backend, keep_signs, lora_x)
         return y, (xa if lora_A is not None else None), (packed if packed.numel() else None)
     return run
 

@@ -63,20 +63,27 @@ class SeededLinearFunction(torch.autograd.Function):
     """Autograd for the seeded linear op; see ``seeded_linear`` for the arguments."""
 
     @staticmethod
-    def forward(ctx, x, lora_A, lora_B, beta, bias, spec: BackboneSpec, scale: float, backend: str):
+    def forward(ctx, x, lora_A, lora_B, beta, bias, spec: BackboneSpec, scale: float, backend: str, lora_input=None):
         x2d = x.reshape(-1, spec.in_features)
+        lora_x2d = lora_input.reshape(-1, spec.in_features) if lora_input is not None else None
         # On the torch backend the backward reuses the forward's packed signs (stream v2):
         # one generation per step instead of two (lottalora.reference). The op also returns
-        # xa = x @ A^T, which dB needs: the decode kernels make it beside the backbone product.
+        # xa = (adapter input) @ A^T, which dB needs: the decode kernels make it beside the
+        # backbone product.
         need_w = ctx.needs_input_grad[0] or ctx.needs_input_grad[3]  # dx or dbeta
-        y2d, xa, packed = forward_op(backend)(x2d, spec, lora_A, lora_B, beta, bias, scale, keep_signs=need_w)
-        # x is needed by dA and dbeta, and dB depends on it through xa. x itself is saved, not
-        # the reshaped x2d (detached from it), so that a refused double backward can list x
-        # among the tensors the gradients depend on.
-        need_x = any(ctx.needs_input_grad[1:4])
-        ctx.save_for_backward(x if need_x else None, xa, lora_A, lora_B, beta, packed)
+        y2d, xa, packed = forward_op(backend)(x2d, spec, lora_A, lora_B, beta, bias, scale, keep_signs=need_w,
+                                              lora_x=lora_x2d)
+        # x is needed by dbeta, and by dA when it is the adapter's input; dB depends on the
+        # adapter input through xa. The inputs themselves are saved, not their reshaped views
+        # (detached from them), so that a refused double backward can list them among the
+        # tensors the gradients depend on.
+        need_x = ctx.needs_input_grad[3] or (lora_input is None and any(ctx.needs_input_grad[1:3]))
+        need_lora_input = lora_input is not None and any(ctx.needs_input_grad[1:3])
+        ctx.save_for_backward(x if need_x else None, xa, lora_A, lora_B, beta, packed,
+                              lora_input if need_lora_input else None)
         ctx.spec, ctx.scale, ctx.backend = spec, scale, backend
         ctx.x_shape = x.shape
+        ctx.separate_lora_input = lora_input is not None
         return y2d.reshape(*x.shape[:-1], spec.out_features)
 
     @staticmethod
@@ -84,8 +91,8 @@ class SeededLinearFunction(torch.autograd.Function):
         create_graph = torch.is_grad_enabled()
         with torch.no_grad(), _autocast_off(dy.device.type):
             grads = _seeded_linear_bwd(ctx, dy)
-        x, _, lora_A, lora_B, beta, _ = ctx.saved_tensors
-        depends_on = [t for t in (dy, x, lora_A, lora_B, beta) if t is not None]
+        x, _, lora_A, lora_B, beta, _, lora_input = ctx.saved_tensors
+        depends_on = [t for t in (dy, x, lora_A, lora_B, beta, lora_input) if t is not None]
         if not create_graph or not any(t.requires_grad for t in depends_on):
             return grads
         present = [i for i, g in enumerate(grads) if g is not None]
@@ -97,31 +104,37 @@ class SeededLinearFunction(torch.autograd.Function):
 
 
 def _seeded_linear_bwd(ctx, dy: torch.Tensor) -> tuple:
-    """The first-order gradients (dx, dA, dB, dbeta, dbias, None, None, None)."""
-    x, xa, lora_A, lora_B, beta, packed = ctx.saved_tensors
+    """The first-order gradients (dx, dA, dB, dbeta, dbias, None, None, None, d lora_input)."""
+    x, xa, lora_A, lora_B, beta, packed, lora_input = ctx.saved_tensors
     need_dx, need_dA, need_dB, need_dbeta, need_dbias = ctx.needs_input_grad[:5]
-    spec, scale = ctx.spec, ctx.scale
+    need_dlora_input = ctx.needs_input_grad[8]
+    spec, scale, separate = ctx.spec, ctx.scale, ctx.separate_lora_input
     x2d = x.reshape(-1, spec.in_features) if x is not None else None
+    adapter_in = lora_input.reshape(-1, spec.in_features) if separate and lora_input is not None else x2d
     dy2d = dy.reshape(-1, spec.out_features)
     if not dy2d.is_contiguous():
         dy2d = dy2d.contiguous()
     has_lora = lora_A is not None
-    dy_b = dy2d @ lora_B if has_lora and (need_dx or need_dA) else None
+    # dy_b = dy @ B feeds dA and the adapter input's gradient: dx itself when the adapter reads x
+    # (fused into the dx pass), a separate tensor when it reads another input (lora_input).
+    lora_into_dx = has_lora and not separate
+    dy_b = dy2d @ lora_B if has_lora and (need_dA or (need_dx and lora_into_dx) or need_dlora_input) else None
 
     dx = dbeta = None
     if need_dx or need_dbeta:
         dx, dbeta = backward_dx_op(ctx.backend)(
-            dy2d, spec, dy_b if need_dx else None, lora_A if need_dx else None, beta, scale,
-            x2d if need_dbeta else None, need_dx, packed,
+            dy2d, spec, dy_b if need_dx and lora_into_dx else None, lora_A if need_dx and lora_into_dx else None,
+            beta, scale, x2d if need_dbeta else None, need_dx, packed,
         )
         if dx is not None:
             dx = dx.reshape(ctx.x_shape)
         if dbeta is not None:
             dbeta = dbeta.to(beta.dtype).reshape(beta.shape)
-    dA = _scaled_mm(dy_b.T, x2d, scale) if need_dA else None
+    dA = _scaled_mm(dy_b.T, adapter_in, scale) if need_dA else None
     dB = _scaled_mm(dy2d.T, xa, scale) if need_dB else None
     dbias = dy2d.sum(0) if need_dbias else None
-    return dx, dA, dB, dbeta, dbias, None, None, None
+    d_lora_input = _scaled_mm(dy_b, lora_A, scale).reshape(ctx.x_shape) if need_dlora_input else None
+    return dx, dA, dB, dbeta, dbias, None, None, None, d_lora_input
 
 
 def _scaled_mm(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
@@ -180,24 +193,28 @@ def _autocast_cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor |
 
 def seeded_linear(
     x: torch.Tensor, spec: BackboneSpec, lora_A: torch.Tensor | None, lora_B: torch.Tensor | None,
-    beta: torch.Tensor, bias: torch.Tensor | None = None, scale: float = 1.0,
+    beta: torch.Tensor, bias: torch.Tensor | None = None, scale: float = 1.0, lora_input: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """y = beta * x @ W_seed^T + scale * (x @ lora_A^T) @ lora_B^T + bias, with autograd.
+    """y = beta * x @ W_seed^T + scale * (lora_input @ lora_A^T) @ lora_B^T + bias, with autograd.
 
     x: (*, in_features); lora_A: (rank, in_features) and lora_B: (out_features, rank), or both
     None for a rank-0 layer; beta: a one-element floating-point tensor; bias: (out_features,) or
-    None; scale: a finite real number. Returns (*, out_features) in x.dtype. Inside
-    torch.autocast, x, lora_A, lora_B and bias are cast to the autocast dtype as nn.Linear's
-    are (float64 ones are left alone) and the op accumulates in float32 as outside it. W_seed
-    is regenerated from ``spec``, never stored. Differentiable once (double backward raises).
+    None; scale: a finite real number; lora_input: the adapter's input, x's shape, dtype and
+    device (x when None; e.g. dropout(x) for PEFT's lora_dropout, fused like x's own adapter).
+    Returns (*, out_features) in x.dtype. Inside torch.autocast, the tensors are cast to the
+    autocast dtype as nn.Linear's are (float64 ones are left alone) and the op accumulates in
+    float32 as outside it. W_seed is regenerated from ``spec``, never stored. Differentiable once
+    (double backward raises).
     """
     _check_types(x, spec, lora_A, lora_B, beta, bias, scale)
+    if lora_input is not None and not isinstance(lora_input, torch.Tensor):
+        raise TypeError(f"lora_input must be a torch.Tensor or None, got {type(lora_input).__name__}")
     device_type = x.device.type
     if torch.is_autocast_enabled(device_type):
         # As nn.Linear under autocast: compute in the autocast dtype; gradients flow back
         # through the casts to parameters kept in their own dtype.
         dtype = torch.get_autocast_dtype(device_type)
-        x, lora_A, lora_B, bias = (_autocast_cast(t, dtype) for t in (x, lora_A, lora_B, bias))
+        x, lora_A, lora_B, bias, lora_input = (_autocast_cast(t, dtype) for t in (x, lora_A, lora_B, bias, lora_input))
     if x.dim() == 0 or x.shape[-1] != spec.in_features:
         raise ValueError(
             f"input must have shape (*, in_features={spec.in_features}), got {tuple(x.shape)}"
@@ -215,5 +232,9 @@ def seeded_linear(
     if beta.numel() != 1:
         raise ValueError(f"beta must have one element, got shape {tuple(beta.shape)}")
     _check_param("beta", beta, tuple(beta.shape), x)
+    if lora_input is not None:
+        if lora_A is None:
+            raise ValueError("lora_input was given to a layer without an adapter (lora_A and lora_B are None)")
+        _check_param("lora_input", lora_input, tuple(x.shape), x)
     with _autocast_off(device_type):
-        return SeededLinearFunction.apply(x, lora_A, lora_B, beta, bias, spec, float(scale), backend)
+        return SeededLinearFunction.apply(x, lora_A, lora_B, beta, bias, spec, float(scale), backend, lora_input)

@@ -245,11 +245,11 @@ class Linear(nn.Module):
         if self._tensor_parallel is not None:
             # The parameters are DTensors and this rank computes only its block of W_seed.
             return self._tensor_parallel.forward(self, x)
+        lora_input = None
         if self.lora_A is not None and self.lora_dropout > 0 and self.training:
-            base = seeded_linear(x, self._spec, None, None, self.beta, self.bias, 0.0)
-            dropped = nn.functional.dropout(x, self.lora_dropout, training=True)
-            return base + (dropped @ self.lora_A.T) @ self.lora_B.T * self.scaling
-        return seeded_linear(x, self._spec, self.lora_A, self.lora_B, self.beta, self.bias, self.scaling)
+            lora_input = nn.functional.dropout(x, self.lora_dropout, training=True)
+        return seeded_linear(x, self._spec, self.lora_A, self.lora_B, self.beta, self.bias, self.scaling,
+                             lora_input=lora_input)
 
     def backbone_weight(self, dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
         """The dense W_seed (out_features, in_features), regenerated now and never cached.

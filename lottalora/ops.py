@@ -54,16 +54,16 @@ def _packed_shape(in_features: int, out_features: int) -> tuple[int, int]:
 def seeded_linear_fwd_impl(
     x: torch.Tensor, lora_A: torch.Tensor | None, lora_B: torch.Tensor | None, beta: torch.Tensor,
     bias: torch.Tensor | None, words: list[int], out_features: int, init: str, version: int, scale: float,
-    backend: str, keep_signs: bool,
+    backend: str, keep_signs: bool, lora_x: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(y (M, out_features) = beta * x @ W_seed^T + scale * xa @ lora_B^T + bias, xa, packed signs);
-    x: (M, in), lora_A: (rank, in) or None. xa = x @ lora_A^T (M, rank) in x's dtype, as the
-    LoRA term used it, for the backward ((M, 0) without LoRA). The packed signs (uint8,
-    ``reference.packed_signs``) are returned for the backward when ``keep_signs`` and
-    ``keeps_signs(backend, version)``, else an empty tensor."""
+    x and lora_x (the adapter's input, x when None): (M, in); lora_A: (rank, in) or None.
+    xa = lora_x @ lora_A^T (M, rank) in x's dtype, as the LoRA term used it, for the backward
+    ((M, 0) without LoRA). The packed signs (uint8, ``reference.packed_signs``) are returned for
+    the backward when ``keep_signs`` and ``keeps_signs(backend, version)``, else an empty tensor."""
     s = _spec(words, x.shape[1], out_features, init, version)
     if backend == "torch":
-        xa = x @ lora_A.T if lora_A is not None else None
+        xa = (lora_x if lora_x is not None else x) @ lora_A.T if lora_A is not None else None
         y, packed = reference.seeded_linear_ref_fwd(x, s, xa, lora_B, beta, bias, scale,
                                                     keep_signs=keep_signs and keeps_signs(backend, version))
     else:
@@ -71,7 +71,7 @@ def seeded_linear_fwd_impl(
 
         y, xa = seeded_linear_fwd(x, seed=s.seed, stream=s.stream, version=s.version, init=s.init,
                                   out_features=out_features, lora_A=lora_A, lora_B=lora_B, beta=beta, bias=bias,
-                                  scale=scale)
+                                  scale=scale, lora_x=lora_x)
         packed = None
     return (y, xa if xa is not None else x.new_empty((x.shape[0], 0)),
             packed if packed is not None else x.new_empty((0,), dtype=torch.uint8))
@@ -81,7 +81,7 @@ seeded_linear_fwd_op = torch.library.custom_op("lottalora::seeded_linear_fwd", m
 
 
 @seeded_linear_fwd_op.register_fake
-def _(x, lora_A, lora_B, beta, bias, words, out_features, init, version, scale, backend, keep_signs):
+def _(x, lora_A, lora_B, beta, bias, words, out_features, init, version, scale, backend, keep_signs, lora_x=None):
     packed = _packed_shape(x.shape[1], out_features) if keep_signs and keeps_signs(backend, version) else (0,)
     rank = lora_A.shape[0] if lora_A is not None else 0
     return (x.new_empty((x.shape[0], out_features)), x.new_empty((x.shape[0], rank)),

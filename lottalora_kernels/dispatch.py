@@ -54,10 +54,11 @@ def input_grad_regime(version: int, m: int, dtype: torch.dtype | None = None, on
 def seeded_linear_fwd(
     x: torch.Tensor, *, seed: int, stream: int, version: int, init: str, out_features: int,
     lora_A: torch.Tensor | None, lora_B: torch.Tensor | None, beta: torch.Tensor, bias: torch.Tensor | None,
-    scale: float, regime: str | None = None,
+    scale: float, regime: str | None = None, lora_x: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(y (M, out_features) = beta * x @ W_seed^T + scale * xa @ lora_B^T + bias, xa = x @ lora_A^T
-    (M, rank) or None); x: (M, K), lora_A: (rank, K) or None.
+    """(y (M, out_features) = beta * x @ W_seed^T + scale * xa @ lora_B^T + bias, xa = lora_x @ lora_A^T
+    (M, rank) or None); x and lora_x (the adapter's input, x when None): (M, K); lora_A: (rank, K)
+    or None.
 
     The decode regime makes xa inside its backbone kernel (no separate GEMV launch); the others
     take it from cuBLAS. ``regime`` ("decode", "one_pass", "two_phase") overrides the choice
@@ -65,8 +66,9 @@ def seeded_linear_fwd(
     regime = regime or forward_regime(version, x.shape[0], x.dtype, x.is_cuda)
     if regime == "decode":
         return seeded_decode.seeded_decode_fwd(x, seed=seed, stream=stream, out_features=out_features,
-                                               lora_A=lora_A, lora_B=lora_B, beta=beta, bias=bias, scale=scale)
-    xa = x @ lora_A.T if lora_A is not None else None
+                                               lora_A=lora_A, lora_B=lora_B, beta=beta, bias=bias, scale=scale,
+                                               lora_x=lora_x)
+    xa = (lora_x if lora_x is not None else x) @ lora_A.T if lora_A is not None else None
     if regime == "two_phase":
         y = seeded_two_phase.two_phase_fwd(x, seed=seed, stream=stream, version=version, init=init,
                                            out_features=out_features, xa=xa, lora_B=lora_B, beta=beta, bias=bias,

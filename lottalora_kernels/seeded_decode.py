@@ -68,8 +68,8 @@ MAX_SPLITS = 64  # the epilogue loads all split-K partial sums of an output tile
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "stream_lo", "stream_hi"])
 def _seeded_decode_fwd_twin_kernel(
-    x_ptr, partial_ptr, a_ptr, xa_partial_ptr, M, N, K, R, stride_xm, stride_xk, stride_ar, stride_ak,
-    seed_lo, seed_hi, stream_lo, stream_hi, spans_per_split, n_w_blocks,
+    x_ptr, partial_ptr, xl_ptr, a_ptr, xa_partial_ptr, M, N, K, R, stride_xm, stride_xk, stride_xlm, stride_xlk,
+    stride_ar, stride_ak, seed_lo, seed_hi, stream_lo, stream_hi, spans_per_split, n_w_blocks,
     NUM_WARPS: tl.constexpr, M_PAD: tl.constexpr, DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):
     BLOCK_N: tl.constexpr = 64 * NUM_WARPS
@@ -80,8 +80,8 @@ def _seeded_decode_fwd_twin_kernel(
     span_start = pid_s * spans_per_split
     span_end = tl.minimum((pid_s + 1) * spans_per_split, tl.cdiv(K, SPAN_COLS))
     if pid_n >= n_w_blocks:
-        # x @ A^T's partial sums over this split, XA_ROWS ranks: the backbone loop below with A's
-        # rows loaded where W's are generated.
+        # xl @ A^T's partial sums over this split (xl: the adapter's input, x or e.g. dropout(x)),
+        # XA_ROWS ranks: the backbone loop below with A's rows loaded where W's are generated.
         offs_r = (pid_n - n_w_blocks) * XA_ROWS + tl.arange(0, XA_ROWS)
         a_cols = tl.arange(0, SPAN_COLS).to(tl.int64)
         xa = tl.zeros((XA_ROWS, M_PAD), dtype=tl.float32)
@@ -89,7 +89,7 @@ def _seeded_decode_fwd_twin_kernel(
             a_k = span * SPAN_COLS + a_cols
             av = tl.load(a_ptr + offs_r[:, None] * stride_ar + a_k[None, :] * stride_ak,
                          mask=(offs_r < R)[:, None] & (a_k < K)[None, :], other=0.0)
-            xv = tl.load(x_ptr + offs_m[None, :] * stride_xm + a_k[:, None] * stride_xk,
+            xv = tl.load(xl_ptr + offs_m[None, :] * stride_xlm + a_k[:, None] * stride_xlk,
                          mask=(offs_m < M)[None, :] & (a_k < K)[:, None], other=0.0)
             xa = tl.dot(av.to(DOT_DTYPE), xv.to(DOT_DTYPE), xa, input_precision=INPUT_PRECISION)
         xa_dst = xa_partial_ptr + (pid_s * M + offs_m[None, :]).to(tl.int64) * R + offs_r[:, None]
@@ -137,8 +137,8 @@ def _seeded_decode_dx_twin_kernel(
 
 @gluon_jit(do_not_specialize=["seed_lo", "seed_hi", "stream_lo", "stream_hi"])
 def _seeded_decode_fwd_kernel(
-    x_ptr, partial_ptr, a_ptr, xa_partial_ptr, M, N, K, R, stride_xm, stride_xk, stride_ar, stride_ak,
-    seed_lo, seed_hi, stream_lo, stream_hi, spans_per_split, n_w_blocks,
+    x_ptr, partial_ptr, xl_ptr, a_ptr, xa_partial_ptr, M, N, K, R, stride_xm, stride_xk, stride_xlm, stride_xlk,
+    stride_ar, stride_ak, seed_lo, seed_hi, stream_lo, stream_hi, spans_per_split, n_w_blocks,
     NUM_WARPS: gl.constexpr, M_PAD: gl.constexpr, DTYPE: gl.constexpr, N_ROUNDS: gl.constexpr = PHILOX_ROUNDS,
 ):
     # Same contract, grid and row mapping as _seeded_decode_fwd_twin_kernel; W is generated in
@@ -157,8 +157,9 @@ def _seeded_decode_fwd_kernel(
         offs_m_x = gl.expand_dims(gl.arange(0, M_PAD, layout=gl.SliceLayout(0, x_layout)), 0)
         offs_k_x = gl.expand_dims(gl.arange(0, SPAN_COLS, layout=gl.SliceLayout(1, x_layout)), 1)
         offs_m_acc = gl.expand_dims(gl.arange(0, M_PAD, layout=gl.SliceLayout(0, mma)), 0)
-        # x @ A^T over this split, XA_ROWS ranks: the backbone loop below with A's rows loaded
-        # where W's are generated (same operand layouts, same MMAs).
+        # xl @ A^T over this split (xl: the adapter's input, x or e.g. dropout(x)), XA_ROWS ranks:
+        # the backbone loop below with A's rows loaded where W's are generated (same operand
+        # layouts, same MMAs).
         r0 = (pid_n - n_w_blocks) * XA_ROWS
         offs_r = r0 + gl.expand_dims(gl.arange(0, XA_ROWS, layout=gl.SliceLayout(1, w_layout)), 1)
         a_cols = gl.expand_dims(gl.arange(0, SPAN_COLS, layout=gl.SliceLayout(0, w_layout)), 0)
@@ -168,7 +169,7 @@ def _seeded_decode_fwd_kernel(
             av = gl.load(a_ptr + offs_r * stride_ar + a_k.to(gl.int64) * stride_ak, mask=(offs_r < R) & (a_k < K),
                          other=0.0)
             x_k = span * SPAN_COLS + offs_k_x
-            xv = gl.load(x_ptr + offs_m_x * stride_xm + x_k.to(gl.int64) * stride_xk,
+            xv = gl.load(xl_ptr + offs_m_x * stride_xlm + x_k.to(gl.int64) * stride_xlk,
                          mask=(offs_m_x < M) & (x_k < K), other=0.0)
             xa = gl.nvidia.ampere.mma_v2(av.to(DTYPE), xv.to(DTYPE), xa)
         offs_r_acc = r0 + gl.expand_dims(gl.arange(0, XA_ROWS, layout=gl.SliceLayout(1, mma)), 1)
@@ -273,12 +274,13 @@ def split_k_for(n_row_blocks: int, n_spans: int, device: torch.device) -> int:
 
 def _partial_products(
     a: torch.Tensor, *, transposed: bool, n_out: int, seed: int, stream: int, fast: bool | None,
-    num_warps: int | None, split_k: int | None, lora_A: torch.Tensor | None = None,
+    num_warps: int | None, split_k: int | None, lora_A: torch.Tensor | None = None, lora_x: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Kernel 1 of either direction: (splits, M, n_out) float32 partial sums of a @ W_signs^T
     (forward, a = x) or of a @ W_signs (input gradient, ``transposed``, a = dy); with
     ``lora_A`` (rank, K) (forward only), also (splits, M, rank) float32 partial sums of
-    a @ lora_A^T, made by extra programs beside the backbone's, else None."""
+    lora_x @ lora_A^T (lora_x: (M, K), a when None), made by extra programs beside the
+    backbone's, else None."""
     M, n_red = a.shape
     fast = use_fast_path(a) if fast is None else fast
     if num_warps is None:
@@ -301,8 +303,9 @@ def _partial_products(
         rank = lora_A.shape[0] if lora_A is not None else 0
         xa_partial = new_output((split_k, M, rank), torch.float32, a.device) if rank else None
         a_strides = tuple(lora_A.stride()) if rank else (0, 0)
-        args = (a, partial, lora_A if rank else a, xa_partial if rank else partial, M, N, K, rank,
-                a.stride(0), a.stride(1), *a_strides, *scalars, n_row_blocks)
+        xl = lora_x if lora_x is not None else a
+        args = (a, partial, xl, lora_A if rank else a, xa_partial if rank else partial, M, N, K, rank,
+                a.stride(0), a.stride(1), xl.stride(0), xl.stride(1), *a_strides, *scalars, n_row_blocks)
         grid = (n_row_blocks + cdiv(rank, _XA_ROWS_PER_WARP * num_warps), split_k)
 
     def launch_fast():
@@ -323,13 +326,16 @@ def seeded_decode_fwd(
     x: torch.Tensor, *, seed: int, stream: int, out_features: int, lora_A: torch.Tensor | None,
     lora_B: torch.Tensor | None, beta: torch.Tensor, bias: torch.Tensor | None, scale: float,
     fast: bool | None = None, num_warps: int | None = None, split_k: int | None = None,
+    lora_x: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """y = beta * std * x @ W_signs^T + scale * (x @ lora_A^T) @ lora_B^T + bias for stream v2
-    and M <= 32, in two launches: x @ lora_A^T is made by the backbone kernel's extra programs.
+    """y = beta * std * x @ W_signs^T + scale * (lora_x @ lora_A^T) @ lora_B^T + bias for stream
+    v2 and M <= 32, in two launches: lora_x @ lora_A^T is made by the backbone kernel's extra
+    programs.
 
-    x: (M, K); lora_A: (rank, K) and lora_B: (out_features, rank), or None; beta: one element;
-    bias: (out_features,) or None. Returns (y (M, out_features) in x.dtype, xa = x @ lora_A^T
-    (M, rank) in x.dtype as the LoRA term used it, or None). ``fast`` picks the Gluon kernel
+    x and lora_x (the adapter's input, x when None): (M, K); lora_A: (rank, K) and lora_B:
+    (out_features, rank), or None; beta: one element; bias: (out_features,) or None. Returns
+    (y (M, out_features) in x.dtype, xa = lora_x @ lora_A^T (M, rank) in x.dtype as the LoRA
+    term used it, or None). ``fast`` picks the Gluon kernel
     (default: when ``use_fast_path``), else the plain-Triton twin; ``num_warps`` and
     ``split_k`` pin the launch (tests). Inputs are assumed validated.
     """
@@ -342,7 +348,8 @@ def seeded_decode_fwd(
     if M == 0:
         return out, xa
     partial, xa_partial = _partial_products(x, transposed=False, n_out=out_features, seed=seed, stream=stream,
-                                            fast=fast, num_warps=num_warps, split_k=split_k, lora_A=lora_A)
+                                            fast=fast, num_warps=num_warps, split_k=split_k, lora_A=lora_A,
+                                            lora_x=lora_x)
     seeded_epilogue(partial, out, beta=beta, value_scale=spec.backbone_std(K), lo=xa_partial, lmat=lora_B,
                     lora_scale=scale, bias=bias, lo_out=xa if rank else None)
     return out, xa

@@ -71,6 +71,50 @@ def test_kernel_gradients_match_the_float64_formula(dtype, M, K, N, R, monkeypat
         assert_close_to_baseline(g, b, w_, dtype, f"d{name} {dtype} {M}x{K}x{N} r={R}")
 
 
+def test_reference_gradients_with_a_separate_adapter_input_pass_gradcheck_in_float64(monkeypatch):
+    """lora_input (the adapter's own input, e.g. dropout(x)): its gradient is the LoRA's, x's is
+    the backbone's only."""
+    monkeypatch.setenv("LOTTALORA_BACKEND", "torch")
+    spec = lottalora.BackboneSpec(7, 2, 11, 9)
+    A, B, beta, bias = _params(11, 9, 3, torch.float64, "cpu")
+    x, xl = (torch.randn(2, 3, 11, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    assert torch.autograd.gradcheck(lambda *ts: seeded_linear(ts[0], spec, *ts[2:], scale=0.5, lora_input=ts[1]),
+                                    (x, xl, A, B, beta, bias))
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("M", [3, 40])  # the decode kernel (its x @ A^T programs read lora_input) and two-phase
+def test_a_separate_adapter_input_matches_the_unfused_formula(backend, M, monkeypatch, device):
+    spec = lottalora.BackboneSpec(5, 9, 70, 33)
+    A, B, beta, bias = _params(70, 33, 6, torch.float32, device)
+    x, xl = (torch.randn(M, 70, device=device, requires_grad=True) for _ in range(2))
+    dy = torch.randn(M, 33, device=device)
+    monkeypatch.setenv("LOTTALORA_BACKEND", backend)
+    y = seeded_linear(x, spec, A, B, beta, bias, scale=0.5, lora_input=xl)
+    y.backward(dy)
+    got = [y.detach()] + [t.grad.clone() for t in (x, xl, A, B, beta, bias)]
+    w = lottalora.backbone_block(spec, device=device).double()
+    leaves = [t.detach().double().requires_grad_() for t in (x, xl, A, B, beta, bias)]
+    x64, xl64, A64, B64, beta64, bias64 = leaves
+    want_y = beta64 * x64 @ w.T + 0.5 * (xl64 @ A64.T) @ B64.T + bias64
+    want_y.backward(dy.double())
+    for name, g, w_ in zip(["y", "x", "lora_input", "A", "B", "beta", "bias"], got,
+                           [want_y.detach()] + [t.grad for t in leaves], strict=True):
+        assert_close(g, w_, torch.float32, f"{name} {backend} M={M}")
+
+
+def test_a_separate_adapter_input_is_checked(device):
+    spec = lottalora.BackboneSpec(5, 9, 20, 10)
+    A, B, beta, bias = _params(20, 10, 2, torch.float32, device)
+    x = torch.randn(4, 20, device=device)
+    with pytest.raises(ValueError, match=r"lora_input must have shape \(4, 20\)"):
+        seeded_linear(x, spec, A, B, beta, bias, lora_input=torch.randn(4, 19, device=device))
+    with pytest.raises(ValueError, match="without an adapter"):
+        seeded_linear(x, spec, None, None, beta, bias, lora_input=x)
+    with pytest.raises(TypeError, match="lora_input must be a torch.Tensor"):
+        seeded_linear(x, spec, A, B, beta, bias, lora_input=[1.0])
+
+
 @pytest.mark.parametrize("needs", [
     dict(x=True, A=False, B=False, beta=False, bias=False),
     dict(x=False, A=False, B=False, beta=True, bias=False),

@@ -57,7 +57,7 @@ def test_decode_kernel_generates_the_reference_signs(dtype, fast, m):
         n_spans = -(-K // 128)
         partial = torch.empty((n_spans, k1 - k0, N), device="cuda")
         grid = (-(-N // block_n), n_spans)
-        args = (x, partial, x, partial, k1 - k0, N, K, 0, x.stride(0), x.stride(1), 0, 0,
+        args = (x, partial, x, x, partial, k1 - k0, N, K, 0, *x.stride(), *x.stride(), 0, 0,
                 *backbone_scalars(s.seed, s.stream), 1, grid[0])
         if fast:
             seeded_decode._seeded_decode_fwd_kernel[grid](*args, NUM_WARPS=4, M_PAD=seeded_decode._m_pad(k1 - k0),

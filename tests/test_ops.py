@@ -25,6 +25,9 @@ def test_forward_op_passes_opcheck(backend, keep, device):
                                                  backend, False), test_utils=("test_schema", "test_faketensor"))
     torch.library.opcheck(seeded_linear_fwd_op, (x, A, B, beta, bias, spec_words(s), 18, "rademacher", 2,
                                                  0.5, backend, keep), test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(seeded_linear_fwd_op, (x, A, B, beta, bias, spec_words(s), 18, "rademacher", 2,
+                                                 0.5, backend, keep, torch.randn_like(x)),
+                          test_utils=("test_schema", "test_faketensor"))
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
