@@ -59,12 +59,18 @@ def _block_chunks(spec: BackboneSpec, rows, cols, dtype: torch.dtype, device: to
         yield (c0 - cols[0], c1 - cols[0]), _weight_chunk(spec, rows, (c0, c1), dtype, device)
 
 
+def _matrix(t: torch.Tensor, width: int) -> torch.Tensor:
+    """t (*, width) as an (M, width) matrix. M comes from the leading dims, not from -1: an empty
+    block (width 0) holds no elements, from which reshape(-1, 0) cannot infer M."""
+    return t.reshape(t.shape[:-1].numel(), width)
+
+
 class SeededShardFunction(torch.autograd.Function):
     """Autograd for ``seeded_linear_shard``; the backward regenerates the block."""
 
     @staticmethod
     def forward(ctx, x, lora_A, lora_B, beta, bias, spec: BackboneSpec, rows, cols, scale: float):
-        x2d = x.reshape(-1, cols[1] - cols[0])
+        x2d = _matrix(x, cols[1] - cols[0])
         acc = reference._blocked_product(x2d, _block_chunks(spec, rows, cols, x.dtype, x.device), rows[1] - rows[0])
         xa = x2d @ lora_A.T if lora_A is not None else None
         out = reference._forward_epilogue(acc, spec, xa, lora_B, beta, bias, scale, x.dtype)
@@ -78,7 +84,7 @@ class SeededShardFunction(torch.autograd.Function):
         x2d, xa, lora_A, lora_B, beta = ctx.saved_tensors
         need_dx, need_dA, need_dB, need_dbeta, need_dbias = ctx.needs_input_grad[:5]
         spec, rows, cols, scale = ctx.spec, ctx.rows, ctx.cols, ctx.scale
-        dy2d = dy.reshape(-1, rows[1] - rows[0])
+        dy2d = _matrix(dy, rows[1] - rows[0])
         dy_b = dy2d @ lora_B if lora_A is not None and (need_dx or need_dA) else None
         chunks = _block_chunks(spec, rows, cols, dy.dtype, dy.device)
         dx, dbeta = reference._blocked_bwd_dx(dy2d, chunks, cols[1] - cols[0], spec, dy_b, lora_A, beta, scale,

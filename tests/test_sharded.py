@@ -10,7 +10,10 @@ from lottalora.sharded import seeded_linear_shard, seeded_linear_shard_ref
 
 from .helpers import assert_close
 
-SHAPES = [((3, 20), (5, 17)), ((0, 33), (0, 129)), ((32, 33), (128, 129)), ((7, 7), (0, 129))]
+# (rows, cols) blocks of a 33 x 129 backbone; the last three are empty (no rows, no columns, neither),
+# as the last ranks' blocks are when a layer has fewer features than ranks.
+SHAPES = [((3, 20), (5, 17)), ((0, 33), (0, 129)), ((32, 33), (128, 129)), ((7, 7), (0, 129)), ((3, 20), (5, 5)),
+          ((33, 33), (129, 129))]
 
 
 def _inputs(spec, rows, cols, rank, dtype, bias=True):
@@ -35,14 +38,13 @@ def test_block_op_and_its_gradients_match_the_float64_reference(rows, cols, vers
     leaves = [t for t in (x, a, b, beta, bias) if t is not None]
     y = seeded_linear_shard(x, spec, rows, cols, a, b, beta, bias, 0.5)
     dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(2)).to(dtype)
-    got = torch.autograd.grad(y, leaves, dy) if y.numel() else [torch.zeros_like(t) for t in leaves]
+    got = torch.autograd.grad(y, leaves, dy)
     ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
     it = iter(ref_leaves)
     rx, ra, rb, rbeta = next(it), next(it) if a is not None else None, next(it) if b is not None else None, next(it)
     rbias = next(it) if bias is not None else None
     want = seeded_linear_shard_ref(rx, spec, rows, cols, ra, rb, rbeta, rbias, 0.5)
-    want_grads = torch.autograd.grad(want, ref_leaves, dy.double(), allow_unused=True) if want.numel() else \
-        [torch.zeros_like(t) for t in ref_leaves]
+    want_grads = torch.autograd.grad(want, ref_leaves, dy.double(), allow_unused=True)
     assert y.dtype == dtype and y.shape == (2, 3, rows[1] - rows[0])
     assert_close(y, want, dtype, "y")
     names = ["dx", "dA", "dB", "dbeta", "dbias"]
@@ -123,3 +125,32 @@ def test_a_shard_of_the_whole_layer_is_the_reference_backend_bit_for_bit(monkeyp
     assert torch.equal(y, want_y)
     assert torch.equal(dx, want_dx)
     assert torch.equal(dbeta, want_dbeta.reshape(1))
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_an_empty_block_gives_empty_outputs_and_zero_gradients(monkeypatch, backend):
+    """The last ranks' blocks are empty when a layer has fewer features than ranks: no rows gives an
+    (M, 0) output and zero input gradients, no columns gives the bias alone and zero gradients for
+    what the block's (absent) inputs feed."""
+    monkeypatch.setenv("LOTTALORA_BACKEND", backend)  # triton on CPU runs under TRITON_INTERPRET=1
+    spec = lottalora.BackboneSpec(5, 9, 129, 33)
+    gen = torch.Generator().manual_seed(0)
+
+    def leaf(*shape):
+        return torch.randn(*shape, generator=gen).requires_grad_()
+
+    x, a, b, beta, bias = leaf(4, 3, 100), leaf(2, 100), leaf(0, 2), leaf(1), leaf(0)
+    y = seeded_linear_shard(x, spec, (7, 7), (29, 129), a, b, beta, bias, 0.5)
+    assert y.shape == (4, 3, 0)
+    dx, da, db, dbeta, dbias = torch.autograd.grad(y, (x, a, b, beta, bias), torch.empty(4, 3, 0))
+    assert torch.equal(dx, torch.zeros_like(x)) and torch.equal(da, torch.zeros_like(a))
+    assert db.shape == (0, 2) and dbias.shape == (0,) and torch.equal(dbeta, torch.zeros(1))
+
+    x, a, b, beta, bias = leaf(4, 3, 0), leaf(2, 0), leaf(20, 2), leaf(1), leaf(20)
+    y = seeded_linear_shard(x, spec, (13, 33), (50, 50), a, b, beta, bias, 0.5)
+    assert torch.equal(y, bias.detach().expand(4, 3, 20))
+    dy = torch.randn(4, 3, 20, generator=gen)
+    dx, da, db, dbeta, dbias = torch.autograd.grad(y, (x, a, b, beta, bias), dy)
+    assert dx.shape == (4, 3, 0) and da.shape == (2, 0)
+    assert torch.equal(db, torch.zeros_like(b)) and torch.equal(dbeta, torch.zeros(1))
+    assert_close(dbias, dy.sum((0, 1)).double(), torch.float32, "dbias")
