@@ -10,7 +10,10 @@ from lottalora.sharded import seeded_linear_shard, seeded_linear_shard_ref
 
 from .helpers import assert_close
 
-SHAPES = [((3, 20), (5, 17)), ((0, 33), (0, 129)), ((32, 33), (128, 129)), ((7, 7), (0, 129))]
+# (rows, cols) blocks of a 33 x 129 backbone; the last three are empty (no rows, no columns, neither),
+# as the last ranks' blocks are when a layer has fewer features than ranks.
+SHAPES = [((3, 20), (5, 17)), ((0, 33), (0, 129)), ((32, 33), (128, 129)), ((7, 7), (0, 129)), ((3, 20), (5, 5)),
+          ((33, 33), (129, 129))]
 
 
 def _inputs(spec, rows, cols, rank, dtype, bias=True):
@@ -35,14 +38,13 @@ def test_block_op_and_its_gradients_match_the_float64_reference(rows, cols, vers
     leaves = [t for t in (x, a, b, beta, bias) if t is not None]
     y = seeded_linear_shard(x, spec, rows, cols, a, b, beta, bias, 0.5)
     dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(2)).to(dtype)
-    got = torch.autograd.grad(y, leaves, dy) if y.numel() else [torch.zeros_like(t) for t in leaves]
+    got = torch.autograd.grad(y, leaves, dy)
     ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
     it = iter(ref_leaves)
     rx, ra, rb, rbeta = next(it), next(it) if a is not None else None, next(it) if b is not None else None, next(it)
     rbias = next(it) if bias is not None else None
     want = seeded_linear_shard_ref(rx, spec, rows, cols, ra, rb, rbeta, rbias, 0.5)
-    want_grads = torch.autograd.grad(want, ref_leaves, dy.double(), allow_unused=True) if want.numel() else \
-        [torch.zeros_like(t) for t in ref_leaves]
+    want_grads = torch.autograd.grad(want, ref_leaves, dy.double(), allow_unused=True)
     assert y.dtype == dtype and y.shape == (2, 3, rows[1] - rows[0])
     assert_close(y, want, dtype, "y")
     names = ["dx", "dA", "dB", "dbeta", "dbias"]
@@ -123,3 +125,116 @@ def test_a_shard_of_the_whole_layer_is_the_reference_backend_bit_for_bit(monkeyp
     assert torch.equal(y, want_y)
     assert torch.equal(dx, want_dx)
     assert torch.equal(dbeta, want_dbeta.reshape(1))
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_an_empty_block_gives_empty_outputs_and_zero_gradients(monkeypatch, backend):
+    """The last ranks' blocks are empty when a layer has fewer features than ranks: no rows gives an
+    (M, 0) output and zero input gradients, no columns gives the bias alone and zero gradients for
+    what the block's (absent) inputs feed."""
+    monkeypatch.setenv("LOTTALORA_BACKEND", backend)  # triton on CPU runs under TRITON_INTERPRET=1
+    spec = lottalora.BackboneSpec(5, 9, 129, 33)
+    gen = torch.Generator().manual_seed(0)
+
+    def leaf(*shape):
+        return torch.randn(*shape, generator=gen).requires_grad_()
+
+    x, a, b, beta, bias = leaf(4, 3, 100), leaf(2, 100), leaf(0, 2), leaf(1), leaf(0)
+    y = seeded_linear_shard(x, spec, (7, 7), (29, 129), a, b, beta, bias, 0.5)
+    assert y.shape == (4, 3, 0)
+    dx, da, db, dbeta, dbias = torch.autograd.grad(y, (x, a, b, beta, bias), torch.empty(4, 3, 0))
+    assert torch.equal(dx, torch.zeros_like(x)) and torch.equal(da, torch.zeros_like(a))
+    assert db.shape == (0, 2) and dbias.shape == (0,) and torch.equal(dbeta, torch.zeros(1))
+
+    x, a, b, beta, bias = leaf(4, 3, 0), leaf(2, 0), leaf(20, 2), leaf(1), leaf(20)
+    y = seeded_linear_shard(x, spec, (13, 33), (50, 50), a, b, beta, bias, 0.5)
+    assert torch.equal(y, bias.detach().expand(4, 3, 20))
+    dy = torch.randn(4, 3, 20, generator=gen)
+    dx, da, db, dbeta, dbias = torch.autograd.grad(y, (x, a, b, beta, bias), dy)
+    assert dx.shape == (4, 3, 0) and da.shape == (2, 0)
+    assert torch.equal(db, torch.zeros_like(b)) and torch.equal(dbeta, torch.zeros(1))
+    assert_close(dbias, dy.sum((0, 1)).double(), torch.float32, "dbias")
+
+
+@pytest.mark.parametrize("version,init", [(2, None), (1, "gaussian")])
+def test_lora_input_gradients_pass_gradcheck_in_float64(version, init):
+    spec = lottalora.BackboneSpec(11, 5, 129, 33, init, version)
+    rows, cols = (3, 9), (5, 17)
+    x, a, b, beta, bias = _inputs(spec, rows, cols, 3, torch.float64)
+    x_dropped = (x.detach() * 1.7).requires_grad_()
+
+    def op(x, a, b, beta, bias, lora_input):
+        return seeded_linear_shard(x, spec, rows, cols, a, b, beta, bias, 0.5, lora_input=lora_input)
+
+    assert torch.autograd.gradcheck(op, (x, a, b, beta.detach().double().requires_grad_(), bias, x_dropped))
+
+
+@pytest.mark.parametrize("rows,cols", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_lora_input_is_the_unfused_adapter_on_top_of_the_backbone(rows, cols, dtype):
+    """With lora_input, y and every gradient are the rank-0 block plus scale * (lora_input @ A^T) @ B^T,
+    both held to the float64 reference; x's gradient is the backbone's alone."""
+    spec = lottalora.BackboneSpec(11, 5, 129, 33)
+    x, a, b, beta, bias = _inputs(spec, rows, cols, 3, dtype)
+    keep = torch.rand(x.shape, generator=torch.Generator().manual_seed(4)) >= 0.3
+    x_dropped = (x.detach() * keep / 0.7).to(dtype).requires_grad_()
+    leaves = (x, a, b, beta, bias, x_dropped)
+    dy = torch.randn(*x.shape[:-1], rows[1] - rows[0], generator=torch.Generator().manual_seed(2)).to(dtype)
+
+    fused = seeded_linear_shard(x, spec, rows, cols, a, b, beta, bias, 0.5, lora_input=x_dropped)
+    fused_grads = torch.autograd.grad(fused, leaves, dy)
+    unfused = (seeded_linear_shard(x, spec, rows, cols, None, None, beta, bias, 0.5)
+               + (x_dropped @ a.T) @ b.T * 0.5)
+    unfused_grads = torch.autograd.grad(unfused, leaves, dy, allow_unused=True)
+    ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
+    rx, ra, rb, rbeta, rbias, r_dropped = ref_leaves
+    want = seeded_linear_shard_ref(rx, spec, rows, cols, ra, rb, rbeta, rbias, 0.5, lora_input=r_dropped)
+    want_grads = torch.autograd.grad(want, ref_leaves, dy.double())
+    assert fused.dtype == dtype
+    assert_close(fused, want, dtype, "y")
+    assert_close(unfused, want, dtype, "unfused y")
+    for name, g, u, w in zip(["dx", "dA", "dB", "dbeta", "dbias", "d lora_input"], fused_grads, unfused_grads,
+                             want_grads, strict=True):
+        assert_close(g, w, dtype, name)
+        assert_close(u, w, dtype, f"unfused {name}")
+    backbone_only = seeded_linear_shard(x, spec, rows, cols, None, None, beta, bias, 0.5)
+    assert torch.equal(fused_grads[0], torch.autograd.grad(backbone_only, x, dy)[0])
+
+
+def test_lora_input_equal_to_x_is_the_layer_without_it():
+    spec = lottalora.BackboneSpec(11, 5, 129, 33)
+    x, a, b, beta, bias = _inputs(spec, (3, 20), (5, 17), 3, torch.float32)
+    dy = torch.randn(2, 3, 17)
+    plain = seeded_linear_shard(x, spec, (3, 20), (5, 17), a, b, beta, bias, 0.5)
+    plain_grads = torch.autograd.grad(plain, (x, a, b, beta, bias), dy)
+    x_again = x.detach().requires_grad_()
+    same = seeded_linear_shard(x, spec, (3, 20), (5, 17), a, b, beta, bias, 0.5, lora_input=x_again)
+    dx, da, db, dbeta, dbias, d_again = torch.autograd.grad(same, (x, a, b, beta, bias, x_again), dy)
+    assert torch.equal(same, plain)
+    assert_close(dx + d_again, plain_grads[0].double(), torch.float32, "dx")
+    for name, g, want in zip(["dA", "dB", "dbeta", "dbias"], (da, db, dbeta, dbias), plain_grads[1:], strict=True):
+        assert torch.equal(g, want), name
+
+
+def test_lora_input_is_cast_by_autocast_as_x_is():
+    spec = lottalora.BackboneSpec(0, 0, 16, 33)
+    x, a, b = torch.randn(2, 8), torch.randn(2, 8), torch.randn(33, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = seeded_linear_shard(x, spec, (0, 33), (0, 8), a, b, torch.ones(1), None, 0.5, lora_input=x * 2)
+    want = seeded_linear_shard(x.bfloat16(), spec, (0, 33), (0, 8), a.bfloat16(), b.bfloat16(), torch.ones(1), None,
+                               0.5, lora_input=(x * 2).bfloat16())
+    assert y.dtype == torch.bfloat16 and torch.equal(y, want)
+
+
+@pytest.mark.parametrize("lora_input,adapter,error,match", [
+    (torch.randn(3, 8), True, ValueError, r"lora_input must have shape \(2, 8\), got \(3, 8\)"),
+    (torch.randn(2, 8, dtype=torch.float64), True, TypeError, "lora_input has dtype torch.float64"),
+    (torch.randn(2, 8, device="meta"), True, ValueError, "lora_input is on meta"),
+    (torch.randn(2, 8), False, ValueError, "lora_input was given to a layer without an adapter"),
+    (torch.randn(2, 8).numpy(), True, TypeError, "lora_input must be a torch.Tensor or None, got ndarray"),
+])
+def test_bad_lora_inputs_are_named(lora_input, adapter, error, match):
+    spec = lottalora.BackboneSpec(0, 0, 16, 33)
+    a, b = (torch.randn(2, 8), torch.randn(33, 2)) if adapter else (None, None)
+    with pytest.raises(error, match=match):
+        seeded_linear_shard(torch.randn(2, 8), spec, (0, 33), (0, 8), a, b, torch.ones(1), lora_input=lora_input)

@@ -28,7 +28,10 @@ elements (different masks would make each rank's output columns a different func
 ranks agree on a seed when the layer is sharded (rank 0's, drawn from its torch generator) and
 draw the masks from a generator of their own, in step. DTensor's random ops would do this on
 CUDA but not on CPU meshes. The row-parallel input is sharded: each rank drops its own columns
-with torch's generator, as an unsharded dropout would with independent elements.
+with torch's generator, as an unsharded dropout would with independent elements. The dropped
+input is the block op's ``lora_input`` (the adapter stays in the op, as in ``lottalora.Linear``);
+in the column-parallel layer it is made from the input after the point where the input's
+gradient is all-reduced, so the backbone's and the adapter's parts of it are summed together.
 """
 
 from __future__ import annotations
@@ -111,20 +114,19 @@ class _TensorParallelShard:
                  (("lora_A", layer.lora_A), ("lora_B", layer.lora_B), ("beta", layer.beta), ("bias", layer.bias))}
         x_local = x.to_local()
         if self.kind == "colwise":
+            # The dropped input is made after the all-reduce point: this rank's gradients of x
+            # through the backbone and through the adapter add up there and are summed once.
             x_local = _AllReduceInBackward.apply(x_local, group)
-            x_dropped = x_local * self._dropout_mask(x_local, layer.lora_dropout) if dropout else None
+            lora_input = x_local * self._dropout_mask(x_local, layer.lora_dropout) if dropout else None
             replicated, bias = ("lora_A", "beta"), local["bias"]
         else:
-            x_dropped = nn.functional.dropout(x_local, layer.lora_dropout, training=True) if dropout else None
+            lora_input = nn.functional.dropout(x_local, layer.lora_dropout, training=True) if dropout else None
             replicated, bias = ("lora_B", "beta"), None
         for name in replicated:
             if local[name] is not None and local[name].requires_grad:
                 local[name] = _AllReduceInBackward.apply(local[name], group)
-        adapter = (None, None) if dropout else (local["lora_A"], local["lora_B"])
-        y = seeded_linear_shard(x_local, layer.spec, self.rows, self.cols, *adapter, local["beta"], bias,
-                                layer.scaling)
-        if dropout:
-            y = y + (x_dropped @ local["lora_A"].T) @ local["lora_B"].T * layer.scaling
+        y = seeded_linear_shard(x_local, layer.spec, self.rows, self.cols, local["lora_A"], local["lora_B"],
+                                local["beta"], bias, layer.scaling, lora_input=lora_input)
         if self.kind == "colwise":
             return DTensor.from_local(y, self.mesh, [Shard(-1)], run_check=False)
         y = _AllReduceInForward.apply(y, group)

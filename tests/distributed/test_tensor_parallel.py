@@ -16,13 +16,14 @@ pytest.importorskip("torch.distributed.tensor.parallel")
 
 
 class MLP(nn.Module):
-    """up (column-parallel) -> relu -> down (row-parallel), odd sizes so the shards are uneven."""
+    """up (column-parallel) -> relu -> down (row-parallel), odd sizes so the shards are uneven
+    (``hidden=1`` leaves the second rank an empty block of each layer)."""
 
-    def __init__(self, rank, version, bias, seed):
+    def __init__(self, rank, version, bias, seed, hidden=51):
         super().__init__()
         init = "gaussian" if version == 1 else None
-        self.up = lottalora.Linear(37, 51, bias=bias, rank=rank, seed=seed, stream=1, init=init)
-        self.down = lottalora.Linear(51, 37, bias=bias, rank=rank, seed=seed, stream=2, init=init)
+        self.up = lottalora.Linear(37, hidden, bias=bias, rank=rank, seed=seed, stream=1, init=init)
+        self.down = lottalora.Linear(hidden, 37, bias=bias, rank=rank, seed=seed, stream=2, init=init)
 
     def forward(self, x):
         return self.down(torch.relu(self.up(x)))
@@ -206,3 +207,83 @@ def _column_parallel_dropout_drops_the_same_inputs_on_every_rank(rank, world):
 
 def test_column_parallel_lora_dropout_drops_the_same_inputs_on_every_rank():
     run_ranks("tests.distributed.test_tensor_parallel:_column_parallel_dropout_drops_the_same_inputs_on_every_rank")
+
+
+class _RecordedDropout:
+    """Stands in for torch.nn.functional.dropout: draws each keep-mask (scaled by 1 / (1 - p)) from
+    a generator of its own and records it, or hands out the masks queued in ``replay``, so that the
+    unsharded model can drop exactly what the ranks dropped."""
+
+    def __init__(self, seed):
+        self.generator = torch.Generator().manual_seed(seed)
+        self.drawn, self.replay = [], []
+
+    def __call__(self, x, p=0.5, training=True, inplace=False):
+        assert training and not inplace
+        if self.replay:
+            return x * self.replay.pop(0)
+        keep = (torch.rand(x.shape, generator=self.generator) >= p).to(x.dtype) / (1 - p)
+        self.drawn.append(keep)
+        return x * keep
+
+
+def _tp_mlp_with_lora_dropout_trains_like_the_unsharded_one(rank, world, hidden):
+    """Two SGD steps with lora_dropout: the tensor-parallel MLP's outputs, input gradients, parameter
+    gradients and updated parameters equal the unsharded MLP's when that one drops the same
+    elements: the column-parallel layer's mask from the ranks' shared generator, the row-parallel
+    layer's the ranks' own masks of their columns, put side by side."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.parallel import parallelize_module
+
+    from lottalora.distributed import ColwiseParallel, RowwiseParallel
+
+    mesh = init_device_mesh("cpu", (world,))
+    real_dropout = torch.nn.functional.dropout
+    dropout = _RecordedDropout(seed=100 + rank)  # the ranks' own masks differ, as they do in real runs
+    torch.nn.functional.dropout = dropout
+    try:
+        for version in (1, 2):
+            torch.manual_seed(0)
+            ref = _moved_off_init(MLP(4, version, True, seed=3, hidden=hidden))
+            ref.up.lora_dropout = ref.down.lora_dropout = 0.5
+            tp = copy.deepcopy(ref)
+            parallelize_module(tp, mesh, {"up": ColwiseParallel(), "down": RowwiseParallel()})
+            up_masks = torch.Generator().manual_seed(tp.up._tensor_parallel.dropout_seed)
+            opt, opt_ref = (torch.optim.SGD(m.parameters(), lr=0.1) for m in (tp, ref))
+            data = torch.Generator().manual_seed(9)  # the same inputs on every rank
+            for step in range(2):
+                what = f"v{version} hidden {hidden} step {step}"
+                x = torch.randn(3, 5, 37, generator=data, requires_grad=True)
+                x_ref = x.detach().clone().requires_grad_()
+                dy = torch.randn(3, 5, 37, generator=data)
+                up_keep = (torch.rand(x.shape, generator=up_masks) >= 0.5).float() / 0.5
+                y = tp(x)
+                y.backward(dy)
+                assert len(dropout.drawn) == 1, what  # the row-parallel layer's; up uses the shared generator
+                down_pieces = [None] * world
+                dist.all_gather_object(down_pieces, dropout.drawn.pop())
+                dropout.replay = [up_keep, torch.cat(down_pieces, -1)]
+                y_ref = ref(x_ref)
+                y_ref.backward(dy)
+                assert not dropout.replay, what
+                torch.testing.assert_close(y, y_ref, rtol=2e-5, atol=2e-5, msg=what)
+                torch.testing.assert_close(x.grad, x_ref.grad, rtol=2e-5, atol=2e-5, msg=what)
+                for (name, p), p_ref in zip(tp.named_parameters(), ref.parameters(), strict=True):
+                    torch.testing.assert_close(_full(p.grad), p_ref.grad, rtol=2e-5, atol=2e-5,
+                                               msg=f"{what}: grad of {name}")
+                opt.step()
+                opt_ref.step()
+                opt.zero_grad()
+                opt_ref.zero_grad()
+            for (name, p), p_ref in zip(tp.named_parameters(), ref.parameters(), strict=True):
+                torch.testing.assert_close(_full(p.detach()), p_ref.detach(), rtol=2e-5, atol=2e-5, msg=name)
+    finally:
+        torch.nn.functional.dropout = real_dropout
+
+
+@pytest.mark.parametrize("hidden", [51, 1])
+def test_lora_dropout_in_tensor_parallel_trains_like_the_unsharded_model(hidden):
+    """hidden=1: the second rank's blocks of both layers are empty."""
+    run_ranks("tests.distributed.test_tensor_parallel:_tp_mlp_with_lora_dropout_trains_like_the_unsharded_one",
+              args=[hidden], timeout=240)
