@@ -5,8 +5,10 @@ aten launch and more per Triton launch; benchmarks/NOTES.md), so a small-M or ho
 is judged by its launch count until a GPU times it. Here the Triton kernels are intercepted
 under the interpreter and never run (only counted), and every aten op that would launch a CUDA
 kernel is counted through a dispatch mode; views, ``empty`` and other metadata-only ops are not.
-The stored-weight baseline (bf16 weight + unfused LoRA, as ``benchmarks.speed`` times it) is
-counted the same way.
+An aten op counts as one launch: a lower bound where cuBLAS launches two kernels for one matmul
+(a split-K GEMV and its reduction at M = 1, seen on the H100), for the baseline and the seeded
+layer alike. The stored-weight baseline (bf16 weight + unfused LoRA, as ``benchmarks.speed``
+times it) is counted the same way.
 
     python -m benchmarks.launch_count [--out DIR]
 
@@ -71,6 +73,17 @@ def _triton_launches():
         InterpretedFunction.run = real_run
 
 
+def _require_interpreter() -> None:
+    """The count intercepts interpreted launches: with Triton imported first without
+    TRITON_INTERPRET=1, kernels would really launch (or fail on CPU tensors) and count nothing."""
+    from lottalora_kernels.epilogue import _seeded_epilogue_kernel
+    from triton.runtime.interpreter import InterpretedFunction
+
+    if not isinstance(_seeded_epilogue_kernel, InterpretedFunction):
+        raise RuntimeError("benchmarks.launch_count needs TRITON_INTERPRET=1 set before Triton is imported "
+                           "(run it as python -m benchmarks.launch_count)")
+
+
 @contextlib.contextmanager
 def _eager_path():
     """The ops' implementations called directly, as in eager use on a GPU: the counting dispatch
@@ -98,8 +111,9 @@ def count_case(m: int, k: int = 256, rank: int = 8, backward: bool = True, seede
     """Launches of one forward (and one backward) of an (m, k) -> k layer with LoRA and bias."""
     from lottalora_kernels import dispatch, seeded_two_phase
 
+    _require_interpreter()
     torch.manual_seed(0)
-    layer = lottalora.Linear(k, k, rank=rank, seed=1)
+    layer = lottalora.Linear(k, k, rank=rank, alpha=rank / 2, seed=1)  # a LoRA scale of 0.5, as users set it
     with torch.no_grad():
         layer.lora_B.normal_()
     x = torch.randn(m, k, requires_grad=backward)

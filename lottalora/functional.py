@@ -107,7 +107,8 @@ def _seeded_linear_bwd(ctx, dy: torch.Tensor) -> tuple:
     """The first-order gradients (dx, dA, dB, dbeta, dbias, None, None, None, d lora_input)."""
     x, xa, lora_A, lora_B, beta, packed, lora_input = ctx.saved_tensors
     need_dx, need_dA, need_dB, need_dbeta, need_dbias = ctx.needs_input_grad[:5]
-    need_dlora_input = ctx.needs_input_grad[8]
+    # apply() without lora_input (the op's older eight arguments) gives eight entries.
+    need_dlora_input = len(ctx.needs_input_grad) > 8 and ctx.needs_input_grad[8]
     spec, scale, separate = ctx.spec, ctx.scale, ctx.separate_lora_input
     x2d = x.reshape(-1, spec.in_features) if x is not None else None
     adapter_in = lora_input.reshape(-1, spec.in_features) if separate and lora_input is not None else x2d

@@ -71,9 +71,11 @@ def _seeded_epilogue_kernel(
             lora = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
             for r0 in range(0, R, R_UNROLL):
                 for j in tl.static_range(R_UNROLL):
-                    r = r0 + j
-                    r_ok = tl.full((1,), r, tl.int32) < R  # a tensor: the interpreter's masks are never Python bools
-                    lo = tl.sum(tl.load(lo_ptr + lo_tile + r * stride_lor, mask=lo_mask & r_ok[:, None],
+                    # r as a one-element int64 tensor: offsets r * stride may pass 2^31, and the
+                    # interpreter's masks must be tensors, never Python bools.
+                    r = tl.full((1,), r0 + j, tl.int64)
+                    r_ok = r < R
+                    lo = tl.sum(tl.load(lo_ptr + lo_tile + r[:, None] * stride_lor, mask=lo_mask & r_ok[:, None],
                                         other=0.0).to(tl.float32), axis=0)
                     lo = round_to(lo, out_ptr.dtype.element_ty).to(tl.float32)
                     if WRITE_LO:

@@ -63,7 +63,7 @@ ROW_SPAN = tl.constexpr(spec.V2_ROW_SPAN)  # rows of W (o) per input-gradient ma
 _XA_ROWS_PER_WARP = 16  # ranks of x @ A^T per warp in an extra program: one mma's rows
 XA_ROWS_PER_WARP = tl.constexpr(_XA_ROWS_PER_WARP)
 MAX_M = 32
-MAX_SPLITS = 64  # the epilogue loads all split-K partial sums of an output tile at once
+MAX_SPLITS = 64  # the epilogue loads every split's x @ A^T partial of a row at once, and blocks of the others
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "stream_lo", "stream_hi"])
@@ -82,7 +82,7 @@ def _seeded_decode_fwd_twin_kernel(
     if pid_n >= n_w_blocks:
         # xl @ A^T's partial sums over this split (xl: the adapter's input, x or e.g. dropout(x)),
         # XA_ROWS ranks: the backbone loop below with A's rows loaded where W's are generated.
-        offs_r = (pid_n - n_w_blocks) * XA_ROWS + tl.arange(0, XA_ROWS)
+        offs_r = ((pid_n - n_w_blocks) * XA_ROWS + tl.arange(0, XA_ROWS)).to(tl.int64)  # * stride: int64
         a_cols = tl.arange(0, SPAN_COLS).to(tl.int64)
         xa = tl.zeros((XA_ROWS, M_PAD), dtype=tl.float32)
         for span in range(span_start, span_end):
@@ -161,7 +161,7 @@ def _seeded_decode_fwd_kernel(
         # the backbone loop below with A's rows loaded where W's are generated (same operand
         # layouts, same MMAs).
         r0 = (pid_n - n_w_blocks) * XA_ROWS
-        offs_r = r0 + gl.expand_dims(gl.arange(0, XA_ROWS, layout=gl.SliceLayout(1, w_layout)), 1)
+        offs_r = (r0 + gl.expand_dims(gl.arange(0, XA_ROWS, layout=gl.SliceLayout(1, w_layout)), 1)).to(gl.int64)
         a_cols = gl.expand_dims(gl.arange(0, SPAN_COLS, layout=gl.SliceLayout(0, w_layout)), 0)
         xa = gl.zeros((XA_ROWS, M_PAD), gl.float32, layout=mma)
         for span in range(span_start, span_end):
@@ -297,7 +297,8 @@ def _partial_products(
     scalars = (*backbone_scalars(seed, stream), spans_per_split)
     if transposed:
         fast_kernel, twin_kernel = _seeded_decode_dx_kernel, _seeded_decode_dx_twin_kernel
-        args, grid, xa_partial = (a, partial, M, N, K, a.stride(0), a.stride(1), *scalars), (n_row_blocks, split_k), None
+        args, grid = (a, partial, M, N, K, a.stride(0), a.stride(1), *scalars), (n_row_blocks, split_k)
+        xa_partial = None
     else:
         fast_kernel, twin_kernel = _seeded_decode_fwd_kernel, _seeded_decode_fwd_twin_kernel
         rank = lora_A.shape[0] if lora_A is not None else 0

@@ -136,7 +136,8 @@ def test_any_subset_of_inputs_may_require_grad(needs, backend, monkeypatch, devi
     for name, t in zip(["x", "A", "B", "beta", "bias"], (x, A, B, beta, bias), strict=True):
         assert (t.grad is not None) == needs[name], name
     monkeypatch.setenv("LOTTALORA_BACKEND", "torch")
-    leaves = [t.detach().clone().requires_grad_(needs[n]) for n, t in zip(["x", "A", "B", "beta", "bias"], (x, A, B, beta, bias), strict=True)]
+    names = ["x", "A", "B", "beta", "bias"]
+    leaves = [t.detach().clone().requires_grad_(needs[n]) for n, t in zip(names, (x, A, B, beta, bias), strict=True)]
     seeded_linear(leaves[0], spec, *leaves[1:], scale=1.0).sum().backward()
     for n, t, r in zip(["x", "A", "B", "beta", "bias"], (x, A, B, beta, bias), leaves, strict=True):
         if needs[n]:

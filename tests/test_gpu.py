@@ -131,19 +131,22 @@ def test_forward_and_backward_match_float64_in_every_regime(version, dtype, M, m
 
 
 @pytest.mark.parametrize("M", [1, 16, 27])
-@pytest.mark.parametrize("rank", [2, 37])
-def test_gluon_decode_matches_its_twin(M, rank):
-    """Outputs and x @ A^T (made by the kernel's extra programs: 37 ranks span three of them)."""
+@pytest.mark.parametrize("rank", [2, 80, 130])
+@pytest.mark.parametrize("separate_input", [False, True])
+def test_gluon_decode_matches_its_twin(M, rank, separate_input):
+    """Outputs and lora_x @ A^T, made by the kernel's extra programs (64 ranks each at 4 warps:
+    80 and 130 ranks need two and three), reading x or a separate adapter input."""
     layer, x = _layer_case(torch.bfloat16, M, 2, K=4096, N=4096, rank=rank)
     x = x.detach()
+    xl = torch.randn_like(x) if separate_input else None
     A = layer.lora_A.detach()
-    kwargs = dict(seed=layer.seed, stream=layer.stream, out_features=4096, lora_A=A,
+    kwargs = dict(seed=layer.seed, stream=layer.stream, out_features=4096, lora_A=A, lora_x=xl,
                   lora_B=layer.lora_B.detach(), beta=layer.beta.detach(), bias=layer.bias.detach(), scale=layer.scaling)
     fast, fast_xa = seeded_decode.seeded_decode_fwd(x, fast=True, **kwargs)
     twin, twin_xa = seeded_decode.seeded_decode_fwd(x, fast=False, **kwargs)
     # Same weights, same float32 partial sums in a different order: equal to bf16 rounding.
     assert torch.allclose(fast.float(), twin.float(), rtol=1e-2, atol=1e-2)
-    want_xa = x.double() @ A.double().T
+    want_xa = (xl if separate_input else x).double() @ A.double().T
     for name, xa in (("fast", fast_xa), ("twin", twin_xa)):
         assert xa.dtype == torch.bfloat16 and xa.shape == (M, rank)
         assert torch.allclose(xa.double(), want_xa, rtol=1e-2, atol=1e-2 * want_xa.abs().max().item()), name

@@ -33,7 +33,8 @@ def _case(M, K, N, R, dtype, device, bias=True):
 @pytest.mark.parametrize("M,K,N", [(1, 45, 37), (7, 300, 70), (16, 129, 200), (29, 131, 70)])
 @pytest.mark.parametrize("R", [0, 3, 6])
 def test_decode_forward_matches_float64(dtype, M, K, N, R, device):
-    """R = 6 needs two of the kernel's x @ A^T programs (4 ranks each with one warp)."""
+    """The kernel's x @ A^T programs (16 ranks each at one warp) serve R = 3 and 6; the launch
+    test below uses 20 ranks for two of them."""
     s, x, A, B, b, beta, want = _case(M, K, N, R, dtype, device)
     y, xa = seeded_decode_fwd(x, seed=s.seed, stream=s.stream, out_features=N, lora_A=A, lora_B=B, beta=beta,
                               bias=b, scale=0.5, fast=False)
