@@ -5,7 +5,8 @@
 #   bash benchmarks/gpu_session.sh kernels # the kernel test files on the GPU (~5 min)
 #   bash benchmarks/gpu_session.sh bench   # benchmarks.speed (regimes vs cuBLAS + LoRA, graphs, generation rates)
 #   bash benchmarks/gpu_session.sh memory  # benchmarks.memory on the GPU
-#   bash benchmarks/gpu_session.sh profile # benchmarks.profile: kernel and host time, decode and M = 8192
+#   bash benchmarks/gpu_session.sh profile # benchmarks.profile (kernel and host time, decode and M = 8192),
+#                                          # then benchmarks.decode_tuning (decode warps x splits sweep)
 #   bash benchmarks/gpu_session.sh suite   # the whole test suite on the GPU (slow: compiles every kernel)
 # Results and logs go to $OUT when set (the device tool's output folder), else benchmarks/results.
 set -uo pipefail
@@ -35,7 +36,8 @@ case "${1:-}" in
   profile)
     python3 -m benchmarks.profile --m 8192 --nk 4096 > "$out/profile_m8192.txt" 2>&1
     python3 -m benchmarks.profile --m 1 --nk 4096 --no-backward > "$out/profile_m1_decode.txt" 2>&1
-    python3 -m benchmarks.profile --m 16 --nk 4096 --no-backward > "$out/profile_m16_decode.txt" 2>&1 ;;
+    python3 -m benchmarks.profile --m 16 --nk 4096 --no-backward > "$out/profile_m16_decode.txt" 2>&1
+    python3 -m benchmarks.decode_tuning --out "$out" 2>&1 | tee "$out/decode_tuning.log" ;;
   suite)
     python3 -m pytest -q -rs tests/ 2>&1 | tee "$out/pytest_suite_gpu.log" ;;
 esac

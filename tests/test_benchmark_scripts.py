@@ -146,3 +146,23 @@ def test_launch_count_counts_what_an_eager_step_launches(tmp_path):
     baseline = rows[(64, "stored+lora")]
     assert baseline["backward_aten_ops"]["mm"] == 5 and baseline["forward_launches"] == 7
     assert two_phase["backward_launches"] <= baseline["backward_launches"] + 1
+
+
+def test_decode_tuning_refuses_without_a_gpu_and_sweeps_what_a_launch_accepts(capsys):
+    import torch
+
+    from benchmarks import decode_tuning
+    from lottalora_kernels import seeded_decode
+
+    assert max(decode_tuning.SPLITS) <= seeded_decode.MAX_SPLITS
+    if torch.cuda.is_available():
+        pytest.skip("has a GPU: the script would time")
+    with pytest.raises(SystemExit):
+        decode_tuning.main([])
+    assert "needs a CUDA GPU" in capsys.readouterr().err
+    # The sweep's own logic, interpreted on a small shape with a stand-in timer that runs each
+    # launch once (its output checked by the decode tests): every config it would time launches.
+    calls = []
+    rows = decode_tuning.tune_shape(3, 512, lambda fn: calls.append(fn()) or 1e-6 * len(calls), device="cpu")
+    assert len(calls) == len(rows) and sum(r["default"] for r in rows) == 1 and sum(r["best"] for r in rows) == 1
+    assert {r["split_k"] for r in rows if not r["default"]} == {4}  # 512 columns: four spans, no more splits
