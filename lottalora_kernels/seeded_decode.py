@@ -82,18 +82,21 @@ def _seeded_decode_fwd_twin_kernel(
     if pid_n >= n_w_blocks:
         # xl @ A^T's partial sums over this split (xl: the adapter's input, x or e.g. dropout(x)),
         # XA_ROWS ranks: the backbone loop below with A's rows loaded where W's are generated.
-        offs_r = ((pid_n - n_w_blocks) * XA_ROWS + tl.arange(0, XA_ROWS)).to(tl.int64)  # * stride: int64
+        # A warp's 16 ranks at a time: one (XA_ROWS, M_PAD) product spilled when compiled for sm_90.
         a_cols = tl.arange(0, SPAN_COLS).to(tl.int64)
-        xa = tl.zeros((XA_ROWS, M_PAD), dtype=tl.float32)
-        for span in range(span_start, span_end):
-            a_k = span * SPAN_COLS + a_cols
-            av = tl.load(a_ptr + offs_r[:, None] * stride_ar + a_k[None, :] * stride_ak,
-                         mask=(offs_r < R)[:, None] & (a_k < K)[None, :], other=0.0)
-            xv = tl.load(xl_ptr + offs_m[None, :] * stride_xlm + a_k[:, None] * stride_xlk,
-                         mask=(offs_m < M)[None, :] & (a_k < K)[:, None], other=0.0)
-            xa = tl.dot(av.to(DOT_DTYPE), xv.to(DOT_DTYPE), xa, input_precision=INPUT_PRECISION)
-        xa_dst = xa_partial_ptr + (pid_s * M + offs_m[None, :]).to(tl.int64) * R + offs_r[:, None]
-        tl.store(xa_dst, xa, mask=(offs_m < M)[None, :] & (offs_r < R)[:, None])
+        for rank_block in tl.static_range(NUM_WARPS):
+            offs_r = ((pid_n - n_w_blocks) * XA_ROWS + rank_block * XA_ROWS_PER_WARP
+                      + tl.arange(0, XA_ROWS_PER_WARP)).to(tl.int64)  # * stride: int64
+            xa = tl.zeros((XA_ROWS_PER_WARP, M_PAD), dtype=tl.float32)
+            for span in range(span_start, span_end):
+                a_k = span * SPAN_COLS + a_cols
+                av = tl.load(a_ptr + offs_r[:, None] * stride_ar + a_k[None, :] * stride_ak,
+                             mask=(offs_r < R)[:, None] & (a_k < K)[None, :], other=0.0)
+                xv = tl.load(xl_ptr + offs_m[None, :] * stride_xlm + a_k[:, None] * stride_xlk,
+                             mask=(offs_m < M)[None, :] & (a_k < K)[:, None], other=0.0)
+                xa = tl.dot(av.to(DOT_DTYPE), xv.to(DOT_DTYPE), xa, input_precision=INPUT_PRECISION)
+            xa_dst = xa_partial_ptr + (pid_s * M + offs_m[None, :]).to(tl.int64) * R + offs_r[:, None]
+            tl.store(xa_dst, xa, mask=(offs_m < M)[None, :] & (offs_r < R)[:, None])
     else:
         rows_t = tl.arange(0, BLOCK_N)
         offs_o = pid_n * BLOCK_N + warp_span_rows(rows_t, NUM_WARPS).to(tl.int64)
