@@ -11,7 +11,7 @@ kernel's main loop costs 1.8-2.6 SASS per weight for M <= 32 (M only adds MMAs);
 accumulator spills, so past M = 32 the two-phase path (one generation, then a GEMM at
 tensor-core speed) takes over. Measured on an H100 (CUDA graphs, bf16): at M = 1 and 16 the
 decode regime takes 12-26 us where the two-phase one takes 37-141 us; M = 17-32 moved to decode
-on the count (2.64 against 2.12 SASS per weight at M = 16), not yet timed. At M = 128 the
+on the count (2.69 against 2.12 SASS per weight at M = 16), not yet timed. At M = 128 the
 two-phase path is 1.3-2.3x cuBLAS + LoRA, the case a wgmma kernel should take next. Stream v1
 generates a weight in 24-65 SASS, so its one-pass kernel is worth it only while W is
 regenerated few times (M up to a couple of row blocks). Float32 layers on a GPU take the

@@ -258,7 +258,7 @@ def _seeded_decode_dx_kernel(
 
 def _m_pad(m: int) -> int:
     """The accumulator's width (the mma's N): 8, 16 or 32 rows. Wider costs more MMAs and
-    registers per weight (1.84 / 2.12 / 2.64 SASS per weight forward, counted for sm_90); 64
+    registers per weight (1.84 / 2.12 / 2.69 SASS per weight forward, counted for sm_90); 64
     spills."""
     return 8 if m <= 8 else 16 if m <= 16 else 32
 
