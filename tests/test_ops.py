@@ -56,6 +56,22 @@ def test_torch_compile_runs_the_layer(backend, monkeypatch, device):
     assert x.grad is not None and layer.beta.grad is not None
 
 
+def test_torch_compile_default_backend_trains_with_lora_dropout(monkeypatch):
+    """lora_dropout feeds the dropped input to the fused op (lora_input): Inductor compiles it
+    whole, and gradients reach x through both the backbone and the adapter."""
+    monkeypatch.setenv("LOTTALORA_BACKEND", "torch")
+    torch._dynamo.reset()
+    layer = lottalora.Linear(24, 16, rank=2, seed=3, lora_dropout=0.5)
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    compiled = torch.compile(layer, fullgraph=True)
+    x = torch.randn(4, 24, requires_grad=True)
+    compiled(x).sum().backward()
+    assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in (x, layer.lora_A, layer.lora_B, layer.beta))
+    layer.eval()
+    torch.testing.assert_close(compiled(x), layer(x))  # no dropout in eval: the compiled layer is the layer
+
+
 def test_torch_backend_forward_hands_its_packed_signs_to_the_backward():
     """Stream v2 on the torch backend: the backward reuses the forward's packed signs (1 bit per
     weight) and gives the gradients a fresh generation gives; they are kept only for training."""
