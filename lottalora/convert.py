@@ -80,6 +80,7 @@ BIAS_MODES = ("none", "all", "lora_only")
 _CLASSIFIER_HEADS = ("score", "classifier")
 # Where each convert call is recorded on the module it converted (lottalora.pretrained reads it).
 CONVERT_CALLS_ATTR = "_lottalora_convert_calls"
+_CHECKS_LOADS_ATTR = "_lottalora_checks_loads_whole"
 _call_order = itertools.count()
 
 
@@ -284,7 +285,26 @@ def convert(
         exclude_modules=_json_patterns(exclude_modules), adapter_modules=_json_patterns(adapter_modules),
         trainable_modules=_json_patterns(trainable_modules), train_beta=train_beta, lora_dropout=lora_dropout,
         bias=bias, rank_pattern=rank_pattern, alpha_pattern=alpha_pattern))
+    _check_loads_whole(model)
     return model
+
+
+def _check_seeded_layers_first(model: nn.Module, state_dict, prefix: str, *_) -> None:
+    """load_state_dict pre-hook of a converted model: every seeded layer's entries are checked
+    before any module loads. nn.Module loads module by module (each seeded layer is itself
+    all-or-nothing), so a bad entry in a late layer would otherwise raise after the earlier
+    layers had loaded, leaving a half-loaded model."""
+    for name, layer in model.named_modules():
+        if isinstance(layer, Linear) and layer is not model:
+            layer.check_state_dict(state_dict, f"{prefix}{name}.")
+
+
+def _check_loads_whole(model: nn.Module) -> None:
+    """Register _check_seeded_layers_first on ``model`` once (a module-level function: the model
+    still pickles)."""
+    if not getattr(model, _CHECKS_LOADS_ATTR, False) and not isinstance(model, Linear):
+        model.register_load_state_dict_pre_hook(_check_seeded_layers_first)
+        object.__setattr__(model, _CHECKS_LOADS_ATTR, True)
 
 
 def _record_call(model: nn.Module, converted: dict[str, Linear], arguments: dict) -> None:

@@ -301,13 +301,22 @@ class Linear(nn.Module):
         # load_state_dict hands each module its own copy of the dict, so replacing the entry
         # leaves the caller's state_dict as it was.
         upgrade_legacy_beta(state_dict, prefix + "beta")
-        where = f"lottalora.Linear {prefix[:-1]!r}" if prefix else "lottalora.Linear"
-        try:
-            self._check_loadable(state_dict, prefix)
-        except ValueError as exc:
-            raise ValueError(f"{where}: {exc}") from None
+        self.check_state_dict(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
+
+    def check_state_dict(self, state_dict, prefix: str = "") -> None:
+        """ValueError naming this layer unless the entries of ``state_dict`` under ``prefix``
+        that are present fit it (shape, rank, floating-point tensors, extra state); a 0-dim beta
+        of lottalora 0.1 counts as its one-element form. Loads nothing."""
+        own_keys = [prefix + name for name in (*self._parameters, "_extra_state")]
+        entries = {key: state_dict[key] for key in own_keys if key in state_dict}  # never the caller's dict
+        upgrade_legacy_beta(entries, prefix + "beta")
+        try:
+            self._check_loadable(entries, prefix)
+        except ValueError as exc:
+            where = f"lottalora.Linear {prefix[:-1]!r}" if prefix else "lottalora.Linear"
+            raise ValueError(f"{where}: {exc}") from None
 
     def _check_loadable(self, state_dict, prefix: str) -> None:
         key = prefix + "_extra_state"

@@ -303,3 +303,34 @@ def _model_scans_during_convert(layers: int) -> int:
 def test_convert_walks_the_model_a_fixed_number_of_times_whatever_its_depth():
     # Tie detection used to scan every parameter once per converted layer: quadratic in depth.
     assert _model_scans_during_convert(200) == _model_scans_during_convert(2)
+
+
+def test_load_state_dict_of_a_converted_model_is_all_or_nothing(tmp_path):
+    """A bad entry in the last seeded layer is refused before any module loads: nn.Module loads
+    module by module, and the earlier layers (and the embedding) would otherwise change."""
+    import copy
+    import pickle
+
+    model = lottalora.convert(TwoTower(), rank=4, seed=1)
+    other = lottalora.convert(TwoTower(), rank=4, seed=1)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(1.0)
+    sd = other.state_dict()
+    sd["head.lora_A"] = torch.zeros(3, 16)  # a rank-3 adapter for the rank-4 head, the last layer loaded
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match=r"lottalora.Linear 'head': lora_A has shape \(3, 16\)"):
+        model.load_state_dict(sd)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if isinstance(before[k], torch.Tensor))
+    sd["head.lora_A"] = other.head.lora_A.detach().clone()
+    sd["encoder.0.beta"] = sd["encoder.0.beta"].reshape(())  # lottalora 0.1's 0-dim beta still loads
+    model.load_state_dict(sd)
+    assert torch.equal(model.encoder[0].lora_B, other.encoder[0].lora_B)
+    from lottalora.convert import _check_loads_whole
+
+    _check_loads_whole(model)  # what a second convert call on the model does: no second check
+    assert len(model._load_state_dict_pre_hooks) == 1
+    restored = pickle.loads(pickle.dumps(model))  # the check is a module-level function: models pickle
+    with pytest.raises(ValueError, match="lora_A has shape"):
+        restored.load_state_dict({**sd, "head.lora_A": torch.zeros(3, 16)})
