@@ -33,9 +33,10 @@ from lottalora_kernels import dispatch
 
 from .results import RESULTS_DIR, write_results
 
-GPU_M = [1, 16, 32, 128, 2048, 8192]
+GPU_M = [1, 16, 32, 64, 128, 2048, 8192]
 GPU_NK = [4096, 8192]
 RANK = 8
+DECODE_TIMED_MAX_M = 128
 # Dense bf16 tensor-core peaks (vendor figures, SXM parts); the floor uses them, not a measurement.
 PEAK_BF16_FLOPS = {"H100": 989.4e12, "H200": 989.4e12}
 
@@ -123,7 +124,9 @@ def bench_shape(m: int, nk: int, cuda: bool, timer, graph_timer) -> list[dict]:
         return beta * F.linear(x, w_stored) + layer.scaling * F.linear(F.linear(x, A), B) + bias
 
     methods = {"seeded": lambda: layer(x), "cublas+lora": baseline}
-    regimes = ["decode", "two_phase"] if m <= dispatch.DECODE_MAX_M else ["two_phase"]
+    # Decode past 32 rows regenerates W per 32-row chunk: timed against two-phase up to 128 rows
+    # to find the crossover (the dispatch sends M > DECODE_MAX_M to two-phase until measured).
+    regimes = ["decode", "two_phase"] if m <= DECODE_TIMED_MAX_M else ["two_phase"]
     for regime in regimes if cuda else []:
         methods[f"seeded {regime}"] = lambda regime=regime: dispatch.seeded_linear_fwd(
             x.detach(), seed=layer.seed, stream=layer.stream, version=2, init=layer.init, out_features=n,

@@ -328,6 +328,11 @@ def _partial_products(
     return partial, xa_partial
 
 
+def _row_chunks(m: int):
+    """Row ranges of at most MAX_M rows: a launch's accumulator holds 32 rows (64 spill)."""
+    return [(r0, min(r0 + MAX_M, m)) for r0 in range(0, m, MAX_M)]
+
+
 def seeded_decode_fwd(
     x: torch.Tensor, *, seed: int, stream: int, out_features: int, lora_A: torch.Tensor | None,
     lora_B: torch.Tensor | None, beta: torch.Tensor, bias: torch.Tensor | None, scale: float,
@@ -335,8 +340,9 @@ def seeded_decode_fwd(
     lora_x: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """y = beta * std * x @ W_signs^T + scale * (lora_x @ lora_A^T) @ lora_B^T + bias for stream
-    v2 and M <= 32, in two launches: lora_x @ lora_A^T is made by the backbone kernel's extra
-    programs.
+    v2, in two launches per 32 rows: lora_x @ lora_A^T is made by the backbone kernel's extra
+    programs. Past 32 rows W is regenerated for every 32 (the dispatch sends M > 32 to the
+    two-phase regime; ``benchmarks.speed`` times both there to set the crossover).
 
     x and lora_x (the adapter's input, x when None): (M, K); lora_A: (rank, K) and lora_B:
     (out_features, rank), or None; beta: one element; bias: (out_features,) or None. Returns
@@ -346,18 +352,15 @@ def seeded_decode_fwd(
     ``split_k`` pin the launch (tests). Inputs are assumed validated.
     """
     M, K = x.shape
-    if M > MAX_M:
-        raise ValueError(f"the decode kernel takes at most {MAX_M} rows, got {M}")
     rank = lora_A.shape[0] if lora_A is not None else 0
     out = new_output((M, out_features), x.dtype, x.device)
     xa = new_output((M, rank), x.dtype, x.device) if lora_A is not None else None
-    if M == 0:
-        return out, xa
-    partial, xa_partial = _partial_products(x, transposed=False, n_out=out_features, seed=seed, stream=stream,
-                                            fast=fast, num_warps=num_warps, split_k=split_k, lora_A=lora_A,
-                                            lora_x=lora_x)
-    seeded_epilogue(partial, out, beta=beta, value_scale=spec.backbone_std(K), lo=xa_partial, lmat=lora_B,
-                    lora_scale=scale, bias=bias, lo_out=xa if rank else None)
+    for r0, r1 in _row_chunks(M):
+        partial, xa_partial = _partial_products(
+            x[r0:r1], transposed=False, n_out=out_features, seed=seed, stream=stream, fast=fast, num_warps=num_warps,
+            split_k=split_k, lora_A=lora_A, lora_x=lora_x[r0:r1] if lora_x is not None else None)
+        seeded_epilogue(partial, out[r0:r1], beta=beta, value_scale=spec.backbone_std(K), lo=xa_partial,
+                        lmat=lora_B, lora_scale=scale, bias=bias, lo_out=xa[r0:r1] if rank else None)
     return out, xa
 
 
@@ -367,7 +370,7 @@ def seeded_decode_bwd_dx(
     need_dx: bool = True, fast: bool | None = None, num_warps: int | None = None, split_k: int | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """dx = beta * std * dy @ W_signs + scale * dy_b @ lora_A and dbeta = std * <x, dy @ W_signs>
-    for stream v2 and M <= 32.
+    for stream v2, in launches of 32 rows as ``seeded_decode_fwd``.
 
     dy: (M, N); dy_b: (M, rank) or None; lora_A: (rank, in_features) or None; x_for_dbeta: the
     forward's input (M, in_features) or None. Returns (dx (M, in_features) in dy.dtype or None
@@ -375,16 +378,20 @@ def seeded_decode_bwd_dx(
     ``num_warps`` and ``split_k`` as in ``seeded_decode_fwd``.
     """
     M = dy.shape[0]
-    if M > MAX_M:
-        raise ValueError(f"the decode kernel takes at most {MAX_M} rows, got {M}")
     dx = new_output((M, in_features), dy.dtype, dy.device) if need_dx else None
-    if M == 0:
-        return dx, (torch.zeros((), device=dy.device) if x_for_dbeta is not None else None)
-    partial, _ = _partial_products(dy, transposed=True, n_out=in_features, seed=seed, stream=stream, fast=fast,
-                                   num_warps=num_warps, split_k=split_k)
     std = spec.backbone_std(in_features)
-    partial_dbeta = seeded_epilogue(partial, dx, beta=beta, value_scale=std, lo=dy_b,
-                                    lmat=lora_A.T if lora_A is not None else None, lora_scale=scale,
-                                    x_for_dbeta=x_for_dbeta)
-    dbeta = partial_dbeta.sum() if partial_dbeta is not None else None
-    return dx, dbeta
+    dbeta_partials = []
+    for r0, r1 in _row_chunks(M):
+        partial, _ = _partial_products(dy[r0:r1], transposed=True, n_out=in_features, seed=seed, stream=stream,
+                                       fast=fast, num_warps=num_warps, split_k=split_k)
+        partial_dbeta = seeded_epilogue(
+            partial, dx[r0:r1] if dx is not None else None, beta=beta, value_scale=std,
+            lo=dy_b[r0:r1] if dy_b is not None else None, lmat=lora_A.T if lora_A is not None else None,
+            lora_scale=scale, x_for_dbeta=x_for_dbeta[r0:r1] if x_for_dbeta is not None else None)
+        if partial_dbeta is not None:
+            dbeta_partials.append(partial_dbeta.view(-1))
+    if x_for_dbeta is None:
+        return dx, None
+    if not dbeta_partials:  # M == 0
+        return dx, torch.zeros((), device=dy.device)
+    return dx, (dbeta_partials[0] if len(dbeta_partials) == 1 else torch.cat(dbeta_partials)).sum()

@@ -52,3 +52,16 @@ def assert_close_to_baseline(actual: torch.Tensor, baseline: torch.Tensor, expec
     limit = 2 * base_err + BASELINE_ATOL[dtype] + rounding
     assert err <= limit, (f"{what}: max error {err:.3g} exceeds 2 x PyTorch's {base_err:.3g} + "
                           f"{BASELINE_ATOL[dtype]:g} + the result's rounding {rounding:.3g} at {dtype}")
+
+
+def assert_dbeta_close(dbeta: torch.Tensor, x: torch.Tensor, dy: torch.Tensor, w64: torch.Tensor,
+                       what: str = "dbeta") -> None:
+    """dbeta = <x, dy @ W> against float64, within float32's error for a sum of terms of that
+    size: a relative bound on the total fails at random when the terms cancel."""
+    x64, dy64 = x.detach().double().cpu(), dy.detach().double().cpu()
+    w64 = w64.detach().double().cpu()
+    want = (x64 * (dy64 @ w64)).sum().item()
+    size = (x64.abs() * (dy64.abs() @ w64.abs())).sum().item()
+    err = abs(float(dbeta) - want)
+    assert err <= 1e-5 * size + 1e-6, \
+        f"{what}: got {float(dbeta):.8g}, want {want:.8g} (error {err:.3g}, size {size:.3g})"

@@ -130,7 +130,7 @@ def test_forward_and_backward_match_float64_in_every_regime(version, dtype, M, m
         assert_close_to_baseline(g, b, w_, dtype, f"d{name} {tag}", summed_terms=y.numel() if name == "beta" else 1)
 
 
-@pytest.mark.parametrize("M", [1, 16, 27])
+@pytest.mark.parametrize("M", [1, 16, 27, 100])  # 100: four 32-row launches (the regime forced past 32)
 @pytest.mark.parametrize("rank", [2, 80, 130])
 @pytest.mark.parametrize("separate_input", [False, True])
 def test_gluon_decode_matches_its_twin(M, rank, separate_input):
