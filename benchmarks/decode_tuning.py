@@ -41,12 +41,17 @@ def tune_shape(m: int, nk: int, timer, device: str = "cuda") -> list[dict]:
         return seeded_decode.seeded_decode_fwd(x, seed=1, stream=0, out_features=nk, lora_A=A, lora_B=B, beta=beta,
                                                bias=bias, scale=0.5, num_warps=num_warps, split_k=split_k)
     n_spans = -(-nk // spec.V2_COL_SPAN)
-    default_split = seeded_decode.split_k_for(-(-nk // (spec.V2_ROW_SPAN * 4)), n_spans, device)
+    # What the launches really run: a split count is rounded so that no split is empty.
+    default_split, _ = seeded_decode.launch_splits(
+        n_spans, seeded_decode.split_k_for(-(-nk // (spec.V2_ROW_SPAN * 4)), n_spans, device))
     rows = [{"M": m, "NK": nk, "num_warps": 4, "split_k": default_split, "default": True,
              "seconds": timer(lambda: forward())}]
+    tried = {(4, default_split)}
     for num_warps in NUM_WARPS:
-        for split_k in SPLITS:
-            if split_k <= n_spans:
+        for asked in SPLITS:
+            split_k, _ = seeded_decode.launch_splits(n_spans, min(asked, n_spans))
+            if (num_warps, split_k) not in tried:
+                tried.add((num_warps, split_k))
                 rows.append({"M": m, "NK": nk, "num_warps": num_warps, "split_k": split_k, "default": False,
                              "seconds": timer(lambda w=num_warps, s=split_k: forward(w, s))})
     best = min(rows, key=lambda r: r["seconds"])
@@ -66,6 +71,10 @@ def main(argv=None) -> int:
     def timer(fn):
         return do_bench_cudagraph(fn, rep=100, return_mode="median") * 1e-3
     rows = [row for m, nk in SHAPES for row in tune_shape(m, nk, timer)]
+    from lottalora_kernels.runtime import gluon_failed
+
+    if gluon_failed("seeded_decode"):  # every row after the failure timed the plain-Triton twin
+        parser.error("the Gluon decode kernel did not compile here: these rows would time its twin")
     table = ["| M | N = K | warps | splits | us | |", "|---|---|---|---|---|---|"]
     for r in rows:
         mark = " ".join(word for word, on in (("default", r["default"]), ("best", r["best"])) if on)

@@ -3,7 +3,7 @@
 Per shape (bf16, rank 8, bias) and pass (forward, backward, forward+backward), medians of:
 - ``seeded``: lottalora.Linear as users call it (stream v2, the regime the dispatch picks);
 - ``seeded <regime>``: the forward forced through each regime that can serve the shape
-  (decode for M <= 16, two-phase), to check the dispatch thresholds;
+  (decode up to M = 128, in 32-row launches past 32; two-phase), to check the dispatch thresholds;
 - ``cublas+lora``: F.linear with a stored bf16 weight plus an unfused LoRA: the baseline.
 The headline is seeded / cublas+lora, measured in the same process. Forwards are also timed as
 CUDA graphs (``*_graph``), which removes Python and launch overhead from both sides. Floors:

@@ -285,7 +285,7 @@ def convert(
         exclude_modules=_json_patterns(exclude_modules), adapter_modules=_json_patterns(adapter_modules),
         trainable_modules=_json_patterns(trainable_modules), train_beta=train_beta, lora_dropout=lora_dropout,
         bias=bias, rank_pattern=rank_pattern, alpha_pattern=alpha_pattern))
-    _check_loads_whole(model)
+    check_loads_whole(model)
     return model
 
 
@@ -294,17 +294,27 @@ def _check_seeded_layers_first(model: nn.Module, state_dict, prefix: str, *_) ->
     before any module loads. nn.Module loads module by module (each seeded layer is itself
     all-or-nothing), so a bad entry in a late layer would otherwise raise after the earlier
     layers had loaded, leaving a half-loaded model."""
-    for name, layer in model.named_modules():
+    # Every name a layer goes by (a module shared under two names loads under both). Keys that a
+    # wrapper below the root renames in its own pre-hook (activation-checkpoint wrappers) are not
+    # in the dict yet: such layers are checked when they load, one at a time.
+    for name, layer in model.named_modules(remove_duplicate=False):
         if isinstance(layer, Linear) and layer is not model:
             layer.check_state_dict(state_dict, f"{prefix}{name}.")
 
 
-def _check_loads_whole(model: nn.Module) -> None:
+def check_loads_whole(model: nn.Module) -> None:
     """Register _check_seeded_layers_first on ``model`` once (a module-level function: the model
-    still pickles)."""
-    if not getattr(model, _CHECKS_LOADS_ATTR, False) and not isinstance(model, Linear):
-        model.register_load_state_dict_pre_hook(_check_seeded_layers_first)
-        object.__setattr__(model, _CHECKS_LOADS_ATTR, True)
+    still pickles); the hook's id is kept on the model so that ``forget_load_check`` can remove it."""
+    if getattr(model, _CHECKS_LOADS_ATTR, None) is None and not isinstance(model, Linear):
+        handle = model.register_load_state_dict_pre_hook(_check_seeded_layers_first)
+        object.__setattr__(model, _CHECKS_LOADS_ATTR, handle.id)
+
+
+def forget_load_check(model: nn.Module) -> None:
+    """Remove the hook ``check_loads_whole`` registered (a merged model is plain torch again)."""
+    hook_id = model.__dict__.pop(_CHECKS_LOADS_ATTR, None)
+    if hook_id is not None:
+        model._load_state_dict_pre_hooks.pop(hook_id, None)
 
 
 def _record_call(model: nn.Module, converted: dict[str, Linear], arguments: dict) -> None:

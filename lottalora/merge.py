@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .convert import CONVERT_CALLS_ATTR, _set_submodule
+from .convert import CONVERT_CALLS_ATTR, _set_submodule, forget_load_check
 from .distributed.state import is_dtensor
 from .linear import Linear
 from .wrappers import unwrap_model
@@ -81,4 +81,5 @@ def merge_and_unload(model: nn.Module, *, safe_merge: bool = False) -> nn.Module
         _set_submodule(root, name, plain)
     for module in root.modules():
         module.__dict__.pop(CONVERT_CALLS_ATTR, None)
+        forget_load_check(module)
     return model

@@ -25,7 +25,7 @@ from torch import nn
 
 from .checkpoint import (CONFIG_NAME, MODEL_CONFIG_NAME, TRAINABLE_ONLY, _fail, _read_checkpoint, _tensor_contents,
                          load_read)
-from .convert import CONVERT_CALLS_ATTR, _linear_shape, _set_submodule, materialize
+from .convert import CONVERT_CALLS_ATTR, _linear_shape, _set_submodule, check_loads_whole, materialize
 from .linear import Linear
 from .wrappers import plain_name
 
@@ -173,6 +173,7 @@ def from_pretrained(directory: str | os.PathLike, *, device: torch.device | str 
     for name, param in model.named_parameters(remove_duplicate=False):
         param.requires_grad_(name in trainable)
     _restore_convert_calls(directory, model, model_config["convert_calls"])
+    check_loads_whole(model)  # as convert does: a later load_state_dict is all or nothing
     return model.eval()
 
 

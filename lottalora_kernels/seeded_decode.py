@@ -40,9 +40,10 @@ Two implementations of kernel 1, one contract:
 The input gradient has the same pair: ``_seeded_decode_dx_kernel`` (Gluon, 1.69 / 1.92 / 2.38
 SASS per weight) and its twin, read back the same way with one-hot dy. Measured on an H100
 (benchmarks/NOTES.md): the forward kernel makes 16.8 M weights in 3.6 us, 2.8x its count.
-Not done here: M > 32 (the two-phase regime serves it; a 64-wide accumulator spills, 7 registers
-forward and 1,746 input gradient even when a span is multiplied in parts), stream v1 (the
-one-pass kernel).
+Past 32 rows the launcher runs 32 rows per launch (a 64-wide accumulator spills, 7 registers
+forward and 1,746 input gradient even when a span is multiplied in parts), regenerating W each
+time; the dispatch leaves M > 32 to the two-phase regime until a GPU times the two. Stream v1
+is not served here (the one-pass kernel).
 """
 
 from __future__ import annotations
@@ -277,6 +278,13 @@ def split_k_for(n_row_blocks: int, n_spans: int, device: torch.device) -> int:
     return max(1, min(n_spans, MAX_SPLITS, cdiv(4 * sm_count(device), n_row_blocks)))
 
 
+def launch_splits(n_spans: int, split_k: int) -> tuple[int, int]:
+    """(splits, spans per split) a launch asked for ``split_k`` splits runs: every split gets the
+    same whole number of spans, so the count is rounded to leave none empty."""
+    spans_per_split = cdiv(n_spans, split_k)
+    return cdiv(n_spans, spans_per_split), spans_per_split
+
+
 def _partial_products(
     a: torch.Tensor, *, transposed: bool, n_out: int, seed: int, stream: int, fast: bool | None,
     num_warps: int | None, split_k: int | None, lora_A: torch.Tensor | None = None, lora_x: torch.Tensor | None = None,
@@ -294,9 +302,7 @@ def _partial_products(
     out_span, red_span = (spec.V2_COL_SPAN, spec.V2_ROW_SPAN) if transposed else (spec.V2_ROW_SPAN, spec.V2_COL_SPAN)
     n_row_blocks = cdiv(n_out, out_span * num_warps)
     n_spans = cdiv(n_red, red_span)
-    split_k = split_k or split_k_for(n_row_blocks, n_spans, a.device)
-    spans_per_split = cdiv(n_spans, split_k)
-    split_k = cdiv(n_spans, spans_per_split)  # no empty splits
+    split_k, spans_per_split = launch_splits(n_spans, split_k or split_k_for(n_row_blocks, n_spans, a.device))
     partial = new_output((split_k, M, n_out), torch.float32, a.device)
     N, K = (n_red, n_out) if transposed else (n_out, n_red)
     scalars = (*backbone_scalars(seed, stream), spans_per_split)

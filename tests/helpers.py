@@ -57,7 +57,9 @@ def assert_close_to_baseline(actual: torch.Tensor, baseline: torch.Tensor, expec
 def assert_dbeta_close(dbeta: torch.Tensor, x: torch.Tensor, dy: torch.Tensor, w64: torch.Tensor,
                        what: str = "dbeta") -> None:
     """dbeta = <x, dy @ W> against float64, within float32's error for a sum of terms of that
-    size: a relative bound on the total fails at random when the terms cancel."""
+    size: a relative bound on the total fails at random when the terms cancel. For the small
+    shapes of the tests (the bound grows like sqrt(M N K) relative to dbeta: ~1% at M = 70,
+    N = 50, K = 140, enough to catch a lost row or chunk, not a lost element)."""
     x64, dy64 = x.detach().double().cpu(), dy.detach().double().cpu()
     w64 = w64.detach().double().cpu()
     want = (x64 * (dy64 @ w64)).sum().item()

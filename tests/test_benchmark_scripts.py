@@ -165,4 +165,4 @@ def test_decode_tuning_refuses_without_a_gpu_and_sweeps_what_a_launch_accepts(ca
     calls = []
     rows = decode_tuning.tune_shape(3, 512, lambda fn: calls.append(fn()) or 1e-6 * len(calls), device="cpu")
     assert len(calls) == len(rows) and sum(r["default"] for r in rows) == 1 and sum(r["best"] for r in rows) == 1
-    assert {r["split_k"] for r in rows if not r["default"]} == {4}  # 512 columns: four spans, no more splits
+    assert {(r["num_warps"], r["split_k"]) for r in rows} == {(4, 2), (2, 4), (4, 4)}  # four spans: no more splits

@@ -327,9 +327,9 @@ def test_load_state_dict_of_a_converted_model_is_all_or_nothing(tmp_path):
     sd["encoder.0.beta"] = sd["encoder.0.beta"].reshape(())  # lottalora 0.1's 0-dim beta still loads
     model.load_state_dict(sd)
     assert torch.equal(model.encoder[0].lora_B, other.encoder[0].lora_B)
-    from lottalora.convert import _check_loads_whole
+    from lottalora.convert import check_loads_whole
 
-    _check_loads_whole(model)  # what a second convert call on the model does: no second check
+    check_loads_whole(model)  # what a second convert call on the model does: no second check
     assert len(model._load_state_dict_pre_hooks) == 1
     restored = pickle.loads(pickle.dumps(model))  # the check is a module-level function: models pickle
     with pytest.raises(ValueError, match="lora_A has shape"):

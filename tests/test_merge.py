@@ -1,5 +1,7 @@
 """merge_and_unload: seeded layers folded into plain nn.Linear for tools that do not know lottalora."""
 
+import pickle
+
 import pytest
 import torch
 from torch import nn
@@ -42,8 +44,11 @@ def test_merged_llama_is_plain_and_computes_the_same_logits_in_transformers(tmp_
     q = model.model.layers[0].self_attn.q_proj
     assert type(q) is nn.Linear and not q.weight.requires_grad and q.weight.shape == (48, 48)
     assert not hasattr(model, "_lottalora_convert_calls")
+    assert not model._load_state_dict_pre_hooks  # convert's load check goes with the seeded layers
     with torch.no_grad():
         assert_close(model(ids).logits, want.double(), torch.float32, "merged logits")
+    # Pickled whole, the merged model names nothing of lottalora: torch alone can load it.
+    assert b"lottalora" not in pickle.dumps(model)
     model.save_pretrained(tmp_path / "plain")  # what a tool that does not know lottalora reads
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "plain").eval()
     with torch.no_grad():

@@ -40,6 +40,18 @@ def test_a_fresh_process_rebuilds_the_model_from_the_directory_alone(saved, tmp_
     assert torch.equal(torch.load(out), want)
 
 
+def test_rebuilt_model_loads_state_dicts_all_or_nothing_as_a_converted_one(saved):
+    model, ck, _ = saved
+    rebuilt = lottalora.from_pretrained(ck)
+    sd = {k: v + 1 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    last = [name for name, m in rebuilt.named_modules() if isinstance(m, lottalora.Linear) and m.rank][-1]
+    sd[f"{last}.lora_A"] = torch.zeros(1, sd[f"{last}.lora_A"].shape[1])
+    before = {k: v.clone() for k, v in rebuilt.state_dict().items()}
+    with pytest.raises(ValueError, match=f"lottalora.Linear '{last}': lora_A has shape"):
+        rebuilt.load_state_dict(sd)
+    assert all(torch.equal(v, rebuilt.state_dict()[k]) for k, v in before.items())
+
+
 def test_rebuilt_model_trains_what_the_saved_one_trained_and_saves_the_same_record(saved, tmp_path):
     model, ck, _ = saved
     rebuilt = lottalora.from_pretrained(ck)
