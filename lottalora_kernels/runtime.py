@@ -64,27 +64,26 @@ def gluon_jit(**options):
     return decorate
 
 
-_SM_COUNTS: dict[int, int] = {}
+_DEVICE_PROPERTIES: dict[int, object] = {}
+
+
+def _device_properties(device: torch.device):
+    """torch.cuda.get_device_properties, asked once per device: the launchers read it on every
+    call."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _DEVICE_PROPERTIES:
+        _DEVICE_PROPERTIES[index] = torch.cuda.get_device_properties(index)
+    return _DEVICE_PROPERTIES[index]
 
 
 def sm_count(device: torch.device) -> int:
-    """Streaming multiprocessors of a CUDA device (asked once per device)."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _SM_COUNTS:
-        _SM_COUNTS[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    return _SM_COUNTS[index]
-
-
-_MAJORS: dict[int, int] = {}
+    """Streaming multiprocessors of a CUDA device."""
+    return _device_properties(device).multi_processor_count
 
 
 def capability_major(device: torch.device) -> int:
-    """A CUDA device's compute capability major version (asked once per device: the launchers
-    check it on every call)."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _MAJORS:
-        _MAJORS[index] = torch.cuda.get_device_capability(index)[0]
-    return _MAJORS[index]
+    """A CUDA device's compute capability major version."""
+    return _device_properties(device).major
 
 
 def _as_int32(word: int) -> int:
