@@ -53,7 +53,7 @@ import triton
 import triton.language as tl
 
 from . import stream_spec as spec
-from .epilogue import seeded_epilogue
+from .epilogue import dbeta_total, seeded_epilogue
 from .philox import PHILOX_ROUNDS
 from .runtime import (_TL_DTYPES, backbone_scalars, capability_major, cdiv, dot_dtype, fp32_input_precision, gl,
                       gluon_available, gluon_jit, is_interpreting, new_output, run_fast_path, sm_count)
@@ -395,9 +395,5 @@ def seeded_decode_bwd_dx(
             lo=dy_b[r0:r1] if dy_b is not None else None, lmat=lora_A.T if lora_A is not None else None,
             lora_scale=scale, x_for_dbeta=x_for_dbeta[r0:r1] if x_for_dbeta is not None else None)
         if partial_dbeta is not None:
-            dbeta_partials.append(partial_dbeta.view(-1))
-    if x_for_dbeta is None:
-        return dx, None
-    if not dbeta_partials:  # M == 0
-        return dx, torch.zeros((), device=dy.device)
-    return dx, (dbeta_partials[0] if len(dbeta_partials) == 1 else torch.cat(dbeta_partials)).sum()
+            dbeta_partials.append(partial_dbeta)
+    return dx, (dbeta_total(dbeta_partials, dy.device) if x_for_dbeta is not None else None)

@@ -26,7 +26,7 @@ import torch
 
 from . import stream_spec as spec
 from .backbone_gen import generate_backbone
-from .epilogue import seeded_epilogue
+from .epilogue import dbeta_total, seeded_epilogue
 from .runtime import new_output
 
 CHUNK_BYTES = 16 * 2**20
@@ -118,8 +118,6 @@ def two_phase_bwd_dx(
             lo=dy_b, lmat=lora_A[:, k0:k1].T if lora_A is not None else None, lora_scale=scale,
             x_for_dbeta=x_for_dbeta[:, k0:k1] if x_for_dbeta is not None else None)
         if partial is not None:
-            partials.append(partial.view(-1))
-    # One reduction for all chunks (the partials already carry value_scale): a sum per chunk,
-    # a stack and a scale were five launches at two chunks, each ~10 us of host time eagerly.
-    dbeta = (partials[0] if len(partials) == 1 else torch.cat(partials)).sum() if partials else None
+            partials.append(partial)
+    dbeta = dbeta_total(partials, dy.device) if x_for_dbeta is not None else None
     return dx, dbeta
