@@ -184,6 +184,16 @@ def _check_types(x, spec, lora_A, lora_B, beta, bias, scale) -> None:
                          f"them{_MATERIALIZE_HINT}")
 
 
+def _check_lora_input(lora_input: torch.Tensor | None, lora_A: torch.Tensor | None, x: torch.Tensor) -> None:
+    """ValueError/TypeError unless lora_input is None or an input for this layer's adapter: x's
+    shape, dtype and device, and an adapter to feed."""
+    if lora_input is None:
+        return
+    if lora_A is None:
+        raise ValueError("lora_input was given to a layer without an adapter (lora_A and lora_B are None)")
+    _check_param("lora_input", lora_input, tuple(x.shape), x)
+
+
 def _autocast_cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     """What autocast does to a matmul argument: floating tensors other than float64 go to the
     autocast dtype; float64 stays float64 (nn.Linear keeps a float64 layer in float64)."""
@@ -233,9 +243,6 @@ def seeded_linear(
     if beta.numel() != 1:
         raise ValueError(f"beta must have one element, got shape {tuple(beta.shape)}")
     _check_param("beta", beta, tuple(beta.shape), x)
-    if lora_input is not None:
-        if lora_A is None:
-            raise ValueError("lora_input was given to a layer without an adapter (lora_A and lora_B are None)")
-        _check_param("lora_input", lora_input, tuple(x.shape), x)
+    _check_lora_input(lora_input, lora_A, x)
     with _autocast_off(device_type):
         return SeededLinearFunction.apply(x, lora_A, lora_B, beta, bias, spec, float(scale), backend, lora_input)

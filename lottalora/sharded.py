@@ -27,6 +27,7 @@ import torch
 
 from . import reference
 from .backend import resolve_backend
+from .functional import _autocast_cast, _check_lora_input, _check_param
 from .stream import BackboneSpec, backbone_block
 
 BLOCK_VALUES = 1 << 21
@@ -127,17 +128,6 @@ def _check_range(name: str, value, limit: int) -> tuple[int, int]:
     return value
 
 
-def _check_tensor(name: str, t: torch.Tensor | None, shape: tuple, x: torch.Tensor, same_dtype: bool = True):
-    if t is None:
-        return
-    if tuple(t.shape) != shape:
-        raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
-    if t.device != x.device:
-        raise ValueError(f"{name} is on {t.device} but the input is on {x.device}")
-    if same_dtype and t.dtype != x.dtype:
-        raise TypeError(f"{name} has dtype {t.dtype} but the input has {x.dtype}: they must match")
-
-
 def seeded_linear_shard(
     x: torch.Tensor, spec: BackboneSpec, rows: tuple[int, int], cols: tuple[int, int],
     lora_A: torch.Tensor | None, lora_B: torch.Tensor | None, beta: torch.Tensor,
@@ -163,23 +153,19 @@ def seeded_linear_shard(
     autocast = torch.is_autocast_enabled(x.device.type)
     if autocast:
         dtype = torch.get_autocast_dtype(x.device.type)
-        x, lora_A, lora_B, bias, lora_input = (t.to(dtype) if t is not None and t.dtype != torch.float64 else t
-                                               for t in (x, lora_A, lora_B, bias, lora_input))
+        x, lora_A, lora_B, bias, lora_input = (_autocast_cast(t, dtype) for t in (x, lora_A, lora_B, bias, lora_input))
     if x.dim() == 0 or x.shape[-1] != cols[1] - cols[0]:
         raise ValueError(f"input must have shape (*, {cols[1] - cols[0]}) for cols={cols}, got {tuple(x.shape)}")
     if (lora_A is None) != (lora_B is None):
         raise ValueError("lora_A and lora_B must both be given or both be None")
     rank = lora_A.shape[0] if lora_A is not None else 0
-    _check_tensor("lora_A", lora_A, (rank, cols[1] - cols[0]), x)
-    _check_tensor("lora_B", lora_B, (rows[1] - rows[0], rank), x)
-    _check_tensor("bias", bias, (rows[1] - rows[0],), x)
+    _check_param("lora_A", lora_A, (rank, cols[1] - cols[0]), x)
+    _check_param("lora_B", lora_B, (rows[1] - rows[0], rank), x)
+    _check_param("bias", bias, (rows[1] - rows[0],), x)
     if not isinstance(beta, torch.Tensor) or beta.numel() != 1:
         raise ValueError(f"beta must be a one-element tensor, got {beta!r}")
-    _check_tensor("beta", beta, tuple(beta.shape), x, same_dtype=False)
-    if lora_input is not None:
-        if lora_A is None:
-            raise ValueError("lora_input was given to a layer without an adapter (lora_A and lora_B are None)")
-        _check_tensor("lora_input", lora_input, tuple(x.shape), x)
+    _check_param("beta", beta, tuple(beta.shape), x)
+    _check_lora_input(lora_input, lora_A, x)
     context = torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext()
     with context:
         return SeededShardFunction.apply(x, lora_A, lora_B, beta, bias, spec, rows, cols, float(scale), lora_input)
