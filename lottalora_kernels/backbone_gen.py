@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 
 from . import stream_spec as spec
+from .launch import launch
 from .runtime import (backbone_scalars, capability_major, cdiv, gl, gluon_available, gluon_jit, is_interpreting,
                       new_output, round_to, run_fast_path)
 from .stream_v1 import backbone_tile
@@ -146,9 +147,9 @@ def generate_backbone(
         block_rows, block_cols = 32, 64
         aligned_col0 = (col0 // 4) * 4
         grid = (cdiv(row1 - row0, block_rows), cdiv(col1 - aligned_col0, block_cols))
-        _backbone_gen_kernel[grid](
-            out, row1 - row0, col1 - col0, row0, col0, out.stride(0), out.stride(1), *scalars,
-            spec.value_scale(in_features, init, 1), INIT=spec.INIT_CODES[init],
+        launch(
+            _backbone_gen_kernel, grid, out, row1 - row0, col1 - col0, row0, col0, out.stride(0), out.stride(1),
+            *scalars, spec.value_scale(in_features, init, 1), INIT=spec.INIT_CODES[init],
             BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, enable_fp_fusion=False,
         )
         return out
@@ -170,11 +171,11 @@ def generate_backbone(
     args = (out, row1 - row0, col1 - col0, row0, col0, out.stride(0), out.stride(1), *scalars, scale)
     def launch_fast():
         pair_dtype = gl.float16 if out.dtype == torch.float16 else gl.bfloat16  # +-1 exact in both
-        _backbone_gen_v2_kernel[grid](*args, NUM_WARPS=num_warps, PAIR_DTYPE=pair_dtype,
-                                      SCALED=(not signs) or out.dtype == torch.float32, num_warps=num_warps)
+        launch(_backbone_gen_v2_kernel, grid, *args, NUM_WARPS=num_warps, PAIR_DTYPE=pair_dtype,
+               SCALED=(not signs) or out.dtype == torch.float32, num_warps=num_warps)
 
     def launch_twin():
-        _backbone_gen_v2_twin_kernel[grid](*args, NUM_WARPS=num_warps, num_warps=num_warps)
+        launch(_backbone_gen_v2_twin_kernel, grid, *args, NUM_WARPS=num_warps, num_warps=num_warps)
     if fast:
         run_fast_path("backbone_gen_v2", launch_fast, launch_twin)
     else:

@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 
 from .runtime import cdiv, new_output, next_power_of_2, round_to, sm_count
+from .launch import launch
 
 
 @triton.jit
@@ -154,7 +155,8 @@ def seeded_epilogue(
 
     def strides(t, n):
         return tuple(t.stride()) if t is not None else (0,) * n
-    _seeded_epilogue_kernel[(m_blocks, n_blocks)](
+    launch(
+        _seeded_epilogue_kernel, (m_blocks, n_blocks),
         acc, lo if has_lora else dummy, lmat if has_lora else dummy, bias if bias is not None else dummy, beta,
         out if out is not None else dummy, x_for_dbeta if x_for_dbeta is not None else dummy,
         dbeta if dbeta is not None else dummy, lo_out if lo_out is not None else dummy,

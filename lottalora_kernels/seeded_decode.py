@@ -54,6 +54,7 @@ import triton.language as tl
 
 from . import stream_spec as spec
 from .epilogue import dbeta_total, seeded_epilogue
+from .launch import launch
 from .philox import PHILOX_ROUNDS
 from .runtime import (_TL_DTYPES, backbone_scalars, capability_major, cdiv, dot_dtype, fp32_input_precision, gl,
                       gluon_available, gluon_jit, is_interpreting, new_output, run_fast_path, sm_count)
@@ -321,12 +322,12 @@ def _partial_products(
         grid = (n_row_blocks + cdiv(rank, _XA_ROWS_PER_WARP * num_warps), split_k)
 
     def launch_fast():
-        fast_kernel[grid](*args, NUM_WARPS=num_warps, M_PAD=_m_pad(M), DTYPE=_TL_DTYPES[a.dtype],
-                          num_warps=num_warps)
+        launch(fast_kernel, grid, *args, NUM_WARPS=num_warps, M_PAD=_m_pad(M), DTYPE=_TL_DTYPES[a.dtype],
+               num_warps=num_warps)
 
     def launch_twin():
-        twin_kernel[grid](*args, NUM_WARPS=num_warps, M_PAD=max(16, _m_pad(M)), DOT_DTYPE=dot_dtype(a.dtype),
-                          INPUT_PRECISION=fp32_input_precision(), num_warps=num_warps)
+        launch(twin_kernel, grid, *args, NUM_WARPS=num_warps, M_PAD=max(16, _m_pad(M)),
+               DOT_DTYPE=dot_dtype(a.dtype), INPUT_PRECISION=fp32_input_precision(), num_warps=num_warps)
     if fast:
         run_fast_path("seeded_decode_dx" if transposed else "seeded_decode", launch_fast, launch_twin)
     else:

@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 
 from . import stream_spec as spec
+from .launch import launch
 from .stream_v1 import backbone_tile
 from .runtime import (backbone_scalars, cdiv, dot_dtype, fp32_input_precision, is_interpreting, new_output,
                       next_power_of_2, round_to)
@@ -184,8 +185,8 @@ def _launch(a, *, seed, stream, init, value_scale, w_transposed, P, lo, lmat_str
     if config is not None:
         grid = (cdiv(M, config["BLOCK_M"]) * cdiv(P, config["BLOCK_P"]),)
         blocks = {key: config[key] for key in ("BLOCK_M", "BLOCK_P", "BLOCK_Q", "GROUP_M")}
-        _seeded_matmul_kernel[grid](*args, **meta, **blocks, num_warps=config.get("num_warps", 4),
-                                    num_stages=config.get("num_stages", 2))
+        launch(_seeded_matmul_kernel, grid, *args, **meta, **blocks, num_warps=config.get("num_warps", 4),
+               num_stages=config.get("num_stages", 2))
     else:
         def grid(meta_):
             return (cdiv(M, meta_["BLOCK_M"]) * cdiv(P, meta_["BLOCK_P"]),)

@@ -1,0 +1,197 @@
+"""Host time of an eager seeded layer call, measured on a machine without a GPU.
+
+On the H100 machine an eager training step at M = 8192, N = K = 4096 was bound by the host, not
+the GPU (benchmarks/NOTES.md): each Triton launch costs tens of microseconds of Python before
+the driver call. This script runs the real launch path, Triton's and lottalora's, on a fake
+CUDA driver (``benchmarks.fake_cuda``: kernels compile for sm_90, launches are recorded and never
+run; tensors stay on the CPU) and times it with ``lottalora_kernels.launch``'s direct launches on
+and off.
+
+    python -m benchmarks.host_time [--out DIR] [--quick]
+
+Rows: one Triton launch (the epilogue kernel: its launcher's host work, then the launch); and
+eager layer calls (forward, forward + backward) in the decode regime (M = 1) and the two-phase
+regime (W in as many chunks as an N = K = 4096 bf16 layer gets on a GPU; M = 2, sent there by
+lowering the decode threshold, since its host work does not depend on M), beside the
+stored-weight layer + LoRA. Medians of interleaved batches, one thread. The aten ops run on the
+CPU here on tiny shapes: their host cost is the dispatch and a little arithmetic, where a GPU
+host pays a kernel launch (~5-10 us on the H100 machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .results import RESULTS_DIR, write_results
+
+
+def _per_call_us(fns: dict, calls: int, repeats: int) -> dict:
+    """Median host time per call of each function, timed in interleaved batches."""
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            times[name].append((time.perf_counter() - start) / calls * 1e6)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _has_direct_launch() -> bool:
+    """Whether this lottalora has direct launches (the script also times older checkouts)."""
+    import importlib.util
+
+    return importlib.util.find_spec("lottalora_kernels.launch") is not None
+
+
+@contextlib.contextmanager
+def _direct_launch(enabled: bool):
+    if not _has_direct_launch():
+        yield
+        return
+    from lottalora_kernels import launch
+
+    saved = launch._DIRECT
+    launch._DIRECT = enabled
+    try:
+        yield
+    finally:
+        launch._DIRECT = saved
+
+
+@contextlib.contextmanager
+def _triton_backend_on_cpu():
+    """The layer's Triton backend for CPU tensors (its launches go to the fake driver)."""
+    from lottalora import functional
+
+    saved = functional.resolve_backend
+    functional.resolve_backend = lambda device: "triton"
+    try:
+        yield
+    finally:
+        functional.resolve_backend = saved
+
+
+def _timed(fn, calls: int, repeats: int) -> dict:
+    """fn's host time per call with direct launches off and on (each path warmed first)."""
+    def with_direct(enabled):
+        def run():
+            with _direct_launch(enabled):
+                fn()
+        return run
+    fns = {"triton_launch_us": with_direct(False)}
+    if _has_direct_launch():
+        fns["direct_launch_us"] = with_direct(True)
+    for run in fns.values():
+        run(), run()
+    return _per_call_us(fns, calls, repeats)
+
+
+def launch_row(calls: int, repeats: int) -> dict:
+    """One epilogue launch: the launcher's host work, then the launch."""
+    from lottalora_kernels.epilogue import seeded_epilogue
+
+    m, n, r = 64, 128, 8
+    acc, out = torch.randn(m, n), torch.empty(m, n, dtype=torch.bfloat16)
+    lo, lmat = torch.randn(m, r, dtype=torch.bfloat16), torch.randn(n, r, dtype=torch.bfloat16)
+    beta, bias = torch.ones(1), torch.zeros(n, dtype=torch.bfloat16)
+
+    def call():
+        seeded_epilogue(acc, out, beta=beta, value_scale=0.5, lo=lo, lmat=lmat, lora_scale=0.5, bias=bias)
+    return {"case": "one epilogue launch", "triton_launches": 1, **_timed(call, calls, repeats)}
+
+
+def layer_rows(m: int, regime: str, calls: int, repeats: int, k: int = 256, rank: int = 8) -> list[dict]:
+    """Eager forward and forward + backward of an (m, k) -> k bf16 layer in ``regime``, seeded
+    and stored."""
+    import lottalora
+    from lottalora_kernels import dispatch, seeded_two_phase
+
+    from .fake_cuda import recording
+    from .launch_count import _chunks_as_on_gpu
+
+    torch.manual_seed(0)
+    layer = lottalora.Linear(k, k, rank=rank, alpha=rank / 2, seed=1).to(torch.bfloat16)
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    x = torch.randn(m, k, dtype=torch.bfloat16, requires_grad=True)
+    dy = torch.randn(m, k, dtype=torch.bfloat16)
+    w = layer.backbone_weight().detach().to(torch.bfloat16)
+
+    def stored():
+        return layer.beta * F.linear(x, w) + layer.scaling * F.linear(F.linear(x, layer.lora_A), layer.lora_B) + \
+            layer.bias
+
+    def step(forward):
+        torch.autograd.backward(forward(), dy)
+    rows = []
+    chunk_bytes, decode_max_m = seeded_two_phase.CHUNK_BYTES, dispatch.DECODE_MAX_M
+    seeded_two_phase.CHUNK_BYTES = _chunks_as_on_gpu(k) // 2  # bf16 here
+    # The two-phase path's host work does not depend on M: a few rows keep the CPU's arithmetic
+    # in its aten ops (which a GPU host only launches) small.
+    dispatch.DECODE_MAX_M = m if regime == "decode" else 0
+    try:
+        phases = (("forward", lambda: layer(x), stored),
+                  ("forward + backward", lambda: step(lambda: layer(x)), lambda: step(stored)))
+        for phase, fn_seeded, fn_stored in phases:
+            with recording() as launches:
+                fn_seeded()
+            row = {"case": f"M = {m} ({regime}) {phase}", "triton_launches": len(launches),
+                   **_timed(fn_seeded, calls, repeats)}
+            row["stored_lora_us"] = _per_call_us({"s": fn_stored}, calls, repeats)["s"]
+            rows.append(row)
+    finally:
+        seeded_two_phase.CHUNK_BYTES, dispatch.DECODE_MAX_M = chunk_bytes, decode_max_m
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--quick", action="store_true", help="fewer timed calls (a smoke run)")
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        raise SystemExit("benchmarks.host_time times the compiled launch path: run it without TRITON_INTERPRET")
+    from .fake_cuda import fake_cuda
+
+    calls, repeats = (20, 3) if args.quick else (200, 9)
+    torch.set_num_threads(1)
+    saved_poison = os.environ.get("LOTTALORA_POISON_OUTPUTS")
+    os.environ["LOTTALORA_POISON_OUTPUTS"] = "0"  # as a GPU user runs: no NaN fill of outputs
+    try:
+        with fake_cuda(), _triton_backend_on_cpu():
+            rows = [launch_row(calls * 5, repeats)] + layer_rows(1, "decode", calls, repeats) + \
+                layer_rows(2, "two_phase", calls, repeats)
+    finally:
+        if saved_poison is None:
+            os.environ.pop("LOTTALORA_POISON_OUTPUTS", None)
+        else:
+            os.environ["LOTTALORA_POISON_OUTPUTS"] = saved_poison
+    table = ["| case | Triton launches | host us, launches through Triton | host us, direct launches | "
+             "stored weight + LoRA, host us |", "|---|---|---|---|---|"]
+    for r in rows:
+        stored = f"{r['stored_lora_us']:.0f}" if "stored_lora_us" in r else "-"
+        table.append(f"| {r['case']} | {r['triton_launches']} | {r['triton_launch_us']:.1f} | "
+                     f"{r.get('direct_launch_us', math.nan):.1f} | {stored} |")
+    notes = ("Host time per eager call on a fake CUDA driver (kernels compiled for sm_90, launches recorded, never "
+             "run; benchmarks.fake_cuda), medians of interleaved batches, one thread, bf16, k = 256, rank 8. Aten ops "
+             "run on the CPU on tiny shapes (their dispatch and a little arithmetic, where a GPU host pays a "
+             "launch); the two-phase rows split W into as many chunks as an N = K = 4096 bf16 layer and take M = 2, "
+             "whose host work is that of any M.")
+    json_path, md_path = write_results("host_time", rows, "\n".join(table), notes=notes, directory=args.out)
+    print("\n".join(table))
+    print(f"results written to {md_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

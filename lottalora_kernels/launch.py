@@ -1,0 +1,140 @@
+"""Kernel launches with less host time: a compiled kernel reused without Triton's per-call work.
+
+``kernel[grid](*args, **kwargs)`` spends ~30 us of Python per launch on a 2-core VM (measured
+with ``benchmarks.host_time``: binding and specializing every argument, reading knobs, hashing
+a cache key, checking globals) before the ~4 us that put the launch in the stream. An eager
+training step of a seeded layer makes 4-8 Triton launches, and on the H100 host the step was
+bound by the host (benchmarks/NOTES.md).
+
+``launch(kernel, grid, *args, **kwargs)`` sends the first launch of each key through Triton
+(which specializes and compiles as usual) and keeps the compiled kernel it returns. The key is
+finer than Triton's specialization: the type and value of every argument except tensors, which
+count by dtype and 16-byte alignment, plus the keyword arguments (constexprs and options such
+as ``num_warps``) and the current device. Later launches with that key call the compiled
+kernel's launcher with the arguments Triton would pass it (tests/test_launch.py holds the two
+paths' launches equal on a fake CUDA driver). Sizes and strides are part of the key, so a new
+shape costs one launch through Triton; a kernel's cache starts over past 4,096 keys.
+
+Falls back to ``kernel[grid]`` under the interpreter, while a Triton launch hook is registered
+(a profiler such as proton needs them; the direct launch passes none) and for unhashable
+arguments. ``LOTTALORA_DIRECT_LAUNCH=0``, set before the first launch, sends every launch
+through Triton. Triton knobs that change compile options (``TRITON_DEBUG``...) are read by the
+first launch of each key, not by later ones.
+"""
+
+from __future__ import annotations
+
+import os
+from operator import attrgetter, itemgetter
+
+import torch
+from triton import knobs
+from triton.knobs import HookChain
+from triton.runtime import driver
+
+from .runtime import is_interpreting
+
+
+_MAX_ENTRIES = 4096  # keys per kernel before the cache starts over (shapes are part of a key)
+_MISSING = object()
+
+
+class _KernelCache:
+    """One kernel's compiled launches by key, and its parameters after the positional ones."""
+
+    def __init__(self, kernel):
+        self.names = tuple(p.name for p in kernel.params)
+        self.defaults = tuple(p.default if p.has_default else _MISSING for p in kernel.params)
+        self.entries: dict = {}
+        self.layouts: dict = {}  # argument types -> (tensors' getter, other values' getter)
+
+    def layout(self, types: tuple) -> tuple:
+        """Getters of the tensor arguments and of the others, for arguments of these types."""
+        found = self.layouts.get(types)
+        if found is None:
+            tensors = [i for i, t in enumerate(types) if issubclass(t, torch.Tensor)]
+            others = [i for i, t in enumerate(types) if not issubclass(t, torch.Tensor)]
+            found = self.layouts[types] = (_getter(tensors), _getter(others))
+        return found
+
+    def tail(self, n_args: int, kwargs: dict) -> tuple | None:
+        """The values of the parameters after the first n_args, from kwargs or defaults (None if
+        one is missing: Triton then raises its own error)."""
+        values = tuple(kwargs.get(name, default) for name, default in zip(self.names[n_args:], self.defaults[n_args:]))
+        return None if any(v is _MISSING for v in values) else values
+
+
+def _getter(indices: list[int]):
+    """args -> tuple(args[i] for i in indices), in C where it can be."""
+    if len(indices) >= 2:
+        return itemgetter(*indices)
+    if indices:
+        i = indices[0]
+        return lambda args: (args[i],)
+    return lambda args: ()
+
+
+_dtype = attrgetter("dtype")
+_data_ptr = torch.Tensor.data_ptr
+_misalignment = (15).__and__  # a data pointer's offset from 16 bytes, which Triton specializes on
+
+
+_CACHES: dict[int, tuple[object, _KernelCache]] = {}
+
+
+def _kernel_cache(kernel) -> _KernelCache:
+    entry = _CACHES.get(id(kernel))
+    if entry is None or entry[0] is not kernel:
+        entry = _CACHES[id(kernel)] = (kernel, _KernelCache(kernel))
+    return entry[1]
+
+
+def _hooked(hook) -> bool:
+    """Whether a launch hook would do anything: Triton keeps an empty HookChain when none is set."""
+    return hook is not None and (not isinstance(hook, HookChain) or bool(hook.calls))
+
+
+_DIRECT: bool | None = None
+
+
+def launch(kernel, grid: tuple[int, ...], *args, **kwargs) -> None:
+    """``kernel[grid](*args, **kwargs)``, with the per-launch host work done once per
+    specialization (see the module docstring). ``grid`` is a tuple of 1-3 ints."""
+    global _DIRECT
+    if _DIRECT is None:
+        _DIRECT = os.environ.get("LOTTALORA_DIRECT_LAUNCH", "1") != "0" and not is_interpreting()
+    if not _DIRECT or _hooked(knobs.runtime.launch_enter_hook) or _hooked(knobs.runtime.launch_exit_hook):
+        kernel[grid](*args, **kwargs)
+        return
+    cache = _kernel_cache(kernel)
+    device = driver.active.get_current_device()
+    # Every value and its type, except tensors: their dtype and 16-byte alignment. Finer than
+    # Triton's specialization (which sees an int's value only as == 1, % 16 == 0 and its width),
+    # so a key never maps to another specialization's kernel; the price is an entry per shape.
+    # Built from C-level maps and getters: ~4 us for the epilogue's 28 arguments on the VM.
+    types = tuple(map(type, args))
+    tensors_of, others_of = cache.layout(types)
+    tensors = tensors_of(args)
+    key = (device, types, tuple(kwargs.items()), tuple(map(type, kwargs.values())), tuple(map(_dtype, tensors)),
+           tuple(map(_misalignment, map(_data_ptr, tensors))), others_of(args))
+    try:
+        entry = cache.entries.get(key)
+    except TypeError:  # an unhashable argument: Triton's own path
+        kernel[grid](*args, **kwargs)
+        return
+    if entry is None:
+        compiled = kernel.run(*args, grid=grid, warmup=False, **kwargs)
+        if hasattr(compiled, "result"):  # Triton's asynchronous compile mode hands back a future
+            compiled = compiled.result()
+        tail = cache.tail(len(args), kwargs)
+        if tail is not None:
+            if len(cache.entries) >= _MAX_ENTRIES:
+                cache.entries.clear()
+            cache.entries[key] = (compiled, tail)
+        return
+    compiled, tail = entry
+    stream = driver.active.get_current_stream(device)
+    grid_1 = grid[1] if len(grid) > 1 else 1
+    grid_2 = grid[2] if len(grid) > 2 else 1
+    compiled.run(grid[0], grid_1, grid_2, stream, compiled.function, compiled.packed_metadata, None, None, None,
+                 *args, *tail)
