@@ -13,7 +13,7 @@ times it) is counted the same way.
     python -m benchmarks.launch_count [--out DIR]
 
 Shapes are small (the counts do not depend on them) except that the two-phase path is given as
-many W chunks as an N = K = 4096 bf16 layer gets on a GPU (CHUNK_BYTES / 2 bytes per weight).
+many W chunks as an N = K = 4096 bf16 layer gets on a GPU at M = 64 (two; one from M = 4096 on).
 """
 
 from __future__ import annotations
@@ -98,12 +98,13 @@ def _eager_path():
         backend.direct_call_ok = real
 
 
-def _chunks_as_on_gpu(k: int) -> int:
-    """CHUNK_BYTES for a small layer that splits W into as many chunks as an N = K = 4096 bf16
-    layer does on a GPU."""
+def _chunks_as_on_gpu(k: int, gpu_m: int = 64) -> int:
+    """CHUNK_BYTES for a small float32 layer that splits W into as many chunks as an N = K = 4096
+    bf16 layer does on a GPU with ``gpu_m`` rows of input."""
     from lottalora_kernels import seeded_two_phase
 
-    gpu_chunks = -(-GPU_NK * GPU_NK * GPU_ELEMENT_SIZE // seeded_two_phase.CHUNK_BYTES)
+    budget = seeded_two_phase.chunk_budget(gpu_m * GPU_NK * GPU_ELEMENT_SIZE)
+    gpu_chunks = -(-GPU_NK * GPU_NK * GPU_ELEMENT_SIZE // budget)
     return -(-k // gpu_chunks) * k * 4  # float32 here
 
 

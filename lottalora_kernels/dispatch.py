@@ -68,7 +68,7 @@ def seeded_linear_fwd(
         return seeded_decode.seeded_decode_fwd(x, seed=seed, stream=stream, out_features=out_features,
                                                lora_A=lora_A, lora_B=lora_B, beta=beta, bias=bias, scale=scale,
                                                lora_x=lora_x)
-    xa = (lora_x if lora_x is not None else x) @ lora_A.T if lora_A is not None else None
+    xa = torch.mm(lora_x if lora_x is not None else x, lora_A.t()) if lora_A is not None else None
     if regime == "two_phase":
         y = seeded_two_phase.two_phase_fwd(x, seed=seed, stream=stream, version=version, init=init,
                                            out_features=out_features, xa=xa, lora_B=lora_B, beta=beta, bias=bias,

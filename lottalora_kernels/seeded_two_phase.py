@@ -5,11 +5,12 @@
     out_chunk = beta * value_scale * acc_chunk + LoRA + bias                   (seeded_epilogue)
 
 A one-pass kernel regenerates W once per BLOCK_M rows of x (64 times at M = 8192 with 128-row
-tiles); here every weight is generated once per call, into a buffer of at most
-``CHUNK_BYTES`` (16 MiB: it stays in the 50 MiB L2 of an H100 while the GEMM reads it), and the
-product runs at cuBLAS speed on all M rows. The forward chunks W by rows (out_features: each
-chunk is a column block of y), the input gradient by columns (in_features: a column block of dx),
-so each GEMM reduces over its full K and needs no partial sums.
+tiles); here every weight is generated once per call, into a buffer of ``CHUNK_BYTES`` (16 MiB:
+it stays in the 50 MiB L2 of an H100 while the GEMM reads it), or at large M up to the size of
+the activation and ``MAX_CHUNK_BYTES`` (64 MiB; ``chunk_budget``: fewer chunks, fewer launches),
+and the product runs at cuBLAS speed on all M rows. The forward chunks W by rows (out_features:
+each chunk is a column block of y), the input gradient by columns (in_features: a column block
+of dx), so each GEMM reduces over its full K and needs no partial sums.
 
 Numerics: the GEMM accumulates in float32 and hands its float32 result to the epilogue
 (``torch.mm(..., out_dtype=torch.float32)`` on GPUs), so y, dx and dbeta are rounded once, as
@@ -30,13 +31,33 @@ from .epilogue import dbeta_total, seeded_epilogue
 from .runtime import new_output
 
 CHUNK_BYTES = 16 * 2**20
+MAX_CHUNK_BYTES = 64 * 2**20
 
 
-def _chunk(total: int, other: int, element_size: int, granule: int) -> int:
+def chunk_budget(activation_bytes: int) -> int:
+    """Bytes one chunk of W may take, given the bytes of the operand it multiplies (x or dy):
+    CHUNK_BYTES, or as many as that operand up to MAX_CHUNK_BYTES. Once the activation outgrows
+    CHUNK_BYTES the GEMM is compute-bound (M >= 2048 at K = 4096 in bf16) and gains nothing from
+    an L2-resident chunk, while each chunk costs the host a generator launch, a GEMM and an
+    epilogue launch (~60 us of the VM's host time per chunk and direction, benchmarks.host_time):
+    an N = K = 4096 bf16 layer takes W in one chunk from M = 4096 rows on, in two below. The
+    buffer never exceeds the activation it multiplies (nor, at 64 MiB, an 8192 x 4096 bf16 W)."""
+    return min(MAX_CHUNK_BYTES, max(CHUNK_BYTES, activation_bytes))
+
+
+def _chunk(total: int, other: int, element_size: int, granule: int, budget: int) -> int:
     """How many rows (or columns) of W a chunk holds: a multiple of ``granule``, at most
-    CHUNK_BYTES, at least one granule."""
-    fit = CHUNK_BYTES // max(1, other * element_size)
+    ``budget`` bytes, at least one granule."""
+    fit = budget // max(1, other * element_size)
     return min(total, max(granule, fit // granule * granule))
+
+
+def _span(t: torch.Tensor | None, dim: int, start: int, stop: int) -> torch.Tensor | None:
+    """t[start:stop] along ``dim``, or t itself when that is all of it: at large M W comes in one
+    chunk, and each view costs the host a few microseconds per call."""
+    if t is None or (start == 0 and stop == t.shape[dim]):
+        return t
+    return t.narrow(dim, start, stop - start)
 
 
 def _generate(buf, *, seed, stream, version, init, in_features, rows, cols):
@@ -79,15 +100,14 @@ def two_phase_fwd(
     out = new_output((M, N), x.dtype, x.device)
     if M == 0:
         return out
-    rows = _chunk(N, K, x.element_size(), spec.V2_ROW_SPAN)
+    rows = _chunk(N, K, x.element_size(), spec.V2_ROW_SPAN, chunk_budget(x.numel() * x.element_size()))
     buf = torch.empty((rows, K), dtype=x.dtype, device=x.device)
     for n0 in range(0, N, rows):
         n1 = min(n0 + rows, N)
-        w = buf[: n1 - n0]
+        w = _span(buf, 0, 0, n1 - n0)
         _generate(w, seed=seed, stream=stream, version=version, init=init, in_features=K, rows=(n0, n1), cols=(0, K))
-        seeded_epilogue(_matmul_fp32(x, w.T), out[:, n0:n1], beta=beta, value_scale=_value_scale(version, K), lo=xa,
-                        lmat=lora_B[n0:n1] if lora_B is not None else None, lora_scale=scale,
-                        bias=bias[n0:n1] if bias is not None else None)
+        seeded_epilogue(_matmul_fp32(x, w.t()), _span(out, 1, n0, n1), beta=beta, value_scale=_value_scale(version, K),
+                        lo=xa, lmat=_span(lora_B, 0, n0, n1), lora_scale=scale, bias=_span(bias, 0, n0, n1))
     return out
 
 
@@ -105,18 +125,18 @@ def two_phase_bwd_dx(
     dx = new_output((M, K), dy.dtype, dy.device) if need_dx else None
     if M == 0:
         return dx, (torch.zeros((), device=dy.device) if x_for_dbeta is not None else None)
-    cols = _chunk(K, N, dy.element_size(), spec.V2_COL_SPAN)
+    cols = _chunk(K, N, dy.element_size(), spec.V2_COL_SPAN, chunk_budget(dy.numel() * dy.element_size()))
     buf = torch.empty((N, cols), dtype=dy.dtype, device=dy.device)
     value_scale = _value_scale(version, K)
     partials = []
     for k0 in range(0, K, cols):
         k1 = min(k0 + cols, K)
-        w = buf[:, : k1 - k0]
+        w = _span(buf, 1, 0, k1 - k0)
         _generate(w, seed=seed, stream=stream, version=version, init=init, in_features=K, rows=(0, N), cols=(k0, k1))
         partial = seeded_epilogue(
-            _matmul_fp32(dy, w), dx[:, k0:k1] if dx is not None else None, beta=beta, value_scale=value_scale,
-            lo=dy_b, lmat=lora_A[:, k0:k1].T if lora_A is not None else None, lora_scale=scale,
-            x_for_dbeta=x_for_dbeta[:, k0:k1] if x_for_dbeta is not None else None)
+            _matmul_fp32(dy, w), _span(dx, 1, k0, k1), beta=beta, value_scale=value_scale, lo=dy_b,
+            lmat=_span(lora_A, 1, k0, k1).t() if lora_A is not None else None, lora_scale=scale,
+            x_for_dbeta=_span(x_for_dbeta, 1, k0, k1))
         if partial is not None:
             partials.append(partial)
     dbeta = dbeta_total(partials, dy.device) if x_for_dbeta is not None else None

@@ -65,6 +65,29 @@ def test_two_phase_input_gradient_and_dbeta_match_float64(dtype, version, init, 
     assert abs(dbeta.item() - want_dbeta.item()) <= 1e-5 * size.item() + 1e-6
 
 
+def test_chunks_grow_with_the_activation_up_to_the_cap(monkeypatch, device):
+    """A chunk of W takes CHUNK_BYTES, or as much as the input it multiplies up to
+    MAX_CHUNK_BYTES (fewer launches at large M); every chunking gives the float64 answer."""
+    monkeypatch.setattr(seeded_two_phase, "CHUNK_BYTES", 16 * 1024)
+    monkeypatch.setattr(seeded_two_phase, "MAX_CHUNK_BYTES", 64 * 1024)
+    assert [seeded_two_phase.chunk_budget(b) for b in (0, 20_000, 10**9)] == [16 * 1024, 20_000, 64 * 1024]
+    generated = []
+    real_generate = seeded_two_phase._generate
+
+    def counting_generate(buf, **kwargs):
+        generated.append(kwargs["rows"])
+        real_generate(buf, **kwargs)
+    monkeypatch.setattr(seeded_two_phase, "_generate", counting_generate)
+    K, N = 128, 256  # W: 128 KiB in float32
+    for M, chunks in ((8, 4), (128, 2), (512, 2)):  # x: 4 KiB, 64 KiB, 256 KiB
+        s, x, _, _, bias, beta, w64 = _inputs(M, K, N, 0, torch.float32, device, 2, "rademacher")
+        generated.clear()
+        y = seeded_two_phase.two_phase_fwd(x, seed=s.seed, stream=s.stream, version=2, init="rademacher",
+                                           out_features=N, xa=None, lora_B=None, beta=beta, bias=bias, scale=1.0)
+        assert len(generated) == chunks, (M, generated)
+        assert_close(y, 1.25 * x.double() @ w64.T + bias.double(), torch.float32, f"two-phase forward M={M}")
+
+
 def test_regimes_follow_the_documented_thresholds():
     assert dispatch.forward_regime(2, 1) == dispatch.forward_regime(2, dispatch.DECODE_MAX_M) == "decode"
     assert dispatch.forward_regime(2, dispatch.DECODE_MAX_M + 1) == "two_phase"
