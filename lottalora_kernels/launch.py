@@ -17,10 +17,11 @@ paths' launches equal on a fake CUDA driver). Sizes and strides are part of the 
 shape costs one launch through Triton; a kernel's cache starts over past 4,096 keys.
 
 Falls back to ``kernel[grid]`` under the interpreter, while a Triton launch hook is registered
-(a profiler such as proton needs them; the direct launch passes none) and for unhashable
-arguments. ``LOTTALORA_DIRECT_LAUNCH=0``, set before the first launch, sends every launch
-through Triton. Triton knobs that change compile options (``TRITON_DEBUG``...) are read by the
-first launch of each key, not by later ones.
+(a profiler such as proton needs them; the direct launch passes none), and for arguments it does
+not key: positional ones other than tensors and plain scalars, runtime parameters given by
+keyword, unhashable constexprs. ``LOTTALORA_DIRECT_LAUNCH=0``, set before the first launch,
+sends every launch through Triton. Triton knobs that change compile options (``TRITON_DEBUG``...)
+are read by the first launch of each key, not by later ones.
 """
 
 from __future__ import annotations
@@ -40,23 +41,32 @@ _MAX_ENTRIES = 4096  # keys per kernel before the cache starts over (shapes are 
 _MISSING = object()
 
 
+_SCALAR_TYPES = (int, float, bool, type(None))
+
+
 class _KernelCache:
     """One kernel's compiled launches by key, and its parameters after the positional ones."""
 
     def __init__(self, kernel):
         self.names = tuple(p.name for p in kernel.params)
         self.defaults = tuple(p.default if p.has_default else _MISSING for p in kernel.params)
+        self.runtime_params = frozenset(p.name for p in kernel.params if not p.is_constexpr)
         self.entries: dict = {}
-        self.layouts: dict = {}  # argument types -> (tensors' getter, other values' getter)
+        self.layouts: dict = {}  # (argument types, keyword names) -> getters, or None: not cached
 
-    def layout(self, types: tuple) -> tuple:
-        """Getters of the tensor arguments and of the others, for arguments of these types."""
-        found = self.layouts.get(types)
-        if found is None:
+    def layout(self, types: tuple, keywords: tuple):
+        """(getter of the tensor arguments, getter of the others) for arguments of these types and
+        these keyword names; None when a launch like that is not cached: a positional argument
+        other than a tensor or a plain scalar (a tuple of tensors would be keyed by identity),
+        or a runtime parameter given by keyword (a tensor there too)."""
+        key = (types, keywords)
+        if key not in self.layouts:
             tensors = [i for i, t in enumerate(types) if issubclass(t, torch.Tensor)]
             others = [i for i, t in enumerate(types) if not issubclass(t, torch.Tensor)]
-            found = self.layouts[types] = (_getter(tensors), _getter(others))
-        return found
+            cacheable = all(types[i] in _SCALAR_TYPES for i in others) and \
+                not any(name in self.runtime_params for name in keywords)
+            self.layouts[key] = (_getter(tensors), _getter(others)) if cacheable else None
+        return self.layouts[key]
 
     def tail(self, n_args: int, kwargs: dict) -> tuple | None:
         """The values of the parameters after the first n_args, from kwargs or defaults (None if
@@ -114,7 +124,11 @@ def launch(kernel, grid: tuple[int, ...], *args, **kwargs) -> None:
     # so a key never maps to another specialization's kernel; the price is an entry per shape.
     # Built from C-level maps and getters: ~4 us for the epilogue's 28 arguments on the VM.
     types = tuple(map(type, args))
-    tensors_of, others_of = cache.layout(types)
+    layout = cache.layout(types, tuple(kwargs))
+    if layout is None:
+        kernel[grid](*args, **kwargs)
+        return
+    tensors_of, others_of = layout
     tensors = tensors_of(args)
     key = (device, types, tuple(kwargs.items()), tuple(map(type, kwargs.values())), tuple(map(_dtype, tensors)),
            tuple(map(_misalignment, map(_data_ptr, tensors))), others_of(args))

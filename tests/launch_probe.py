@@ -70,6 +70,13 @@ def scalar_calls() -> list:
             for s in (2, 2.0, 1, 3, 3.0, 2)]
 
 
+def keyword_calls() -> list:
+    """Runtime parameters given by keyword (a tensor among them): launched through Triton."""
+    x, out = torch.randn(100), torch.empty(100)
+    return [lambda s=s: launch_module.launch(_scaled_copy_kernel, (2,), x, out_ptr=out, n=100, scale=s, BLOCK=64)
+            for s in (2.0, 5.0)]
+
+
 def layer_calls() -> list:
     """Eager forward + backward of a seeded bf16 layer in the decode (M = 1) and two-phase
     (M = 64) regimes, through the Triton backend (on the fake driver)."""
@@ -92,10 +99,15 @@ def main() -> None:
     torch.manual_seed(0)
     result = {}
     with fake_cuda():
+        def copy_kernel_entries():
+            return sum(len(c.entries) for k, c in launch_module._CACHES.values() if k is _scaled_copy_kernel)
         for name, calls, exact in (("epilogue", epilogue_calls(), True), ("scalars", scalar_calls(), True),
-                                   ("layer", layer_calls(), False)):
+                                   ("keywords", keyword_calls(), True), ("layer", layer_calls(), False)):
+            entries = copy_kernel_entries()
             result[name] = {"triton": _record(calls, direct=False, exact_pointers=exact),
                             "direct": _record(calls, direct=True, exact_pointers=exact)}
+            if name == "keywords":
+                result["keyword_entries"] = copy_kernel_entries() - entries
         # With a launch hook registered, launches go through Triton, which calls it.
         seen = []
         hook = triton.knobs.runtime.launch_enter_hook

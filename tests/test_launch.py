@@ -29,7 +29,7 @@ def probe():
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("case", ["epilogue", "scalars", "layer"])
+@pytest.mark.parametrize("case", ["epilogue", "scalars", "keywords", "layer"])
 def test_cached_launches_equal_tritons(probe, case):
     """Same kernel binary, grid, stream and arguments, call by call, as Triton's launch path."""
     triton_launches, direct_launches = probe[case]["triton"], probe[case]["direct"]
@@ -44,6 +44,11 @@ def test_specializations_are_told_apart(probe):
     assert len(set(functions[:3])) == 3
     assert functions[0] == functions[5] and functions[1] == functions[4]
     assert len({launches[0][3] for launches in probe["epilogue"]["triton"]}) >= 5
+
+
+def test_runtime_parameters_by_keyword_are_not_cached(probe):
+    """A tensor given by keyword would be keyed by identity: such launches go through Triton."""
+    assert probe["keyword_entries"] == 0
 
 
 def test_layer_step_launches_its_kernels(probe):
