@@ -6,7 +6,9 @@ Per shape (bf16, rank 8, bias) and pass (forward, backward, forward+backward), m
   (decode up to M = 128, in 32-row launches past 32; two-phase), to check the dispatch thresholds;
 - ``cublas+lora``: F.linear with a stored bf16 weight plus an unfused LoRA: the baseline.
 The headline is seeded / cublas+lora, measured in the same process. Forwards are also timed as
-CUDA graphs (``*_graph``), which removes Python and launch overhead from both sides. Floors:
+CUDA graphs (``*_graph``), which removes Python and launch overhead from both sides, and the
+host's time to issue a forward + backward is recorded (``host_fwd_bwd``; ``benchmarks.host_time``
+estimates it without a GPU). Floors:
 tensor-core time at the device's peak and HBM time for the stored weight at the copy bandwidth
 measured in the same run. Generation: the decode kernel's weights per second at M = 1 (W made
 in registers and consumed by the tensor cores) and the standalone generator's into a buffer,
@@ -107,6 +109,24 @@ def generation_rates(cuda: bool, timer, nk: int) -> dict:
     return rates
 
 
+def host_seconds(fn, cuda: bool, calls: int = 20, repeats: int = 5) -> float | None:
+    """Seconds of host time to issue fn() on a GPU: perf_counter over calls that do not wait for
+    the device (the fastest of a few batches). What ``benchmarks.host_time`` estimates without a
+    GPU: the two compare the GPU machine's host with the development VM's. None on CPU."""
+    if not cuda:
+        return None
+    fn()
+    samples = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        samples.append((time.perf_counter() - start) / calls)
+    torch.cuda.synchronize()
+    return min(samples)
+
+
 def bench_shape(m: int, nk: int, cuda: bool, timer, graph_timer) -> list[dict]:
     device = "cuda" if cuda else "cpu"
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -143,6 +163,8 @@ def bench_shape(m: int, nk: int, cuda: bool, timer, graph_timer) -> list[dict]:
             y = forward()
             row["backward_s"] = timer(lambda y=y: torch.autograd.backward(y, dy, retain_graph=True))
             row["fwd_bwd_s"] = timer(lambda forward=forward: torch.autograd.backward(forward(), dy))
+            row["host_fwd_bwd_s"] = host_seconds(
+                lambda forward=forward: torch.autograd.backward(forward(), dy), cuda)
             for param in (x, A, B, bias, beta):
                 param.grad = None
         rows.append(row)
@@ -194,12 +216,14 @@ def main(argv=None) -> int:
              f"read at {read_rate / 1e9:,.1f} G values/s. Generation: " + ", ".join(
                  f"{k} {v / 1e9:,.1f} G values/s ({v / read_rate:.2f}x the read rate)" for k, v in gen.items()), "",
              "| M | N=K | method | regime | fwd us | fwd graph us | bwd us | fwd+bwd us | fwd ratio | fwd graph ratio | "
-             "fwd+bwd ratio | TC floor us | HBM floor us |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "fwd+bwd ratio | fwd+bwd host us | TC floor us | HBM floor us |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['M']} | {r['N']} | {r['method']} | {r['regime']} | {us(r['forward_s'])} | "
                      f"{us(r.get('forward_graph_s'))} | {us(r.get('backward_s'))} | {us(r.get('fwd_bwd_s'))} | "
                      f"{ratio(r, 'forward_ratio')} | {ratio(r, 'forward_graph_ratio')} | {ratio(r, 'fwd_bwd_ratio')} | "
-                     f"{us(r['floor_tensor_core_fwd_s'])} | {us(r['floor_hbm_weight_fwd_s'])} |")
+                     f"{us(r.get('host_fwd_bwd_s'))} | {us(r['floor_tensor_core_fwd_s'])} | "
+                     f"{us(r['floor_hbm_weight_fwd_s'])} |")
     table = "\n".join(lines)
     print(table)
     out_dir = args.out or (Path(tempfile.mkdtemp(prefix="lottalora-speed-")) if args.quick else RESULTS_DIR)
