@@ -19,8 +19,9 @@ shape costs one launch through Triton; a kernel's cache starts over past 4,096 k
 Falls back to ``kernel[grid]`` under the interpreter, while a Triton launch hook is registered
 (a profiler such as proton needs them; the direct launch passes none), and for arguments it does
 not key: positional ones other than tensors and plain scalars, runtime parameters given by
-keyword, unhashable constexprs. ``LOTTALORA_DIRECT_LAUNCH=0``, set before the first launch,
-sends every launch through Triton. Triton knobs that change compile options (``TRITON_DEBUG``...)
+keyword, unhashable constexprs; and with a Triton outside the versions whose launch path was
+checked (3.6 to 3.9). ``LOTTALORA_DIRECT_LAUNCH=0``, set before the first launch, sends every
+launch through Triton. Triton knobs that change compile options (``TRITON_DEBUG``...)
 are read by the first launch of each key, not by later ones.
 """
 
@@ -30,6 +31,7 @@ import os
 from operator import attrgetter, itemgetter
 
 import torch
+import triton
 from triton import knobs
 from triton.knobs import HookChain
 from triton.runtime import driver
@@ -105,6 +107,27 @@ def _hooked(hook) -> bool:
     return hook is not None and (not isinstance(hook, HookChain) or bool(hook.calls))
 
 
+# The Triton versions whose launch path (JITFunction.run -> CompiledKernel.run -> the CUDA
+# launcher's arguments) this module reproduces, read and tested: 3.6 (the GPU image) and 3.9
+# (CI). Versions outside the range launch through Triton until checked.
+DIRECT_LAUNCH_TRITON_VERSIONS = ((3, 6), (3, 9))
+
+
+def direct_launch_supported(version: str) -> bool:
+    """Whether a Triton ``version`` string ("3.6.0", "3.9.1+git...") is in the checked range."""
+    try:
+        major_minor = tuple(int(part) for part in version.split(".")[:2])
+    except ValueError:
+        return False
+    low, high = DIRECT_LAUNCH_TRITON_VERSIONS
+    return low <= major_minor <= high
+
+
+def _direct_enabled() -> bool:
+    return (os.environ.get("LOTTALORA_DIRECT_LAUNCH", "1") != "0" and not is_interpreting()
+            and direct_launch_supported(triton.__version__))
+
+
 _DIRECT: bool | None = None
 
 
@@ -113,7 +136,7 @@ def launch(kernel, grid: tuple[int, ...], *args, **kwargs) -> None:
     specialization (see the module docstring). ``grid`` is a tuple of 1-3 ints."""
     global _DIRECT
     if _DIRECT is None:
-        _DIRECT = os.environ.get("LOTTALORA_DIRECT_LAUNCH", "1") != "0" and not is_interpreting()
+        _DIRECT = _direct_enabled()
     if not _DIRECT or _hooked(knobs.runtime.launch_enter_hook) or _hooked(knobs.runtime.launch_exit_hook):
         kernel[grid](*args, **kwargs)
         return

@@ -79,3 +79,11 @@ def test_host_time_script_times_both_launch_paths(tmp_path):
     assert launches["one epilogue launch"] == 1
     assert [n for case, n in launches.items() if "decode" in case] == [2, 4]  # forward; forward + backward
     assert all(r["triton_launch_us"] > 0 and r["direct_launch_us"] > 0 for r in rows)
+
+
+def test_direct_launches_only_on_checked_triton_versions():
+    from lottalora_kernels.launch import direct_launch_supported
+
+    assert direct_launch_supported("3.6.0") and direct_launch_supported("3.9.0") and direct_launch_supported("3.7.1")
+    assert not direct_launch_supported("3.5.1") and not direct_launch_supported("3.10.0")
+    assert not direct_launch_supported("4.0.0") and not direct_launch_supported("nightly")
