@@ -9,20 +9,23 @@ bound by the host (benchmarks/NOTES.md).
 
 ``launch(kernel, grid, *args, **kwargs)`` sends the first launch of each key through Triton
 (which specializes and compiles as usual) and keeps the compiled kernel it returns. The key is
-finer than Triton's specialization: the type and value of every argument except tensors, which
-count by dtype and 16-byte alignment, plus the keyword arguments (constexprs and options such
-as ``num_warps``) and the current device. Later launches with that key call the compiled
-kernel's launcher with the arguments Triton would pass it (tests/test_launch.py holds the two
-paths' launches equal on a fake CUDA driver). Sizes and strides are part of the key, so a new
-shape costs one launch through Triton; a kernel's cache starts over past 4,096 keys.
+finer than Triton's specialization: every argument's type; tensors' dtype and 16-byte
+alignment; ints' values (only their width where a parameter is ``do_not_specialize``); the
+keyword arguments (constexprs and options such as ``num_warps``); the current device; and the
+knobs in Triton's own key (``debug``, instrumentation mode). Later launches with that key call
+the compiled kernel's launcher with the arguments Triton would pass it (tests/test_launch.py
+holds the two paths' launches equal on a fake CUDA driver). Sizes and strides are part of the
+key, so a new shape costs one launch through Triton; a kernel's cache starts over past 4,096
+keys.
 
 Falls back to ``kernel[grid]`` under the interpreter, while a Triton launch hook is registered
-(a profiler such as proton needs them; the direct launch passes none), and for arguments it does
-not key: positional ones other than tensors and plain scalars, runtime parameters given by
-keyword, unhashable constexprs; and with a Triton outside the versions whose launch path was
-checked (3.6 to 3.9). ``LOTTALORA_DIRECT_LAUNCH=0``, set before the first launch, sends every
-launch through Triton. Triton knobs that change compile options (``TRITON_DEBUG``...)
-are read by the first launch of each key, not by later ones.
+(a profiler such as proton needs them; the direct launch passes none), for kernels with
+pre-run hooks, for arguments it does not key (positional ones other than tensors and plain
+scalars, runtime parameters given by keyword, unhashable constexprs), and with a Triton other
+than the versions whose launch path was checked (3.6 and 3.9). ``LOTTALORA_DIRECT_LAUNCH=0``,
+set before the first launch, sends every launch through Triton. Not re-checked on cached
+launches: Triton's test that the globals a kernel reads have not changed (lottalora's kernels
+read constants only).
 """
 
 from __future__ import annotations
@@ -43,7 +46,12 @@ _MAX_ENTRIES = 4096  # keys per kernel before the cache starts over (shapes are 
 _MISSING = object()
 
 
-_SCALAR_TYPES = (int, float, bool, type(None))
+_VALUE_TYPES = (int, bool, type(None))  # keyed by value; floats by type alone (Triton's fp32)
+
+
+def _int_width(value: int) -> int:
+    """Triton's integer type for a value it does not specialize on: i32, i64 or u64."""
+    return 0 if -(2**31) <= value < 2**31 else 1 if -(2**63) <= value < 2**63 else 2
 
 
 class _KernelCache:
@@ -53,21 +61,23 @@ class _KernelCache:
         self.names = tuple(p.name for p in kernel.params)
         self.defaults = tuple(p.default if p.has_default else _MISSING for p in kernel.params)
         self.runtime_params = frozenset(p.name for p in kernel.params if not p.is_constexpr)
+        self.unspecialized = frozenset(i for i, p in enumerate(kernel.params) if p.do_not_specialize)
         self.entries: dict = {}
         self.layouts: dict = {}  # (argument types, keyword names) -> getters, or None: not cached
 
     def layout(self, types: tuple, keywords: tuple):
-        """(getter of the tensor arguments, getter of the others) for arguments of these types and
-        these keyword names; None when a launch like that is not cached: a positional argument
-        other than a tensor or a plain scalar (a tuple of tensors would be keyed by identity),
-        or a runtime parameter given by keyword (a tensor there too)."""
+        """Getters of what keys arguments of these types and these keyword names: (tensors, values
+        Triton may specialize on, ints it does not); None when such a launch is not cached: a
+        positional argument other than a tensor or a plain scalar (a tuple of tensors would be
+        keyed by identity), or a runtime parameter given by keyword (a tensor there too)."""
         key = (types, keywords)
         if key not in self.layouts:
             tensors = [i for i, t in enumerate(types) if issubclass(t, torch.Tensor)]
-            others = [i for i, t in enumerate(types) if not issubclass(t, torch.Tensor)]
-            cacheable = all(types[i] in _SCALAR_TYPES for i in others) and \
+            widths = [i for i, t in enumerate(types) if t is int and i in self.unspecialized]
+            values = [i for i, t in enumerate(types) if t in _VALUE_TYPES and i not in widths]
+            cacheable = all(issubclass(t, torch.Tensor) or t in _VALUE_TYPES or t is float for t in types) and \
                 not any(name in self.runtime_params for name in keywords)
-            self.layouts[key] = (_getter(tensors), _getter(others)) if cacheable else None
+            self.layouts[key] = (_getter(tensors), _getter(values), _getter(widths)) if cacheable else None
         return self.layouts[key]
 
     def tail(self, n_args: int, kwargs: dict) -> tuple | None:
@@ -107,20 +117,19 @@ def _hooked(hook) -> bool:
     return hook is not None and (not isinstance(hook, HookChain) or bool(hook.calls))
 
 
-# The Triton versions whose launch path (JITFunction.run -> CompiledKernel.run -> the CUDA
-# launcher's arguments) this module reproduces, read and tested: 3.6 (the GPU image) and 3.9
-# (CI). Versions outside the range launch through Triton until checked.
-DIRECT_LAUNCH_TRITON_VERSIONS = ((3, 6), (3, 9))
+# The Triton versions (major, minor) whose launch path (JITFunction.run -> CompiledKernel.run ->
+# the CUDA launcher's arguments) this module reproduces, read and tested: 3.6 (the GPU image)
+# and 3.9 (CI). Others launch through Triton until checked.
+DIRECT_LAUNCH_TRITON_VERSIONS = frozenset({(3, 6), (3, 9)})
 
 
 def direct_launch_supported(version: str) -> bool:
-    """Whether a Triton ``version`` string ("3.6.0", "3.9.1+git...") is in the checked range."""
+    """Whether a Triton ``version`` string ("3.6.0", "3.9.1+git...") is one that was checked."""
     try:
         major_minor = tuple(int(part) for part in version.split(".")[:2])
     except ValueError:
         return False
-    low, high = DIRECT_LAUNCH_TRITON_VERSIONS
-    return low <= major_minor <= high
+    return major_minor in DIRECT_LAUNCH_TRITON_VERSIONS
 
 
 def _direct_enabled() -> bool:
@@ -141,20 +150,27 @@ def launch(kernel, grid: tuple[int, ...], *args, **kwargs) -> None:
         kernel[grid](*args, **kwargs)
         return
     cache = _kernel_cache(kernel)
+    if kernel.pre_run_hooks:
+        kernel[grid](*args, **kwargs)
+        return
     device = driver.active.get_current_device()
-    # Every value and its type, except tensors: their dtype and 16-byte alignment. Finer than
-    # Triton's specialization (which sees an int's value only as == 1, % 16 == 0 and its width),
-    # so a key never maps to another specialization's kernel; the price is an entry per shape.
-    # Built from C-level maps and getters: ~4 us for the epilogue's 28 arguments on the VM.
+    # Finer than Triton's specialization, so a key never maps to another specialization's
+    # kernel: every argument's type; tensors' dtypes and addresses mod 16; ints' values (Triton
+    # sees == 1, % 16 == 0 and the width), or only their width where Triton does not specialize
+    # (the backbone's seed words: one entry for every seed); constexprs and options; and the
+    # knobs that enter Triton's own key. An entry per shape. C-level maps and getters: ~4 us for
+    # the epilogue's 28 arguments on the VM.
     types = tuple(map(type, args))
     layout = cache.layout(types, tuple(kwargs))
     if layout is None:
         kernel[grid](*args, **kwargs)
         return
-    tensors_of, others_of = layout
+    tensors_of, values_of, widths_of = layout
     tensors = tensors_of(args)
     key = (device, types, tuple(kwargs.items()), tuple(map(type, kwargs.values())), tuple(map(_dtype, tensors)),
-           tuple(map(_misalignment, map(_data_ptr, tensors))), others_of(args))
+           tuple(map(_misalignment, map(_data_ptr, tensors))), values_of(args), tuple(map(_int_width, widths_of(args))),
+           knobs.runtime.debug, knobs.compilation.instrumentation_mode,
+           getattr(knobs.compilation, "fpsan_homomorphic_casts", None))
     try:
         entry = cache.entries.get(key)
     except TypeError:  # an unhashable argument: Triton's own path
@@ -165,7 +181,7 @@ def launch(kernel, grid: tuple[int, ...], *args, **kwargs) -> None:
         if hasattr(compiled, "result"):  # Triton's asynchronous compile mode hands back a future
             compiled = compiled.result()
         tail = cache.tail(len(args), kwargs)
-        if tail is not None:
+        if compiled is not None and tail is not None:  # None: a jit_cache_hook skipped the launch
             if len(cache.entries) >= _MAX_ENTRIES:
                 cache.entries.clear()
             cache.entries[key] = (compiled, tail)

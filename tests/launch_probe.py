@@ -70,6 +70,38 @@ def scalar_calls() -> list:
             for s in (2, 2.0, 1, 3, 3.0, 2)]
 
 
+def alignment_and_constexpr_calls() -> list:
+    """Launches that differ only in an output's alignment (same strides: Triton vectorizes an
+    aligned one), or only in a constexpr, or only in a do-not-specialize seed word."""
+    buf, x = torch.empty(1025), torch.randn(1024)
+    aligned, misaligned = buf[:1024], buf[1:]
+
+    def copy(out, block):
+        return lambda: launch_module.launch(_scaled_copy_kernel, (1,), x, out, 1024, 2.0, BLOCK=block,
+                                            num_warps=1)
+    return [copy(aligned, 1024), copy(misaligned, 1024), copy(aligned, 1024), copy(aligned, 512),
+            copy(aligned, 1024)]
+
+
+def gluon_calls() -> list:
+    """The Gluon fast paths (forced: their default needs CUDA tensors): the v2 generator and the
+    decode kernel in both directions, at two seeds (do-not-specialize words)."""
+    from lottalora_kernels.backbone_gen import generate_backbone
+    from lottalora_kernels.seeded_decode import _partial_products
+
+    calls = []
+    for dtype in (torch.bfloat16, torch.float16):
+        x = torch.randn(3, 256, dtype=dtype)
+        for seed in (7, 2**40 + 3):
+            calls.append(lambda seed=seed, dtype=dtype: generate_backbone(
+                seed, 5, 256, "rademacher", (0, 192), (0, 256), "cpu", version=2, dtype=dtype, signs=True,
+                fast=True))
+            for transposed in (False, True):
+                calls.append(lambda seed=seed, x=x, transposed=transposed: _partial_products(
+                    x, transposed=transposed, n_out=192, seed=seed, stream=5, fast=True, num_warps=4, split_k=2))
+    return calls
+
+
 def keyword_calls() -> list:
     """Runtime parameters given by keyword (a tensor among them): launched through Triton."""
     x, out = torch.randn(100), torch.empty(100)
@@ -102,12 +134,17 @@ def main() -> None:
         def copy_kernel_entries():
             return sum(len(c.entries) for k, c in launch_module._CACHES.values() if k is _scaled_copy_kernel)
         for name, calls, exact in (("epilogue", epilogue_calls(), True), ("scalars", scalar_calls(), True),
-                                   ("keywords", keyword_calls(), True), ("layer", layer_calls(), False)):
+                                   ("alignment_constexpr", alignment_and_constexpr_calls(), True),
+                                   ("gluon", gluon_calls(), False), ("keywords", keyword_calls(), True),
+                                   ("layer", layer_calls(), False)):
             entries = copy_kernel_entries()
             result[name] = {"triton": _record(calls, direct=False, exact_pointers=exact),
                             "direct": _record(calls, direct=True, exact_pointers=exact)}
             if name == "keywords":
                 result["keyword_entries"] = copy_kernel_entries() - entries
+        from lottalora_kernels.backbone_gen import _backbone_gen_v2_kernel
+        result["generator_entries"] = sum(len(c.entries) for k, c in launch_module._CACHES.values()
+                                          if k is _backbone_gen_v2_kernel)
         # With a launch hook registered, launches go through Triton, which calls it.
         seen = []
         hook = triton.knobs.runtime.launch_enter_hook

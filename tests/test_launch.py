@@ -29,7 +29,7 @@ def probe():
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("case", ["epilogue", "scalars", "keywords", "layer"])
+@pytest.mark.parametrize("case", ["epilogue", "scalars", "alignment_constexpr", "gluon", "keywords", "layer"])
 def test_cached_launches_equal_tritons(probe, case):
     """Same kernel binary, grid, stream and arguments, call by call, as Triton's launch path."""
     triton_launches, direct_launches = probe[case]["triton"], probe[case]["direct"]
@@ -44,6 +44,19 @@ def test_specializations_are_told_apart(probe):
     assert len(set(functions[:3])) == 3
     assert functions[0] == functions[5] and functions[1] == functions[4]
     assert len({launches[0][3] for launches in probe["epilogue"]["triton"]}) >= 5
+
+
+def test_alignment_and_constexprs_alone_reach_other_kernels(probe):
+    """An output 4 bytes past alignment, and a block size, each make Triton compile another
+    binary: a key without either would launch the wrong one (tests above would then fail)."""
+    functions = [launches[0][3] for launches in probe["alignment_constexpr"]["triton"]]
+    assert functions[0] == functions[2] == functions[4]
+    assert len({functions[0], functions[1], functions[3]}) == 3
+
+
+def test_seeds_share_a_cached_launch(probe):
+    """Seed words are do-not-specialize parameters: two seeds, one entry per dtype."""
+    assert probe["generator_entries"] == 2
 
 
 def test_runtime_parameters_by_keyword_are_not_cached(probe):
@@ -84,6 +97,6 @@ def test_host_time_script_times_both_launch_paths(tmp_path):
 def test_direct_launches_only_on_checked_triton_versions():
     from lottalora_kernels.launch import direct_launch_supported
 
-    assert direct_launch_supported("3.6.0") and direct_launch_supported("3.9.0") and direct_launch_supported("3.7.1")
-    assert not direct_launch_supported("3.5.1") and not direct_launch_supported("3.10.0")
+    assert direct_launch_supported("3.6.0") and direct_launch_supported("3.9.1+git1234")
+    assert not direct_launch_supported("3.7.1") and not direct_launch_supported("3.10.0")
     assert not direct_launch_supported("4.0.0") and not direct_launch_supported("nightly")
