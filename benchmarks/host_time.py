@@ -14,7 +14,7 @@ eager layer calls (forward, forward + backward) in the decode regime (M = 1) and
 regime (W in as many chunks as an N = K = 4096 bf16 layer gets on a GPU at M = 2048 and at
 M = 8192: two and one; with M = 2, sent there by lowering the decode threshold, since the host
 work depends on M only through the chunk count), beside the
-stored-weight layer + LoRA. Fastest of interleaved batches, one thread. The aten ops run on the
+stored-weight layer + LoRA. Fastest of 31 batches interleaved over all cases, one thread. The aten ops run on the
 CPU here on tiny shapes: their host cost is the dispatch and a little arithmetic, where a GPU
 host pays a kernel launch (~5-10 us on the H100 machine).
 """
@@ -34,12 +34,14 @@ import torch.nn.functional as F
 from .results import RESULTS_DIR, write_results
 
 
-def _per_call_us(fns: dict, calls: int, repeats: int) -> dict:
-    """Host time per call of each function: the fastest of interleaved batches (the VM's noise
-    only adds time; timeit's advice for overheads)."""
-    times = {name: [] for name in fns}
+def _per_call_us(cases: dict, calls: int, repeats: int) -> dict:
+    """Host time per call of each case (name -> (setup, fn); setup runs before each batch,
+    untimed): the fastest of batches interleaved over all cases, so a burst of the VM's noise
+    (which only adds time) cannot spoil a whole row; timeit's advice for overheads."""
+    times = {name: [] for name in cases}
     for _ in range(repeats):
-        for name, fn in fns.items():
+        for name, (setup, fn) in cases.items():
+            setup()
             start = time.perf_counter()
             for _ in range(calls):
                 fn()
@@ -54,19 +56,35 @@ def _has_direct_launch() -> bool:
     return importlib.util.find_spec("lottalora_kernels.launch") is not None
 
 
-@contextlib.contextmanager
-def _direct_launch(enabled: bool):
-    if not _has_direct_launch():
-        yield
-        return
-    from lottalora_kernels import launch
+class _Settings:
+    """The module settings a case runs under (direct launches, W's chunking, the decode
+    threshold), applied before each of its batches and restored at the end."""
 
-    saved = launch._DIRECT
-    launch._DIRECT = enabled
-    try:
-        yield
-    finally:
-        launch._DIRECT = saved
+    def __init__(self):
+        from lottalora_kernels import dispatch, seeded_two_phase
+
+        self.modules = [(seeded_two_phase, "CHUNK_BYTES"), (dispatch, "DECODE_MAX_M")]
+        if _has_direct_launch():
+            from lottalora_kernels import launch
+
+            self.modules.append((launch, "_DIRECT"))
+        self.saved = [(module, name, getattr(module, name)) for module, name in self.modules]
+
+    def setup(self, direct: bool = True, chunk_bytes: int | None = None, decode_max_m: int | None = None):
+        from lottalora_kernels import dispatch, seeded_two_phase
+
+        def apply():
+            seeded_two_phase.CHUNK_BYTES = chunk_bytes if chunk_bytes is not None else self.saved[0][2]
+            dispatch.DECODE_MAX_M = decode_max_m if decode_max_m is not None else self.saved[1][2]
+            if _has_direct_launch():
+                from lottalora_kernels import launch
+
+                launch._DIRECT = direct
+        return apply
+
+    def restore(self):
+        for module, name, value in self.saved:
+            setattr(module, name, value)
 
 
 @contextlib.contextmanager
@@ -82,22 +100,15 @@ def _triton_backend_on_cpu():
         functional.resolve_backend = saved
 
 
-def _timed(fn, calls: int, repeats: int) -> dict:
-    """fn's host time per call with direct launches off and on (each path warmed first)."""
-    def with_direct(enabled):
-        def run():
-            with _direct_launch(enabled):
-                fn()
-        return run
-    fns = {"triton_launch_us": with_direct(False)}
+def _seeded_cases(row: str, fn, settings: _Settings, **setting) -> dict:
+    """Timed cases of fn through Triton's launch path and with direct launches."""
+    cases = {(row, "triton_launch_us"): (settings.setup(direct=False, **setting), fn)}
     if _has_direct_launch():
-        fns["direct_launch_us"] = with_direct(True)
-    for run in fns.values():
-        run(), run()
-    return _per_call_us(fns, calls, repeats)
+        cases[(row, "direct_launch_us")] = (settings.setup(direct=True, **setting), fn)
+    return cases
 
 
-def launch_row(calls: int, repeats: int) -> dict:
+def launch_cases(settings: _Settings) -> tuple[dict, dict]:
     """One epilogue launch: the launcher's host work, then the launch."""
     from lottalora_kernels.epilogue import seeded_epilogue
 
@@ -108,15 +119,17 @@ def launch_row(calls: int, repeats: int) -> dict:
 
     def call():
         seeded_epilogue(acc, out, beta=beta, value_scale=0.5, lo=lo, lmat=lmat, lora_scale=0.5, bias=bias)
-    return {"case": "one epilogue launch", "triton_launches": 1, **_timed(call, calls, repeats)}
+    row = "one epilogue launch"
+    return {row: {"case": row, "triton_launches": 1}}, _seeded_cases(row, call, settings)
 
 
-def layer_rows(m: int, regime: str, gpu_m: int, calls: int, repeats: int, k: int = 256, rank: int = 8
-               ) -> list[dict]:
+def layer_cases(m: int, regime: str, gpu_m: int, settings: _Settings, k: int = 256, rank: int = 8
+                ) -> tuple[dict, dict]:
     """Eager forward and forward + backward of an (m, k) -> k bf16 layer in ``regime``, seeded
-    and stored, with W in as many chunks as an N = K = 4096 layer with ``gpu_m`` rows."""
+    and stored, with W in as many chunks as an N = K = 4096 layer with ``gpu_m`` rows. The
+    two-phase path's host work depends on M only through the chunk count: a few rows keep the
+    CPU's arithmetic in its aten ops (which a GPU host only launches) small."""
     import lottalora
-    from lottalora_kernels import dispatch, seeded_two_phase
 
     from .fake_cuda import recording
     from .launch_count import _chunks_as_on_gpu
@@ -135,27 +148,21 @@ def layer_rows(m: int, regime: str, gpu_m: int, calls: int, repeats: int, k: int
 
     def step(forward):
         torch.autograd.backward(forward(), dy)
-    rows = []
-    chunk_bytes, decode_max_m = seeded_two_phase.CHUNK_BYTES, dispatch.DECODE_MAX_M
-    seeded_two_phase.CHUNK_BYTES = _chunks_as_on_gpu(k, gpu_m) // 2  # bf16 here
-    # The two-phase path's host work does not depend on M: a few rows keep the CPU's arithmetic
-    # in its aten ops (which a GPU host only launches) small.
-    dispatch.DECODE_MAX_M = m if regime == "decode" else 0
-    try:
-        phases = (("forward", lambda: layer(x), stored),
-                  ("forward + backward", lambda: step(lambda: layer(x)), lambda: step(stored)))
-        for phase, fn_seeded, fn_stored in phases:
-            with recording() as launches:
-                fn_seeded()
-            case = f"M = {m} ({regime}) {phase}" if regime == "decode" else \
-                f"two_phase, W chunked as at M = {gpu_m}: {phase}"
-            row = {"case": case, "triton_launches": len(launches),
-                   **_timed(fn_seeded, calls, repeats)}
-            row["stored_lora_us"] = _per_call_us({"s": fn_stored}, calls, repeats)["s"]
-            rows.append(row)
-    finally:
-        seeded_two_phase.CHUNK_BYTES, dispatch.DECODE_MAX_M = chunk_bytes, decode_max_m
-    return rows
+    setting = {"chunk_bytes": _chunks_as_on_gpu(k, gpu_m) // 2,  # bf16 here
+               "decode_max_m": m if regime == "decode" else 0}
+    rows, cases = {}, {}
+    phases = (("forward", lambda: layer(x), stored),
+              ("forward + backward", lambda: step(lambda: layer(x)), lambda: step(stored)))
+    for phase, fn_seeded, fn_stored in phases:
+        row = f"M = {m} ({regime}) {phase}" if regime == "decode" else \
+            f"two_phase, W chunked as at M = {gpu_m}: {phase}"
+        settings.setup(**setting)()
+        with recording() as launches:
+            fn_seeded()
+        rows[row] = {"case": row, "triton_launches": len(launches)}
+        cases.update(_seeded_cases(row, fn_seeded, settings, **setting))
+        cases[(row, "stored_lora_us")] = (settings.setup(**setting), fn_stored)
+    return rows, cases
 
 
 def main(argv=None) -> int:
@@ -167,19 +174,31 @@ def main(argv=None) -> int:
         raise SystemExit("benchmarks.host_time times the compiled launch path: run it without TRITON_INTERPRET")
     from .fake_cuda import fake_cuda
 
-    calls, repeats = (20, 3) if args.quick else (200, 15)
+    calls, repeats = (20, 3) if args.quick else (100, 31)
     torch.set_num_threads(1)
     saved_poison = os.environ.get("LOTTALORA_POISON_OUTPUTS")
     os.environ["LOTTALORA_POISON_OUTPUTS"] = "0"  # as a GPU user runs: no NaN fill of outputs
     try:
         with fake_cuda(), _triton_backend_on_cpu():
-            rows = [launch_row(calls * 5, repeats)] + layer_rows(1, "decode", 1, calls, repeats) + \
-                layer_rows(2, "two_phase", 2048, calls, repeats) + layer_rows(2, "two_phase", 8192, calls, repeats)
+            settings = _Settings()
+            try:
+                rows, cases = launch_cases(settings)
+                for m, regime, gpu_m in ((1, "decode", 1), (2, "two_phase", 2048), (2, "two_phase", 8192)):
+                    more_rows, more_cases = layer_cases(m, regime, gpu_m, settings)
+                    rows.update(more_rows)
+                    cases.update(more_cases)
+                for setup, fn in cases.values():  # warm: compile, fill the launch caches
+                    setup(), fn(), fn()
+                for (row, column), us in _per_call_us(cases, calls, repeats).items():
+                    rows[row][column] = us
+            finally:
+                settings.restore()
     finally:
         if saved_poison is None:
             os.environ.pop("LOTTALORA_POISON_OUTPUTS", None)
         else:
             os.environ["LOTTALORA_POISON_OUTPUTS"] = saved_poison
+    rows = list(rows.values())
     table = ["| case | Triton launches | host us, launches through Triton | host us, direct launches | "
              "stored weight + LoRA, host us |", "|---|---|---|---|---|"]
     for r in rows:
@@ -187,7 +206,8 @@ def main(argv=None) -> int:
         table.append(f"| {r['case']} | {r['triton_launches']} | {r['triton_launch_us']:.1f} | "
                      f"{r.get('direct_launch_us', math.nan):.1f} | {stored} |")
     notes = ("Host time per eager call on a fake CUDA driver (kernels compiled for sm_90, launches recorded, never "
-             "run; benchmarks.fake_cuda), the fastest of interleaved batches, one thread, bf16, k = 256, rank 8. Aten ops "
+             "run; benchmarks.fake_cuda), the fastest of 31 batches of 100 calls interleaved over all cases, one "
+             "thread, bf16, k = 256, rank 8. Aten ops "
              "run on the CPU on tiny shapes (their dispatch and a little arithmetic, where a GPU host pays a "
              "launch); the two-phase rows split W into as many chunks as an N = K = 4096 bf16 layer at the M named "
              "and take M = 2 rows: the host work depends on M only through the chunk count.")

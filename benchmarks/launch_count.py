@@ -101,10 +101,10 @@ def _eager_path():
 def _chunks_as_on_gpu(k: int, gpu_m: int = 64) -> int:
     """CHUNK_BYTES for a small float32 layer that splits W into as many chunks as an N = K = 4096
     bf16 layer does on a GPU with ``gpu_m`` rows of input."""
-    from lottalora_kernels import seeded_two_phase
+    from lottalora_kernels import seeded_two_phase, stream_spec
 
-    budget = seeded_two_phase.chunk_budget(gpu_m * GPU_NK * GPU_ELEMENT_SIZE)
-    gpu_chunks = -(-GPU_NK * GPU_NK * GPU_ELEMENT_SIZE // budget)
+    rows = seeded_two_phase.chunk_rows(GPU_NK, GPU_NK, GPU_ELEMENT_SIZE, stream_spec.V2_ROW_SPAN, gpu_m)
+    gpu_chunks = -(-GPU_NK // rows)
     return -(-k // gpu_chunks) * k * 4  # float32 here
 
 

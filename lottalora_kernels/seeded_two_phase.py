@@ -7,7 +7,7 @@
 A one-pass kernel regenerates W once per BLOCK_M rows of x (64 times at M = 8192 with 128-row
 tiles); here every weight is generated once per call, into a buffer of ``CHUNK_BYTES`` (16 MiB:
 it stays in the 50 MiB L2 of an H100 while the GEMM reads it), or at large M up to the size of
-the activation and ``MAX_CHUNK_BYTES`` (64 MiB; ``chunk_budget``: fewer chunks, fewer launches),
+the activation and ``MAX_CHUNK_BYTES`` (64 MiB; ``chunk_rows``: fewer chunks, fewer launches),
 and the product runs at cuBLAS speed on all M rows. The forward chunks W by rows (out_features:
 each chunk is a column block of y), the input gradient by columns (in_features: a column block
 of dx), so each GEMM reduces over its full K and needs no partial sums.
@@ -32,23 +32,27 @@ from .runtime import new_output
 
 CHUNK_BYTES = 16 * 2**20
 MAX_CHUNK_BYTES = 64 * 2**20
+MAX_PRODUCT_BYTES = 256 * 2**20
 
 
-def chunk_budget(activation_bytes: int) -> int:
-    """Bytes one chunk of W may take, given the bytes of the operand it multiplies (x or dy):
-    CHUNK_BYTES, or as many as that operand up to MAX_CHUNK_BYTES. Once the activation outgrows
-    CHUNK_BYTES the GEMM is compute-bound (M >= 2048 at K = 4096 in bf16) and gains nothing from
+def chunk_rows(total: int, other: int, element_size: int, granule: int, m: int) -> int:
+    """Rows (forward) or columns (input gradient) of W in one chunk, a multiple of ``granule``
+    (at least one): as many as fit CHUNK_BYTES of W; more once the activation W multiplies
+    (x or dy: m x other) outgrows that, up to the activation's bytes and MAX_CHUNK_BYTES of W,
+    while the chunk's float32 product (m x rows x 4 bytes) stays within MAX_PRODUCT_BYTES.
+
+    By then the GEMM is compute-bound (M >= 2048 at K = 4096 in bf16) and gains nothing from
     an L2-resident chunk, while each chunk costs the host a generator launch, a GEMM and an
     epilogue launch (~60 us of the VM's host time per chunk and direction, benchmarks.host_time):
     an N = K = 4096 bf16 layer takes W in one chunk from M = 4096 rows on, in two below. The
-    buffer never exceeds the activation it multiplies (nor, at 64 MiB, an 8192 x 4096 bf16 W)."""
-    return min(MAX_CHUNK_BYTES, max(CHUNK_BYTES, activation_bytes))
-
-
-def _chunk(total: int, other: int, element_size: int, granule: int, budget: int) -> int:
-    """How many rows (or columns) of W a chunk holds: a multiple of ``granule``, at most
-    ``budget`` bytes, at least one granule."""
-    fit = budget // max(1, other * element_size)
+    transient memory of a chunk is its W buffer plus its float32 product: at most 64 + 256 MiB,
+    and never more than the 16 MiB rule gave at the same M once the product cap binds."""
+    row_bytes = max(1, other * element_size)
+    fit = CHUNK_BYTES // row_bytes
+    activation = m * row_bytes
+    if activation > CHUNK_BYTES:
+        grown = min(activation, MAX_CHUNK_BYTES) // row_bytes
+        fit = max(fit, min(grown, MAX_PRODUCT_BYTES // max(1, 4 * m)))
     return min(total, max(granule, fit // granule * granule))
 
 
@@ -100,7 +104,7 @@ def two_phase_fwd(
     out = new_output((M, N), x.dtype, x.device)
     if M == 0:
         return out
-    rows = _chunk(N, K, x.element_size(), spec.V2_ROW_SPAN, chunk_budget(x.numel() * x.element_size()))
+    rows = chunk_rows(N, K, x.element_size(), spec.V2_ROW_SPAN, M)
     buf = torch.empty((rows, K), dtype=x.dtype, device=x.device)
     for n0 in range(0, N, rows):
         n1 = min(n0 + rows, N)
@@ -125,7 +129,7 @@ def two_phase_bwd_dx(
     dx = new_output((M, K), dy.dtype, dy.device) if need_dx else None
     if M == 0:
         return dx, (torch.zeros((), device=dy.device) if x_for_dbeta is not None else None)
-    cols = _chunk(K, N, dy.element_size(), spec.V2_COL_SPAN, chunk_budget(dy.numel() * dy.element_size()))
+    cols = chunk_rows(K, N, dy.element_size(), spec.V2_COL_SPAN, M)
     buf = torch.empty((N, cols), dtype=dy.dtype, device=dy.device)
     value_scale = _value_scale(version, K)
     partials = []

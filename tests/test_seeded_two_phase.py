@@ -65,12 +65,13 @@ def test_two_phase_input_gradient_and_dbeta_match_float64(dtype, version, init, 
     assert abs(dbeta.item() - want_dbeta.item()) <= 1e-5 * size.item() + 1e-6
 
 
-def test_chunks_grow_with_the_activation_up_to_the_cap(monkeypatch, device):
+def test_chunks_grow_with_the_activation_up_to_the_caps(monkeypatch, device):
     """A chunk of W takes CHUNK_BYTES, or as much as the input it multiplies up to
-    MAX_CHUNK_BYTES (fewer launches at large M); every chunking gives the float64 answer."""
+    MAX_CHUNK_BYTES while its float32 product fits MAX_PRODUCT_BYTES (fewer launches at large M,
+    bounded memory); every chunking gives the float64 answer."""
     monkeypatch.setattr(seeded_two_phase, "CHUNK_BYTES", 16 * 1024)
     monkeypatch.setattr(seeded_two_phase, "MAX_CHUNK_BYTES", 64 * 1024)
-    assert [seeded_two_phase.chunk_budget(b) for b in (0, 20_000, 10**9)] == [16 * 1024, 20_000, 64 * 1024]
+    monkeypatch.setattr(seeded_two_phase, "MAX_PRODUCT_BYTES", 128 * 1024)
     generated = []
     real_generate = seeded_two_phase._generate
 
@@ -78,14 +79,26 @@ def test_chunks_grow_with_the_activation_up_to_the_cap(monkeypatch, device):
         generated.append(kwargs["rows"])
         real_generate(buf, **kwargs)
     monkeypatch.setattr(seeded_two_phase, "_generate", counting_generate)
-    K, N = 128, 256  # W: 128 KiB in float32
-    for M, chunks in ((8, 4), (128, 2), (512, 2)):  # x: 4 KiB, 64 KiB, 256 KiB
+    K, N = 128, 256  # W: 128 KiB in float32, 512 bytes a row
+    # x of 4 KiB: 16 KiB chunks; 64 KiB: 64 KiB chunks; 256 KiB: the product (512 x rows x 4)
+    # caps a chunk at 64 rows.
+    for M, chunks in ((8, 4), (128, 2), (512, 4)):
         s, x, _, _, bias, beta, w64 = _inputs(M, K, N, 0, torch.float32, device, 2, "rademacher")
         generated.clear()
         y = seeded_two_phase.two_phase_fwd(x, seed=s.seed, stream=s.stream, version=2, init="rademacher",
                                            out_features=N, xa=None, lora_B=None, beta=beta, bias=bias, scale=1.0)
         assert len(generated) == chunks, (M, generated)
         assert_close(y, 1.25 * x.double() @ w64.T + bias.double(), torch.float32, f"two-phase forward M={M}")
+
+
+def test_chunk_rows_at_gpu_sizes():
+    """N = K = 4096 bf16: two chunks up to M = 2048, one from 4096; a wide layer at long
+    sequences stops growing where the float32 product reaches MAX_PRODUCT_BYTES, and the
+    16 MiB rule still holds where it gives more."""
+    rows = seeded_two_phase.chunk_rows
+    assert [rows(4096, 4096, 2, 64, m) for m in (64, 2048, 4096, 8192)] == [2048, 2048, 4096, 4096]
+    assert rows(14336, 4096, 2, 64, 16384) == 4096  # 256 MiB of float32 product
+    assert rows(14336, 4096, 2, 64, 65536) == 2048  # CHUNK_BYTES' rows
 
 
 def test_regimes_follow_the_documented_thresholds():
