@@ -1,8 +1,34 @@
-"""One tolerance table and one verbose comparison, used by every numerical test."""
+"""One tolerance table and one verbose comparison, used by every numerical test; and running
+code compiled rather than interpreted, in a process of its own."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def skip_without_ptxas() -> None:
+    """Skip the calling test module unless Triton and its bundled ptxas are installed (what
+    compiling for sm_90 without a GPU needs)."""
+    triton = pytest.importorskip("triton")
+    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
+        pytest.skip("Triton's bundled ptxas is missing", allow_module_level=True)
+
+
+def run_uninterpreted(*argv: str) -> subprocess.CompletedProcess:
+    """``python argv...`` from the repository root without TRITON_INTERPRET (the test process has
+    it: its kernels are interpreted), asserting success; the stdout and stderr are captured."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
 
 # (rtol, atol) for a kernel result in the given dtype against a float64 reference: about two
 # output ulps plus the spread of fp32 accumulation over the small K used in tests.

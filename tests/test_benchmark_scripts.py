@@ -60,15 +60,9 @@ def test_checkpoint_size_quick_run_writes_what_it_measured(tmp_path):
 
 def test_kernel_report_quick_run_counts_the_shipped_kernels(tmp_path):
     """Compiles for sm_90 in a subprocess without TRITON_INTERPRET (the test process has it)."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+    from .helpers import run_uninterpreted
 
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "-m", "benchmarks.kernel_report", "--quick"], capture_output=True, text=True,
-                         env=env, cwd=Path(__file__).resolve().parent.parent)
-    assert out.returncode == 0, out.stderr[-2000:]
+    out = run_uninterpreted("-m", "benchmarks.kernel_report", "--quick")
     assert "seeded_decode fwd (Gluon, shipped)" in out.stdout and "seeded_decode dx (Gluon, shipped)" in out.stdout
     assert "backbone_gen v2" in out.stdout
 

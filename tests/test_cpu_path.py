@@ -1,25 +1,18 @@
 """The CPU path as a real path: it imports without Triton, compiles with torch.compile's default
 backend, and its forward's temporaries stay well below the dense weight it replaces."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
 
 import lottalora
 
-ROOT = Path(__file__).resolve().parent.parent
+from .helpers import run_uninterpreted
 
 
 def test_import_lottalora_does_not_import_triton():
     code = "import sys, lottalora; print('triton' in sys.modules)"
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT, env=env)
-    assert out.stdout.strip() == "False"
+    assert run_uninterpreted("-c", code).stdout.strip() == "False"
 
 
 def test_torch_compile_with_the_default_backend_trains_on_cpu(monkeypatch):

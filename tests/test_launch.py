@@ -6,27 +6,17 @@ ptxas bundled with Triton and records launches instead of running them (benchmar
 """
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-triton = pytest.importorskip("triton")
-if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
-    pytest.skip("Triton's bundled ptxas is missing", allow_module_level=True)
+from .helpers import run_uninterpreted, skip_without_ptxas
 
-ROOT = Path(__file__).resolve().parent.parent
+skip_without_ptxas()
 
 
 @pytest.fixture(scope="module")
 def probe():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "-m", "tests.launch_probe"], cwd=ROOT, env=env, capture_output=True,
-                         text=True)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(run_uninterpreted("-m", "tests.launch_probe").stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("case", ["epilogue", "scalars", "alignment_constexpr", "gluon", "keywords", "layer"])
@@ -83,10 +73,7 @@ def test_getters_take_any_number_of_positions():
 
 
 def test_host_time_script_times_both_launch_paths(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "-m", "benchmarks.host_time", "--quick", "--out", str(tmp_path)], cwd=ROOT,
-                         env=env, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-3000:]
+    run_uninterpreted("-m", "benchmarks.host_time", "--quick", "--out", str(tmp_path))
     rows = json.loads((tmp_path / "host_time.json").read_text())["rows"]
     launches = {r["case"]: r["triton_launches"] for r in rows}
     assert launches["one epilogue launch"] == 1

@@ -8,26 +8,18 @@ the ptxas bundled with Triton, in a subprocess without TRITON_INTERPRET.
 """
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-triton = pytest.importorskip("triton")
-if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
-    pytest.skip("Triton's bundled ptxas is missing", allow_module_level=True)
+from .helpers import run_uninterpreted, skip_without_ptxas
 
-ROOT = Path(__file__).resolve().parent.parent
+skip_without_ptxas()
 
 
 @pytest.fixture(scope="module")
 def reports():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     code = "import json; from benchmarks.kernel_report import compile_checks; print(json.dumps(compile_checks()))"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = run_uninterpreted("-c", code)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -88,7 +80,6 @@ def test_kernels_never_specialise_on_seed_words():
     """Triton turns an int argument equal to 1 into a compile-time constant (seed=1 gives
     seed_lo = 1): every kernel that takes the seed words opts out, so no seed recompiles or
     changes the code. (Seen on an H100: the decode kernels failed to compile for such seeds.)"""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # jit objects, not interpreted
     code = f"""
 import lottalora_kernels.backbone_gen as gen, lottalora_kernels.seeded_decode as dec
 import lottalora_kernels.seeded_matmul as mat
@@ -100,14 +91,12 @@ for k in kernels:
     assert set({SEED_WORDS!r}) <= skipped, (k.fn.__name__, skipped)
 print("ok")
 """
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+    assert run_uninterpreted("-c", code).stdout.strip().endswith("ok")  # jit objects, not interpreted
 
 
 def test_stream_helpers_compile_with_constant_seed_words():
     """The stream functions also accept seed words that arrive as constants (a kernel compiled
     with them specialised), so a kernel that forgets to opt out still compiles and is right."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     code = f"""
 import benchmarks.kernel_report as kr
 plain = kr._specialise
@@ -118,5 +107,4 @@ kr.compile_generator_v2("bf16")
 kr.compile_generator_v1("gaussian")
 print("ok")
 """
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+    assert run_uninterpreted("-c", code).stdout.strip().endswith("ok")  # jit objects, not interpreted
