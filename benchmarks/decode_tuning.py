@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .results import RESULTS_DIR, write_results
+from .results import RESULTS_DIR, publish
 
 SHAPES = [(m, nk) for nk in (4096, 8192) for m in (1, 16, 32)]
 NUM_WARPS = (2, 4)
@@ -81,9 +81,7 @@ def main(argv=None) -> int:
         table.append(f"| {r['M']} | {r['NK']} | {r['num_warps']} | {r['split_k']} | {r['seconds'] * 1e6:.1f} "
                      f"| {mark} |")
     notes = "Decode forward (kernel with its x @ A^T programs, then the epilogue), bf16, rank 8, CUDA-graph medians."
-    _, md_path = write_results("decode_tuning", rows, "\n".join(table), notes=notes, directory=args.out)
-    print("\n".join(table))
-    print(f"results written to {md_path}")
+    publish("decode_tuning", rows, "\n".join(table), notes=notes, directory=args.out)
     return 0
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .results import RESULTS_DIR, write_results
+from .results import RESULTS_DIR, publish
 
 
 def _per_call_us(cases: dict, calls: int, repeats: int) -> dict:
@@ -211,9 +211,7 @@ def main(argv=None) -> int:
              "run on the CPU on tiny shapes (their dispatch and a little arithmetic, where a GPU host pays a "
              "launch); the two-phase rows split W into as many chunks as an N = K = 4096 bf16 layer at the M named "
              "and take M = 2 rows: the host work depends on M only through the chunk count.")
-    json_path, md_path = write_results("host_time", rows, "\n".join(table), notes=notes, directory=args.out)
-    print("\n".join(table))
-    print(f"results written to {md_path}")
+    publish("host_time", rows, "\n".join(table), notes=notes, directory=args.out)
     return 0
 
 

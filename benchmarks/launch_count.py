@@ -32,7 +32,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import lottalora
 
-from .results import RESULTS_DIR, write_results
+from .results import RESULTS_DIR, publish
 
 # aten ops that launch no kernel on a GPU: allocation, views and metadata.
 _NO_LAUNCH = {
@@ -173,9 +173,7 @@ def main(argv=None) -> int:
              "on a GPU counted by a dispatch mode (float32 CPU tensors, LOTTALORA_BACKEND=triton; regimes as a GPU "
              f"picks them for bf16; W in as many chunks as an N = K = {GPU_NK} bf16 layer). The backward includes "
              "autograd's gradient accumulation.")
-    json_path, md_path = write_results("launch_count", rows, "\n".join(table), notes=notes, directory=args.out)
-    print("\n".join(table))
-    print(f"results written to {md_path}")
+    publish("launch_count", rows, "\n".join(table), notes=notes, directory=args.out)
     return 0
 
 

@@ -38,3 +38,13 @@ def write_results(name: str, rows: list[dict] | dict, table: str, device: str | 
     stamp = ", ".join(f"{k} {v}" for k, v in env.items())
     md_path.write_text(f"# {name}\n\nMeasured: {stamp}.\n\n{notes + chr(10) * 2 if notes else ''}{table}\n")
     return json_path, md_path
+
+
+def publish(name: str, rows: list[dict] | dict, table: str, notes: str = "", directory: Path = RESULTS_DIR,
+            device: str | None = None) -> Path:
+    """``write_results``, then print the table and where it went (a script's last step); returns
+    the markdown's path."""
+    _, md_path = write_results(name, rows, table, device=device, directory=directory, notes=notes)
+    print(table)
+    print(f"results written to {md_path}")
+    return md_path
