@@ -245,4 +245,16 @@ def seeded_linear(
     _check_param("beta", beta, tuple(beta.shape), x)
     _check_lora_input(lora_input, lora_A, x)
     with _autocast_off(device_type):
-        return SeededLinearFunction.apply(x, lora_A, lora_B, beta, bias, spec, float(scale), backend, lora_input)
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                           for t in (x, lora_A, lora_B, beta, bias, lora_input)):
+            return SeededLinearFunction.apply(x, lora_A, lora_B, beta, bias, spec, float(scale), backend, lora_input)
+        return _seeded_linear_forward_only(x, spec, lora_A, lora_B, beta, bias, float(scale), backend, lora_input)
+
+
+def _seeded_linear_forward_only(x, spec, lora_A, lora_B, beta, bias, scale, backend, lora_input):
+    """SeededLinearFunction's forward without its autograd node (no_grad, inference_mode, frozen
+    layers): the same op call, minus the node's host time (eager decode is bound by the host)."""
+    lora_x2d = lora_input.reshape(-1, spec.in_features) if lora_input is not None else None
+    y2d, _, _ = forward_op(backend)(x.reshape(-1, spec.in_features), spec, lora_A, lora_B, beta, bias, scale,
+                                    keep_signs=False, lora_x=lora_x2d)
+    return y2d.reshape(*x.shape[:-1], spec.out_features)

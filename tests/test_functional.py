@@ -69,3 +69,25 @@ def test_float64_stays_float64_under_autocast_as_with_nn_linear():
         assert dense(x).dtype == torch.float64
         y = layer(x)
     assert y.dtype == torch.float64 and torch.equal(y, want)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "frozen"])
+def test_forward_without_autograd_equals_the_autograd_forward(backend, mode, monkeypatch, device):
+    """Without a gradient to track (no_grad, inference_mode, nothing requiring grad) the op runs
+    without its autograd node: the same values, bit for bit, 3-D inputs and a separate adapter
+    input included, and no graph."""
+    monkeypatch.setenv("LOTTALORA_BACKEND", backend)
+    args = _args(device)
+    args["x"] = args["x"].reshape(2, 2, 12)
+    args["lora_input"] = torch.randn(2, 2, 12, device=device)
+    tracked = {k: v.clone().requires_grad_() if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+    want = seeded_linear(**tracked)
+    assert want.grad_fn is not None
+    if mode == "frozen":
+        got = seeded_linear(**args)
+    else:
+        with torch.no_grad() if mode == "no_grad" else torch.inference_mode():
+            got = seeded_linear(**tracked)
+    assert got.grad_fn is None and got.shape == (2, 2, 10)
+    assert torch.equal(got, want.detach())
