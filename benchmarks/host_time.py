@@ -10,7 +10,8 @@ and off.
     python -m benchmarks.host_time [--out DIR] [--quick]
 
 Rows: one Triton launch (the epilogue kernel: its launcher's host work, then the launch); and
-eager layer calls (forward, forward + backward) in the decode regime (M = 1) and the two-phase
+eager layer calls (forward, forward + backward; at M = 1 also a forward in inference mode, as
+eager generation runs it) in the decode regime (M = 1) and the two-phase
 regime (W in as many chunks as an N = K = 4096 bf16 layer gets on a GPU at M = 2048 and at
 M = 8192: two and one; with M = 2, sent there by lowering the decode threshold, since the host
 work depends on M only through the chunk count), beside the
@@ -151,8 +152,13 @@ def layer_cases(m: int, regime: str, gpu_m: int, settings: _Settings, k: int = 2
     setting = {"chunk_bytes": _chunks_as_on_gpu(k, gpu_m) // 2,  # bf16 here
                "decode_max_m": m if regime == "decode" else 0}
     rows, cases = {}, {}
+    def inference(forward):
+        with torch.inference_mode():
+            return forward()
     phases = (("forward", lambda: layer(x), stored),
               ("forward + backward", lambda: step(lambda: layer(x)), lambda: step(stored)))
+    if regime == "decode":  # eager generation: no autograd
+        phases = (("inference forward", lambda: inference(lambda: layer(x)), lambda: inference(stored)), *phases)
     for phase, fn_seeded, fn_stored in phases:
         row = f"M = {m} ({regime}) {phase}" if regime == "decode" else \
             f"two_phase, W chunked as at M = {gpu_m}: {phase}"
