@@ -22,8 +22,9 @@ import math
 import numbers
 
 import torch
+from torch.autograd import forward_ad as _forward_ad
 
-from .backend import backward_dx_op, forward_op, resolve_backend, supported_dtypes
+from .backend import backward_dx_op, direct_call_ok, forward_op, resolve_backend, supported_dtypes
 from .stream import BackboneSpec
 
 DOUBLE_BACKWARD_ERROR = (
@@ -245,10 +246,19 @@ def seeded_linear(
     _check_param("beta", beta, tuple(beta.shape), x)
     _check_lora_input(lora_input, lora_A, x)
     with _autocast_off(device_type):
-        if torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                           for t in (x, lora_A, lora_B, beta, bias, lora_input)):
+        if _needs_autograd_function(x, lora_A, lora_B, beta, bias, lora_input):
             return SeededLinearFunction.apply(x, lora_A, lora_B, beta, bias, spec, float(scale), backend, lora_input)
         return _seeded_linear_forward_only(x, spec, lora_A, lora_B, beta, bias, float(scale), backend, lora_input)
+
+
+def _needs_autograd_function(*tensors: torch.Tensor | None) -> bool:
+    """Whether the op must run as SeededLinearFunction: a gradient to track; an open forward-AD
+    level (dual inputs do not report requires_grad, and the Function refuses them by name where
+    the bare op would drop their tangents); or anything the direct call does not see through
+    (compiling, dispatch modes, DTensor, functorch transforms: ``backend.direct_call_ok``)."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return True
+    return _forward_ad._current_level >= 0 or not direct_call_ok(*tensors)
 
 
 def _seeded_linear_forward_only(x, spec, lora_A, lora_B, beta, bias, scale, backend, lora_input):

@@ -91,3 +91,17 @@ def test_forward_without_autograd_equals_the_autograd_forward(backend, mode, mon
             got = seeded_linear(**tracked)
     assert got.grad_fn is None and got.shape == (2, 2, 10)
     assert torch.equal(got, want.detach())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_forward_ad_dual_inputs_are_refused_even_by_a_frozen_layer(backend, monkeypatch, device):
+    """Dual tensors do not report requires_grad: a frozen layer must still take the autograd
+    Function, which refuses forward-mode AD by name, rather than drop the tangent."""
+    import torch.autograd.forward_ad as fwAD
+
+    monkeypatch.setenv("LOTTALORA_BACKEND", backend)
+    args = _args(device)
+    with fwAD.dual_level():
+        args["x"] = fwAD.make_dual(args["x"], torch.randn_like(args["x"]))
+        with pytest.raises(NotImplementedError, match="jvp"):
+            seeded_linear(**args)
