@@ -100,7 +100,8 @@ def _eager_path():
 
 def _chunks_as_on_gpu(k: int, gpu_m: int = 64) -> int:
     """CHUNK_BYTES for a small float32 layer that splits W into as many chunks as an N = K = 4096
-    bf16 layer does on a GPU with ``gpu_m`` rows of input."""
+    bf16 layer does on a GPU with ``gpu_m`` rows of input. Holds while the small layer's own
+    input stays below that CHUNK_BYTES (M <= 128 at k = 256), as the rows counted here do."""
     from lottalora_kernels import seeded_two_phase, stream_spec
 
     rows = seeded_two_phase.chunk_rows(GPU_NK, GPU_NK, GPU_ELEMENT_SIZE, stream_spec.V2_ROW_SPAN, gpu_m)

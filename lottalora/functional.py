@@ -90,9 +90,11 @@ class SeededLinearFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         create_graph = torch.is_grad_enabled()
+        # Unpacked once: non-reentrant activation checkpointing allows one unpack per saved tensor.
+        saved = ctx.saved_tensors
         with torch.no_grad(), _autocast_off(dy.device.type):
-            grads = _seeded_linear_bwd(ctx, dy)
-        x, _, lora_A, lora_B, beta, _, lora_input = ctx.saved_tensors
+            grads = _seeded_linear_bwd(ctx, saved, dy)
+        x, _, lora_A, lora_B, beta, _, lora_input = saved
         depends_on = [t for t in (dy, x, lora_A, lora_B, beta, lora_input) if t is not None]
         if not create_graph or not any(t.requires_grad for t in depends_on):
             return grads
@@ -104,9 +106,10 @@ class SeededLinearFunction(torch.autograd.Function):
         return tuple(out)
 
 
-def _seeded_linear_bwd(ctx, dy: torch.Tensor) -> tuple:
-    """The first-order gradients (dx, dA, dB, dbeta, dbias, None, None, None, d lora_input)."""
-    x, xa, lora_A, lora_B, beta, packed, lora_input = ctx.saved_tensors
+def _seeded_linear_bwd(ctx, saved: tuple, dy: torch.Tensor) -> tuple:
+    """The first-order gradients (dx, dA, dB, dbeta, dbias, None, None, None, d lora_input);
+    ``saved``: ctx.saved_tensors."""
+    x, xa, lora_A, lora_B, beta, packed, lora_input = saved
     need_dx, need_dA, need_dB, need_dbeta, need_dbias = ctx.needs_input_grad[:5]
     # apply() without lora_input (the op's older eight arguments) gives eight entries.
     need_dlora_input = len(ctx.needs_input_grad) > 8 and ctx.needs_input_grad[8]

@@ -46,7 +46,8 @@ def chunk_rows(total: int, other: int, element_size: int, granule: int, m: int) 
     epilogue launch (~60 us of the VM's host time per chunk and direction, benchmarks.host_time):
     an N = K = 4096 bf16 layer takes W in one chunk from M = 4096 rows on, in two below. The
     transient memory of a chunk is its W buffer plus its float32 product: at most 64 + 256 MiB,
-    and never more than the 16 MiB rule gave at the same M once the product cap binds."""
+    and never more than the 16 MiB rule gave at the same M once the product cap binds (plus a
+    float32 copy of x or dy per chunk where torch.mm has no out_dtype: off CUDA, torch < 2.8)."""
     row_bytes = max(1, other * element_size)
     fit = CHUNK_BYTES // row_bytes
     activation = m * row_bytes

@@ -105,3 +105,14 @@ def test_forward_ad_dual_inputs_are_refused_even_by_a_frozen_layer(backend, monk
         args["x"] = fwAD.make_dual(args["x"], torch.randn_like(args["x"]))
         with pytest.raises(NotImplementedError, match="jvp"):
             seeded_linear(**args)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_func_jvp_is_refused_even_by_a_frozen_layer(backend, monkeypatch, device):
+    """torch.func.jvp wraps its inputs: the op runs as its autograd Function, which has no jvp
+    rule and says so, rather than the bare op returning a zero tangent."""
+    monkeypatch.setenv("LOTTALORA_BACKEND", backend)
+    args = _args(device)
+    x = args.pop("x")
+    with pytest.raises((NotImplementedError, RuntimeError)):
+        torch.func.jvp(lambda xx: seeded_linear(xx, **args), (x,), (torch.randn_like(x),))
