@@ -209,7 +209,7 @@ def seeded_linear_ref_fwd(
     packed: v2's packed signs for the backward when ``keep_signs`` (else None)."""
     cdt = _compute_dtype(x.dtype)
     packed = packed_signs(spec, x.device) if spec.version == 2 else None
-    if packed is not None and x.shape[0] <= V2_TABLE_GEMV_MAX_M:
+    if packed is not None and 0 < x.shape[0] <= V2_TABLE_GEMV_MAX_M:  # no rows: the blocked product
         acc = _v2_table_gemv(x.to(cdt), spec, packed)
     else:
         acc = _blocked_product(x, _weight_blocks(spec, x.dtype, x.device, packed), spec.out_features)

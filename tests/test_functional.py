@@ -116,3 +116,17 @@ def test_torch_func_jvp_is_refused_even_by_a_frozen_layer(backend, monkeypatch, 
     x = args.pop("x")
     with pytest.raises((NotImplementedError, RuntimeError)):
         torch.func.jvp(lambda xx: seeded_linear(xx, **args), (x,), (torch.randn_like(x),))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_empty_batch_gives_empty_outputs_and_zero_gradients(backend, version, monkeypatch, device):
+    monkeypatch.setenv("LOTTALORA_BACKEND", backend)
+    layer = lottalora.Linear(12, 10, rank=3, stream_version=version).to(device)
+    x = torch.randn(2, 0, 12, device=device, requires_grad=True)
+    y = layer(x)
+    assert y.shape == (2, 0, 10)
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+    for p in (layer.lora_A, layer.lora_B, layer.beta, layer.bias):
+        assert torch.equal(p.grad, torch.zeros_like(p))
