@@ -65,8 +65,9 @@ def forward_op(backend: str):
     (its implementation directly when ``direct_call_ok``: same code, less dispatch)."""
     from .ops import seeded_linear_fwd_impl, seeded_linear_fwd_op, spec_words
 
-    def run(x, spec, lora_A, lora_B, beta, bias, scale, keep_signs=False, lora_x=None):
-        direct = direct_call_ok(x, lora_A, lora_B, beta, bias, lora_x)
+    def run(x, spec, lora_A, lora_B, beta, bias, scale, keep_signs=False, lora_x=None, direct=None):
+        if direct is None:  # a caller that has just asked passes its answer
+            direct = direct_call_ok(x, lora_A, lora_B, beta, bias, lora_x)
         op = seeded_linear_fwd_impl if direct else seeded_linear_fwd_op
         y, xa, packed = op(x, lora_A, lora_B, beta, bias, spec_words(spec), spec.out_features, spec.init,
                            spec.version, scale, backend, keep_signs, lora_x)

@@ -266,8 +266,8 @@ def _needs_autograd_function(*tensors: torch.Tensor | None) -> bool:
 
 def _seeded_linear_forward_only(x, spec, lora_A, lora_B, beta, bias, scale, backend, lora_input):
     """SeededLinearFunction's forward without its autograd node (no_grad, inference_mode, frozen
-    layers): the same op call, minus the node's host time (eager decode is bound by the host)."""
+    layers; called only where direct_call_ok held): the same op call, minus the node's host time."""
     lora_x2d = lora_input.reshape(-1, spec.in_features) if lora_input is not None else None
     y2d, _, _ = forward_op(backend)(x.reshape(-1, spec.in_features), spec, lora_A, lora_B, beta, bias, scale,
-                                    keep_signs=False, lora_x=lora_x2d)
+                                    keep_signs=False, lora_x=lora_x2d, direct=True)
     return y2d.reshape(*x.shape[:-1], spec.out_features)

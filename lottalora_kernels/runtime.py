@@ -119,6 +119,15 @@ def fp32_input_precision() -> str:
     return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
 
 
+def narrowed(t: torch.Tensor | None, dim: int, start: int, stop: int) -> torch.Tensor | None:
+    """t[start:stop] along ``dim`` (None stays None), or t itself when that is all of it: the
+    launchers slice per chunk of rows or of W, usually one chunk covering everything, and each
+    view costs the host a few microseconds per call."""
+    if t is None or (start == 0 and stop == t.shape[dim]):
+        return t
+    return t.narrow(dim, start, stop - start)
+
+
 def cdiv(a: int, b: int) -> int:
     """Ceiling division for launch arithmetic. triton.cdiv is a constexpr function since Triton
     3.9, about 5 us per host call: the two-phase input gradient made 12 of them per call."""

@@ -57,7 +57,7 @@ from .epilogue import dbeta_total, seeded_epilogue
 from .launch import launch
 from .philox import PHILOX_ROUNDS
 from .runtime import (_TL_DTYPES, backbone_scalars, capability_major, cdiv, dot_dtype, fp32_input_precision, gl,
-                      gluon_available, gluon_jit, is_interpreting, new_output, run_fast_path, sm_count)
+                      gluon_available, gluon_jit, is_interpreting, narrowed, new_output, run_fast_path, sm_count)
 from .stream_v2 import v2_sign_pairs, v2_signs, v2_words_at, warp_span_rows
 
 SPAN_COLS = tl.constexpr(spec.V2_COL_SPAN)  # columns of W per main-loop step: one call span
@@ -364,10 +364,10 @@ def seeded_decode_fwd(
     xa = new_output((M, rank), x.dtype, x.device) if lora_A is not None else None
     for r0, r1 in _row_chunks(M):
         partial, xa_partial = _partial_products(
-            x[r0:r1], transposed=False, n_out=out_features, seed=seed, stream=stream, fast=fast, num_warps=num_warps,
-            split_k=split_k, lora_A=lora_A, lora_x=lora_x[r0:r1] if lora_x is not None else None)
-        seeded_epilogue(partial, out[r0:r1], beta=beta, value_scale=spec.backbone_std(K), lo=xa_partial,
-                        lmat=lora_B, lora_scale=scale, bias=bias, lo_out=xa[r0:r1] if rank else None)
+            narrowed(x, 0, r0, r1), transposed=False, n_out=out_features, seed=seed, stream=stream, fast=fast,
+            num_warps=num_warps, split_k=split_k, lora_A=lora_A, lora_x=narrowed(lora_x, 0, r0, r1))
+        seeded_epilogue(partial, narrowed(out, 0, r0, r1), beta=beta, value_scale=spec.backbone_std(K), lo=xa_partial,
+                        lmat=lora_B, lora_scale=scale, bias=bias, lo_out=narrowed(xa, 0, r0, r1) if rank else None)
     return out, xa
 
 
@@ -389,12 +389,12 @@ def seeded_decode_bwd_dx(
     std = spec.backbone_std(in_features)
     dbeta_partials = []
     for r0, r1 in _row_chunks(M):
-        partial, _ = _partial_products(dy[r0:r1], transposed=True, n_out=in_features, seed=seed, stream=stream,
-                                       fast=fast, num_warps=num_warps, split_k=split_k)
+        partial, _ = _partial_products(narrowed(dy, 0, r0, r1), transposed=True, n_out=in_features, seed=seed,
+                                       stream=stream, fast=fast, num_warps=num_warps, split_k=split_k)
         partial_dbeta = seeded_epilogue(
-            partial, dx[r0:r1] if dx is not None else None, beta=beta, value_scale=std,
-            lo=dy_b[r0:r1] if dy_b is not None else None, lmat=lora_A.T if lora_A is not None else None,
-            lora_scale=scale, x_for_dbeta=x_for_dbeta[r0:r1] if x_for_dbeta is not None else None)
+            partial, narrowed(dx, 0, r0, r1), beta=beta, value_scale=std, lo=narrowed(dy_b, 0, r0, r1),
+            lmat=lora_A.T if lora_A is not None else None, lora_scale=scale,
+            x_for_dbeta=narrowed(x_for_dbeta, 0, r0, r1))
         if partial_dbeta is not None:
             dbeta_partials.append(partial_dbeta)
     return dx, (dbeta_total(dbeta_partials, dy.device) if x_for_dbeta is not None else None)

@@ -28,7 +28,7 @@ import torch
 from . import stream_spec as spec
 from .backbone_gen import generate_backbone
 from .epilogue import dbeta_total, seeded_epilogue
-from .runtime import new_output
+from .runtime import narrowed, new_output
 
 CHUNK_BYTES = 16 * 2**20
 MAX_CHUNK_BYTES = 64 * 2**20
@@ -55,14 +55,6 @@ def chunk_rows(total: int, other: int, element_size: int, granule: int, m: int) 
         grown = min(activation, MAX_CHUNK_BYTES) // row_bytes
         fit = max(fit, min(grown, MAX_PRODUCT_BYTES // max(1, 4 * m)))
     return min(total, max(granule, fit // granule * granule))
-
-
-def _span(t: torch.Tensor | None, dim: int, start: int, stop: int) -> torch.Tensor | None:
-    """t[start:stop] along ``dim``, or t itself when that is all of it: at large M W comes in one
-    chunk, and each view costs the host a few microseconds per call."""
-    if t is None or (start == 0 and stop == t.shape[dim]):
-        return t
-    return t.narrow(dim, start, stop - start)
 
 
 def _generate(buf, *, seed, stream, version, init, in_features, rows, cols):
@@ -109,10 +101,11 @@ def two_phase_fwd(
     buf = torch.empty((rows, K), dtype=x.dtype, device=x.device)
     for n0 in range(0, N, rows):
         n1 = min(n0 + rows, N)
-        w = _span(buf, 0, 0, n1 - n0)
+        w = narrowed(buf, 0, 0, n1 - n0)
         _generate(w, seed=seed, stream=stream, version=version, init=init, in_features=K, rows=(n0, n1), cols=(0, K))
-        seeded_epilogue(_matmul_fp32(x, w.t()), _span(out, 1, n0, n1), beta=beta, value_scale=_value_scale(version, K),
-                        lo=xa, lmat=_span(lora_B, 0, n0, n1), lora_scale=scale, bias=_span(bias, 0, n0, n1))
+        seeded_epilogue(_matmul_fp32(x, w.t()), narrowed(out, 1, n0, n1), beta=beta,
+                        value_scale=_value_scale(version, K), lo=xa, lmat=narrowed(lora_B, 0, n0, n1),
+                        lora_scale=scale, bias=narrowed(bias, 0, n0, n1))
     return out
 
 
@@ -136,12 +129,12 @@ def two_phase_bwd_dx(
     partials = []
     for k0 in range(0, K, cols):
         k1 = min(k0 + cols, K)
-        w = _span(buf, 1, 0, k1 - k0)
+        w = narrowed(buf, 1, 0, k1 - k0)
         _generate(w, seed=seed, stream=stream, version=version, init=init, in_features=K, rows=(0, N), cols=(k0, k1))
         partial = seeded_epilogue(
-            _matmul_fp32(dy, w), _span(dx, 1, k0, k1), beta=beta, value_scale=value_scale, lo=dy_b,
-            lmat=_span(lora_A, 1, k0, k1).t() if lora_A is not None else None, lora_scale=scale,
-            x_for_dbeta=_span(x_for_dbeta, 1, k0, k1))
+            _matmul_fp32(dy, w), narrowed(dx, 1, k0, k1), beta=beta, value_scale=value_scale, lo=dy_b,
+            lmat=narrowed(lora_A, 1, k0, k1).t() if lora_A is not None else None, lora_scale=scale,
+            x_for_dbeta=narrowed(x_for_dbeta, 1, k0, k1))
         if partial is not None:
             partials.append(partial)
     dbeta = dbeta_total(partials, dy.device) if x_for_dbeta is not None else None
