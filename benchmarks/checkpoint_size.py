@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .results import RESULTS_DIR, write_results
+from .harness.results import RESULTS_DIR, write_results
 
 MIB = 2**20
 FULL_CONFIGS = ["374M", "1.26B", "2.7B"]
@@ -28,7 +28,7 @@ def measure_one(name: str) -> dict:
 
     import lottalora
 
-    from .llama import build, parameter_count
+    from .harness.llama import build, parameter_count
 
     model = build(name, "lottalora", dtype=torch.bfloat16)
     with tempfile.TemporaryDirectory() as tmp:

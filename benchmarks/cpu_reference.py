@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .results import write_results
+from .harness.results import write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 # The peak resident memory a forward adds, in a fresh process: the layer and input are made and

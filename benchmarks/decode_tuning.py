@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .results import RESULTS_DIR, publish
+from .harness.results import RESULTS_DIR, publish
 
 SHAPES = [(m, nk) for nk in (4096, 8192) for m in (1, 16, 32)]
 NUM_WARPS = (2, 4)
@@ -27,8 +27,8 @@ SPLITS = (4, 8, 16, 32, 64)
 def tune_shape(m: int, nk: int, timer, device: str = "cuda") -> list[dict]:
     """Rows of (M, NK, num_warps, split_k, default, seconds, best) for one shape; ``timer(fn)``
     gives fn's seconds."""
-    from lottalora_kernels import seeded_decode
-    from lottalora_kernels import stream_spec as spec
+    from lottalora_kernels.seeded_linear import decode as seeded_decode
+    from lottalora_kernels.stream import spec
 
     dtype, device = torch.bfloat16, torch.device(device)
     x = torch.randn(m, nk, device=device, dtype=dtype)
@@ -38,7 +38,7 @@ def tune_shape(m: int, nk: int, timer, device: str = "cuda") -> list[dict]:
     beta = torch.tensor(1.0, device=device)
 
     def forward(num_warps=None, split_k=None):
-        return seeded_decode.seeded_decode_fwd(x, seed=1, stream=0, out_features=nk, lora_A=A, lora_B=B, beta=beta,
+        return seeded_decode.decode_fwd(x, seed=1, stream=0, out_features=nk, lora_A=A, lora_B=B, beta=beta,
                                                bias=bias, scale=0.5, num_warps=num_warps, split_k=split_k)
     n_spans = -(-nk // spec.V2_COL_SPAN)
     # What the launches really run: a split count is rounded so that no split is empty.
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     def timer(fn):
         return do_bench_cudagraph(fn, rep=100, return_mode="median") * 1e-3
     rows = [row for m, nk in SHAPES for row in tune_shape(m, nk, timer)]
-    from lottalora_kernels.runtime import gluon_failed
+    from lottalora_kernels.gluon import gluon_failed
 
     if gluon_failed("seeded_decode"):  # every row after the failure timed the plain-Triton twin
         parser.error("the Gluon decode kernel did not compile here: these rows would time its twin")

@@ -1,6 +1,6 @@
 """Bytes moved per FSDP2 training step: a converted LLaMA against the same model with stored weights.
 
-For LLaMA-style configs (benchmarks/llama.py), each variant is built identically on 2 CPU ranks
+For LLaMA-style configs (benchmarks/harness/llama.py), each variant is built identically on 2 CPU ranks
 (gloo), wrapped by ``fully_shard`` per decoder layer and at the root (FSDP2's defaults: layers
 reshard after forward, the root does not), and trained for two AdamW steps on batch 1 x 32
 tokens. Every collective is counted by a TorchDispatchMode on the c10d ops (CPU only: on CUDA
@@ -23,51 +23,16 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from .ranks import run_on_ranks, serve_as_rank
-from .results import RESULTS_DIR, write_results
+from lottalora.distributed.collectives import CollectiveCounter
+
+from .harness.ranks import run_on_ranks, serve_as_rank
+from .harness.results import RESULTS_DIR, write_results
 
 FULL_CONFIGS = ["35M", "134M", "374M"]
 VARIANTS = ("full", "lora", "lottalora")
 SEQ, STEPS = 32, 2
 MIB = 2**20
-_ALL_GATHERS = {"_allgather_base_", "allgather_", "allgather_into_tensor_coalesced_"}
-_REDUCE_SCATTERS = {"_reduce_scatter_base_", "reduce_scatter_", "reduce_scatter_tensor_coalesced_"}
-
-
-def _tensor_bytes(value) -> int:
-    leaves = torch.utils._pytree.tree_leaves(value)
-    return sum(t.numel() * t.element_size() for t in leaves if isinstance(t, torch.Tensor))
-
-
-class CollectiveCounter(TorchDispatchMode):
-    """Counts the c10d collectives run while active: ``ops`` lists (kind, op name, bytes, numel)
-    with kind "all_gather" (bytes of the output), "reduce_scatter" (bytes of the input) or
-    "other" (bytes of every tensor argument)."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops: list[tuple[str, str, int, int]] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func.namespace == "c10d":
-            name = func._opname
-            if name in _ALL_GATHERS:
-                kind, side = "all_gather", args[0]
-            elif name in _REDUCE_SCATTERS:
-                kind, side = "reduce_scatter", args[1]
-            else:
-                kind, side = "other", (args, kwargs)
-            numel = sum(t.numel() for t in torch.utils._pytree.tree_leaves(side) if isinstance(t, torch.Tensor))
-            self.ops.append((kind, name, _tensor_bytes(side), numel))
-        return func(*args, **kwargs)
-
-    def total(self, kind: str) -> int:
-        return sum(b for k, _, b, _ in self.ops if k == kind)
-
-
 def shard_llama(model) -> None:
     """fully_shard each decoder layer, then the root (FSDP2's usual wrapping)."""
     from torch.distributed.fsdp import fully_shard
@@ -79,7 +44,7 @@ def shard_llama(model) -> None:
 
 def measure_rank(rank: int, world_size: int, config: str, variant: str) -> dict:
     """Build, shard and train ``variant`` of ``config`` on this rank; the collectives of each step."""
-    from .llama import build, parameter_count
+    from .harness.llama import build, parameter_count
 
     torch.manual_seed(0)
     model = build(config, variant)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What a lent GPU should run for lottalora, in parts that each fit one 10-minute device call.
 # The device image has torch, Triton and every dependency; run from the repository root:
-#   bash benchmarks/gpu_session.sh tests   # tests/test_gpu.py: Gluon paths bit-exact, every regime vs float64 (~4 min)
+#   bash benchmarks/gpu_session.sh tests   # tests/kernels/test_gpu.py: Gluon paths bit-exact, every regime vs float64 (~4 min)
 #   bash benchmarks/gpu_session.sh kernels # the kernel test files on the GPU (~5 min)
 #   bash benchmarks/gpu_session.sh bench   # benchmarks.speed (regimes vs cuBLAS + LoRA, graphs, generation rates)
 #   bash benchmarks/gpu_session.sh memory  # benchmarks.memory on the GPU
@@ -24,11 +24,11 @@ case "${1:-}" in
   tests)
     # The large-index test runs in its own process: an illegal memory access poisons the CUDA
     # context, and every later test in that process fails with it (seen on the first H100 run).
-    python3 -m pytest -q -rs tests/test_gpu.py -k "not large_index" 2>&1 | tee "$out/pytest_gpu.log"
-    python3 -m pytest -q -rs tests/test_gpu.py -k large_index 2>&1 | tee -a "$out/pytest_gpu.log" ;;
+    python3 -m pytest -q -rs tests/kernels/test_gpu.py -k "not large_index" 2>&1 | tee "$out/pytest_gpu.log"
+    python3 -m pytest -q -rs tests/kernels/test_gpu.py -k large_index 2>&1 | tee -a "$out/pytest_gpu.log" ;;
   kernels)
-    python3 -m pytest -q -rs tests/test_seeded_decode.py tests/test_seeded_two_phase.py \
-      tests/test_backbone_kernels.py tests/test_autograd.py 2>&1 | tee "$out/pytest_kernels.log" ;;
+    python3 -m pytest -q -rs tests/kernels/test_decode.py tests/kernels/test_two_phase.py \
+      tests/kernels/test_backbone_gen.py tests/ops/test_autograd.py 2>&1 | tee "$out/pytest_kernels.log" ;;
   bench)
     python3 -m benchmarks.speed --out "$out" 2>&1 | tee "$out/speed.log" ;;
   memory)

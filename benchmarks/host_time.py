@@ -3,7 +3,7 @@
 On the H100 machine an eager training step at M = 8192, N = K = 4096 was bound by the host, not
 the GPU (benchmarks/NOTES.md): each Triton launch costs tens of microseconds of Python before
 the driver call. This script runs the real launch path, Triton's and lottalora's, on a fake
-CUDA driver (``benchmarks.fake_cuda``: kernels compile for sm_90, launches are recorded and never
+CUDA driver (``lottalora_kernels.tools.fake_cuda``: kernels compile for sm_90, launches are recorded and never
 run; tensors stay on the CPU) and times it with ``lottalora_kernels.launch``'s direct launches on
 and off.
 
@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .results import RESULTS_DIR, publish
+from .harness.results import RESULTS_DIR, publish
 
 
 def _per_call_us(cases: dict, calls: int, repeats: int) -> dict:
@@ -62,9 +62,9 @@ class _Settings:
     threshold), applied before each of its batches and restored at the end."""
 
     def __init__(self):
-        from lottalora_kernels import dispatch, seeded_two_phase
+        from lottalora_kernels.seeded_linear import dispatch, two_phase
 
-        self.modules = [(seeded_two_phase, "CHUNK_BYTES"), (dispatch, "DECODE_MAX_M")]
+        self.modules = [(two_phase, "CHUNK_BYTES"), (dispatch, "DECODE_MAX_M")]
         if _has_direct_launch():
             from lottalora_kernels import launch
 
@@ -72,10 +72,10 @@ class _Settings:
         self.saved = [(module, name, getattr(module, name)) for module, name in self.modules]
 
     def setup(self, direct: bool = True, chunk_bytes: int | None = None, decode_max_m: int | None = None):
-        from lottalora_kernels import dispatch, seeded_two_phase
+        from lottalora_kernels.seeded_linear import dispatch, two_phase
 
         def apply():
-            seeded_two_phase.CHUNK_BYTES = chunk_bytes if chunk_bytes is not None else self.saved[0][2]
+            two_phase.CHUNK_BYTES = chunk_bytes if chunk_bytes is not None else self.saved[0][2]
             dispatch.DECODE_MAX_M = decode_max_m if decode_max_m is not None else self.saved[1][2]
             if _has_direct_launch():
                 from lottalora_kernels import launch
@@ -91,14 +91,14 @@ class _Settings:
 @contextlib.contextmanager
 def _triton_backend_on_cpu():
     """The layer's Triton backend for CPU tensors (its launches go to the fake driver)."""
-    from lottalora import functional
+    from lottalora.ops import checks
 
-    saved = functional.resolve_backend
-    functional.resolve_backend = lambda device: "triton"
+    saved = checks.resolve_backend
+    checks.resolve_backend = lambda device: "triton"
     try:
         yield
     finally:
-        functional.resolve_backend = saved
+        checks.resolve_backend = saved
 
 
 def _seeded_cases(row: str, fn, settings: _Settings, **setting) -> dict:
@@ -111,7 +111,7 @@ def _seeded_cases(row: str, fn, settings: _Settings, **setting) -> dict:
 
 def launch_cases(settings: _Settings) -> tuple[dict, dict]:
     """One epilogue launch: the launcher's host work, then the launch."""
-    from lottalora_kernels.epilogue import seeded_epilogue
+    from lottalora_kernels.seeded_linear.epilogue import seeded_epilogue
 
     m, n, r = 64, 128, 8
     acc, out = torch.randn(m, n), torch.empty(m, n, dtype=torch.bfloat16)
@@ -131,9 +131,9 @@ def layer_cases(m: int, regime: str, gpu_m: int, settings: _Settings, k: int = 2
     two-phase path's host work depends on M only through the chunk count: a few rows keep the
     CPU's arithmetic in its aten ops (which a GPU host only launches) small."""
     import lottalora
+    from lottalora_kernels.tools.fake_cuda import recording
 
-    from .fake_cuda import recording
-    from .launch_count import _chunks_as_on_gpu
+    from .harness.chunks import chunk_bytes_as_on_gpu
 
     torch.manual_seed(0)
     layer = lottalora.Linear(k, k, rank=rank, alpha=rank / 2, seed=1).to(torch.bfloat16)
@@ -149,7 +149,7 @@ def layer_cases(m: int, regime: str, gpu_m: int, settings: _Settings, k: int = 2
 
     def step(forward):
         torch.autograd.backward(forward(), dy)
-    setting = {"chunk_bytes": _chunks_as_on_gpu(k, gpu_m) // 2,  # bf16 here
+    setting = {"chunk_bytes": chunk_bytes_as_on_gpu(k, gpu_m) // 2,  # bf16 here
                "decode_max_m": m if regime == "decode" else 0}
     rows, cases = {}, {}
     def inference(forward):
@@ -178,7 +178,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise SystemExit("benchmarks.host_time times the compiled launch path: run it without TRITON_INTERPRET")
-    from .fake_cuda import fake_cuda
+    from lottalora_kernels.tools.fake_cuda import fake_cuda
 
     calls, repeats = (20, 3) if args.quick else (100, 31)
     torch.set_num_threads(1)
@@ -212,8 +212,8 @@ def main(argv=None) -> int:
         table.append(f"| {r['case']} | {r['triton_launches']} | {r['triton_launch_us']:.1f} | "
                      f"{r.get('direct_launch_us', math.nan):.1f} | {stored} |")
     notes = ("Host time per eager call on a fake CUDA driver (kernels compiled for sm_90, launches recorded, never "
-             "run; benchmarks.fake_cuda), the fastest of 31 batches of 100 calls interleaved over all cases, one "
-             "thread, bf16, k = 256, rank 8. Aten ops "
+             "run; lottalora_kernels.tools.fake_cuda), the fastest of 31 batches of 100 calls interleaved over all "
+             "cases, one thread, bf16, k = 256, rank 8. Aten ops "
              "run on the CPU on tiny shapes (their dispatch and a little arithmetic, where a GPU host pays a "
              "launch); the two-phase rows split W into as many chunks as an N = K = 4096 bf16 layer at the M named "
              "and take M = 2 rows: the host work depends on M only through the chunk count.")

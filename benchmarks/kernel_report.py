@@ -16,24 +16,19 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
-import subprocess
-import tempfile
-from collections import Counter
-from pathlib import Path
 
-import triton
-import triton.language as tl
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+from lottalora_kernels.seeded_linear.decode import MAX_M as DECODE_MAX_M
+from lottalora_kernels.seeded_linear.one_pass_v1 import AUTOTUNE_CONFIGS
+from lottalora_kernels.stream import spec
+from lottalora_kernels.tools.sass import (
+    compile_decode_v2,
+    compile_generator_v1,
+    compile_generator_v2,
+    compile_one_pass_v1,
+    inspect,
+)
 
-from lottalora_kernels import stream_spec as spec
-from lottalora_kernels.backbone_gen import _backbone_gen_kernel, _backbone_gen_v2_kernel
-from lottalora_kernels.seeded_decode import MAX_M as DECODE_MAX_M
-from lottalora_kernels.seeded_decode import _seeded_decode_dx_kernel, _seeded_decode_fwd_kernel
-from lottalora_kernels.seeded_matmul import AUTOTUNE_CONFIGS, _seeded_matmul_kernel
-
-from .results import write_results
+from .harness.results import write_results
 
 # H100 SXM: 132 SMs x 4 schedulers x 32 lanes x 1.83 GHz thread-instructions/s (the issue rate,
 # a ceiling for any mix; IMAD and LOP3 run on separate half-rate pipes), HBM3 bytes/s, dense
@@ -43,204 +38,6 @@ HBM_BYTES_PER_S = 3.35e12
 TC_FLOPS = 989.4e12
 PREDICT_NK = 4096
 PREDICT_M = (1, 8192)
-# The CI gate (tests/test_sm90_compile.py): stream v2's decode forward, the issue-9 target.
-DECODE_BUDGET_SASS_PER_VALUE = 4.0
-
-_TL = {"fp32": tl.float32, "fp16": tl.float16, "bf16": tl.bfloat16}
-
-
-def _bin_dir() -> Path:
-    return Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
-
-
-def _target(arch: int) -> GPUTarget:
-    return GPUTarget("cuda", arch, 32)
-
-
-def _specialise(sig: dict, divisible: list[str], unit: list[str], constexprs: dict) -> dict:
-    """Mark ``divisible`` arguments 16-divisible and turn ``unit`` ones into the constant 1, as
-    Triton does for the arguments of a contiguous launch. Returns ASTSource attrs."""
-    for name in unit:
-        sig[name] = "constexpr"
-        constexprs[name] = 1
-    index = {name: i for i, name in enumerate(sig)}
-    return {(index[name],): [["tt.divisibility", 16]] for name in divisible}
-
-
-def compile_seeded_matmul(forward: bool, dtype: str, config: dict, init: str = "gaussian", arch: int = 90,
-                          num_warps: int = 4, num_stages: int = 3):
-    """Stream v1's one-pass kernel: forward (x @ W^T) or input gradient (+ dbeta), one config."""
-    sig = {name: f"*{dtype}" for name in ["a_ptr", "lo_ptr", "lmat_ptr", "bias_ptr"]}
-    sig.update(beta_ptr="*fp32", out_ptr=f"*{dtype}", x_ptr=f"*{dtype}", dbeta_ptr="*fp32")
-    sig.update({n: "i32" for n in ["M", "P", "Q", "R", "stride_am", "stride_aq", "stride_lom", "stride_lor",
-                                   "stride_lmr", "stride_lmp", "stride_om", "stride_op", "stride_xm", "stride_xp",
-                                   "seed_lo", "seed_hi", "stream_lo", "stream_hi"]})
-    sig.update(value_scale="fp32", lora_scale="fp32", M_BUCKET="i32")
-    constexprs = dict(W_TRANSPOSED=forward, INIT=spec.INIT_CODES[init], HAS_LORA=True, HAS_BIAS=forward,
-                      WRITE_OUT=True, DBETA=not forward, DOT_DTYPE=_TL[dtype], INPUT_PRECISION="ieee",
-                      BLOCK_R=16, **config)
-    sig.update({name: "constexpr" for name in constexprs})
-    attrs = _specialise(sig, ["a_ptr", "lo_ptr", "lmat_ptr", "bias_ptr", "out_ptr", "x_ptr", "P", "Q", "stride_am",
-                              "stride_om", "stride_xm", "stride_lmp" if not forward else "stride_lmr"],
-                        ["stride_aq", "stride_lor", "stride_op", "stride_xp",
-                         "stride_lmr" if not forward else "stride_lmp"], constexprs)
-    return triton.compile(ASTSource(_seeded_matmul_kernel, sig, constexprs=constexprs, attrs=attrs),
-                          target=_target(arch),
-                          options={"enable_fp_fusion": False, "num_warps": num_warps, "num_stages": num_stages})
-
-
-def compile_decode_v2(dtype: str = "bf16", num_warps: int = 4, m_pad: int = 8, rounds: int = spec.PHILOX_ROUNDS,
-                      arch: int = 90, direction: str = "fwd"):
-    """Stream v2's Gluon decode kernel (seeded_decode), forward ("fwd", x @ W^T) or input
-    gradient ("dx", dy @ W), as launched for a contiguous x or dy."""
-    from triton.experimental.gluon._runtime import GluonASTSource
-
-    if direction == "fwd":  # with lora_A: the launch that also makes x @ A^T (a rank of 16 here)
-        sig = {"x_ptr": f"*{dtype}", "partial_ptr": "*fp32", "xl_ptr": f"*{dtype}", "a_ptr": f"*{dtype}",
-               "xa_partial_ptr": "*fp32"}
-        ints = ["M", "N", "K", "R", "stride_xm", "stride_xk", "stride_xlm", "stride_xlk", "stride_ar", "stride_ak"]
-        divisible = ["x_ptr", "partial_ptr", "xl_ptr", "a_ptr", "xa_partial_ptr", "N", "K", "R", "stride_xm",
-                     "stride_xlm", "stride_ar"]
-        unit = ["stride_xk", "stride_xlk", "stride_ak"]
-        tail = ["n_w_blocks"]
-    else:
-        sig = {"dy_ptr": f"*{dtype}", "partial_ptr": "*fp32"}
-        ints = ["M", "N", "K", "stride_dym", "stride_dyn"]
-        divisible, unit, tail = ["dy_ptr", "partial_ptr", "N", "K", "stride_dym"], ["stride_dyn"], []
-    sig.update({n: "i32" for n in [*ints, "seed_lo", "seed_hi", "stream_lo", "stream_hi", "spans_per_split", *tail]})
-    constexprs = dict(NUM_WARPS=num_warps, M_PAD=m_pad, DTYPE=_TL[dtype], N_ROUNDS=rounds)
-    sig.update({name: "constexpr" for name in constexprs})
-    attrs = _specialise(sig, divisible, unit, constexprs)
-    kernel = _seeded_decode_fwd_kernel if direction == "fwd" else _seeded_decode_dx_kernel
-    return triton.compile(GluonASTSource(kernel, sig, constexprs=constexprs, attrs=attrs),
-                          target=_target(arch), options={"num_warps": num_warps})
-
-
-def compile_epilogue(dtype: str = "bf16", block_m: int = 4, block_n: int = 32, n_splits: int = 32,
-                     lo_splits: int = 32, arch: int = 90, num_warps: int = 4, dbeta: bool = False):
-    """The shared epilogue (epilogue.py) as a decode forward launches it: split-K partial sums of
-    the backbone product and of x @ A^T, LoRA, bias, x @ A^T written out (``dbeta``: the input
-    gradient's launch instead, with dbeta partials and no x @ A^T out)."""
-    from lottalora_kernels.epilogue import R_UNROLL, _seeded_epilogue_kernel, _split_block
-    from lottalora_kernels.runtime import next_power_of_2
-
-    sig = {"acc_ptr": "*fp32", "lo_ptr": "*fp32" if lo_splits > 1 else f"*{dtype}", "lmat_ptr": f"*{dtype}",
-           "bias_ptr": f"*{dtype}", "beta_ptr": "*fp32", "out_ptr": f"*{dtype}", "x_ptr": f"*{dtype}",
-           "dbeta_ptr": "*fp32", "lo_out_ptr": f"*{dtype}"}
-    sig.update({n: "i32" for n in ["M", "N", "R", "n_splits", "lo_splits", "stride_as", "stride_am", "stride_an",
-                                   "stride_los", "stride_lom", "stride_lor", "stride_lmn", "stride_lmr",
-                                   "stride_om", "stride_on", "stride_xm", "stride_xn"]})
-    sig.update(value_scale="fp32", lora_scale="fp32")
-    constexprs = dict(HAS_LORA=True, HAS_BIAS=not dbeta, WRITE_OUT=True, DBETA=dbeta, WRITE_LO=not dbeta,
-                      BLOCK_M=block_m, BLOCK_N=block_n, SPLIT_BLOCK=_split_block(n_splits, block_m * block_n),
-                      LO_SPLIT_BLOCK=next_power_of_2(lo_splits), R_UNROLL=R_UNROLL)
-    sig.update({name: "constexpr" for name in constexprs})
-    attrs = _specialise(sig, ["acc_ptr", "lo_ptr", "lmat_ptr", "out_ptr", "N", "stride_as", "stride_am", "stride_om",
-                              "stride_los"], ["stride_an", "stride_lor", "stride_on", "stride_lmr"], constexprs)
-    return triton.compile(ASTSource(_seeded_epilogue_kernel, sig, constexprs=constexprs, attrs=attrs),
-                          target=_target(arch), options={"num_warps": num_warps})
-
-
-# The epilogue's launches with the largest per-program loads: decode tiles (tile_shape narrows
-# them as splits grow) and the two-phase 32 x 128 tile, forward and input gradient.
-EPILOGUE_CASES = {
-    "decode fwd, 32 splits": dict(block_m=4, block_n=32, n_splits=32, lo_splits=32),
-    "decode fwd, 64 splits": dict(block_m=2, block_n=32, n_splits=64, lo_splits=64),
-    "decode dx, 32 splits": dict(block_m=4, block_n=32, n_splits=32, lo_splits=1, dbeta=True),
-    "two-phase fwd": dict(block_m=32, block_n=128, n_splits=1, lo_splits=1),
-    "two-phase dx": dict(block_m=32, block_n=128, n_splits=1, lo_splits=1, dbeta=True),
-}
-
-
-def compile_generator_v2(dtype: str = "bf16", num_warps: int = 4, arch: int = 90):
-    """Stream v2's Gluon generator (backbone_gen), writing signs into a row-major chunk."""
-    from triton.experimental.gluon._runtime import GluonASTSource
-
-    sig = {"out_ptr": f"*{dtype}"}
-    sig.update({n: "i32" for n in ["n_rows", "n_cols", "row_start", "col_start", "stride_out_r", "stride_out_c",
-                                   "seed_lo", "seed_hi", "stream_lo", "stream_hi"]})
-    sig["scale"] = "fp32"
-    constexprs = dict(NUM_WARPS=num_warps, PAIR_DTYPE=tl.float16 if dtype == "fp16" else tl.bfloat16,
-                      SCALED=dtype == "fp32")
-    sig.update({name: "constexpr" for name in constexprs})
-    attrs = _specialise(sig, ["out_ptr", "n_cols", "row_start", "col_start", "stride_out_r"], ["stride_out_c"],
-                        constexprs)
-    return triton.compile(GluonASTSource(_backbone_gen_v2_kernel, sig, constexprs=constexprs, attrs=attrs),
-                          target=_target(arch), options={"num_warps": num_warps})
-
-
-def compile_generator_v1(init: str, block_rows: int = 32, block_cols: int = 64, dtype: str = "fp32",
-                         arch: int = 90, num_warps: int = 4):
-    """Stream v1's generator (backbone_gen), float32 values rounded to ``dtype``."""
-    sig = {"out_ptr": f"*{dtype}"}
-    sig.update({n: "i32" for n in ["n_rows", "n_cols", "row_start", "col_start", "stride_out_r", "stride_out_c",
-                                   "seed_lo", "seed_hi", "stream_lo", "stream_hi"]})
-    sig["scale"] = "fp32"
-    constexprs = {"INIT": spec.INIT_CODES[init], "BLOCK_ROWS": block_rows, "BLOCK_COLS": block_cols}
-    sig.update({name: "constexpr" for name in constexprs})
-    attrs = _specialise(sig, ["out_ptr", "n_cols", "stride_out_r"], ["stride_out_c"], constexprs)
-    return triton.compile(ASTSource(_backbone_gen_kernel, sig, constexprs=constexprs, attrs=attrs),
-                          target=_target(arch), options={"enable_fp_fusion": False, "num_warps": num_warps})
-
-
-_INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)(?:\.[A-Z0-9_.]+)?([^;]*);")
-_LABEL = re.compile(r"^\s*(\.L_x_\d+):")
-
-
-_TENSOR_CORE_OPS = ("HMMA", "HGMMA")
-
-
-def main_loop(sass: str) -> Counter | None:
-    """Opcodes of the main loop (a backward branch's target up to the branch), NOPs excluded,
-    or None for straight-line code (the one-instruction trap loop that ends every kernel does
-    not count). The main loop is the largest loop with a tensor-core instruction, or the largest
-    loop in a kernel without any: the decode kernel's side loop (x @ A^T, float32 FMAs in
-    separate programs) can be longer than its backbone loop."""
-    labels, pending, instructions = {}, [], []
-    for line in sass.splitlines():
-        label = _LABEL.match(line)
-        if label:
-            pending.append(label.group(1))
-            continue
-        m = _INSTRUCTION.search(line)
-        if m:
-            address = int(m.group(1), 16)
-            labels.update((name, address) for name in pending)
-            pending = []
-            instructions.append((address, m.group(2), m.group(3)))
-    loops = []
-    for address, opcode, operands in instructions:
-        target = re.search(r"(\.L_x_\d+)", operands) if opcode == "BRA" else None
-        if target and labels.get(target.group(1), address + 1) <= address:
-            body = Counter(op for a, op, _ in instructions if labels[target.group(1)] <= a <= address and op != "NOP")
-            if sum(body.values()) > 2:
-                loops.append(body)
-    with_mma = [body for body in loops if any(body[op] for op in _TENSOR_CORE_OPS)]
-    return max(with_mma or loops, key=lambda body: sum(body.values()), default=None)
-
-
-def inspect(kernel) -> dict:
-    """Registers, stack (spills), PTX fma count, SASS totals and the main loop of a compiled kernel."""
-    with tempfile.TemporaryDirectory() as tmp:
-        cubin = Path(tmp) / "k.cubin"
-        cubin.write_bytes(kernel.asm["cubin"])
-        usage = subprocess.run([str(_bin_dir() / "cuobjdump"), "-res-usage", str(cubin)],
-                               capture_output=True, text=True, check=True).stdout
-        sass = subprocess.run([str(_bin_dir() / "nvdisasm"), "-c", str(cubin)],
-                              capture_output=True, text=True, check=True).stdout
-    ptx = kernel.asm["ptx"]
-    opcodes = [m.group(2) for m in _INSTRUCTION.finditer(sass)]
-    loop = main_loop(sass)
-    field = lambda name: int(re.search(rf"{name}:(\d+)", usage).group(1))  # noqa: E731
-    return {
-        "registers": field("REG"), "stack_bytes": field("STACK"),
-        "ptx_fma": len(re.findall(r"^\s+fma\.", ptx, re.M)),
-        "uses_wgmma": "wgmma" in ptx, "uses_mma": "mma.sync" in ptx,
-        "sass_total": len(opcodes), "sass_mix": dict(Counter(opcodes).most_common(12)),
-        "spill_stores": opcodes.count("STL"), "spill_loads": opcodes.count("LDL"),
-        "main_loop_sass": sum(loop.values()) if loop else None,
-        "main_loop_mix": dict(loop.most_common(10)) if loop else None,
-    }
 
 
 def stored_floor_s(m: int, nk: int = PREDICT_NK) -> float:
@@ -318,7 +115,7 @@ def one_pass_rows(arch: int, quick: bool = False) -> list[dict]:
         blocks = cfg.kwargs
         for forward in (True, False):
             for init in (("gaussian",) if quick or not forward else ("gaussian", "rademacher")):
-                info = inspect(compile_seeded_matmul(forward, "bf16", blocks, init, arch, cfg.num_warps,
+                info = inspect(compile_one_pass_v1(forward, "bf16", blocks, init, arch, cfg.num_warps,
                                                      cfg.num_stages))
                 values = blocks["BLOCK_Q"] * blocks["BLOCK_P"] / (32 * cfg.num_warps)
 
@@ -327,7 +124,7 @@ def one_pass_rows(arch: int, quick: bool = False) -> list[dict]:
                     return max(math.ceil(m / block_m) * _generation_s(nk * nk, per_value), stored_floor_s(m))
                 config = "x".join(str(blocks[b]) for b in ("BLOCK_M", "BLOCK_P", "BLOCK_Q")) + \
                     f" w{cfg.num_warps} s{cfg.num_stages}"
-                rows.append(_row(f"seeded_matmul one-pass {'fwd' if forward else 'dx+dbeta'}", 1, init, config,
+                rows.append(_row(f"one_pass_v1 {'fwd' if forward else 'dx+dbeta'}", 1, init, config,
                                  info, values, predict))
     return rows
 
@@ -354,7 +151,8 @@ def main(argv=None) -> int:
     text = table(rows)
     print(text)
     if not args.quick:
-        notes = (f"Predictions: N = K = {PREDICT_NK}, bf16; issue rate {ISSUE_RATE / 1e12:.1f} T thread-instructions/s, "
+        notes = (f"Predictions: N = K = {PREDICT_NK}, bf16; issue rate {ISSUE_RATE / 1e12:.1f} T "
+                 "thread-instructions/s, "
                  f"HBM {HBM_BYTES_PER_S / 1e12:.2f} TB/s, tensor cores {TC_FLOPS / 1e12:.0f} TFLOP/s (H100 SXM, "
                  "published); ratios against the stored-weight floor (tensor-core time or bytes). "
                  "For kernels without a loop, SASS/value is the whole kernel per value. Calibration: on an "
@@ -363,28 +161,6 @@ def main(argv=None) -> int:
         write_results(f"kernel_report_sm{args.arch}", rows, text, notes=notes,
                       device=f"none (compiled for sm_{args.arch} with Triton's bundled ptxas)")
     return 0
-
-
-def compile_checks() -> list[dict]:
-    """The CI gate (tests/test_sm90_compile.py): every shipped stream-v2 decode config, the v2
-    generator, stream v1's generator for each init, the epilogue's decode and two-phase launches
-    and the one-pass kernel in each dtype, compiled for sm_90 and inspected. Must run in a
-    process without TRITON_INTERPRET."""
-    results = [dict(kernel="decode", direction=direction, dtype=d, m_pad=m,
-                    **inspect(compile_decode_v2(d, 4, m, direction=direction)))
-               for direction in ("fwd", "dx") for d in ("bf16", "fp16") for m in (8, 16, 32)]
-    results += [dict(kernel="gen_v2", dtype=d, **inspect(compile_generator_v2(d))) for d in ("bf16", "fp16", "fp32")]
-    results += [dict(kernel="gen", init=init, **inspect(compile_generator_v1(init))) for init in spec.VERSION_INITS[1]]
-    results += [dict(kernel="epilogue", case=name, **inspect(compile_epilogue(**case)))
-                for name, case in EPILOGUE_CASES.items()]
-    for cfg in AUTOTUNE_CONFIGS:
-        for dtype in (("bf16", "fp16", "fp32") if cfg is AUTOTUNE_CONFIGS[0] else ("bf16",)):
-            for forward in (True, False):
-                k = compile_seeded_matmul(forward, dtype, cfg.kwargs, num_warps=cfg.num_warps,
-                                          num_stages=cfg.num_stages)
-                results.append({"kernel": "fwd" if forward else "dx", "dtype": dtype,
-                                "config": str(cfg.kwargs), **inspect(k)})
-    return results
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import lottalora
 
-from .results import RESULTS_DIR, publish
+from .harness.chunks import GPU_NK, chunk_bytes_as_on_gpu
+from .harness.results import RESULTS_DIR, publish
 
 # aten ops that launch no kernel on a GPU: allocation, views and metadata.
 _NO_LAUNCH = {
@@ -41,7 +42,6 @@ _NO_LAUNCH = {
     "detach", "lift_fresh", "_reshape_alias", "split", "unbind", "is_same_size", "size", "stride", "numel",
     "sym_size", "sym_stride", "sym_numel", "dim", "is_contiguous",
 }
-GPU_NK, GPU_ELEMENT_SIZE = 4096, 2
 
 
 class _AtenLaunches(TorchDispatchMode):
@@ -76,10 +76,9 @@ def _triton_launches():
 def _require_interpreter() -> None:
     """The count intercepts interpreted launches: with Triton imported first without
     TRITON_INTERPRET=1, kernels would really launch (or fail on CPU tensors) and count nothing."""
-    from lottalora_kernels.epilogue import _seeded_epilogue_kernel
-    from triton.runtime.interpreter import InterpretedFunction
+    from lottalora_kernels.tools.fake_cuda import kernels_interpreted
 
-    if not isinstance(_seeded_epilogue_kernel, InterpretedFunction):
+    if not kernels_interpreted():
         raise RuntimeError("benchmarks.launch_count needs TRITON_INTERPRET=1 set before Triton is imported "
                            "(run it as python -m benchmarks.launch_count)")
 
@@ -88,30 +87,19 @@ def _require_interpreter() -> None:
 def _eager_path():
     """The ops' implementations called directly, as in eager use on a GPU: the counting dispatch
     mode would otherwise send calls through the registered ops, whose insides it cannot see."""
-    from lottalora import backend
+    from lottalora.ops import custom_ops
 
-    real = backend.direct_call_ok
-    backend.direct_call_ok = lambda *tensors: True
+    real = custom_ops.direct_call_ok
+    custom_ops.direct_call_ok = lambda *tensors: True
     try:
         yield
     finally:
-        backend.direct_call_ok = real
-
-
-def _chunks_as_on_gpu(k: int, gpu_m: int = 64) -> int:
-    """CHUNK_BYTES for a small float32 layer that splits W into as many chunks as an N = K = 4096
-    bf16 layer does on a GPU with ``gpu_m`` rows of input. Holds while the small layer's own
-    input stays below that CHUNK_BYTES (M <= 128 at k = 256), as the rows counted here do."""
-    from lottalora_kernels import seeded_two_phase, stream_spec
-
-    rows = seeded_two_phase.chunk_rows(GPU_NK, GPU_NK, GPU_ELEMENT_SIZE, stream_spec.V2_ROW_SPAN, gpu_m)
-    gpu_chunks = -(-GPU_NK // rows)
-    return -(-k // gpu_chunks) * k * 4  # float32 here
+        custom_ops.direct_call_ok = real
 
 
 def count_case(m: int, k: int = 256, rank: int = 8, backward: bool = True, seeded: bool = True) -> dict:
     """Launches of one forward (and one backward) of an (m, k) -> k layer with LoRA and bias."""
-    from lottalora_kernels import dispatch, seeded_two_phase
+    from lottalora_kernels.seeded_linear import dispatch, two_phase
 
     _require_interpreter()
     torch.manual_seed(0)
@@ -132,8 +120,8 @@ def count_case(m: int, k: int = 256, rank: int = 8, backward: bool = True, seede
     # The kernels, as a GPU runs them: no NaN poisoning of outputs (the test suite's check).
     saved_env = {name: os.environ.get(name) for name in ("LOTTALORA_BACKEND", "LOTTALORA_POISON_OUTPUTS")}
     os.environ.update(LOTTALORA_BACKEND="triton", LOTTALORA_POISON_OUTPUTS="0")
-    chunk_bytes = seeded_two_phase.CHUNK_BYTES
-    seeded_two_phase.CHUNK_BYTES = _chunks_as_on_gpu(k)
+    chunk_bytes = two_phase.CHUNK_BYTES
+    two_phase.CHUNK_BYTES = chunk_bytes_as_on_gpu(k)
     try:
         forward()  # warm caches (specs, tables) out of the count
         phases = [("forward", forward)]
@@ -148,7 +136,7 @@ def count_case(m: int, k: int = 256, rank: int = 8, backward: bool = True, seede
             row[f"{phase}_launches"] = row[f"{phase}_triton"] + row[f"{phase}_aten"]
             row[f"{phase}_aten_ops"] = dict(aten.ops)
     finally:
-        seeded_two_phase.CHUNK_BYTES = chunk_bytes
+        two_phase.CHUNK_BYTES = chunk_bytes
         for name, value in saved_env.items():
             if value is None:
                 os.environ.pop(name, None)

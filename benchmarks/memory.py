@@ -1,6 +1,6 @@
 """Memory: what the seed saves, against stored weights with LoRA and with full training.
 
-For LLaMA-style configs, each variant (benchmarks/llama.py) and each phase, in a fresh process:
+For LLaMA-style configs, each variant (benchmarks/harness/llama.py) and each phase, in a fresh process:
 bytes of parameters, buffers and optimizer state, and the peak memory of a forward, of one
 training step (Adam) and of greedy decoding. On CPU the peak is the process's peak RSS minus
 the RSS before the model was built (the Python + torch runtime); on GPU it is
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from .llama import VARIANTS, build, parameter_count
-from .results import RESULTS_DIR, write_results
+from .harness.llama import VARIANTS, build, parameter_count
+from .harness.results import RESULTS_DIR, write_results
 
 PHASES = ("forward", "train", "decode")
 FULL_CONFIGS = ["35M", "134M", "374M", "1.26B"]
@@ -52,7 +52,7 @@ def measure_one(name: str, variant: str, phase: str, dtype: torch.dtype, device:
     import transformers.generation.utils  # noqa: F401
     from transformers import LlamaForCausalLM  # noqa: F401
 
-    import lottalora.reference  # noqa: F401
+    import lottalora.ops.torch_backend  # noqa: F401
 
     torch.manual_seed(0)
     if cuda:
@@ -207,7 +207,8 @@ def main(argv=None) -> int:
     budget_lines = [f"Seed-only inference in a {BUDGET_BYTES / 2**30:.0f} GiB budget (bf16 forward, batch 1 x {SEQ}):",
                     "", "| config | stored weights: peak MiB | lottalora: peak MiB |", "|---|---|---|"]
     for name in budget_configs:
-        cells = [next(r for r in budget_rows if r["config"] == name and r["variant"] == v) for v in ("full", "lottalora")]
+        cells = [next(r for r in budget_rows if r["config"] == name and r["variant"] == v)
+                 for v in ("full", "lottalora")]
         budget_lines.append(f"| {name} | " + " | ".join(
             f"{c['peak_bytes'] / MIB:,.0f}{'' if c['fits_budget'] else ' (over)'}" for c in cells) + " |")
     budget_lines += ["", f"Largest measured config that fits: stored weights {largest['full']}, "

@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 
 import lottalora
-from lottalora_kernels import dispatch
+from lottalora_kernels.seeded_linear import dispatch
 
-from .results import RESULTS_DIR, write_results
+from .harness.results import RESULTS_DIR, write_results
 
 GPU_M = [1, 16, 32, 64, 128, 2048, 8192]
 GPU_NK = [4096, 8192]
@@ -94,7 +94,7 @@ def generation_rates(cuda: bool, timer, nk: int) -> dict:
     dtype = torch.bfloat16 if cuda else torch.float32
     if not cuda:  # the torch backend's generator (the kernels need a GPU or the interpreter)
         spec = lottalora.BackboneSpec(1, 0, nk, nk)
-        rates["torch_backend_generator"] = nk * nk / timer(lambda: lottalora.stream.backbone_signs(spec))
+        rates["torch_backend_generator"] = nk * nk / timer(lambda: lottalora.backbone_signs(spec))
         return rates
     layer = lottalora.Linear(nk, nk, rank=0, bias=False, seed=1, device=device, dtype=dtype)
     x = torch.randn(1, nk, device=device, dtype=dtype)
@@ -215,8 +215,8 @@ def main(argv=None) -> int:
     lines = [f"Device: {device_name}. Copy bandwidth measured: {bandwidth / 1e9:,.0f} GB/s; stored bf16 weights "
              f"read at {read_rate / 1e9:,.1f} G values/s. Generation: " + ", ".join(
                  f"{k} {v / 1e9:,.1f} G values/s ({v / read_rate:.2f}x the read rate)" for k, v in gen.items()), "",
-             "| M | N=K | method | regime | fwd us | fwd graph us | bwd us | fwd+bwd us | fwd ratio | fwd graph ratio | "
-             "fwd+bwd ratio | fwd+bwd host us | TC floor us | HBM floor us |",
+             "| M | N=K | method | regime | fwd us | fwd graph us | bwd us | fwd+bwd us | fwd ratio | "
+             "fwd graph ratio | fwd+bwd ratio | fwd+bwd host us | TC floor us | HBM floor us |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['M']} | {r['N']} | {r['method']} | {r['regime']} | {us(r['forward_s'])} | "

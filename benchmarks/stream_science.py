@@ -6,7 +6,7 @@ the library's own demo tasks (sklearn digits, MNIST-1D) at ranks 8 and 32 over 1
     # writes benchmarks/results/stream_science.{json,md}
 
 Each (task, seed) trains the full model once and, for each init, the seeded MLP at each rank
-(``lottalora.demo.run_sweep``: init "gaussian" is stream v1, "rademacher" is stream v2, the
+(``lottalora.cli.demo.run_sweep``: init "gaussian" is stream v1, "rademacher" is stream v2, the
 default). The paper reports that the distribution barely matters (binary 96.4% vs gaussian
 96.2% on MNIST at rank 8); this checks that it holds for this library's binary stream. Both
 inits see the same data split and full model per seed, so the difference is taken per seed
@@ -18,9 +18,9 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from lottalora.demo import run_sweep
+from lottalora.cli.demo import run_sweep
 
-from .results import write_results
+from .harness.results import write_results
 
 INITS = {"gaussian": "stream v1 gaussian", "rademacher": "stream v2 binary (default)"}
 # What results/stream_science.* and the README's table were trained with (a test holds them equal).

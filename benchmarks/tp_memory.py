@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .ranks import run_on_ranks, serve_as_rank
-from .results import RESULTS_DIR, write_results
+from .harness.ranks import run_on_ranks, serve_as_rank
+from .harness.results import RESULTS_DIR, write_results
 
 # name: (hidden, intermediate, blocks)
 CONFIGS = {"tiny": (64, 160, 2), "1024x4096x4": (1024, 4096, 4), "2048x8192x4": (2048, 8192, 4)}

@@ -3,20 +3,18 @@
     layer = lottalora.Linear(1024, 1024, rank=8, seed=0)   # a drop-in nn.Linear
     y = layer(x)   # beta * x @ W_seed^T + (alpha/r) * (x @ A^T) @ B^T + bias
 
-Heavy integrations (Triton, transformers) are imported lazily, never here.
+The package in floors, each importing only the ones below it (contracts in .importlinter):
+backbone (the stream) -> ops (the seeded op) -> nn (modules) -> model, distributed -> checkpoint
+-> cli. Heavy integrations (Triton, transformers) are imported lazily, never here.
 """
 
-from lottalora_kernels.stream_spec import INITS, STREAM_VERSION, SUPPORTED_STREAM_VERSIONS
+from lottalora_kernels.stream.spec import INITS, STREAM_VERSION, SUPPORTED_STREAM_VERSIONS
 
-from .checkpoint import describe, load, save
-from .convert import convert, materialize, stream_for_name
-from .merge import merge_and_unload
-from .functional import SeededLinearFunction, seeded_linear
-from .linear import Linear
-from .pretrained import from_pretrained
-from .scaffold import ScaffoldSchedule, reseed
-from .stream import BackboneSpec, backbone_block, backbone_signs
-from .summary import ModelSummary, summary
+from .backbone import BackboneSpec, backbone_block, backbone_signs, stream_for_name
+from .checkpoint import describe, from_pretrained, load, save, summary
+from .model import ModelSummary, ScaffoldSchedule, convert, materialize, merge_and_unload, reseed
+from .nn import Linear
+from .ops import SeededLinearFunction, seeded_linear
 
 __all__ = [
     "INITS", "STREAM_VERSION", "SUPPORTED_STREAM_VERSIONS", "BackboneSpec", "Linear", "ModelSummary",

@@ -17,12 +17,14 @@ import torch
 import triton
 import triton.language as tl
 
-from . import stream_spec as spec
+from .allocation import new_output
+from .dtypes import round_to
+from .gluon import gl, gluon_available, gluon_jit, run_fast_path
 from .launch import launch
-from .runtime import (backbone_scalars, capability_major, cdiv, gl, gluon_available, gluon_jit, is_interpreting,
-                      new_output, round_to, run_fast_path)
-from .stream_v1 import backbone_tile
-from .stream_v2 import v2_sign_pairs, v2_signs, v2_words_at, warp_span_rows
+from .runtime import capability_major, cdiv, is_interpreting
+from .stream import spec
+from .stream.v1 import backbone_tile
+from .stream.v2 import v2_sign_pairs, v2_signs, v2_words_at, warp_span_rows
 
 _ROW_SPAN, _COL_SPAN = spec.V2_ROW_SPAN, spec.V2_COL_SPAN
 SPAN_COLS = tl.constexpr(_COL_SPAN)
@@ -133,7 +135,7 @@ def generate_backbone(
     Stream v1 values are generated in float32 and rounded to ``dtype`` (as the fused kernels
     round their tiles); stream v2 signs are exact in every dtype and its W_seed is sign * std.
     ``fast`` picks the Gluon v2 kernel (default: on sm_80+ GPUs). Arguments are assumed
-    validated (``lottalora.stream.BackboneSpec`` does that).
+    validated (``lottalora.BackboneSpec`` does that).
     """
     device = torch.device(device)
     row0, row1 = rows
@@ -142,7 +144,7 @@ def generate_backbone(
         out = new_output((row1 - row0, col1 - col0), dtype, device)
     if out.numel() == 0:
         return out
-    scalars = backbone_scalars(seed, stream)
+    scalars = spec.int32_words(seed, stream)
     if version == 1:
         block_rows, block_cols = 32, 64
         aligned_col0 = (col0 // 4) * 4

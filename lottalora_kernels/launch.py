@@ -1,11 +1,10 @@
 """Kernel launches with less host time: a compiled kernel reused without Triton's per-call work.
 
-``kernel[grid](*args, **kwargs)`` spends ~16 us of Python per launch of the epilogue kernel
-(38 parameters) on the 2-core VM before it reaches the launcher: binding and specializing every
-argument, reading knobs, building launch metadata, hashing a cache key, checking globals
-(``benchmarks.host_time``, on a fake CUDA driver). A cached launch here takes ~6 us. An eager
-training step of a seeded layer makes 4-8 Triton launches, and on the H100 host the step was
-bound by the host (benchmarks/NOTES.md).
+``kernel[grid](*args, **kwargs)`` runs a good deal of Python per launch before it reaches the
+launcher: binding and specializing every argument, reading knobs, building launch metadata,
+hashing a cache key, checking globals. An eager training step of a seeded layer makes several
+launches, and an eager step can be bound by the host (``benchmarks.host_time`` measures both
+paths on a fake CUDA driver; figures in benchmarks/NOTES.md).
 
 ``launch(kernel, grid, *args, **kwargs)`` sends the first launch of each key through Triton
 (which specializes and compiles as usual) and keeps the compiled kernel it returns. The key is
@@ -13,7 +12,7 @@ finer than Triton's specialization: every argument's type; tensors' dtype and 16
 alignment; ints' values (only their width where a parameter is ``do_not_specialize``); the
 keyword arguments (constexprs and options such as ``num_warps``); the current device; and the
 knobs in Triton's own key (``debug``, instrumentation mode). Later launches with that key call
-the compiled kernel's launcher with the arguments Triton would pass it (tests/test_launch.py
+the compiled kernel's launcher with the arguments Triton would pass it (tests/kernels/test_launch.py
 holds the two paths' launches equal on a fake CUDA driver). Sizes and strides are part of the
 key, so a new shape costs one launch through Triton; a kernel's cache starts over past 4,096
 keys.
@@ -40,7 +39,6 @@ from triton.knobs import HookChain
 from triton.runtime import driver
 
 from .runtime import is_interpreting
-
 
 _MAX_ENTRIES = 4096  # keys per kernel before the cache starts over (shapes are part of a key)
 _MISSING = object()
@@ -158,8 +156,8 @@ def launch(kernel, grid: tuple[int, ...], *args, **kwargs) -> None:
     # kernel: every argument's type; tensors' dtypes and addresses mod 16; ints' values (Triton
     # sees == 1, % 16 == 0 and the width), or only their width where Triton does not specialize
     # (the backbone's seed words: one entry for every seed); constexprs and options; and the
-    # knobs that enter Triton's own key. An entry per shape. C-level maps and getters: ~4 us for
-    # the epilogue's 28 arguments on the VM.
+    # knobs that enter Triton's own key. An entry per shape. C-level maps and getters keep the
+    # key's own cost small.
     types = tuple(map(type, args))
     layout = cache.layout(types, tuple(kwargs))
     if layout is None:

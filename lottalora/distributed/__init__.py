@@ -6,7 +6,9 @@
 
 FSDP2 needs nothing from here: ``torch.distributed.fsdp.fully_shard`` takes a converted model
 as it is, and ``lottalora.save`` / ``load`` handle its sharded parameters (``state``).
-The names are imported on first use, so importing lottalora never imports torch.distributed.tensor.
+``CollectiveCounter`` shows what a step communicates; ``local_ranks`` runs code on several local
+processes (gloo). The names are imported on first use, so importing lottalora never imports
+torch.distributed.tensor.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import importlib
 _EXPORTS = {
     "ColwiseParallel": "tensor_parallel",
     "RowwiseParallel": "tensor_parallel",
+    "TensorParallelLinear": "tensor_parallel",
     "check_same_backbone": "backbone_check",
     "BackboneMismatchError": "backbone_check",
     "backbone_fingerprints": "backbone_check",
+    "CollectiveCounter": "collectives",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -8,9 +8,8 @@ import hashlib
 
 from torch import nn
 
-from ..checkpoint import backbone_fingerprint
-from ..linear import Linear
-from ..wrappers import plain_name, unwrap_model
+from ..backbone import backbone_fingerprint
+from ..nn import seeded_layers
 
 
 class BackboneMismatchError(RuntimeError):
@@ -22,20 +21,18 @@ def backbone_fingerprints(model: nn.Module) -> dict[str, str]:
     backbone's identity (seed, stream, shape, init, stream version) and of values this build's
     generator draws for it, so a rank with another seed or another generator differs."""
     out = {}
-    for name, layer in unwrap_model(model).named_modules():
-        if isinstance(layer, Linear):
-            s = layer.spec
-            identity = f"{s.seed}:{s.stream}:{s.out_features}x{s.in_features}:{s.init}:v{s.version}"
-            out[plain_name(name)] = hashlib.sha256(
-                f"{identity}:{backbone_fingerprint(s)}".encode()).hexdigest()[:16]
+    for name, layer in seeded_layers(model, plain=True).items():
+        s = layer.spec
+        identity = f"{s.seed}:{s.stream}:{s.out_features}x{s.in_features}:{s.init}:v{s.version}"
+        out[name] = hashlib.sha256(f"{identity}:{backbone_fingerprint(s)}".encode()).hexdigest()[:16]
     return out
 
 
 def _describe(model: nn.Module, name: str) -> str:
-    for layer_name, layer in unwrap_model(model).named_modules():
-        if plain_name(layer_name) == name and isinstance(layer, Linear):
-            return f"seed {layer.seed}, stream {layer.stream}, init {layer.init}, stream version {layer.stream_version}"
-    return "no such seeded layer"
+    layer = seeded_layers(model, plain=True).get(name)
+    if layer is None:
+        return "no such seeded layer"
+    return f"seed {layer.seed}, stream {layer.stream}, init {layer.init}, stream version {layer.stream_version}"
 
 
 def check_same_backbone(model: nn.Module, group=None) -> None:

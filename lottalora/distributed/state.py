@@ -9,15 +9,9 @@ Loading needs no collective: every rank reads the files and keeps its own shard.
 
 from __future__ import annotations
 
-import sys
-
 import torch
 
-
-def is_dtensor(t: object) -> bool:
-    """Whether ``t`` is a DTensor, without importing torch.distributed.tensor when nothing has."""
-    module = sys.modules.get("torch.distributed.tensor")
-    return module is not None and isinstance(t, module.DTensor)
+from ..nn import is_dtensor
 
 
 def is_writer() -> bool:

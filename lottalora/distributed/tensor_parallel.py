@@ -45,8 +45,8 @@ from torch import nn
 from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_module, distribute_tensor
 from torch.distributed.tensor.parallel import style as torch_styles
 
-from ..linear import Linear
-from ..sharded import seeded_linear_shard
+from ..nn import Linear
+from ..ops import seeded_linear_shard
 from .backbone_check import check_same_backbone
 
 
@@ -88,9 +88,9 @@ def chunk_range(size: int, parts: int, index: int) -> tuple[int, int]:
     return start, min(start + step, size)
 
 
-class _TensorParallelShard:
-    """What a style installs on a ``lottalora.Linear`` (its ``_tensor_parallel``): which block of
-    W_seed this rank computes and how its forward meets the other ranks."""
+class TensorParallelPlan:
+    """What a style gives a ``TensorParallelLinear``: which block of W_seed this rank computes
+    and how its forward meets the other ranks."""
 
     def __init__(self, kind: str, mesh, rows: tuple[int, int], cols: tuple[int, int], dropout_seed: int | None = None):
         self.kind, self.mesh, self.rows, self.cols = kind, mesh, rows, cols
@@ -105,7 +105,7 @@ class _TensorParallelShard:
         return keep.to(x.dtype) / (1 - p)
 
     def __repr__(self) -> str:
-        return f"_TensorParallelShard({self.kind}, rows={self.rows}, cols={self.cols})"
+        return f"TensorParallelPlan({self.kind}, rows={self.rows}, cols={self.cols})"
 
     def forward(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
         group = self.mesh.get_group()
@@ -168,7 +168,40 @@ def _check_local_size(module: Linear, name: str, dim: int, want: int) -> None:
                            f"{want} were expected: torch's Shard split differs from chunk_range")
 
 
-def _shard_seeded_layer(style, module: Linear, mesh, shard: _TensorParallelShard, placements: dict,
+class TensorParallelLinear(Linear):
+    """A ``lottalora.Linear`` under tensor parallelism: its parameters are DTensors and it computes
+    only this rank's block of W_seed (``plan``). The styles turn a Linear into one in place (its
+    class changes, as FSDP2's ``fully_shard`` changes a module's class); nothing else about the
+    layer changes, so its state_dict and checkpoints are the unsharded layer's."""
+
+    plan: TensorParallelPlan
+
+    @classmethod
+    def adopt(cls, module: Linear, plan: TensorParallelPlan) -> None:
+        """Make ``module`` a TensorParallelLinear computing ``plan``'s block."""
+        module.__class__ = cls if type(module) is Linear else _tensor_parallel_class(type(module))
+        module.plan = plan
+
+    @property
+    def shard(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        return self.plan.rows, self.plan.cols
+
+    def forward(self, x):
+        return self.plan.forward(self, x)
+
+
+_TENSOR_PARALLEL_CLASSES: dict[type, type] = {}
+
+
+def _tensor_parallel_class(cls: type) -> type:
+    """TensorParallelLinear's behaviour on a subclass of Linear: the subclass's own methods first
+    (its forward reaches TensorParallelLinear's through super(), as it reached Linear's)."""
+    if cls not in _TENSOR_PARALLEL_CLASSES:
+        _TENSOR_PARALLEL_CLASSES[cls] = type(f"TensorParallel{cls.__name__}", (cls, TensorParallelLinear), {})
+    return _TENSOR_PARALLEL_CLASSES[cls]
+
+
+def _shard_seeded_layer(style, module: Linear, mesh, shard: TensorParallelPlan, placements: dict,
                         local_sizes: list[tuple[str, int, int]]) -> nn.Module:
     """What both styles do to a checked ``lottalora.Linear``: distribute its parameters with
     ``placements``, check each (name, dim, size) in ``local_sizes`` against this rank's block,
@@ -176,7 +209,7 @@ def _shard_seeded_layer(style, module: Linear, mesh, shard: _TensorParallelShard
     _distribute_parameters(module, mesh, placements, style.src_data_rank)
     for name, dim, size in local_sizes:
         _check_local_size(module, name, dim, size)
-    module._tensor_parallel = shard
+    TensorParallelLinear.adopt(module, shard)
     return distribute_module(
         module, mesh, None,
         partial(style._prepare_input_fn, style.input_layouts, style.desired_input_layouts),
@@ -193,7 +226,7 @@ class ColwiseParallel(torch_styles.ColwiseParallel):
             return super()._apply(module, device_mesh)
         _check_layer(module, device_mesh)
         rows = chunk_range(module.out_features, device_mesh.size(), device_mesh.get_local_rank())
-        shard = _TensorParallelShard("colwise", device_mesh, rows, (0, module.in_features),
+        shard = TensorParallelPlan("colwise", device_mesh, rows, (0, module.in_features),
                                      dropout_seed=_shared_seed(device_mesh))
         return _shard_seeded_layer(self, module, device_mesh, shard,
                                    {"lora_A": [Replicate()], "lora_B": [Shard(0)], "beta": [Replicate()],
@@ -211,7 +244,7 @@ class RowwiseParallel(torch_styles.RowwiseParallel):
         _check_layer(module, device_mesh)
         self.desired_input_layouts = (Shard(-1),)
         cols = chunk_range(module.in_features, device_mesh.size(), device_mesh.get_local_rank())
-        shard = _TensorParallelShard("rowwise", device_mesh, (0, module.out_features), cols)
+        shard = TensorParallelPlan("rowwise", device_mesh, (0, module.out_features), cols)
         return _shard_seeded_layer(self, module, device_mesh, shard,
                                    {"lora_A": [Shard(1)], "lora_B": [Replicate()], "beta": [Replicate()],
                                     "bias": [Replicate()]},

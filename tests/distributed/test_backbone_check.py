@@ -6,8 +6,7 @@ import torch
 from torch import nn
 
 import lottalora
-
-from .launch import run_ranks
+from tests.distributed.launch import run_ranks
 
 
 def _mlp(seed, stream_version=None):

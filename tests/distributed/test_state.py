@@ -12,8 +12,7 @@ import torch
 from torch import nn
 
 import lottalora
-
-from .launch import run_ranks
+from tests.distributed.launch import run_ranks
 
 pytest.importorskip("transformers")
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "checkpoint_v1"
@@ -39,18 +38,26 @@ def _group_sizes(model, world):
     return sizes
 
 
+def _fully_shard_llama(model) -> None:
+    """fully_shard each decoder layer, then the root (FSDP2's usual wrapping)."""
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in model.model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+
+
 def _fsdp2_trains_like_one_process_and_checkpoints(rank, world, directory):
     from safetensors.torch import load_file
     from torch.distributed.fsdp import fully_shard
 
-    from benchmarks.fsdp_bytes import CollectiveCounter, shard_llama
-
-    from ..models import converted_tiny_llama
+    from lottalora.distributed import CollectiveCounter
+    from tests.support.models import converted_tiny_llama
 
     torch.manual_seed(0)
     ref = converted_tiny_llama()
     model = copy.deepcopy(ref)
-    shard_llama(model)  # fully_shard on every decoder layer and the root: the converted model, unchanged
+    _fully_shard_llama(model)  # every decoder layer and the root: the converted model, unchanged
     sizes = _group_sizes(model, world)
     betas = lottalora.summary(model)["betas"]  # no collective: rank 0 holds each 1-element beta
     assert all((b == 1.0) if rank == 0 else math.isnan(b) for b in betas.values()) and len(betas) == 14
@@ -88,7 +95,7 @@ def _fsdp2_trains_like_one_process_and_checkpoints(rank, world, directory):
     for (name, p), q in zip(model.named_parameters(), plain.parameters(), strict=True):
         assert torch.equal(p.full_tensor(), q), name
     fresh = converted_tiny_llama()
-    shard_llama(fresh)
+    _fully_shard_llama(fresh)
     lottalora.load(fresh, directory)  # every rank reads the files and keeps its shards
     with torch.no_grad():
         assert torch.equal(fresh(ids).logits, model(ids).logits)

@@ -9,8 +9,7 @@ import torch
 from torch import nn
 
 import lottalora
-
-from .launch import run_ranks
+from tests.distributed.launch import run_ranks
 
 pytest.importorskip("torch.distributed.tensor.parallel")
 
@@ -49,18 +48,22 @@ def _tp_mlp_equals_the_unsharded_one(rank, world):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor.parallel import parallelize_module
 
-    from lottalora import sharded
     from lottalora.distributed import ColwiseParallel, RowwiseParallel
+    from lottalora.ops import torch_backend
 
     mesh = init_device_mesh("cpu", (world,))
     generated = []
-    real_chunk = sharded._weight_chunk
+    real_block, real_packed = torch_backend.stream_block, torch_backend.packed_signs
 
-    def counting_chunk(spec, rows, cols, dtype, device):
+    def counting_block(spec, rows, cols, dtype, device, signs):  # stream v1: one column range at a time
         generated.append((spec.stream, rows, cols))
-        return real_chunk(spec, rows, cols, dtype, device)
+        return real_block(spec, rows, cols, dtype, device, signs)
 
-    sharded._weight_chunk = counting_chunk
+    def counting_packed(block, device):  # stream v2: the whole block's signs, packed
+        generated.append((block.spec.stream, block.rows, block.cols))
+        return real_packed(block, device)
+
+    torch_backend.stream_block, torch_backend.packed_signs = counting_block, counting_packed
     for layer_rank in (0, 3):
         for version in (1, 2):
             for bias in (True, False):
@@ -77,12 +80,14 @@ def _tp_mlp_equals_the_unsharded_one(rank, world):
                 generated.clear()
                 y = tp(x)
                 y.backward(dy)
-                # Only this rank's rows of up and columns of down were generated, forward and backward.
+                # Only this rank's rows of up and columns of down were generated: in the forward
+                # and again in the backward for stream v1; once for v2, whose packed signs the
+                # forward hands to the backward.
                 assert {(s, r, c[0] >= 0 and c[1] <= 37) for s, r, c in generated if s == 1} == {(1, rows, True)}
                 assert {r for s, r, c in generated if s == 2} == {(0, 37)}
                 assert all(rows[0] <= c[0] and c[1] <= rows[1] for s, r, c in generated if s == 2)
                 assert sum((r[1] - r[0]) * (c[1] - c[0]) for _, r, c in generated) == \
-                    2 * (rows[1] - rows[0]) * (37 + 37)
+                    (2 if version == 1 else 1) * (rows[1] - rows[0]) * (37 + 37)
                 y_ref = ref(x_ref)
                 y_ref.backward(dy)
                 what = f"rank {layer_rank} v{version} bias {bias}"
@@ -91,7 +96,7 @@ def _tp_mlp_equals_the_unsharded_one(rank, world):
                 for (name, p), p_ref in zip(tp.named_parameters(), ref.parameters(), strict=True):
                     torch.testing.assert_close(_full(p.grad), p_ref.grad, rtol=2e-5, atol=2e-5,
                                                msg=f"{what}: grad of {name}")
-    sharded._weight_chunk = real_chunk
+    torch_backend.stream_block, torch_backend.packed_signs = real_block, real_packed
 
 
 def test_column_and_row_parallel_seeded_layers_equal_the_unsharded_ones():
@@ -111,7 +116,7 @@ def _llama_in_tensor_parallel_trains_like_the_unsharded_model(rank, world, direc
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor.parallel import parallelize_module
 
-    from ..models import converted_tiny_llama
+    from tests.support.models import converted_tiny_llama
 
     mesh = init_device_mesh("cpu", (world,))
     torch.manual_seed(0)
@@ -189,7 +194,7 @@ def _column_parallel_dropout_drops_the_same_inputs_on_every_rank(rank, world):
     parallelize_module(tp, mesh, {"up": ColwiseParallel(), "down": RowwiseParallel()})
     torch.manual_seed(100 + rank)  # the ranks' own generators differ, as they do in real runs
     x = torch.randn(4, 37, generator=torch.Generator().manual_seed(9))  # a replicated input
-    mask_source = torch.Generator().manual_seed(tp.up._tensor_parallel.dropout_seed)
+    mask_source = torch.Generator().manual_seed(tp.up.plan.dropout_seed)
     keep = (torch.rand(x.shape, generator=mask_source) >= 0.5).float() / 0.5
     up = ref.up
     want = (x @ (up.backbone_weight() * up.beta).T + up.bias
@@ -249,7 +254,7 @@ def _tp_mlp_with_lora_dropout_trains_like_the_unsharded_one(rank, world, hidden)
             ref.up.lora_dropout = ref.down.lora_dropout = 0.5
             tp = copy.deepcopy(ref)
             parallelize_module(tp, mesh, {"up": ColwiseParallel(), "down": RowwiseParallel()})
-            up_masks = torch.Generator().manual_seed(tp.up._tensor_parallel.dropout_seed)
+            up_masks = torch.Generator().manual_seed(tp.up.plan.dropout_seed)
             opt, opt_ref = (torch.optim.SGD(m.parameters(), lr=0.1) for m in (tp, ref))
             data = torch.Generator().manual_seed(9)  # the same inputs on every rank
             for step in range(2):

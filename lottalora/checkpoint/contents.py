@@ -1,0 +1,112 @@
+"""What a checkpoint holds, read from its files alone (validated as ``load`` validates them,
+nothing built): ``describe`` (a report) and ``summary`` (the counts a live model's summary gives,
+from the same reading, counted the same way)."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..model.summary import ModelSummary, build_summary, layer_entry, summarize_model
+from .files import parse_tensors, read_checkpoint
+from .format import CONFIG_NAME, FORMAT_NAME, fail, terminal_safe
+
+
+@dataclass(frozen=True)
+class CheckpointContents:
+    """A checkpoint read once: its validated config, the stored tensors' shapes, each
+    seeded layer's beta (NaN where the file holds none), and the bytes on disk."""
+
+    directory: Path
+    config: dict
+    shapes: dict[str, tuple[int, ...]]
+    betas: dict[str, torch.Tensor]
+    stored_bytes: int
+
+    @property
+    def layers(self) -> list[dict]:
+        return self.config["layers"]
+
+
+def read_contents(directory: str | os.PathLike) -> CheckpointContents:
+    """The checkpoint at ``directory``, validated and read once."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        fail(directory, "no such directory")
+    config, data = read_checkpoint(directory)
+    tensors = parse_tensors(directory, data)
+    betas = {}
+    for layer in config["layers"]:
+        key = f"{layer['name']}.beta" if layer["name"] else "beta"
+        betas[layer["name"]] = tensors[key] if key in tensors else torch.tensor([math.nan])
+    return CheckpointContents(directory, config, {k: tuple(t.shape) for k, t in tensors.items()}, betas,
+                              (directory / CONFIG_NAME).stat().st_size + len(data))
+
+
+def _summarize_checkpoint(contents: CheckpointContents) -> ModelSummary:
+    trainable_names = set(contents.config["trainable"])
+    layers, backbone_bytes = [], 0
+    for entry in contents.layers:
+        beta = contents.betas[entry["name"]]
+        key = f"{entry['name']}.beta" if entry["name"] else "beta"
+        layers.append(layer_entry(entry["name"], entry["out_features"], entry["in_features"], entry["rank"],
+                                  entry["init"], int(entry["seed"]), int(entry["stream"]), entry["spec"].version,
+                                  beta.reshape(-1)[0].item(), key in trainable_names))
+        backbone_bytes += entry["out_features"] * entry["in_features"] * beta.element_size()
+    values = {k: math.prod(s) for k, s in contents.shapes.items()}
+    trainable = sum(n for k, n in values.items() if k in trainable_names)
+    frozen = sum(values.values()) - trainable
+    return build_summary(trainable, frozen, backbone_bytes, layers, f"checkpoint {contents.directory}")
+
+
+def summary(source: nn.Module | str | os.PathLike) -> ModelSummary:
+    """Counts, backbones and betas of a model, or of a checkpoint directory written by
+    ``lottalora.save`` (validated as ``load`` does; nothing is built).
+
+    The keys are listed on ``ModelSummary``; ``print(summary(model))`` prints PEFT's line of
+    trainable parameters, the backbone's size and a table of the seeded layers. A model counts
+    ``parameters()`` (tied ones once); a checkpoint counts its stored tensors, so a persistent
+    buffer counts there as a frozen parameter, and "trainable" is what required grad when saved.
+    Adapters count rank * (in_features + out_features) values per seeded layer in both.
+    """
+    if isinstance(source, nn.Module):
+        return summarize_model(source)
+    if isinstance(source, (str, os.PathLike)):
+        return _summarize_checkpoint(read_contents(source))
+    raise TypeError(f"source must be an nn.Module or a checkpoint directory path, got {type(source).__name__}")
+
+
+def describe(directory: str | os.PathLike) -> str:
+    """What a checkpoint holds: its layers, the bytes stored, and the same model with stored fp16
+    weights (its backbones plus every stored tensor at 2 bytes a value, adapters and betas
+    excluded). Names read from the files are printed with non-printable characters escaped."""
+    contents = read_contents(directory)
+    counts = _summarize_checkpoint(contents)
+    config = contents.config
+    values = {k: math.prod(s) for k, s in contents.shapes.items()}
+    adapter_values = sum(n for k, n in values.items() if k.rpartition(".")[2] in ("lora_A", "lora_B"))
+    betas = sum(n for k, n in values.items() if k.rpartition(".")[2] == "beta")
+    other_values = sum(values.values()) - adapter_values - betas
+    stored = contents.stored_bytes
+    dense_fp16 = 2 * (counts["backbone_params"] + other_values)
+    lines = [f"{terminal_safe(str(contents.directory))}: {FORMAT_NAME} v{config['format_version']}, generator "
+             f"philox4x32-{config['generator']['rounds']}",
+             "", "| layer | shape (out x in) | rank | init | stream version | seed | stream |",
+             "|---|---|---|---|---|---|---|"]
+    for entry in contents.layers:
+        name = terminal_safe(entry["name"]).replace("|", "\\|")
+        lines.append(f"| {name} | {entry['out_features']} x {entry['in_features']} | {entry['rank']} | "
+                     f"{entry['init']} | {entry['spec'].version} | {entry['seed']} | {entry['stream']} |")
+    lines += ["", f"seeded layers: {len(contents.layers)}, backbone values regenerated (never stored): "
+                  f"{counts['backbone_params']:,}",
+              f"stored tensors: {len(contents.shapes)} ({adapter_values:,} adapter values (lora_A, lora_B), "
+              f"{betas:,} betas, {other_values:,} other values)",
+              f"bytes stored: {stored:,} ({stored / 2**20:.2f} MiB)",
+              f"same model with stored fp16 weights: {dense_fp16:,} bytes ({dense_fp16 / 2**20:.2f} MiB), "
+              f"{dense_fp16 / stored:.1f}x the checkpoint"]
+    return "\n".join(lines)

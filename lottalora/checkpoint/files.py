@@ -1,0 +1,86 @@
+"""The checkpoint's files: written so that a reader never sees half of one, and read once each,
+with the tensor file's size and SHA-256 checked against the config before it is parsed."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from .config_json import parse_config_json
+from .format import CONFIG_NAME, MAX_CONFIG_BYTES, TENSORS_NAME, TRAINABLE_ONLY, fail, shorten
+from .schema import check_config
+
+
+@contextlib.contextmanager
+def replaced_atomically(path: Path):
+    """Yield a temporary path beside ``path``; once written, it replaces ``path`` in one step, so
+    a reader (or another rank saving the same model) never sees a half-written file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_checkpoint(directory: Path) -> tuple[dict, bytes]:
+    """The validated config and the tensor file's bytes, checked against the config's size and
+    SHA-256. Each file is read once: the bytes checked are the bytes parsed."""
+    config_path, tensor_path = directory / CONFIG_NAME, directory / TENSORS_NAME
+    for path in (config_path, tensor_path):
+        if not path.is_file():
+            fail(directory, f"missing file {path.name}")
+    with open(config_path, "rb") as f:
+        raw = f.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        fail(directory, f"{CONFIG_NAME} is larger than {MAX_CONFIG_BYTES} bytes")
+    config = parse_config_json(directory, raw)
+    check_config(directory, config)
+    recorded = config["tensors"]["bytes"]
+    size = tensor_path.stat().st_size
+    if size != recorded:
+        fail(directory, f"{TENSORS_NAME} has {size} bytes, the config records {recorded}: truncated or replaced")
+    with open(tensor_path, "rb") as f:
+        data = f.read(recorded + 1)
+    if len(data) != recorded:
+        fail(directory, f"{TENSORS_NAME} changed size while it was read")
+    if hashlib.sha256(data).hexdigest() != config["tensors"]["sha256"]:
+        fail(directory, f"{TENSORS_NAME} does not match the SHA-256 in the config: corrupted or tampered")
+    return config, data
+
+
+def parse_tensors(directory: Path, data: bytes) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load as deserialize
+
+    try:
+        return deserialize(data)
+    except Exception as exc:  # a parser fed bytes from outside: any failure means a malformed file
+        fail(directory, f"{TENSORS_NAME} is not a valid safetensors file ({type(exc).__name__}: {exc})")
+
+
+def tensor_contents(directory: Path, data: bytes) -> str:
+    """What the tensor file holds, from its safetensors metadata: "all" (every tensor of the
+    state_dict) or TRAINABLE_ONLY. The header is an 8-byte little-endian length and a JSON object."""
+    try:
+        length = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + length].decode("utf-8")) if 8 <= 8 + length <= len(data) else None
+    except (ValueError, UnicodeDecodeError):
+        header = None
+    if not isinstance(header, dict):
+        fail(directory, f"{TENSORS_NAME} is not a valid safetensors file (no JSON header)")
+    metadata = header.get("__metadata__") or {}
+    contents = metadata.get("contents", "all") if isinstance(metadata, dict) else None
+    if contents not in ("all", TRAINABLE_ONLY):
+        fail(directory, f"{TENSORS_NAME} says it holds {shorten(contents)} tensors (this build reads 'all' and "
+                         f"{TRAINABLE_ONLY!r})")
+    return contents
+
+
+def read_config(directory: str | os.PathLike) -> dict:
+    """The validated JSON config of a checkpoint directory (the tensor file's checksum included)."""
+    return read_checkpoint(Path(directory))[0]

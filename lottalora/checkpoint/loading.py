@@ -1,0 +1,152 @@
+"""``lottalora.load``: a checkpoint restored into a model, all or nothing.
+
+Everything is validated before the model changes: a missing, oversized, truncated or tampered
+file, a config that breaks the schema or whose checksum does not match, an unknown format or
+stream version, a layer or tensor (name, shape, dtype) that does not match the model, or a
+generator whose fingerprint differs each raise ValueError, and nothing is loaded partially.
+Nothing is unpickled: the config is JSON and the tensors are safetensors.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..backbone import backbone_fingerprint
+from ..distributed.state import shard_like
+from ..nn import Linear, is_dtensor, plain_name, seeded_layers, unwrap_model
+from ..nn.state import extra_state, upgrade_legacy_beta
+from .files import parse_tensors, read_checkpoint, tensor_contents
+from .format import TENSORS_NAME, fail, shorten
+from .model_state import state_tensors
+
+
+def _upgrade_betas(tensors: dict[str, torch.Tensor], layers: dict[str, Linear]) -> None:
+    """Checkpoints written by lottalora 0.1 hold each beta 0-dim; layers hold it as (1,) now."""
+    for name in layers:
+        upgrade_legacy_beta(tensors, f"{name}.beta" if name else "beta")
+
+
+def _check_layers_match(directory: Path, config: dict, layers: dict[str, Linear]) -> None:
+    names = [layer["name"] for layer in config["layers"]]
+    unknown = sorted(set(names) - set(layers))
+    if unknown:
+        fail(directory, f"layers {unknown} are not lottalora.Linear layers of this model")
+    missing = sorted(set(layers) - set(names))
+    if missing:
+        fail(directory, f"the model's seeded layers {missing} are not in the checkpoint")
+    for layer in config["layers"]:
+        module, s = layers[layer["name"]], layer["spec"]
+        if (module.in_features, module.out_features, module.rank, module.bias is not None) != \
+                (s.in_features, s.out_features, layer["rank"], layer["bias"]):
+            fail(directory, f"layer {layer['name']!r} is {module.out_features}x{module.in_features} rank "
+                             f"{module.rank} bias {module.bias is not None} in the model but "
+                             f"{s.out_features}x{s.in_features} rank {layer['rank']} bias {layer['bias']} in the "
+                             "checkpoint")
+        if backbone_fingerprint(s) != layer["fingerprint"]:
+            fail(directory, f"layer {layer['name']!r}: the backbone fingerprint differs: this build's "
+                             "generator does not reproduce the weights the checkpoint was trained with")
+
+
+def _resolve_aliases(directory: Path, tensors: dict[str, torch.Tensor], aliases: dict[str, str]) -> None:
+    for alias, stored in aliases.items():
+        if alias in tensors:
+            fail(directory, f"alias {shorten(alias)} shadows a tensor stored under that name in {TENSORS_NAME}")
+        if stored not in tensors:
+            fail(directory, f"alias {shorten(alias)} names {shorten(stored)}, which is not stored in {TENSORS_NAME}")
+    for alias, stored in aliases.items():
+        tensors[alias] = tensors[stored]
+
+
+def _check_tensors_match(directory: Path, tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
+                         every: bool = True):
+    """``every``: the checkpoint must hold every tensor of the model (else a subset of them)."""
+    missing = sorted(set(expected) - set(tensors)) if every else []
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        fail(directory, f"tensors differ from the model's: missing {missing[:5]}, "
+                         f"unexpected {shorten(unexpected[:5])}")
+    for key, value in tensors.items():
+        want = expected[key]
+        if value.shape != want.shape:
+            fail(directory, f"tensor {shorten(key)} has shape {tuple(value.shape)}, the model has {tuple(want.shape)}")
+        # Floating values are converted to the model's floating dtype (as load_state_dict
+        # does); anything else (an integer weight, a float into an integer buffer) is refused.
+        if want.is_floating_point():
+            same_kind = value.is_floating_point()
+        else:
+            same_kind = value.dtype == want.dtype
+        if not same_kind:
+            fail(directory, f"tensor {shorten(key)} has dtype {value.dtype}, the model's is {want.dtype}: "
+                             + ("a floating-point tensor is expected" if want.is_floating_point()
+                                else "the same dtype is expected"))
+
+
+def _check_nothing_left_on_meta(directory: Path, model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Non-persistent buffers (rotary frequencies, masks) are not in a state_dict: a meta-built
+    model would keep them on meta, and its forward would fail far from here."""
+    left = [name for name, t in [*model.named_parameters(remove_duplicate=False),
+                                 *model.named_buffers(remove_duplicate=False)]
+            if t.device.type == "meta" and plain_name(name) not in tensors]
+    if left:
+        fail(directory, f"the model has tensors on the meta device that no checkpoint holds ({left[:3]}): "
+                         "call lottalora.materialize(model, device) before lottalora.load")
+
+
+def load(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
+    """Restore a checkpoint written by ``save`` into ``model`` (same architecture, converted).
+
+    Reads format versions ``READABLE_FORMAT_VERSIONS``. Everything is checked first (see the
+    module docstring); then seeds, streams, inits, alpha and use_rslora are set from the config
+    and every tensor is loaded, converted to the dtype of the model's tensor (floating-point
+    values only, into floating-point tensors). Parameters on the meta device are replaced by
+    CPU tensors; a model with other tensors left on meta (non-persistent buffers) is refused:
+    ``lottalora.materialize`` it first. A checkpoint saved with ``trainable_only=True`` loads
+    its tensors and leaves the model's others as they are. ``model`` may be compiled,
+    DDP-wrapped, or sharded with FSDP2 or tensor parallel (every rank reads the files and keeps
+    its own shards; no collective). Returns ``model``.
+    """
+    directory = Path(directory)
+    config, data = read_checkpoint(directory)
+    return load_checked(model, directory, config, data)
+
+
+def load_checked(model: nn.Module, directory: Path, config: dict, data: bytes) -> nn.Module:
+    """``load`` with the checkpoint already read by ``read_checkpoint`` (config and tensor bytes,
+    validated): callers that also need the config read the files once."""
+    model = unwrap_model(model)
+    layers = seeded_layers(model, plain=True)
+    _check_layers_match(directory, config, layers)
+    tensors = parse_tensors(directory, data)
+    every = tensor_contents(directory, data) == "all"
+    del data
+    _resolve_aliases(directory, tensors, config["aliases"])
+    _upgrade_betas(tensors, layers)
+    expected = state_tensors(model)
+    _check_tensors_match(directory, tensors, expected, every)
+    _check_nothing_left_on_meta(directory, model, tensors)
+
+    on_meta = any(t.device.type == "meta" for t in list(model.parameters()) + list(model.buffers()))
+    for key, value in tensors.items():
+        want = expected[key]
+        if is_dtensor(want):  # every rank keeps its own shard of the whole tensor read
+            tensors[key] = shard_like(value, want)
+        elif on_meta:
+            # assign=True adopts the given tensors as they are: give them the model's dtype (and
+            # device, CPU for what is on meta) first. The copying load converts on its own.
+            tensors[key] = value.to(device="cpu" if want.device.type == "meta" else want.device, dtype=want.dtype)
+    for layer in config["layers"]:
+        tensors[f"{layer['name']}._extra_state" if layer["name"] else "_extra_state"] = extra_state(
+            layer["spec"], layer["rank"], float(layer["alpha"]), layer["use_rslora"])
+    model_names = {plain_name(k): k for k in model.state_dict()}
+    tensors = {model_names[k]: v for k, v in tensors.items()}
+    if on_meta:
+        model.load_state_dict(tensors, strict=every, assign=True)
+        if config["aliases"] and hasattr(model, "tie_weights"):
+            model.tie_weights()  # assign=True gives each name its own Parameter; tie them again
+    else:
+        model.load_state_dict(tensors, strict=every)
+    return model

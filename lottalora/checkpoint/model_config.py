@@ -1,0 +1,94 @@
+"""The ``config.json`` that ``lottalora.save`` writes beside a converted transformers model's
+checkpoint: the architecture's class and config, the dtype, and every ``convert`` call.
+
+It says ``"model_type": "lottalora"``: plain transformers (``AutoModelForCausalLM.from_pretrained``)
+refuses the directory with an error naming that model type instead of building the
+architecture with fresh random weights where the seeds were.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..model.records import convert_calls
+from .format import MODEL_CONFIG_NAME, fail
+
+MODEL_TYPE = "lottalora"
+MODEL_FORMAT = "lottalora-model"
+MODEL_FORMAT_VERSION = 1
+_NOTE = ("A lottalora seed-only checkpoint: its linear layers are seeds plus adapters, not weights. "
+         "Rebuild it with lottalora.from_pretrained(directory); plain transformers cannot load it.")
+
+
+def _transformers_class(cls: type) -> type | None:
+    """The transformers model class ``cls`` is or derives from (FSDP2 subclasses the model's class)."""
+    for klass in cls.__mro__:
+        if klass.__module__.startswith("transformers.") and hasattr(klass, "config_class"):
+            return klass
+    return None
+
+
+def _dominant_dtype(model: nn.Module) -> torch.dtype:
+    counts: dict[torch.dtype, int] = {}
+    for p in model.parameters():
+        if p.is_floating_point():
+            counts[p.dtype] = counts.get(p.dtype, 0) + p.numel()
+    return max(counts, key=counts.get) if counts else torch.float32
+
+
+def model_config_for_save(model: nn.Module) -> dict | None:
+    """The ``config.json`` content for a transformers model, or None for any other module."""
+    architecture = _transformers_class(type(model))
+    config = getattr(model, "config", None)
+    if architecture is None or not hasattr(config, "to_json_string"):
+        return None
+    import transformers
+
+    return {
+        "model_type": MODEL_TYPE,
+        "lottalora_format": MODEL_FORMAT,
+        "lottalora_format_version": MODEL_FORMAT_VERSION,
+        "note": _NOTE,
+        "architecture": architecture.__name__,
+        "base_config": json.loads(config.to_json_string(use_diff=False)),
+        "dtype": str(_dominant_dtype(model)).removeprefix("torch."),
+        "transformers_version": transformers.__version__,
+        "convert_calls": convert_calls(model),
+    }
+
+
+def read_model_config(directory: str | os.PathLike) -> dict:
+    """The validated ``config.json`` that ``save`` wrote for a transformers model."""
+    directory = Path(directory)
+    path = directory / MODEL_CONFIG_NAME
+    if not path.is_file():
+        fail(directory, f"has no {MODEL_CONFIG_NAME}: it was saved from a model that is not a transformers "
+                         "model, so nothing records its architecture; build and convert the model in code, then "
+                         "call lottalora.load(model, directory)")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        fail(directory, f"{MODEL_CONFIG_NAME} is not valid JSON ({exc})")
+    if not isinstance(config, dict) or config.get("model_type") != MODEL_TYPE:
+        fail(directory, f"{MODEL_CONFIG_NAME} has model_type {config.get('model_type')!r} where "
+                         f"{MODEL_TYPE!r} was expected: not written by lottalora.save")
+    if config.get("lottalora_format") != MODEL_FORMAT or config.get("lottalora_format_version") != MODEL_FORMAT_VERSION:
+        fail(directory, f"{MODEL_CONFIG_NAME} is format {config.get('lottalora_format')!r} version "
+                         f"{config.get('lottalora_format_version')!r}; this build reads {MODEL_FORMAT!r} version "
+                         f"{MODEL_FORMAT_VERSION}")
+    kinds = {"architecture": str, "base_config": dict, "dtype": str, "convert_calls": list}
+    for key, kind in kinds.items():
+        if not isinstance(config.get(key), kind):
+            fail(directory, f"{MODEL_CONFIG_NAME} lacks a valid {key!r} ({kind.__name__} expected)")
+    if not isinstance(getattr(torch, config["dtype"], None), torch.dtype):
+        fail(directory, f"{MODEL_CONFIG_NAME} records dtype {config['dtype']!r}, which is not a torch dtype")
+    for call in config["convert_calls"]:
+        if not (isinstance(call, dict) and isinstance(call.get("module"), str)
+                and isinstance(call.get("arguments"), dict) and isinstance(call.get("converted"), list)):
+            fail(directory, f"{MODEL_CONFIG_NAME} has a malformed convert call {call!r}")
+    return config

@@ -1,0 +1,121 @@
+"""A converted transformers model rebuilt from its checkpoint directory alone.
+
+``from_pretrained`` reads the ``config.json`` that ``lottalora.save`` wrote
+(``model_config``), builds that architecture on the meta device, puts a seeded layer where the
+checkpoint lists one (shape, rank, alpha, init, stream version, seed and stream from the
+checkpoint's own layer entries), materializes the rest, loads the tensors, and restores which
+parameters train and each layer's lora_dropout. Only classes that transformers itself exports
+are built; nothing from the directory is run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..model.load_check import check_loads_whole
+from ..model.materialize import materialize
+from ..model.modules import linear_shape, set_submodule
+from ..model.records import restore_call
+from ..nn import Linear
+from .files import read_checkpoint, tensor_contents
+from .format import CONFIG_NAME, MODEL_CONFIG_NAME, TRAINABLE_ONLY, fail
+from .loading import load_checked
+from .model_config import read_model_config
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype):
+    """Build under ``dtype`` as transformers' from_pretrained does (buffers it computes in
+    float32, such as rotary frequencies, stay float32)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _architecture(directory: Path, name: str) -> type:
+    import transformers
+
+    cls = getattr(transformers, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+        fail(directory, f"architecture {name!r} is not a model class of transformers {transformers.__version__}")
+    return cls
+
+
+def from_pretrained(directory: str | os.PathLike, *, device: torch.device | str = "cpu",
+                    dtype: torch.dtype | None = None) -> nn.Module:
+    """The converted transformers model that ``lottalora.save`` wrote to ``directory``.
+
+    Built from the directory alone: the architecture and its config, each seeded layer from the
+    checkpoint (backbone, rank, alpha, rsLoRA), the stored tensors, which parameters train, and
+    each layer's lora_dropout; the convert calls are recorded on the model again, so saving it
+    writes them back. ``dtype`` defaults to the one the model was saved in; ``device`` is where
+    its tensors go. Returned in eval mode, as transformers' from_pretrained returns models.
+    A checkpoint saved with ``trainable_only=True`` holds no base weights and is refused: build
+    the base model, convert it the same way and ``lottalora.load`` it.
+    """
+    directory = Path(directory)
+    if not (directory / CONFIG_NAME).is_file() and (directory / "model.safetensors").is_file():
+        fail(directory, f"has no {CONFIG_NAME}: it looks written by transformers' save_pretrained, which "
+                         "stores no seeds' config; save converted models with lottalora.save(model, directory)")
+    checkpoint, data = read_checkpoint(directory)  # once: the tensor file can be gigabytes
+    model_config = read_model_config(directory)
+    if tensor_contents(directory, data) == TRAINABLE_ONLY:
+        fail(directory, "holds only the trained tensors (saved with trainable_only=True), not the base "
+                         "model's: build the base model, convert it the same way and call lottalora.load")
+    if dtype is None:
+        dtype = getattr(torch, model_config["dtype"])
+    cls = _architecture(directory, model_config["architecture"])
+    base_config = cls.config_class.from_dict(model_config["base_config"])
+    with _default_dtype(dtype), torch.device("meta"):
+        model = cls(base_config)
+    for layer in checkpoint["layers"]:
+        _place_seeded_layer(directory, model, layer, dtype)
+    materialize(model, device)
+    load_checked(model, directory, checkpoint, data)
+    del data
+    trainable = set(checkpoint["trainable"])
+    for name, param in model.named_parameters(remove_duplicate=False):
+        param.requires_grad_(name in trainable)
+    _restore_convert_calls(directory, model, model_config["convert_calls"])
+    check_loads_whole(model)  # as convert does: a later load_state_dict is all or nothing
+    return model.eval()
+
+
+def _place_seeded_layer(directory: Path, model: nn.Module, layer: dict, dtype: torch.dtype) -> None:
+    name, spec = layer["name"], layer["spec"]
+    try:
+        module = model.get_submodule(name)
+    except AttributeError:
+        fail(directory, f"layer {name!r} is not a module of {type(model).__name__}")
+    if linear_shape(module) != (spec.in_features, spec.out_features):
+        fail(directory, f"layer {name!r} is a {type(module).__name__} in {type(model).__name__}, not a linear "
+                         f"layer of {spec.in_features} -> {spec.out_features} features")
+    seeded = Linear(spec.in_features, spec.out_features, bias=layer["bias"], rank=layer["rank"],
+                    alpha=layer["alpha"] if layer["rank"] else None, use_rslora=layer["use_rslora"],
+                    seed=spec.seed, stream=spec.stream, init=spec.init, stream_version=spec.version,
+                    device="meta", dtype=dtype)
+    seeded.merges_into_conv1d = not isinstance(module, nn.Linear)  # as convert marks it
+    set_submodule(model, name, seeded)
+
+
+def _restore_convert_calls(directory: Path, model: nn.Module, calls: list[dict]) -> None:
+    for order, call in enumerate(calls):
+        prefix = call["module"]
+        try:
+            owner = model.get_submodule(prefix) if prefix else model
+        except AttributeError:
+            fail(directory, f"{MODEL_CONFIG_NAME} records a convert call on {prefix!r}, not a module of the model")
+        dropout = call["arguments"].get("lora_dropout", 0.0)
+        for name in call["converted"]:
+            layer = owner.get_submodule(name)
+            if isinstance(layer, Linear) and layer.rank > 0:
+                layer.lora_dropout = float(dropout)
+        restore_call(owner, call, order)

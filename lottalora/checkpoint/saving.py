@@ -1,0 +1,134 @@
+"""``lottalora.save``: a model written as seeds + tensors, never its backbone weights."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lottalora_kernels.stream import spec
+
+from ..backbone import backbone_fingerprint
+from ..distributed.state import barrier, gather_full
+from ..nn import is_dtensor, plain_name, seeded_layers, unwrap_model
+from ..nn.options import check_alpha
+from .config_json import config_checksum
+from .files import replaced_atomically
+from .format import CONFIG_NAME, FORMAT_NAME, FORMAT_VERSION, MODEL_CONFIG_NAME, TENSORS_NAME, TRAINABLE_ONLY
+from .model_config import model_config_for_save
+from .model_state import state_tensors, trainable_names
+
+
+def _parameter_ids(model: nn.Module) -> dict[str, int]:
+    """{plain name: id of the parameter or buffer}: tied weights share one object."""
+    named = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+    return {plain_name(n): id(t) for n, t in named}
+
+
+def _split_aliases(tensors: dict[str, torch.Tensor], ids: dict[str, int]) -> tuple[dict[str, torch.Tensor],
+                                                                                  dict[str, str]]:
+    """Tensors stored once each, and {alias: stored name} for names that share a tensor (tied
+    weights such as GPT-2's lm_head and token embedding). Sharded tensors (DTensors) are tied
+    when they are one parameter object, which every rank decides alike; plain tensors when they
+    share memory."""
+    unique, aliases, seen = {}, {}, {}
+    for name in sorted(tensors):
+        t = tensors[name]
+        if is_dtensor(t):
+            key = ("parameter", ids[name]) if name in ids else None
+        else:
+            key = (t.device, t.data_ptr(), t.dtype, tuple(t.shape), t.stride()) if t.numel() else None
+        if key is not None and key in seen:
+            aliases[name] = seen[key]
+        else:
+            unique[name] = t
+            if key is not None:
+                seen[key] = name
+    return unique, aliases
+
+
+def save(model: nn.Module, directory: str | os.PathLike, *, trainable_only: bool = False) -> Path:
+    """Write ``model`` as seeds + tensors to ``directory`` (created if needed). Returns the path.
+
+    The model must contain at least one ``lottalora.Linear``; every tensor of its state_dict is
+    stored (the seeded backbones are not in it), so a model of the same architecture restores
+    identical outputs with ``load``. Writes format version ``FORMAT_VERSION``.
+    ``trainable_only=True`` stores only the parameters that require grad (adapters, betas,
+    trained biases, ``trainable_modules``), as PEFT saves an adapter: ``load`` then restores
+    those into a model that has the rest (the same base model, converted the same way).
+
+    ``model`` may be wrapped by ``torch.compile`` or ``DistributedDataParallel``: the plain
+    names are written. With FSDP2 (``fully_shard``) or tensor-parallel parameters (DTensors),
+    every rank must call ``save`` (the shards are gathered, one tensor at a time); rank 0 writes
+    and every rank returns once the files are complete. Transformers models also get a
+    ``config.json`` from which ``lottalora.from_pretrained`` rebuilds them (``model_config``).
+    Each file is replaced in one step, so a reader never sees half of one.
+    """
+    from safetensors.torch import save as serialize
+
+    if not isinstance(trainable_only, bool):
+        raise TypeError(f"trainable_only must be a bool, got {trainable_only!r}")
+    model = unwrap_model(model)
+    layers = seeded_layers(model, plain=True)
+    if not layers:
+        raise ValueError("model has no lottalora.Linear layer: convert it first (lottalora.convert)")
+    for name, m in layers.items():
+        try:
+            check_alpha(m.alpha, zero_ok=m.rank == 0)
+        except ValueError as exc:
+            raise ValueError(f"layer {name!r}: {exc}") from None
+    directory = Path(directory)
+    trainable = trainable_names(model)
+    state = state_tensors(model)
+    if trainable_only:
+        state = {k: v for k, v in state.items() if k in set(trainable)}
+        if not state:
+            raise ValueError("trainable_only=True but no parameter of the model requires grad: nothing to save")
+    unique, aliases = _split_aliases(state, _parameter_ids(model))
+    sharded = any(is_dtensor(t) for t in unique.values())
+    if sharded:
+        unique = gather_full(unique)  # a collective: every rank is here
+        if unique is None:  # not the writer
+            barrier()
+            return directory
+    metadata = {"format": FORMAT_NAME, **({"contents": TRAINABLE_ONLY} if trainable_only else {})}
+    data = serialize({k: v.detach().contiguous().cpu() for k, v in unique.items()}, metadata=metadata)
+    model_config = model_config_for_save(model)
+    directory.mkdir(parents=True, exist_ok=True)
+    with replaced_atomically(directory / TENSORS_NAME) as tmp:
+        tmp.write_bytes(data)
+    config = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        # The newest stream version in use: a reader that knows only older versions refuses the file.
+        "generator": {"name": "philox4x32", "rounds": spec.PHILOX_ROUNDS,
+                      "stream_version": max(m.stream_version for m in layers.values())},
+        "layers": [
+            {"name": name, "in_features": m.in_features, "out_features": m.out_features, "seed": str(m.seed),
+             "stream": str(m.stream), "stream_version": m.stream_version, "init": m.init, "rank": m.rank,
+             "alpha": m.alpha,
+             "use_rslora": m.use_rslora, "scaling": m.scaling, "bias": m.bias is not None,
+             "fingerprint": backbone_fingerprint(m.spec)}
+            for name, m in layers.items()
+        ],
+        "trainable": trainable,
+        "aliases": aliases,
+        "tensors": {"file": TENSORS_NAME, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)},
+    }
+    config["config_sha256"] = config_checksum(config)
+    config_path = directory / CONFIG_NAME
+    with replaced_atomically(config_path) as tmp:
+        tmp.write_text(json.dumps(config, indent=2, allow_nan=False) + "\n")
+    # The tensors get the config's permissions (the umask's).
+    os.chmod(directory / TENSORS_NAME, stat.S_IMODE(config_path.stat().st_mode))
+    if model_config is not None:
+        with replaced_atomically(directory / MODEL_CONFIG_NAME) as tmp:
+            tmp.write_text(json.dumps(model_config, indent=2) + "\n")
+    if sharded:
+        barrier()
+    return directory

@@ -1,0 +1,135 @@
+"""The config's schema and content: every key, type and value a reader relies on, checked before
+anything is built from it."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from lottalora_kernels.stream import spec
+
+from ..backbone import BackboneSpec
+from ..nn.options import check_alpha, lora_scaling
+from .config_json import config_checksum, nesting_depth
+from .format import (
+    CONFIG_NAME,
+    FORMAT_NAME,
+    GENERATOR_KEYS,
+    HEX16,
+    HEX64,
+    LAYER_KEYS,
+    MAX_CONFIG_NESTING,
+    READABLE_FORMAT_VERSIONS,
+    TENSORS_KEYS,
+    TENSORS_NAME,
+    TOP_KEYS,
+    U64_DECIMAL,
+    fail,
+    shorten,
+)
+
+
+def json_type(value) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null",
+            int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_keys(directory: Path, what: str, value, keys: set[str]) -> None:
+    if not isinstance(value, dict):
+        fail(directory, f"{what} must be a JSON object, got {json_type(value)}")
+    missing, unknown = sorted(keys - set(value)), sorted(set(value) - keys)
+    if missing or unknown:
+        fail(directory, f"{what} must have the keys {sorted(keys)}: missing {missing}, unknown {shorten(unknown)}")
+
+
+def _check_generator(directory: Path, generator) -> None:
+    _check_keys(directory, "generator", generator, GENERATOR_KEYS)
+    version = generator["stream_version"]
+    if generator["name"] != "philox4x32" or not is_int(generator["rounds"]) or \
+            generator["rounds"] != spec.PHILOX_ROUNDS or not is_int(version) or \
+            version not in spec.SUPPORTED_STREAM_VERSIONS:
+        fail(directory, f"generator {shorten(generator)} is not supported by this build "
+                         f"(stream versions {spec.SUPPORTED_STREAM_VERSIONS}, philox4x32-{spec.PHILOX_ROUNDS})")
+
+
+def _check_layer(directory: Path, index: int, layer, format_version: int, generator: dict) -> BackboneSpec:
+    """The layer entry's BackboneSpec, after checking every field and the stored scaling."""
+    _check_keys(directory, f"layers[{index}]", layer, LAYER_KEYS[format_version])
+    where = f"layers[{index}] ({shorten(layer['name'])})" if isinstance(layer["name"], str) else f"layers[{index}]"
+
+    def bad(key: str, expected: str):
+        fail(directory, f"{where}: {key} must be {expected}, got {shorten(layer[key])}")
+
+    if not isinstance(layer["name"], str):
+        bad("name", "a string")
+    for key in ("in_features", "out_features"):
+        if not is_int(layer[key]) or layer[key] <= 0:
+            bad(key, "a positive integer")
+    for key in ("seed", "stream"):
+        if not isinstance(layer[key], str) or not U64_DECIMAL.fullmatch(layer[key]):
+            bad(key, "an unsigned 64-bit integer in decimal digits, as a string")
+    if not is_int(layer["rank"]) or layer["rank"] < 0:
+        bad("rank", "an integer >= 0")
+    for key in ("use_rslora", "bias"):
+        if not isinstance(layer[key], bool):
+            bad(key, "true or false")
+    try:
+        alpha = check_alpha(layer["alpha"], zero_ok=layer["rank"] == 0)
+    except ValueError as exc:
+        fail(directory, f"{where}: {exc}")
+    scaling = lora_scaling(layer["rank"], alpha, layer["use_rslora"])
+    if isinstance(layer["scaling"], bool) or not isinstance(layer["scaling"], (int, float)) or \
+            layer["scaling"] != scaling:
+        bad("scaling", f"{scaling!r}, what rank {layer['rank']}, alpha {alpha!r} and "
+                       f"use_rslora {layer['use_rslora']} give")
+    if not isinstance(layer["fingerprint"], str) or not HEX16.fullmatch(layer["fingerprint"]):
+        bad("fingerprint", "16 lowercase hex digits")
+    stream_version = layer["stream_version"] if format_version >= 2 else generator["stream_version"]
+    if not is_int(stream_version) or stream_version not in spec.SUPPORTED_STREAM_VERSIONS or \
+            stream_version > generator["stream_version"]:
+        bad("stream_version", f"one of {spec.SUPPORTED_STREAM_VERSIONS} and at most the generator's "
+                              f"{generator['stream_version']}")
+    try:
+        return BackboneSpec(int(layer["seed"]), int(layer["stream"]), layer["in_features"], layer["out_features"],
+                            layer["init"], stream_version)
+    except (TypeError, ValueError) as exc:
+        fail(directory, f"{where}: {exc}")
+
+
+def check_config(directory: Path, config) -> None:
+    """Schema and content of a parsed config; adds each layer's "spec" (a BackboneSpec)."""
+    if nesting_depth(config) > MAX_CONFIG_NESTING:
+        fail(directory, f"{CONFIG_NAME} nests deeper than {MAX_CONFIG_NESTING} levels")
+    if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
+        fail(directory, f"{CONFIG_NAME} is not a {FORMAT_NAME} config")
+    version = config.get("format_version")
+    if not is_int(version) or version not in READABLE_FORMAT_VERSIONS:
+        fail(directory, f"unknown format_version {shorten(version)} (this build reads {READABLE_FORMAT_VERSIONS})")
+    _check_keys(directory, CONFIG_NAME, config, TOP_KEYS[version])
+    if version >= 2 and config["config_sha256"] != config_checksum(config):
+        fail(directory, f"{CONFIG_NAME} does not match its config_sha256: edited or corrupted")
+    _check_generator(directory, config["generator"])
+    layers = config["layers"]
+    if not isinstance(layers, list) or not layers:
+        fail(directory, "config lists no layers")
+    specs = [_check_layer(directory, i, layer, version, config["generator"]) for i, layer in enumerate(layers)]
+    repeated = sorted(name for name, count in Counter(layer["name"] for layer in layers).items() if count > 1)
+    if repeated:
+        fail(directory, f"layers list a name twice: {shorten(repeated)}")
+    trainable, aliases = config["trainable"], config["aliases"]
+    if not isinstance(trainable, list) or not all(isinstance(n, str) for n in trainable):
+        fail(directory, f"trainable must be a list of names, got {json_type(trainable)}")
+    if not isinstance(aliases, dict) or not all(isinstance(v, str) for v in aliases.values()):
+        fail(directory, f"aliases must map names to stored tensor names, got {shorten(aliases)}")
+    _check_keys(directory, "tensors", config["tensors"], TENSORS_KEYS)
+    tensors = config["tensors"]
+    if tensors["file"] != TENSORS_NAME or not isinstance(tensors["sha256"], str) or \
+            not HEX64.fullmatch(tensors["sha256"]) or not is_int(tensors["bytes"]) or tensors["bytes"] < 0:
+        fail(directory, f"tensors must be {{'file': {TENSORS_NAME!r}, 'sha256': 64 hex digits, 'bytes': an "
+                         f"integer}}, got {shorten(tensors)}")
+    for layer, spec_ in zip(layers, specs, strict=True):
+        layer["spec"] = spec_

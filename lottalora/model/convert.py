@@ -1,0 +1,237 @@
+"""Turn an existing model into a seeded one: its linear layers become ``lottalora.Linear``.
+
+Each converted layer's stream is derived from its qualified module name
+(``lottalora.stream_for_name``), so two converted copies of one architecture get the same
+backbones whatever the construction order, process or machine. Everything is frozen afterwards
+except the adapters, beta, biases of converted layers, and the modules named in
+``trainable_modules``; a beta that only acts as a product with another layer's beta
+(``redundant_betas``) is frozen at 1.0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lottalora_kernels.stream.spec import resolve_version_and_init
+
+from ..backbone import stream_for_name
+from ..nn import Linear, seeded_layers
+from ..nn.options import check_alpha, check_dropout, check_rank
+from .load_check import check_loads_whole
+from .modules import linear_shape, parameter_names, set_submodule, tied_elsewhere
+from .patterns import (
+    ALL_LINEAR,
+    Patterns,
+    check_pattern_dict,
+    check_patterns,
+    json_patterns,
+    name_matches,
+    output_head_names,
+    pattern_value,
+)
+from .records import record_call
+from .redundant_betas import find_redundant_betas
+
+BIAS_MODES = ("none", "all", "lora_only")
+
+
+@dataclass(frozen=True)
+class _Options:
+    """convert's arguments, checked."""
+
+    rank: int
+    alpha: float | None
+    use_rslora: bool
+    seed: int
+    init: str
+    version: int
+    all_linear: bool
+    target_modules: Patterns
+    exclude_modules: Patterns
+    adapter_modules: Patterns
+    trainable_modules: Patterns
+    train_beta: bool
+    lora_dropout: float
+    bias: str
+    rank_pattern: dict | None
+    alpha_pattern: dict | None
+
+    def record(self) -> dict:
+        """The call's arguments as JSON values (seeds as decimal strings), for ``records``."""
+        return dict(
+            rank=self.rank, alpha=self.alpha, use_rslora=self.use_rslora, seed=str(self.seed), init=self.init,
+            stream_version=self.version,
+            target_modules=ALL_LINEAR if self.all_linear else json_patterns(self.target_modules),
+            exclude_modules=json_patterns(self.exclude_modules), adapter_modules=json_patterns(self.adapter_modules),
+            trainable_modules=json_patterns(self.trainable_modules), train_beta=self.train_beta,
+            lora_dropout=self.lora_dropout, bias=self.bias, rank_pattern=self.rank_pattern,
+            alpha_pattern=self.alpha_pattern)
+
+
+def convert(
+    model: nn.Module, *, rank: int = 8, alpha: float | None = None, use_rslora: bool = False,
+    seed: int = 0, init: str | None = None, stream_version: int | None = None, target_modules: Patterns = None,
+    exclude_modules: Patterns = None, adapter_modules: Patterns = None, trainable_modules: Patterns = None,
+    train_beta: bool = True, lora_dropout: float = 0.0, bias: str = "lora_only",
+    rank_pattern: dict[str, int] | None = None, alpha_pattern: dict[str, float] | None = None,
+) -> nn.Module:
+    """Replace linear layers of ``model`` in place with seeded ``lottalora.Linear`` and freeze the rest.
+
+    target_modules: which linear layers (nn.Linear, transformers' Conv1D) to convert.
+    ``None`` or ``"all-linear"`` (PEFT's shorthand): every linear layer but the output head
+    (``output_head_names``: a transformers model's lm_head or classifier; a plain nn.Module has
+    none that can be told apart). A layer whose weight is tied to another module's (GPT-2's
+    lm_head and token embedding) is never converted by "all-linear", and naming it is an error:
+    its dense weight is shared and cannot be replaced by a seed. exclude_modules: layers never
+    converted (PEFT's option). adapter_modules: which converted layers get a rank-``rank``
+    adapter; the others become rank-0 seeded layers (all get one when None). rank_pattern and
+    alpha_pattern (PEFT's): {regex matching the end of a name: rank or alpha} overriding
+    ``rank`` / ``alpha`` per layer (rank 0: no adapter). trainable_modules: modules whose
+    parameters stay trainable (embeddings, norms, a head). The name options accept a regex
+    matched against the whole qualified name, or a list of names / name suffixes (PEFT's rule).
+
+    init and stream_version choose the backbone as in ``lottalora.Linear`` (default: stream 2's
+    binary backbone). lora_dropout: dropout on the adapter's input while training (PEFT's).
+    bias (PEFT's names): "lora_only" trains the biases of the converted layers (the default:
+    unlike PEFT's "none", since a seeded layer's bias is its only dense trained part and the
+    paper trains it), "none" freezes them, "all" trains every bias of the model. The old dense
+    weights are dropped; biases are kept. Works on models whose weights are on the meta device
+    (see ``materialize``). Returns model.
+
+    The first call freezes every parameter that is not one of the converted layers' or of
+    ``trainable_modules``; a later call on a model that already holds seeded layers adds its
+    layers and trainable modules and freezes nothing it did not create. The call is recorded
+    on ``model``, so ``lottalora.save`` can write how the model was built.
+
+    train_beta=False freezes every converted layer's beta at 1.0. With train_beta=True, a beta
+    that can only act as a product with the beta of the layer it feeds (LLaMA's MLP up_proj into
+    down_proj when neither has an adapter; rule and proof in ``lottalora.model.redundant_betas``)
+    is frozen at 1.0 too, leaving one trained scale per product instead of two equal ones. Make
+    it train again with ``layer.beta.requires_grad_(True)`` to reproduce one beta per layer.
+    """
+    options = _check_options(model, rank, alpha, use_rslora, seed, init, stream_version, target_modules,
+                             exclude_modules, adapter_modules, trainable_modules, train_beta, lora_dropout, bias,
+                             rank_pattern, alpha_pattern)
+    targets = _targets(model, options)
+    first_conversion = not seeded_layers(model)
+    converted = {name: _replace(model, name, module, shape, options) for name, module, shape in targets}
+    _set_trainable(model, converted, options, first_conversion)
+    record_call(model, list(converted), options.record())
+    check_loads_whole(model)
+    return model
+
+
+def _check_options(model, rank, alpha, use_rslora, seed, init, stream_version, target_modules, exclude_modules,
+                   adapter_modules, trainable_modules, train_beta, lora_dropout, bias, rank_pattern,
+                   alpha_pattern) -> _Options:
+    """Every argument checked before the model changes (TypeError/ValueError naming it)."""
+    all_linear = target_modules is None or (isinstance(target_modules, str) and target_modules.lower() == ALL_LINEAR)
+    for argument, patterns in (("target_modules", None if all_linear else target_modules),
+                               ("exclude_modules", exclude_modules), ("adapter_modules", adapter_modules),
+                               ("trainable_modules", trainable_modules)):
+        check_patterns(argument, patterns)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    check_rank(rank)
+    if alpha is not None:
+        check_alpha(alpha)
+    version, init = resolve_version_and_init(stream_version, init)
+    if not isinstance(train_beta, bool):
+        raise TypeError(f"train_beta must be a bool, got {train_beta!r}")
+    if bias not in BIAS_MODES:
+        raise ValueError(f"bias must be one of {BIAS_MODES}, got {bias!r}")
+    check_dropout(lora_dropout)
+    check_pattern_dict("rank_pattern", rank_pattern, lambda key, v: check_rank(v, f"rank_pattern[{key!r}]"))
+    check_pattern_dict("alpha_pattern", alpha_pattern, lambda key, v: check_alpha(v, what=f"alpha_pattern[{key!r}]"))
+    return _Options(rank, alpha, use_rslora, seed, init, version, all_linear, target_modules, exclude_modules,
+                    adapter_modules, trainable_modules, train_beta, lora_dropout, bias, rank_pattern, alpha_pattern)
+
+
+def _targets(model: nn.Module, options: _Options) -> list[tuple[str, nn.Module, tuple[int, int]]]:
+    """(name, dense module, (in_features, out_features)) of every layer to convert; ValueError
+    when the options name nothing, a tied weight, or layers that cannot be both."""
+    heads = output_head_names(model) if options.all_linear else set()
+    names = parameter_names(model)
+    targets = []
+    for name, module in model.named_modules():
+        shape = linear_shape(module)
+        if shape is None or not name or name in heads:
+            continue
+        if options.exclude_modules is not None and name_matches(name, options.exclude_modules):
+            continue
+        if not options.all_linear and not name_matches(name, options.target_modules):
+            continue
+        tied = tied_elsewhere(names, name, module)
+        if tied and options.all_linear:
+            continue
+        if tied:
+            raise ValueError(f"{name}.weight is tied to {tied[0]}: a tied weight is shared with another module "
+                             f"and cannot become a seed; leave {name!r} out of target_modules")
+        targets.append((name, module, shape))
+    if not targets:
+        raise ValueError(f"target_modules={options.target_modules!r} matched no nn.Linear (or Conv1D) in the model")
+    target_names = [n for n, _, _ in targets]
+    if options.trainable_modules is not None:
+        clash = [n for n in target_names if name_matches(n, options.trainable_modules)]
+        if clash:
+            raise ValueError(f"{clash} are both conversion targets and trainable_modules: exclude them from "
+                             "target_modules to keep them as trained dense layers")
+    if options.adapter_modules is not None and not any(name_matches(n, options.adapter_modules) for n in target_names):
+        raise ValueError(f"adapter_modules={options.adapter_modules!r} matched none of the converted layers")
+    for argument, pattern in (("rank_pattern", options.rank_pattern), ("alpha_pattern", options.alpha_pattern)):
+        for key in pattern or {}:
+            if not any(pattern_value(n, {key: 0}, None) is not None for n in target_names):
+                raise ValueError(f"{argument} key {key!r} matches none of the converted layers")
+    return targets
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module, shape: tuple[int, int], options: _Options) -> Linear:
+    """Put the seeded layer for the dense ``module`` at ``name``; returns it."""
+    in_features, out_features = shape
+    weight = module.weight
+    has_adapter = options.adapter_modules is None or name_matches(name, options.adapter_modules)
+    layer_rank = pattern_value(name, options.rank_pattern, options.rank) if has_adapter else 0
+    new = Linear(in_features, out_features, bias=module.bias is not None, rank=layer_rank,
+                 alpha=pattern_value(name, options.alpha_pattern, options.alpha), use_rslora=options.use_rslora,
+                 seed=options.seed, stream=stream_for_name(name), init=options.init, stream_version=options.version,
+                 train_beta=options.train_beta, lora_dropout=options.lora_dropout, device=weight.device,
+                 dtype=weight.dtype)
+    if module.bias is not None and module.bias.device.type != "meta":
+        with torch.no_grad():
+            new.bias.copy_(module.bias)
+    if new.bias is not None:
+        new.bias.requires_grad_(options.bias != "none")
+    new.merges_into_conv1d = not isinstance(module, nn.Linear)
+    set_submodule(model, name, new)
+    return new
+
+
+def _set_trainable(model: nn.Module, converted: dict[str, Linear], options: _Options, first_conversion: bool) -> None:
+    """What trains after the call (the rules in ``convert``'s docstring)."""
+    if first_conversion:
+        for param in model.parameters():
+            param.requires_grad_(False)
+        for layer in converted.values():
+            for param_name, param in layer.named_parameters():
+                param.requires_grad_(param_name != "beta" or options.train_beta)
+                if param_name == "bias":
+                    param.requires_grad_(options.bias != "none")
+    if options.trainable_modules is not None:
+        # Seeded layers inside a trainable module keep what train_beta and bias decided.
+        seeded = {id(p) for layer in seeded_layers(model).values() for p in layer.parameters()}
+        for name, module in model.named_modules():
+            if name and name_matches(name, options.trainable_modules):
+                for param in module.parameters():
+                    if id(param) not in seeded:
+                        param.requires_grad_(True)
+    if options.bias == "all":
+        for param_name, param in model.named_parameters():
+            if param_name.rpartition(".")[2] == "bias":
+                param.requires_grad_(True)
+    if options.train_beta:
+        for name in find_redundant_betas(model):
+            if name in converted:
+                converted[name].beta.requires_grad_(False)

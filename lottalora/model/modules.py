@@ -1,0 +1,56 @@
+"""A model's modules as conversion sees them: which are dense linear layers, which parameters
+are tied, and replacing a submodule by name."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..nn import Linear
+
+
+def linear_shape(module: nn.Module) -> tuple[int, int] | None:
+    """(in_features, out_features) of an nn.Linear or a transformers Conv1D, else None (a seeded
+    layer is not a dense one)."""
+    if isinstance(module, Linear):
+        return None
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    if is_transformers_conv1d(module):
+        # GPT-2's Conv1D is x @ W + b with W of shape (in, out): a linear layer stored transposed.
+        # The backbone replaces W outright, so only the shape matters.
+        return module.weight.shape[0], module.weight.shape[1]
+    return None
+
+
+def is_transformers_conv1d(module: nn.Module) -> bool:
+    """Whether ``module`` is transformers' Conv1D (GPT-2's linear layer), without importing it."""
+    cls = type(module)
+    return cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers")
+
+
+def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Replace the submodule at the qualified ``name`` by ``new``."""
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+def parameter_names(model: nn.Module) -> dict[int, list[str]]:
+    """Every name each parameter of ``model`` goes by, keyed by the parameter's id, in
+    ``named_parameters`` order (a tied parameter has several names). Built once per call, so
+    finding ties costs one scan of the model, not one per layer."""
+    names: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name)
+    return names
+
+
+def tied_elsewhere(names: dict[int, list[str]], name: str, module: nn.Module) -> list[str]:
+    """Names of parameters outside ``module`` (the one at ``name``) that are ``module.weight``
+    itself (tied weights); ``names`` is ``parameter_names`` of the whole model."""
+    prefix = f"{name}."
+    return [n for n in names.get(id(module.weight), []) if not n.startswith(prefix)]
+
+
+def tied_groups(model: nn.Module) -> list[list[str]]:
+    """Names of parameters that are one object, in groups of two or more."""
+    return [names for names in parameter_names(model).values() if len(names) > 1]

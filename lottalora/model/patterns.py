@@ -1,0 +1,85 @@
+"""PEFT's name rules: which of a model's modules a conversion option names.
+
+``target_modules``, ``exclude_modules``, ``adapter_modules`` and ``trainable_modules`` take a
+regex matched against the whole qualified name, or a list of names or name suffixes matched at
+a ``.`` boundary; ``rank_pattern`` and ``alpha_pattern`` map regexes that match the end of a
+name to per-layer values; ``"all-linear"`` is every linear layer but the output head.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from torch import nn
+
+Patterns = str | Sequence[str] | None
+ALL_LINEAR = "all-linear"
+# transformers sequence-classification heads PEFT also leaves out of "all-linear" (SEQ_CLS_HEAD_NAMES).
+CLASSIFIER_HEADS = ("score", "classifier")
+
+
+def check_patterns(argument: str, patterns: Patterns) -> None:
+    """TypeError/ValueError naming ``argument`` unless ``patterns`` is None, a valid regex or a
+    list of strings."""
+    if patterns is None or isinstance(patterns, str):
+        if isinstance(patterns, str):
+            try:
+                re.compile(patterns)
+            except re.error as exc:
+                raise ValueError(f"{argument} is not a valid regular expression: {exc}") from None
+        return
+    if not isinstance(patterns, Sequence) or not all(isinstance(p, str) for p in patterns):
+        raise TypeError(f"{argument} must be None, a regex string or a list of name suffixes, got {patterns!r}")
+
+
+def name_matches(name: str, patterns: Patterns) -> bool:
+    """PEFT's rule: a string is a regex that must match the whole qualified name; a list holds
+    names or suffixes that match at a ``.`` boundary."""
+    if isinstance(patterns, str):
+        return re.fullmatch(patterns, name) is not None
+    return any(name == p or name.endswith("." + p) for p in patterns)
+
+
+def pattern_value(name: str, pattern: dict | None, default):
+    """PEFT's rank_pattern / alpha_pattern rule: the first key that matches the end of the
+    qualified name at a ``.`` boundary (a regex) gives the value, else ``default``."""
+    for key, value in (pattern or {}).items():
+        if re.fullmatch(rf"(?:.*\.)?(?:{key})", name):
+            return value
+    return default
+
+
+def check_pattern_dict(argument: str, pattern, check_value) -> None:
+    """TypeError/ValueError naming ``argument`` unless ``pattern`` is None or a dict of valid
+    regexes to values ``check_value(key, value)`` accepts."""
+    if pattern is None:
+        return
+    if not isinstance(pattern, dict) or not all(isinstance(k, str) for k in pattern):
+        raise TypeError(f"{argument} must be None or a dict of name patterns to values, got {pattern!r}")
+    for key, value in pattern.items():
+        try:
+            re.compile(key)
+        except re.error as exc:
+            raise ValueError(f"{argument} key {key!r} is not a valid regular expression: {exc}") from None
+        check_value(key, value)
+
+
+def json_patterns(patterns: Patterns):
+    """``patterns`` as a JSON value (lists for sequences), for the conversion's record."""
+    return patterns if patterns is None or isinstance(patterns, str) else list(patterns)
+
+
+def output_head_names(model: nn.Module) -> set[str]:
+    """Qualified names of the output head(s) "all-linear" leaves alone, by PEFT's rule: the
+    module ``model.get_output_embeddings()`` returns (transformers language models: lm_head),
+    else a top-level ``score`` or ``classifier`` linear (transformers classifiers). A plain
+    nn.Module has no head that can be told apart: list ``exclude_modules`` for it."""
+    heads = []
+    get_output_embeddings = getattr(model, "get_output_embeddings", None)
+    if callable(get_output_embeddings):
+        heads.append(get_output_embeddings())
+    if not any(h is not None for h in heads) and hasattr(model, "config"):
+        heads += [getattr(model, name, None) for name in CLASSIFIER_HEADS]
+    ids = {id(h) for h in heads if isinstance(h, nn.Module)}
+    return {name for name, m in model.named_modules() if id(m) in ids}

@@ -1,0 +1,12 @@
+"""Seeded modules: drop-in replacements for torch.nn layers whose big weight is a seed.
+
+    linear   Linear: nn.Linear's interface, W_seed regenerated inside the op, a LoRA adapter
+    state    the "_extra_state" entry that carries a layer's backbone identity and options
+    options  checks of rank, alpha and lora_dropout, and the LoRA scaling
+    layers   the one walk over a model's seeded layers, and the wrappers around models
+"""
+
+from .layers import is_dtensor, plain_name, seeded_layers, unwrap_model
+from .linear import Linear
+
+__all__ = ["Linear", "is_dtensor", "plain_name", "seeded_layers", "unwrap_model"]

@@ -1,0 +1,212 @@
+"""``lottalora.Linear``: a drop-in ``nn.Linear`` whose weight is a seed, plus a LoRA adapter."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from torch import nn
+
+from ..backbone import BackboneSpec
+from ..ops import dense_block, seeded_linear
+from ..ops.backend import supported_dtypes
+from .options import check_alpha, check_dropout, check_rank, lora_scaling
+from .state import LayerState, decode_extra_state, extra_state, upgrade_legacy_beta
+
+
+class Linear(nn.Module):
+    """y = beta * x @ W_seed^T + scaling * (x @ lora_A^T) @ lora_B^T + bias.
+
+    W_seed (out_features x in_features) is drawn from (seed, stream, init) by the backbone
+    stream (docs/backbone.md) and regenerated inside the kernels at every call: it is never a
+    parameter, buffer or state_dict entry. ``stream_version=None`` takes the newest stream that
+    provides ``init`` (``init=None``: stream 2's binary backbone, +-1/sqrt(in_features) built for
+    the tensor cores; ``init="gaussian"``: stream 1); ``stream_version=1`` reproduces layers
+    made before stream 2 bit for bit. Trainable: lora_A (rank, in_features),
+    Kaiming-uniform; lora_B (out_features, rank), zeros; beta (1,), one value starting at 1.0
+    (a 1-element 1-D tensor, not 0-dim, so that FSDP2 can shard it; state_dicts and checkpoints
+    written with the older 0-dim beta load into it); bias
+    (out_features,), nn.Linear's init. With rank=0 the layer is frozen random plus beta and bias
+    (lora_A and lora_B are None). train_beta=False keeps beta a parameter (it stays in the
+    state_dict) with requires_grad=False, so it stays at its value: the paper's fixed-beta runs.
+
+    scaling = alpha / rank, or alpha / sqrt(rank) with use_rslora; alpha=None means alpha=rank.
+    Input: (*, in_features); output: (*, out_features).
+    """
+
+    # Set by lottalora.convert on a layer it made from transformers' Conv1D (GPT-2), so that
+    # merge_and_unload gives the architecture its Conv1D back.
+    merges_into_conv1d: bool = False
+
+
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = True, *, rank: int = 8,
+        alpha: float | None = None, use_rslora: bool = False, seed: int = 0, stream: int = 0,
+        init: str | None = None, stream_version: int | None = None, train_beta: bool = True,
+        lora_dropout: float = 0.0, device=None, dtype=None,
+    ) -> None:
+        super().__init__()
+        check_rank(rank)
+        alpha = check_alpha(alpha) if alpha is not None else float(rank)
+        if not isinstance(train_beta, bool):
+            raise TypeError(f"train_beta must be a bool, got {train_beta!r}")
+        factory = {"device": device, "dtype": dtype}
+        if dtype is not None and dtype not in supported_dtypes("torch"):  # the widest backend's
+            raise TypeError(f"dtype must be one of {supported_dtypes('torch')}, got {dtype}")
+        self._spec = BackboneSpec(seed, stream, in_features, out_features, init, stream_version)
+        self.rank = rank
+        self.alpha = alpha
+        self.use_rslora = bool(use_rslora)
+        self.lora_dropout = check_dropout(lora_dropout)
+        if rank > 0:
+            self.lora_A = nn.Parameter(torch.empty((rank, in_features), **factory))
+            self.lora_B = nn.Parameter(torch.empty((out_features, rank), **factory))
+        else:
+            self.register_parameter("lora_A", None)
+            self.register_parameter("lora_B", None)
+        self.beta = nn.Parameter(torch.ones(1, **factory), requires_grad=train_beta)
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_features, **factory))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    # The backbone's identity, read-only: change it by building a new layer, loading state, or
+    # re-drawing it with reseed.
+    in_features = property(lambda self: self._spec.in_features)
+    out_features = property(lambda self: self._spec.out_features)
+    seed = property(lambda self: self._spec.seed)
+    stream = property(lambda self: self._spec.stream)
+    init = property(lambda self: self._spec.init)
+    stream_version = property(lambda self: self._spec.version, doc="The backbone stream's version (1 or 2).")
+    spec = property(lambda self: self._spec, doc="The layer's BackboneSpec.")
+
+    @property
+    def train_beta(self) -> bool:
+        """Whether beta is trained (its requires_grad)."""
+        return self.beta.requires_grad
+
+    def reseed(self, seed: int) -> None:
+        """Re-draw W_seed in place from ``seed`` (a 64-bit unsigned int); everything else of the
+        backbone (stream, init, shape) and every parameter stay as they are, so an optimizer
+        holding this layer's parameters goes on unchanged. ``lottalora.reseed`` does it for a
+        whole model."""
+        self._spec = dataclasses.replace(self._spec, seed=seed)
+
+    @property
+    def scaling(self) -> float:
+        """The factor on the low-rank product: alpha / rank (or / sqrt(rank) with rsLoRA)."""
+        return lora_scaling(self.rank, self.alpha, self.use_rslora)
+
+    def reset_parameters(self) -> None:
+        """A as PEFT (Kaiming-uniform, a=sqrt(5)), B = 0, beta = 1, bias as nn.Linear."""
+        if self.lora_A is not None:
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+            nn.init.zeros_(self.lora_B)
+        with torch.no_grad():
+            self.beta.fill_(1.0)
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(self.in_features)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    @property
+    def shard(self) -> tuple[tuple[int, int], tuple[int, int]] | None:
+        """(rows, cols): the block of W_seed this rank computes under tensor parallelism
+        (``lottalora.distributed.ColwiseParallel`` owns rows, ``RowwiseParallel`` columns), or
+        None when the layer computes all of it (always, for a plain Linear)."""
+        return None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (*, in_features) -> (*, out_features)."""
+        lora_input = None
+        if self.lora_A is not None and self.lora_dropout > 0 and self.training:
+            lora_input = nn.functional.dropout(x, self.lora_dropout, training=True)
+        return seeded_linear(x, self._spec, self.lora_A, self.lora_B, self.beta, self.bias, self.scaling,
+                             lora_input=lora_input)
+
+    def backbone_weight(self, dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
+        """The dense W_seed (out_features, in_features), regenerated now and never cached.
+
+        float32 by default (the stream's native precision; stream 2's values are exactly
+        +-1/sqrt(in_features) in float32); ``dtype`` rounds it to that dtype. Defaults to the
+        device of the layer's parameters.
+        """
+        w = dense_block(self._spec, device=device if device is not None else self.beta.device)
+        return w.to(dtype) if dtype is not None else w
+
+    # Everything that makes the layer's function besides its tensors (seed, stream, init, rank,
+    # alpha, use_rslora) travels in the state_dict as one small int64 tensor ("_extra_state").
+    def get_extra_state(self) -> torch.Tensor:
+        return extra_state(self._spec, self.rank, self.alpha, self.use_rslora)
+
+    def set_extra_state(self, state) -> None:
+        decoded = decode_extra_state(state)
+        self._check_fits(decoded)
+        self._spec = decoded.spec
+        if decoded.alpha is not None:
+            self.alpha, self.use_rslora = decoded.alpha, decoded.use_rslora
+
+    def _check_fits(self, decoded: LayerState) -> None:
+        """ValueError unless a decoded state describes a layer of this one's shape and rank."""
+        s = decoded.spec
+        if (s.in_features, s.out_features) != (self.in_features, self.out_features):
+            raise ValueError(
+                f"state is for a {s.out_features} x {s.in_features} backbone, this layer is "
+                f"{self.out_features} x {self.in_features}"
+            )
+        if decoded.rank is not None and decoded.rank != self.rank:
+            raise ValueError(f"state is for a rank-{decoded.rank} layer, this layer has rank {self.rank}")
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # nn.Module copies the tensors one by one and only then sets the extra state: the entries
+        # present are checked here first, so a bad one leaves the whole layer as it was. Missing
+        # and unexpected entries are left to nn.Module (it does not tell a module whether the
+        # load is strict).
+        # load_state_dict hands each module its own copy of the dict, so replacing the entry
+        # leaves the caller's state_dict as it was.
+        upgrade_legacy_beta(state_dict, prefix + "beta")
+        self.check_state_dict(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def check_state_dict(self, state_dict, prefix: str = "") -> None:
+        """ValueError naming this layer unless the entries of ``state_dict`` under ``prefix``
+        that are present fit it (shape, rank, floating-point tensors, extra state); a 0-dim beta
+        of lottalora 0.1 counts as its one-element form. Loads nothing."""
+        own_keys = [prefix + name for name in (*self._parameters, "_extra_state")]
+        entries = {key: state_dict[key] for key in own_keys if key in state_dict}  # never the caller's dict
+        upgrade_legacy_beta(entries, prefix + "beta")
+        try:
+            self._check_loadable(entries, prefix)
+        except ValueError as exc:
+            where = f"lottalora.Linear {prefix[:-1]!r}" if prefix else "lottalora.Linear"
+            raise ValueError(f"{where}: {exc}") from None
+
+    def _check_loadable(self, state_dict, prefix: str) -> None:
+        key = prefix + "_extra_state"
+        if key in state_dict:
+            self._check_fits(decode_extra_state(state_dict[key]))
+        for name, param in self._parameters.items():
+            key = prefix + name
+            if param is None or key not in state_dict:
+                continue
+            value = state_dict[key]
+            if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+                got = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
+                raise ValueError(f"{name} must be a floating-point tensor, got {got}")
+            if value.shape != param.shape:
+                raise ValueError(f"{name} has shape {tuple(value.shape)} in the state_dict, this layer's is "
+                                 f"{tuple(param.shape)} (rank {self.rank})")
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, rank={self.rank}, alpha={self.alpha:g}, "
+            f"rslora={self.use_rslora}, init={self.init!r}, stream_version={self.stream_version}, "
+            f"seed={self.seed}, stream={self.stream}"
+            + ("" if self.train_beta else ", train_beta=False")
+            + (f", lora_dropout={self.lora_dropout:g}" if self.lora_dropout else "")
+            + (f", shard=rows {self.shard[0]} cols {self.shard[1]}" if self.shard is not None else "")
+        )

@@ -1,0 +1,181 @@
+"""The seeded op with autograd: ``SeededLinearFunction`` and ``run``, which ``seeded_linear`` and
+``seeded_linear_shard`` call once their arguments are checked.
+
+    y = beta * x @ W_block^T + scale * (x @ A^T) @ B^T + bias
+
+The forward saves the input and the small (M, rank) product x @ A^T, never W_seed nor any
+out x in tensor; the backward regenerates W_seed's tiles (bit-identical to the forward's).
+
+dbeta = sum(dy * (x @ W^T)) is computed as <x, dy @ W>: the input-gradient pass already forms
+dy @ W tile by tile, so dbeta costs one extra read of x there instead of keeping an (M, out)
+activation from the forward or recomputing the forward matmul. When x needs no gradient but
+beta does, the same pass runs without writing dx; when beta is frozen the x read is skipped.
+
+The backward is not itself differentiable (it calls the seeded kernels, which have no autograd
+of their own): a second derivative through it is refused with an error, never answered wrong.
+A call with nothing to differentiate (no_grad, inference_mode, frozen layers) runs the forward
+without an autograd node.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.autograd import forward_ad
+
+from ..backbone import BackboneBlock
+from . import custom_ops
+from .custom_ops import run_forward, run_input_grad
+from .precision import autocast_off
+
+DOUBLE_BACKWARD_ERROR = (
+    "lottalora.seeded_linear (lottalora.Linear) has no second derivative: double backward "
+    "(differentiating gradients taken with create_graph=True: gradient penalties, Hessians, "
+    "gradgradcheck) is not supported"
+)
+
+
+class _RefuseSecondDerivative(torch.autograd.Function):
+    """Hands first-order gradients through unchanged; a backward through them raises.
+
+    Its inputs are the tensors the gradients depend on (dy, x, lora_A, lora_B, beta), so the
+    autograd engine has to pass through it to reach any of them: torch's
+    ``once_differentiable`` hangs its error on detached copies instead, and a second derivative
+    that also reaches x by another path silently leaves out the part through the gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, grads: list, *depends_on: torch.Tensor):
+        return tuple(grads)
+
+    @staticmethod
+    def backward(ctx, *_):
+        raise RuntimeError(DOUBLE_BACKWARD_ERROR)
+
+
+def _matrix(t: torch.Tensor, width: int) -> torch.Tensor:
+    """t (*, width) as an (M, width) matrix. M comes from the leading dims, not from -1: an empty
+    block (width 0) holds no elements, from which reshape(-1, 0) cannot infer M."""
+    return t.reshape(t.shape[:-1].numel(), width)
+
+
+class SeededLinearFunction(torch.autograd.Function):
+    """Autograd for the seeded op. ``apply(x, lora_A, lora_B, beta, bias, spec, scale, backend,
+    lora_input=None, direct=None)``: ``spec`` is the layer's BackboneSpec, or the BackboneBlock of
+    it this call multiplies by; the tensors as ``seeded_linear`` takes them, checked; ``backend``
+    from ``lottalora.ops.backend.resolve_backend``; ``direct``: whether the implementations may
+    be called without the registered ops (``custom_ops.direct_call_ok``; None: asked here)."""
+
+    @staticmethod
+    def forward(ctx, x, lora_A, lora_B, beta, bias, spec, scale: float, backend: str, lora_input=None,
+                direct=None):
+        block = spec if isinstance(spec, BackboneBlock) else BackboneBlock.whole(spec)
+        x2d = _matrix(x, block.in_features)
+        lora_x2d = _matrix(lora_input, block.in_features) if lora_input is not None else None
+        if direct is None:
+            direct = custom_ops.direct_call_ok(x, lora_A, lora_B, beta, bias, lora_input)
+        # On the torch backend the backward reuses the forward's packed signs (stream v2): one
+        # generation per step instead of two. The op also returns xa = (adapter input) @ A^T,
+        # which dB needs.
+        need_w = ctx.needs_input_grad[0] or ctx.needs_input_grad[3]  # dx or dbeta
+        y2d, xa, packed = run_forward(x2d, block, lora_A, lora_B, beta, bias, scale, backend, need_w, lora_x2d,
+                                      direct)
+        # x is needed by dbeta, and by dA when it is the adapter's input; dB depends on the
+        # adapter input through xa. The inputs themselves are saved, not their reshaped views
+        # (detached from them), so that a refused double backward can list them among the
+        # tensors the gradients depend on.
+        need_x = ctx.needs_input_grad[3] or (lora_input is None and any(ctx.needs_input_grad[1:3]))
+        need_lora_input = lora_input is not None and any(ctx.needs_input_grad[1:3])
+        ctx.save_for_backward(x if need_x else None, xa, lora_A, lora_B, beta, packed,
+                              lora_input if need_lora_input else None)
+        ctx.block, ctx.scale, ctx.backend = block, scale, backend
+        ctx.x_shape = x.shape
+        ctx.separate_lora_input = lora_input is not None
+        return y2d.reshape(*x.shape[:-1], block.out_features)
+
+    @staticmethod
+    def backward(ctx, dy):
+        create_graph = torch.is_grad_enabled()
+        # Unpacked once: non-reentrant activation checkpointing allows one unpack per saved tensor.
+        saved = ctx.saved_tensors
+        with torch.no_grad(), autocast_off(dy.device.type):
+            grads = _first_order_grads(ctx, saved, dy)
+        x, _, lora_A, lora_B, beta, _, lora_input = saved
+        depends_on = [t for t in (dy, x, lora_A, lora_B, beta, lora_input) if t is not None]
+        if not create_graph or not any(t.requires_grad for t in depends_on):
+            return grads
+        present = [i for i, g in enumerate(grads) if g is not None]
+        refused = _RefuseSecondDerivative.apply([grads[i] for i in present], *depends_on)
+        out = list(grads)
+        for i, g in zip(present, refused, strict=True):
+            out[i] = g
+        return tuple(out)
+
+
+def _first_order_grads(ctx, saved: tuple, dy: torch.Tensor) -> tuple:
+    """(dx, dA, dB, dbeta, dbias, None, None, None, d lora_input, None); ``saved``:
+    ctx.saved_tensors."""
+    x, xa, lora_A, lora_B, beta, packed, lora_input = saved
+    need_dx, need_dA, need_dB, need_dbeta, need_dbias = ctx.needs_input_grad[:5]
+    # apply() with the older eight arguments (no lora_input) gives eight entries.
+    need_dlora_input = len(ctx.needs_input_grad) > 8 and ctx.needs_input_grad[8]
+    block, scale, separate = ctx.block, ctx.scale, ctx.separate_lora_input
+    x2d = _matrix(x, block.in_features) if x is not None else None
+    adapter_in = _matrix(lora_input, block.in_features) if separate and lora_input is not None else x2d
+    dy2d = _matrix(dy, block.out_features)
+    if not dy2d.is_contiguous():
+        dy2d = dy2d.contiguous()
+    has_lora = lora_A is not None
+    # dy_b = dy @ B feeds dA and the adapter input's gradient: dx itself when the adapter reads x
+    # (fused into the dx pass), a separate tensor when it reads another input (lora_input).
+    lora_into_dx = has_lora and not separate
+    dy_b = dy2d @ lora_B if has_lora and (need_dA or (need_dx and lora_into_dx) or need_dlora_input) else None
+
+    dx = dbeta = None
+    if need_dx or need_dbeta:
+        dx, dbeta = run_input_grad(
+            dy2d, block, dy_b if need_dx and lora_into_dx else None, lora_A if need_dx and lora_into_dx else None,
+            beta, scale, x2d if need_dbeta else None, need_dx, ctx.backend, packed,
+        )
+        if dx is not None:
+            dx = dx.reshape(ctx.x_shape)
+        if dbeta is not None:
+            dbeta = dbeta.to(beta.dtype).reshape(beta.shape)
+    dA = _scaled_mm(dy_b.T, adapter_in, scale) if need_dA else None
+    dB = _scaled_mm(dy2d.T, xa, scale) if need_dB else None
+    dbias = dy2d.sum(0) if need_dbias else None
+    d_lora_input = _scaled_mm(dy_b, lora_A, scale).reshape(ctx.x_shape) if need_dlora_input else None
+    return dx, dA, dB, dbeta, dbias, None, None, None, d_lora_input, None
+
+
+def _scaled_mm(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
+    """scale * a @ b in one GEMM (the scale is the GEMM's alpha, applied before the result is
+    rounded): a matmul and a separate multiply would be two launches and two roundings."""
+    if scale == 1.0:
+        return a @ b
+    # beta=0: addmm ignores its input, so an uninitialised 0-dim tensor serves (no fill launch).
+    return torch.addmm(a.new_empty(()), a, b, beta=0, alpha=scale)
+
+
+def _needs_autograd_node(direct: bool, *tensors: torch.Tensor | None) -> bool:
+    """Whether the op must run as SeededLinearFunction: a gradient to track; an open forward-AD
+    level (dual inputs do not report requires_grad, and the Function refuses them by name where
+    the bare op would drop their tangents); or anything the direct call does not see through
+    (compiling, dispatch modes, DTensor, functorch transforms)."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return True
+    return forward_ad._current_level >= 0 or not direct
+
+
+def run(x: torch.Tensor, block: BackboneBlock, lora_A, lora_B, beta, bias, scale: float, backend: str,
+        lora_input: torch.Tensor | None) -> torch.Tensor:
+    """The seeded op on checked arguments (``checks.check_seeded_call``'s results): y (*, block
+    out) in x's dtype, through SeededLinearFunction where anything needs its node."""
+    direct = custom_ops.direct_call_ok(x, lora_A, lora_B, beta, bias, lora_input)
+    with autocast_off(x.device.type):
+        if _needs_autograd_node(direct, x, lora_A, lora_B, beta, bias, lora_input):
+            return SeededLinearFunction.apply(x, lora_A, lora_B, beta, bias, block, scale, backend, lora_input,
+                                              direct)
+        x2d = _matrix(x, block.in_features)
+        lora_x2d = _matrix(lora_input, block.in_features) if lora_input is not None else None
+        y2d, _, _ = run_forward(x2d, block, lora_A, lora_B, beta, bias, scale, backend, False, lora_x2d, True)
+        return y2d.reshape(*x.shape[:-1], block.out_features)

@@ -1,0 +1,34 @@
+"""The op's one dtype rule and its autocast behaviour.
+
+Accumulation is float32 for every input dtype but float64, which stays float64 (gradcheck runs
+there, and nn.Linear keeps a float64 layer in float64). Under autocast the op casts its
+arguments as autocast casts nn.Linear's, then runs with autocast off, so its float32
+accumulations are never recast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the op accumulates in (and returns dbeta in) for inputs of ``dtype``."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def autocast_cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """What autocast does to a matmul argument: floating tensors other than float64 go to the
+    autocast dtype; float64 stays float64."""
+    if t is None or not t.is_floating_point() or t.dtype == torch.float64:
+        return t
+    return t.to(dtype)
+
+
+def autocast_off(device_type: str):
+    """Autocast disabled on ``device_type`` while the op runs (the casts autocast would do are
+    done before, by ``autocast_cast``)."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()

@@ -1,0 +1,15 @@
+"""The seeded matmul y = beta * x @ W_seed^T + scale * (x @ A^T) @ B^T + bias and its input
+gradient, one file per regime:
+
+    decode       small M, stream v2: W generated in mma.sync operand registers, split over K
+    one_pass_v1  stream v1: W regenerated per row block inside a tl.dot loop
+    two_phase    large M: each chunk of W generated once into memory, then cuBLAS
+    epilogue     what follows a backbone product (beta, LoRA, bias, dbeta), shared
+    dispatch     the one place that picks a regime, and the two entry points
+
+Every Gluon fast path sits beside a plain-Triton twin that the interpreter runs in CI.
+"""
+
+from .dispatch import seeded_linear_bwd_dx, seeded_linear_fwd
+
+__all__ = ["seeded_linear_bwd_dx", "seeded_linear_fwd"]

@@ -1,0 +1,97 @@
+"""Which kernel regime runs a seeded layer: one entry point per direction, chosen by M.
+
+    stream v2, forward and input gradient:
+                         M <= DECODE_MAX_M       -> decode (W or W^T on the left, split over K)
+                         otherwise                -> two_phase (a chunk of W once, then cuBLAS)
+    stream v1:           M <= V1_ONE_PASS_MAX_M  -> one_pass_v1 (W regenerated per row block)
+                         otherwise                -> two_phase
+    float32 on a GPU, either version              -> two_phase (cuBLAS follows torch's TF32
+                                                     setting; an IEEE float32 tl.dot has no
+                                                     tensor-core path)
+
+The thresholds and the evidence for each (instruction counts, and the H100 measurement of
+2026-11-24) are in benchmarks/NOTES.md, "Dispatch"; ``benchmarks.speed`` times every regime on a
+GPU to move them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import decode, one_pass_v1, two_phase
+
+REGIMES = ("decode", "one_pass_v1", "two_phase")
+DECODE_MAX_M = decode.MAX_M
+V1_ONE_PASS_MAX_M = 128
+
+
+def _v1_regime(m: int, dtype: torch.dtype | None, on_gpu: bool) -> str:
+    if on_gpu and dtype == torch.float32:
+        return "two_phase"
+    return "one_pass_v1" if m <= V1_ONE_PASS_MAX_M else "two_phase"
+
+
+def _v2_regime(m: int, dtype: torch.dtype | None, on_gpu: bool) -> str:
+    # The decode kernels' fast paths make 16-bit operand pairs.
+    small = m <= DECODE_MAX_M and not (on_gpu and dtype == torch.float32)
+    return "decode" if small else "two_phase"
+
+
+def forward_regime(version: int, m: int, dtype: torch.dtype | None = None, on_gpu: bool = False) -> str:
+    """The regime ``seeded_linear_fwd`` runs for ``m`` rows of a stream-``version`` layer."""
+    return _v2_regime(m, dtype, on_gpu) if version == 2 else _v1_regime(m, dtype, on_gpu)
+
+
+def input_grad_regime(version: int, m: int, dtype: torch.dtype | None = None, on_gpu: bool = False) -> str:
+    """The regime ``seeded_linear_bwd_dx`` runs for ``m`` rows of a stream-``version`` layer."""
+    return _v2_regime(m, dtype, on_gpu) if version == 2 else _v1_regime(m, dtype, on_gpu)
+
+
+def seeded_linear_fwd(
+    x: torch.Tensor, *, seed: int, stream: int, version: int, init: str, out_features: int,
+    lora_A: torch.Tensor | None, lora_B: torch.Tensor | None, beta: torch.Tensor, bias: torch.Tensor | None,
+    scale: float, regime: str | None = None, lora_x: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(y (M, out_features) = beta * x @ W_seed^T + scale * xa @ lora_B^T + bias, xa = lora_x @ lora_A^T
+    (M, rank) or None); x and lora_x (the adapter's input, x when None): (M, K); lora_A: (rank, K)
+    or None.
+
+    The decode regime makes xa inside its backbone kernel; the others take it from cuBLAS.
+    ``regime`` (one of ``REGIMES``) overrides the choice (tests, benchmarks)."""
+    regime = regime or forward_regime(version, x.shape[0], x.dtype, x.is_cuda)
+    if regime == "decode":
+        return decode.decode_fwd(x, seed=seed, stream=stream, out_features=out_features, lora_A=lora_A,
+                                 lora_B=lora_B, beta=beta, bias=bias, scale=scale, lora_x=lora_x)
+    xa = torch.mm(lora_x if lora_x is not None else x, lora_A.t()) if lora_A is not None else None
+    if regime == "two_phase":
+        y = two_phase.two_phase_fwd(x, seed=seed, stream=stream, version=version, init=init,
+                                    out_features=out_features, xa=xa, lora_B=lora_B, beta=beta, bias=bias,
+                                    scale=scale)
+    else:
+        y = one_pass_v1.one_pass_v1_fwd(x, seed=seed, stream=stream, out_features=out_features, init=init, xa=xa,
+                                        lora_B=lora_B, beta=beta, bias=bias, scale=scale)
+    return y, xa
+
+
+def seeded_linear_bwd_dx(
+    dy: torch.Tensor, *, seed: int, stream: int, version: int, init: str, in_features: int,
+    dy_b: torch.Tensor | None, lora_A: torch.Tensor | None, beta: torch.Tensor, scale: float,
+    x_for_dbeta: torch.Tensor | None = None, need_dx: bool = True, regime: str | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(dx = beta * dy @ W_seed + scale * dy_b @ lora_A, dbeta = <x, dy @ W_seed>); see
+    ``two_phase.two_phase_bwd_dx`` for shapes."""
+    regime = regime or input_grad_regime(version, dy.shape[0], dy.dtype, dy.is_cuda)
+    if regime == "decode":
+        if version != 2:
+            raise ValueError("the decode regime serves stream v2 only")
+        return decode.decode_bwd_dx(dy, seed=seed, stream=stream, in_features=in_features, dy_b=dy_b, lora_A=lora_A,
+                                    beta=beta, scale=scale, x_for_dbeta=x_for_dbeta, need_dx=need_dx)
+    if regime == "two_phase":
+        return two_phase.two_phase_bwd_dx(dy, seed=seed, stream=stream, version=version, init=init,
+                                          in_features=in_features, dy_b=dy_b, lora_A=lora_A, beta=beta, scale=scale,
+                                          x_for_dbeta=x_for_dbeta, need_dx=need_dx)
+    if version != 1:
+        raise ValueError(f"the {regime!r} regime serves stream v1 only")
+    return one_pass_v1.one_pass_v1_bwd_dx(dy, seed=seed, stream=stream, in_features=in_features, init=init,
+                                          dy_b=dy_b, lora_A=lora_A, beta=beta, scale=scale, x_for_dbeta=x_for_dbeta,
+                                          need_dx=need_dx)

@@ -1,0 +1,110 @@
+"""lottalora.from_pretrained: a converted transformers model rebuilt from its directory alone."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import lottalora
+from lottalora.checkpoint.format import MODEL_CONFIG_NAME
+from tests.support.models import converted_tiny_llama, train_language_model
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture
+def saved(tmp_path):
+    """A converted tiny LLaMA after two optimizer steps, saved, with its logits on fixed ids."""
+    torch.manual_seed(0)
+    model = train_language_model(converted_tiny_llama(), steps=2)
+    model.model.layers[1].mlp.up_proj.beta.requires_grad_(True)  # a choice made after convert
+    lottalora.save(model, tmp_path / "ck")
+    with torch.no_grad():
+        logits = model.eval()(torch.arange(24).reshape(2, 12) % 96).logits
+    return model, tmp_path / "ck", logits
+
+
+def test_a_fresh_process_rebuilds_the_model_from_the_directory_alone(saved, tmp_path):
+    _, ck, want = saved
+    script = (  # no test code and no model code: only the directory
+        "import sys, torch, lottalora\n"
+        "model = lottalora.from_pretrained(sys.argv[1])\n"
+        "with torch.no_grad():\n"
+        "    torch.save(model(torch.arange(24).reshape(2, 12) % 96).logits, sys.argv[2])\n"
+    )
+    out = tmp_path / "logits.pt"
+    subprocess.run([sys.executable, "-c", script, str(ck), str(out)], check=True, cwd=tmp_path)
+    assert torch.equal(torch.load(out), want)
+
+
+def test_rebuilt_model_loads_state_dicts_all_or_nothing_as_a_converted_one(saved):
+    model, ck, _ = saved
+    rebuilt = lottalora.from_pretrained(ck)
+    sd = {k: v + 1 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    last = [name for name, m in rebuilt.named_modules() if isinstance(m, lottalora.Linear) and m.rank][-1]
+    sd[f"{last}.lora_A"] = torch.zeros(1, sd[f"{last}.lora_A"].shape[1])
+    before = {k: v.clone() for k, v in rebuilt.state_dict().items()}
+    with pytest.raises(ValueError, match=f"lottalora.Linear '{last}': lora_A has shape"):
+        rebuilt.load_state_dict(sd)
+    assert all(torch.equal(v, rebuilt.state_dict()[k]) for k, v in before.items())
+
+
+def test_rebuilt_model_trains_what_the_saved_one_trained_and_saves_the_same_record(saved, tmp_path):
+    model, ck, _ = saved
+    rebuilt = lottalora.from_pretrained(ck)
+    assert not rebuilt.training and type(rebuilt).__name__ == "LlamaForCausalLM"
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {n for n, p in rebuilt.named_parameters() if p.requires_grad} == trainable
+    assert "model.layers.1.mlp.up_proj.beta" in trainable
+    lottalora.save(rebuilt, tmp_path / "again")
+    first, again = (json.loads((d / MODEL_CONFIG_NAME).read_text()) for d in (ck, tmp_path / "again"))
+    assert again["convert_calls"] == first["convert_calls"] and again["base_config"] == first["base_config"]
+
+
+def test_plain_transformers_refuses_a_lottalora_directory_with_an_error_naming_it(saved):
+    _, ck, _ = saved
+    config = json.loads((ck / MODEL_CONFIG_NAME).read_text())
+    assert config["model_type"] == "lottalora" and "lottalora.from_pretrained" in config["note"]
+    with pytest.raises(ValueError, match="model type `lottalora`"):
+        transformers.AutoModelForCausalLM.from_pretrained(ck)
+    with pytest.raises(ValueError, match="model type `lottalora`"):
+        transformers.AutoConfig.from_pretrained(ck)
+
+
+def test_layers_keep_their_stream_version_init_and_dropout_and_gpt2_its_tie(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=50, n_positions=16))
+    lottalora.convert(model, rank=2, target_modules=["c_attn"], init="gaussian", lora_dropout=0.1, seed=3)
+    lottalora.convert(model, rank=0, target_modules=["mlp.c_fc"], stream_version=1, init="rademacher")
+    model = model.to(torch.bfloat16).eval()
+    lottalora.save(model, tmp_path / "g")
+    rebuilt = lottalora.from_pretrained(tmp_path / "g")
+    attn, fc = rebuilt.transformer.h[1].attn.c_attn, rebuilt.transformer.h[1].mlp.c_fc
+    assert (attn.stream_version, attn.init, attn.seed, attn.lora_dropout) == (1, "gaussian", 3, 0.1)
+    assert (fc.stream_version, fc.init, fc.rank) == (1, "rademacher", 0)
+    assert rebuilt.lm_head.weight is rebuilt.transformer.wte.weight
+    assert rebuilt.lm_head.weight.dtype == torch.bfloat16 and attn.lora_A.dtype == torch.bfloat16
+    ids = torch.randint(0, 50, (1, 9))
+    with torch.no_grad():
+        assert torch.equal(rebuilt(ids).logits, model(ids).logits)
+
+
+def test_directories_that_cannot_be_rebuilt_say_why(saved, tmp_path):
+    model, ck, _ = saved
+    lottalora.save(torch.nn.Sequential(lottalora.Linear(4, 3, rank=1)), tmp_path / "plain")
+    with pytest.raises(ValueError, match="not a transformers model"):
+        lottalora.from_pretrained(tmp_path / "plain")
+    lottalora.save(model, tmp_path / "partial", trainable_only=True)
+    with pytest.raises(ValueError, match="only the trained tensors"):
+        lottalora.from_pretrained(tmp_path / "partial")
+    model.save_pretrained(tmp_path / "hf")
+    with pytest.raises(ValueError, match="save_pretrained"):
+        lottalora.from_pretrained(tmp_path / "hf")
+    config = json.loads((ck / MODEL_CONFIG_NAME).read_text())
+    config["architecture"] = "os.system"
+    (ck / MODEL_CONFIG_NAME).write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="not a model class of transformers"):
+        lottalora.from_pretrained(ck)

@@ -1,0 +1,335 @@
+"""lottalora.convert and materialize: which layers change, what trains, streams from names."""
+
+import pytest
+import torch
+from torch import nn
+
+import lottalora
+from lottalora.model.patterns import name_matches
+from tests.support.models import LLAMA_ADAPTERS, converted_tiny_llama
+
+transformers = pytest.importorskip("transformers")
+
+
+class TwoTower(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(10, 16)
+        self.encoder = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 16))
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, ids):
+        return self.head(self.encoder(self.embed(ids)))
+
+
+def test_all_linears_are_converted_by_default_and_biases_kept():
+    model = TwoTower()
+    bias = model.encoder[0].bias.detach().clone()
+    lottalora.convert(model, rank=2)
+    assert all(isinstance(m, lottalora.Linear) for m in (model.encoder[0], model.encoder[2], model.head))
+    assert torch.equal(model.encoder[0].bias, bias)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert "embed.weight" not in trainable
+    assert {"head.lora_A", "head.lora_B", "head.beta", "head.bias"} <= trainable
+
+
+def test_targets_adapters_and_trainable_modules():
+    model = TwoTower()
+    lottalora.convert(model, rank=3, target_modules=["encoder.0", "encoder.2"], adapter_modules=r"encoder\.0",
+                      trainable_modules=["embed", "head"])
+    assert model.encoder[0].rank == 3 and model.encoder[2].rank == 0
+    assert isinstance(model.head, nn.Linear) and not isinstance(model.head, lottalora.Linear)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"embed.weight", "head.weight", "head.bias", "encoder.0.lora_A", "encoder.0.lora_B",
+                         "encoder.0.beta", "encoder.0.bias", "encoder.2.beta", "encoder.2.bias"}
+
+
+def test_name_matching_follows_peft():
+    assert name_matches("model.layers.0.self_attn.q_proj", ["q_proj"])
+    assert not name_matches("model.layers.0.self_attn.qq_proj", ["q_proj"])
+    assert name_matches("model.layers.3.mlp.up_proj", r".*mlp\.(up|down)_proj")
+    assert not name_matches("model.layers.3.mlp.up_proj", r"mlp\.up_proj")  # a regex must match the whole name
+
+
+def test_streams_come_from_names_and_two_conversions_agree():
+    a = lottalora.convert(TwoTower(), rank=2, seed=5)
+    b = lottalora.convert(TwoTower(), rank=2, seed=5)
+    for name in ("encoder.0", "encoder.2", "head"):
+        la, lb = a.get_submodule(name), b.get_submodule(name)
+        assert la.stream == lb.stream == lottalora.stream_for_name(name)
+        assert torch.equal(la.backbone_weight(), lb.backbone_weight())
+    assert len({a.encoder[0].stream, a.encoder[2].stream, a.head.stream}) == 3
+
+
+def test_stream_for_name_is_pinned():
+    # sha256("lottalora/stream/v1:" + name)[:8], little-endian: part of the checkpoint format.
+    assert lottalora.stream_for_name("model.layers.0.self_attn.q_proj") == 143193958444802268
+    import hashlib
+    want = int.from_bytes(hashlib.sha256(b"lottalora/stream/v1:head").digest()[:8], "little")
+    assert lottalora.stream_for_name("head") == want
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(target_modules=["nothing"]), ValueError, "matched no nn.Linear"),
+    (dict(target_modules="("), ValueError, "target_modules is not a valid regular expression"),
+    (dict(adapter_modules=["nothing"]), ValueError, "adapter_modules"),
+    (dict(trainable_modules=["head"]), ValueError, "both conversion targets and trainable_modules"),
+    (dict(target_modules=3), TypeError, "target_modules"),
+    (dict(rank=-1), ValueError, "rank"),
+])
+def test_bad_conversion_arguments_are_named(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        lottalora.convert(TwoTower(), **kwargs)
+
+
+def test_llama_recipe_converts_attention_with_adapters_and_mlp_without():
+    model = converted_tiny_llama()
+    layer = model.model.layers[0]
+    assert all(getattr(layer.self_attn, n).rank == 4 for n in LLAMA_ADAPTERS)
+    assert all(getattr(layer.mlp, n).rank == 0 for n in ("gate_proj", "up_proj", "down_proj"))
+    assert not isinstance(model.lm_head, lottalora.Linear)
+    ids = torch.randint(0, 96, (2, 7))
+    loss = model(ids, labels=ids).loss
+    loss.backward()
+    assert layer.self_attn.q_proj.lora_A.grad is not None and model.model.embed_tokens.weight.grad is not None
+
+
+def test_meta_built_model_materializes_without_dense_weights_and_runs():
+    model = converted_tiny_llama(meta=True)
+    assert all(t.device.type == "cpu" for t in list(model.parameters()) + list(model.buffers()))
+    rotary = model.model.rotary_emb
+    want = 1.0 / (rotary.config.rope_parameters["rope_theta"] ** (torch.arange(0, 12, 2).float() / 12))
+    assert torch.allclose(rotary.inv_freq, want)
+    norm = model.model.layers[0].input_layernorm.weight
+    assert torch.equal(norm, torch.ones_like(norm))
+    logits = model(torch.randint(0, 96, (1, 5))).logits
+    assert torch.isfinite(logits).all()
+
+
+def test_gpt2_conv1d_is_handled():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=50, n_positions=16))
+    lottalora.convert(model, rank=2, target_modules=["c_attn", "c_proj", "c_fc"])
+    attn = model.transformer.h[0].attn.c_attn
+    assert isinstance(attn, lottalora.Linear) and (attn.in_features, attn.out_features) == (32, 96)
+    assert torch.isfinite(model(torch.randint(0, 50, (1, 6))).logits).all()
+
+
+def _seeded_names(model):
+    return {n for n, m in model.named_modules() if isinstance(m, lottalora.Linear)}
+
+
+@pytest.mark.parametrize("target_modules", [None, "all-linear", "ALL-LINEAR"])
+def test_all_linear_converts_every_linear_but_the_output_head(target_modules):
+    from transformers import LlamaForCausalLM
+
+    from tests.support.models import tiny_llama_config
+
+    model = LlamaForCausalLM(tiny_llama_config())
+    lottalora.convert(model, rank=2, target_modules=target_modules)
+    assert len(_seeded_names(model)) == 14 and type(model.lm_head) is nn.Linear
+    assert not model.lm_head.weight.requires_grad  # frozen like the rest: list it in trainable_modules
+
+
+def test_gpt2_tied_head_stays_tied_and_dense_and_naming_it_is_refused():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=50, n_positions=16)
+    model = lottalora.convert(GPT2LMHeadModel(config), rank=2)
+    assert type(model.lm_head) is nn.Linear and model.lm_head.weight is model.transformer.wte.weight
+    assert _seeded_names(model) == {"transformer.h.0.attn.c_attn", "transformer.h.0.attn.c_proj",
+                                    "transformer.h.0.mlp.c_fc", "transformer.h.0.mlp.c_proj"}
+    with torch.device("meta"):
+        meta = GPT2LMHeadModel(config)
+    lottalora.convert(meta, rank=2, trainable_modules=["wte"])
+    lottalora.materialize(meta, "cpu")
+    assert meta.lm_head.weight is meta.transformer.wte.weight and meta.lm_head.weight.device.type == "cpu"
+    with pytest.raises(ValueError, match="lm_head.weight is tied to transformer.wte.weight"):
+        lottalora.convert(GPT2LMHeadModel(config), target_modules=["lm_head"])
+
+
+def test_a_second_convert_call_adds_layers_and_never_refreezes():
+    model = TwoTower()
+    lottalora.convert(model, rank=2, target_modules=["encoder.0"], trainable_modules=["embed"])
+    model.head.weight.requires_grad_(True)  # the user unfreezes something by hand
+    lottalora.convert(model, rank=3, target_modules=["encoder.2"], trainable_modules=["head"], train_beta=False)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"embed.weight", "head.weight", "head.bias", "encoder.0.lora_A", "encoder.0.lora_B",
+                         "encoder.0.beta", "encoder.0.bias", "encoder.2.lora_A", "encoder.2.lora_B", "encoder.2.bias"}
+    assert model.encoder[2].rank == 3 and model.encoder[0].rank == 2
+    calls = model._lottalora_convert_calls
+    assert [c["converted"] for c in calls] == [["encoder.0"], ["encoder.2"]]
+
+
+def test_exclude_modules_are_never_converted():
+    model = lottalora.convert(TwoTower(), rank=2, exclude_modules=["head"])
+    assert _seeded_names(model) == {"encoder.0", "encoder.2"}
+    model = lottalora.convert(TwoTower(), rank=2, target_modules=r"encoder\..*", exclude_modules=r".*\.2")
+    assert _seeded_names(model) == {"encoder.0"}
+
+
+@pytest.mark.parametrize("bias,want", [
+    ("lora_only", {"encoder.0.bias", "encoder.2.bias"}),
+    ("none", set()),
+    ("all", {"encoder.0.bias", "encoder.2.bias", "head.bias"}),
+])
+def test_bias_modes_follow_peft(bias, want):
+    model = lottalora.convert(TwoTower(), rank=2, target_modules=["encoder.0", "encoder.2"], bias=bias)
+    assert {n for n, p in model.named_parameters() if p.requires_grad and n.endswith("bias")} == want
+
+
+def test_rank_and_alpha_patterns_override_per_layer():
+    model = lottalora.convert(TwoTower(), rank=4, alpha=8, rank_pattern={r"encoder\.2": 16, "head": 0},
+                              alpha_pattern={"0": 2})
+    assert (model.encoder[0].rank, model.encoder[2].rank, model.head.rank) == (4, 16, 0)
+    assert (model.encoder[0].alpha, model.encoder[2].alpha) == (2.0, 8.0)
+    with pytest.raises(ValueError, match=r"rank_pattern key 'nothing' matches none"):
+        lottalora.convert(TwoTower(), rank_pattern={"nothing": 2})
+    with pytest.raises(ValueError, match=r"rank_pattern\['head'\] must be an int >= 0, got -1"):
+        lottalora.convert(TwoTower(), rank_pattern={"head": -1})
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(bias="some"), ValueError, "bias must be one of"),
+    (dict(lora_dropout=1.0), ValueError, r"lora_dropout must be a probability in \[0, 1\), got 1.0"),
+    (dict(alpha_pattern={"head": 0}), ValueError, "alpha_pattern"),
+    (dict(exclude_modules=5), TypeError, "exclude_modules"),
+])
+def test_bad_peft_style_arguments_are_named(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        lottalora.convert(TwoTower(), **kwargs)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(alpha_pattern={"head": 1e39}), r"alpha_pattern\['head'\] must be a positive finite number"),
+    (dict(alpha=1e39), "alpha must be a positive finite number"),
+])
+def test_an_alpha_only_linear_would_refuse_is_refused_before_any_layer_changes(kwargs, match):
+    """Above float32's largest, Linear refuses alpha: convert must refuse it up front, not after
+    converting the layers that come before the one it fails on."""
+    model = TwoTower()
+    before = {name: type(m) for name, m in model.named_modules()}
+    with pytest.raises(ValueError, match=match):
+        lottalora.convert(model, **kwargs)
+    assert {name: type(m) for name, m in model.named_modules()} == before
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_lora_dropout_drops_the_adapter_input_only_and_only_in_training():
+    model = lottalora.convert(TwoTower(), rank=4, lora_dropout=0.5, target_modules=["encoder.0"])
+    layer = model.encoder[0]
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    x = torch.randn(3, 16)
+    torch.manual_seed(7)
+    y = layer(x)
+    torch.manual_seed(7)
+    dropped = nn.functional.dropout(x, 0.5, training=True)
+    base = x @ (layer.backbone_weight() * layer.beta).T + layer.bias
+    want = base + (dropped @ layer.lora_A.T) @ layer.lora_B.T * layer.scaling
+    torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)
+    layer.eval()
+    no_dropout = base + (x @ layer.lora_A.T) @ layer.lora_B.T * layer.scaling
+    torch.testing.assert_close(layer(x), no_dropout, rtol=1e-5, atol=1e-5)
+    assert "lora_dropout=0.5" in repr(layer)
+
+
+class TiedHead(nn.Module):
+    """A language-model shape without transformers: the head's weight is the embedding's. The
+    embedding's name starts with the head's, so a tie must be told apart at a "." boundary."""
+
+    def __init__(self):
+        super().__init__()
+        self.head_embed = nn.Embedding(10, 16)
+        self.proj = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 10, bias=False)
+        self.head.weight = self.head_embed.weight
+
+
+def test_a_tied_linear_is_left_dense_by_all_linear_and_refused_by_name():
+    model = lottalora.convert(TiedHead(), rank=2)
+    assert _seeded_names(model) == {"proj"}
+    assert type(model.head) is nn.Linear and model.head.weight is model.head_embed.weight
+    with pytest.raises(ValueError, match=r"head\.weight is tied to head_embed\.weight: a tied weight is shared"):
+        lottalora.convert(TiedHead(), target_modules=["head"])
+    # A weight also registered under another name inside its own module is not tied elsewhere.
+    model = TiedHead()
+    model.proj.register_parameter("alias", model.proj.weight)
+    lottalora.convert(model, rank=2, target_modules=["proj"])
+    assert isinstance(model.proj, lottalora.Linear)
+
+
+def _shared_encoder_layer() -> TwoTower:
+    model = TwoTower()
+    model.encoder[0] = model.encoder[2] = nn.Linear(16, 16)  # one module, reached as encoder.0 and encoder.2
+    return model
+
+
+def test_a_module_shared_under_two_names_counts_as_tied():
+    model = lottalora.convert(_shared_encoder_layer(), rank=2)
+    assert _seeded_names(model) == {"head"}
+    with pytest.raises(ValueError, match=r"encoder\.0\.weight is tied to encoder\.2\.weight"):
+        lottalora.convert(_shared_encoder_layer(), target_modules=["encoder.0"])
+
+
+class ManyLayers(nn.Module):
+    def __init__(self, layers: int):
+        super().__init__()
+        self.layers = nn.Sequential(*(nn.Linear(4, 4) for _ in range(layers)))
+
+
+def _model_scans_during_convert(layers: int) -> int:
+    """How many times convert walks the model's parameters or modules from its root."""
+    model = ManyLayers(layers)
+    scans = 0
+
+    def counted(method):
+        def wrapper(*args, **kwargs):
+            nonlocal scans
+            scans += 1
+            return method(*args, **kwargs)
+        return wrapper
+
+    # Instance attributes shadow the class's methods; parameters() and modules() go through these too.
+    model.named_parameters = counted(model.named_parameters)
+    model.named_modules = counted(model.named_modules)
+    lottalora.convert(model, rank=1)
+    assert len(_seeded_names(model)) == layers
+    return scans
+
+
+def test_convert_walks_the_model_a_fixed_number_of_times_whatever_its_depth():
+    # Tie detection used to scan every parameter once per converted layer: quadratic in depth.
+    assert _model_scans_during_convert(200) == _model_scans_during_convert(2)
+
+
+def test_load_state_dict_of_a_converted_model_is_all_or_nothing(tmp_path):
+    """A bad entry in the last seeded layer is refused before any module loads: nn.Module loads
+    module by module, and the earlier layers (and the embedding) would otherwise change."""
+    import copy
+    import pickle
+
+    model = lottalora.convert(TwoTower(), rank=4, seed=1)
+    other = lottalora.convert(TwoTower(), rank=4, seed=1)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(1.0)
+    sd = other.state_dict()
+    sd["head.lora_A"] = torch.zeros(3, 16)  # a rank-3 adapter for the rank-4 head, the last layer loaded
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match=r"lottalora.Linear 'head': lora_A has shape \(3, 16\)"):
+        model.load_state_dict(sd)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if isinstance(before[k], torch.Tensor))
+    sd["head.lora_A"] = other.head.lora_A.detach().clone()
+    sd["encoder.0.beta"] = sd["encoder.0.beta"].reshape(())  # lottalora 0.1's 0-dim beta still loads
+    model.load_state_dict(sd)
+    assert torch.equal(model.encoder[0].lora_B, other.encoder[0].lora_B)
+    from lottalora.model.load_check import check_loads_whole
+
+    check_loads_whole(model)  # what a second convert call on the model does: no second check
+    assert len(model._load_state_dict_pre_hooks) == 1
+    restored = pickle.loads(pickle.dumps(model))  # the check is a module-level function: models pickle
+    with pytest.raises(ValueError, match="lora_A has shape"):
+        restored.load_state_dict({**sd, "head.lora_A": torch.zeros(3, 16)})
