@@ -75,10 +75,10 @@ def from_pretrained(directory: str | os.PathLike, *, device: torch.device | str 
         fail(directory, f"has no {CONFIG_NAME}: it looks written by transformers' save_pretrained, which "
                          "stores no seeds' config; save converted models with lottalora.save(model, directory)")
     checkpoint, data = read_checkpoint(directory)  # once: the tensor file can be gigabytes
-    model_config = read_model_config(directory)
     if tensor_contents(directory, data) in (TRAINABLE_ONLY, ADAPTER_ONLY):
         fail(directory, "holds only the trained tensors (saved with trainable_only=True or adapter=), not the base "
                          "model's: build the base model, convert it the same way and call lottalora.load")
+    model_config = read_model_config(directory)
     if dtype is None:
         dtype = getattr(torch, model_config["dtype"])
     cls = _architecture(directory, model_config["architecture"])

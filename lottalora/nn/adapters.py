@@ -75,7 +75,7 @@ def init_lora_(lora_A: torch.Tensor, lora_B: torch.Tensor, init_lora_weights: bo
         if init_lora_weights == "orthogonal":
             if rank % 2:
                 raise ValueError(f"init_lora_weights='orthogonal' needs an even rank, got rank {rank}")
-            # Rows of one random orthogonal matrix, split in two: B @ A = 0 exactly at the start.
+            # Rows of one random orthogonal matrix, split in two: B @ A = 0 (to rounding) at the start.
             q, _ = torch.linalg.qr(torch.randn(rank, rank, device=lora_A.device, dtype=torch.float32))
             a = torch.randn(lora_A.shape[1], rank // 2, device=lora_A.device) @ q[0::2]
             b = torch.randn(rank // 2, lora_B.shape[0], device=lora_B.device).T @ q[1::2]
