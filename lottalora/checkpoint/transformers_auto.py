@@ -92,6 +92,7 @@ class SeededCheckpointLoader:
     ``from_pretrained`` rebuilds the directory with ``lottalora.from_pretrained``."""
 
     config_class = LottaLoraConfig
+    auto_class: type | None = None  # the Auto class it is registered with
     auto_class_name: str = ""
 
     @classmethod
@@ -122,7 +123,7 @@ class SeededCheckpointLoader:
             raise ValueError(f"{cls.auto_class_name}.from_pretrained of a lottalora directory does not take "
                              f"{sorted(kwargs)}: lottalora rebuilds the model from seeds and adapters")
         directory = _directory(pretrained_model_name_or_path, subfolder, hub)
-        _check_architecture(directory, cls.auto_class_name)
+        _check_architecture(directory, cls.auto_class, cls.auto_class_name)
         model = from_pretrained(directory, device=device, dtype=dtype, is_trainable=is_trainable)
         if attn_implementation is not None:
             model.set_attn_implementation(attn_implementation)
@@ -142,8 +143,8 @@ class SeededCheckpointLoader:
     from_config = _from_config
 
 
-def _check_architecture(directory: Path, auto_class_name: str) -> None:
-    """ValueError unless the saved architecture is one ``auto_class_name`` builds for its config."""
+def _check_architecture(directory: Path, auto: type, auto_class_name: str) -> None:
+    """ValueError unless the saved architecture is one the Auto class ``auto`` builds for its config."""
     if not (directory / CONFIG_NAME).is_file():
         fail(directory, f"has no {CONFIG_NAME}: not a lottalora directory")
     architecture = read_model_config(directory)["architecture"]
@@ -151,7 +152,6 @@ def _check_architecture(directory: Path, auto_class_name: str) -> None:
     if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
         fail(directory, f"architecture {architecture!r} is not a model class of transformers "
                          f"{transformers.__version__}")
-    auto = getattr(transformers, auto_class_name)
     built = auto._model_mapping.get(cls.config_class, None)
     built = tuple(built) if isinstance(built, (list, tuple)) else (built,)
     if cls not in built:
@@ -168,14 +168,14 @@ def register_config(configuration_auto) -> None:
 def register_models(modeling_auto) -> None:
     """Register a ``SeededCheckpointLoader`` with every Auto model class of
     ``transformers.models.auto.modeling_auto``."""
-    from transformers.models.auto.auto_factory import _BaseAutoModelClass
-
-    for name, auto in vars(modeling_auto).items():
-        if isinstance(auto, type) and issubclass(auto, _BaseAutoModelClass) and \
+    # An Auto model class is one with a model mapping (what its register adds to, and what
+    # _check_architecture reads: transformers has no public accessor for it).
+    for name, auto in list(vars(modeling_auto).items()):
+        if isinstance(auto, type) and name.startswith("Auto") and callable(getattr(auto, "register", None)) and \
                 getattr(auto, "_model_mapping", None) is not None:
             loader = globals().get(f"LottaLora{name}")
             if loader is None:  # module-level, so the class pickles by name
                 loader = type(f"LottaLora{name}", (SeededCheckpointLoader,),
-                              {"auto_class_name": name, "__module__": __name__})
+                              {"auto_class": auto, "auto_class_name": name, "__module__": __name__})
                 globals()[loader.__name__] = loader
             auto.register(LottaLoraConfig, loader, exist_ok=True)

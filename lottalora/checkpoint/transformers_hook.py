@@ -43,10 +43,10 @@ def _run(callback: Callable, module) -> None:
 
 
 class _CallbackLoader(importlib.abc.Loader):
-    """The module's own loader, then the callback on the executed module."""
+    """The module's own loader, then the finder's callback for it on the executed module."""
 
-    def __init__(self, loader, callback: Callable) -> None:
-        self.loader, self.callback = loader, callback
+    def __init__(self, loader, finder: _AfterImport) -> None:
+        self.loader, self.finder = loader, finder
 
     def create_module(self, spec):
         return self.loader.create_module(spec)
@@ -56,37 +56,38 @@ class _CallbackLoader(importlib.abc.Loader):
         module.__loader__ = self.loader  # what inspect and importlib.resources expect to find
         if getattr(module, "__spec__", None) is not None:
             module.__spec__.loader = self.loader
-        _run(self.callback, module)
+        self.finder.imported(module)
 
     def __getattr__(self, name):  # get_source, get_filename, is_package, ...
         return getattr(self.loader, name)
 
 
 class _AfterImport(importlib.abc.MetaPathFinder):
-    """Runs a callback once a watched module has been imported (each once)."""
+    """Runs a callback once a watched module has been imported (each once; a spec only looked
+    up, as ``importlib.util.find_spec`` does, runs nothing)."""
 
     def __init__(self) -> None:
         self.pending: dict[str, Callable] = {}
 
     def find_spec(self, fullname, path, target=None):
-        callback = self.pending.pop(fullname, None)
-        if callback is None:
+        if fullname not in self.pending:
             return None
-        if not self.pending:
-            self.remove()
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
                 continue
             spec = finder.find_spec(fullname, path, target)
             if spec is not None:
                 if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-                    spec.loader = _CallbackLoader(spec.loader, callback)
+                    spec.loader = _CallbackLoader(spec.loader, self)
                 return spec
         return None
 
-    def remove(self) -> None:
-        if self in sys.meta_path:
+    def imported(self, module) -> None:
+        callback = self.pending.pop(module.__name__, None)
+        if not self.pending and self in sys.meta_path:
             sys.meta_path.remove(self)
+        if callback is not None:
+            _run(callback, module)
 
 
 _FINDER = _AfterImport()
