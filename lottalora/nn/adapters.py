@@ -71,6 +71,8 @@ def init_lora_(lora_A: torch.Tensor, lora_B: torch.Tensor, init_lora_weights: bo
     """Initialize an adapter's lora_A (rank, fan_in) and lora_B (fan_out, rank) in place, as
     PEFT's ``init_lora_weights`` value does (``INIT_LORA_WEIGHTS``)."""
     rank = lora_A.shape[0]
+    if lora_A.device.type == "meta":  # nothing to fill yet: materialize initializes it
+        return
     with torch.no_grad():
         if init_lora_weights == "orthogonal":
             if rank % 2:
@@ -146,8 +148,7 @@ class LoraAdapter(nn.Module):
 
     def reset_parameters(self) -> None:
         """lora_A and lora_B as ``init_lora_weights`` says (``init_lora_``)."""
-        if self.lora_A.device.type != "meta":
-            init_lora_(self.lora_A, self.lora_B, self.init_lora_weights)
+        init_lora_(self.lora_A, self.lora_B, self.init_lora_weights)
 
     def parts(self) -> AdapterParts:
         return AdapterParts(self.lora_A, self.lora_B, self.scaling, self.lora_dropout)

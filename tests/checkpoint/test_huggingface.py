@@ -222,8 +222,9 @@ print("ok")
 
 @pytest.mark.parametrize("transformers_first", [False, True])
 def test_both_import_orders_register_with_the_auto_classes(transformers_first, tmp_path):
-    imports = "from transformers import AutoModelForCausalLM\nimport lottalora" if transformers_first \
-        else "import lottalora\nassert 'transformers' not in sys.modules"
+    imports = "from transformers import AutoModelForCausalLM\nimport lottalora" if transformers_first else (
+        "import importlib.util, lottalora\nassert 'transformers' not in sys.modules\n"
+        "importlib.util.find_spec('transformers.models.auto.modeling_auto')  # looked up, not imported")
     script = _ROUND_TRIP.format(imports=imports, transformers_first=transformers_first)
     assert _run(script, str(tmp_path / "m")).strip() == "ok"
 
