@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..model.summary import ModelSummary, build_summary, layer_entry, summarize_model
+from ..nn.adapters import DEFAULT_ADAPTER
 from .files import parse_tensors, read_checkpoint
 from .format import CONFIG_NAME, FORMAT_NAME, fail, terminal_safe
 
@@ -50,13 +51,17 @@ def read_contents(directory: str | os.PathLike) -> CheckpointContents:
 
 def _summarize_checkpoint(contents: CheckpointContents) -> ModelSummary:
     trainable_names = set(contents.config["trainable"])
+    only = contents.config.get("adapter")  # an adapter checkpoint: its layers' rank is that adapter's
     layers, backbone_bytes = [], 0
     for entry in contents.layers:
         beta = contents.betas[entry["name"]]
         key = f"{entry['name']}.beta" if entry["name"] else "beta"
-        layers.append(layer_entry(entry["name"], entry["out_features"], entry["in_features"], entry["rank"],
+        rank, adapters = entry["rank"], {n: a["rank"] for n, a in entry.get("adapters", {}).items()}
+        if only is not None and only != DEFAULT_ADAPTER:
+            rank, adapters = 0, {only: entry["rank"]}
+        layers.append(layer_entry(entry["name"], entry["out_features"], entry["in_features"], rank,
                                   entry["init"], int(entry["seed"]), int(entry["stream"]), entry["spec"].version,
-                                  beta.reshape(-1)[0].item(), key in trainable_names))
+                                  beta.reshape(-1)[0].item(), key in trainable_names, adapters))
         backbone_bytes += entry["out_features"] * entry["in_features"] * beta.element_size()
     values = {k: math.prod(s) for k, s in contents.shapes.items()}
     trainable = sum(n for k, n in values.items() if k in trainable_names)
@@ -95,7 +100,8 @@ def describe(directory: str | os.PathLike) -> str:
     stored = contents.stored_bytes
     dense_fp16 = 2 * (counts["backbone_params"] + other_values)
     lines = [f"{terminal_safe(str(contents.directory))}: {FORMAT_NAME} v{config['format_version']}, generator "
-             f"philox4x32-{config['generator']['rounds']}",
+             f"philox4x32-{config['generator']['rounds']}"
+             + (f", adapter {config['adapter']!r} alone" if "adapter" in config else ""),
              "", "| layer | shape (out x in) | rank | init | stream version | seed | stream |",
              "|---|---|---|---|---|---|---|"]
     for entry in contents.layers:
@@ -104,6 +110,8 @@ def describe(directory: str | os.PathLike) -> str:
                      f"{entry['init']} | {entry['spec'].version} | {entry['seed']} | {entry['stream']} |")
     lines += ["", f"seeded layers: {len(contents.layers)}, backbone values regenerated (never stored): "
                   f"{counts['backbone_params']:,}",
+              "adapters: " + (", ".join(f"{terminal_safe(name)} ({a['layers']} layers, {a['params']:,} values)"
+                                        for name, a in counts["adapters"].items()) or "none"),
               f"stored tensors: {len(contents.shapes)} ({adapter_values:,} adapter values (lora_A, lora_B), "
               f"{betas:,} betas, {other_values:,} other values)",
               f"bytes stored: {stored:,} ({stored / 2**20:.2f} MiB)",

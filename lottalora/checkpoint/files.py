@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from .config_json import parse_config_json
-from .format import CONFIG_NAME, MAX_CONFIG_BYTES, TENSORS_NAME, TRAINABLE_ONLY, fail, shorten
+from .format import ADAPTER_ONLY, CONFIG_NAME, MAX_CONFIG_BYTES, TENSORS_NAME, TRAINABLE_ONLY, fail, shorten
 from .schema import check_config
 
 
@@ -65,7 +65,8 @@ def parse_tensors(directory: Path, data: bytes) -> dict[str, torch.Tensor]:
 
 def tensor_contents(directory: Path, data: bytes) -> str:
     """What the tensor file holds, from its safetensors metadata: "all" (every tensor of the
-    state_dict) or TRAINABLE_ONLY. The header is an 8-byte little-endian length and a JSON object."""
+    state_dict), TRAINABLE_ONLY or ADAPTER_ONLY (one adapter, ``save(adapter=...)``). The header
+    is an 8-byte little-endian length and a JSON object."""
     try:
         length = int.from_bytes(data[:8], "little")
         header = json.loads(data[8:8 + length].decode("utf-8")) if 8 <= 8 + length <= len(data) else None
@@ -75,9 +76,9 @@ def tensor_contents(directory: Path, data: bytes) -> str:
         fail(directory, f"{TENSORS_NAME} is not a valid safetensors file (no JSON header)")
     metadata = header.get("__metadata__") or {}
     contents = metadata.get("contents", "all") if isinstance(metadata, dict) else None
-    if contents not in ("all", TRAINABLE_ONLY):
-        fail(directory, f"{TENSORS_NAME} says it holds {shorten(contents)} tensors (this build reads 'all' and "
-                         f"{TRAINABLE_ONLY!r})")
+    if contents not in ("all", TRAINABLE_ONLY, ADAPTER_ONLY):
+        fail(directory, f"{TENSORS_NAME} says it holds {shorten(contents)} tensors (this build reads 'all', "
+                         f"{TRAINABLE_ONLY!r} and {ADAPTER_ONLY!r})")
     return contents
 
 

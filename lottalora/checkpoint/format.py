@@ -18,8 +18,16 @@ TENSORS_NAME = "adapters.safetensors"
 # Written beside them for a transformers model: its architecture and the convert calls, from
 # which lottalora.from_pretrained rebuilds it (checkpoint/model_config.py).
 MODEL_CONFIG_NAME = "config.json"
-# The tensor file's metadata "contents" when save(trainable_only=True) wrote it.
+# The tensor file's metadata "contents" when save(trainable_only=True) wrote it, and when
+# save(adapter=name) wrote one adapter.
 TRAINABLE_ONLY = "trainable"
+ADAPTER_ONLY = "adapter"
+# Written beside them by a converted model's save_pretrained, for transformers' Trainer, which
+# resumes from a safetensors index: the index (naming TENSORS_NAME and LAYER_STATES_NAME) and
+# every seeded layer's "_extra_state" (and its named adapters'), so that a resumed model takes
+# the checkpoint's seeds and options as lottalora.load does.
+SAFE_INDEX_NAME = "model.safetensors.index.json"
+LAYER_STATES_NAME = "seeded_layers.safetensors"
 FORMAT_NAME = "lottalora-seed-only"
 FORMAT_VERSION = 2
 READABLE_FORMAT_VERSIONS = (1, 2)
@@ -34,6 +42,10 @@ TOP_KEYS = {
     1: {"format", "format_version", "generator", "layers", "trainable", "aliases", "tensors"},
     2: {"format", "format_version", "generator", "layers", "trainable", "aliases", "tensors", "config_sha256"},
 }
+# Keys format 2 allows beside those (written only where they say something, so a file without
+# them is exactly what earlier builds wrote and read; an earlier build refuses a file that has
+# one, by its name): the name of the one adapter an adapter checkpoint holds (save(adapter=...)).
+OPTIONAL_TOP_KEYS = {1: set(), 2: {"adapter"}}
 GENERATOR_KEYS = {"name", "rounds", "stream_version"}
 TENSORS_KEYS = {"file", "sha256", "bytes"}
 _LAYER_KEYS_V1 = {"name", "in_features", "out_features", "seed", "stream", "init", "rank", "alpha", "use_rslora",
@@ -41,6 +53,10 @@ _LAYER_KEYS_V1 = {"name", "in_features", "out_features", "seed", "stream", "init
 # Format 1 records the stream version once, in the generator (every layer was stream v1);
 # format 2 records each layer's, and the generator's is the newest in use.
 LAYER_KEYS = {1: _LAYER_KEYS_V1, 2: _LAYER_KEYS_V1 | {"stream_version"}}
+# A layer's named adapters, in a whole-model checkpoint whose layer has any; an adapter
+# checkpoint's layers record that adapter's dropout.
+OPTIONAL_LAYER_KEYS = {1: set(), 2: {"adapters", "lora_dropout"}}
+ADAPTER_KEYS = {"rank", "alpha", "use_rslora", "scaling", "lora_dropout"}
 U64_DECIMAL = re.compile(r"0|[1-9][0-9]{0,19}")
 HEX16 = re.compile(r"[0-9a-f]{16}")
 HEX64 = re.compile(r"[0-9a-f]{64}")

@@ -18,9 +18,10 @@ from torch import nn
 from ..backbone import backbone_fingerprint
 from ..distributed.state import shard_like
 from ..nn import Linear, is_dtensor, plain_name, seeded_layers, unwrap_model
+from ..nn.adapters import DEFAULT_ADAPTER, adapter_extra_state, check_adapter_name
 from ..nn.state import extra_state, upgrade_legacy_beta
 from .files import parse_tensors, read_checkpoint, tensor_contents
-from .format import TENSORS_NAME, fail, shorten
+from .format import ADAPTER_ONLY, TENSORS_NAME, fail, shorten
 from .model_state import state_tensors
 
 
@@ -28,6 +29,41 @@ def _upgrade_betas(tensors: dict[str, torch.Tensor], layers: dict[str, Linear]) 
     """Checkpoints written by lottalora 0.1 hold each beta 0-dim; layers hold it as (1,) now."""
     for name in layers:
         upgrade_legacy_beta(tensors, f"{name}.beta" if name else "beta")
+
+
+def _prefix(name: str) -> str:
+    return f"{name}." if name else ""
+
+
+def _check_backbone(directory: Path, layer: dict, module: Linear) -> None:
+    s = layer["spec"]
+    if (module.in_features, module.out_features, module.bias is not None) != \
+            (s.in_features, s.out_features, layer["bias"]):
+        fail(directory, f"layer {layer['name']!r} is {module.out_features}x{module.in_features} bias "
+                         f"{module.bias is not None} in the model but {s.out_features}x{s.in_features} bias "
+                         f"{layer['bias']} in the checkpoint")
+    if backbone_fingerprint(s) != layer["fingerprint"]:
+        fail(directory, f"layer {layer['name']!r}: the backbone fingerprint differs: this build's "
+                         "generator does not reproduce the weights the checkpoint was trained with")
+
+
+def _adapters_to_add(directory: Path, config: dict, layers: dict[str, Linear]) -> list[tuple[str, str, dict]]:
+    """(layer, adapter name, its entry) of the checkpoint's named adapters the model lacks, after
+    checking that the ones it has are the checkpoint's (same names and ranks)."""
+    missing = []
+    for layer in config["layers"]:
+        module, recorded = layers[layer["name"]], layer.get("adapters", {})
+        extra = sorted(set(module.named_adapters) - set(recorded))
+        if extra:
+            fail(directory, f"layer {layer['name']!r} has adapters {extra} in the model, which the checkpoint lacks")
+        for name, entry in recorded.items():
+            held = module.named_adapters.get(name)
+            if held is None:
+                missing.append((layer["name"], name, entry))
+            elif held.rank != entry["rank"]:
+                fail(directory, f"layer {layer['name']!r}: adapter {name!r} has rank {held.rank} in the model and "
+                                 f"{entry['rank']} in the checkpoint")
+    return missing
 
 
 def _check_layers_match(directory: Path, config: dict, layers: dict[str, Linear]) -> None:
@@ -96,7 +132,7 @@ def _check_nothing_left_on_meta(directory: Path, model: nn.Module, tensors: dict
                          "call lottalora.materialize(model, device) before lottalora.load")
 
 
-def load(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
+def load(model: nn.Module, directory: str | os.PathLike, *, adapter: str | None = None) -> nn.Module:
     """Restore a checkpoint written by ``save`` into ``model`` (same architecture, converted).
 
     Reads format versions ``READABLE_FORMAT_VERSIONS``. Everything is checked first (see the
@@ -107,29 +143,57 @@ def load(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     ``lottalora.materialize`` it first. A checkpoint saved with ``trainable_only=True`` loads
     its tensors and leaves the model's others as they are. ``model`` may be compiled,
     DDP-wrapped, or sharded with FSDP2 or tensor parallel (every rank reads the files and keeps
-    its own shards; no collective). Returns ``model``.
+    its own shards; no collective). Named adapters the checkpoint holds and the model lacks are
+    added (with their rank, alpha, rsLoRA and dropout); ones the model has must be there too.
+
+    A checkpoint of one adapter (``save(model, directory, adapter=...)``) loads into adapter
+    ``adapter`` (default: the name it was saved under; "default": the layers' own lora_A and
+    lora_B) of each layer it lists, whose backbone must be the one the adapter was trained on
+    (seed, stream, init, stream version and shape); a layer without that adapter gets it, with the
+    file's rank, alpha, rsLoRA and dropout. The model's other tensors are left as they are.
+    Returns ``model``.
     """
     directory = Path(directory)
     config, data = read_checkpoint(directory)
-    return load_checked(model, directory, config, data)
+    return load_checked(model, directory, config, data, adapter=adapter)
 
 
-def load_checked(model: nn.Module, directory: Path, config: dict, data: bytes) -> nn.Module:
+def load_checked(model: nn.Module, directory: Path, config: dict, data: bytes, adapter: str | None = None) -> nn.Module:
     """``load`` with the checkpoint already read by ``read_checkpoint`` (config and tensor bytes,
     validated): callers that also need the config read the files once."""
     model = unwrap_model(model)
     layers = seeded_layers(model, plain=True)
+    contents = tensor_contents(directory, data)
+    if (contents == ADAPTER_ONLY) != ("adapter" in config):
+        fail(directory, f"the config and {TENSORS_NAME} disagree on whether it holds one adapter")
+    if "adapter" in config:
+        return _load_adapter(model, directory, config, data, layers, config["adapter"] if adapter is None else adapter)
+    if adapter is not None:
+        fail(directory, f"holds a whole model, not one adapter: adapter={adapter!r} is for checkpoints written "
+                         "with lottalora.save(model, directory, adapter=...)")
     _check_layers_match(directory, config, layers)
+    to_add = _adapters_to_add(directory, config, layers)
     tensors = parse_tensors(directory, data)
-    every = tensor_contents(directory, data) == "all"
+    every = contents == "all"
     del data
     _resolve_aliases(directory, tensors, config["aliases"])
     _upgrade_betas(tensors, layers)
     expected = state_tensors(model)
+    for layer_name, name, entry in to_add:  # what the adapters the load adds will hold
+        module, prefix = layers[layer_name], f"{_prefix(layer_name)}lora_adapters.{name}."
+        expected[prefix + "lora_A"] = torch.empty(entry["rank"], module.in_features, device="meta",
+                                                  dtype=module.beta.dtype)
+        expected[prefix + "lora_B"] = torch.empty(module.out_features, entry["rank"], device="meta",
+                                                  dtype=module.beta.dtype)
     _check_tensors_match(directory, tensors, expected, every)
     _check_nothing_left_on_meta(directory, model, tensors)
 
     on_meta = any(t.device.type == "meta" for t in list(model.parameters()) + list(model.buffers()))
+    for layer_name, name, entry in to_add:
+        layers[layer_name].add_adapter(name, rank=entry["rank"], alpha=entry["alpha"], use_rslora=entry["use_rslora"],
+                                       lora_dropout=entry["lora_dropout"])
+    if to_add:
+        expected = state_tensors(model)
     for key, value in tensors.items():
         want = expected[key]
         if is_dtensor(want):  # every rank keeps its own shard of the whole tensor read
@@ -139,8 +203,12 @@ def load_checked(model: nn.Module, directory: Path, config: dict, data: bytes) -
             # device, CPU for what is on meta) first. The copying load converts on its own.
             tensors[key] = value.to(device="cpu" if want.device.type == "meta" else want.device, dtype=want.dtype)
     for layer in config["layers"]:
-        tensors[f"{layer['name']}._extra_state" if layer["name"] else "_extra_state"] = extra_state(
+        tensors[f"{_prefix(layer['name'])}_extra_state"] = extra_state(
             layer["spec"], layer["rank"], float(layer["alpha"]), layer["use_rslora"])
+        for name, entry in layer.get("adapters", {}).items():
+            tensors[f"{_prefix(layer['name'])}lora_adapters.{name}._extra_state"] = adapter_extra_state(
+                entry["rank"], float(entry["alpha"]), entry["use_rslora"])
+            layers[layer["name"]].named_adapters[name].lora_dropout = float(entry["lora_dropout"])
     model_names = {plain_name(k): k for k in model.state_dict()}
     tensors = {model_names[k]: v for k, v in tensors.items()}
     if on_meta:
@@ -149,4 +217,62 @@ def load_checked(model: nn.Module, directory: Path, config: dict, data: bytes) -
             model.tie_weights()  # assign=True gives each name its own Parameter; tie them again
     else:
         model.load_state_dict(tensors, strict=every)
+    return model
+
+
+def _load_adapter(model: nn.Module, directory: Path, config: dict, data: bytes, layers: dict[str, Linear],
+                  target: str) -> nn.Module:
+    """An adapter checkpoint loaded into adapter ``target`` of the layers it lists (``load``)."""
+    try:
+        check_adapter_name(target)
+    except ValueError as exc:
+        fail(directory, str(exc))
+    plan = []  # (layer entry, module, whether the adapter is added)
+    for layer in config["layers"]:
+        module = layers.get(layer["name"])
+        if module is None:
+            fail(directory, f"adapter layer {layer['name']!r} is not a lottalora.Linear layer of this model")
+        _check_backbone(directory, layer, module)
+        if module.spec != layer["spec"]:
+            fail(directory, f"layer {layer['name']!r}: the adapter was trained on backbone {layer['spec']}, the "
+                             f"model's is {module.spec}")
+        held = module.rank if target == DEFAULT_ADAPTER else \
+            module.named_adapters[target].rank if target in module.named_adapters else None
+        if held is not None and held != layer["rank"]:
+            fail(directory, f"layer {layer['name']!r}: adapter {target!r} has rank {held} in the model and "
+                             f"{layer['rank']} in the checkpoint")
+        if target == DEFAULT_ADAPTER and held == 0:
+            fail(directory, f"layer {layer['name']!r} has no default adapter (rank 0) to load into")
+        plan.append((layer, module, held is None))
+    tensors = parse_tensors(directory, data)
+    del data
+    want = {}
+    for layer, module, _ in plan:
+        prefix = _prefix(layer["name"])
+        want[prefix + "lora_A"] = (layer["rank"], module.in_features)
+        want[prefix + "lora_B"] = (module.out_features, layer["rank"])
+    if set(tensors) != set(want):
+        fail(directory, f"tensors differ from the adapter's: missing {sorted(set(want) - set(tensors))[:5]}, "
+                         f"unexpected {shorten(sorted(set(tensors) - set(want))[:5])}")
+    for key, shape in want.items():
+        value = tensors[key]
+        if not value.is_floating_point() or tuple(value.shape) != shape:
+            fail(directory, f"tensor {shorten(key)} is {value.dtype} {tuple(value.shape)}, a floating-point tensor "
+                             f"of shape {shape} is expected")
+    if any(p.device.type == "meta" for _, module, _ in plan for p in module.parameters()):
+        fail(directory, "the model's seeded layers are on the meta device: lottalora.materialize(model, device) "
+                         "before loading an adapter into it")
+    for layer, module, add in plan:
+        if add:
+            module.add_adapter(target, rank=layer["rank"], alpha=layer["alpha"], use_rslora=layer["use_rslora"],
+                               lora_dropout=layer["lora_dropout"])
+        prefix = _prefix(layer["name"])
+        parts = module.adapter_parts(target)
+        with torch.no_grad():
+            for param, key in ((parts.lora_A, "lora_A"), (parts.lora_B, "lora_B")):
+                value = tensors[prefix + key].to(param.dtype)
+                param.copy_(shard_like(value, param) if is_dtensor(param) else value.to(param.device))
+        owner = module if target == DEFAULT_ADAPTER else module.named_adapters[target]
+        owner.alpha, owner.use_rslora = float(layer["alpha"]), layer["use_rslora"]
+        owner.lora_dropout = float(layer["lora_dropout"])
     return model

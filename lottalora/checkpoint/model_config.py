@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..model.pretrained_class import base_class
 from ..model.records import convert_calls
 from .format import MODEL_CONFIG_NAME, fail
 
@@ -27,7 +28,7 @@ _NOTE = ("A lottalora seed-only checkpoint: its linear layers are seeds plus ada
 
 def _transformers_class(cls: type) -> type | None:
     """The transformers model class ``cls`` is or derives from (FSDP2 subclasses the model's class)."""
-    for klass in cls.__mro__:
+    for klass in base_class(cls).__mro__:
         if klass.__module__.startswith("transformers.") and hasattr(klass, "config_class"):
             return klass
     return None

@@ -20,10 +20,11 @@ from torch import nn
 from ..model.load_check import check_loads_whole
 from ..model.materialize import materialize
 from ..model.modules import linear_shape, set_submodule
+from ..model.pretrained_class import adopt_seeded_class
 from ..model.records import restore_call
 from ..nn import Linear
 from .files import read_checkpoint, tensor_contents
-from .format import CONFIG_NAME, MODEL_CONFIG_NAME, TRAINABLE_ONLY, fail
+from .format import ADAPTER_ONLY, CONFIG_NAME, MODEL_CONFIG_NAME, TRAINABLE_ONLY, fail
 from .loading import load_checked
 from .model_config import read_model_config
 
@@ -50,26 +51,34 @@ def _architecture(directory: Path, name: str) -> type:
 
 
 def from_pretrained(directory: str | os.PathLike, *, device: torch.device | str = "cpu",
-                    dtype: torch.dtype | None = None) -> nn.Module:
-    """The converted transformers model that ``lottalora.save`` wrote to ``directory``.
+                    dtype: torch.dtype | None = None, is_trainable: bool = False) -> nn.Module:
+    """The converted transformers model that ``lottalora.save`` or a converted model's
+    ``save_pretrained`` wrote to ``directory``.
 
     Built from the directory alone: the architecture and its config, each seeded layer from the
-    checkpoint (backbone, rank, alpha, rsLoRA), the stored tensors, which parameters train, and
-    each layer's lora_dropout; the convert calls are recorded on the model again, so saving it
-    writes them back. ``dtype`` defaults to the one the model was saved in; ``device`` is where
-    its tensors go. Returned in eval mode, as transformers' from_pretrained returns models.
-    A checkpoint saved with ``trainable_only=True`` holds no base weights and is refused: build
-    the base model, convert it the same way and ``lottalora.load`` it.
+    checkpoint (backbone, rank, alpha, rsLoRA, named adapters), the stored tensors, and each
+    layer's lora_dropout; the convert calls are recorded on the model again, so saving it
+    writes them back, and the model gets the class ``convert`` gives (its ``save_pretrained``
+    writes a lottalora directory). ``dtype`` defaults to the one the model was saved in;
+    ``device`` is where its tensors go. Returned in eval mode, as transformers' from_pretrained
+    returns models, with the default adapter active.
+
+    ``is_trainable`` (PEFT's): False (the default) returns every parameter frozen, for
+    inference; True restores which parameters required grad when it was saved, to train on.
+    A checkpoint saved with ``trainable_only=True`` or ``adapter=`` holds no base weights and is
+    refused: build the base model, convert it the same way and ``lottalora.load`` it.
     """
+    if not isinstance(is_trainable, bool):
+        raise TypeError(f"is_trainable must be a bool, got {is_trainable!r}")
     directory = Path(directory)
     if not (directory / CONFIG_NAME).is_file() and (directory / "model.safetensors").is_file():
         fail(directory, f"has no {CONFIG_NAME}: it looks written by transformers' save_pretrained, which "
                          "stores no seeds' config; save converted models with lottalora.save(model, directory)")
     checkpoint, data = read_checkpoint(directory)  # once: the tensor file can be gigabytes
-    model_config = read_model_config(directory)
-    if tensor_contents(directory, data) == TRAINABLE_ONLY:
-        fail(directory, "holds only the trained tensors (saved with trainable_only=True), not the base "
+    if tensor_contents(directory, data) in (TRAINABLE_ONLY, ADAPTER_ONLY):
+        fail(directory, "holds only the trained tensors (saved with trainable_only=True or adapter=), not the base "
                          "model's: build the base model, convert it the same way and call lottalora.load")
+    model_config = read_model_config(directory)
     if dtype is None:
         dtype = getattr(torch, model_config["dtype"])
     cls = _architecture(directory, model_config["architecture"])
@@ -81,12 +90,26 @@ def from_pretrained(directory: str | os.PathLike, *, device: torch.device | str 
     materialize(model, device)
     load_checked(model, directory, checkpoint, data)
     del data
-    trainable = set(checkpoint["trainable"])
+    trainable = set(checkpoint["trainable"]) if is_trainable else set()
     for name, param in model.named_parameters(remove_duplicate=False):
         param.requires_grad_(name in trainable)
     _restore_convert_calls(directory, model, model_config["convert_calls"])
     check_loads_whole(model)  # as convert does: a later load_state_dict is all or nothing
+    _restore_generation_config(directory, model)
+    adopt_seeded_class(model)
     return model.eval()
+
+
+def _restore_generation_config(directory: Path, model: nn.Module) -> None:
+    """The generation_config.json that save_pretrained writes beside a model that generates."""
+    path = directory / "generation_config.json"
+    if path.is_file() and getattr(model, "generation_config", None) is not None:
+        from transformers import GenerationConfig
+
+        try:
+            model.generation_config = GenerationConfig.from_pretrained(directory)
+        except (OSError, ValueError) as exc:
+            fail(directory, f"generation_config.json cannot be read ({exc})")
 
 
 def _place_seeded_layer(directory: Path, model: nn.Module, layer: dict, dtype: torch.dtype) -> None:
@@ -102,6 +125,9 @@ def _place_seeded_layer(directory: Path, model: nn.Module, layer: dict, dtype: t
                     alpha=layer["alpha"] if layer["rank"] else None, use_rslora=layer["use_rslora"],
                     seed=spec.seed, stream=spec.stream, init=spec.init, stream_version=spec.version,
                     device="meta", dtype=dtype)
+    for adapter, entry in layer.get("adapters", {}).items():
+        seeded.add_adapter(adapter, rank=entry["rank"], alpha=entry["alpha"], use_rslora=entry["use_rslora"],
+                           lora_dropout=entry["lora_dropout"])
     seeded.merges_into_conv1d = not isinstance(module, nn.Linear)  # as convert marks it
     set_submodule(model, name, seeded)
 

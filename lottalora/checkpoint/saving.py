@@ -16,10 +16,19 @@ from lottalora_kernels.stream import spec
 from ..backbone import backbone_fingerprint
 from ..distributed.state import barrier, gather_full
 from ..nn import is_dtensor, plain_name, seeded_layers, unwrap_model
+from ..nn.adapters import DEFAULT_ADAPTER, check_adapter_name
 from ..nn.options import check_alpha
 from .config_json import config_checksum
 from .files import replaced_atomically
-from .format import CONFIG_NAME, FORMAT_NAME, FORMAT_VERSION, MODEL_CONFIG_NAME, TENSORS_NAME, TRAINABLE_ONLY
+from .format import (
+    ADAPTER_ONLY,
+    CONFIG_NAME,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MODEL_CONFIG_NAME,
+    TENSORS_NAME,
+    TRAINABLE_ONLY,
+)
 from .model_config import model_config_for_save
 from .model_state import state_tensors, trainable_names
 
@@ -52,7 +61,43 @@ def _split_aliases(tensors: dict[str, torch.Tensor], ids: dict[str, int]) -> tup
     return unique, aliases
 
 
-def save(model: nn.Module, directory: str | os.PathLike, *, trainable_only: bool = False) -> Path:
+def _layer_entry(name: str, m) -> dict:
+    entry = {"name": name, "in_features": m.in_features, "out_features": m.out_features, "seed": str(m.seed),
+             "stream": str(m.stream), "stream_version": m.stream_version, "init": m.init, "rank": m.rank,
+             "alpha": m.alpha, "use_rslora": m.use_rslora, "scaling": m.scaling, "bias": m.bias is not None,
+             "fingerprint": backbone_fingerprint(m.spec)}
+    if m.named_adapters:
+        entry["adapters"] = {n: {"rank": a.rank, "alpha": a.alpha, "use_rslora": a.use_rslora, "scaling": a.scaling,
+                                 "lora_dropout": a.lora_dropout} for n, a in m.named_adapters.items()}
+    return entry
+
+
+def _adapter_layer_entry(name: str, m, adapter: str) -> dict:
+    """A layer entry of an adapter checkpoint: the layer's backbone, the adapter's rank and alpha."""
+    entry = _layer_entry(name, m)
+    entry.pop("adapters", None)
+    if adapter != DEFAULT_ADAPTER:
+        a = m.named_adapters[adapter]
+        entry.update(rank=a.rank, alpha=a.alpha, use_rslora=a.use_rslora, scaling=a.scaling)
+    entry["lora_dropout"] = m.lora_dropout if adapter == DEFAULT_ADAPTER else m.named_adapters[adapter].lora_dropout
+    return entry
+
+
+def _adapter_tensors(layers: dict, adapter: str) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """{<layer>.lora_A / .lora_B: the adapter's tensors} (the default adapter's keys, whatever its
+    name), and the layers that hold it."""
+    tensors, holders = {}, []
+    for name, m in layers.items():
+        if adapter in m.adapter_names():
+            prefix = f"{name}." if name else ""
+            parts = m.adapter_parts(adapter)
+            tensors[prefix + "lora_A"], tensors[prefix + "lora_B"] = parts.lora_A, parts.lora_B
+            holders.append(name)
+    return tensors, holders
+
+
+def save(model: nn.Module, directory: str | os.PathLike, *, trainable_only: bool = False,
+         adapter: str | None = None) -> Path:
     """Write ``model`` as seeds + tensors to ``directory`` (created if needed). Returns the path.
 
     The model must contain at least one ``lottalora.Linear``; every tensor of its state_dict is
@@ -60,7 +105,14 @@ def save(model: nn.Module, directory: str | os.PathLike, *, trainable_only: bool
     identical outputs with ``load``. Writes format version ``FORMAT_VERSION``.
     ``trainable_only=True`` stores only the parameters that require grad (adapters, betas,
     trained biases, ``trainable_modules``), as PEFT saves an adapter: ``load`` then restores
-    those into a model that has the rest (the same base model, converted the same way).
+    those into a model that has the rest (the same base model, converted the same way). Named
+    adapters (``add_adapter``) are saved with their layers.
+
+    ``adapter=name`` writes one adapter alone (PEFT's ``selected_adapters``): each layer that
+    holds it, with its backbone identity and the adapter's rank, alpha, rsLoRA and dropout, and
+    its lora_A and lora_B under the layer's default keys (``<layer>.lora_A``), so the file loads
+    under any name: ``load(model, directory, adapter=...)`` puts it into a model of the same
+    backbones, adding the adapter where the model lacks it.
 
     ``model`` may be wrapped by ``torch.compile`` or ``DistributedDataParallel``: the plain
     names are written. With FSDP2 (``fully_shard``) or tensor-parallel parameters (DTensors),
@@ -73,6 +125,8 @@ def save(model: nn.Module, directory: str | os.PathLike, *, trainable_only: bool
 
     if not isinstance(trainable_only, bool):
         raise TypeError(f"trainable_only must be a bool, got {trainable_only!r}")
+    if adapter is not None and trainable_only:
+        raise ValueError("adapter= and trainable_only=True are two kinds of partial checkpoint: give one")
     model = unwrap_model(model)
     layers = seeded_layers(model, plain=True)
     if not layers:
@@ -84,11 +138,21 @@ def save(model: nn.Module, directory: str | os.PathLike, *, trainable_only: bool
             raise ValueError(f"layer {name!r}: {exc}") from None
     directory = Path(directory)
     trainable = trainable_names(model)
-    state = state_tensors(model)
-    if trainable_only:
-        state = {k: v for k, v in state.items() if k in set(trainable)}
-        if not state:
-            raise ValueError("trainable_only=True but no parameter of the model requires grad: nothing to save")
+    if adapter is not None:
+        check_adapter_name(adapter)
+        state, holders = _adapter_tensors(layers, adapter)
+        if not holders:
+            known = sorted({n for m in layers.values() for n in m.adapter_names()})
+            raise ValueError(f"adapter={adapter!r}: no seeded layer of the model holds it (adapters: {known})")
+        entries = [_adapter_layer_entry(name, layers[name], adapter) for name in holders]
+        trainable = [k for k in sorted(state) if state[k].requires_grad]
+    else:
+        state = state_tensors(model)
+        if trainable_only:
+            state = {k: v for k, v in state.items() if k in set(trainable)}
+            if not state:
+                raise ValueError("trainable_only=True but no parameter of the model requires grad: nothing to save")
+        entries = [_layer_entry(name, m) for name, m in layers.items()]
     unique, aliases = _split_aliases(state, _parameter_ids(model))
     sharded = any(is_dtensor(t) for t in unique.values())
     if sharded:
@@ -96,9 +160,10 @@ def save(model: nn.Module, directory: str | os.PathLike, *, trainable_only: bool
         if unique is None:  # not the writer
             barrier()
             return directory
-    metadata = {"format": FORMAT_NAME, **({"contents": TRAINABLE_ONLY} if trainable_only else {})}
+    contents = ADAPTER_ONLY if adapter is not None else TRAINABLE_ONLY if trainable_only else None
+    metadata = {"format": FORMAT_NAME, **({"contents": contents} if contents else {})}
     data = serialize({k: v.detach().contiguous().cpu() for k, v in unique.items()}, metadata=metadata)
-    model_config = model_config_for_save(model)
+    model_config = model_config_for_save(model) if adapter is None else None
     directory.mkdir(parents=True, exist_ok=True)
     with replaced_atomically(directory / TENSORS_NAME) as tmp:
         tmp.write_bytes(data)
@@ -107,18 +172,12 @@ def save(model: nn.Module, directory: str | os.PathLike, *, trainable_only: bool
         "format_version": FORMAT_VERSION,
         # The newest stream version in use: a reader that knows only older versions refuses the file.
         "generator": {"name": "philox4x32", "rounds": spec.PHILOX_ROUNDS,
-                      "stream_version": max(m.stream_version for m in layers.values())},
-        "layers": [
-            {"name": name, "in_features": m.in_features, "out_features": m.out_features, "seed": str(m.seed),
-             "stream": str(m.stream), "stream_version": m.stream_version, "init": m.init, "rank": m.rank,
-             "alpha": m.alpha,
-             "use_rslora": m.use_rslora, "scaling": m.scaling, "bias": m.bias is not None,
-             "fingerprint": backbone_fingerprint(m.spec)}
-            for name, m in layers.items()
-        ],
+                      "stream_version": max(layers[e["name"]].stream_version for e in entries)},
+        "layers": entries,
         "trainable": trainable,
         "aliases": aliases,
         "tensors": {"file": TENSORS_NAME, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)},
+        **({"adapter": adapter} if adapter is not None else {}),
     }
     config["config_sha256"] = config_checksum(config)
     config_path = directory / CONFIG_NAME

@@ -9,9 +9,11 @@ from pathlib import Path
 from lottalora_kernels.stream import spec
 
 from ..backbone import BackboneSpec
-from ..nn.options import check_alpha, lora_scaling
+from ..nn.adapters import DEFAULT_ADAPTER, check_adapter_name
+from ..nn.options import check_alpha, check_dropout, lora_scaling
 from .config_json import config_checksum, nesting_depth
 from .format import (
+    ADAPTER_KEYS,
     CONFIG_NAME,
     FORMAT_NAME,
     GENERATOR_KEYS,
@@ -19,6 +21,8 @@ from .format import (
     HEX64,
     LAYER_KEYS,
     MAX_CONFIG_NESTING,
+    OPTIONAL_LAYER_KEYS,
+    OPTIONAL_TOP_KEYS,
     READABLE_FORMAT_VERSIONS,
     TENSORS_KEYS,
     TENSORS_NAME,
@@ -38,12 +42,57 @@ def is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_keys(directory: Path, what: str, value, keys: set[str]) -> None:
+def _check_keys(directory: Path, what: str, value, keys: set[str], optional: set[str] = frozenset()) -> None:
     if not isinstance(value, dict):
         fail(directory, f"{what} must be a JSON object, got {json_type(value)}")
-    missing, unknown = sorted(keys - set(value)), sorted(set(value) - keys)
+    missing, unknown = sorted(keys - set(value)), sorted(set(value) - keys - optional)
     if missing or unknown:
-        fail(directory, f"{what} must have the keys {sorted(keys)}: missing {missing}, unknown {shorten(unknown)}")
+        also = f" (and may have {sorted(optional)})" if optional else ""
+        fail(directory, f"{what} must have the keys {sorted(keys)}{also}: missing {missing}, unknown "
+                         f"{shorten(unknown)}")
+
+
+def _check_scaling(fail_key, what: dict, rank: int, alpha: float) -> None:
+    scaling = lora_scaling(rank, alpha, what["use_rslora"])
+    if isinstance(what["scaling"], bool) or not isinstance(what["scaling"], (int, float)) or \
+            what["scaling"] != scaling:
+        fail_key("scaling", f"{scaling!r}, what rank {rank}, alpha {alpha!r} and use_rslora {what['use_rslora']} give")
+
+
+def _check_dropout(directory: Path, where: str, value) -> None:
+    try:
+        check_dropout(value)
+    except ValueError as exc:
+        fail(directory, f"{where}: {exc}")
+
+
+def _check_named_adapters(directory: Path, where: str, adapters) -> None:
+    """A layer's "adapters": {name: {rank >= 1, alpha, use_rslora, scaling, lora_dropout}}."""
+    if not isinstance(adapters, dict) or not adapters:
+        fail(directory, f"{where}: adapters must be a non-empty JSON object, got {shorten(adapters)}")
+    for name, adapter in adapters.items():
+        try:
+            check_adapter_name(name)
+        except ValueError as exc:
+            fail(directory, f"{where}: {exc}")
+        if name == DEFAULT_ADAPTER:
+            fail(directory, f"{where}: adapters lists {DEFAULT_ADAPTER!r}, which is the layer's own rank and alpha")
+        at = f"{where} adapter {name!r}"
+        _check_keys(directory, at, adapter, ADAPTER_KEYS)
+
+        def bad(key: str, expected: str, adapter=adapter, at=at):
+            fail(directory, f"{at}: {key} must be {expected}, got {shorten(adapter[key])}")
+
+        if not is_int(adapter["rank"]) or adapter["rank"] < 1:
+            bad("rank", "an integer >= 1")
+        if not isinstance(adapter["use_rslora"], bool):
+            bad("use_rslora", "true or false")
+        try:
+            alpha = check_alpha(adapter["alpha"])
+        except ValueError as exc:
+            fail(directory, f"{at}: {exc}")
+        _check_scaling(bad, adapter, adapter["rank"], alpha)
+        _check_dropout(directory, at, adapter["lora_dropout"])
 
 
 def _check_generator(directory: Path, generator) -> None:
@@ -56,9 +105,10 @@ def _check_generator(directory: Path, generator) -> None:
                          f"(stream versions {spec.SUPPORTED_STREAM_VERSIONS}, philox4x32-{spec.PHILOX_ROUNDS})")
 
 
-def _check_layer(directory: Path, index: int, layer, format_version: int, generator: dict) -> BackboneSpec:
+def _check_layer(directory: Path, index: int, layer, format_version: int, generator: dict,
+                 adapter_file: bool) -> BackboneSpec:
     """The layer entry's BackboneSpec, after checking every field and the stored scaling."""
-    _check_keys(directory, f"layers[{index}]", layer, LAYER_KEYS[format_version])
+    _check_keys(directory, f"layers[{index}]", layer, LAYER_KEYS[format_version], OPTIONAL_LAYER_KEYS[format_version])
     where = f"layers[{index}] ({shorten(layer['name'])})" if isinstance(layer["name"], str) else f"layers[{index}]"
 
     def bad(key: str, expected: str):
@@ -81,11 +131,17 @@ def _check_layer(directory: Path, index: int, layer, format_version: int, genera
         alpha = check_alpha(layer["alpha"], zero_ok=layer["rank"] == 0)
     except ValueError as exc:
         fail(directory, f"{where}: {exc}")
-    scaling = lora_scaling(layer["rank"], alpha, layer["use_rslora"])
-    if isinstance(layer["scaling"], bool) or not isinstance(layer["scaling"], (int, float)) or \
-            layer["scaling"] != scaling:
-        bad("scaling", f"{scaling!r}, what rank {layer['rank']}, alpha {alpha!r} and "
-                       f"use_rslora {layer['use_rslora']} give")
+    _check_scaling(bad, layer, layer["rank"], alpha)
+    if adapter_file:
+        if "adapters" in layer or "lora_dropout" not in layer or layer["rank"] < 1:
+            fail(directory, f"{where}: a layer of an adapter checkpoint has rank >= 1 and lora_dropout, and no "
+                             "adapters")
+        _check_dropout(directory, where, layer["lora_dropout"])
+    else:
+        if "lora_dropout" in layer:
+            fail(directory, f"{where}: lora_dropout is recorded only in adapter checkpoints")
+        if "adapters" in layer:
+            _check_named_adapters(directory, where, layer["adapters"])
     if not isinstance(layer["fingerprint"], str) or not HEX16.fullmatch(layer["fingerprint"]):
         bad("fingerprint", "16 lowercase hex digits")
     stream_version = layer["stream_version"] if format_version >= 2 else generator["stream_version"]
@@ -100,6 +156,14 @@ def _check_layer(directory: Path, index: int, layer, format_version: int, genera
         fail(directory, f"{where}: {exc}")
 
 
+def _is_adapter_name(name) -> bool:
+    try:
+        check_adapter_name(name)
+    except ValueError:
+        return False
+    return True
+
+
 def check_config(directory: Path, config) -> None:
     """Schema and content of a parsed config; adds each layer's "spec" (a BackboneSpec)."""
     if nesting_depth(config) > MAX_CONFIG_NESTING:
@@ -109,14 +173,18 @@ def check_config(directory: Path, config) -> None:
     version = config.get("format_version")
     if not is_int(version) or version not in READABLE_FORMAT_VERSIONS:
         fail(directory, f"unknown format_version {shorten(version)} (this build reads {READABLE_FORMAT_VERSIONS})")
-    _check_keys(directory, CONFIG_NAME, config, TOP_KEYS[version])
+    _check_keys(directory, CONFIG_NAME, config, TOP_KEYS[version], OPTIONAL_TOP_KEYS[version])
+    adapter_file = "adapter" in config
+    if adapter_file and not (config["adapter"] == DEFAULT_ADAPTER or _is_adapter_name(config["adapter"])):
+        fail(directory, f"adapter must be an adapter name (an identifier), got {shorten(config['adapter'])}")
     if version >= 2 and config["config_sha256"] != config_checksum(config):
         fail(directory, f"{CONFIG_NAME} does not match its config_sha256: edited or corrupted")
     _check_generator(directory, config["generator"])
     layers = config["layers"]
     if not isinstance(layers, list) or not layers:
         fail(directory, "config lists no layers")
-    specs = [_check_layer(directory, i, layer, version, config["generator"]) for i, layer in enumerate(layers)]
+    specs = [_check_layer(directory, i, layer, version, config["generator"], adapter_file)
+             for i, layer in enumerate(layers)]
     repeated = sorted(name for name, count in Counter(layer["name"] for layer in layers).items() if count > 1)
     if repeated:
         fail(directory, f"layers list a name twice: {shorten(repeated)}")

@@ -186,7 +186,11 @@ class TensorParallelLinear(Linear):
     def shard(self) -> tuple[tuple[int, int], tuple[int, int]]:
         return self.plan.rows, self.plan.cols
 
-    def forward(self, x):
+    def forward(self, x, adapter_names=None):
+        if adapter_names is not None or self.named_adapters or self.active_adapter != "default":
+            raise ValueError("a tensor-parallel seeded layer runs its default adapter only: named adapters, "
+                             "disable_adapter and mixed batches are not sharded (remove them before "
+                             "parallelize_module, or run an unsharded copy)")
         return self.plan.forward(self, x)
 
 

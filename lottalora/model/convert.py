@@ -19,19 +19,23 @@ from lottalora_kernels.stream.spec import resolve_version_and_init
 
 from ..backbone import stream_for_name
 from ..nn import Linear, seeded_layers
+from ..nn.adapters import check_init_lora_weights
 from ..nn.options import check_alpha, check_dropout, check_rank
 from .load_check import check_loads_whole
 from .modules import linear_shape, parameter_names, set_submodule, tied_elsewhere
 from .patterns import (
     ALL_LINEAR,
     Patterns,
+    check_layer_selection,
     check_pattern_dict,
     check_patterns,
+    in_selected_layers,
     json_patterns,
     name_matches,
     output_head_names,
     pattern_value,
 )
+from .pretrained_class import adopt_seeded_class
 from .records import record_call
 from .redundant_betas import find_redundant_betas
 
@@ -58,6 +62,9 @@ class _Options:
     bias: str
     rank_pattern: dict | None
     alpha_pattern: dict | None
+    layers_to_transform: int | list[int] | None
+    layers_pattern: str | list[str] | None
+    init_lora_weights: bool | str
 
     def record(self) -> dict:
         """The call's arguments as JSON values (seeds as decimal strings), for ``records``."""
@@ -68,7 +75,10 @@ class _Options:
             exclude_modules=json_patterns(self.exclude_modules), adapter_modules=json_patterns(self.adapter_modules),
             trainable_modules=json_patterns(self.trainable_modules), train_beta=self.train_beta,
             lora_dropout=self.lora_dropout, bias=self.bias, rank_pattern=self.rank_pattern,
-            alpha_pattern=self.alpha_pattern)
+            alpha_pattern=self.alpha_pattern, layers_to_transform=(
+                list(self.layers_to_transform) if isinstance(self.layers_to_transform, (list, tuple))
+                else self.layers_to_transform),
+            layers_pattern=json_patterns(self.layers_pattern), init_lora_weights=self.init_lora_weights)
 
 
 def convert(
@@ -77,6 +87,8 @@ def convert(
     exclude_modules: Patterns = None, adapter_modules: Patterns = None, trainable_modules: Patterns = None,
     train_beta: bool = True, lora_dropout: float = 0.0, bias: str = "lora_only",
     rank_pattern: dict[str, int] | None = None, alpha_pattern: dict[str, float] | None = None,
+    layers_to_transform: int | list[int] | None = None, layers_pattern: str | list[str] | None = None,
+    init_lora_weights: bool | str = True,
 ) -> nn.Module:
     """Replace linear layers of ``model`` in place with seeded ``lottalora.Linear`` and freeze the rest.
 
@@ -92,6 +104,14 @@ def convert(
     ``rank`` / ``alpha`` per layer (rank 0: no adapter). trainable_modules: modules whose
     parameters stay trainable (embeddings, norms, a head). The name options accept a regex
     matched against the whole qualified name, or a list of names / name suffixes (PEFT's rule).
+    layers_to_transform (PEFT's): an int or a list of layer indices; only targets in those
+    layers convert, a layer's index being the number after ``layers_pattern`` in its name
+    (``"layers"``: ``model.layers.3.mlp.up_proj`` is in layer 3; a list of patterns takes the
+    first that matches) or, without a pattern, the first number that follows two names. A
+    target with no such number is left out. Both need target_modules as a list (or
+    "all-linear"), as in PEFT. init_lora_weights (PEFT's): True (Kaiming-uniform A, zero B),
+    "gaussian", "orthogonal" or False (``lottalora.Linear``); PiSSA, OLoRA, LoftQ and the
+    others that need a pretrained weight are refused with the reason.
 
     init and stream_version choose the backbone as in ``lottalora.Linear`` (default: stream 2's
     binary backbone). lora_dropout: dropout on the adapter's input while training (PEFT's).
@@ -111,22 +131,29 @@ def convert(
     down_proj when neither has an adapter; rule and proof in ``lottalora.model.redundant_betas``)
     is frozen at 1.0 too, leaving one trained scale per product instead of two equal ones. Make
     it train again with ``layer.beta.requires_grad_(True)`` to reproduce one beta per layer.
+
+    A transformers model (``PreTrainedModel``) gets its class changed in place to the same class
+    with lottalora's ``save_pretrained`` (``lottalora.model.pretrained_class``), so that
+    ``model.save_pretrained``, ``push_to_hub`` and the Trainer write a lottalora directory, which
+    ``AutoModel*.from_pretrained`` rebuilds. Convert the model you save (a submodule converted
+    alone leaves its parent's save_pretrained as transformers wrote it).
     """
     options = _check_options(model, rank, alpha, use_rslora, seed, init, stream_version, target_modules,
                              exclude_modules, adapter_modules, trainable_modules, train_beta, lora_dropout, bias,
-                             rank_pattern, alpha_pattern)
+                             rank_pattern, alpha_pattern, layers_to_transform, layers_pattern, init_lora_weights)
     targets = _targets(model, options)
     first_conversion = not seeded_layers(model)
     converted = {name: _replace(model, name, module, shape, options) for name, module, shape in targets}
     _set_trainable(model, converted, options, first_conversion)
     record_call(model, list(converted), options.record())
     check_loads_whole(model)
+    adopt_seeded_class(model)
     return model
 
 
 def _check_options(model, rank, alpha, use_rslora, seed, init, stream_version, target_modules, exclude_modules,
                    adapter_modules, trainable_modules, train_beta, lora_dropout, bias, rank_pattern,
-                   alpha_pattern) -> _Options:
+                   alpha_pattern, layers_to_transform, layers_pattern, init_lora_weights) -> _Options:
     """Every argument checked before the model changes (TypeError/ValueError naming it)."""
     all_linear = target_modules is None or (isinstance(target_modules, str) and target_modules.lower() == ALL_LINEAR)
     for argument, patterns in (("target_modules", None if all_linear else target_modules),
@@ -146,8 +173,11 @@ def _check_options(model, rank, alpha, use_rslora, seed, init, stream_version, t
     check_dropout(lora_dropout)
     check_pattern_dict("rank_pattern", rank_pattern, lambda key, v: check_rank(v, f"rank_pattern[{key!r}]"))
     check_pattern_dict("alpha_pattern", alpha_pattern, lambda key, v: check_alpha(v, what=f"alpha_pattern[{key!r}]"))
+    check_layer_selection(target_modules, all_linear, layers_to_transform, layers_pattern)
+    init_lora_weights = check_init_lora_weights(init_lora_weights)
     return _Options(rank, alpha, use_rslora, seed, init, version, all_linear, target_modules, exclude_modules,
-                    adapter_modules, trainable_modules, train_beta, lora_dropout, bias, rank_pattern, alpha_pattern)
+                    adapter_modules, trainable_modules, train_beta, lora_dropout, bias, rank_pattern, alpha_pattern,
+                    layers_to_transform, layers_pattern, init_lora_weights)
 
 
 def _targets(model: nn.Module, options: _Options) -> list[tuple[str, nn.Module, tuple[int, int]]]:
@@ -164,6 +194,8 @@ def _targets(model: nn.Module, options: _Options) -> list[tuple[str, nn.Module, 
             continue
         if not options.all_linear and not name_matches(name, options.target_modules):
             continue
+        if not in_selected_layers(name, options.layers_to_transform, options.layers_pattern):
+            continue
         tied = tied_elsewhere(names, name, module)
         if tied and options.all_linear:
             continue
@@ -172,7 +204,10 @@ def _targets(model: nn.Module, options: _Options) -> list[tuple[str, nn.Module, 
                              f"and cannot become a seed; leave {name!r} out of target_modules")
         targets.append((name, module, shape))
     if not targets:
-        raise ValueError(f"target_modules={options.target_modules!r} matched no nn.Linear (or Conv1D) in the model")
+        selection = "" if options.layers_to_transform is None else \
+            f" in layers_to_transform={options.layers_to_transform!r} (layers_pattern={options.layers_pattern!r})"
+        raise ValueError(f"target_modules={options.target_modules!r} matched no nn.Linear (or Conv1D) in the "
+                         f"model{selection}")
     target_names = [n for n, _, _ in targets]
     if options.trainable_modules is not None:
         clash = [n for n in target_names if name_matches(n, options.trainable_modules)]
@@ -197,8 +232,8 @@ def _replace(model: nn.Module, name: str, module: nn.Module, shape: tuple[int, i
     new = Linear(in_features, out_features, bias=module.bias is not None, rank=layer_rank,
                  alpha=pattern_value(name, options.alpha_pattern, options.alpha), use_rslora=options.use_rslora,
                  seed=options.seed, stream=stream_for_name(name), init=options.init, stream_version=options.version,
-                 train_beta=options.train_beta, lora_dropout=options.lora_dropout, device=weight.device,
-                 dtype=weight.dtype)
+                 train_beta=options.train_beta, lora_dropout=options.lora_dropout,
+                 init_lora_weights=options.init_lora_weights, device=weight.device, dtype=weight.dtype)
     if module.bias is not None and module.bias.device.type != "meta":
         with torch.no_grad():
             new.bias.copy_(module.bias)

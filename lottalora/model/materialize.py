@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ..nn import Linear
+from ..nn.adapters import LoraAdapter
 from .modules import tied_groups
 
 
@@ -28,7 +29,7 @@ def materialize(model: nn.Module, device: torch.device | str = "cpu") -> nn.Modu
             continue
         module.to_empty(device=device, recurse=False)
         with torch.no_grad():
-            if isinstance(module, Linear):
+            if isinstance(module, (Linear, LoraAdapter)):
                 module.reset_parameters()
             elif init_weights is not None:
                 init_weights(module)

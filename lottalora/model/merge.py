@@ -17,17 +17,20 @@ from ..nn import Linear, is_dtensor, seeded_layers, unwrap_model
 from ..ops.precision import accumulation_dtype
 from .load_check import forget_load_check
 from .modules import set_submodule
+from .pretrained_class import release_seeded_class
 from .records import forget_calls
 
 
 def merged_weight(layer: Linear) -> torch.Tensor:
-    """beta * W_seed + scaling * lora_B @ lora_A for ``layer``, (out_features, in_features) in
-    the layer's dtype on its device; computed in float32 (float64 for a float64 layer)."""
+    """beta * W_seed + scaling * lora_B @ lora_A of the layer's active adapter (none when it is
+    disabled), (out_features, in_features) in the layer's dtype on its device; computed in
+    float32 (float64 for a float64 layer)."""
     compute = accumulation_dtype(layer.beta.dtype)
+    parts = layer.active_adapter_parts()
     with torch.no_grad():
         weight = layer.backbone_weight(dtype=compute) * layer.beta.to(compute)
-        if layer.lora_A is not None:
-            weight += layer.scaling * (layer.lora_B.to(compute) @ layer.lora_A.to(compute))
+        if parts is not None:
+            weight += parts.scaling * (parts.lora_B.to(compute) @ parts.lora_A.to(compute))
     return weight.to(layer.beta.dtype)
 
 
@@ -57,8 +60,10 @@ def merge_and_unload(model: nn.Module, *, safe_merge: bool = False) -> nn.Module
     merged weight in its (in_features, out_features) layout, so the architecture's own code and
     checkpoints (``save_pretrained`` / ``from_pretrained``) fit again. The merged weight is
     frozen (it stands for a frozen backbone plus adapters; ``requires_grad_(True)`` to train
-    it); each bias is the layer's own parameter. The
-    convert records go too: the model is a plain model afterwards. ``safe_merge=True`` (PEFT's
+    it); each bias is the layer's own parameter. Each layer merges its active adapter (PEFT's
+    rule; ``set_adapter`` picks it) and its other adapters go with it. The convert records go
+    too, and a transformers model gets its own class back: the model is a plain model
+    afterwards, whose ``save_pretrained`` is transformers' own. ``safe_merge=True`` (PEFT's
     option) checks each merged weight for NaN and inf before it replaces anything of its layer.
     Sharded layers (FSDP2, tensor parallel) are refused: save the model with lottalora.save,
     load it into an unsharded one, and merge that.
@@ -81,6 +86,7 @@ def merge_and_unload(model: nn.Module, *, safe_merge: bool = False) -> nn.Module
         plain.train(layer.training)
         set_submodule(root, name, plain)
     forget_calls(root)
+    release_seeded_class(root)
     for module in root.modules():
         forget_load_check(module)
     return model

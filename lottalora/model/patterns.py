@@ -3,7 +3,9 @@
 ``target_modules``, ``exclude_modules``, ``adapter_modules`` and ``trainable_modules`` take a
 regex matched against the whole qualified name, or a list of names or name suffixes matched at
 a ``.`` boundary; ``rank_pattern`` and ``alpha_pattern`` map regexes that match the end of a
-name to per-layer values; ``"all-linear"`` is every linear layer but the output head.
+name to per-layer values; ``"all-linear"`` is every linear layer but the output head;
+``layers_to_transform`` / ``layers_pattern`` keep the targets whose layer index (the number
+after the pattern's module list, ``model.layers.3.``) is listed.
 """
 
 from __future__ import annotations
@@ -83,3 +85,55 @@ def output_head_names(model: nn.Module) -> set[str]:
         heads += [getattr(model, name, None) for name in CLASSIFIER_HEADS]
     ids = {id(h) for h in heads if isinstance(h, nn.Module)}
     return {name for name, m in model.named_modules() if id(m) in ids}
+
+
+def check_layer_selection(target_modules: Patterns, all_linear: bool, layers_to_transform, layers_pattern) -> None:
+    """PEFT's rules for ``layers_to_transform`` (an int >= 0 or a list of them) and
+    ``layers_pattern`` (a module-list name or a list of them, only with layers_to_transform);
+    neither goes with a regex ``target_modules`` (PEFT refuses that too)."""
+    if layers_to_transform is not None:
+        values = [layers_to_transform] if not isinstance(layers_to_transform, (list, tuple)) else layers_to_transform
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+            raise ValueError(f"layers_to_transform must be an int >= 0 or a list of them, got {layers_to_transform!r}")
+    if layers_pattern is not None:
+        patterns = [layers_pattern] if isinstance(layers_pattern, str) else layers_pattern
+        if not isinstance(patterns, (list, tuple)) or not all(isinstance(p, str) for p in patterns):
+            raise TypeError(f"layers_pattern must be None, a string or a list of strings, got {layers_pattern!r}")
+        for p in patterns:
+            try:
+                re.compile(p)
+            except re.error as exc:
+                raise ValueError(f"layers_pattern {p!r} is not a valid regular expression: {exc}") from None
+        if patterns and layers_to_transform is None:
+            raise ValueError("layers_pattern only selects layers together with layers_to_transform: give both")
+    if isinstance(target_modules, str) and not all_linear and (layers_to_transform is not None or layers_pattern):
+        raise ValueError("layers_to_transform and layers_pattern need target_modules as a list of names (or "
+                         "'all-linear'): a regex target_modules names the layers itself (PEFT's rule)")
+
+
+def layer_index(name: str, layers_pattern) -> int | None:
+    """PEFT's layer index of the qualified ``name``: the first number after a module named by
+    ``layers_pattern`` (``model.layers.3.self_attn.q_proj`` -> 3 with "layers"), or, without a
+    pattern, the first number segment after at least two names; None when there is none."""
+    patterns = [layers_pattern] if isinstance(layers_pattern, str) else list(layers_pattern or [])
+    if not patterns:
+        match = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", name)
+    else:
+        match = None
+        for pattern in patterns:
+            match = re.match(rf"(?:^|.*?\.){pattern}\.(?P<idx>\d+)\.", name)
+            if match is not None:
+                break
+    return int(match.group("idx")) if match is not None else None
+
+
+def in_selected_layers(name: str, layers_to_transform, layers_pattern) -> bool:
+    """Whether ``name`` is in the layers ``layers_to_transform`` selects (always, when None)."""
+    if layers_to_transform is None or layers_to_transform == []:
+        return True
+    index = layer_index(name, layers_pattern)
+    if index is None:
+        return False
+    if isinstance(layers_to_transform, int):
+        return index == layers_to_transform
+    return index in layers_to_transform

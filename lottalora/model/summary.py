@@ -30,9 +30,11 @@ class ModelSummary(Mapping):
     regenerated from seeds and never stored), ``backbone_bytes`` (what the backbones would take
     stored in their layers' dtype), ``total_params`` (stored + backbone: the architecture's
     size with adapters and betas), ``trainable_fraction`` (trainable / total),
-    ``seeded_layers`` (count), ``betas`` ({layer name: beta}), ``layers`` (one dict per seeded
-    layer: name, out_features, in_features, rank, init, seed, stream, stream_version, beta,
-    train_beta).
+    ``seeded_layers`` (count), ``betas`` ({layer name: beta}), ``adapters`` ({adapter name:
+    {"layers": how many seeded layers hold it, "params": its lora_A and lora_B values}}, the
+    default adapter first), ``layers`` (one dict per seeded layer: name, out_features,
+    in_features, rank, init, seed, stream, stream_version, beta, train_beta, and adapters: {name:
+    rank} of its named adapters).
     """
 
     def __init__(self, values: dict, source: str) -> None:
@@ -49,7 +51,7 @@ class ModelSummary(Mapping):
         return len(self._values)
 
     def __repr__(self) -> str:
-        counts = {k: v for k, v in self._values.items() if k not in ("betas", "layers")}
+        counts = {k: v for k, v in self._values.items() if k not in ("betas", "layers", "adapters")}
         return f"ModelSummary({self.source}: {counts})"
 
     def __str__(self) -> str:
@@ -62,6 +64,9 @@ class ModelSummary(Mapping):
             f"stored params: {v['stored_params']:,} ({v['trainable_params']:,} trainable, "
             f"{v['frozen_params']:,} frozen), of which adapters (lora_A, lora_B): {v['adapter_params']:,}",
         ]
+        if v["adapters"]:
+            lines.append("adapters: " + ", ".join(f"{name} ({a['layers']} layers, {a['params']:,} values)"
+                                                  for name, a in v["adapters"].items()))
         if v["layers"]:
             lines += ["", "| layer | shape (out x in) | rank | init | seed | stream | beta |",
                       "|---|---|---|---|---|---|---|"]
@@ -79,18 +84,34 @@ def _mib(n: int) -> str:
 
 
 def layer_entry(name: str, out_features: int, in_features: int, rank: int, init: str, seed: int, stream: int,
-                stream_version: int, beta: float, train_beta: bool) -> dict:
-    """One seeded layer's row of a summary."""
+                stream_version: int, beta: float, train_beta: bool, adapters: dict[str, int] | None = None) -> dict:
+    """One seeded layer's row of a summary; ``adapters``: {name: rank} of its named adapters."""
     return {"name": name, "out_features": out_features, "in_features": in_features, "rank": rank, "init": init,
-            "seed": seed, "stream": stream, "stream_version": stream_version, "beta": beta, "train_beta": train_beta}
+            "seed": seed, "stream": stream, "stream_version": stream_version, "beta": beta, "train_beta": train_beta,
+            "adapters": dict(adapters or {})}
+
+
+def _adapter_counts(layers: list[dict]) -> dict[str, dict[str, int]]:
+    """{adapter name: {"layers", "params"}}, the default adapter (the layers' own rank) first."""
+    counts: dict[str, dict[str, int]] = {}
+    for layer in layers:
+        ranks = {"default": layer["rank"], **layer["adapters"]}
+        for name, rank in ranks.items():
+            if rank:
+                entry = counts.setdefault(name, {"layers": 0, "params": 0})
+                entry["layers"] += 1
+                entry["params"] += rank * (layer["in_features"] + layer["out_features"])
+    return counts
 
 
 def build_summary(trainable: int, frozen: int, backbone_bytes: int, layers: list[dict], source: str) -> ModelSummary:
     """A summary from the stored values' counts and the seeded layers' entries (``layer_entry``):
-    the adapters count rank * (in_features + out_features) values per layer, whatever holds them."""
+    the adapters count rank * (in_features + out_features) values per layer and adapter, whatever
+    holds them."""
     stored = trainable + frozen
     backbone = sum(layer["out_features"] * layer["in_features"] for layer in layers)
-    adapter = sum(layer["rank"] * (layer["in_features"] + layer["out_features"]) for layer in layers)
+    adapters = _adapter_counts(layers)
+    adapter = sum(a["params"] for a in adapters.values())
     total = stored + backbone
     values = {
         "trainable_params": trainable,
@@ -103,6 +124,7 @@ def build_summary(trainable: int, frozen: int, backbone_bytes: int, layers: list
         "trainable_fraction": trainable / total if total else 0.0,
         "seeded_layers": len(layers),
         "betas": {layer["name"]: layer["beta"] for layer in layers},
+        "adapters": adapters,
         "layers": layers,
     }
     return ModelSummary(values, source)
@@ -123,7 +145,8 @@ def summarize_model(model: nn.Module) -> ModelSummary:
     layers, backbone_bytes = [], 0
     for name, m in seeded_layers(model, plain=True).items():
         layers.append(layer_entry(name, m.out_features, m.in_features, m.rank, m.init, m.seed, m.stream,
-                                  m.stream_version, _beta_value(m.beta), m.beta.requires_grad))
+                                  m.stream_version, _beta_value(m.beta), m.beta.requires_grad,
+                                  {n: a.rank for n, a in m.named_adapters.items()}))
         backbone_bytes += m.out_features * m.in_features * m.beta.element_size()
     params = list(model.parameters())  # each shared (tied) parameter once
     trainable = sum(p.numel() for p in params if p.requires_grad)

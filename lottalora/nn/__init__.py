@@ -1,6 +1,7 @@
 """Seeded modules: drop-in replacements for torch.nn layers whose big weight is a seed.
 
-    linear   Linear: nn.Linear's interface, W_seed regenerated inside the op, a LoRA adapter
+    linear   Linear: nn.Linear's interface, W_seed regenerated inside the op, LoRA adapters
+    adapters the adapter machinery every seeded layer shares: named adapters, init options, mixed batches
     state    the "_extra_state" entry that carries a layer's backbone identity and options
     options  checks of rank, alpha and lora_dropout, and the LoRA scaling
     layers   the one walk over a model's seeded layers, and the wrappers around models

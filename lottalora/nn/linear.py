@@ -11,11 +11,20 @@ from torch import nn
 from ..backbone import BackboneSpec
 from ..ops import dense_block, seeded_linear
 from ..ops.backend import supported_dtypes
+from ..ops.precision import accumulation_dtype
+from .adapters import (
+    AdaptedLayer,
+    AdapterParts,
+    LoraAdapter,
+    check_adapter_entries,
+    check_init_lora_weights,
+    init_lora_,
+)
 from .options import check_alpha, check_dropout, check_rank, lora_scaling
 from .state import LayerState, decode_extra_state, extra_state, upgrade_legacy_beta
 
 
-class Linear(nn.Module):
+class Linear(AdaptedLayer):
     """y = beta * x @ W_seed^T + scaling * (x @ lora_A^T) @ lora_B^T + bias.
 
     W_seed (out_features x in_features) is drawn from (seed, stream, init) by the backbone
@@ -32,7 +41,15 @@ class Linear(nn.Module):
     state_dict) with requires_grad=False, so it stays at its value: the paper's fixed-beta runs.
 
     scaling = alpha / rank, or alpha / sqrt(rank) with use_rslora; alpha=None means alpha=rank.
-    Input: (*, in_features); output: (*, out_features).
+    init_lora_weights (PEFT's values): True (Kaiming-uniform A, zero B), "gaussian" (A ~ N(0,
+    1/rank^2), zero B), "orthogonal" (B @ A = 0 from one random orthogonal matrix, even ranks) or
+    False (B random too); PiSSA, OLoRA, LoftQ and the others that decompose a pretrained weight
+    are refused by name. Input: (*, in_features); output: (*, out_features).
+
+    lora_A / lora_B are the default adapter; ``add_adapter`` adds named ones over the same
+    backbone and ``set_adapter`` picks the one the forward adds (``lottalora.nn.adapters``).
+    ``forward(x, adapter_names=[...])`` picks one per row of x's first dimension (PEFT's mixed
+    batch): the backbone product runs once for the whole batch.
     """
 
     # Set by lottalora.convert on a layer it made from transformers' Conv1D (GPT-2), so that
@@ -44,7 +61,7 @@ class Linear(nn.Module):
         self, in_features: int, out_features: int, bias: bool = True, *, rank: int = 8,
         alpha: float | None = None, use_rslora: bool = False, seed: int = 0, stream: int = 0,
         init: str | None = None, stream_version: int | None = None, train_beta: bool = True,
-        lora_dropout: float = 0.0, device=None, dtype=None,
+        lora_dropout: float = 0.0, init_lora_weights: bool | str = True, device=None, dtype=None,
     ) -> None:
         super().__init__()
         check_rank(rank)
@@ -59,6 +76,7 @@ class Linear(nn.Module):
         self.alpha = alpha
         self.use_rslora = bool(use_rslora)
         self.lora_dropout = check_dropout(lora_dropout)
+        self.init_lora_weights = check_init_lora_weights(init_lora_weights)
         if rank > 0:
             self.lora_A = nn.Parameter(torch.empty((rank, in_features), **factory))
             self.lora_B = nn.Parameter(torch.empty((out_features, rank), **factory))
@@ -100,10 +118,10 @@ class Linear(nn.Module):
         return lora_scaling(self.rank, self.alpha, self.use_rslora)
 
     def reset_parameters(self) -> None:
-        """A as PEFT (Kaiming-uniform, a=sqrt(5)), B = 0, beta = 1, bias as nn.Linear."""
+        """A and B as ``init_lora_weights`` says (True: PEFT's Kaiming-uniform A, a=sqrt(5), and
+        B = 0), beta = 1, bias as nn.Linear. Named adapters are left as they are."""
         if self.lora_A is not None:
-            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-            nn.init.zeros_(self.lora_B)
+            init_lora_(self.lora_A, self.lora_B, self.init_lora_weights)
         with torch.no_grad():
             self.beta.fill_(1.0)
         if self.bias is not None:
@@ -117,13 +135,31 @@ class Linear(nn.Module):
         None when the layer computes all of it (always, for a plain Linear)."""
         return None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (*, in_features) -> (*, out_features)."""
-        lora_input = None
-        if self.lora_A is not None and self.lora_dropout > 0 and self.training:
-            lora_input = nn.functional.dropout(x, self.lora_dropout, training=True)
-        return seeded_linear(x, self._spec, self.lora_A, self.lora_B, self.beta, self.bias, self.scaling,
-                             lora_input=lora_input)
+    def forward(self, x: torch.Tensor, adapter_names: list[str] | None = None) -> torch.Tensor:
+        """x: (*, in_features) -> (*, out_features), with the active adapter fused into the op.
+
+        ``adapter_names``: one adapter name per row of x's first dimension ("__base__": the bare
+        backbone), PEFT's mixed batch. The backbone term (beta * x @ W_seed^T + bias) is then one
+        product for the whole batch, and each group of rows adds its adapter's low-rank term."""
+        if adapter_names is not None:
+            names = self.check_row_names(x, adapter_names)
+            out = seeded_linear(x, self._spec, None, None, self.beta, self.bias, 0.0)
+            return self.add_row_terms(x, out, names)
+        parts = self.active_adapter_parts()
+        if parts is None:
+            return seeded_linear(x, self._spec, None, None, self.beta, self.bias, 0.0)
+        return seeded_linear(x, self._spec, parts.lora_A, parts.lora_B, self.beta, self.bias, parts.scaling,
+                             lora_input=self.adapter_input(x, parts))
+
+    def new_adapter(self, **options) -> LoraAdapter:
+        """A named adapter of this layer's shapes: lora_A (rank, in_features), lora_B (out_features, rank)."""
+        return LoraAdapter(self.in_features, self.out_features, **options)
+
+    def low_rank(self, x: torch.Tensor, parts: AdapterParts) -> torch.Tensor:
+        """scaling * (x @ lora_A^T) @ lora_B^T, accumulated as the op accumulates, in x's dtype."""
+        compute = accumulation_dtype(x.dtype)
+        xa = x.to(compute) @ parts.lora_A.to(compute).T
+        return (parts.scaling * (xa @ parts.lora_B.to(compute).T)).to(x.dtype)
 
     def backbone_weight(self, dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
         """The dense W_seed (out_features, in_features), regenerated now and never cached.
@@ -180,6 +216,8 @@ class Linear(nn.Module):
         upgrade_legacy_beta(entries, prefix + "beta")
         try:
             self._check_loadable(entries, prefix)
+            for name, adapter in self.named_adapters.items():
+                check_adapter_entries(adapter, state_dict, f"{prefix}lora_adapters.{name}.")
         except ValueError as exc:
             where = f"lottalora.Linear {prefix[:-1]!r}" if prefix else "lottalora.Linear"
             raise ValueError(f"{where}: {exc}") from None
@@ -208,5 +246,7 @@ class Linear(nn.Module):
             f"seed={self.seed}, stream={self.stream}"
             + ("" if self.train_beta else ", train_beta=False")
             + (f", lora_dropout={self.lora_dropout:g}" if self.lora_dropout else "")
+            + ("" if self.init_lora_weights is True else f", init_lora_weights={self.init_lora_weights!r}")
+            + ("" if self.active_adapter == "default" else f", active_adapter={self.active_adapter!r}")
             + (f", shard=rows {self.shard[0]} cols {self.shard[1]}" if self.shard is not None else "")
         )

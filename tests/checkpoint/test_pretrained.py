@@ -51,9 +51,18 @@ def test_rebuilt_model_loads_state_dicts_all_or_nothing_as_a_converted_one(saved
     assert all(torch.equal(v, rebuilt.state_dict()[k]) for k, v in before.items())
 
 
+def test_is_trainable_false_by_default_returns_everything_frozen_in_eval_mode(saved):
+    _, ck, _ = saved
+    rebuilt = lottalora.from_pretrained(ck)
+    assert not rebuilt.training and not any(m.training for m in rebuilt.modules())
+    assert not any(p.requires_grad for p in rebuilt.parameters())
+    with pytest.raises(TypeError, match="is_trainable must be a bool"):
+        lottalora.from_pretrained(ck, is_trainable="yes")
+
+
 def test_rebuilt_model_trains_what_the_saved_one_trained_and_saves_the_same_record(saved, tmp_path):
     model, ck, _ = saved
-    rebuilt = lottalora.from_pretrained(ck)
+    rebuilt = lottalora.from_pretrained(ck, is_trainable=True)
     assert not rebuilt.training and type(rebuilt).__name__ == "LlamaForCausalLM"
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert {n for n, p in rebuilt.named_parameters() if p.requires_grad} == trainable
@@ -67,10 +76,18 @@ def test_plain_transformers_refuses_a_lottalora_directory_with_an_error_naming_i
     _, ck, _ = saved
     config = json.loads((ck / MODEL_CONFIG_NAME).read_text())
     assert config["model_type"] == "lottalora" and "lottalora.from_pretrained" in config["note"]
-    with pytest.raises(ValueError, match="model type `lottalora`"):
-        transformers.AutoModelForCausalLM.from_pretrained(ck)
-    with pytest.raises(ValueError, match="model type `lottalora`"):
-        transformers.AutoConfig.from_pretrained(ck)
+    script = (  # a process that never imports lottalora
+        "import sys, transformers\n"
+        "for auto in (transformers.AutoModelForCausalLM, transformers.AutoConfig):\n"
+        "    try:\n"
+        "        auto.from_pretrained(sys.argv[1])\n"
+        "    except ValueError as error:\n"
+        "        assert 'model type `lottalora`' in str(error), error\n"
+        "    else:\n"
+        "        raise SystemExit('loaded')\n"
+        "assert 'lottalora' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(ck)], check=True, cwd=ck.parent)
 
 
 def test_layers_keep_their_stream_version_init_and_dropout_and_gpt2_its_tie(tmp_path):
@@ -100,7 +117,7 @@ def test_directories_that_cannot_be_rebuilt_say_why(saved, tmp_path):
     lottalora.save(model, tmp_path / "partial", trainable_only=True)
     with pytest.raises(ValueError, match="only the trained tensors"):
         lottalora.from_pretrained(tmp_path / "partial")
-    model.save_pretrained(tmp_path / "hf")
+    lottalora.merge_and_unload(model).save_pretrained(tmp_path / "hf")  # a plain model: transformers' own files
     with pytest.raises(ValueError, match="save_pretrained"):
         lottalora.from_pretrained(tmp_path / "hf")
     config = json.loads((ck / MODEL_CONFIG_NAME).read_text())

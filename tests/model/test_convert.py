@@ -333,3 +333,79 @@ def test_load_state_dict_of_a_converted_model_is_all_or_nothing(tmp_path):
     restored = pickle.loads(pickle.dumps(model))  # the check is a module-level function: models pickle
     with pytest.raises(ValueError, match="lora_A has shape"):
         restored.load_state_dict({**sd, "head.lora_A": torch.zeros(3, 16)})
+
+
+def _peft_selection(model, target_modules, layers_to_transform, layers_pattern):
+    """The modules PEFT's own rule (check_target_module_exists) picks, by name."""
+    from peft import LoraConfig
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    config = LoraConfig(target_modules=target_modules, layers_to_transform=layers_to_transform,
+                        layers_pattern=layers_pattern)
+    return {n for n, m in model.named_modules()
+            if n and (isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D")
+            and check_target_module_exists(config, n) is True}
+
+
+def _small(kind):
+    from transformers import BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel, LlamaForCausalLM
+
+    from tests.support.models import tiny_llama_config
+
+    if kind == "llama":
+        config = tiny_llama_config()
+        config.num_hidden_layers = 3
+        return LlamaForCausalLM(config)
+    if kind == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=3, n_head=2, vocab_size=50, n_positions=16))
+    return BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=3,
+                                                    num_attention_heads=2, intermediate_size=40,
+                                                    max_position_embeddings=16))
+
+
+@pytest.mark.parametrize("kind,targets,layers,pattern", [
+    ("llama", ["q_proj", "v_proj", "down_proj"], [0, 2], "layers"),
+    ("llama", ["q_proj", "up_proj"], 1, None),
+    ("gpt2", ["c_attn", "c_fc"], [2], "h"),
+    ("gpt2", ["c_proj"], [0, 1], ["blocks", "h"]),
+    ("bert", ["query", "value", "dense"], [1], "layer"),
+    ("bert", ["query", "dense"], [0, 2], None),
+])
+def test_layers_to_transform_picks_the_layers_peft_picks(kind, targets, layers, pattern):
+    model = _small(kind)
+    want = _peft_selection(model, targets, layers, pattern)
+    lottalora.convert(model, rank=2, target_modules=targets, layers_to_transform=layers, layers_pattern=pattern)
+    assert want and _seeded_names(model) == want
+    call = model._lottalora_convert_calls[-1]["arguments"]
+    assert (call["layers_to_transform"], call["layers_pattern"]) == (layers, pattern)
+
+
+def test_layers_to_transform_applies_to_all_linear_and_leaves_unnumbered_layers():
+    model = _small("llama")
+    lottalora.convert(model, rank=2, layers_to_transform=[1], layers_pattern="layers")
+    assert _seeded_names(model) and all(n.startswith("model.layers.1.") for n in _seeded_names(model))
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(target_modules=r".*q_proj", layers_to_transform=[0]), ValueError, "need target_modules as a list"),
+    (dict(target_modules=["q_proj"], layers_pattern="layers"), ValueError, "together with layers_to_transform"),
+    (dict(target_modules=["q_proj"], layers_to_transform=[-1]), ValueError, "an int >= 0 or a list"),
+    (dict(target_modules=["q_proj"], layers_to_transform=[7]), ValueError, r"in layers_to_transform=\[7\]"),
+    (dict(target_modules=["q_proj"], layers_to_transform=0, layers_pattern=3), TypeError, "layers_pattern"),
+])
+def test_bad_layer_selections_are_named(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        lottalora.convert(_small("llama"), **kwargs)
+
+
+@pytest.mark.parametrize("value", [True, "gaussian", False, "orthogonal"])
+def test_convert_initializes_adapters_as_init_lora_weights_says_and_records_it(value):
+    torch.manual_seed(0)
+    model = lottalora.convert(TwoTower(), rank=4, init_lora_weights=value)
+    layer = model.encoder[0]
+    assert layer.init_lora_weights == value
+    assert bool(layer.lora_B.any()) == (value in (False, "orthogonal"))
+    assert bool((layer.lora_B @ layer.lora_A).abs().max() > 1e-6) == (value is False)  # starts at the backbone
+    assert model._lottalora_convert_calls[-1]["arguments"]["init_lora_weights"] == value
+    with pytest.raises(ValueError, match="OLoRA initializes A and B from a QR decomposition"):
+        lottalora.convert(TwoTower(), rank=4, init_lora_weights="olora")

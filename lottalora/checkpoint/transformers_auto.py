@@ -1,0 +1,181 @@
+"""What lottalora registers with transformers' Auto classes, so that
+``AutoModelForCausalLM.from_pretrained(directory)`` (and every other ``AutoModel*``) rebuilds a
+lottalora directory instead of refusing its ``"model_type": "lottalora"``.
+
+``LottaLoraConfig`` is that model type's config: what ``AutoConfig`` reads from the config.json
+``lottalora.save`` writes (the architecture, its config, the convert calls). Each Auto model
+class gets a loader whose ``from_pretrained`` calls ``lottalora.from_pretrained``, after checking
+that the saved architecture is one that Auto class builds (``AutoModel`` on a saved
+``LlamaForCausalLM`` is refused by name: it would build a ``LlamaModel``).
+
+This module imports transformers; ``transformers_hook`` imports it only once transformers' Auto
+modules are imported, so ``import lottalora`` never imports transformers.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import PreTrainedConfig
+
+from .format import CONFIG_NAME, fail
+from .model_config import MODEL_TYPE, read_model_config
+from .pretrained import from_pretrained
+
+# from_pretrained arguments that locate the files on the Hub (passed to snapshot_download for a
+# repository id) or that transformers' Auto classes add on their own, and that change nothing
+# here once the directory is found.
+_HUB_ARGUMENTS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "token")
+_IGNORED = ("_from_auto", "_from_pipeline", "_commit_hash", "adapter_kwargs", "trust_remote_code", "code_revision",
+            "low_cpu_mem_usage", "user_agent")
+# device_map values that let accelerate choose: a seed-only model is small, it goes on one device.
+_AUTO_DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+class LottaLoraConfig(PreTrainedConfig):
+    """The config of a lottalora directory as ``AutoConfig`` reads it: ``architecture`` (the
+    transformers class), ``base_config`` (its config, a dict), ``convert_calls``. It describes a
+    checkpoint, not a model to build from scratch (``from_config`` is refused)."""
+
+    model_type = MODEL_TYPE
+
+
+def _dtype(value):
+    if value is None or value == "auto":
+        return None
+    if isinstance(value, str):
+        resolved = getattr(torch, value, None)
+        if not isinstance(resolved, torch.dtype):
+            raise ValueError(f"dtype={value!r} is not a torch dtype")
+        return resolved
+    if isinstance(value, torch.dtype):
+        return value
+    raise TypeError(f"dtype must be a torch.dtype, its name or 'auto', got {value!r}")
+
+
+def _device(device_map) -> torch.device:
+    """The one device a device_map puts the model on."""
+    if device_map is None:
+        return torch.device("cpu")
+    if isinstance(device_map, str) and device_map in _AUTO_DEVICE_MAPS:
+        return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    if isinstance(device_map, dict):
+        devices = {torch.device(f"cuda:{d}" if isinstance(d, int) else d) for d in device_map.values()}
+        if len(devices) != 1:
+            raise ValueError(f"device_map={device_map!r} spreads the model over several devices: a lottalora model "
+                             "is loaded onto one device (seed-only models are small); give one device")
+        return devices.pop()
+    if isinstance(device_map, int) and not isinstance(device_map, bool):
+        return torch.device("cuda", device_map)
+    if isinstance(device_map, (str, torch.device)):
+        return torch.device(device_map)
+    raise TypeError(f"device_map must be a device, a device name, 'auto' or a dict, got {device_map!r}")
+
+
+def _directory(path, subfolder: str, hub: dict) -> Path:
+    """The local directory of ``path``: itself, or a Hub repository's snapshot."""
+    local = Path(path) / subfolder
+    if local.is_dir():
+        return local
+    from huggingface_hub import snapshot_download
+
+    snapshot = snapshot_download(str(path), **{k: v for k, v in hub.items() if k != "force_download"},
+                                 force_download=hub.get("force_download", False))
+    return Path(snapshot) / subfolder
+
+
+class SeededCheckpointLoader:
+    """The model class registered for ``LottaLoraConfig`` with one Auto class: its
+    ``from_pretrained`` rebuilds the directory with ``lottalora.from_pretrained``."""
+
+    config_class = LottaLoraConfig
+    auto_class: type | None = None  # the Auto class it is registered with
+    auto_class_name: str = ""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *model_args, config=None, **kwargs):
+        """The converted model of the lottalora directory (or Hub repository) at
+        ``pretrained_model_name_or_path``. Takes ``dtype`` / ``torch_dtype`` (default: the saved
+        dtype), ``device_map`` (one device; "auto" is the first GPU, else the CPU),
+        ``is_trainable`` (default True here, as transformers returns models to train: the
+        parameters that trained when saved require grad; False freezes all),
+        ``attn_implementation``, ``output_loading_info``, ``subfolder`` and the Hub arguments.
+        Anything else transformers' from_pretrained takes (quantization, offloading, ...) is
+        refused by name."""
+        if model_args:
+            raise TypeError(f"{cls.auto_class_name}.from_pretrained of a lottalora directory takes no positional model "
+                            f"arguments, got {len(model_args)}")
+        hub = {k: kwargs.pop(k) for k in _HUB_ARGUMENTS if k in kwargs}
+        subfolder = kwargs.pop("subfolder", "") or ""
+        for key in _IGNORED:
+            kwargs.pop(key, None)
+        dtype = _dtype(kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None))
+        kwargs.pop("torch_dtype", None)
+        device_map = kwargs.pop("device_map", None)
+        device = _device(device_map)
+        is_trainable = kwargs.pop("is_trainable", True)
+        attn_implementation = kwargs.pop("attn_implementation", None)
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        if kwargs:
+            raise ValueError(f"{cls.auto_class_name}.from_pretrained of a lottalora directory does not take "
+                             f"{sorted(kwargs)}: lottalora rebuilds the model from seeds and adapters")
+        directory = _directory(pretrained_model_name_or_path, subfolder, hub)
+        _check_architecture(directory, cls.auto_class, cls.auto_class_name)
+        model = from_pretrained(directory, device=device, dtype=dtype, is_trainable=is_trainable)
+        if attn_implementation is not None:
+            model.set_attn_implementation(attn_implementation)
+        if device_map is not None:
+            model.hf_device_map = {"": device.index if device.type == "cuda" else device.type}
+        model.name_or_path = model.config._name_or_path = str(pretrained_model_name_or_path)
+        if output_loading_info:  # lottalora's load is exact: every tensor or an error
+            return model, {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
+        return model
+
+    @classmethod
+    def _from_config(cls, config, **kwargs):
+        raise ValueError(f"{cls.auto_class_name}.from_config: a lottalora config describes a saved checkpoint, not a "
+                         "model to initialise: load the directory with from_pretrained, or build the architecture "
+                         "from its config and lottalora.convert it")
+
+    from_config = _from_config
+
+
+def _check_architecture(directory: Path, auto: type, auto_class_name: str) -> None:
+    """ValueError unless the saved architecture is one the Auto class ``auto`` builds for its config."""
+    if not (directory / CONFIG_NAME).is_file():
+        fail(directory, f"has no {CONFIG_NAME}: not a lottalora directory")
+    architecture = read_model_config(directory)["architecture"]
+    cls = getattr(transformers, architecture, None)
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+        fail(directory, f"architecture {architecture!r} is not a model class of transformers "
+                         f"{transformers.__version__}")
+    built = auto._model_mapping.get(cls.config_class, None)
+    built = tuple(built) if isinstance(built, (list, tuple)) else (built,)
+    if cls not in built:
+        names = [b.__name__ for b in built if b is not None]
+        fail(directory, f"holds a {architecture}; {auto_class_name} builds {names or 'no model'} for its config: load "
+                         "it with the Auto class of that architecture or lottalora.from_pretrained(directory)")
+
+
+def register_config(configuration_auto) -> None:
+    """Register ``LottaLoraConfig`` for model type "lottalora" (``transformers.models.auto.configuration_auto``)."""
+    configuration_auto.AutoConfig.register(MODEL_TYPE, LottaLoraConfig, exist_ok=True)
+
+
+def register_models(modeling_auto) -> None:
+    """Register a ``SeededCheckpointLoader`` with every Auto model class of
+    ``transformers.models.auto.modeling_auto``."""
+    # An Auto model class is one with a model mapping (what its register adds to, and what
+    # _check_architecture reads: transformers has no public accessor for it).
+    for name, auto in list(vars(modeling_auto).items()):
+        if isinstance(auto, type) and name.startswith("Auto") and callable(getattr(auto, "register", None)) and \
+                getattr(auto, "_model_mapping", None) is not None:
+            loader = globals().get(f"LottaLora{name}")
+            if loader is None:  # module-level, so the class pickles by name
+                loader = type(f"LottaLora{name}", (SeededCheckpointLoader,),
+                              {"auto_class": auto, "auto_class_name": name, "__module__": __name__})
+                globals()[loader.__name__] = loader
+            auto.register(LottaLoraConfig, loader, exist_ok=True)

@@ -1,0 +1,277 @@
+"""The Hugging Face round trip: a converted model saved by transformers' own paths
+(save_pretrained, push_to_hub, the Trainer) or by lottalora.save comes back through the Auto
+classes with the same logits, or is refused by name; never as a silently random model."""
+
+import copy
+import json
+import pickle
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import lottalora
+from lottalora.checkpoint import format as checkpoint_format
+from tests.support.models import converted_tiny_llama, tiny_llama_config
+
+transformers = pytest.importorskip("transformers")
+
+
+def _trained(model, seed: int = 0):
+    """Every parameter drawn away from its init (B = 0 and beta = 1 would hide a lost adapter)."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p), alpha=0.05)
+    return model.eval()
+
+
+def _gpt2():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=50, n_positions=16))
+    return lottalora.convert(model, rank=2, trainable_modules=["wte", "ln_f"])
+
+
+def _bert(head: bool):
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=40, max_position_embeddings=16, num_labels=3)
+    model = (BertForSequenceClassification if head else BertModel)(config)
+    return lottalora.convert(model, rank=2, trainable_modules=["classifier"] if head else None)
+
+
+CASES = {  # name: (build, Auto class, the output compared)
+    "llama": (converted_tiny_llama, "AutoModelForCausalLM", "logits"),
+    "gpt2": (_gpt2, "AutoModelForCausalLM", "logits"),
+    "bert-classifier": (lambda: _bert(True), "AutoModelForSequenceClassification", "logits"),
+    "bert": (lambda: _bert(False), "AutoModel", "last_hidden_state"),
+}
+
+
+def _output(model, what: str, ids):
+    with torch.no_grad():
+        return getattr(model(ids), what)
+
+
+@pytest.mark.parametrize("writer", ["save_pretrained", "lottalora.save"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_the_auto_classes_rebuild_a_converted_model_with_the_same_outputs(case, writer, tmp_path):
+    build, auto_name, what = CASES[case]
+    model = _trained(build())
+    if writer == "save_pretrained":
+        model.save_pretrained(tmp_path / "m")
+    else:
+        lottalora.save(model, tmp_path / "m")
+    rebuilt = getattr(transformers, auto_name).from_pretrained(tmp_path / "m")
+    ids = torch.randint(0, 50, (2, 9))
+    assert type(rebuilt).__name__ == type(model).__name__ and not rebuilt.training
+    assert torch.equal(_output(rebuilt, what, ids), _output(model, what, ids))
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {n for n, p in rebuilt.named_parameters() if p.requires_grad} == trained  # as it trained when saved
+    if case == "gpt2":
+        assert rebuilt.lm_head.weight is rebuilt.transformer.wte.weight
+    rebuilt.save_pretrained(tmp_path / "again")  # the rebuilt model saves as a lottalora directory too
+    again = getattr(transformers, auto_name).from_pretrained(tmp_path / "again", is_trainable=False)
+    assert torch.equal(_output(again, what, ids), _output(model, what, ids))
+    assert not any(p.requires_grad for p in again.parameters())
+
+
+def test_save_pretrained_writes_a_lottalora_directory_and_the_files_the_trainer_reads(tmp_path):
+    model = _trained(converted_tiny_llama())
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"stale")  # an earlier plain save of the model
+    model.save_pretrained(tmp_path / "m")
+    files = {p.name for p in (tmp_path / "m").iterdir()}
+    assert files == {checkpoint_format.CONFIG_NAME, checkpoint_format.TENSORS_NAME, checkpoint_format.MODEL_CONFIG_NAME,
+                     checkpoint_format.SAFE_INDEX_NAME, checkpoint_format.LAYER_STATES_NAME, "generation_config.json"}
+    index = json.loads((tmp_path / "m" / checkpoint_format.SAFE_INDEX_NAME).read_text())
+    assert set(index["weight_map"]) == set(model.state_dict())
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["model_type"] == "lottalora"
+    assert "seeded layers: 14" in lottalora.describe(tmp_path / "m")
+
+
+def test_an_auto_class_that_builds_another_architecture_is_refused_by_name(tmp_path):
+    _trained(converted_tiny_llama()).save_pretrained(tmp_path / "m")
+    with pytest.raises(ValueError, match=r"holds a LlamaForCausalLM; AutoModel builds \['LlamaModel'\]"):
+        transformers.AutoModel.from_pretrained(tmp_path / "m")
+    with pytest.raises(ValueError, match="does not take .*quantization_config"):
+        transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "m", quantization_config={"x": 1})
+    config = transformers.AutoConfig.from_pretrained(tmp_path / "m")
+    assert config.architecture == "LlamaForCausalLM"
+    with pytest.raises(ValueError, match="describes a saved checkpoint"):
+        transformers.AutoModelForCausalLM.from_config(config)
+
+
+@pytest.mark.parametrize("argument", ["dtype", "torch_dtype"])
+def test_from_pretrained_takes_a_dtype_and_a_device_map(argument, tmp_path):
+    model = _trained(converted_tiny_llama())
+    model.save_pretrained(tmp_path / "m")
+    auto = transformers.AutoModelForCausalLM
+    half = auto.from_pretrained(tmp_path / "m", **{argument: torch.bfloat16})
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    ids = torch.randint(0, 96, (2, 7))
+    want = lottalora.from_pretrained(tmp_path / "m", dtype=torch.bfloat16)
+    assert torch.equal(_output(half, "logits", ids), _output(want, "logits", ids))
+    auto_device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    for device_map, device in (("cpu", torch.device("cpu")), ("auto", auto_device), ({"": "cpu"}, torch.device("cpu"))):
+        placed = auto.from_pretrained(tmp_path / "m", device_map=device_map, **{argument: "auto"})
+        assert {p.device for p in placed.parameters()} == {device} and placed.hf_device_map
+        assert {p.dtype for p in placed.parameters()} == {torch.float32}
+    with pytest.raises(ValueError, match="spreads the model over several devices"):
+        auto.from_pretrained(tmp_path / "m", device_map={"model": "cpu", "lm_head": "meta"})
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(safe_serialization=False), ValueError, "safe_serialization=False"),
+    (dict(variant="fp16"), ValueError, "variant='fp16'"),
+    (dict(max_shard_size="10KB"), ValueError, "max_shard_size='10KB' is refused: the model's tensors take"),
+    (dict(state_dict={}), ValueError, "state_dict"),
+    (dict(distributed_checkpoint=True), ValueError, "distributed_checkpoint"),
+    (dict(shard_everything=True), TypeError, "unexpected arguments"),
+])
+def test_save_pretrained_refuses_by_name_what_a_lottalora_directory_cannot_be(kwargs, error, match, tmp_path):
+    model = converted_tiny_llama()
+    with pytest.raises(error, match=match):
+        model.save_pretrained(tmp_path / "m", **kwargs)
+    assert not (tmp_path / "m").exists()
+
+
+def test_save_pretrained_within_max_shard_size_writes_one_shard_and_other_ranks_write_nothing(tmp_path):
+    model = _trained(converted_tiny_llama())
+    model.save_pretrained(tmp_path / "m", max_shard_size="50MB", safe_serialization=True, save_peft_format=True)
+    assert (tmp_path / "m" / checkpoint_format.TENSORS_NAME).is_file()
+    model.save_pretrained(tmp_path / "other", is_main_process=False)
+    assert not (tmp_path / "other").exists()
+
+
+def test_push_to_hub_uploads_a_lottalora_directory(tmp_path, monkeypatch):
+    import transformers.utils.hub as hub
+
+    class Repo:
+        repo_id = "me/seeded"
+
+    uploaded = tmp_path / "uploaded"
+
+    def upload(self, working_dir, repo_id, *args, **kwargs):
+        shutil.copytree(working_dir, uploaded)
+        return repo_id
+
+    monkeypatch.setattr(hub, "hf_api", lambda: type("Api", (), {"create_repo": lambda self, *a, **k: Repo()})())
+    monkeypatch.setattr(hub, "create_and_tag_model_card",
+                        lambda *a, **k: type("Card", (), {"save": lambda self, path: None})())
+    monkeypatch.setattr(hub.PushToHubMixin, "_upload_modified_files", upload)
+    model = _trained(_gpt2())
+    model.push_to_hub("me/seeded")
+    rebuilt = transformers.AutoModelForCausalLM.from_pretrained(uploaded)
+    ids = torch.randint(0, 50, (1, 8))
+    assert torch.equal(_output(rebuilt, "logits", ids), _output(model, "logits", ids))
+    # A Hub id resolves to its snapshot (the folder push_to_hub uploaded, here); transformers
+    # itself reads the repository's config.json first, which this test cannot reach offline.
+    import huggingface_hub
+
+    from lottalora.checkpoint.transformers_auto import LottaLoraAutoModelForCausalLM
+
+    asked = {}
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda repo_id, **kwargs: asked.update(repo_id=repo_id, **kwargs) or str(uploaded))
+    from_hub = LottaLoraAutoModelForCausalLM.from_pretrained("me/seeded", revision="main", token="t")
+    assert asked == {"repo_id": "me/seeded", "revision": "main", "token": "t", "force_download": False}
+    assert torch.equal(_output(from_hub, "logits", ids), _output(model, "logits", ids))
+
+
+def test_a_converted_model_deepcopies_and_pickles_with_its_save_pretrained_and_merging_drops_it(tmp_path):
+    from lottalora.model.pretrained_class import SeededPreTrainedModel
+
+    model = _trained(_gpt2())
+    ids = torch.randint(0, 50, (1, 8))
+    for other in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert type(other) is type(model) and isinstance(other, SeededPreTrainedModel)
+        assert torch.equal(_output(other, "logits", ids), _output(model, "logits", ids))
+    copy.deepcopy(model).save_pretrained(tmp_path / "copy")
+    assert (tmp_path / "copy" / checkpoint_format.CONFIG_NAME).is_file()
+    lottalora.merge_and_unload(model)
+    assert type(model) is transformers.GPT2LMHeadModel
+    unconverted = transformers.GPT2LMHeadModel(model.config)
+    assert type(unconverted) is transformers.GPT2LMHeadModel  # nothing global changed
+
+
+def _run(script: str, *args) -> str:
+    out = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+_ROUND_TRIP = """
+import sys, torch
+{imports}
+assert "transformers.models.auto.modeling_auto" not in sys.modules or {transformers_first}
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+model = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=50, n_positions=16))
+lottalora.convert(model, rank=2)
+model.save_pretrained(sys.argv[1])
+ids = torch.arange(8).reshape(1, 8)
+with torch.no_grad():
+    assert torch.equal(AutoModelForCausalLM.from_pretrained(sys.argv[1])(ids).logits, model.eval()(ids).logits)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("transformers_first", [False, True])
+def test_both_import_orders_register_with_the_auto_classes(transformers_first, tmp_path):
+    imports = "from transformers import AutoModelForCausalLM\nimport lottalora" if transformers_first else (
+        "import importlib.util, lottalora\nassert 'transformers' not in sys.modules\n"
+        "importlib.util.find_spec('transformers.models.auto.modeling_auto')  # looked up, not imported")
+    script = _ROUND_TRIP.format(imports=imports, transformers_first=transformers_first)
+    assert _run(script, str(tmp_path / "m")).strip() == "ok"
+
+
+class _RandomTokens(torch.utils.data.Dataset):
+    def __init__(self):
+        self.ids = torch.randint(0, 96, (16, 12), generator=torch.Generator().manual_seed(0))
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+
+def _train(output_dir, model, resume=None, steps: int = 4):
+    from transformers import Trainer, TrainingArguments
+
+    args = TrainingArguments(str(output_dir), max_steps=steps, per_device_train_batch_size=4, save_steps=2,
+                             learning_rate=1e-2, report_to=[], use_cpu=True, logging_steps=100, disable_tqdm=True,
+                             seed=0)
+    trainer = Trainer(model=model, args=args, train_dataset=_RandomTokens())
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer
+
+
+def test_a_trainer_run_resumes_from_its_checkpoint_and_reloads_exactly(tmp_path):
+    torch.manual_seed(0)
+    whole = converted_tiny_llama()
+    trainer = _train(tmp_path / "whole", whole)
+    ck = tmp_path / "whole" / "checkpoint-2"
+    assert (ck / checkpoint_format.CONFIG_NAME).is_file() and (ck / checkpoint_format.SAFE_INDEX_NAME).is_file()
+
+    torch.manual_seed(1)  # another init, and another seed for every backbone: the checkpoint's are taken
+    from transformers import LlamaForCausalLM
+
+    resumed = LlamaForCausalLM(tiny_llama_config())
+    lottalora.convert(resumed, rank=4, seed=5, use_rslora=True, target_modules=["q_proj", "k_proj", "v_proj",
+                      "o_proj", "gate_proj", "up_proj", "down_proj"], adapter_modules=["q_proj", "k_proj", "v_proj",
+                      "o_proj"], trainable_modules=["embed_tokens", "norm", "input_layernorm",
+                                                    "post_attention_layernorm", "lm_head"])
+    _train(tmp_path / "resumed", resumed, resume=str(ck))
+    want, got = whole.state_dict(), resumed.state_dict()
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+
+    trainer.save_model(tmp_path / "final")
+    ids = torch.randint(0, 96, (2, 7))
+    for directory in (tmp_path / "final", tmp_path / "whole" / "checkpoint-4"):
+        reloaded = transformers.AutoModelForCausalLM.from_pretrained(directory)
+        assert torch.equal(_output(reloaded, "logits", ids), _output(whole.eval(), "logits", ids))
