@@ -3,7 +3,7 @@
     layer = lottalora.Linear(1024, 1024, rank=8, seed=0)   # a drop-in nn.Linear
     y = layer(x)   # beta * x @ W_seed^T + (alpha/r) * (x @ A^T) @ B^T + bias
 
-The package in floors, each importing only the ones below it (contracts in .importlinter):
+The package in floors, each importing only the ones below it (import-linter contracts in pyproject.toml):
 backbone (the stream) -> ops (the seeded op) -> nn (modules) -> model, distributed -> checkpoint
 -> cli. Heavy integrations (Triton, transformers) are imported lazily, never here; the
 registration with transformers' Auto classes waits for transformers to import them.
