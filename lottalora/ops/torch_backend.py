@@ -49,7 +49,7 @@ V2_TABLE_GEMV_MIN_OUT = 256
 # position) and _TABLE_INDEX_VALUES gathered sums at once, whatever the layer's shape.
 _TABLE_VALUES = 1 << 20
 _TABLE_INDEX_VALUES = 1 << 18
-_UNPACK_VALUES = 1 << 20  # signs per pass where a block's columns are off the byte grid
+_UNPACK_VALUES = 1 << 18  # signs per pass where a block's columns are off the byte grid
 
 # A weight block as the loops take it: ((c0, c1), W[:, c0:c1] in the accumulation dtype) pairs
 # covering its columns in order (columns of the block, from 0), each made when the loop reaches
@@ -246,7 +246,8 @@ def forward_epilogue(
     # In place from here (the same roundings as new tensors): a layer with many rows has
     # outputs as large as its weight.
     if xa is not None:
-        out += (xa.to(acc_dtype) @ lora_B.to(acc_dtype).T) * scale
+        lora = xa.to(acc_dtype) @ lora_B.to(acc_dtype).T
+        out += lora.mul_(scale)
     if bias is not None:
         out += bias.to(acc_dtype)
     return out.to(dtype)

@@ -1,5 +1,11 @@
-"""Peak memory of a few lines of code, measured in a fresh process (ru_maxrss is a high-water
-mark: only a process of its own shows what one step adds)."""
+"""Peak memory of a few lines of code, measured in a fresh process: the growth of its resident
+set over what it holds when the step starts, from the kernel's high-water mark (VmHWM), reset
+just before the step.
+
+Not ru_maxrss: Linux carries a process's maximum across fork and exec, so a child of a large
+process (pytest, with everything it imported) starts at its parent's resident size and would
+report nothing for any step smaller than that.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +16,19 @@ import textwrap
 from .processes import ROOT
 
 _RUNNER = """
-import os, resource, sys
+import os, sys
 os.environ.setdefault("LOTTALORA_BACKEND", "torch")
 import torch
 torch.set_num_threads(1)
 {setup}
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def _status_kib(field):
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
+with open("/proc/self/clear_refs", "w") as clear:
+    clear.write("5")  # the high-water mark restarts at the resident size now
+before = _status_kib("VmRSS")
 {step}
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print((after - before) * 1024)
+print((_status_kib("VmHWM") - before) * 1024)
 """
 
 
@@ -32,9 +42,10 @@ def _peak(out: str, err: str, returncode: int) -> int:
 
 
 def peak_bytes_added(setup: str, step: str) -> int:
-    """The resident bytes ``step`` adds at its peak above everything ``setup`` left (both Python
-    source, run in a fresh process on the torch backend with one thread). ``setup`` should warm
-    up imports and first calls, so that the step's temporaries are what is measured."""
+    """The resident bytes ``step`` adds at its peak above what the process holds after ``setup``
+    (both Python source, run in a fresh process on the torch backend with one thread; Linux).
+    ``setup`` should warm up imports and first calls, so that the step's temporaries are what is
+    measured."""
     out = subprocess.run(_command(setup, step), cwd=ROOT, capture_output=True, text=True)
     return _peak(out.stdout, out.stderr, out.returncode)
 
