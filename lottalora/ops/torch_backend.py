@@ -48,7 +48,7 @@ V2_TABLE_GEMV_MIN_OUT = 256
 # The lookup GEMV's passes: at most _TABLE_VALUES table entries (x's 256 byte sums per byte
 # position) and _TABLE_INDEX_VALUES gathered sums at once, whatever the layer's shape.
 _TABLE_VALUES = 1 << 20
-_TABLE_INDEX_VALUES = 1 << 18
+_TABLE_INDEX_VALUES = 1 << 19
 _UNPACK_VALUES = 1 << 18  # signs per pass where a block's columns are off the byte grid
 
 # A weight block as the loops take it: ((c0, c1), W[:, c0:c1] in the accumulation dtype) pairs

@@ -18,8 +18,9 @@ from tests.support.memory import peak_bytes_added_each
 MiB = 2**20
 # What a step may add besides twice the dense weight: the stream's generation passes, a chunk of
 # signs, one row of activations and the gradients (at 2^20 x 1, B's and the bias's are each as
-# large as W). Steps measure 21-38 MiB at the three shapes; before row ranges made only their
-# rows' calls, 1 x 2^20 took 150-220 MiB (its 64-row span made whole) and 2^20 x 1 64-69 MiB.
+# large as W). Steps measure 21-38 MiB at the two narrow shapes (29-46 at 8192 x 8192); before
+# row ranges made only their rows' calls, 1 x 2^20 took 150-220 MiB (its 64-row span made
+# whole) and 2^20 x 1 64-69 MiB (benchmarks/NOTES.md).
 ALLOWANCE = 40 * MiB
 SHAPES = [(1, 2**20), (2**20, 1), (8192, 8192)]  # (out_features, in_features)
 
