@@ -27,15 +27,16 @@ def _dtype(backend):
     return torch.float64 if backend == "torch" else torch.float32
 
 
-def _inputs(block: BackboneBlock, R: int, dtype, separate: bool, M: int = 3, seed: int = 0):
+def _inputs(block: BackboneBlock, R: int, dtype, separate: bool, M: int = 3, seed: int = 0, device="cpu"):
     """(x, lora_input or None, A, B, beta, bias), all leaves requiring grad."""
     g = torch.Generator().manual_seed(seed)
-    t = lambda *s: (torch.randn(*s, generator=g, dtype=torch.float64) * 0.5).to(dtype).requires_grad_()  # noqa: E731
+    t = lambda *s: (torch.randn(*s, generator=g, dtype=torch.float64) * 0.5).to(  # noqa: E731
+        device=device, dtype=dtype).requires_grad_()
     K, N = block.in_features, block.out_features
     x = t(M, K)
     xl = t(M, K) if separate else None
     A, B = (t(R, K), t(N, R)) if R else (None, None)
-    beta = torch.tensor([0.8], dtype=dtype, requires_grad=True)
+    beta = torch.tensor([0.8], dtype=dtype, device=device, requires_grad=True)
     return x, xl, A, B, beta, t(N)
 
 
@@ -64,8 +65,8 @@ def _op(block: BackboneBlock):
     return op
 
 
-def _gradgradcheck(block, R, separate, dtype, tolerances):
-    x, xl, A, B, beta, bias = _inputs(block, R, dtype, separate, M=2)
+def _gradgradcheck(block, R, separate, dtype, tolerances, device="cpu"):
+    x, xl, A, B, beta, bias = _inputs(block, R, dtype, separate, M=2, device=device)
     present = [t for t in (x, xl, A, B, beta, bias) if t is not None]
     op = _op(block)
 
@@ -85,13 +86,14 @@ def test_gradgradcheck_passes_on_the_torch_backend_in_float64(R, separate, where
 
 
 @pytest.mark.filterwarnings("ignore:Input #\\d requires gradient and is not a double")
-def test_gradgradcheck_passes_on_the_triton_backend_in_float32(monkeypatch):
+def test_gradgradcheck_passes_on_the_triton_backend_in_float32(monkeypatch, device):
     """The interpreted kernels, the adapters and dropout's lora_input (the block op's Triton path is
     held by the second-derivative test below). Undefined gradients are the autograd plumbing's,
     checked on the torch backend: skipped here, they triple the kernel runs."""
     monkeypatch.setenv("LOTTALORA_BACKEND", "triton")
     block = BackboneBlock.whole(lottalora.BackboneSpec(7, 2, 5, 4))
-    assert _gradgradcheck(block, 2, True, torch.float32, {**FLOAT32_GRADGRADCHECK, "check_undefined_grad": False})
+    assert _gradgradcheck(block, 2, True, torch.float32, {**FLOAT32_GRADGRADCHECK, "check_undefined_grad": False},
+                          device)
 
 
 def _second_order(op, inputs, scale=0.5):
@@ -100,24 +102,24 @@ def _second_order(op, inputs, scale=0.5):
     x, xl, A, B, beta, bias = inputs
     present = [t for t in inputs if t is not None]
     y = op(x, A, B, beta, bias, scale, xl)
-    c = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape)
+    c = torch.linspace(-1, 1, y.numel(), dtype=y.dtype, device=y.device).reshape(y.shape)
     grads = torch.autograd.grad((y * c).pow(2).sum(), present, create_graph=True)
-    v = [torch.cos(torch.arange(g.numel(), dtype=g.dtype)).reshape(g.shape) for g in grads]
+    v = [torch.cos(torch.arange(g.numel(), dtype=g.dtype, device=g.device)).reshape(g.shape) for g in grads]
     return torch.autograd.grad(sum((g * vi).sum() for g, vi in zip(grads, v, strict=True)), present)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("where", ["whole", "shard"])
 @pytest.mark.parametrize("R,separate", [(0, False), (3, False), (3, True)])
-def test_second_derivatives_on_every_path_equal_the_dense_ones(backend, where, R, separate, monkeypatch):
+def test_second_derivatives_on_every_path_equal_the_dense_ones(backend, where, R, separate, monkeypatch, device):
     """d/d(x, lora_input, A, B, beta, bias) of the gradients w.r.t. all of them: against the
     dense backbone in float64, and (Triton, float32) within twice the dense float32 error."""
     monkeypatch.setenv("LOTTALORA_BACKEND", backend)
     block = _blocks()[where]
     dtype = _dtype(backend)
-    inputs = _inputs(block, R, dtype, separate)
+    inputs = _inputs(block, R, dtype, separate, device=device)
     got = _second_order(_op(block), inputs)
-    w = lottalora.backbone_block(block.spec, block.rows, block.cols)
+    w = lottalora.backbone_block(block.spec, block.rows, block.cols, device=device)
 
     def dense_copy(cast):
         return [t.detach().to(cast).requires_grad_() if t is not None else None for t in inputs]
@@ -171,37 +173,37 @@ def _wgan_gp_step(critic, opt, real, fake, alpha):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_gradient_penalty_trains_as_with_the_dense_backbone_stored(backend, monkeypatch):
+def test_a_gradient_penalty_trains_as_with_the_dense_backbone_stored(backend, monkeypatch, device):
     """WGAN-GP's critic, five Adam steps: the seeded model and the same model with W stored
     follow the same trajectory, loss and every parameter, to float rounding."""
     monkeypatch.setenv("LOTTALORA_BACKEND", backend)
     dtype = _dtype(backend)
-    model, dense = _critic(dtype)
+    model, dense = _critic(dtype, device)
     opts = [torch.optim.Adam(m.parameters(), lr=1e-2) for m in (model, dense)]
     g = torch.Generator().manual_seed(1)
     rtol = 1e-9 if dtype == torch.float64 else 2e-4
     for step in range(5):
         real, fake = torch.randn(8, 6, generator=g), torch.randn(8, 6, generator=g) * 2
         alpha = torch.rand(8, 1, generator=g)
-        real, fake, alpha = real.to(dtype), fake.to(dtype), alpha.to(dtype)
+        real, fake, alpha = (t.to(device=device, dtype=dtype) for t in (real, fake, alpha))
         losses = [_wgan_gp_step(m, o, real, fake, alpha) for m, o in zip((model, dense), opts, strict=True)]
         torch.testing.assert_close(losses[0], losses[1], rtol=rtol, atol=rtol, msg=f"loss at step {step}")
     seeded = [p for m in (model[0], model[2]) for p in (m.lora_A, m.lora_B, m.beta, m.bias)]
     stored = [p for m in (dense[0], dense[2]) for p in (m.lora_A, m.lora_B, m.beta, m.bias)]
-    moved = [(s - s0).abs().max().item() for s, s0 in zip(seeded, _critic(dtype)[0].parameters(), strict=True)]
+    moved = [(s - s0).abs().max().item() for s, s0 in zip(seeded, _critic(dtype, device)[0].parameters(), strict=True)]
     assert min(moved[:-1]) > 1e-4, "every parameter trains (but the output bias: the loss does not depend on it)"
     for i, (s, d) in enumerate(zip(seeded, stored, strict=True)):
         torch.testing.assert_close(s, d, rtol=rtol, atol=rtol, msg=f"parameter {i} after 5 steps")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_hessian_vector_product_equals_the_dense_models(backend, monkeypatch):
+def test_a_hessian_vector_product_equals_the_dense_models(backend, monkeypatch, device):
     """H v of a loss w.r.t. every parameter, by double backward and by torch.func's
     forward-over-reverse (jvp of grad), against the model with W stored."""
     monkeypatch.setenv("LOTTALORA_BACKEND", backend)
     dtype = _dtype(backend)
-    model, dense = _critic(dtype)
-    x = torch.randn(5, 6, dtype=dtype, generator=torch.Generator().manual_seed(2))
+    model, dense = _critic(dtype, device)
+    x = torch.randn(5, 6, dtype=dtype, generator=torch.Generator().manual_seed(2)).to(device)
     names = [n for n, _ in model.named_parameters()]
 
     def hvp_double_backward(m):
@@ -252,22 +254,22 @@ def test_first_order_gradients_with_create_graph_match_the_fused_ones_and_are_wr
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_backward_without_a_graph_runs_only_the_fused_kernels(backend, monkeypatch):
+def test_a_backward_without_a_graph_runs_only_the_fused_kernels(backend, monkeypatch, device):
     """create_graph=False (a training step) never reaches the differentiable pieces."""
     monkeypatch.setenv("LOTTALORA_BACKEND", backend)
 
     def refuse(*args):
         raise AssertionError("the differentiable pieces ran in a backward that builds no graph")
     monkeypatch.setattr(op_autograd, "_differentiable_grads", refuse)
-    layer = lottalora.Linear(20, 12, rank=3, lora_dropout=0.2)
-    x = torch.randn(5, 20, requires_grad=True)
+    layer = lottalora.Linear(20, 12, rank=3, lora_dropout=0.2, device=device)
+    x = torch.randn(5, 20, device=device, requires_grad=True)
     layer(x).pow(2).sum().backward()
     assert x.grad is not None and layer.lora_A.grad is not None and layer.beta.grad is not None
 
 
-def _tangent_inputs(block, dtype, g):
+def _tangent_inputs(block, dtype, g, device):
     K, N = block.in_features, block.out_features
-    t = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(dtype)  # noqa: E731
+    t = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)  # noqa: E731
     primals = (t(3, K), t(3, K), t(2, K), t(N, 2), t(1), t(N))  # x, lora_input, A, B, beta, bias
     return primals, tuple(t(*p.shape) for p in primals)
 
@@ -275,7 +277,7 @@ def _tangent_inputs(block, dtype, g):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("api", ["forward_ad", "torch.func.jvp"])
 @pytest.mark.parametrize("where", ["whole", "shard"])
-def test_forward_mode_gives_the_dense_tangent(backend, api, where, monkeypatch):
+def test_forward_mode_gives_the_dense_tangent(backend, api, where, monkeypatch, device):
     """The jvp of the seeded product is the seeded product of the tangent: tangents on every
     input at once, through dual tensors and torch.func.jvp."""
     import torch.autograd.forward_ad as fwAD
@@ -283,7 +285,7 @@ def test_forward_mode_gives_the_dense_tangent(backend, api, where, monkeypatch):
     monkeypatch.setenv("LOTTALORA_BACKEND", backend)
     block = _blocks()[where]
     dtype = _dtype(backend)
-    primals, tangents = _tangent_inputs(block, dtype, torch.Generator().manual_seed(3))
+    primals, tangents = _tangent_inputs(block, dtype, torch.Generator().manual_seed(3), device)
     op = _op(block)
     fn = lambda x, xl, A, B, beta, bias: op(x, A, B, beta, bias, 0.5, xl)  # noqa: E731
     if api == "forward_ad":
@@ -292,7 +294,7 @@ def test_forward_mode_gives_the_dense_tangent(backend, api, where, monkeypatch):
             got_y, got_t = fwAD.unpack_dual(y)
     else:
         got_y, got_t = torch.func.jvp(fn, primals, tangents)
-    w = lottalora.backbone_block(block.spec, block.rows, block.cols).double()
+    w = lottalora.backbone_block(block.spec, block.rows, block.cols, device=device).double()
     dense = lambda x, xl, A, B, beta, bias: _dense(x, w, A, B, beta, bias, 0.5, xl)  # noqa: E731
     want_y, want_t = torch.func.jvp(dense, tuple(p.double() for p in primals), tuple(t.double() for t in tangents))
     assert_close(got_y, want_y, dtype, f"y ({backend}, {api})")
@@ -300,14 +302,14 @@ def test_forward_mode_gives_the_dense_tangent(backend, api, where, monkeypatch):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_frozen_layer_carries_a_dual_inputs_tangent(backend, monkeypatch):
+def test_a_frozen_layer_carries_a_dual_inputs_tangent(backend, monkeypatch, device):
     """Dual tensors do not report requires_grad: a frozen layer's call still runs the
     differentiable op rather than the bare one, which would drop the tangent."""
     import torch.autograd.forward_ad as fwAD
 
     monkeypatch.setenv("LOTTALORA_BACKEND", backend)
-    layer = lottalora.Linear(12, 10, rank=3).requires_grad_(False)
-    x, tx = torch.randn(4, 12), torch.randn(4, 12)
+    layer = lottalora.Linear(12, 10, rank=3, device=device).requires_grad_(False)
+    x, tx = torch.randn(4, 12, device=device), torch.randn(4, 12, device=device)
     with fwAD.dual_level():
         _, tangent = fwAD.unpack_dual(layer(fwAD.make_dual(x, tx)))
     want = layer.beta * tx @ layer.backbone_weight().T  # lora_B = 0: the adapter adds no tangent
@@ -327,13 +329,13 @@ def test_the_fused_function_itself_refuses_forward_mode_by_name():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_torch_func_per_sample_gradients_and_input_hessians_equal_the_dense_ones(backend, monkeypatch):
+def test_torch_func_per_sample_gradients_and_input_hessians_equal_the_dense_ones(backend, monkeypatch, device):
     """vmap(grad) (per-sample gradients) and hessian (jacfwd of jacrev) see through the pieces'
     vmap and jvp rules."""
     monkeypatch.setenv("LOTTALORA_BACKEND", backend)
     dtype = _dtype(backend)
-    model, dense = _critic(dtype)
-    x = torch.randn(4, 6, dtype=dtype, generator=torch.Generator().manual_seed(4))
+    model, dense = _critic(dtype, device)
+    x = torch.randn(4, 6, dtype=dtype, generator=torch.Generator().manual_seed(4)).to(device)
     tol = dict(rtol=1e-9, atol=1e-9) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
     for m_seeded, m_dense in ((model, dense),):
         params = {n: p.detach() for n, p in m_seeded.named_parameters()}

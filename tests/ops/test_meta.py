@@ -67,13 +67,13 @@ def test_a_cpu_input_with_meta_parameters_names_materialize():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_fake_tensors_give_fake_outputs_and_gradients(backend, monkeypatch):
+def test_fake_tensors_give_fake_outputs_and_gradients(backend, monkeypatch, device):
     from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
     monkeypatch.setenv("LOTTALORA_BACKEND", backend)
     with FakeTensorMode():
-        layer = lottalora.Linear(300, 70, rank=3, lora_dropout=0.1)
-        x = torch.randn(9, 300, requires_grad=True)
+        layer = lottalora.Linear(300, 70, rank=3, lora_dropout=0.1, device=device)
+        x = torch.randn(9, 300, device=device, requires_grad=True)
         y = layer(x)
         gx, = torch.autograd.grad(y.pow(2).sum(), x, create_graph=True)
         gx.sum().backward()
