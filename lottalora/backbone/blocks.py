@@ -32,11 +32,11 @@ def _check_block(spec_: BackboneSpec, rows, cols) -> tuple[tuple[int, int], tupl
     return (row0, row1), (col0, col1)
 
 
-def _row_chunks(rows: tuple[int, int], cols: tuple[int, int], granule: int, values: int = _CHUNK_VALUES):
-    """Row ranges of about ``values`` values each (aligned to ``granule`` rows), so temporaries
-    stay bounded and in cache (faster than one pass over a large block)."""
-    width = max(1, cols[1] - cols[0])
-    step = max(granule, (values // width) // granule * granule)
+def _row_chunks(rows: tuple[int, int], width: int, granule: int, values: int = _CHUNK_VALUES):
+    """Row ranges of about ``values`` values each for rows ``width`` values wide (aligned to
+    ``granule`` rows), so temporaries stay bounded and in cache (faster than one pass over a
+    large block)."""
+    step = max(granule, (values // max(1, width)) // granule * granule)
     start = rows[0]
     while start < rows[1]:
         stop = min(rows[1], (start // granule) * granule + step)
@@ -58,7 +58,11 @@ def _output(rows, cols, device, dtype: torch.dtype, out: torch.Tensor | None) ->
 def _v2_block(spec_: BackboneSpec, rows, cols, device, dtype: torch.dtype, scale: float,
               out: torch.Tensor | None = None) -> torch.Tensor:
     out = _output(rows, cols, device, dtype, out)
-    for r0, r1 in _row_chunks(rows, cols, stream_v2.ROW_SPAN, _V2_CHUNK_VALUES):
+    # A row's packed signs take 16 bytes per column span whatever its width: a narrow block's
+    # chunks are bounded by those bytes as much as by its values.
+    spans = -(-cols[1] // stream_v2.COL_SPAN) - cols[0] // stream_v2.COL_SPAN
+    width = max(cols[1] - cols[0], 16 * spans)
+    for r0, r1 in _row_chunks(rows, width, stream_v2.ROW_SPAN, _V2_CHUNK_VALUES):
         stream_v2.write_signs(out[r0 - rows[0]: r1 - rows[0]], spec_.seed, spec_.stream, (r0, r1), cols, scale)
     return out
 
@@ -86,7 +90,8 @@ def backbone_block(
     if spec_.version == 2:
         return _v2_block(spec_, rows, cols, device, torch.float32, spec_.std, out)  # +-std: exact
     out = _output(rows, cols, device, torch.float32, out)
-    for r0, r1 in _row_chunks(rows, cols, 1):
+    groups = -(-cols[1] // 4) - cols[0] // 4  # v1 draws whole groups of 4 columns
+    for r0, r1 in _row_chunks(rows, 4 * groups, 1):
         out[r0 - rows[0]: r1 - rows[0]] = stream_v1.block_values(spec_.seed, spec_.stream, spec_.init,
                                                                  spec_.value_scale, (r0, r1), cols, device)
     return out

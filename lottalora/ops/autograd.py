@@ -11,10 +11,16 @@ dy @ W tile by tile, so dbeta costs one extra read of x there instead of keeping
 activation from the forward or recomputing the forward matmul. When x needs no gradient but
 beta does, the same pass runs without writing dx; when beta is frozen the x read is skipped.
 
-The backward is not itself differentiable (it calls the seeded kernels, which have no autograd
-of their own): a second derivative through it is refused with an error, never answered wrong.
-A call with nothing to differentiate (no_grad, inference_mode, frozen layers) runs the forward
-without an autograd node.
+Derivatives of every order: a backward that builds no graph (create_graph=False: a training
+step) runs the fused kernels above. A backward that builds one (create_graph=True: gradient
+penalties, Hessian-vector products, gradgradcheck, MAML) computes the same gradients from
+differentiable pieces instead: dy @ W as ``products.SeededInputProduct`` (whose backward is the
+forward product ``SeededProduct``, whose backward is it again), plain torch ops for the low-rank
+terms, beta and the bias. They equal the fused gradients to float rounding and autograd can
+differentiate them again, to any order. Forward-mode AD and torch.func's transforms run the op
+as ``products.seeded_linear_composite`` (the same pieces), which the fused Function cannot
+serve. A call with nothing to differentiate (no_grad, inference_mode, frozen layers) runs the
+forward without an autograd node.
 """
 
 from __future__ import annotations
@@ -25,37 +31,8 @@ from torch.autograd import forward_ad
 from ..backbone import BackboneBlock
 from . import custom_ops
 from .custom_ops import run_forward, run_input_grad
-from .precision import autocast_off
-
-DOUBLE_BACKWARD_ERROR = (
-    "lottalora.seeded_linear (lottalora.Linear) has no second derivative: double backward "
-    "(differentiating gradients taken with create_graph=True: gradient penalties, Hessians, "
-    "gradgradcheck) is not supported"
-)
-
-
-class _RefuseSecondDerivative(torch.autograd.Function):
-    """Hands first-order gradients through unchanged; a backward through them raises.
-
-    Its inputs are the tensors the gradients depend on (dy, x, lora_A, lora_B, beta), so the
-    autograd engine has to pass through it to reach any of them: torch's
-    ``once_differentiable`` hangs its error on detached copies instead, and a second derivative
-    that also reaches x by another path silently leaves out the part through the gradients.
-    """
-
-    @staticmethod
-    def forward(ctx, grads: list, *depends_on: torch.Tensor):
-        return tuple(grads)
-
-    @staticmethod
-    def backward(ctx, *_):
-        raise RuntimeError(DOUBLE_BACKWARD_ERROR)
-
-
-def _matrix(t: torch.Tensor, width: int) -> torch.Tensor:
-    """t (*, width) as an (M, width) matrix. M comes from the leading dims, not from -1: an empty
-    block (width 0) holds no elements, from which reshape(-1, 0) cannot infer M."""
-    return t.reshape(t.shape[:-1].numel(), width)
+from .precision import accumulation_dtype, autocast_off
+from .products import SeededInputProduct, as_matrix, seeded_linear_composite
 
 
 class SeededLinearFunction(torch.autograd.Function):
@@ -69,8 +46,8 @@ class SeededLinearFunction(torch.autograd.Function):
     def forward(ctx, x, lora_A, lora_B, beta, bias, spec, scale: float, backend: str, lora_input=None,
                 direct=None):
         block = spec if isinstance(spec, BackboneBlock) else BackboneBlock.whole(spec)
-        x2d = _matrix(x, block.in_features)
-        lora_x2d = _matrix(lora_input, block.in_features) if lora_input is not None else None
+        x2d = as_matrix(x, block.in_features)
+        lora_x2d = as_matrix(lora_input, block.in_features) if lora_input is not None else None
         if direct is None:
             direct = custom_ops.direct_call_ok(x, lora_A, lora_B, beta, bias, lora_input)
         # On the torch backend the backward reuses the forward's packed signs (stream v2): one
@@ -81,8 +58,8 @@ class SeededLinearFunction(torch.autograd.Function):
                                       direct)
         # x is needed by dbeta, and by dA when it is the adapter's input; dB depends on the
         # adapter input through xa. The inputs themselves are saved, not their reshaped views
-        # (detached from them), so that a refused double backward can list them among the
-        # tensors the gradients depend on.
+        # (detached from them), so that a backward that builds a graph differentiates through
+        # them.
         need_x = ctx.needs_input_grad[3] or (lora_input is None and any(ctx.needs_input_grad[1:3]))
         need_lora_input = lora_input is not None and any(ctx.needs_input_grad[1:3])
         ctx.save_for_backward(x if need_x else None, xa, lora_A, lora_B, beta, packed,
@@ -94,21 +71,15 @@ class SeededLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        create_graph = torch.is_grad_enabled()
         # Unpacked once: non-reentrant activation checkpointing allows one unpack per saved tensor.
         saved = ctx.saved_tensors
-        with torch.no_grad(), autocast_off(dy.device.type):
-            grads = _first_order_grads(ctx, saved, dy)
         x, _, lora_A, lora_B, beta, _, lora_input = saved
-        depends_on = [t for t in (dy, x, lora_A, lora_B, beta, lora_input) if t is not None]
-        if not create_graph or not any(t.requires_grad for t in depends_on):
-            return grads
-        present = [i for i, g in enumerate(grads) if g is not None]
-        refused = _RefuseSecondDerivative.apply([grads[i] for i in present], *depends_on)
-        out = list(grads)
-        for i, g in zip(present, refused, strict=True):
-            out[i] = g
-        return tuple(out)
+        with autocast_off(dy.device.type):
+            if torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                               for t in (dy, x, lora_A, lora_B, beta, lora_input)):
+                return _differentiable_grads(ctx, saved, dy)
+            with torch.no_grad():
+                return _first_order_grads(ctx, saved, dy)
 
 
 def _first_order_grads(ctx, saved: tuple, dy: torch.Tensor) -> tuple:
@@ -119,9 +90,9 @@ def _first_order_grads(ctx, saved: tuple, dy: torch.Tensor) -> tuple:
     # apply() with the older eight arguments (no lora_input) gives eight entries.
     need_dlora_input = len(ctx.needs_input_grad) > 8 and ctx.needs_input_grad[8]
     block, scale, separate = ctx.block, ctx.scale, ctx.separate_lora_input
-    x2d = _matrix(x, block.in_features) if x is not None else None
-    adapter_in = _matrix(lora_input, block.in_features) if separate and lora_input is not None else x2d
-    dy2d = _matrix(dy, block.out_features)
+    x2d = as_matrix(x, block.in_features) if x is not None else None
+    adapter_in = as_matrix(lora_input, block.in_features) if separate and lora_input is not None else x2d
+    dy2d = as_matrix(dy, block.out_features)
     if not dy2d.is_contiguous():
         dy2d = dy2d.contiguous()
     has_lora = lora_A is not None
@@ -156,26 +127,77 @@ def _scaled_mm(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
     return torch.addmm(a.new_empty(()), a, b, beta=0, alpha=scale)
 
 
+def _differentiable_grads(ctx, saved: tuple, dy: torch.Tensor) -> tuple:
+    """``_first_order_grads``'s gradients built from differentiable pieces, for a backward that
+    builds a graph: dy @ W by ``SeededInputProduct`` (one product serves dx and dbeta, as in the
+    fused pass), beta's and the adapters' terms by torch ops."""
+    x, xa, lora_A, lora_B, beta, packed, lora_input = saved
+    need_dx, need_dA, need_dB, need_dbeta, need_dbias = ctx.needs_input_grad[:5]
+    need_dlora_input = len(ctx.needs_input_grad) > 8 and ctx.needs_input_grad[8]
+    block, scale, separate = ctx.block, ctx.scale, ctx.separate_lora_input
+    acc = accumulation_dtype(dy.dtype)
+    x2d = as_matrix(x, block.in_features) if x is not None else None
+    adapter_in = as_matrix(lora_input, block.in_features) if separate and lora_input is not None else x2d
+    dy2d = as_matrix(dy, block.out_features)
+    has_lora = lora_A is not None
+    lora_into_dx = has_lora and not separate
+    dy_b = dy2d @ lora_B if has_lora and (need_dA or (need_dx and lora_into_dx) or need_dlora_input) else None
+
+    dx = dbeta = None
+    if need_dx or need_dbeta:
+        grad_w = SeededInputProduct.apply(dy2d, block, ctx.backend, packed).to(acc)  # dy @ W
+        if need_dx:
+            dx = beta.to(acc) * grad_w
+            if lora_into_dx:
+                dx = dx + (dy_b @ lora_A).to(acc) * scale
+            dx = dx.to(dy.dtype).reshape(ctx.x_shape)
+        if need_dbeta:
+            dbeta = (grad_w * x2d.to(acc)).sum().to(beta.dtype).reshape(beta.shape)
+    if need_dB and (adapter_in.requires_grad or lora_A.requires_grad):
+        xa = adapter_in @ lora_A.T  # as a function of what is differentiated again
+    # The same (differentiable) GEMMs as the fused path's: the same bits for these three.
+    dA = _scaled_mm(dy_b.T, adapter_in, scale) if need_dA else None
+    dB = _scaled_mm(dy2d.T, xa, scale) if need_dB else None
+    dbias = dy2d.sum(0) if need_dbias else None
+    d_lora_input = _scaled_mm(dy_b, lora_A, scale).reshape(ctx.x_shape) if need_dlora_input else None
+    return dx, dA, dB, dbeta, dbias, None, None, None, d_lora_input, None
+
+
 def _needs_autograd_node(direct: bool, *tensors: torch.Tensor | None) -> bool:
-    """Whether the op must run as SeededLinearFunction: a gradient to track; an open forward-AD
-    level (dual inputs do not report requires_grad, and the Function refuses them by name where
-    the bare op would drop their tangents); or anything the direct call does not see through
-    (compiling, dispatch modes, DTensor, functorch transforms)."""
+    """Whether the op must run as SeededLinearFunction: a gradient to track, or anything the
+    direct call does not see through (compiling, dispatch modes, meta tensors, DTensor)."""
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return True
-    return forward_ad._current_level >= 0 or not direct
+    return not direct
+
+
+def _needs_composite(direct: bool, *tensors: torch.Tensor | None) -> bool:
+    """Whether the op must run as ``seeded_linear_composite``: an open forward-AD level (dual
+    inputs do not report requires_grad, and the fused Function has no jvp) or a torch.func
+    transform's wrapped inputs (the fused Function's forward takes ctx, which the transforms
+    refuse). A direct call's tensors are plain: only the forward-AD level is asked then."""
+    if forward_ad._current_level >= 0:
+        return True
+    if direct or torch.compiler.is_compiling():
+        return False
+    is_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    return is_wrapped is not None and any(t is not None and is_wrapped(t) for t in tensors)
 
 
 def run(x: torch.Tensor, block: BackboneBlock, lora_A, lora_B, beta, bias, scale: float, backend: str,
         lora_input: torch.Tensor | None) -> torch.Tensor:
     """The seeded op on checked arguments (``checks.check_seeded_call``'s results): y (*, block
-    out) in x's dtype, through SeededLinearFunction where anything needs its node."""
-    direct = custom_ops.direct_call_ok(x, lora_A, lora_B, beta, bias, lora_input)
+    out) in x's dtype, through SeededLinearFunction where anything needs its node, and through
+    ``seeded_linear_composite`` under forward-mode AD and torch.func transforms."""
+    tensors = (x, lora_A, lora_B, beta, bias, lora_input)
+    direct = custom_ops.direct_call_ok(*tensors)
     with autocast_off(x.device.type):
-        if _needs_autograd_node(direct, x, lora_A, lora_B, beta, bias, lora_input):
+        if _needs_composite(direct, *tensors):
+            return seeded_linear_composite(x, block, lora_A, lora_B, beta, bias, scale, backend, lora_input)
+        if _needs_autograd_node(direct, *tensors):
             return SeededLinearFunction.apply(x, lora_A, lora_B, beta, bias, block, scale, backend, lora_input,
                                               direct)
-        x2d = _matrix(x, block.in_features)
-        lora_x2d = _matrix(lora_input, block.in_features) if lora_input is not None else None
+        x2d = as_matrix(x, block.in_features)
+        lora_x2d = as_matrix(lora_input, block.in_features) if lora_input is not None else None
         y2d, _, _ = run_forward(x2d, block, lora_A, lora_B, beta, bias, scale, backend, False, lora_x2d, True)
         return y2d.reshape(*x.shape[:-1], block.out_features)

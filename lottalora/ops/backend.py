@@ -44,7 +44,8 @@ def resolve_backend(device: torch.device) -> str:
     if choice == "triton":
         if not _TRITON_INSTALLED:
             raise RuntimeError("LOTTALORA_BACKEND=triton but Triton is not installed")
-        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+        # Meta tensors run nothing (the custom ops' fakes give their shapes): no interpreter needed.
+        if device.type not in ("cuda", "meta") and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
             raise RuntimeError(
                 f"LOTTALORA_BACKEND=triton on a {device.type} tensor needs TRITON_INTERPRET=1, "
                 "set before Triton is first imported"

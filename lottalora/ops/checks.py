@@ -11,7 +11,7 @@ import torch
 
 from ..backbone import BackboneBlock, BackboneSpec
 from .backend import resolve_backend, supported_dtypes
-from .precision import autocast_cast
+from .precision import autocast_cast, autocast_enabled
 
 MATERIALIZE_HINT = " (a model built on the meta device needs lottalora.materialize(model, device) before it runs)"
 
@@ -44,9 +44,6 @@ def _check_types(x, spec, lora_A, lora_B, beta, bias, scale, lora_input) -> None
         raise TypeError(f"scale must be a real number, got {type(scale).__name__} {scale!r}")
     if not math.isfinite(float(scale)):
         raise ValueError(f"scale must be finite, got {scale!r}")
-    if x.device.type == "meta":
-        raise ValueError(f"input is on the meta device, which holds no values: seeded_linear computes "
-                         f"them{MATERIALIZE_HINT}")
 
 
 def _input_shape_error(block: BackboneBlock, x: torch.Tensor) -> ValueError:
@@ -65,7 +62,7 @@ def check_seeded_call(
     _check_types(x, spec, lora_A, lora_B, beta, bias, scale, lora_input)
     block = spec if isinstance(spec, BackboneBlock) else BackboneBlock.whole(spec)
     device_type = x.device.type
-    if torch.is_autocast_enabled(device_type):
+    if autocast_enabled(device_type):
         # As nn.Linear under autocast: compute in the autocast dtype; gradients flow back
         # through the casts to parameters kept in their own dtype.
         dtype = torch.get_autocast_dtype(device_type)

@@ -105,15 +105,16 @@ _PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 def direct_call_ok(*tensors: torch.Tensor | None) -> bool:
     """Whether the implementations may run without the registered ops: eager mode, no dispatch
-    mode (fake tensors, functionalization), and plain tensors (not DTensor nor a functorch
-    wrapper). Anything else goes through the ops, which is what those systems see."""
+    mode (fake tensors, functionalization), and plain tensors with values (not DTensor, a
+    functorch wrapper nor a meta tensor). Anything else goes through the ops, which is what those
+    systems see: on meta tensors the ops' fake implementations give the outputs' shapes."""
     if torch.compiler.is_compiling():
         return False
     stack_depth = getattr(torch._C, "_len_torch_dispatch_stack", None)
     is_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
     if stack_depth is None or is_wrapped is None or stack_depth() > 0:
         return False
-    return all(t is None or (type(t) in _PLAIN_TENSOR_TYPES and not is_wrapped(t)) for t in tensors)
+    return all(t is None or (type(t) in _PLAIN_TENSOR_TYPES and not t.is_meta and not is_wrapped(t)) for t in tensors)
 
 
 def run_forward(

@@ -28,8 +28,9 @@ def seeded_linear(
     of its spec: then W_seed is that block, and in_features and out_features are the block's
     (``seeded_linear_shard``). Inside torch.autocast, the tensors are cast to the autocast dtype
     as nn.Linear's are (float64 ones are left alone) and the op accumulates in float32 as outside
-    it. W_seed is regenerated from ``spec``, never stored. Differentiable once (double backward
-    raises).
+    it. W_seed is regenerated from ``spec``, never stored. Differentiable to any order, in reverse
+    and forward mode and under torch.func transforms (``lottalora.ops.autograd``). Meta tensors
+    (x and the parameters all on ``meta``) give meta outputs of the right shape and dtype.
     """
     x, block, lora_A, lora_B, bias, lora_input, scale, backend = check_seeded_call(
         x, spec, lora_A, lora_B, beta, bias, scale, lora_input)

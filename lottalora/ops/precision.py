@@ -26,9 +26,15 @@ def autocast_cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | 
     return t.to(dtype)
 
 
+def autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type`` (never for meta tensors, which autocast does
+    not know: asking it about them raises)."""
+    return device_type != "meta" and torch.is_autocast_enabled(device_type)
+
+
 def autocast_off(device_type: str):
     """Autocast disabled on ``device_type`` while the op runs (the casts autocast would do are
     done before, by ``autocast_cast``)."""
-    if torch.is_autocast_enabled(device_type):
+    if autocast_enabled(device_type):
         return torch.autocast(device_type, enabled=False)
     return contextlib.nullcontext()

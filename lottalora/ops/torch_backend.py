@@ -37,12 +37,19 @@ V2_BLOCK_VALUES = 1 << 20
 V1_SPAN_COLS = 4  # stream v1 draws 4 columns per Philox call, v2 128: blocks start on those spans
 V2_SPAN_COLS = stream_spec.V2_COL_SPAN
 V2_BYTES_PER_SPAN = V2_SPAN_COLS // 8
-_V2_BYTE_ROWS = 1024  # rows per packed-byte generation pass: bounds its int64 temporaries
 # Up to this many rows, stream v2's forward never makes float weights: it looks up byte-wise
 # partial sums of x (a table-lookup GEMV, faster than generating signs at batch 1 on a CPU);
 # past it one float product per block of signs is cheaper.
 V2_TABLE_GEMV_MAX_M = 4
-_TABLE_ROWS = 1024  # rows of W per lookup pass: bounds the (rows, in / 8) gathered sums
+# The tables cost 256 sums per byte of x whatever the layer's rows: with fewer rows of W than
+# that, the float product is the cheaper one (1 x 2^20 took 0.44 s through the tables;
+# benchmarks/NOTES.md, "Torch backend at extreme shapes").
+V2_TABLE_GEMV_MIN_OUT = 256
+# The lookup GEMV's passes: at most _TABLE_VALUES table entries (x's 256 byte sums per byte
+# position) and _TABLE_INDEX_VALUES gathered sums at once, whatever the layer's shape.
+_TABLE_VALUES = 1 << 20
+_TABLE_INDEX_VALUES = 1 << 19
+_UNPACK_VALUES = 1 << 18  # signs per pass where a block's columns are off the byte grid
 
 # A weight block as the loops take it: ((c0, c1), W[:, c0:c1] in the accumulation dtype) pairs
 # covering its columns in order (columns of the block, from 0), each made when the loop reaches
@@ -73,40 +80,66 @@ def _v2_span_range(cols: tuple[int, int]) -> tuple[int, int]:
     return cols[0] // V2_SPAN_COLS, -(-cols[1] // V2_SPAN_COLS)
 
 
+def _byte_range(cols: tuple[int, int]) -> tuple[int, int]:
+    """The packed bytes (8 columns each, counted from column 0) that hold ``cols``."""
+    return cols[0] // 8, -(-cols[1] // 8)
+
+
 def packed_signs(block: BackboneBlock, device) -> torch.Tensor:
-    """A v2 block's signs packed 8 columns to a byte: uint8 (block rows, 16 * spans), for the
-    whole column spans that cover the block's columns (the first span starts at or before
-    ``block.cols[0]``; ``unpack_signs`` takes the offset into account)."""
+    """A v2 block's signs packed 8 columns to a byte: uint8 (block rows, bytes), the bytes that
+    hold the block's columns (the first starts at or before ``block.cols[0]``; ``unpack_signs``
+    takes the offset into account). Only the calls of the block's rows are made
+    (``stream_v2.sign_bytes``); a block narrower than its column spans keeps only its own bytes,
+    generated in passes of rows so that the spans' other bytes never add up."""
     spec = block.spec
     spans = _v2_span_range(block.cols)
-    out = torch.empty((block.out_features, (spans[1] - spans[0]) * V2_BYTES_PER_SPAN), dtype=torch.uint8,
-                      device=device)
+    b0, b1 = _byte_range(block.cols)
+    b0, b1 = b0 - spans[0] * V2_BYTES_PER_SPAN, b1 - spans[0] * V2_BYTES_PER_SPAN
+    if (b0, b1) == (0, (spans[1] - spans[0]) * V2_BYTES_PER_SPAN):
+        return stream_v2.sign_bytes(spec.seed, spec.stream, block.rows, spans, device)
+    out = torch.empty((block.out_features, b1 - b0), dtype=torch.uint8, device=device)
     r0, r1 = block.rows
-    for start in range(r0, r1, _V2_BYTE_ROWS):
-        stop = min(start + _V2_BYTE_ROWS, r1)
-        out[start - r0: stop - r0] = stream_v2.sign_bytes(spec.seed, spec.stream, (start, stop), spans, device)
+    # Rows of one generation pass (a call per row and column span), on whole row spans.
+    step = max(stream_v2.ROW_SPAN, stream_v2.CALLS_PER_PASS // (spans[1] - spans[0]) // stream_v2.ROW_SPAN
+               * stream_v2.ROW_SPAN)
+    start = r0
+    while start < r1:
+        stop = min(r1, start // stream_v2.ROW_SPAN * stream_v2.ROW_SPAN + step)
+        piece = stream_v2.sign_bytes(spec.seed, spec.stream, (start, stop), spans, device)
+        out[start - r0: stop - r0] = piece[:, b0:b1]
+        start = stop
     return out
 
 
 def packed_shape(block: BackboneBlock) -> tuple[int, int]:
     """The shape ``packed_signs`` returns for ``block``."""
-    spans = _v2_span_range(block.cols)
-    return block.out_features, (spans[1] - spans[0]) * V2_BYTES_PER_SPAN
+    b0, b1 = _byte_range(block.cols)
+    return block.out_features, b1 - b0
 
 
 def _lead(block: BackboneBlock) -> int:
-    """Columns between the first packed span's start and the block's first column."""
-    return block.cols[0] - _v2_span_range(block.cols)[0] * V2_SPAN_COLS
+    """Columns between the first packed byte's first column and the block's first column."""
+    return block.cols[0] % 8
 
 
 def unpack_signs(packed: torch.Tensor, block: BackboneBlock, cols: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
     """Signs of the block's columns [c0, c1) (counted from the block's first column) from its
-    packed bytes, in ``dtype``."""
+    packed bytes, in ``dtype``: (block rows, c1 - c0)."""
     first = _lead(block) + cols[0]
     width = cols[1] - cols[0]
-    index = packed[:, first // 8: -(-(first + width) // 8)].to(torch.int32)
-    signs = torch.nn.functional.embedding(index, stream_v2.byte_sign_table(dtype, packed.device))
-    return signs.reshape(packed.shape[0], index.shape[1] * 8)[:, first % 8: first % 8 + width]
+    index = packed[:, first // 8: -(-(first + width) // 8)]
+    table = stream_v2.byte_sign_table(dtype, packed.device)
+    rows, looked_up = packed.shape[0], index.shape[1] * 8
+    if first % 8 == 0 and looked_up == width:
+        return torch.nn.functional.embedding(index.to(torch.int32), table).reshape(rows, width)
+    # Columns off the byte grid: each row's lookup makes up to 14 columns too many (8 x too many
+    # in a block one column wide), so the rows go in passes of bounded size.
+    out = torch.empty((rows, width), dtype=dtype, device=packed.device)
+    step = max(1, _UNPACK_VALUES // looked_up)
+    for r0 in range(0, rows, step):
+        values = torch.nn.functional.embedding(index[r0: r0 + step].to(torch.int32), table)
+        out[r0: r0 + step] = values.reshape(-1, looked_up)[:, first % 8: first % 8 + width]
+    return out
 
 
 def stream_block(spec: BackboneSpec, rows: tuple[int, int], cols: tuple[int, int], dtype: torch.dtype,
@@ -167,20 +200,30 @@ def _v2_table_gemv(x: torch.Tensor, block: BackboneBlock, packed: torch.Tensor) 
     for each row m of x and byte position j, a table of the 256 sums
     T[m, j, v] = sum_k x[m, 8 j + k] bit_k(v) is one small matmul, and each weight row's masked
     sum is a lookup of one entry per byte. x is placed at the block's offset in the packed
-    columns and zero-padded around it.
+    columns and zero-padded around it. Wide layers go in passes over byte positions (the
+    tables are 256 sums per byte), tall ones in passes over rows.
     """
     m, k = x.shape
     lead = _lead(block)
-    padded = torch.zeros((m, packed.shape[1] * 8), dtype=x.dtype, device=x.device)
-    padded[:, lead: lead + k] = x
-    tables = (padded.view(m, -1, 8) @ _bit_table(x.dtype, x.device)).reshape(m, -1)  # (m, bytes * 256)
-    offsets = torch.arange(packed.shape[1], device=x.device) * 256
-    out = torch.empty((m, block.out_features), dtype=x.dtype, device=x.device)
-    for r0 in range(0, block.out_features, _TABLE_ROWS):
-        index = packed[r0: r0 + _TABLE_ROWS].long() + offsets
-        for row in range(m):
-            out[row, r0: r0 + _TABLE_ROWS] = tables[row].take(index).sum(-1)
-    return padded.sum(-1, keepdim=True) - 2 * out
+    n_bytes = packed.shape[1]
+    byte_step = max(1, _TABLE_VALUES // (256 * m))
+    total = out = None
+    for j0 in range(0, n_bytes, byte_step):
+        j1 = min(n_bytes, j0 + byte_step)
+        c0, c1 = max(0, 8 * j0 - lead), min(k, 8 * j1 - lead)  # the block's columns in these bytes
+        padded = torch.zeros((m, (j1 - j0) * 8), dtype=x.dtype, device=x.device)
+        padded[:, c0 + lead - 8 * j0: c1 + lead - 8 * j0] = x[:, c0:c1]
+        tables = (padded.view(m, -1, 8) @ _bit_table(x.dtype, x.device)).reshape(m, -1)  # (m, bytes * 256)
+        offsets = torch.arange(j1 - j0, device=x.device) * 256
+        part = torch.empty((m, block.out_features), dtype=x.dtype, device=x.device)
+        row_step = max(1, _TABLE_INDEX_VALUES // (j1 - j0))
+        for r0 in range(0, block.out_features, row_step):
+            index = packed[r0: r0 + row_step, j0:j1].long() + offsets
+            for row in range(m):
+                part[row, r0: r0 + row_step] = tables[row].take(index).sum(-1)
+        total = padded.sum(-1, keepdim=True) if total is None else total + padded.sum(-1, keepdim=True)
+        out = part if out is None else out + part
+    return out.mul_(-2).add_(total)  # total - 2 out, in place: the same bits
 
 
 def blocked_product(x: torch.Tensor, blocks: ColumnBlocks, n_out: int) -> torch.Tensor:
@@ -200,10 +243,13 @@ def forward_epilogue(
     dtype and rounded to ``dtype`` once; acc: (M, N) from ``blocked_product``, xa: (M, rank)."""
     acc_dtype = acc.dtype
     out = acc * (beta.to(acc_dtype) * product_scale(spec))
+    # In place from here (the same roundings as new tensors): a layer with many rows has
+    # outputs as large as its weight.
     if xa is not None:
-        out = out + (xa.to(acc_dtype) @ lora_B.to(acc_dtype).T) * scale
+        lora = xa.to(acc_dtype) @ lora_B.to(acc_dtype).T
+        out += lora.mul_(scale)
     if bias is not None:
-        out = out + bias.to(acc_dtype)
+        out += bias.to(acc_dtype)
     return out.to(dtype)
 
 
@@ -243,7 +289,8 @@ def seeded_linear_torch_fwd(
     None)."""
     spec = block.spec
     packed = packed_signs(block, x.device) if spec.version == 2 else None
-    if packed is not None and 0 < x.shape[0] <= V2_TABLE_GEMV_MAX_M:  # no rows: the blocked product
+    table = 0 < x.shape[0] <= V2_TABLE_GEMV_MAX_M and block.out_features >= V2_TABLE_GEMV_MIN_OUT
+    if packed is not None and table:  # no rows: the blocked product
         acc = _v2_table_gemv(x.to(accumulation_dtype(x.dtype)), block, packed)
     else:
         acc = blocked_product(x, weight_blocks(block, x.dtype, x.device, packed), block.out_features)

@@ -328,3 +328,62 @@ def test_backbone_block_writes_into_a_given_tensor(version):
     assert torch.equal(out, backbone_block(s)[10:50, 50:250])
     with pytest.raises(ValueError, match="out must be"):
         backbone_block(s, rows=(10, 50), cols=(50, 250), out=torch.empty(40, 200, dtype=torch.float64))
+
+
+# Row ranges that start or stop inside a 64-row span: one row, a few rows whose residues wrap
+# (6..9), a range across a span boundary, whole spans with partial ends, and whole spans.
+V2_ODD_ROW_RANGES = [(0, 1), (5, 6), (6, 10), (63, 65), (7, 71), (10, 17), (1, 199), (130, 200), (64, 128), (0, 200)]
+
+
+@pytest.mark.parametrize("little_endian", [True, False])
+@pytest.mark.parametrize("calls_per_pass", [None, 8])
+def test_v2_any_row_range_packs_the_same_bytes_as_its_whole_spans(little_endian, calls_per_pass, monkeypatch):
+    """sign_bytes on any rows (only their calls) equals the rows of the whole spans' bytes, in
+    one pass or in passes of a single call's worth of columns."""
+    from lottalora.backbone import stream_v2
+
+    if calls_per_pass is not None:
+        monkeypatch.setattr(stream_v2, "CALLS_PER_PASS", calls_per_pass)
+    whole = stream_v2.span_bytes(2**64 - 1, 77, (0, 4), (1, 4), torch.device("cpu"), little_endian=little_endian)
+    for rows in V2_ODD_ROW_RANGES:
+        got = stream_v2.sign_bytes(2**64 - 1, 77, rows, (1, 4), torch.device("cpu"), little_endian=little_endian)
+        assert got.dtype == torch.uint8 and torch.equal(got, whole[rows[0]:rows[1]]), rows
+
+
+def test_v2_odd_row_ranges_match_the_documented_definition_in_numpy():
+    s = BackboneSpec(123456789012345, 7, 300, 200)
+    expected = numpy_backbone_v2(s.seed, s.stream, 300, 200)
+    for rows in V2_ODD_ROW_RANGES:
+        got = backbone_block(s, rows=rows, cols=(3, 260)).numpy()
+        assert np.array_equal(got.view(np.int32), expected[rows[0]:rows[1], 3:260].view(np.int32)), rows
+
+
+@pytest.mark.parametrize("rows,calls", [((0, 1), 8), ((13, 14), 8), ((6, 10), 32), ((60, 68), 64),
+                                        ((0, 64), 64), ((3, 200), 256)])
+def test_v2_a_row_range_makes_only_the_calls_its_rows_use(rows, calls, monkeypatch):
+    """Row o uses the calls with a = o mod 8 of its span: one row costs 8 calls per column span
+    (1/8 of the span's 64), a partial span the calls of its rows' residues, whole spans all."""
+    from lottalora.backbone import stream_v2
+
+    made = []
+    real = stream_v2.philox4x32
+    monkeypatch.setattr(stream_v2, "philox4x32", lambda key, counter: made.append(counter[0].numel())
+                        or real(key, counter))
+    stream_v2.sign_bytes(5, 6, rows, (2, 3), torch.device("cpu"))  # one column span
+    assert sum(made) == calls
+
+
+def test_v2_generation_passes_stay_within_their_call_budget(monkeypatch):
+    """A row of 2^20 columns and 2^18 rows of one column span are generated in passes of at most
+    CALLS_PER_PASS calls: the int64 temporaries do not grow with the layer."""
+    from lottalora.backbone import stream_v2
+
+    made = []
+    real = stream_v2.philox4x32
+    monkeypatch.setattr(stream_v2, "philox4x32", lambda key, counter: made.append(counter[0].numel())
+                        or real(key, counter))
+    stream_v2.sign_bytes(0, 0, (3, 4), (0, 2**13), torch.device("cpu"))  # one row of 2^20 columns
+    assert max(made) <= stream_v2.CALLS_PER_PASS and sum(made) == 8 * 2**13
+    made.clear()
+    stream_v2.sign_bytes(0, 0, (0, 2**18), (0, 1), torch.device("cpu"))
+    assert max(made) <= stream_v2.CALLS_PER_PASS and sum(made) == 2**18

@@ -1,5 +1,11 @@
-"""Peak memory of a few lines of code, measured in a fresh process (ru_maxrss is a high-water
-mark: only a process of its own shows what one step adds)."""
+"""Peak memory of a few lines of code, measured in a fresh process: the growth of its resident
+set over what it holds when the step starts, from the kernel's high-water mark (VmHWM), reset
+just before the step.
+
+Not ru_maxrss: Linux carries a process's maximum across fork and exec, so a child of a large
+process (pytest, with everything it imported) starts at its parent's resident size and would
+report nothing for any step smaller than that.
+"""
 
 from __future__ import annotations
 
@@ -10,23 +16,43 @@ import textwrap
 from .processes import ROOT
 
 _RUNNER = """
-import os, resource, sys
+import os, sys
 os.environ.setdefault("LOTTALORA_BACKEND", "torch")
 import torch
 torch.set_num_threads(1)
 {setup}
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def _status_kib(field):
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
+with open("/proc/self/clear_refs", "w") as clear:
+    clear.write("5")  # the high-water mark restarts at the resident size now
+before = _status_kib("VmRSS")
 {step}
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print((after - before) * 1024)
+print((_status_kib("VmHWM") - before) * 1024)
 """
 
 
+def _command(setup: str, step: str) -> list[str]:
+    return [sys.executable, "-c", _RUNNER.format(setup=textwrap.dedent(setup), step=textwrap.dedent(step))]
+
+
+def _peak(out: str, err: str, returncode: int) -> int:
+    assert returncode == 0, err[-3000:]
+    return int(out.strip().splitlines()[-1])
+
+
 def peak_bytes_added(setup: str, step: str) -> int:
-    """The resident bytes ``step`` adds at its peak above everything ``setup`` left (both Python
-    source, run in a fresh process on the torch backend with one thread). ``setup`` should warm
-    up imports and first calls, so that the step's temporaries are what is measured."""
-    code = _RUNNER.format(setup=textwrap.dedent(setup), step=textwrap.dedent(step))
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return int(out.stdout.strip().splitlines()[-1])
+    """The resident bytes ``step`` adds at its peak above what the process holds after ``setup``
+    (both Python source, run in a fresh process on the torch backend with one thread; Linux).
+    ``setup`` should warm up imports and first calls, so that the step's temporaries are what is
+    measured."""
+    out = subprocess.run(_command(setup, step), cwd=ROOT, capture_output=True, text=True)
+    return _peak(out.stdout, out.stderr, out.returncode)
+
+
+def peak_bytes_added_each(runs: list[tuple[str, str]]) -> list[int]:
+    """``peak_bytes_added`` of each (setup, step), the processes run side by side: each measures
+    its own high-water mark, so they need not wait for one another."""
+    procs = [subprocess.Popen(_command(setup, step), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for setup, step in runs]
+    return [_peak(*p.communicate(), p.returncode) for p in procs]
