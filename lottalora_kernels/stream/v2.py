@@ -29,23 +29,54 @@ from .philox import PHILOX_ROUNDS, philox4x32
 
 
 @triton.jit
+def v2_call_at(seed_lo, seed_hi, stream_lo, stream_hi, span_o, a, span_i, c, N_ROUNDS: tl.constexpr = PHILOX_ROUNDS):
+    """The four words of the call that serves the weights with o = 64 span_o + 8 p + a and
+    i = 128 span_i + 8 q + c, for every p and q (tensors that broadcast together). Kernels that
+    consume a call's bits in several steps (the one-pass kernels: a span in column chunks) make
+    the call once and pick from it with ``v2_pick``."""
+    c0 = (span_i * 64 + a * 8 + c).to(tl.uint32)
+    c1 = span_o.to(tl.uint32) + c0 * 0  # broadcast to the tile's shape
+    c0 = c0 + c1 * 0
+    c2 = c0 * 0 + tl.cast(stream_lo, tl.uint32, bitcast=True)
+    c3 = c0 * 0 + tl.cast(stream_hi, tl.uint32, bitcast=True)
+    return philox4x32(tl.cast(seed_lo, tl.uint32, bitcast=True), tl.cast(seed_hi, tl.uint32, bitcast=True),
+                      c0, c1, c2, c3, N_ROUNDS)
+
+
+@triton.jit
+def v2_pick(w0, w1, w2, w3, p, q):
+    """The word of a call (w0..w3) that holds the bit of the weight at block offsets (p, q), and
+    the bit's position in it: bit n = 16 p + q of the call's 128 bits."""
+    bit = (p * 16 + q + w0 * 0).to(tl.uint32)  # n = 16 p + q, in [0, 128)
+    word_index = bit >> 5
+    word = tl.where(word_index == 0, w0, tl.where(word_index == 1, w1, tl.where(word_index == 2, w2, w3)))
+    return word, bit & 31
+
+
+@triton.jit
+def v2_pick_word(w0, w1, w2, w3, WORD: tl.constexpr, p, q):
+    """v2_pick for weights whose word, (16 p + q) div 32 = p div 2, a kernel knows from its
+    layout to be WORD for every element (the input gradient's row chunks of W^T): no select."""
+    if WORD == 0:
+        word = w0
+    elif WORD == 1:
+        word = w1
+    elif WORD == 2:
+        word = w2
+    else:
+        word = w3
+    return word, ((p * 16 + q) & 31).to(tl.uint32) + (w0 * 0)
+
+
+@triton.jit
 def v2_words_at(seed_lo, seed_hi, stream_lo, stream_hi, span_o, p, a, span_i, q, c,
                 N_ROUNDS: tl.constexpr = PHILOX_ROUNDS):
     """v2_words with the coordinates already split: o = 64 span_o + 8 p + a, i = 128 span_i + 8 q
     + c (tensors that broadcast together). Kernels that know the split from their layout call
     this directly, so the compiler sees, for instance, that a warp's rows share span_o.
     N_ROUNDS other than the stream's 10 is for instruction-count probes only."""
-    c0 = (span_i * 64 + a * 8 + c).to(tl.uint32)
-    c1 = span_o.to(tl.uint32) + c0 * 0  # broadcast to the tile's shape
-    c0 = c0 + c1 * 0
-    c2 = c0 * 0 + tl.cast(stream_lo, tl.uint32, bitcast=True)
-    c3 = c0 * 0 + tl.cast(stream_hi, tl.uint32, bitcast=True)
-    w0, w1, w2, w3 = philox4x32(tl.cast(seed_lo, tl.uint32, bitcast=True), tl.cast(seed_hi, tl.uint32, bitcast=True),
-                                c0, c1, c2, c3, N_ROUNDS)
-    bit = (p * 16 + q + c0 * 0).to(tl.uint32)  # n = 16 p + q, in [0, 128)
-    word_index = bit >> 5
-    word = tl.where(word_index == 0, w0, tl.where(word_index == 1, w1, tl.where(word_index == 2, w2, w3)))
-    return word, bit & 31
+    w0, w1, w2, w3 = v2_call_at(seed_lo, seed_hi, stream_lo, stream_hi, span_o, a, span_i, c, N_ROUNDS)
+    return v2_pick(w0, w1, w2, w3, p, q)
 
 
 @triton.jit

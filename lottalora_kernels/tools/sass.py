@@ -24,7 +24,7 @@ from triton.compiler import ASTSource
 
 from .. import backbone_gen
 from ..runtime import next_power_of_2
-from ..seeded_linear import decode, epilogue, one_pass_v1
+from ..seeded_linear import decode, epilogue, one_pass, one_pass_gluon, one_pass_v1
 from ..stream import spec
 
 # The CI gate: stream v2's decode main loops, in SASS per generated weight (built to reach ~2).
@@ -98,6 +98,51 @@ def compile_decode_v2(dtype: str = "bf16", num_warps: int = 4, m_pad: int = 8, r
     kernel = decode._seeded_decode_fwd_kernel if direction == "fwd" else decode._seeded_decode_dx_kernel
     return triton.compile(GluonASTSource(kernel, sig, constexprs=constexprs, attrs=attrs),
                           target=_target(arch), options={"num_warps": num_warps})
+
+
+ONE_PASS_POINTERS = ("a_ptr", "al_ptr", "lf_ptr", "lo_ptr", "lmat_ptr", "bias_ptr", "beta_ptr", "out_ptr",
+                     "lo_out_ptr", "x_ptr", "dbeta_ptr", "part_ptr", "lo_part_ptr", "count_ptr")
+ONE_PASS_INTS = ("M", "P", "Q", "R", "p0", "q0", "stride_am", "stride_aq", "stride_alm", "stride_alq", "stride_lfr",
+                 "stride_lfq", "stride_lom", "stride_lor", "stride_lmp", "stride_lmr", "stride_om", "stride_op",
+                 "stride_xm", "stride_xp", "seed_lo", "seed_hi", "stream_lo", "stream_hi", "spans_per_split")
+
+
+def compile_one_pass(direction: str = "fwd", dtype: str = "bf16", block_m: int = 64, rank: int = 16,
+                     split: bool = False, arch: int = 90, twin: bool = False, rounds: int = spec.PHILOX_ROUNDS,
+                     bias: bool = True, separate_lx: bool = False, chunks: int = one_pass_gluon.CHUNKS):
+    """Stream v2's one-pass kernel (seeded_linear.one_pass_gluon; ``twin``: its plain-Triton twin),
+    forward ("fwd": y with xa made inside, bias) or input gradient ("dx": dx with dy_b's LoRA
+    term and dbeta), as launched for contiguous tensors of a whole layer (16-divisible sizes).
+    ``arch`` 90 compiles the wgmma body, 80 / 89 the mma.sync one."""
+    dx = direction == "dx"
+    fp = {"beta_ptr", "dbeta_ptr", "part_ptr", "lo_part_ptr"}
+    sig = {name: ("*fp32" if name in fp else "*i32" if name == "count_ptr" else f"*{dtype}")
+           for name in ONE_PASS_POINTERS}
+    sig.update({name: "i32" for name in ONE_PASS_INTS})
+    sig.update(value_scale="fp32", lora_scale="fp32")
+    r_pad = max(16, next_power_of_2(max(rank, 1)))
+    constexprs = dict(DX=dx, NUM_WARPS=4, BLOCK_M=block_m, R_PAD=r_pad, MAKE_LO=not dx and rank > 0,
+                      HAS_LO=rank > 0, LORA_TERM=rank > 0, HAS_BIAS=bias and not dx, WRITE_OUT=True, DBETA=dx,
+                      SPLIT=split)
+    if twin:
+        constexprs.update(DOT_DTYPE=_TL[dtype], INPUT_PRECISION="ieee")
+    else:
+        constexprs.update(DTYPE=_TL[dtype], HOPPER=arch == 90, SEPARATE_LX=separate_lx and not dx, X_ASYNC=True,
+                          CHUNKS=chunks, N_ROUNDS=rounds)
+    sig.update({name: "constexpr" for name in constexprs})
+    pointers = [n for n in ONE_PASS_POINTERS if n not in ("beta_ptr", "dbeta_ptr")]
+    divisible = [*pointers, "P", "Q", "p0", "q0", "stride_am", "stride_alm", "stride_lfr", "stride_om", "stride_xm",
+                 "stride_lmp" if not dx else "stride_lmr"]
+    unit = ["stride_aq", "stride_alq", "stride_lfq", "stride_op", "stride_xp", "stride_lor",
+            "stride_lmr" if not dx else "stride_lmp"]
+    attrs = specialise(sig, divisible, unit, constexprs)
+    if twin:
+        return triton.compile(ASTSource(one_pass._one_pass_twin_kernel, sig, constexprs=constexprs, attrs=attrs),
+                              target=_target(arch), options={"num_warps": 4})
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    return triton.compile(GluonASTSource(one_pass_gluon._one_pass_kernel, sig, constexprs=constexprs, attrs=attrs),
+                          target=_target(arch), options={"num_warps": 4})
 
 
 def compile_epilogue(dtype: str = "bf16", block_m: int = 4, block_n: int = 32, n_splits: int = 32,
