@@ -227,11 +227,12 @@ def use_fast_path(a: torch.Tensor, rank: int) -> bool:
             and rank <= MAX_FAST_RANK and capability_major(a.device) >= 8 and gluon_available())
 
 
-def block_m_for(m: int, rank: int) -> int:
+def block_m_for(m: int, rank: int, dx: bool) -> int:
     """Rows of x (or dy) per program: the accumulator is 64 x BLOCK_M / 32 = 2 BLOCK_M float32
-    registers a thread, so 64 at most (128 would be all of them), and 32 past 16 ranks (xa and
-    the LoRA factor's slabs need the rest; counted for sm_90)."""
-    return min(64 if rank <= 16 else 32, max(16, next_power_of_2(max(m, 1))))
+    registers a thread, so 64 at most (128 would be all of them); 32 past 16 ranks (xa and the
+    LoRA factor's slabs need the rest) and in the input gradient (its dbeta epilogue spills
+    13-16 registers at 64). Counted for sm_90: benchmarks/NOTES.md, "One-pass kernels"."""
+    return min(64 if rank <= 16 and not dx else 32, max(16, next_power_of_2(max(m, 1))))
 
 
 def split_k_for(tiles: int, n_spans: int, device: torch.device) -> int:
@@ -253,7 +254,7 @@ def _launch(a, *, dx, seed, stream, std, rows, cols, al, lf, lo, lmat, lmat_stri
     config = dict(config or {})
     fast = use_fast_path(a, R) if fast is None else fast
     num_warps = config.get("num_warps", 4 if a.is_cuda or fast else 1)
-    block_m = config.get("BLOCK_M", block_m_for(M, R))
+    block_m = config.get("BLOCK_M", block_m_for(M, R, dx))
     row_span, red_span = (128, 64) if dx else (64, 128)
     block_p = WARP_ROWS.value * num_warps
     n_p = cdiv(p1 - (p0 // row_span) * row_span, block_p)

@@ -36,7 +36,7 @@ from ..gluon import gl, gluon_jit
 from ..launch import launch
 from ..runtime import capability_major
 from ..stream.philox import PHILOX_ROUNDS
-from ..stream.v2 import v2_call_at, v2_pick, v2_pick_word, v2_sign_pairs, warp_span_rows
+from ..stream.v2 import v2_call_at, v2_pick, v2_pick_word, v2_sign_pairs_pq, warp_span_rows
 
 if gl is not None:
     from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
@@ -131,6 +131,8 @@ def _one_pass_kernel(
     # Slabs of 64 output rows in the epilogue, p across lanes (where the partials are contiguous).
     red_layout: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 1], threads_per_warp=[32, 1],
                                                 warps_per_cta=[1, NUM_WARPS], order=[0, 1])
+    # ... read from the tile in shared memory, rows fastest (conflict-free along p).
+    slab_smem_layout: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, order=[0, 1])
 
     pid_p = gl.program_id(0)
     pid_m = gl.program_id(1)
@@ -216,15 +218,20 @@ def _one_pass_kernel(
         if HOPPER:
             fence_async_shared()  # the async proxy (wgmma) reads what the copies wrote
         for j in gl.static_range(CHUNKS):
+            # The pair's bit is (16 p + q) mod 32 of the picked words: p mod 2 is fixed per
+            # register by the layout, so v2_sign_pairs_pq needs no select between half-words.
             if DX:
                 # A row chunk of W^T is 16 rows of o: p = 2 j + (o mod 16) div 8, so every bit sits
                 # in word j of its call (docs/backbone.md: bit 16 p + q).
-                word_a, bit = v2_pick_word(wa0, wa1, wa2, wa3, j, 2 * j + cl // 8, row_blk)
-                word_b, _ = v2_pick_word(wb0, wb1, wb2, wb3, j, 2 * j + cl // 8, row_blk)
+                p_j = 2 * j + cl // 8
+                word_a, _ = v2_pick_word(wa0, wa1, wa2, wa3, j, p_j, row_blk)
+                word_b, _ = v2_pick_word(wb0, wb1, wb2, wb3, j, p_j, row_blk)
+                w = v2_sign_pairs_pq(word_a, word_b, p_j, row_blk, DTYPE)
             else:
-                word_a, bit = v2_pick(wa0, wa1, wa2, wa3, row_blk, (CHUNK // 8) * j + cl // 8)
-                word_b, _ = v2_pick(wb0, wb1, wb2, wb3, row_blk, (CHUNK // 8) * j + cl // 8)
-            w = v2_sign_pairs(word_a, word_b, bit, DTYPE)
+                q_j = (CHUNK // 8) * j + cl // 8
+                word_a, _ = v2_pick(wa0, wa1, wa2, wa3, row_blk, q_j)
+                word_b, _ = v2_pick(wb0, wb1, wb2, wb3, row_blk, q_j)
+                w = v2_sign_pairs_pq(word_a, word_b, row_blk, q_j, DTYPE)
             x_tile = x_smem.index((t % 2) * CHUNKS + j)  # [BLOCK_M, CHUNK]
             if HOPPER:
                 acc = warpgroup_mma(w, x_tile.permute((1, 0)), acc, is_async=True)
@@ -255,8 +262,6 @@ def _one_pass_kernel(
     rows = row_first + pid_p * BLOCK_P + warp_span_rows(rows_acc, NUM_WARPS, WARP_ROWS).to(gl.int64)
     offs_p = gl.expand_dims(rows - p0, 1)
     mask_p = gl.expand_dims(rows >= p0, 1) & (offs_p < P)
-    offs_m = pid_m * BLOCK_M + gl.expand_dims(gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, acc_layout)), 0)
-    mask = mask_p & (offs_m < M)
     offs_m_lop = gl.expand_dims(gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, lo_layout)), 1)
     offs_r_lop = gl.expand_dims(gl.arange(0, R_PAD, layout=gl.SliceLayout(0, lo_layout)), 0)
     tile = pid_m * gl.num_programs(0) + pid_p
@@ -264,8 +269,7 @@ def _one_pass_kernel(
     if SPLIT:
         # This split's partials, 64 rows at a time through shared memory, stored along p (where
         # they are contiguous); the last program sums all splits' the same way.
-        red_smem = gl.allocate_shared_memory(gl.float32, [BLOCK_P, BLOCK_M],
-                                             gl.SwizzledSharedLayout(1, 1, 1, order=[0, 1]), acc)
+        red_smem = gl.allocate_shared_memory(gl.float32, [BLOCK_P, BLOCK_M], slab_smem_layout, acc)
         cta_barrier()
         m_red = pid_m * BLOCK_M + gl.expand_dims(gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, red_layout)), 0)
         for slab in gl.static_range(BLOCK_P // 64):
@@ -294,21 +298,22 @@ def _one_pass_kernel(
                     total += gl.load(part_ptr + (s * M + m_red).to(gl.int64) * P + p_red, mask=mask_red, other=0.0,
                                      cache_modifier=".cg")
                 red_smem.slice(slab * 64, 64, dim=0).store(total)
-            cta_barrier()
-            acc = red_smem.load(acc_layout)
+            cta_barrier()  # the tile's sum is in red_smem, read back below
             lo_acc = gl.zeros((BLOCK_M, R_PAD), gl.float32, layout=lo_layout)
             if MAKE_LO:
                 for s in range(0, n_splits):
                     lo_acc += gl.load(lo_part + (s - pid_s) * BLOCK_M * R_PAD, cache_modifier=".cg")
             gl.atomic_xchg(count_ptr + tile, 0)  # ready for the next launch
     if is_last:
+        if SPLIT:
+            acc_smem = red_smem  # the splits' sum
+        elif DBETA:
+            acc_smem = gl.allocate_shared_memory(gl.float32, [BLOCK_P, BLOCK_M], slab_smem_layout, acc)
+            cta_barrier()  # from here the accumulator lives in shared memory (read back below)
         if DBETA:
             # <acc, x^T> through shared memory: x's tile is read along p, where its rows are
             # contiguous, in slabs of 64 rows (a slab of x in the accumulator's layout would
             # double the registers the accumulator holds).
-            acc_smem = gl.allocate_shared_memory(gl.float32, [BLOCK_P, BLOCK_M],
-                                                 gl.SwizzledSharedLayout(1, 1, 1, order=[0, 1]), acc)
-            cta_barrier()  # from here the accumulator lives in shared memory (read back below)
             m_db = pid_m * BLOCK_M + gl.expand_dims(gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, red_layout)), 0)
             partial = gl.zeros((64, BLOCK_M), gl.float32, layout=red_layout)
             for slab in gl.static_range(BLOCK_P // 64):
@@ -319,6 +324,7 @@ def _one_pass_kernel(
                 xt = gl.load(x_ptr + m_db.to(gl.int64) * stride_xm + p_db * stride_xp, mask=mask_db, other=0.0)
                 partial += acc_smem.slice(slab * 64, 64, dim=0).load(red_layout) * xt.to(gl.float32)
             gl.store(dbeta_ptr + tile, gl.sum(gl.sum(partial, axis=1), axis=0) * value_scale)
+        if SPLIT or DBETA:
             if WRITE_OUT:
                 acc = acc_smem.load(acc_layout)
         if WRITE_OUT:
@@ -367,8 +373,19 @@ def _one_pass_kernel(
                     out = out * lora_scale
             if HAS_BIAS:
                 out = out + gl.load(bias_ptr + offs_p, mask=mask_p, other=0.0).to(gl.float32)
-            gl.store(out_ptr + offs_m.to(gl.int64) * stride_om + offs_p * stride_op,
-                     out.to(out_ptr.dtype.element_ty), mask=mask)
+            # The cast tile goes out through shared memory, 64 rows at a time along p, where the
+            # output's rows are contiguous (the accumulator's layout would store 16 bytes per row).
+            out_smem = gl.allocate_shared_memory(out_ptr.dtype.element_ty, [BLOCK_P, BLOCK_M], slab_smem_layout,
+                                                 out.to(out_ptr.dtype.element_ty))
+            cta_barrier()
+            m_out = pid_m * BLOCK_M + gl.expand_dims(gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, red_layout)), 0)
+            for slab in gl.static_range(BLOCK_P // 64):
+                t_out = slab * 64 + gl.arange(0, 64, layout=gl.SliceLayout(1, red_layout))
+                r_out = row_first + pid_p * BLOCK_P + warp_span_rows(t_out, NUM_WARPS, WARP_ROWS).to(gl.int64)
+                p_out = gl.expand_dims(r_out - p0, 1)
+                gl.store(out_ptr + m_out.to(gl.int64) * stride_om + p_out * stride_op,
+                         out_smem.slice(slab * 64, 64, dim=0).load(red_layout),
+                         mask=gl.expand_dims(r_out >= p0, 1) & (p_out < P) & (m_out < M))
 
 
 def launch_gluon(grid, args, flags, *, dtype, device, num_warps: int, x_async: bool) -> None:

@@ -104,16 +104,23 @@ def v2_sign_pairs(word_a, word_b, bit, DTYPE: tl.constexpr):
     2k+1 word_b's. After merging the words' halves that hold the bit, (merged << (15 - q)) moves
     the two bits to 15 and 31, the sign bits of a 16-bit pair, and one LOP3 adds the bits of 1.0.
     """
-    q = bit & 15
-    merged = tl.where(bit < 16, (word_a & 0xFFFF) | (word_b << 16), (word_a >> 16) | (word_b & 0xFFFF0000))
+    return v2_sign_pairs_pq(word_a, word_b, bit >> 4, bit & 15, DTYPE)
+
+
+@triton.jit
+def v2_sign_pairs_pq(word_a, word_b, p, q, DTYPE: tl.constexpr):
+    """v2_sign_pairs with the bit given as its block offsets: bit (16 p + q) mod 32 of the words,
+    so the half-word holding it is p mod 2 and its place in the half is q (< 16). A kernel whose
+    layout fixes p mod 2 per register (the one-pass kernels) lets the compiler drop the select."""
+    merged = tl.where((p & 1) == 0, (word_a & 0xFFFF) | (word_b << 16), (word_a >> 16) | (word_b & 0xFFFF0000))
     if DTYPE == tl.bfloat16:
         return tl.inline_asm_elementwise(
             "{ .reg .b32 t; shl.b32 t, $1, $3; lop3.b32 $0, t, 0x80008000, 0x3F803F80, 0xEA; }",
-            "=r,r,r,r,r", [merged, 15 - q], dtype=tl.bfloat16, is_pure=True, pack=2)
+            "=r,r,r,r,r", [merged, (15 - q + merged * 0).to(tl.uint32)], dtype=tl.bfloat16, is_pure=True, pack=2)
     else:
         return tl.inline_asm_elementwise(
             "{ .reg .b32 t; shl.b32 t, $1, $3; lop3.b32 $0, t, 0x80008000, 0x3C003C00, 0xEA; }",
-            "=r,r,r,r,r", [merged, 15 - q], dtype=tl.float16, is_pure=True, pack=2)
+            "=r,r,r,r,r", [merged, (15 - q + merged * 0).to(tl.uint32)], dtype=tl.float16, is_pure=True, pack=2)
 
 
 @triton.jit

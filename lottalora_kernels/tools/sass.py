@@ -109,7 +109,8 @@ ONE_PASS_INTS = ("M", "P", "Q", "R", "p0", "q0", "stride_am", "stride_aq", "stri
 
 def compile_one_pass(direction: str = "fwd", dtype: str = "bf16", block_m: int = 64, rank: int = 16,
                      split: bool = False, arch: int = 90, twin: bool = False, rounds: int = spec.PHILOX_ROUNDS,
-                     bias: bool = True, separate_lx: bool = False, chunks: int = one_pass_gluon.CHUNKS):
+                     bias: bool = True, separate_lx: bool = False, chunks: int = one_pass_gluon.CHUNKS,
+                     write_out: bool = True, dbeta: bool | None = None, x_async: bool = True):
     """Stream v2's one-pass kernel (seeded_linear.one_pass_gluon; ``twin``: its plain-Triton twin),
     forward ("fwd": y with xa made inside, bias) or input gradient ("dx": dx with dy_b's LoRA
     term and dbeta), as launched for contiguous tensors of a whole layer (16-divisible sizes).
@@ -122,12 +123,13 @@ def compile_one_pass(direction: str = "fwd", dtype: str = "bf16", block_m: int =
     sig.update(value_scale="fp32", lora_scale="fp32")
     r_pad = max(16, next_power_of_2(max(rank, 1)))
     constexprs = dict(DX=dx, NUM_WARPS=4, BLOCK_M=block_m, R_PAD=r_pad, MAKE_LO=not dx and rank > 0,
-                      HAS_LO=rank > 0, LORA_TERM=rank > 0, HAS_BIAS=bias and not dx, WRITE_OUT=True, DBETA=dx,
+                      HAS_LO=rank > 0, LORA_TERM=rank > 0, HAS_BIAS=bias and not dx, WRITE_OUT=write_out,
+                      DBETA=dx if dbeta is None else dbeta,
                       SPLIT=split)
     if twin:
         constexprs.update(DOT_DTYPE=_TL[dtype], INPUT_PRECISION="ieee")
     else:
-        constexprs.update(DTYPE=_TL[dtype], HOPPER=arch == 90, SEPARATE_LX=separate_lx and not dx, X_ASYNC=True,
+        constexprs.update(DTYPE=_TL[dtype], HOPPER=arch == 90, SEPARATE_LX=separate_lx and not dx, X_ASYNC=x_async,
                           CHUNKS=chunks, N_ROUNDS=rounds)
     sig.update({name: "constexpr" for name in constexprs})
     pointers = [n for n in ONE_PASS_POINTERS if n not in ("beta_ptr", "dbeta_ptr")]
