@@ -107,6 +107,28 @@ ONE_PASS_INTS = ("M", "P", "Q", "R", "p0", "q0", "stride_am", "stride_aq", "stri
                  "stride_xm", "stride_xp", "seed_lo", "seed_hi", "stream_lo", "stream_hi", "spans_per_split")
 
 
+# The CI gate for the one-pass kernels: main-loop SASS per generated weight (built to reach ~2;
+# counted 2.1 forward without LoRA, 2.55 with xa made in the loop, 2.9 input gradient, sm_90).
+ONE_PASS_BUDGET_SASS_PER_VALUE = {90: 3.2, 80: 4.0}  # sm_80: mma.sync's HMMAs are in the loop
+# Shipped launches CI compiles (a few seconds each): every direction, BLOCK_M, LoRA shape, split-K
+# and x staging path at least once; benchmarks.kernel_report counts the whole grid.
+ONE_PASS_CHECKS = [
+    dict(direction="fwd", dtype="bf16", block_m=64, rank=16, split=True, separate_lx=True, arch=90),
+    dict(direction="fwd", dtype="fp16", block_m=32, rank=32, arch=90),
+    dict(direction="fwd", dtype="bf16", block_m=16, rank=0, split=True, x_async=False, arch=90),
+    dict(direction="dx", dtype="bf16", block_m=32, rank=16, split=True, arch=90),
+    dict(direction="dx", dtype="bf16", block_m=16, rank=32, x_async=False, arch=90),
+    dict(direction="fwd", dtype="bf16", block_m=64, rank=16, arch=80),
+    dict(direction="dx", dtype="fp16", block_m=32, rank=16, split=True, arch=80),
+]
+
+
+def one_pass_values_per_thread(direction: str) -> float:
+    """Weights one thread generates per main-loop iteration (a reduction span): 256 output rows
+    x 128 columns (forward) or x 64 rows of o (input gradient), over 128 threads."""
+    return 256 * (128 if direction == "fwd" else 64) / 128
+
+
 def compile_one_pass(direction: str = "fwd", dtype: str = "bf16", block_m: int = 64, rank: int = 16,
                      split: bool = False, arch: int = 90, twin: bool = False, rounds: int = spec.PHILOX_ROUNDS,
                      bias: bool = True, separate_lx: bool = False, chunks: int = one_pass_gluon.CHUNKS,
@@ -273,8 +295,9 @@ def inspect(kernel) -> dict:
 
 def compile_checks() -> list[dict]:
     """The CI gate (tests/kernels/test_sm90_compile.py): every shipped stream-v2 decode config, the v2
-    generator, stream v1's generator for each init, the epilogue's decode and two-phase launches
-    and the one-pass kernel in each dtype, compiled for sm_90 and inspected. Must run in a
+    generator, stream v1's generator for each init, the epilogue's decode and two-phase launches,
+    the one-pass kernel's ONE_PASS_CHECKS (sm_90 and sm_80) and stream v1's one-pass kernel in
+    each dtype, compiled and inspected. Must run in a
     process without TRITON_INTERPRET."""
     results = [dict(kernel="decode", direction=direction, dtype=d, m_pad=m,
                     **inspect(compile_decode_v2(d, 4, m, direction=direction)))
@@ -283,6 +306,8 @@ def compile_checks() -> list[dict]:
     results += [dict(kernel="gen", init=init, **inspect(compile_generator_v1(init))) for init in spec.VERSION_INITS[1]]
     results += [dict(kernel="epilogue", case=name, **inspect(compile_epilogue(**case)))
                 for name, case in EPILOGUE_CASES.items()]
+    for case in ONE_PASS_CHECKS:
+        results.append(dict(kernel="one_pass", case=case, **inspect(compile_one_pass(**case))))
     for cfg in one_pass_v1.AUTOTUNE_CONFIGS:
         for dtype in (("bf16", "fp16", "fp32") if cfg is one_pass_v1.AUTOTUNE_CONFIGS[0] else ("bf16",)):
             for forward in (True, False):
