@@ -103,12 +103,12 @@ def _one_pass_twin_kernel(
     row_first = (p0 // ROW_SPAN) * ROW_SPAN  # spans of the whole layer: W by global index
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
-    rows, _ = _rows_and_cols(pid_p, span_start, row_first, NUM_WARPS, DX)
+    rows, first_cols = _rows_and_cols(pid_p, span_start, row_first, NUM_WARPS, DX)
     offs_r = tl.arange(0, R_PAD)
     acc = tl.zeros((BLOCK_P, BLOCK_M), dtype=tl.float32)
     lo_acc = tl.zeros((BLOCK_M, R_PAD), dtype=tl.float32)
     for span in range(span_start, span_end):
-        _, cols = _rows_and_cols(pid_p, span, row_first, NUM_WARPS, DX)
+        span_rows, cols = _rows_and_cols(pid_p, span, row_first, NUM_WARPS, DX)
         offs_q = cols - q0  # the block's own column of x (or dy)
         mask_q = (cols >= q0) & (offs_q < Q)
         if DX:

@@ -122,6 +122,9 @@ ONE_PASS_CHECKS = [
     dict(direction="dx", dtype="fp16", block_m=32, rank=16, split=True, arch=80),
 ]
 
+ONE_PASS_TWIN_CHECKS = [dict(direction="fwd", block_m=64, rank=16, split=True),
+                        dict(direction="dx", block_m=32, rank=16, split=True)]
+
 
 def one_pass_values_per_thread(direction: str) -> float:
     """Weights one thread generates per main-loop iteration (a reduction span): 256 output rows
@@ -308,6 +311,8 @@ def compile_checks() -> list[dict]:
                 for name, case in EPILOGUE_CASES.items()]
     for case in ONE_PASS_CHECKS:
         results.append(dict(kernel="one_pass", case=case, **inspect(compile_one_pass(**case))))
+    for case in ONE_PASS_TWIN_CHECKS:  # the fallback where a GPU's Triton cannot compile the Gluon kernel
+        results.append(dict(kernel="one_pass_twin", case=case, **inspect(compile_one_pass(**case, twin=True))))
     for cfg in one_pass_v1.AUTOTUNE_CONFIGS:
         for dtype in (("bf16", "fp16", "fp32") if cfg is one_pass_v1.AUTOTUNE_CONFIGS[0] else ("bf16",)):
             for forward in (True, False):

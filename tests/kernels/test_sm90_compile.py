@@ -53,6 +53,17 @@ def test_one_pass_kernels_meet_their_instruction_budget_without_spills(reports):
         assert per_value <= ONE_PASS_BUDGET_SASS_PER_VALUE[arch], (per_value, r)
 
 
+def test_one_pass_twins_compile_for_sm90_with_tensor_cores(reports):
+    """The plain-Triton twins are the fallback on a GPU whose Triton cannot compile the Gluon
+    kernel (gluon.run_fast_path): they must compile (the interpreter does not check the types
+    a compiled loop carries). They are slow (per-element generation) and may spill."""
+    from lottalora_kernels.tools.sass import ONE_PASS_TWIN_CHECKS
+
+    twins = [r for r in reports if r["kernel"] == "one_pass_twin"]
+    assert [r["case"] for r in twins] == ONE_PASS_TWIN_CHECKS
+    assert all(r["uses_wgmma"] and r["main_loop_sass"] for r in twins), twins
+
+
 def test_generators_compile_for_sm90_without_fma_or_spills(reports):
     gens = [r for r in reports if r["kernel"] == "gen"]
     assert {r["init"] for r in gens} == {"gaussian", "uniform", "rademacher"}
