@@ -251,8 +251,11 @@ def _launch(a, *, dx, seed, stream, std, rows, cols, al, lf, lo, lmat, lmat_stri
     q0, q1 = (rows if dx else cols)
     P = p1 - p0
     R = lf.shape[0] if lf is not None else (lo.shape[1] if lo is not None else 0)
-    config = dict(config or {})
+    config = _check_config(config)
     fast = use_fast_path(a, R) if fast is None else fast
+    if fast and not (a.is_cuda and R <= MAX_FAST_RANK):
+        raise ValueError(f"fast=True needs CUDA tensors and a rank of at most {MAX_FAST_RANK} (the Gluon kernel's), "
+                         f"got a {a.device.type} tensor and rank {R}; fast=None picks the twin there")
     num_warps = config.get("num_warps", 4 if a.is_cuda or fast else 1)
     block_m = config.get("BLOCK_M", block_m_for(M, R, dx))
     row_span, red_span = (128, 64) if dx else (64, 128)
@@ -307,6 +310,24 @@ def _aligned_rows(a: torch.Tensor, q0: int) -> bool:
     specialisation sees it (pointer, leading stride and the block's start divisible by 16,
     unit column stride): the Gluon kernel then stages it with async copies."""
     return a.data_ptr() % 16 == 0 and a.stride(0) % 16 == 0 and a.stride(1) == 1 and q0 % 16 == 0
+
+
+CONFIG_KEYS = ("BLOCK_M", "SPLIT_K", "num_warps")
+
+
+def _check_config(config: dict | None) -> dict:
+    """A launch config (tests, benchmarks) as a dict, or ValueError naming what is wrong."""
+    config = dict(config or {})
+    unknown = set(config) - set(CONFIG_KEYS)
+    if unknown:
+        raise ValueError(f"config keys must be among {CONFIG_KEYS}, got {sorted(unknown)}")
+    if config.get("BLOCK_M", 16) not in (16, 32, 64):
+        raise ValueError(f"config BLOCK_M must be 16, 32 or 64, got {config['BLOCK_M']!r}")
+    for key in ("SPLIT_K", "num_warps"):
+        value = config.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"config {key} must be a positive int, got {value!r}")
+    return config
 
 
 def _check_block(name: str, block, total_name: str, size: int) -> tuple[int, int]:

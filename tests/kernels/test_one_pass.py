@@ -148,3 +148,15 @@ def test_one_pass_names_a_block_that_does_not_fit_its_tensor(device):
         one_pass_bwd_dx(torch.zeros(3, 30, device=device), seed=s.seed, stream=s.stream, in_features=40,
                         rows=(5, 2), cols=(0, 40), dy_b=None, lora_A=None, beta=torch.ones((), device=device),
                         scale=1.0)
+
+
+def test_one_pass_names_a_config_or_fast_path_it_cannot_run(device):
+    s, _ = _block(40, 30, (0, 30), (0, 40), device)
+    x, xl, A, B, b = _forward_inputs(3, (0, 30), (0, 40), 2, False, False, torch.float32, device)
+    for config, match in (({"BLOCK_N": 16}, "config keys"), ({"BLOCK_M": 48}, "BLOCK_M"), ({"SPLIT_K": 0}, "SPLIT_K")):
+        with pytest.raises(ValueError, match=match):
+            _run_forward(s, 40, (0, 30), (0, 40), x, xl, A, B, b, config=config)
+    if device.type != "cuda":
+        with pytest.raises(ValueError, match="fast=True needs CUDA"):
+            one_pass_fwd(x, seed=s.seed, stream=s.stream, in_features=40, rows=(0, 30), cols=(0, 40), lora_A=A,
+                         lora_B=B, beta=torch.ones((), device=device), bias=None, scale=1.0, fast=True)
