@@ -353,9 +353,11 @@ def one_pass_fwd(
     block of the whole layer's backbone ((0, out_features), (0, in_features) for a whole
     layer); in_features: the whole layer's (std = float32(1 / sqrt(in_features))). Returns (y
     (M, rows len) in x.dtype, xa (M, rank) in x.dtype, or None without LoRA). ``fast``: the
-    Gluon kernel (True), the plain-Triton twin (False), or the Gluon kernel where it applies
-    (None); ``config`` pins BLOCK_M, SPLIT_K and num_warps (tests, benchmarks). Inputs are
-    assumed validated by the caller (``lottalora.ops``), except the block, checked here.
+    Gluon kernel (True; ValueError off CUDA or past MAX_FAST_RANK ranks), the plain-Triton twin
+    (False), or the Gluon kernel where it applies (None: CUDA, sm_80+, 16-bit inputs, Gluon,
+    rank <= MAX_FAST_RANK); ``config`` pins BLOCK_M (16, 32, 64), SPLIT_K and num_warps (tests,
+    benchmarks). Inputs are assumed validated by the caller (``lottalora.ops``), except the
+    block and the config, checked here.
     """
     M = x.shape[0]
     r0, r1 = _check_block("rows", rows, "the output", lora_B.shape[0] if lora_B is not None else rows[1] - rows[0])
