@@ -9,6 +9,7 @@ import lottalora
 from lottalora.backbone import backbone_signs
 from lottalora_kernels.backbone_gen import generate_backbone
 from lottalora_kernels.dtypes import TL_DTYPES
+from lottalora_kernels.gluon import gluon_failed
 from lottalora_kernels.seeded_linear import decode, dispatch
 from lottalora_kernels.stream import spec
 from tests.support.tolerances import assert_close_to_baseline
@@ -232,6 +233,7 @@ def test_one_pass_kernel_generates_the_reference_signs(direction, dtype, K, N, r
                                     lora_A=None, beta=beta, scale=0.0, fast=True, config=config)
             got[r0:r1] = dx.float().cpu()
     std = torch.tensor(s.std).to(dtype).float()  # beta * std rounded to the output dtype
+    assert not gluon_failed(f"one_pass_{direction}"), "the Gluon kernel fell back to its twin"
     assert torch.equal(got.abs(), torch.full_like(got, std.item())), "a weight is not exactly +-std"
     assert torch.equal(torch.sign(got), want), f"{(torch.sign(got) != want).sum().item()} weights differ"
 
@@ -276,6 +278,7 @@ def test_one_pass_kernels_match_float64_and_the_twin(dtype, M, rank, separate, t
     want_dx = 0.9 * dy.double().cpu() @ w64 + 0.5 * dy_b.double().cpu() @ A.double().cpu()
     assert_close(dx, want_dx, dtype, f"one-pass dx {dtype} M={M}")
     assert_dbeta_close(dbeta, x, dy, w64, f"one-pass dbeta {dtype} M={M}")
+    assert not gluon_failed("one_pass_fwd") and not gluon_failed("one_pass_dx"), "a Gluon kernel fell back"
     if twin:
         twin_y, twin_xa = one_pass_fwd(x, fast=False, **fwd)
         assert torch.allclose(y.float(), twin_y.float(), rtol=1e-2, atol=1e-2)
