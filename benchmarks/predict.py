@@ -58,13 +58,11 @@ class Launch:
 def one_pass_launch(m: int, n: int, k: int, dx: bool, counts: dict, block_m: int | None = None) -> Launch:
     """The launch one_pass makes for an (m, n) x (n, k) call on a 132-SM GPU (its own rules;
     ``block_m`` pins BLOCK_M as a config does)."""
-    block_m = block_m or one_pass.block_m_for(m, RANK, dx)
     rows, red, red_span = (k, n, 64) if dx else (n, k, 128)
-    tiles = cdiv(rows, 256) * cdiv(m, block_m)
-    n_spans = cdiv(red, red_span)
-    splits = max(1, min(one_pass.MAX_SPLITS, n_spans // 2, cdiv(2 * SMS, tiles)))
-    per_split = cdiv(n_spans, splits)
-    return Launch(dx, block_m, tiles, cdiv(n_spans, per_split), per_split, counts[("dx" if dx else "fwd", block_m)])
+    block_m, n_m, splits, per_split = one_pass.launch_tiling(
+        m, rows, cdiv(red, red_span), RANK, dx, 4, SMS, hopper=True, config={"BLOCK_M": block_m} if block_m else None)
+    tiles = cdiv(rows, 256) * n_m
+    return Launch(dx, block_m, tiles, splits, per_split, counts[("dx" if dx else "fwd", block_m)])
 
 
 def one_pass_seconds(m: int, n: int, k: int, dx: bool, counts: dict, block_m: int | None = None) -> float:
@@ -152,7 +150,7 @@ def counted_loops(arch: int = 90) -> dict:
     from lottalora_kernels.tools.sass import compile_one_pass, inspect
 
     counts = {}
-    for direction, block_ms in (("fwd", (16, 32, 64)), ("dx", (16, 32))):
+    for direction, block_ms in (("fwd", (16, 32, 64)), ("dx", (16, 32, 64))):
         for block_m in block_ms:
             split = block_m < 64  # the split-K launches of small M; the count is the same within 2%
             kernel = compile_one_pass(direction, "bf16", block_m, RANK, split, arch)

@@ -50,10 +50,12 @@ import triton.language as tl
 from ..allocation import new_output
 from ..dtypes import TL_DTYPES, dot_dtype, fp32_input_precision, round_to
 from ..launch import launch
-from ..runtime import cdiv, is_interpreting, next_power_of_2, sm_count
+from ..runtime import capability_major, cdiv, is_interpreting, next_power_of_2, sm_count
 from ..stream import spec
 from ..stream.v2 import v2_signs, warp_span_rows
 from .one_pass_gluon import WARP_ROWS, launch_gluon
+
+_WARP_ROWS = WARP_ROWS.value
 
 # The Gluon kernels keep xa (BLOCK_M x padded rank, float32) in registers beside the accumulator:
 # past 16 ranks BLOCK_M stops at 32, past 32 the sm_90 kernel spills (counted: NOTES.md), so the
@@ -221,26 +223,44 @@ def use_fast_path(a: torch.Tensor, rank: int) -> bool:
     """The Gluon kernel needs a CUDA GPU with mma.sync (sm_80+; wgmma on sm_90), 16-bit inputs,
     Gluon, and a rank of at most MAX_FAST_RANK."""
     from ..gluon import gluon_available
-    from ..runtime import capability_major
 
     return (a.is_cuda and not is_interpreting() and a.dtype in (torch.float16, torch.bfloat16)
             and rank <= MAX_FAST_RANK and capability_major(a.device) >= 8 and gluon_available())
 
 
-def block_m_for(m: int, rank: int, dx: bool) -> int:
+def block_m_for(m: int, rank: int, dx: bool, hopper: bool = False) -> int:
     """Rows of x (or dy) per program: the accumulator is 64 x BLOCK_M / 32 = 2 BLOCK_M float32
     registers a thread, so 64 at most (128 would be all of them); 32 past 16 ranks (xa and the
-    LoRA factor's slabs need the rest) and in the input gradient (its dbeta epilogue spills
-    13-16 registers at 64). Counted for sm_90: benchmarks/NOTES.md, "One-pass kernels"."""
-    return min(64 if rank <= 16 and not dx else 32, max(16, next_power_of_2(max(m, 1))))
+    LoRA factor's slabs need the rest), and 32 in the input gradient except on sm_90 (its dbeta
+    epilogue holds the accumulator and the output in shared memory, 96 KiB a program at 64: two
+    programs per Hopper SM, one on sm_80 / sm_89). Counted: benchmarks/NOTES.md, "One-pass kernels"."""
+    cap = 64 if rank <= 16 and (not dx or hopper) else 32
+    return min(cap, max(16, next_power_of_2(max(m, 1))))
 
 
-def split_k_for(tiles: int, n_spans: int, device: torch.device) -> int:
-    """Programs per output tile along the reduction: up to two programs per SM, at least two
-    spans each, at most MAX_SPLITS; one when the tiles already fill the GPU."""
-    if device.type != "cuda":
-        return min(2, n_spans)  # the interpreter: exercise the split without slowing tests
-    return max(1, min(MAX_SPLITS, n_spans // 2, cdiv(2 * sm_count(device), tiles)))
+def launch_tiling(m: int, rows: int, n_spans: int, rank: int, dx: bool, num_warps: int, sms: int | None,
+                  hopper: bool = False, config: dict | None = None) -> tuple[int, int, int, int]:
+    """(BLOCK_M, row blocks of x, splits, spans per split) of a launch with ``rows`` output rows
+    past the span-aligned start and ``n_spans`` reduction spans, on a GPU with ``sms``
+    multiprocessors (None: the interpreter). The input gradient's split launches at BLOCK_M = 64
+    spill on sm_90 (51 registers counted), so a split input gradient runs 32."""
+    config = config or {}
+    n_p = cdiv(rows, _WARP_ROWS * num_warps)
+    block_m = config.get("BLOCK_M", block_m_for(m, rank, dx, hopper))
+    for _ in range(2):
+        n_m = cdiv(m, block_m)
+        if "SPLIT_K" in config:
+            split_k = config["SPLIT_K"]
+        elif sms is None:
+            split_k = min(2, n_spans)  # the interpreter: exercise the split without slowing tests
+        else:
+            split_k = max(1, min(MAX_SPLITS, n_spans // 2, cdiv(2 * sms, n_p * n_m)))
+        spans_per_split = cdiv(n_spans, max(1, min(split_k, n_spans)))
+        split_k = cdiv(n_spans, spans_per_split)  # no empty split
+        if not (dx and split_k > 1 and block_m == 64 and "BLOCK_M" not in config):
+            break
+        block_m = 32
+    return block_m, n_m, split_k, spans_per_split
 
 
 def _launch(a, *, dx, seed, stream, std, rows, cols, al, lf, lo, lmat, lmat_strides, bias, beta, scale, out,
@@ -257,15 +277,13 @@ def _launch(a, *, dx, seed, stream, std, rows, cols, al, lf, lo, lmat, lmat_stri
         raise ValueError(f"fast=True needs CUDA tensors and a rank of at most {MAX_FAST_RANK} (the Gluon kernel's), "
                          f"got a {a.device.type} tensor and rank {R}; fast=None picks the twin there")
     num_warps = config.get("num_warps", 4 if a.is_cuda or fast else 1)
-    block_m = config.get("BLOCK_M", block_m_for(M, R, dx))
     row_span, red_span = (128, 64) if dx else (64, 128)
-    block_p = WARP_ROWS.value * num_warps
-    n_p = cdiv(p1 - (p0 // row_span) * row_span, block_p)
-    n_m = cdiv(M, block_m)
+    n_p = cdiv(p1 - (p0 // row_span) * row_span, _WARP_ROWS * num_warps)
     n_spans = cdiv(q1, red_span) - q0 // red_span
-    split_k = config.get("SPLIT_K") or split_k_for(n_p * n_m, n_spans, a.device)
-    spans_per_split = cdiv(n_spans, max(1, min(split_k, n_spans)))
-    split_k = cdiv(n_spans, spans_per_split)  # no empty split
+    hopper = a.is_cuda and not is_interpreting() and capability_major(a.device) == 9
+    block_m, n_m, split_k, spans_per_split = launch_tiling(
+        M, p1 - (p0 // row_span) * row_span, n_spans, R, dx, num_warps, sm_count(a.device) if a.is_cuda else None,
+        hopper, config)
     r_pad = max(16, next_power_of_2(max(R, 1)))
     dbeta = new_output((n_m, n_p), torch.float32, a.device) if x_for_dbeta is not None else None
     split = split_k > 1

@@ -307,26 +307,12 @@ def _one_pass_kernel(
     if is_last:
         if SPLIT:
             acc_smem = red_smem  # the splits' sum
-        elif DBETA:
-            acc_smem = gl.allocate_shared_memory(gl.float32, [BLOCK_P, BLOCK_M], slab_smem_layout, acc)
-            cta_barrier()  # from here the accumulator lives in shared memory (read back below)
-        if DBETA:
-            # <acc, x^T> through shared memory: x's tile is read along p, where its rows are
-            # contiguous, in slabs of 64 rows (a slab of x in the accumulator's layout would
-            # double the registers the accumulator holds).
-            m_db = pid_m * BLOCK_M + gl.expand_dims(gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, red_layout)), 0)
-            partial = gl.zeros((64, BLOCK_M), gl.float32, layout=red_layout)
-            for slab in gl.static_range(BLOCK_P // 64):
-                t_db = slab * 64 + gl.arange(0, 64, layout=gl.SliceLayout(1, red_layout))
-                r_db = row_first + pid_p * BLOCK_P + warp_span_rows(t_db, NUM_WARPS, WARP_ROWS).to(gl.int64)
-                p_db = gl.expand_dims(r_db - p0, 1)
-                mask_db = gl.expand_dims(r_db >= p0, 1) & (p_db < P) & (m_db < M)
-                xt = gl.load(x_ptr + m_db.to(gl.int64) * stride_xm + p_db * stride_xp, mask=mask_db, other=0.0)
-                partial += acc_smem.slice(slab * 64, 64, dim=0).load(red_layout) * xt.to(gl.float32)
-            gl.store(dbeta_ptr + tile, gl.sum(gl.sum(partial, axis=1), axis=0) * value_scale)
-        if SPLIT or DBETA:
             if WRITE_OUT:
                 acc = acc_smem.load(acc_layout)
+        elif DBETA:
+            # A copy for dbeta, read in slabs once the output is staged: a slab loop while the
+            # accumulator is live in registers would spill it.
+            acc_smem = gl.allocate_shared_memory(gl.float32, [BLOCK_P, BLOCK_M], slab_smem_layout, acc)
         if WRITE_OUT:
             c = gl.load(beta_ptr).to(gl.float32) * value_scale
             if LORA_TERM:
@@ -377,15 +363,25 @@ def _one_pass_kernel(
             # output's rows are contiguous (the accumulator's layout would store 16 bytes per row).
             out_smem = gl.allocate_shared_memory(out_ptr.dtype.element_ty, [BLOCK_P, BLOCK_M], slab_smem_layout,
                                                  out.to(out_ptr.dtype.element_ty))
+        if DBETA or WRITE_OUT:
+            # <acc, x^T> (x's tile read along p, where its rows are contiguous) and the output's
+            # store, in slabs of 64 rows from shared memory.
             cta_barrier()
-            m_out = pid_m * BLOCK_M + gl.expand_dims(gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, red_layout)), 0)
+            m_sl = pid_m * BLOCK_M + gl.expand_dims(gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, red_layout)), 0)
+            partial = gl.zeros((64, BLOCK_M), gl.float32, layout=red_layout)
             for slab in gl.static_range(BLOCK_P // 64):
-                t_out = slab * 64 + gl.arange(0, 64, layout=gl.SliceLayout(1, red_layout))
-                r_out = row_first + pid_p * BLOCK_P + warp_span_rows(t_out, NUM_WARPS, WARP_ROWS).to(gl.int64)
-                p_out = gl.expand_dims(r_out - p0, 1)
-                gl.store(out_ptr + m_out.to(gl.int64) * stride_om + p_out * stride_op,
-                         out_smem.slice(slab * 64, 64, dim=0).load(red_layout),
-                         mask=gl.expand_dims(r_out >= p0, 1) & (p_out < P) & (m_out < M))
+                t_sl = slab * 64 + gl.arange(0, 64, layout=gl.SliceLayout(1, red_layout))
+                r_sl = row_first + pid_p * BLOCK_P + warp_span_rows(t_sl, NUM_WARPS, WARP_ROWS).to(gl.int64)
+                p_sl = gl.expand_dims(r_sl - p0, 1)
+                mask_sl = gl.expand_dims(r_sl >= p0, 1) & (p_sl < P) & (m_sl < M)
+                if DBETA:
+                    xt = gl.load(x_ptr + m_sl.to(gl.int64) * stride_xm + p_sl * stride_xp, mask=mask_sl, other=0.0)
+                    partial += acc_smem.slice(slab * 64, 64, dim=0).load(red_layout) * xt.to(gl.float32)
+                if WRITE_OUT:
+                    gl.store(out_ptr + m_sl.to(gl.int64) * stride_om + p_sl * stride_op,
+                             out_smem.slice(slab * 64, 64, dim=0).load(red_layout), mask=mask_sl)
+            if DBETA:
+                gl.store(dbeta_ptr + tile, gl.sum(gl.sum(partial, axis=1), axis=0) * value_scale)
 
 
 def launch_gluon(grid, args, flags, *, dtype, device, num_warps: int, x_async: bool) -> None:

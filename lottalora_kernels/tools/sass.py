@@ -117,6 +117,7 @@ ONE_PASS_CHECKS = [
     dict(direction="fwd", dtype="fp16", block_m=32, rank=32, arch=90),
     dict(direction="fwd", dtype="bf16", block_m=16, rank=0, split=True, x_async=False, arch=90),
     dict(direction="dx", dtype="bf16", block_m=32, rank=16, split=True, arch=90),
+    dict(direction="dx", dtype="bf16", block_m=64, rank=16, arch=90),
     dict(direction="dx", dtype="bf16", block_m=16, rank=32, x_async=False, arch=90),
     dict(direction="fwd", dtype="bf16", block_m=64, rank=16, arch=80),
     dict(direction="dx", dtype="fp16", block_m=32, rank=16, split=True, arch=80),

@@ -203,6 +203,7 @@ ONE_PASS_READBACK = [  # (dtype, layer in_features, out_features, rows, cols, on
     (torch.bfloat16, 450, 750, (0, 750), (0, 450), 65, None),  # BLOCK_M 64, two row blocks of x
     (torch.bfloat16, 450, 750, (37, 700), (65, 400), 16, None),  # odd starts, BLOCK_M 16
     (torch.float16, 450, 750, (0, 750), (128, 450), 16, {"SPLIT_K": 3}),
+    (torch.bfloat16, 450, 750, (600, 750), (0, 450), 64, None),  # BLOCK_M 64, the input gradient unsplit
 ]
 
 

@@ -97,7 +97,7 @@ def test_one_pass_input_gradient_and_dbeta_match_float64(dtype, M, K, N, rows, c
 
 
 @pytest.mark.parametrize("config", [{"SPLIT_K": 1}, {"SPLIT_K": 3, "BLOCK_M": 16}, {"num_warps": 2, "BLOCK_M": 32},
-                                    {"num_warps": 1, "SPLIT_K": 4}])
+                                    {"num_warps": 1, "SPLIT_K": 4}, {"BLOCK_M": 64, "SPLIT_K": 1}])
 def test_one_pass_does_not_depend_on_the_launch(config, device):
     """Tiles, warps and in-launch split-K (partials reduced by the last program of each tile, in
     split order) all give the layer's values; the tile counters are left zero for the next."""
