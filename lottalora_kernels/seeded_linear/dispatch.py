@@ -8,6 +8,9 @@
     float32 on a GPU, either version              -> two_phase (cuBLAS follows torch's TF32
                                                      setting; an IEEE float32 tl.dot has no
                                                      tensor-core path)
+    one_pass (stream v2, any M, one launch)      -> only when forced (regime="one_pass"): the
+                                                     choice takes it once the GPU tests have held
+                                                     its bits on a GPU and a measurement places it
 
 The thresholds and the evidence for each (instruction counts, and the H100 measurement of
 2026-11-24) are in benchmarks/NOTES.md, "Dispatch"; ``benchmarks.speed`` times every regime on a
