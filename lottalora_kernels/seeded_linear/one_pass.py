@@ -316,7 +316,8 @@ def _launch(a, *, dx, seed, stream, std, rows, cols, al, lf, lo, lmat, lmat_stri
 
         run_fast_path(f"one_pass_{'dx' if dx else 'fwd'}",
                       lambda: launch_gluon(grid, args, flags, dtype=TL_DTYPES[a.dtype], device=a.device,
-                                           num_warps=num_warps, x_async=_aligned_rows(a, q0)),
+                                           num_warps=num_warps,
+                                           x_async=all(_aligned_rows(t, q0) for t in (a, al, lf) if t is not None)),
                       launch_twin)
     else:
         launch_twin()
@@ -326,7 +327,8 @@ def _launch(a, *, dx, seed, stream, std, rows, cols, al, lf, lo, lmat, lmat_stri
 def _aligned_rows(a: torch.Tensor, q0: int) -> bool:
     """Whether every row of ``a`` starts 16-byte aligned at a span's columns, as Triton's
     specialisation sees it (pointer, leading stride and the block's start divisible by 16,
-    unit column stride): the Gluon kernel then stages it with async copies."""
+    unit column stride): the Gluon kernel then stages it with async copies. Every operand it
+    stages (x or dy, the adapter's input, lora_A) must be: an unaligned one would not compile."""
     return a.data_ptr() % 16 == 0 and a.stride(0) % 16 == 0 and a.stride(1) == 1 and q0 % 16 == 0
 
 
