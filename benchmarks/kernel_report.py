@@ -24,10 +24,13 @@ from lottalora_kernels.tools.sass import (
     compile_decode_v2,
     compile_generator_v1,
     compile_generator_v2,
+    compile_one_pass,
     compile_one_pass_v1,
     inspect,
+    one_pass_values_per_thread,
 )
 
+from . import predict as h200
 from .harness.results import write_results
 
 # H100 SXM: 132 SMs x 4 schedulers x 32 lanes x 1.83 GHz thread-instructions/s (the issue rate,
@@ -46,8 +49,10 @@ def stored_floor_s(m: int, nk: int = PREDICT_NK) -> float:
 
 
 def _row(kernel: str, stream_version: int, init: str, config: str, info: dict, values_per_iteration: float,
-         predict) -> dict:
-    """One report row; ``predict(m, sass_per_value) -> seconds`` gives the predicted time."""
+         predict, floor=None) -> dict:
+    """One report row; ``predict(m, sass_per_value) -> seconds`` gives the predicted time and
+    ``floor(m) -> seconds`` the stored-weight floor it is compared with (stored_floor_s)."""
+    floor = floor or stored_floor_s
     sass = info["main_loop_sass"] if info["main_loop_sass"] is not None else info["sass_total"]
     per_value = sass / values_per_iteration
     row = {"kernel": kernel, "stream_version": stream_version, "init": init, "config": config,
@@ -56,7 +61,7 @@ def _row(kernel: str, stream_version: int, init: str, config: str, info: dict, v
     for m in PREDICT_M:
         t = predict(m, per_value)
         row[f"predicted_us_M{m}"] = round(t * 1e6, 2)
-        row[f"predicted_ratio_to_stored_M{m}"] = round(t / stored_floor_s(m), 2)
+        row[f"predicted_ratio_to_stored_M{m}"] = round(t / floor(m), 2)
     return row
 
 
@@ -107,7 +112,7 @@ def generator_rows(arch: int, quick: bool = False) -> list[dict]:
     return rows
 
 
-def one_pass_rows(arch: int, quick: bool = False) -> list[dict]:
+def one_pass_v1_rows(arch: int, quick: bool = False) -> list[dict]:
     """Stream v1's one-pass kernel, every autotune config, forward and input gradient."""
     rows, nk = [], PREDICT_NK
     configs = AUTOTUNE_CONFIGS[:1] if quick else AUTOTUNE_CONFIGS
@@ -129,6 +134,36 @@ def one_pass_rows(arch: int, quick: bool = False) -> list[dict]:
     return rows
 
 
+# The one-pass configs counted: every BLOCK_M and LoRA shape a launch picks (split-K where small
+# M gets it), on sm_90 (wgmma) and, for the mma.sync body, sm_80 and sm_89.
+ONE_PASS_REPORT = [("fwd", 16, 0, True), ("fwd", 16, 16, True), ("fwd", 32, 16, True), ("fwd", 32, 32, False),
+                   ("fwd", 64, 0, False), ("fwd", 64, 16, False), ("dx", 16, 16, True), ("dx", 32, 16, True),
+                   ("dx", 32, 32, False), ("dx", 64, 0, False), ("dx", 64, 16, False)]
+ONE_PASS_MMA_SYNC_REPORT = [("fwd", 64, 16, False), ("fwd", 16, 16, True), ("dx", 32, 16, False)]
+
+
+def one_pass_rows(arch: int, quick: bool = False) -> list[dict]:
+    """Stream v2's one-pass Gluon kernel (issue 19): wgmma configs on ``arch`` (90), mma.sync
+    ones on sm_80 and sm_89; predictions for an H200 from benchmarks.predict's model."""
+    rows = []
+    cases = [(arch, c) for c in (ONE_PASS_REPORT[5:6] if quick else ONE_PASS_REPORT)]
+    if not quick:
+        cases += [(a, c) for a in (80, 89) for c in ONE_PASS_MMA_SYNC_REPORT]
+    for target, (direction, block_m, rank, split) in cases:
+        info = inspect(compile_one_pass(direction, "bf16", block_m, rank, split, target))
+        values = one_pass_values_per_thread(direction)
+
+        def predict(m, per_value, direction=direction, block_m=block_m, loop=info["main_loop_sass"]):
+            counts = {(direction, block_m): loop}
+            return h200.one_pass_seconds(m, PREDICT_NK, PREDICT_NK, direction == "dx", counts, block_m)
+        mma = "wgmma" if target == 90 else "mma.sync"
+        config = f"bf16 sm_{target} ({mma}) BLOCK_M={block_m} rank pad {max(16, rank) if rank else 0}" + \
+            (" split-K" if split else "")
+        rows.append(_row(f"one_pass {direction} (Gluon; H200 model)", 2, "rademacher", config, info, values, predict,
+                         lambda m: h200.stored_floor_s(m, PREDICT_NK)))
+    return rows
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| kernel | v | init | config | regs | spills st/ld | main-loop SASS | SASS/value | "
              "M=1 us (x stored) | M=8192 us (x stored) |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -147,7 +182,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="one config of each kernel (smoke run)")
     args = parser.parse_args(argv)
     rows = decode_rows(args.arch, args.quick) + generator_rows(args.arch, args.quick) + \
-        one_pass_rows(args.arch, args.quick)
+        one_pass_v1_rows(args.arch, args.quick) + one_pass_rows(args.arch, args.quick)
     text = table(rows)
     print(text)
     if not args.quick:
@@ -155,7 +190,9 @@ def main(argv=None) -> int:
                  "thread-instructions/s, "
                  f"HBM {HBM_BYTES_PER_S / 1e12:.2f} TB/s, tensor cores {TC_FLOPS / 1e12:.0f} TFLOP/s (H100 SXM, "
                  "published); ratios against the stored-weight floor (tensor-core time or bytes). "
-                 "For kernels without a loop, SASS/value is the whole kernel per value. Calibration: on an "
+                 "For kernels without a loop, SASS/value is the whole kernel per value. The one_pass rows (issue "
+                 "19) are predicted for an H200 instead (benchmarks.predict: 790 TFLOP/s, 33 T/s, 4.3 TB/s, 3 us "
+                 "a launch) and compared with its stored-weight floor. Calibration: on an "
                  "H100 (2026-11-24, benchmarks/NOTES.md) the forward decode kernel at M = 1 took 3.6 us, "
                  "2.8x its prediction here.")
         write_results(f"kernel_report_sm{args.arch}", rows, text, notes=notes,

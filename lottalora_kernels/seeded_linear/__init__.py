@@ -2,6 +2,9 @@
 gradient, one file per regime:
 
     decode       small M, stream v2: W generated in mma.sync operand registers, split over K
+    one_pass     any M, stream v2, one launch: W in wgmma / mma.sync operand registers, x in
+                 shared memory, x @ A^T, LoRA, bias, dbeta fused (one_pass_gluon: the Gluon kernel;
+                 forced with regime="one_pass" until the GPU tests have held its bits)
     one_pass_v1  stream v1: W regenerated per row block inside a tl.dot loop
     two_phase    large M: each chunk of W generated once into memory, then cuBLAS
     epilogue     what follows a backbone product (beta, LoRA, bias, dbeta), shared

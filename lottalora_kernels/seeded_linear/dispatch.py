@@ -8,6 +8,9 @@
     float32 on a GPU, either version              -> two_phase (cuBLAS follows torch's TF32
                                                      setting; an IEEE float32 tl.dot has no
                                                      tensor-core path)
+    one_pass (stream v2, any M, one launch)      -> only when forced (regime="one_pass"): the
+                                                     choice takes it once the GPU tests have held
+                                                     its bits on a GPU and a measurement places it
 
 The thresholds and the evidence for each (instruction counts, and the H100 measurement of
 2026-11-24) are in benchmarks/NOTES.md, "Dispatch"; ``benchmarks.speed`` times every regime on a
@@ -18,9 +21,11 @@ from __future__ import annotations
 
 import torch
 
-from . import decode, one_pass_v1, two_phase
+from . import decode, one_pass, one_pass_v1, two_phase
 
-REGIMES = ("decode", "one_pass_v1", "two_phase")
+# one_pass is reached only when forced (regime="one_pass"): the choice adds it once the GPU tests
+# have held its bits on a GPU.
+REGIMES = ("decode", "one_pass", "one_pass_v1", "two_phase")
 DECODE_MAX_M = decode.MAX_M
 V1_ONE_PASS_MAX_M = 128
 
@@ -62,6 +67,12 @@ def seeded_linear_fwd(
     if regime == "decode":
         return decode.decode_fwd(x, seed=seed, stream=stream, out_features=out_features, lora_A=lora_A,
                                  lora_B=lora_B, beta=beta, bias=bias, scale=scale, lora_x=lora_x)
+    if regime == "one_pass":
+        if version != 2:
+            raise ValueError("the one_pass regime serves stream v2 only")
+        return one_pass.one_pass_fwd(x, seed=seed, stream=stream, in_features=x.shape[1], rows=(0, out_features),
+                                     cols=(0, x.shape[1]), lora_A=lora_A, lora_B=lora_B, beta=beta, bias=bias,
+                                     scale=scale, lora_x=lora_x)
     xa = torch.mm(lora_x if lora_x is not None else x, lora_A.t()) if lora_A is not None else None
     if regime == "two_phase":
         y = two_phase.two_phase_fwd(x, seed=seed, stream=stream, version=version, init=init,
@@ -86,6 +97,12 @@ def seeded_linear_bwd_dx(
             raise ValueError("the decode regime serves stream v2 only")
         return decode.decode_bwd_dx(dy, seed=seed, stream=stream, in_features=in_features, dy_b=dy_b, lora_A=lora_A,
                                     beta=beta, scale=scale, x_for_dbeta=x_for_dbeta, need_dx=need_dx)
+    if regime == "one_pass":
+        if version != 2:
+            raise ValueError("the one_pass regime serves stream v2 only")
+        return one_pass.one_pass_bwd_dx(dy, seed=seed, stream=stream, in_features=in_features,
+                                        rows=(0, dy.shape[1]), cols=(0, in_features), dy_b=dy_b, lora_A=lora_A,
+                                        beta=beta, scale=scale, x_for_dbeta=x_for_dbeta, need_dx=need_dx)
     if regime == "two_phase":
         return two_phase.two_phase_bwd_dx(dy, seed=seed, stream=stream, version=version, init=init,
                                           in_features=in_features, dy_b=dy_b, lora_A=lora_A, beta=beta, scale=scale,

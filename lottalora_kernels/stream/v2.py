@@ -29,23 +29,54 @@ from .philox import PHILOX_ROUNDS, philox4x32
 
 
 @triton.jit
+def v2_call_at(seed_lo, seed_hi, stream_lo, stream_hi, span_o, a, span_i, c, N_ROUNDS: tl.constexpr = PHILOX_ROUNDS):
+    """The four words of the call that serves the weights with o = 64 span_o + 8 p + a and
+    i = 128 span_i + 8 q + c, for every p and q (tensors that broadcast together). Kernels that
+    consume a call's bits in several steps (the one-pass kernels: a span in column chunks) make
+    the call once and pick from it with ``v2_pick``."""
+    c0 = (span_i * 64 + a * 8 + c).to(tl.uint32)
+    c1 = span_o.to(tl.uint32) + c0 * 0  # broadcast to the tile's shape
+    c0 = c0 + c1 * 0
+    c2 = c0 * 0 + tl.cast(stream_lo, tl.uint32, bitcast=True)
+    c3 = c0 * 0 + tl.cast(stream_hi, tl.uint32, bitcast=True)
+    return philox4x32(tl.cast(seed_lo, tl.uint32, bitcast=True), tl.cast(seed_hi, tl.uint32, bitcast=True),
+                      c0, c1, c2, c3, N_ROUNDS)
+
+
+@triton.jit
+def v2_pick(w0, w1, w2, w3, p, q):
+    """The word of a call (w0..w3) that holds the bit of the weight at block offsets (p, q), and
+    the bit's position in it: bit n = 16 p + q of the call's 128 bits."""
+    bit = (p * 16 + q + w0 * 0).to(tl.uint32)  # n = 16 p + q, in [0, 128)
+    word_index = bit >> 5
+    word = tl.where(word_index == 0, w0, tl.where(word_index == 1, w1, tl.where(word_index == 2, w2, w3)))
+    return word, bit & 31
+
+
+@triton.jit
+def v2_pick_word(w0, w1, w2, w3, WORD: tl.constexpr, p, q):
+    """v2_pick for weights whose word, (16 p + q) div 32 = p div 2, a kernel knows from its
+    layout to be WORD for every element (the input gradient's row chunks of W^T): no select."""
+    if WORD == 0:
+        word = w0
+    elif WORD == 1:
+        word = w1
+    elif WORD == 2:
+        word = w2
+    else:
+        word = w3
+    return word, ((p * 16 + q) & 31).to(tl.uint32) + (w0 * 0)
+
+
+@triton.jit
 def v2_words_at(seed_lo, seed_hi, stream_lo, stream_hi, span_o, p, a, span_i, q, c,
                 N_ROUNDS: tl.constexpr = PHILOX_ROUNDS):
     """v2_words with the coordinates already split: o = 64 span_o + 8 p + a, i = 128 span_i + 8 q
     + c (tensors that broadcast together). Kernels that know the split from their layout call
     this directly, so the compiler sees, for instance, that a warp's rows share span_o.
     N_ROUNDS other than the stream's 10 is for instruction-count probes only."""
-    c0 = (span_i * 64 + a * 8 + c).to(tl.uint32)
-    c1 = span_o.to(tl.uint32) + c0 * 0  # broadcast to the tile's shape
-    c0 = c0 + c1 * 0
-    c2 = c0 * 0 + tl.cast(stream_lo, tl.uint32, bitcast=True)
-    c3 = c0 * 0 + tl.cast(stream_hi, tl.uint32, bitcast=True)
-    w0, w1, w2, w3 = philox4x32(tl.cast(seed_lo, tl.uint32, bitcast=True), tl.cast(seed_hi, tl.uint32, bitcast=True),
-                                c0, c1, c2, c3, N_ROUNDS)
-    bit = (p * 16 + q + c0 * 0).to(tl.uint32)  # n = 16 p + q, in [0, 128)
-    word_index = bit >> 5
-    word = tl.where(word_index == 0, w0, tl.where(word_index == 1, w1, tl.where(word_index == 2, w2, w3)))
-    return word, bit & 31
+    w0, w1, w2, w3 = v2_call_at(seed_lo, seed_hi, stream_lo, stream_hi, span_o, a, span_i, c, N_ROUNDS)
+    return v2_pick(w0, w1, w2, w3, p, q)
 
 
 @triton.jit
@@ -73,16 +104,23 @@ def v2_sign_pairs(word_a, word_b, bit, DTYPE: tl.constexpr):
     2k+1 word_b's. After merging the words' halves that hold the bit, (merged << (15 - q)) moves
     the two bits to 15 and 31, the sign bits of a 16-bit pair, and one LOP3 adds the bits of 1.0.
     """
-    q = bit & 15
-    merged = tl.where(bit < 16, (word_a & 0xFFFF) | (word_b << 16), (word_a >> 16) | (word_b & 0xFFFF0000))
+    return v2_sign_pairs_pq(word_a, word_b, bit >> 4, bit & 15, DTYPE)
+
+
+@triton.jit
+def v2_sign_pairs_pq(word_a, word_b, p, q, DTYPE: tl.constexpr):
+    """v2_sign_pairs with the bit given as its block offsets: bit (16 p + q) mod 32 of the words,
+    so the half-word holding it is p mod 2 and its place in the half is q (< 16). A kernel whose
+    layout fixes p mod 2 per register (the one-pass kernels) lets the compiler drop the select."""
+    merged = tl.where((p & 1) == 0, (word_a & 0xFFFF) | (word_b << 16), (word_a >> 16) | (word_b & 0xFFFF0000))
     if DTYPE == tl.bfloat16:
         return tl.inline_asm_elementwise(
             "{ .reg .b32 t; shl.b32 t, $1, $3; lop3.b32 $0, t, 0x80008000, 0x3F803F80, 0xEA; }",
-            "=r,r,r,r,r", [merged, 15 - q], dtype=tl.bfloat16, is_pure=True, pack=2)
+            "=r,r,r,r,r", [merged, (15 - q + merged * 0).to(tl.uint32)], dtype=tl.bfloat16, is_pure=True, pack=2)
     else:
         return tl.inline_asm_elementwise(
             "{ .reg .b32 t; shl.b32 t, $1, $3; lop3.b32 $0, t, 0x80008000, 0x3C003C00, 0xEA; }",
-            "=r,r,r,r,r", [merged, 15 - q], dtype=tl.float16, is_pure=True, pack=2)
+            "=r,r,r,r,r", [merged, (15 - q + merged * 0).to(tl.uint32)], dtype=tl.float16, is_pure=True, pack=2)
 
 
 @triton.jit

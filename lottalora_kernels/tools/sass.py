@@ -24,7 +24,7 @@ from triton.compiler import ASTSource
 
 from .. import backbone_gen
 from ..runtime import next_power_of_2
-from ..seeded_linear import decode, epilogue, one_pass_v1
+from ..seeded_linear import decode, epilogue, one_pass, one_pass_gluon, one_pass_v1
 from ..stream import spec
 
 # The CI gate: stream v2's decode main loops, in SASS per generated weight (built to reach ~2).
@@ -98,6 +98,79 @@ def compile_decode_v2(dtype: str = "bf16", num_warps: int = 4, m_pad: int = 8, r
     kernel = decode._seeded_decode_fwd_kernel if direction == "fwd" else decode._seeded_decode_dx_kernel
     return triton.compile(GluonASTSource(kernel, sig, constexprs=constexprs, attrs=attrs),
                           target=_target(arch), options={"num_warps": num_warps})
+
+
+ONE_PASS_POINTERS = ("a_ptr", "al_ptr", "lf_ptr", "lo_ptr", "lmat_ptr", "bias_ptr", "beta_ptr", "out_ptr",
+                     "lo_out_ptr", "x_ptr", "dbeta_ptr", "part_ptr", "lo_part_ptr", "count_ptr")
+ONE_PASS_INTS = ("M", "P", "Q", "R", "p0", "q0", "stride_am", "stride_aq", "stride_alm", "stride_alq", "stride_lfr",
+                 "stride_lfq", "stride_lom", "stride_lor", "stride_lmp", "stride_lmr", "stride_om", "stride_op",
+                 "stride_xm", "stride_xp", "seed_lo", "seed_hi", "stream_lo", "stream_hi", "spans_per_split")
+
+
+# The CI gate for the one-pass kernels: main-loop SASS per generated weight (built to reach ~2;
+# counted 2.1 forward without LoRA, 2.55 with xa made in the loop, 2.9 input gradient, sm_90).
+ONE_PASS_BUDGET_SASS_PER_VALUE = {90: 3.2, 80: 4.0}  # sm_80: mma.sync's HMMAs are in the loop
+# Shipped launches CI compiles (a few seconds each): every direction, BLOCK_M, LoRA shape, split-K
+# and x staging path at least once; benchmarks.kernel_report counts the whole grid.
+ONE_PASS_CHECKS = [
+    dict(direction="fwd", dtype="bf16", block_m=64, rank=16, split=True, separate_lx=True, arch=90),
+    dict(direction="fwd", dtype="fp16", block_m=32, rank=32, arch=90),
+    dict(direction="fwd", dtype="bf16", block_m=16, rank=0, split=True, x_async=False, arch=90),
+    dict(direction="dx", dtype="bf16", block_m=32, rank=16, split=True, arch=90),
+    dict(direction="dx", dtype="bf16", block_m=64, rank=16, arch=90),
+    dict(direction="dx", dtype="bf16", block_m=16, rank=32, x_async=False, arch=90),
+    dict(direction="fwd", dtype="bf16", block_m=64, rank=16, arch=80),
+    dict(direction="dx", dtype="fp16", block_m=32, rank=16, split=True, arch=80),
+]
+
+ONE_PASS_TWIN_CHECKS = [dict(direction="fwd", block_m=64, rank=16, split=True),
+                        dict(direction="dx", block_m=32, rank=16, split=True)]
+
+
+def one_pass_values_per_thread(direction: str) -> float:
+    """Weights one thread generates per main-loop iteration (a reduction span): 256 output rows
+    x 128 columns (forward) or x 64 rows of o (input gradient), over 128 threads."""
+    return 256 * (128 if direction == "fwd" else 64) / 128
+
+
+def compile_one_pass(direction: str = "fwd", dtype: str = "bf16", block_m: int = 64, rank: int = 16,
+                     split: bool = False, arch: int = 90, twin: bool = False, rounds: int = spec.PHILOX_ROUNDS,
+                     bias: bool = True, separate_lx: bool = False, chunks: int = one_pass_gluon.CHUNKS,
+                     write_out: bool = True, dbeta: bool | None = None, x_async: bool = True):
+    """Stream v2's one-pass kernel (seeded_linear.one_pass_gluon; ``twin``: its plain-Triton twin),
+    forward ("fwd": y with xa made inside, bias) or input gradient ("dx": dx with dy_b's LoRA
+    term and dbeta), as launched for contiguous tensors of a whole layer (16-divisible sizes).
+    ``arch`` 90 compiles the wgmma body, 80 / 89 the mma.sync one."""
+    dx = direction == "dx"
+    fp = {"beta_ptr", "dbeta_ptr", "part_ptr", "lo_part_ptr"}
+    sig = {name: ("*fp32" if name in fp else "*i32" if name == "count_ptr" else f"*{dtype}")
+           for name in ONE_PASS_POINTERS}
+    sig.update({name: "i32" for name in ONE_PASS_INTS})
+    sig.update(value_scale="fp32", lora_scale="fp32")
+    r_pad = max(16, next_power_of_2(max(rank, 1)))
+    constexprs = dict(DX=dx, NUM_WARPS=4, BLOCK_M=block_m, R_PAD=r_pad, MAKE_LO=not dx and rank > 0,
+                      HAS_LO=rank > 0, LORA_TERM=rank > 0, HAS_BIAS=bias and not dx, WRITE_OUT=write_out,
+                      DBETA=dx if dbeta is None else dbeta,
+                      SPLIT=split)
+    if twin:
+        constexprs.update(DOT_DTYPE=_TL[dtype], INPUT_PRECISION="ieee")
+    else:
+        constexprs.update(DTYPE=_TL[dtype], HOPPER=arch == 90, SEPARATE_LX=separate_lx and not dx, X_ASYNC=x_async,
+                          CHUNKS=chunks, N_ROUNDS=rounds)
+    sig.update({name: "constexpr" for name in constexprs})
+    pointers = [n for n in ONE_PASS_POINTERS if n not in ("beta_ptr", "dbeta_ptr")]
+    divisible = [*pointers, "P", "Q", "p0", "q0", "stride_am", "stride_alm", "stride_lfr", "stride_om", "stride_xm",
+                 "stride_lmp" if not dx else "stride_lmr"]
+    unit = ["stride_aq", "stride_alq", "stride_lfq", "stride_op", "stride_xp", "stride_lor",
+            "stride_lmr" if not dx else "stride_lmp"]
+    attrs = specialise(sig, divisible, unit, constexprs)
+    if twin:
+        return triton.compile(ASTSource(one_pass._one_pass_twin_kernel, sig, constexprs=constexprs, attrs=attrs),
+                              target=_target(arch), options={"num_warps": 4})
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    return triton.compile(GluonASTSource(one_pass_gluon._one_pass_kernel, sig, constexprs=constexprs, attrs=attrs),
+                          target=_target(arch), options={"num_warps": 4})
 
 
 def compile_epilogue(dtype: str = "bf16", block_m: int = 4, block_n: int = 32, n_splits: int = 32,
@@ -226,8 +299,9 @@ def inspect(kernel) -> dict:
 
 def compile_checks() -> list[dict]:
     """The CI gate (tests/kernels/test_sm90_compile.py): every shipped stream-v2 decode config, the v2
-    generator, stream v1's generator for each init, the epilogue's decode and two-phase launches
-    and the one-pass kernel in each dtype, compiled for sm_90 and inspected. Must run in a
+    generator, stream v1's generator for each init, the epilogue's decode and two-phase launches,
+    the one-pass kernel's ONE_PASS_CHECKS (sm_90 and sm_80) and stream v1's one-pass kernel in
+    each dtype, compiled and inspected. Must run in a
     process without TRITON_INTERPRET."""
     results = [dict(kernel="decode", direction=direction, dtype=d, m_pad=m,
                     **inspect(compile_decode_v2(d, 4, m, direction=direction)))
@@ -236,6 +310,10 @@ def compile_checks() -> list[dict]:
     results += [dict(kernel="gen", init=init, **inspect(compile_generator_v1(init))) for init in spec.VERSION_INITS[1]]
     results += [dict(kernel="epilogue", case=name, **inspect(compile_epilogue(**case)))
                 for name, case in EPILOGUE_CASES.items()]
+    for case in ONE_PASS_CHECKS:
+        results.append(dict(kernel="one_pass", case=case, **inspect(compile_one_pass(**case))))
+    for case in ONE_PASS_TWIN_CHECKS:  # the fallback where a GPU's Triton cannot compile the Gluon kernel
+        results.append(dict(kernel="one_pass_twin", case=case, **inspect(compile_one_pass(**case, twin=True))))
     for cfg in one_pass_v1.AUTOTUNE_CONFIGS:
         for dtype in (("bf16", "fp16", "fp32") if cfg is one_pass_v1.AUTOTUNE_CONFIGS[0] else ("bf16",)):
             for forward in (True, False):

@@ -9,6 +9,7 @@ import lottalora
 from lottalora.backbone import backbone_signs
 from lottalora_kernels.backbone_gen import generate_backbone
 from lottalora_kernels.dtypes import TL_DTYPES
+from lottalora_kernels.gluon import gluon_failed
 from lottalora_kernels.seeded_linear import decode, dispatch
 from lottalora_kernels.stream import spec
 from tests.support.tolerances import assert_close_to_baseline
@@ -192,3 +193,97 @@ def test_large_index_space_does_not_overflow(version):
     rows = torch.tensor([0, 39999])
     want = (x[rows].double() @ layer.backbone_weight().double().T)
     assert torch.allclose(y[rows].double(), want, rtol=2e-2, atol=2e-2)
+
+
+# The one-pass regime (one launch per op). Each distinct case compiles the Gluon kernel once
+# (seconds each): the cases are few and chosen to cover the configs, both directions, both
+# 16-bit dtypes, blocks with odd starts (x staged through registers instead of async copies),
+# in-launch split-K and BLOCK_M 16 / 32 / 64.
+ONE_PASS_READBACK = [  # (dtype, layer in_features, out_features, rows, cols, one-hot rows per call, config)
+    (torch.bfloat16, 450, 750, (0, 750), (0, 450), 65, None),  # BLOCK_M 64, two row blocks of x
+    (torch.bfloat16, 450, 750, (37, 700), (65, 400), 16, None),  # odd starts, BLOCK_M 16
+    (torch.float16, 450, 750, (0, 750), (128, 450), 16, {"SPLIT_K": 3}),
+    (torch.bfloat16, 450, 750, (600, 750), (0, 450), 64, None),  # BLOCK_M 64, the input gradient unsplit
+]
+
+
+@pytest.mark.parametrize("direction", ["fwd", "dx"])
+@pytest.mark.parametrize("dtype,K,N,rows,cols,m,config", ONE_PASS_READBACK)
+def test_one_pass_kernel_generates_the_reference_signs(direction, dtype, K, N, rows, cols, m, config):
+    """One-hot inputs make every output one weight times beta * std: the Gluon kernel's own W
+    (wgmma or mma.sync operand registers, inline PTX) read back bit for bit, as signs of equal
+    magnitude, for a block of the layer's backbone."""
+    from lottalora_kernels.seeded_linear.one_pass import one_pass_bwd_dx, one_pass_fwd
+
+    s = lottalora.BackboneSpec(2**63 + 1, 5, K, N)
+    want = backbone_signs(s, rows=rows, cols=cols, dtype=torch.float32)
+    n, k = rows[1] - rows[0], cols[1] - cols[0]
+    beta = torch.ones((), device="cuda")
+    got = torch.empty(n, k)
+    red = k if direction == "fwd" else n
+    for r0 in range(0, red, m):
+        r1 = min(r0 + m, red)
+        hot = torch.zeros(r1 - r0, red, dtype=dtype, device="cuda")
+        hot[torch.arange(r1 - r0), torch.arange(r0, r1)] = 1
+        if direction == "fwd":
+            y, _ = one_pass_fwd(hot, seed=s.seed, stream=s.stream, in_features=K, rows=rows, cols=cols, lora_A=None,
+                                lora_B=None, beta=beta, bias=None, scale=0.0, fast=True, config=config)
+            got[:, r0:r1] = y.float().T.cpu()
+        else:
+            dx, _ = one_pass_bwd_dx(hot, seed=s.seed, stream=s.stream, in_features=K, rows=rows, cols=cols, dy_b=None,
+                                    lora_A=None, beta=beta, scale=0.0, fast=True, config=config)
+            got[r0:r1] = dx.float().cpu()
+    std = torch.tensor(s.std).to(dtype).float()  # beta * std rounded to the output dtype
+    assert not gluon_failed(f"one_pass_{direction}"), "the Gluon kernel fell back to its twin"
+    assert torch.equal(got.abs(), torch.full_like(got, std.item())), "a weight is not exactly +-std"
+    assert torch.equal(torch.sign(got), want), f"{(torch.sign(got) != want).sum().item()} weights differ"
+
+
+ONE_PASS_MATCH = [  # (dtype, M, rank, separate adapter input, cols, against the twin too)
+    (torch.bfloat16, 17, 16, True, (128, 1152), True),  # BLOCK_M 32, split-K, rows staged by async copies
+    (torch.float16, 300, 32, False, (128, 1090), False),  # BLOCK_M 32 (rank 32), ten row blocks, unaligned rows
+]
+
+
+@pytest.mark.parametrize("dtype,M,rank,separate,cols,twin", ONE_PASS_MATCH)
+def test_one_pass_kernels_match_float64_and_the_twin(dtype, M, rank, separate, cols, twin):
+    """Forward (y and xa, made in the same launch), input gradient and dbeta of the Gluon kernel
+    against float64 on a block with odd starts, and (one case: each twin compile costs seconds)
+    against the plain-Triton twin (same weights, float32 sums in another order: equal to the
+    output's rounding)."""
+    from lottalora_kernels.seeded_linear.one_pass import one_pass_bwd_dx, one_pass_fwd
+    from tests.support.tolerances import assert_close, assert_dbeta_close
+
+    K, N, rows = 1200, 900, (64, 890)
+    s = lottalora.BackboneSpec(77, 2**40 + 3, K, N)
+    w64 = lottalora.backbone_block(s, rows=rows, cols=cols).double()
+    n, k = rows[1] - rows[0], cols[1] - cols[0]
+    x = torch.randn(M, k, device="cuda", dtype=dtype)
+    xl = torch.randn(M, k, device="cuda", dtype=dtype) if separate else None
+    A = (torch.randn(rank, k, device="cuda") / k**0.5).to(dtype)
+    B = (torch.randn(n, rank, device="cuda") * 0.1).to(dtype)
+    bias = torch.randn(n, device="cuda", dtype=dtype)
+    beta = torch.tensor(0.9, device="cuda")
+    fwd = dict(seed=s.seed, stream=s.stream, in_features=K, rows=rows, cols=cols, lora_A=A, lora_B=B, beta=beta,
+               bias=bias, scale=0.5, lora_x=xl)
+    y, xa = one_pass_fwd(x, fast=True, **fwd)
+    want_xa = (xl if separate else x).double().cpu() @ A.double().cpu().T
+    assert_close(xa, want_xa, dtype, f"one-pass xa {dtype} M={M}")
+    want = 0.9 * x.double().cpu() @ w64.T + 0.5 * xa.double().cpu() @ B.double().cpu().T + bias.double().cpu()
+    assert_close(y, want, dtype, f"one-pass y {dtype} M={M}")
+    dy = torch.randn(M, n, device="cuda", dtype=dtype)
+    dy_b = dy @ B
+    bwd = dict(seed=s.seed, stream=s.stream, in_features=K, rows=rows, cols=cols, dy_b=dy_b, lora_A=A, beta=beta,
+               scale=0.5, x_for_dbeta=x)
+    dx, dbeta = one_pass_bwd_dx(dy, fast=True, **bwd)
+    want_dx = 0.9 * dy.double().cpu() @ w64 + 0.5 * dy_b.double().cpu() @ A.double().cpu()
+    assert_close(dx, want_dx, dtype, f"one-pass dx {dtype} M={M}")
+    assert_dbeta_close(dbeta, x, dy, w64, f"one-pass dbeta {dtype} M={M}")
+    assert not gluon_failed("one_pass_fwd") and not gluon_failed("one_pass_dx"), "a Gluon kernel fell back"
+    if twin:
+        twin_y, twin_xa = one_pass_fwd(x, fast=False, **fwd)
+        assert torch.allclose(y.float(), twin_y.float(), rtol=1e-2, atol=1e-2)
+        assert torch.allclose(xa.float(), twin_xa.float(), rtol=1e-2, atol=1e-2)
+        twin_dx, twin_dbeta = one_pass_bwd_dx(dy, fast=False, **bwd)
+        assert torch.allclose(dx.float(), twin_dx.float(), rtol=1e-2, atol=1e-2)
+        assert_dbeta_close(twin_dbeta, x, dy, w64, f"twin dbeta {dtype} M={M}")

@@ -37,6 +37,33 @@ def test_v2_decode_kernels_meet_their_instruction_budget_without_spills(reports)
         assert r["main_loop_sass"] / values_per_thread <= DECODE_BUDGET_SASS_PER_VALUE, r
 
 
+def test_one_pass_kernels_meet_their_instruction_budget_without_spills(reports):
+    """Issue 19's gate: the one-pass Gluon kernel (wgmma on sm_90, mma.sync on sm_80) in the
+    checked launches: main loop within budget per generated weight, no spills, and the tensor
+    cores the arch has."""
+    from lottalora_kernels.tools.sass import ONE_PASS_BUDGET_SASS_PER_VALUE, ONE_PASS_CHECKS, one_pass_values_per_thread
+
+    one_pass = [r for r in reports if r["kernel"] == "one_pass"]
+    assert [r["case"] for r in one_pass] == ONE_PASS_CHECKS
+    for r in one_pass:
+        arch = r["case"]["arch"]
+        assert r["spill_stores"] == 0 and r["stack_bytes"] == 0, r
+        assert r["uses_wgmma"] if arch == 90 else (r["uses_mma"] and not r["uses_wgmma"]), r
+        per_value = r["main_loop_sass"] / one_pass_values_per_thread(r["case"]["direction"])
+        assert per_value <= ONE_PASS_BUDGET_SASS_PER_VALUE[arch], (per_value, r)
+
+
+def test_one_pass_twins_compile_for_sm90_with_tensor_cores(reports):
+    """The plain-Triton twins are the fallback on a GPU whose Triton cannot compile the Gluon
+    kernel (gluon.run_fast_path): they must compile (the interpreter does not check the types
+    a compiled loop carries). They are slow (per-element generation) and may spill."""
+    from lottalora_kernels.tools.sass import ONE_PASS_TWIN_CHECKS
+
+    twins = [r for r in reports if r["kernel"] == "one_pass_twin"]
+    assert [r["case"] for r in twins] == ONE_PASS_TWIN_CHECKS
+    assert all(r["uses_wgmma"] and r["main_loop_sass"] for r in twins), twins
+
+
 def test_generators_compile_for_sm90_without_fma_or_spills(reports):
     gens = [r for r in reports if r["kernel"] == "gen"]
     assert {r["init"] for r in gens} == {"gaussian", "uniform", "rademacher"}
@@ -83,9 +110,10 @@ def test_kernels_never_specialise_on_seed_words():
     code = f"""
 import lottalora_kernels.backbone_gen as gen
 from lottalora_kernels.seeded_linear import decode as dec, epilogue as epi, one_pass_v1 as mat, two_phase as two
-kernels = [getattr(m, n) for m in (gen, dec, mat, epi, two) for n in dir(m) if n.endswith("_kernel")]
+from lottalora_kernels.seeded_linear import one_pass as op, one_pass_gluon as opg
+kernels = [getattr(m, n) for m in (gen, dec, mat, epi, two, op, opg) for n in dir(m) if n.endswith("_kernel")]
 kernels = [k for k in kernels if k is not None and set({SEED_WORDS!r}) <= set(getattr(k, "arg_names", ()))]
-assert len(kernels) >= 7, len(kernels)
+assert len(kernels) >= 9, len(kernels)
 for k in kernels:
     skipped = {{k.arg_names[i] if isinstance(i, int) else i for i in k.do_not_specialize}}
     assert set({SEED_WORDS!r}) <= skipped, (k.fn.__name__, skipped)

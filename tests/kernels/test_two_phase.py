@@ -113,7 +113,7 @@ def test_regimes_follow_the_documented_thresholds():
     assert dispatch.forward_regime(1, 1, torch.float32, on_gpu=True) == "two_phase"
 
 
-@pytest.mark.parametrize("regime", ["decode", "two_phase"])
+@pytest.mark.parametrize("regime", ["decode", "one_pass", "two_phase"])
 def test_dispatch_runs_each_v2_regime_to_the_same_result(regime, device):
     s, x, A, B, bias, beta, w64 = _inputs(9, 200, 70, 2, torch.float32, device, 2, "rademacher")
     y, xa = dispatch.seeded_linear_fwd(x, seed=s.seed, stream=s.stream, version=2, init="rademacher",
