@@ -59,7 +59,7 @@ def _has_direct_launch() -> bool:
 
 class _Settings:
     """The module settings a case runs under (direct launches, W's chunking, the decode
-    threshold), applied before each of its batches and restored at the end."""
+    threshold, the one-pass switch), applied before each of its batches and restored at the end."""
 
     def __init__(self):
         from lottalora_kernels.seeded_linear import dispatch, two_phase
@@ -70,13 +70,16 @@ class _Settings:
 
             self.modules.append((launch, "_DIRECT"))
         self.saved = [(module, name, getattr(module, name)) for module, name in self.modules]
+        self.saved_one_pass = os.environ.get("LOTTALORA_ONE_PASS")
 
-    def setup(self, direct: bool = True, chunk_bytes: int | None = None, decode_max_m: int | None = None):
+    def setup(self, direct: bool = True, chunk_bytes: int | None = None, decode_max_m: int | None = None,
+              one_pass: bool = False):
         from lottalora_kernels.seeded_linear import dispatch, two_phase
 
         def apply():
             two_phase.CHUNK_BYTES = chunk_bytes if chunk_bytes is not None else self.saved[0][2]
             dispatch.DECODE_MAX_M = decode_max_m if decode_max_m is not None else self.saved[1][2]
+            os.environ["LOTTALORA_ONE_PASS"] = "1" if one_pass else "0"
             if _has_direct_launch():
                 from lottalora_kernels import launch
 
@@ -86,6 +89,10 @@ class _Settings:
     def restore(self):
         for module, name, value in self.saved:
             setattr(module, name, value)
+        if self.saved_one_pass is None:
+            os.environ.pop("LOTTALORA_ONE_PASS", None)
+        else:
+            os.environ["LOTTALORA_ONE_PASS"] = self.saved_one_pass
 
 
 @contextlib.contextmanager
@@ -150,18 +157,18 @@ def layer_cases(m: int, regime: str, gpu_m: int, settings: _Settings, k: int = 2
     def step(forward):
         torch.autograd.backward(forward(), dy)
     setting = {"chunk_bytes": chunk_bytes_as_on_gpu(k, gpu_m) // 2,  # bf16 here
-               "decode_max_m": m if regime == "decode" else 0}
+               "decode_max_m": m if regime == "decode" else 0, "one_pass": regime == "one_pass"}
     rows, cases = {}, {}
     def inference(forward):
         with torch.inference_mode():
             return forward()
     phases = (("forward", lambda: layer(x), stored),
               ("forward + backward", lambda: step(lambda: layer(x)), lambda: step(stored)))
-    if regime == "decode":  # eager generation: no autograd
+    if regime in ("decode", "one_pass"):  # eager generation: no autograd
         phases = (("inference forward", lambda: inference(lambda: layer(x)), lambda: inference(stored)), *phases)
     for phase, fn_seeded, fn_stored in phases:
-        row = f"M = {m} ({regime}) {phase}" if regime == "decode" else \
-            f"two_phase, W chunked as at M = {gpu_m}: {phase}"
+        row = {"decode": f"M = {m} (decode) {phase}", "one_pass": f"one_pass (one launch, any M) {phase}"}.get(
+            regime, f"two_phase, W chunked as at M = {gpu_m}: {phase}")
         settings.setup(**setting)()
         with recording() as launches:
             fn_seeded()
@@ -189,7 +196,8 @@ def main(argv=None) -> int:
             settings = _Settings()
             try:
                 rows, cases = launch_cases(settings)
-                for m, regime, gpu_m in ((1, "decode", 1), (2, "two_phase", 2048), (2, "two_phase", 8192)):
+                for m, regime, gpu_m in ((1, "decode", 1), (2, "two_phase", 2048), (2, "two_phase", 8192),
+                                         (2, "one_pass", 2)):
                     more_rows, more_cases = layer_cases(m, regime, gpu_m, settings)
                     rows.update(more_rows)
                     cases.update(more_cases)
@@ -216,7 +224,9 @@ def main(argv=None) -> int:
              "cases, one thread, bf16, k = 256, rank 8. Aten ops "
              "run on the CPU on tiny shapes (their dispatch and a little arithmetic, where a GPU host pays a "
              "launch); the two-phase rows split W into as many chunks as an N = K = 4096 bf16 layer at the M named "
-             "and take M = 2 rows: the host work depends on M only through the chunk count.")
+             "and take M = 2 rows: the host work depends on M only through the chunk count. The one-pass rows "
+             "have the dispatch's one-pass regime switched on (LOTTALORA_ONE_PASS=1): one launch per forward, one "
+             "per input gradient, at every M.")
     publish("host_time", rows, "\n".join(table), notes=notes, directory=args.out)
     return 0
 

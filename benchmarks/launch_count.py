@@ -97,8 +97,10 @@ def _eager_path():
         custom_ops.direct_call_ok = real
 
 
-def count_case(m: int, k: int = 256, rank: int = 8, backward: bool = True, seeded: bool = True) -> dict:
-    """Launches of one forward (and one backward) of an (m, k) -> k layer with LoRA and bias."""
+def count_case(m: int, k: int = 256, rank: int = 8, backward: bool = True, seeded: bool = True,
+               one_pass: bool = False) -> dict:
+    """Launches of one forward (and one backward) of an (m, k) -> k layer with LoRA and bias;
+    ``one_pass``: with the dispatch's one-pass regime switched on (LOTTALORA_ONE_PASS=1)."""
     from lottalora_kernels.seeded_linear import dispatch, two_phase
 
     _require_interpreter()
@@ -115,11 +117,13 @@ def count_case(m: int, k: int = 256, rank: int = 8, backward: bool = True, seede
             return layer(x)
         return layer.beta * F.linear(x, w) + layer.scaling * F.linear(F.linear(x, layer.lora_A), layer.lora_B) + \
             layer.bias
-    row = {"M": m, "method": "seeded" if seeded else "stored+lora",
-           "regime": dispatch.forward_regime(2, m, torch.bfloat16, True) if seeded else "-"}
     # The kernels, as a GPU runs them: no NaN poisoning of outputs (the test suite's check).
-    saved_env = {name: os.environ.get(name) for name in ("LOTTALORA_BACKEND", "LOTTALORA_POISON_OUTPUTS")}
-    os.environ.update(LOTTALORA_BACKEND="triton", LOTTALORA_POISON_OUTPUTS="0")
+    saved_env = {name: os.environ.get(name) for name in ("LOTTALORA_BACKEND", "LOTTALORA_POISON_OUTPUTS",
+                                                          "LOTTALORA_ONE_PASS")}
+    os.environ.update(LOTTALORA_BACKEND="triton", LOTTALORA_POISON_OUTPUTS="0",
+                      LOTTALORA_ONE_PASS="1" if one_pass else "0")
+    row = {"M": m, "method": ("seeded, one_pass on" if one_pass else "seeded") if seeded else "stored+lora",
+           "regime": dispatch.forward_regime(2, m, torch.bfloat16, True) if seeded else "-"}
     chunk_bytes = two_phase.CHUNK_BYTES
     two_phase.CHUNK_BYTES = chunk_bytes_as_on_gpu(k)
     try:
@@ -150,6 +154,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     rows = [count_case(m, seeded=seeded) for m in (1, 64) for seeded in (True, False)]
+    rows += [count_case(m, one_pass=True) for m in (1, 64)]
     header = ("| M | method | regime | forward launches (Triton + aten) | backward launches (Triton + aten) | "
               "backward aten ops |")
     table = [header, "|---|---|---|---|---|---|"]

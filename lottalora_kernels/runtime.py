@@ -3,14 +3,14 @@ launch arithmetic in plain Python."""
 
 from __future__ import annotations
 
-import os
-
 import torch
+
+from .environment import flag
 
 
 def is_interpreting() -> bool:
     """True when Triton runs kernels on the CPU (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return flag("TRITON_INTERPRET")
 
 
 _DEVICE_PROPERTIES: dict[int, object] = {}
@@ -28,6 +28,21 @@ def _device_properties(device: torch.device):
 def sm_count(device: torch.device) -> int:
     """Streaming multiprocessors of a CUDA device."""
     return _device_properties(device).multi_processor_count
+
+
+def launch_sm_count(device: torch.device) -> int | None:
+    """The multiprocessors a launch on ``device`` fills: the CUDA device's; None under the
+    interpreter (launchers then pick small test tilings); for tensors off CUDA launched
+    compiled (the fake CUDA driver of ``tools.fake_cuda``, which measures host time), the active
+    Triton driver's device, so the launchers do the host work they do on that GPU."""
+    if device.type == "cuda":
+        return sm_count(device)
+    if is_interpreting():
+        return None
+    from triton.runtime import driver
+
+    active = driver.active
+    return active.utils.get_device_properties(active.get_current_device())["multiprocessor_count"]
 
 
 def capability_major(device: torch.device) -> int:

@@ -13,16 +13,18 @@ block of it):
 - ``input_grad``: dx = beta * dy @ W_block + scale * dy_b @ A, and dbeta = <x, dy @ W_block>;
 - ``dense_block``: W_seed[rows, cols] as a tensor (``Linear.backbone_weight``, merging).
 On the Triton backend a whole layer runs the seeded-matmul kernels (``lottalora_kernels.
-seeded_linear``, which pick a regime per call); a block of a bigger layer runs the torch
-backend's loops on chunks that the Triton generator makes.
+seeded_linear``, which pick a regime per call); a block of a bigger layer runs the one-pass
+kernels on its rows or columns where that regime is on (``dispatch.block_regime``), else the
+torch backend's loops on chunks that the Triton generator makes.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
 
 import torch
+
+from lottalora_kernels.environment import flag, setting
 
 from ..backbone import BackboneBlock, BackboneSpec, backbone_block
 from . import torch_backend
@@ -36,7 +38,7 @@ _TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 
 def resolve_backend(device: torch.device) -> str:
     """'triton' or 'torch' for tensors on ``device``, honouring ``LOTTALORA_BACKEND``."""
-    choice = os.environ.get("LOTTALORA_BACKEND", "auto").strip().lower() or "auto"
+    choice = setting("LOTTALORA_BACKEND", "auto").strip().lower() or "auto"
     if choice not in BACKENDS:
         raise ValueError(f"LOTTALORA_BACKEND must be one of {BACKENDS}, got {choice!r}")
     if choice == "auto":
@@ -45,7 +47,7 @@ def resolve_backend(device: torch.device) -> str:
         if not _TRITON_INSTALLED:
             raise RuntimeError("LOTTALORA_BACKEND=triton but Triton is not installed")
         # Meta tensors run nothing (the custom ops' fakes give their shapes): no interpreter needed.
-        if device.type not in ("cuda", "meta") and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+        if device.type not in ("cuda", "meta") and not flag("TRITON_INTERPRET"):
             raise RuntimeError(
                 f"LOTTALORA_BACKEND=triton on a {device.type} tensor needs TRITON_INTERPRET=1, "
                 "set before Triton is first imported"
@@ -97,6 +99,12 @@ def forward(
                                              init=spec.init, out_features=spec.out_features, lora_A=lora_A,
                                              lora_B=lora_B, beta=beta, bias=bias, scale=scale, lora_x=lora_x)
         return y, xa, None
+    kernels = _kernels()
+    if kernels.block_regime(spec.version, x.dtype, x.is_cuda) is not None:
+        y, xa = kernels.seeded_block_fwd(x, seed=spec.seed, stream=spec.stream, in_features=spec.in_features,
+                                         rows=block.rows, cols=block.cols, lora_A=lora_A, lora_B=lora_B, beta=beta,
+                                         bias=bias, scale=scale, lora_x=lora_x)
+        return y, xa, None
     xa = _adapter_product(x, lora_A, lora_x)
     acc = torch_backend.blocked_product(x, _generated_blocks(block, x.dtype, x.device), block.out_features)
     return torch_backend.forward_epilogue(acc, spec, xa, lora_B, beta, bias, scale, x.dtype), xa, None
@@ -119,6 +127,11 @@ def input_grad(
                                                init=spec.init, in_features=spec.in_features, dy_b=dy_b,
                                                lora_A=lora_A, beta=beta, scale=scale, x_for_dbeta=x_for_dbeta,
                                                need_dx=need_dx)
+    kernels = _kernels()
+    if kernels.block_regime(spec.version, dy.dtype, dy.is_cuda) is not None:
+        return kernels.seeded_block_bwd_dx(dy, seed=spec.seed, stream=spec.stream, in_features=spec.in_features,
+                                           rows=block.rows, cols=block.cols, dy_b=dy_b, lora_A=lora_A, beta=beta,
+                                           scale=scale, x_for_dbeta=x_for_dbeta, need_dx=need_dx)
     blocks = _generated_blocks(block, dy.dtype, dy.device)
     return torch_backend.blocked_input_grad(dy, blocks, block.in_features, spec, dy_b, lora_A, beta, scale,
                                             x_for_dbeta, need_dx)

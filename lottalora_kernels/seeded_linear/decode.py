@@ -52,7 +52,7 @@ from ..allocation import new_output
 from ..dtypes import TL_DTYPES, dot_dtype, fp32_input_precision
 from ..gluon import gl, gluon_available, gluon_jit, run_fast_path
 from ..launch import launch
-from ..runtime import capability_major, cdiv, is_interpreting, narrowed, sm_count
+from ..runtime import capability_major, cdiv, is_interpreting, launch_sm_count, narrowed
 from ..stream import spec
 from ..stream.philox import PHILOX_ROUNDS
 from ..stream.v2 import v2_sign_pairs, v2_signs, v2_words_at, warp_span_rows
@@ -271,9 +271,10 @@ def use_fast_path(x: torch.Tensor) -> bool:
 def split_k_for(n_row_blocks: int, n_spans: int, device: torch.device) -> int:
     """Programs along K: enough for about four programs per SM, at least one span each, at most
     MAX_SPLITS."""
-    if device.type != "cuda":
+    sms = launch_sm_count(device)
+    if sms is None:
         return min(n_spans, 2)  # the interpreter: exercise the split without slowing tests
-    return max(1, min(n_spans, MAX_SPLITS, cdiv(4 * sm_count(device), n_row_blocks)))
+    return max(1, min(n_spans, MAX_SPLITS, cdiv(4 * sms, n_row_blocks)))
 
 
 def launch_splits(n_spans: int, split_k: int) -> tuple[int, int]:

@@ -8,9 +8,18 @@
     float32 on a GPU, either version              -> two_phase (cuBLAS follows torch's TF32
                                                      setting; an IEEE float32 tl.dot has no
                                                      tensor-core path)
-    one_pass (stream v2, any M, one launch)      -> only when forced (regime="one_pass"): the
-                                                     choice takes it once the GPU tests have held
-                                                     its bits on a GPU and a measurement places it
+    one_pass (stream v2, 16-bit on a GPU, any M) -> when ``one_pass_enabled()``: every M, for
+                                                     whole layers and for blocks of a layer
+                                                     (tensor parallel); else only when forced
+                                                     (regime="one_pass")
+
+The one-pass regime (one launch per op, W made inside the tensor-core matmul) is off by default:
+a kernel runs on a GPU only once the GPU tests have held its bits there (tests/kernels/test_gpu.py,
+run by ``bash benchmarks/gpu_session.sh all``), and no GPU has yet. ``LOTTALORA_ONE_PASS=1`` turns
+it on (the GPU session times it that way; the tests hold it to the reference under the
+interpreter). Its predicted crossover against the proven regimes is every M
+(benchmarks/results/predicted_sm90.md: 0.17-0.98x the stored-weight baseline, where decode and
+two-phase measured 0.27-2.27x on an H100); ``ONE_PASS_MAX_M`` is where a measurement would cap it.
 
 The thresholds and the evidence for each (instruction counts, and the H100 measurement of
 2026-11-24) are in benchmarks/NOTES.md, "Dispatch"; ``benchmarks.speed`` times every regime on a
@@ -21,13 +30,18 @@ from __future__ import annotations
 
 import torch
 
+from ..environment import flag
 from . import decode, one_pass, one_pass_v1, two_phase
 
-# one_pass is reached only when forced (regime="one_pass"): the choice adds it once the GPU tests
-# have held its bits on a GPU.
 REGIMES = ("decode", "one_pass", "one_pass_v1", "two_phase")
 DECODE_MAX_M = decode.MAX_M
 V1_ONE_PASS_MAX_M = 128
+ONE_PASS_MAX_M: int | None = None  # None: every M (the predicted crossover); a measurement sets it
+
+
+def one_pass_enabled() -> bool:
+    """Whether the choice takes the one-pass regime: ``LOTTALORA_ONE_PASS=1`` (read at every call)."""
+    return flag("LOTTALORA_ONE_PASS")
 
 
 def _v1_regime(m: int, dtype: torch.dtype | None, on_gpu: bool) -> str:
@@ -37,9 +51,37 @@ def _v1_regime(m: int, dtype: torch.dtype | None, on_gpu: bool) -> str:
 
 
 def _v2_regime(m: int, dtype: torch.dtype | None, on_gpu: bool) -> str:
-    # The decode kernels' fast paths make 16-bit operand pairs.
-    small = m <= DECODE_MAX_M and not (on_gpu and dtype == torch.float32)
-    return "decode" if small else "two_phase"
+    # The decode and one-pass kernels' fast paths make 16-bit operand pairs: float32 on a GPU
+    # goes to cuBLAS.
+    if on_gpu and dtype == torch.float32:
+        return "two_phase"
+    if one_pass_enabled() and (ONE_PASS_MAX_M is None or m <= ONE_PASS_MAX_M):
+        return "one_pass"
+    return "decode" if m <= DECODE_MAX_M else "two_phase"
+
+
+def block_regime(version: int, dtype: torch.dtype | None = None, on_gpu: bool = False) -> str | None:
+    """The regime for a block of a bigger backbone (a tensor-parallel rank's rows or columns):
+    "one_pass" where the one-pass regime is on and applies, else None (the caller then runs the
+    generator's chunks through a GEMM)."""
+    if version != 2 or (on_gpu and dtype == torch.float32) or not one_pass_enabled():
+        return None
+    return "one_pass"
+
+
+def seeded_block_fwd(x: torch.Tensor, *, seed: int, stream: int, in_features: int, rows: tuple[int, int],
+                     cols: tuple[int, int], lora_A, lora_B, beta, bias, scale: float, lora_x=None):
+    """``one_pass.one_pass_fwd`` on a block (see it for shapes): the regime ``block_regime`` names."""
+    return one_pass.one_pass_fwd(x, seed=seed, stream=stream, in_features=in_features, rows=rows, cols=cols,
+                                 lora_A=lora_A, lora_B=lora_B, beta=beta, bias=bias, scale=scale, lora_x=lora_x)
+
+
+def seeded_block_bwd_dx(dy: torch.Tensor, *, seed: int, stream: int, in_features: int, rows: tuple[int, int],
+                        cols: tuple[int, int], dy_b, lora_A, beta, scale: float, x_for_dbeta=None, need_dx=True):
+    """``one_pass.one_pass_bwd_dx`` on a block (see it for shapes)."""
+    return one_pass.one_pass_bwd_dx(dy, seed=seed, stream=stream, in_features=in_features, rows=rows, cols=cols,
+                                    dy_b=dy_b, lora_A=lora_A, beta=beta, scale=scale, x_for_dbeta=x_for_dbeta,
+                                    need_dx=need_dx)
 
 
 def forward_regime(version: int, m: int, dtype: torch.dtype | None = None, on_gpu: bool = False) -> str:

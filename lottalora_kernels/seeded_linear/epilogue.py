@@ -21,7 +21,7 @@ import triton.language as tl
 from ..allocation import new_output
 from ..dtypes import round_to
 from ..launch import launch
-from ..runtime import cdiv, next_power_of_2, sm_count
+from ..runtime import cdiv, launch_sm_count, next_power_of_2
 
 
 @triton.jit
@@ -146,7 +146,7 @@ def seeded_epilogue(
     if lo_out is not None and (out is None or not has_lora or tuple(lo_out.shape) != (M, R)
                                or not lo_out.is_contiguous()):
         raise ValueError("lo_out must be a contiguous (M, R) tensor, with out and a LoRA term")
-    block_m, block_n = tile_shape(M, N, sm_count(acc.device) if acc.is_cuda else None, max(n_splits, lo_splits))
+    block_m, block_n = tile_shape(M, N, launch_sm_count(acc.device), max(n_splits, lo_splits))
     m_blocks, n_blocks = cdiv(M, block_m), cdiv(N, block_n)
     dbeta = new_output((m_blocks, n_blocks), torch.float32, acc.device) if x_for_dbeta is not None else None
     if M == 0 or N == 0:

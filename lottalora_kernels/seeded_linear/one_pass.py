@@ -43,6 +43,8 @@ on the Gluon path (the twin serves them).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
@@ -50,7 +52,7 @@ import triton.language as tl
 from ..allocation import new_output
 from ..dtypes import TL_DTYPES, dot_dtype, fp32_input_precision, round_to
 from ..launch import launch
-from ..runtime import capability_major, cdiv, is_interpreting, next_power_of_2, sm_count
+from ..runtime import capability_major, cdiv, is_interpreting, launch_sm_count, next_power_of_2
 from ..stream import spec
 from ..stream.v2 import v2_signs, warp_span_rows
 from .one_pass_gluon import WARP_ROWS, launch_gluon
@@ -263,14 +265,42 @@ def launch_tiling(m: int, rows: int, n_spans: int, rank: int, dx: bool, num_warp
     return block_m, n_m, split_k, spans_per_split
 
 
-def _launch(a, *, dx, seed, stream, std, rows, cols, al, lf, lo, lmat, lmat_strides, bias, beta, scale, out,
-            lo_out, x_for_dbeta, fast, config):
-    """One launch of the one-pass kernel (either direction); returns the dbeta partials or None."""
-    M, Q = a.shape
+class _Plan(NamedTuple):
+    """What a launch of given shapes, dtypes and options computes before it launches: made once
+    per key (``_plan``), since a layer launches the same shapes every step."""
+
+    fast: bool
+    num_warps: int
+    grid: tuple[int, int, int]
+    flags: dict
+    n_m: int
+    n_p: int
+    split_k: int
+    block_m: int
+    r_pad: int
+    spans_per_split: int
+
+
+_PLANS: dict[tuple, _Plan] = {}
+_MAX_PLANS = 4096
+
+
+def _plan(a, dx, rows, cols, R, has_al, has_lf, has_lo, has_bias, has_out, has_dbeta, scale, fast, config) -> _Plan:
+    key = (dx, a.shape, a.dtype, a.device, rows, cols, R, has_al, has_lf, has_lo, has_bias, has_out, has_dbeta,
+           scale != 0, fast, tuple(sorted(config.items())) if config else None, is_interpreting())
+    plan = _PLANS.get(key)
+    if plan is None:
+        if len(_PLANS) >= _MAX_PLANS:
+            _PLANS.clear()
+        plan = _PLANS[key] = _make_plan(a, dx, rows, cols, R, has_lf, has_bias, has_out, has_dbeta, scale, fast,
+                                        config)
+    return plan
+
+
+def _make_plan(a, dx, rows, cols, R, has_lf, has_bias, has_out, has_dbeta, scale, fast, config) -> _Plan:
+    M = a.shape[0]
     p0, p1 = (cols if dx else rows)
     q0, q1 = (rows if dx else cols)
-    P = p1 - p0
-    R = lf.shape[0] if lf is not None else (lo.shape[1] if lo is not None else 0)
     config = _check_config(config)
     fast = use_fast_path(a, R) if fast is None else fast
     if fast and not (a.is_cuda and R <= MAX_FAST_RANK):
@@ -282,13 +312,34 @@ def _launch(a, *, dx, seed, stream, std, rows, cols, al, lf, lo, lmat, lmat_stri
     n_spans = cdiv(q1, red_span) - q0 // red_span
     hopper = a.is_cuda and not is_interpreting() and capability_major(a.device) == 9
     block_m, n_m, split_k, spans_per_split = launch_tiling(
-        M, p1 - (p0 // row_span) * row_span, n_spans, R, dx, num_warps, sm_count(a.device) if a.is_cuda else None,
+        M, p1 - (p0 // row_span) * row_span, n_spans, R, dx, num_warps, launch_sm_count(a.device),
         hopper, config)
     r_pad = max(16, next_power_of_2(max(R, 1)))
+    make_lo = has_lf and R > 0
+    flags = dict(DX=dx, NUM_WARPS=num_warps, BLOCK_M=block_m, R_PAD=r_pad, MAKE_LO=make_lo,
+                 HAS_LO=R > 0, LORA_TERM=R > 0 and scale != 0, HAS_BIAS=has_bias,
+                 WRITE_OUT=has_out, DBETA=has_dbeta, SPLIT=split_k > 1)
+    return _Plan(fast, num_warps, (n_p, n_m, split_k), flags, n_m, n_p, split_k, block_m, r_pad, spans_per_split)
+
+
+def _launch(a, *, dx, seed, stream, std, rows, cols, al, lf, lo, lmat, lmat_strides, bias, beta, scale, out,
+            lo_out, x_for_dbeta, fast, config):
+    """One launch of the one-pass kernel (either direction); returns the dbeta partials or None."""
+    M = a.shape[0]
+    p0, p1 = (cols if dx else rows)
+    q0 = (rows if dx else cols)[0]
+    P = p1 - p0
+    Q = a.shape[1]
+    R = lf.shape[0] if lf is not None else (lo.shape[1] if lo is not None else 0)
+    plan = _plan(a, dx, rows, cols, R, al is not None, lf is not None, lo is not None, bias is not None,
+                 out is not None, x_for_dbeta is not None, scale, fast, config)
+    fast, num_warps, grid, flags = plan.fast, plan.num_warps, plan.grid, plan.flags
+    n_m, n_p, split_k, block_m, r_pad, spans_per_split = (plan.n_m, plan.n_p, plan.split_k, plan.block_m,
+                                                          plan.r_pad, plan.spans_per_split)
     dbeta = new_output((n_m, n_p), torch.float32, a.device) if x_for_dbeta is not None else None
     split = split_k > 1
     part = new_output((split_k, M, P), torch.float32, a.device) if split else None
-    make_lo = lf is not None and R > 0
+    make_lo = flags["MAKE_LO"]
     lo_part = new_output((n_m * n_p * split_k, block_m, r_pad), torch.float32, a.device) if split and make_lo else None
     counters = _tile_counters(a.device, n_m * n_p) if split else None
     dummy = a
@@ -303,10 +354,6 @@ def _launch(a, *, dx, seed, stream, std, rows, cols, al, lf, lo, lmat, lmat_stri
             M, P, Q, R, p0, q0, *a.stride(), *strides(al), *strides(lf), *strides(lo),
             *(lmat_strides if lmat is not None else (0, 0)), *strides(out), *strides(x_for_dbeta),
             *spec.int32_words(seed, stream), spans_per_split, std, scale)
-    flags = dict(DX=dx, NUM_WARPS=num_warps, BLOCK_M=block_m, R_PAD=r_pad, MAKE_LO=make_lo,
-                 HAS_LO=R > 0, LORA_TERM=R > 0 and scale != 0, HAS_BIAS=bias is not None,
-                 WRITE_OUT=out is not None, DBETA=dbeta is not None, SPLIT=split)
-    grid = (n_p, n_m, split_k)
 
     def launch_twin():
         launch(_one_pass_twin_kernel, grid, *args, **flags, DOT_DTYPE=dot_dtype(a.dtype),

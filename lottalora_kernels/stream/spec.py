@@ -13,6 +13,7 @@ the old definition loadable instead.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -78,8 +79,10 @@ TWO_POW_M23 = 2.0**-23
 TWO_POW_M24 = 2.0**-24
 
 
+@functools.lru_cache(maxsize=4096)
 def backbone_std(in_features: int) -> float:
-    """float32(1 / sqrt(in_features)): the std of "gaussian" and the bound of the others."""
+    """float32(1 / sqrt(in_features)): the std of "gaussian" and the bound of the others (cached:
+    launchers ask on every call, and the float32 rounding goes through NumPy)."""
     return _f32(1.0 / math.sqrt(in_features))
 
 
@@ -137,7 +140,8 @@ def words(seed: int, stream: int) -> tuple[int, int, int, int]:
     return (*split_u64(seed), *split_u64(stream))
 
 
+@functools.lru_cache(maxsize=4096)
 def int32_words(seed: int, stream: int) -> tuple[int, int, int, int]:
     """``words`` as the int32 values with the same bits: what kernels take as arguments (they
-    bitcast them back to uint32)."""
+    bitcast them back to uint32; cached: a layer's launches ask for the same words every call)."""
     return tuple(w - (1 << 32) if w >= (1 << 31) else w for w in words(seed, stream))

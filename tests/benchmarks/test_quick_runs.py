@@ -129,3 +129,9 @@ def test_launch_count_counts_what_an_eager_step_launches(tmp_path):
     baseline = rows[(64, "stored+lora")]
     assert baseline["backward_aten_ops"]["mm"] == 5 and baseline["forward_launches"] == 7
     assert two_phase["backward_launches"] <= baseline["backward_launches"] + 1
+    # The one-pass regime (issue 19's one launch per op): the forward is one launch at every M, the
+    # input gradient one launch plus cuBLAS for dy @ B, dA and dB (and the gradient sums).
+    for m in (1, 64):
+        one = rows[(m, "seeded, one_pass on")]
+        assert one["regime"] == "one_pass" and (one["forward_triton"], one["forward_aten"]) == (1, 0)
+        assert one["backward_triton"] == 1 and one["backward_aten_ops"].get("cat", 0) == 0
