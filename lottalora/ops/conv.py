@@ -67,9 +67,11 @@ class ConvChunk:
     groups: int
 
 
-def conv_chunks(geometry: ConvGeometry, values: int = CONV_CHUNK_VALUES) -> list[ConvChunk]:
-    """The chunks of output channels, each of at most ``values`` W_seed values (at least one
-    row): runs of whole groups where a group fits, else rows inside one group."""
+def conv_chunks(geometry: ConvGeometry, values: int | None = None) -> list[ConvChunk]:
+    """The chunks of output channels, each of at most ``values`` W_seed values (default
+    ``CONV_CHUNK_VALUES``, read at the call; at least one row): runs of whole groups where a
+    group fits, else rows inside one group."""
+    values = CONV_CHUNK_VALUES if values is None else values
     out_g = geometry.out_channels // geometry.groups
     in_g = geometry.in_channels // geometry.groups
     rows_per_chunk = max(1, values // geometry.row_width)
