@@ -12,4 +12,5 @@ from .conv import Conv1d, Conv2d, SeededConv
 from .layers import SEEDED_LAYER_TYPES, is_dtensor, plain_name, seeded_layers, unwrap_model
 from .linear import Linear
 
-__all__ = ["SEEDED_LAYER_TYPES", "Conv1d", "Conv2d", "Linear", "SeededConv", "is_dtensor", "plain_name", "seeded_layers", "unwrap_model"]
+__all__ = ["SEEDED_LAYER_TYPES", "Conv1d", "Conv2d", "Linear", "SeededConv", "is_dtensor", "plain_name",
+           "seeded_layers", "unwrap_model"]
