@@ -10,7 +10,10 @@ they see, and dropped. A chunk never crosses a group boundary in the wrong way: 
 run of whole groups (a grouped conv of its own) or rows inside one group (a plain conv on that
 group's input channels). Autograd through the chunked F.conv calls would save every chunk's
 weight for the backward; ``SeededConvFunction`` regenerates them instead, and takes dx and
-dbeta from one ``convolution_backward`` per chunk (dbeta = <dy, conv(x, W)> = <W, dW>).
+dbeta from one ``convolution_backward`` per chunk (dbeta = <dy, conv(x, W)> = <W, dW>). That
+backward is made of differentiable ops on dy, x and beta, so second derivatives (a graph
+through the gradient) are exact; only such a graph keeps its chunks' weights alive.
+Forward-mode AD is not defined.
 
 The adapter, beta's broadcasting, the bias and padding modes are the module's
 (``lottalora.nn.conv``): ordinary autograd on small tensors.

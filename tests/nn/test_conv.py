@@ -111,15 +111,20 @@ def test_dropout_applies_to_the_adapter_input_while_training(train):
         assert not torch.allclose(y, forward(x))
 
 
-def test_gradcheck_float64():
-    layer = _layer(2, 2, 4, 2, dict(padding=1, groups=2, rank=2, padding_mode="reflect"))
-    x = torch.randn(1, 2, 4, 3, dtype=torch.float64, requires_grad=True)
+def test_gradcheck_and_gradgradcheck_float64():
+    layer = _layer(1, 2, 2, 2, dict(padding=1, groups=2, rank=2, padding_mode="reflect"))
+    x = torch.randn(1, 2, 4, dtype=torch.float64, requires_grad=True)
     params = [layer.lora_A, layer.lora_B, layer.beta, layer.bias]
 
     def f(x, a, b, beta, bias):
         return torch.func.functional_call(layer, {"lora_A": a, "lora_B": b, "beta": beta, "bias": bias}, (x,))
 
     assert torch.autograd.gradcheck(f, (x, *params))
+    # The backward is differentiable ops on dy, x and beta (the chunks regenerated again), so a
+    # graph through the gradient (gradient penalties) is exact too.
+    # (through x and beta, the custom function's inputs; the adapter is ordinary autograd)
+    assert torch.autograd.gradgradcheck(lambda x, beta: f(x, layer.lora_A, layer.lora_B, beta, layer.bias),
+                                        (x, layer.beta))
 
 
 @pytest.mark.parametrize("version", [1, 2])
