@@ -79,3 +79,12 @@ def test_summary_and_reseed_know_convolutions():
 def test_use_dora_on_a_conv_is_refused_by_name():
     with pytest.raises(NotImplementedError, match="use_dora"):
         lottalora.Conv2d(2, 2, 1, use_dora=True)
+
+
+def test_named_adapters_on_convs_are_refused_before_anything_changes():
+    model, _ = _converted()
+    with pytest.raises(NotImplementedError, match="exclude_modules"):
+        lottalora.add_adapter(model, "second", rank=2)
+    assert lottalora.list_adapters(model) == ["default"]
+    lottalora.add_adapter(model, "second", rank=2, exclude_modules=["stem", "body"])
+    assert lottalora.list_adapters(model) == ["default", "second"]
