@@ -74,7 +74,6 @@ class SeededConv(AdaptedLayer):
     """
 
     dims: int = 0
-    merges_into_conv1d: bool = False  # a conv merges into its own nn.Conv*d
 
     def __init__(
         self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1, groups: int = 1,

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backbone import BackboneSpec, backbone_block
+from ..backbone.stream_v2 import ROW_SPAN
 from .backend import dense_block
 from .precision import accumulation_dtype
 
@@ -78,6 +79,8 @@ def conv_chunks(geometry: ConvGeometry, values: int | None = None) -> list[ConvC
     out_g = geometry.out_channels // geometry.groups
     in_g = geometry.in_channels // geometry.groups
     rows_per_chunk = max(1, values // geometry.row_width)
+    if rows_per_chunk >= ROW_SPAN:  # whole spans of stream v2's rows: none generated twice
+        rows_per_chunk -= rows_per_chunk % ROW_SPAN
     if out_g <= rows_per_chunk:
         step = rows_per_chunk // out_g
         return [ConvChunk((g0 * out_g, g1 * out_g), (g0 * in_g, g1 * in_g), g1 - g0)
@@ -141,7 +144,7 @@ class SeededConvFunction(torch.autograd.Function):
             if need_dx:
                 dx[:, c0:c1] += dx_part
             if need_dbeta:
-                dbeta += (dw * w).sum()
+                dbeta += dw.reshape(-1) @ w.reshape(-1)
         dx = dx.mul_(b).to(x.dtype) if need_dx else None
         dbeta = dbeta.reshape(beta.shape).to(beta.dtype) if need_dbeta else None
         return dx, dbeta, None, None

@@ -253,3 +253,17 @@ def test_bad_input_and_dora_are_refused_by_name():
         layer(torch.randn(2, 3, 8, 8))
     with pytest.raises(NotImplementedError, match="use_dora on Conv1d/Conv2d"):
         lottalora.Conv1d(3, 4, 3, use_dora=True)
+
+
+def test_forward_and_backward_peak_far_below_the_dense_weight():
+    from tests.support.memory import peak_bytes_added
+
+    setup = """
+import lottalora
+layer = lottalora.Conv2d(2048, 1024, 3, padding=1, rank=4)
+x = torch.randn(1, 2048, 4, 4, requires_grad=True)
+layer(x).sum().backward()
+"""
+    dense = 1024 * 2048 * 9 * 4  # 72 MiB of float32
+    peak = peak_bytes_added(setup, "layer(x).sum().backward()")
+    assert peak < dense / 3, f"forward + backward added {peak / 2**20:.1f} MiB, the dense weight is {dense / 2**20:.0f}"
