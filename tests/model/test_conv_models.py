@@ -88,3 +88,13 @@ def test_named_adapters_on_convs_are_refused_before_anything_changes():
     assert lottalora.list_adapters(model) == ["default"]
     lottalora.add_adapter(model, "second", rank=2, exclude_modules=["stem", "body"])
     assert lottalora.list_adapters(model) == ["default", "second"]
+
+
+def test_a_cnn_built_on_meta_converts_and_materializes():
+    with torch.device("meta"):
+        model = SmallCNN()
+    lottalora.convert(model, target_modules=["stem", "body"], rank=2)
+    assert model.body.lora_A.device.type == "meta"
+    lottalora.materialize(model, "cpu")
+    assert model.body.lora_A.abs().sum() > 0 and torch.equal(model.body.lora_B, torch.zeros_like(model.body.lora_B))
+    assert model(torch.randn(2, 2, 35)).shape == (2, 3)
