@@ -150,10 +150,15 @@ class SeededConvFunction(torch.autograd.Function):
         return dx, dbeta, None, None
 
 
+# torch.compile runs the op eagerly between two graphs: traced, the chunk loop and the stream's
+# cached tables inside the autograd.Function break dynamo. (Linear's op is a registered custom
+# op instead; the conv is not yet.)
+@torch.compiler.disable
 def seeded_conv(x: torch.Tensor, spec: BackboneSpec, geometry: ConvGeometry, beta: torch.Tensor) -> torch.Tensor:
     """beta * conv(x, W_seed) with autograd (x already padded; see the module docstring for
     shapes), in x's accumulation dtype (float32 for bfloat16 / float16 / float32 inputs, float64
-    for float64). On the meta device it only infers the output's shape."""
+    for float64). On the meta device it only infers the output's shape. Under torch.compile it
+    runs eagerly (a graph break)."""
     if x.device.type == "meta":
         weight = torch.empty(geometry.weight_shape(geometry.out_channels), device="meta",
                              dtype=accumulation_dtype(x.dtype))

@@ -267,3 +267,14 @@ layer(x).sum().backward()
     dense = 1024 * 2048 * 9 * 4  # 72 MiB of float32
     peak = peak_bytes_added(setup, "layer(x).sum().backward()")
     assert peak < dense / 3, f"forward + backward added {peak / 2**20:.1f} MiB, the dense weight is {dense / 2**20:.0f}"
+
+
+def test_torch_compile_runs_the_seeded_conv_with_the_same_gradients():
+    layer = _layer(1, 3, 4, 3, dict(padding=1), torch.float32)
+    x = torch.randn(2, 3, 10, requires_grad=True)
+    compiled = torch.compile(layer, backend="aot_eager")  # dynamo and AOT autograd, no codegen: fast
+    y = compiled(x)
+    (dx,) = torch.autograd.grad(y.sum(), x)
+    y_eager = layer(x)
+    (dx_eager,) = torch.autograd.grad(y_eager.sum(), x)
+    assert torch.equal(y, y_eager) and torch.equal(dx, dx_eager)
