@@ -35,6 +35,7 @@ with dropout, PEFT adds to the base output (beta x W_seed^T + bias, on the undro
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 
@@ -88,9 +89,12 @@ def backbone_row_norms_squared(spec: BackboneSpec | BackboneBlock, device: torch
     if device.type == "meta":
         return torch.empty(block.out_features, dtype=torch.float64, device=device)
     if block.spec.init == "rademacher":
-        value = block.spec.value_scale  # an exact float32 value: its square is exact in float64
-        return torch.full((block.out_features,), block.in_features * value * value, dtype=torch.float64,
-                          device=device)
+        # Every value is +-std = float32(1 / sqrt(in_features)) of the whole layer (both versions),
+        # made here by torch's own rounding to float32 so that torch.compile traces it; its square
+        # is exact in float64.
+        std = torch.full((block.out_features,), 1.0 / math.sqrt(block.spec.in_features), dtype=torch.float32,
+                         device=device)
+        return std.double().square() * block.in_features
     return _generated_row_norms_squared(block, device)
 
 
