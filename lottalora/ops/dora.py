@@ -42,7 +42,7 @@ import torch
 from ..backbone import BackboneBlock, BackboneSpec
 from .backend import dense_block, resolve_backend, supported_dtypes
 from .functional import seeded_linear
-from .precision import accumulation_dtype
+from .precision import accumulation_dtype, autocast_off
 
 # Values per generated chunk when a backbone's row norms must be summed (v1 gaussian / uniform):
 # bounded temporaries at any layer size.
@@ -117,7 +117,9 @@ def weight_row_norms(spec: BackboneSpec | BackboneBlock, lora_A: torch.Tensor | 
     block = _as_block(spec)
     out_dtype = accumulation_dtype(beta.dtype)
     wide = torch.float64 if torch.float64 in supported_dtypes(resolve_backend(beta.device)) else out_dtype
-    with torch.no_grad():
+    # Autocast would round lora_A to its dtype before the cross term: the norms are the layer's
+    # own constants, computed as outside it.
+    with torch.no_grad(), autocast_off(beta.device.type):
         b = beta.detach().to(torch.float64).reshape(())
         norms_sq = backbone_row_norms_squared(block, beta.device) * (b * b)
         if lora_A is not None and lora_B is not None and scaling != 0:

@@ -86,6 +86,17 @@ def test_row_norms_hold_where_the_adapter_nearly_cancels_a_row(monkeypatch):
     assert_close(got, want, torch.float32, "row norms near cancellation")
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_row_norms_are_the_same_under_autocast(backend, monkeypatch):
+    monkeypatch.setenv("LOTTALORA_BACKEND", backend)
+    spec = lottalora.BackboneSpec(6, 2, 40, 9)
+    t = _tensors(spec, 3)
+    want = dora.weight_row_norms(spec, t["lora_A"], t["lora_B"], t["beta"], 0.5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = dora.weight_row_norms(spec, t["lora_A"], t["lora_B"], t["beta"], 0.5)
+    assert torch.equal(got, want)
+
+
 def test_row_norms_of_a_block_are_its_own_rows_over_its_columns():
     spec = lottalora.BackboneSpec(3, 0, 40, 20, "gaussian", 1)
     block = BackboneBlock(spec, (5, 17), (3, 31))
