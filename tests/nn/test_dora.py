@@ -266,3 +266,20 @@ def _tensor_parallel_refusal(rank, world):
     model = nn.Sequential(lottalora.Linear(8, 4, rank=2, use_dora=True))
     with pytest.raises(ValueError, match=r"tensor parallelism of a DoRA lottalora.Linear \(use_dora=True\) is not"):
         parallelize_module(model, mesh, {"0": ColwiseParallel()})
+
+
+@pytest.mark.parametrize("value,rank", [(False, 2), ("yes", 2), (True, 0)])
+def test_a_checkpoint_whose_use_dora_is_not_a_true_on_an_adapted_layer_is_refused(value, rank, tmp_path):
+    from tests.support.checkpoints import edit_config
+
+    model = lottalora.convert(nn.Sequential(nn.Linear(8, 6)), rank=2, use_dora=True)
+    lottalora.save(model, tmp_path / "ck")
+
+    def edit(config):
+        config["layers"][0]["use_dora"] = value
+        if rank == 0:
+            config["layers"][0].update(rank=0, alpha=0.0, scaling=0.0)
+
+    edit_config(tmp_path / "ck", edit)
+    with pytest.raises(ValueError, match="use_dora is recorded only as true, on a layer of rank >= 1"):
+        lottalora.load(model, tmp_path / "ck")
