@@ -120,6 +120,8 @@ def test_named_adapters_stay_lora_and_a_mixed_batch_with_dora_is_refused():
     layer = _dora_layer()
     with pytest.raises(ValueError, match="named DoRA adapters are not supported"):
         layer.add_adapter("other", rank=2, use_dora=True)
+    with pytest.raises(ValueError, match="named DoRA adapters are not supported"):
+        lottalora.add_adapter(nn.Sequential(layer), "other", rank=2, use_dora=True)
     other = layer.add_adapter("other", rank=2, init_lora_weights=False)
     x = torch.randn(4, 13)
     layer.set_adapter("other")
