@@ -68,11 +68,6 @@ def _summed_row_norms_squared(block: BackboneBlock, device: torch.device) -> tor
     return norms
 
 
-@torch.compiler.disable
-def _generated_row_norms_squared(block: BackboneBlock, device: torch.device) -> torch.Tensor:
-    return _summed_row_norms_squared(block, device)
-
-
 def backbone_row_norms_squared(spec: BackboneSpec | BackboneBlock, device: torch.device | str | None = None
                                ) -> torch.Tensor:
     """||W_seed[o]||^2 for each row o of the backbone (or of the block's rows, over its columns):
@@ -95,7 +90,11 @@ def backbone_row_norms_squared(spec: BackboneSpec | BackboneBlock, device: torch
         std = torch.full((block.out_features,), 1.0 / math.sqrt(block.spec.in_features), dtype=torch.float32,
                          device=device)
         return std.double().square() * block.in_features
-    return _generated_row_norms_squared(block, device)
+    if torch.compiler.is_compiling():
+        # Run eagerly, cache and all (a graph break once per layer), rather than traced. The
+        # decorator form would import torch._dynamo, and with it Triton, at import time.
+        return torch.compiler.disable(_summed_row_norms_squared)(block, device)
+    return _summed_row_norms_squared(block, device)
 
 
 def weight_row_norms(spec: BackboneSpec | BackboneBlock, lora_A: torch.Tensor | None, lora_B: torch.Tensor | None,
