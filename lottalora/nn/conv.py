@@ -74,6 +74,8 @@ class SeededConv(AdaptedLayer):
     """
 
     dims: int = 0
+    # Read by the model tools and checkpoints on every seeded layer; DoRA on convs is to come.
+    use_dora: bool = False
 
     def __init__(
         self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1, groups: int = 1,

@@ -49,3 +49,21 @@ def test_a_checkpoint_refuses_a_conv_of_another_shape(tmp_path):
     lottalora.convert(other, target_modules=["stem", "body", "head"], rank=2)
     with pytest.raises(ValueError, match="body"):
         lottalora.load(other, tmp_path / "ck")
+
+
+def test_a_model_with_seeded_convs_and_a_dora_linear_round_trips(tmp_path):
+    def build(seed):
+        torch.manual_seed(seed)
+        model = lottalora.convert(SmallCNN(), target_modules=["stem", "body"], rank=2, seed=seed)
+        return lottalora.convert(model, target_modules=["head"], rank=2, seed=seed, use_dora=True)
+
+    model = build(5)
+    with torch.no_grad():
+        model.head.lora_B.normal_()
+        model.body.lora_B.normal_()
+    lottalora.save(model, tmp_path / "ck")
+    fresh = build(9)
+    lottalora.load(fresh, tmp_path / "ck")
+    x = torch.randn(2, 2, 35)
+    assert fresh.body.seed == 5 and fresh.head.use_dora and not fresh.body.use_dora
+    assert torch.equal(fresh(x), model(x))

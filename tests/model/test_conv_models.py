@@ -76,9 +76,16 @@ def test_summary_and_reseed_know_convolutions():
     assert not torch.allclose(model(x), before)
 
 
-def test_use_dora_on_a_conv_is_refused_by_name():
+def test_use_dora_on_a_conv_is_refused_by_name_before_anything_changes():
     with pytest.raises(NotImplementedError, match="use_dora"):
         lottalora.Conv2d(2, 2, 1, use_dora=True)
+    model = SmallCNN()
+    with pytest.raises(NotImplementedError, match="use_dora on Conv1d/Conv2d"):
+        lottalora.convert(model, target_modules=["stem", "head"], rank=2, use_dora=True)
+    assert type(model.stem) is nn.Conv1d and type(model.head) is nn.Linear
+    lottalora.convert(model, target_modules=["stem", "head"], rank=2, use_dora=False)
+    lottalora.convert(model, target_modules=["body"], rank=2)  # a second call: convs beside DoRA-free layers
+    assert isinstance(model.body, lottalora.Conv2d)
 
 
 def test_named_adapters_on_convs_are_refused_before_anything_changes():
