@@ -281,3 +281,12 @@ def test_torch_compile_runs_the_seeded_conv_with_the_same_gradients():
     y_eager = layer(x)
     (dx_eager,) = torch.autograd.grad(y_eager.sum(), x)
     assert torch.equal(y, y_eager) and torch.equal(dx, dx_eager)
+
+
+def test_dora_row_norms_apply_to_a_conv_through_its_spec_and_2d_factors():
+    from lottalora.ops.dora import weight_row_norms
+
+    layer = _layer(2, 6, 9, (2, 3), dict(groups=3, rank=6))  # lora_B random, beta 0.7
+    norms = weight_row_norms(layer.spec, *layer.lora_factors_2d(), layer.beta, layer.scaling)
+    dense = layer.backbone_weight(torch.float64) * layer.beta.double() + layer.delta_weight()
+    assert_close(norms, dense.flatten(1).norm(dim=1), torch.float64, "row norms")
