@@ -150,15 +150,20 @@ class SeededConvFunction(torch.autograd.Function):
         return dx, dbeta, None, None
 
 
-# torch.compile runs the op eagerly between two graphs: traced, the chunk loop and the stream's
-# cached tables inside the autograd.Function break dynamo. (Linear's op is a registered custom
-# op instead; the conv is not yet.)
-@torch.compiler.disable
 def seeded_conv(x: torch.Tensor, spec: BackboneSpec, geometry: ConvGeometry, beta: torch.Tensor) -> torch.Tensor:
     """beta * conv(x, W_seed) with autograd (x already padded; see the module docstring for
     shapes), in x's accumulation dtype (float32 for bfloat16 / float16 / float32 inputs, float64
     for float64). On the meta device it only infers the output's shape. Under torch.compile it
     runs eagerly (a graph break)."""
+    if torch.compiler.is_compiling():
+        # Traced, the chunk loop and the stream's cached tables inside the autograd.Function
+        # break dynamo; Linear's op is a registered custom op, the conv is not yet. Decorating
+        # at import would import Triton with lottalora, so the disabled call is made here.
+        return torch.compiler.disable(_seeded_conv)(x, spec, geometry, beta)
+    return _seeded_conv(x, spec, geometry, beta)
+
+
+def _seeded_conv(x: torch.Tensor, spec: BackboneSpec, geometry: ConvGeometry, beta: torch.Tensor) -> torch.Tensor:
     if x.device.type == "meta":
         weight = torch.empty(geometry.weight_shape(geometry.out_channels), device="meta",
                              dtype=accumulation_dtype(x.dtype))
