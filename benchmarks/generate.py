@@ -79,7 +79,7 @@ def _generate_call(model, mode: str, prompt: int, new_tokens: int, batch: int, d
         extra = {}
         if mode != "eager":
             cache.reset()
-            extra["past_key_values"] = cache
+            extra["cache"] = cache
         return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
                               **options, **extra)
     return call

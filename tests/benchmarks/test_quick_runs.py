@@ -149,3 +149,17 @@ def test_generate_quick_run_measures_every_variant(tmp_path):
     assert data["environment"]["device"].startswith("CPU")
     assert (tmp_path / "generate_cpu.md").read_text().startswith("# generate_cpu")
     assert (tmp_path / "generate_cpu.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_train_quick_run_measures_a_step_of_every_variant(tmp_path):
+    run_script("benchmarks.train", "--quick", "--out", str(tmp_path))
+    data = json.loads((tmp_path / "train_cpu.json").read_text())
+    rows = {r["variant"]: r for r in data["rows"]["rows"]}
+    assert set(rows) == {"lottalora", "peft_lora", "full"}
+    assert all(r["tokens_per_s"] > 0 and r["peak_bytes"] > 0 and r["mode"] == "eager" for r in rows.values())
+    # The recipe trains adapters, embeddings, norms and head; PEFT the same modules; full everything.
+    assert rows["lottalora"]["trainable_params"] < rows["full"]["trainable_params"]
+    assert rows["peft_lora"]["trainable_params"] < rows["full"]["trainable_params"]
+    assert rows["lottalora"]["model_bytes"] < rows["peft_lora"]["model_bytes"] < rows["full"]["model_bytes"]
+    assert {r["against"] for r in data["rows"]["ratios"]} == {"peft_lora", "full"}
+    assert (tmp_path / "train_cpu.md").read_text().startswith("# train_cpu")
