@@ -108,6 +108,7 @@ def measure(model, shape: str, variant: str, mode: str, batch: int, prompt: int,
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         else:
+            rss.resident_bytes()  # what the warm-up freed goes back first, so the mark starts at what is held
             rss.reset_peak()
         total_s, out = _timed(call, ids, new_tokens, device, repeats)
         peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else rss.peak_bytes() - baseline_bytes
@@ -227,6 +228,7 @@ def main(argv=None) -> int:
     def publish():
         write_results(name, {"rows": rows, "ratios": ratios(rows)}, table(rows), device=device_name,
                       directory=out_dir, notes=notes)
+        plot(rows, out_dir / f"{name}.png", device_name or "CPU")
 
     for shape in shapes:
         for mode in modes:
@@ -250,7 +252,6 @@ def main(argv=None) -> int:
                 if kind == "gpu":
                     torch.cuda.empty_cache()
     publish()
-    plot(rows, out_dir / f"{name}.png", device_name or "CPU")
     print(table(rows))
     print(f"results written to {out_dir / (name + '.md')}")
     return 0

@@ -8,12 +8,15 @@
 #   bash benchmarks/gpu_session.sh profile # benchmarks.profile (kernel and host time, decode and M = 8192),
 #                                          # then benchmarks.decode_tuning (decode warps x splits sweep)
 #   bash benchmarks/gpu_session.sh suite   # the whole test suite on the GPU (slow: compiles every kernel)
+#   bash benchmarks/gpu_session.sh generate # benchmarks.generate, the 8B shape: seeded vs stored bf16 vs int4,
+#                                          # batch 1 and 16, eager then reduce-overhead (~3 min, capped)
+#   bash benchmarks/gpu_session.sh train   # benchmarks.train, the 1.26B config, a few steps a variant (~3 min, capped)
 # Results and logs go to $OUT when set (the device tool's output folder), else benchmarks/results.
 set -uo pipefail
 export PYTHONPATH=. PYTHONUNBUFFERED=1
 case "${1:-}" in
-  tests|kernels|bench|memory|profile|suite) ;;
-  *) echo "usage: bash benchmarks/gpu_session.sh tests|kernels|bench|memory|profile|suite" >&2; exit 2 ;;
+  tests|kernels|bench|memory|profile|suite|generate|train) ;;
+  *) echo "usage: bash benchmarks/gpu_session.sh tests|kernels|bench|memory|profile|suite|generate|train" >&2; exit 2 ;;
 esac
 out=${OUT:-benchmarks/results}
 mkdir -p "$out"
@@ -40,4 +43,12 @@ case "${1:-}" in
     python3 -m benchmarks.decode_tuning --out "$out" 2>&1 | tee "$out/decode_tuning.log" ;;
   suite)
     python3 -m pytest -q -rs tests/ 2>&1 | tee "$out/pytest_suite_gpu.log" ;;
+  generate)
+    # Rows are written as they are measured (eager first, then compiled), so the cap keeps what
+    # it measured; 64 new tokens keep each compiled variant's compile and timing inside it.
+    python3 -m pytest -q -rs tests/model/test_gpu_graphs.py 2>&1 | tee "$out/pytest_gpu_graphs.log"
+    timeout 170 python3 -m benchmarks.generate --shapes 8B --new 64 --repeats 2 --out "$out" 2>&1 \
+      | tee "$out/generate.log" ;;
+  train)
+    timeout 175 python3 -m benchmarks.train --steps 3 --warmup 2 --out "$out" 2>&1 | tee "$out/train.log" ;;
 esac

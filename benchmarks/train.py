@@ -94,6 +94,7 @@ def measure(config: str, variant: str, mode: str, batch: int, seq: int, steps: i
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     else:
+        rss.resident_bytes()  # what the warm-up freed goes back first, so the mark starts at what is held
         rss.reset_peak()
     times = []
     for _ in range(steps):
