@@ -38,7 +38,7 @@ import torch
 
 from .harness import rss
 from .harness.int4 import int4_available, quantize_linears
-from .harness.llama_shapes import build_seeded, build_stored, held_bytes, linear_params
+from .harness.llama_shapes import build_seeded, build_stored, contiguous_head_input, held_bytes, linear_params
 from .harness.results import RESULTS_DIR, write_results
 
 VARIANTS = ("seeded", "bf16", "int4")
@@ -49,11 +49,16 @@ MIB = 2**20
 
 
 def build(shape: str, variant: str, device: torch.device) -> torch.nn.Module:
-    """Shape ``shape`` in ``variant``, bf16 on ``device``."""
+    """Shape ``shape`` in ``variant``, bf16 on ``device``, every parameter frozen (as for inference)
+    and the head's input made contiguous (``contiguous_head_input``)."""
     if variant == "seeded":
-        return build_seeded(shape, torch.bfloat16, device)
-    model = build_stored(shape, torch.bfloat16, device)
-    return quantize_linears(model) if variant == "int4" else model
+        model = build_seeded(shape, torch.bfloat16, device)
+    else:
+        model = build_stored(shape, torch.bfloat16, device)
+        if variant == "int4":
+            quantize_linears(model)
+    model.requires_grad_(False)
+    return contiguous_head_input(model)
 
 
 def _sync(device: torch.device) -> None:
@@ -214,7 +219,8 @@ def main(argv=None) -> int:
     device_name = torch.cuda.get_device_name(device) if kind == "gpu" else None
     notes = (f"Greedy generate, {prompt} prompt tokens, {new_tokens} new, bf16; seeded = lottalora.convert("
              "target_modules='all-linear') with random rank-8 adapters; bf16 = the same shape stored as nn.Linear; "
-             "int4 = torch._weight_int4pack_mm (groups of 128); the head stored bf16 in all. compiled = static "
+             "int4 = torch._weight_int4pack_mm (groups of 128); the head stored bf16 in all, its input made "
+             "contiguous (harness.llama_shapes.contiguous_head_input); all frozen. compiled = static "
              "cache + torch.compile(mode='reduce-overhead', fullgraph=True) of the decode step. peak: "
              + ("torch.cuda.max_memory_allocated." if kind == "gpu" else
                 "resident high-water mark above the process before the model was built."))

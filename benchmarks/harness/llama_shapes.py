@@ -90,3 +90,20 @@ def held_bytes(model: nn.Module) -> int:
             seen.add(key)
             total += t.untyped_storage().nbytes()
     return total
+
+
+def _contiguous_input(module: nn.Module, args: tuple) -> tuple:
+    return (args[0].contiguous(), *args[1:])
+
+
+def contiguous_head_input(model: nn.Module) -> nn.Module:
+    """Make the output head's input contiguous before it multiplies (a forward pre-hook).
+
+    transformers hands the head the last position of each sequence, hidden[:, -1:, :], a view
+    that cannot be folded into a matrix without a copy. torch.matmul then folds it (one small
+    copy) only when the weight requires grad; for a frozen head (``lottalora.convert`` freezes
+    it, as any frozen model does) it expands the weight to (batch, hidden, vocab) and runs a
+    batched GEMM instead: at batch 16 of the 35M shape 375 MiB and 2.5 s a call on the CPU
+    against 1 MiB and 10 ms (benchmarks/NOTES.md, "End-to-end"). Applied to every variant alike."""
+    model.get_output_embeddings().register_forward_pre_hook(_contiguous_input)
+    return model
