@@ -61,6 +61,32 @@ def build(shape: str, variant: str, device: torch.device) -> torch.nn.Module:
     return contiguous_head_input(model)
 
 
+def stored_bytes(shape: str) -> int:
+    """Bytes of the stored bf16 model's weights: the linears, the embeddings and the head."""
+    from .harness.llama_shapes import SHAPES
+
+    hidden, vocab = SHAPES[shape][0], SHAPES[shape][5]
+    return 2 * (linear_params(shape) + 2 * vocab * hidden)
+
+
+def skip_reason(shape: str, variant: str, device: torch.device) -> str | None:
+    """Why ``variant`` of ``shape`` is not run here, or None: torch's int4 kernel missing, or a
+    stored model (built in bf16 first) larger than nine tenths of the device's memory."""
+    if variant == "int4" and int4_available(device) is not None:
+        return int4_available(device)
+    if variant == "seeded":
+        return None
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+    else:
+        import os
+
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if stored_bytes(shape) > 0.9 * total:
+        return f"its bf16 weights ({stored_bytes(shape) / 2**30:.0f} GiB) do not fit ({total / 2**30:.0f} GiB)"
+    return None
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -239,7 +265,7 @@ def main(argv=None) -> int:
     for shape in shapes:
         for mode in modes:
             for variant in args.variants:
-                reason = int4_available(device) if variant == "int4" else None
+                reason = skip_reason(shape, variant, device)
                 if reason is not None:
                     rows.append({"shape": shape, "variant": variant, "mode": mode, "skipped": reason})
                     publish()
