@@ -38,7 +38,14 @@ import torch
 
 from .harness import rss
 from .harness.int4 import int4_available, quantize_linears
-from .harness.llama_shapes import build_seeded, build_stored, contiguous_head_input, held_bytes, linear_params
+from .harness.llama_shapes import (
+    build_seeded,
+    build_stored,
+    cache_keyword,
+    contiguous_head_input,
+    held_bytes,
+    linear_params,
+)
 from .harness.results import RESULTS_DIR, write_results
 
 VARIANTS = ("seeded", "bf16", "int4")
@@ -92,7 +99,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _generate_call(model, mode: str, prompt: int, new_tokens: int, batch: int, device: torch.device):
+def _generate_call(model, mode: str, prompt: int, new_tokens: int, device: torch.device):
     """A function (ids, new) -> tokens running ``generate`` the way ``mode`` says."""
     from transformers import CompileConfig, StaticCache
 
@@ -110,7 +117,7 @@ def _generate_call(model, mode: str, prompt: int, new_tokens: int, batch: int, d
         extra = {}
         if mode != "eager":
             cache.reset()
-            extra["cache"] = cache
+            extra[cache_keyword()] = cache
         return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
                               **options, **extra)
     return call
@@ -132,7 +139,7 @@ def measure(model, shape: str, variant: str, mode: str, batch: int, prompt: int,
     """One row: ``generate`` of ``model`` timed (after a warm-up call) and its peak memory."""
     vocab = model.config.vocab_size
     ids = torch.randint(0, vocab, (batch, prompt), generator=torch.Generator().manual_seed(batch)).to(device)
-    call = _generate_call(model, mode, prompt, new_tokens, batch, device)
+    call = _generate_call(model, mode, prompt, new_tokens, device)
     with torch.inference_mode():
         call(ids, new_tokens)  # warm-up: kernels, compilation, CUDA graphs
         first_s, _ = _timed(call, ids, 1, device, repeats)

@@ -107,3 +107,13 @@ def contiguous_head_input(model: nn.Module) -> nn.Module:
     against 1 MiB and 10 ms (benchmarks/NOTES.md, "End-to-end"). Applied to every variant alike."""
     model.get_output_embeddings().register_forward_pre_hook(_contiguous_input)
     return model
+
+
+def cache_keyword() -> str:
+    """The keyword a LlamaForCausalLM's forward and ``generate`` take the KV cache by: ``cache``
+    in transformers 5.x from 5.20 or so, ``past_key_values`` before (still accepted, deprecated)."""
+    import inspect
+
+    from transformers import LlamaForCausalLM
+
+    return "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
