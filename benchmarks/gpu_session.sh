@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What a lent GPU should run for lottalora, in parts that each fit one 10-minute device call.
 # The device image has torch, Triton and every dependency; run from the repository root:
+#   bash benchmarks/gpu_session.sh all     # THE command of a lent session (under 9 minutes, below)
 #   bash benchmarks/gpu_session.sh tests   # tests/kernels/test_gpu.py: Gluon paths bit-exact, every regime vs float64 (~4 min)
 #   bash benchmarks/gpu_session.sh kernels # the kernel test files on the GPU (~5 min)
 #   bash benchmarks/gpu_session.sh bench   # benchmarks.speed (regimes vs cuBLAS + LoRA, graphs, generation rates)
@@ -15,8 +16,9 @@
 set -uo pipefail
 export PYTHONPATH=. PYTHONUNBUFFERED=1
 case "${1:-}" in
-  tests|kernels|bench|memory|profile|suite|generate|train) ;;
-  *) echo "usage: bash benchmarks/gpu_session.sh tests|kernels|bench|memory|profile|suite|generate|train" >&2; exit 2 ;;
+  all|tests|kernels|bench|memory|profile|suite|generate|train) ;;
+  *) echo "usage: bash benchmarks/gpu_session.sh all|tests|kernels|bench|memory|profile|suite|generate|train" >&2
+     exit 2 ;;
 esac
 out=${OUT:-benchmarks/results}
 mkdir -p "$out"
@@ -24,6 +26,18 @@ mkdir -p "$out"
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"; } \
   > "$out/gpu_environment.txt" 2>&1
 case "${1:-}" in
+  all)
+    # A lent session has 15 device-minutes, the machine's start included: this runs in under 9,
+    # each part in its own time box, each writing its results to $out as it goes. First the
+    # bits of the kernels no GPU has run yet (the one-pass kernels, alone and as whole layers
+    # with the switch on), then the speed table at the shapes with both baselines,
+    # then the end-to-end benchmarks.
+    timeout 210 python3 -m pytest -q -rs tests/kernels/test_gpu.py -k "one_pass" 2>&1 \
+      | tee "$out/pytest_gpu_one_pass.log"
+    timeout 150 python3 -m benchmarks.speed --out "$out" 2>&1 | tee "$out/speed.log"
+    timeout 100 bash "$0" generate
+    timeout 60 bash "$0" train
+    date -u >> "$out/gpu_environment.txt" ;;
   tests)
     # The large-index test runs in its own process: an illegal memory access poisons the CUDA
     # context, and every later test in that process fails with it (seen on the first H100 run).
@@ -44,11 +58,15 @@ case "${1:-}" in
   suite)
     python3 -m pytest -q -rs tests/ 2>&1 | tee "$out/pytest_suite_gpu.log" ;;
   generate)
-    # Rows are written as they are measured (eager first, then compiled), so the cap keeps what
-    # it measured; 64 new tokens keep each compiled variant's compile and timing inside it.
+    # First the decode step replayed in a CUDA graph (a tiny model: seconds once its kernels
+    # compile), then the 8B shape. Rows are written as they are measured (eager rows first, then
+    # compiled ones, whose compile takes most of a minute each), so a cap, this one or the time
+    # box of "all", keeps what was measured; 32 new tokens and one timed generate a row keep the
+    # eager rows inside the first 40 s or so.
     python3 -m pytest -q -rs tests/model/test_gpu_graphs.py 2>&1 | tee "$out/pytest_gpu_graphs.log"
-    timeout 170 python3 -m benchmarks.generate --shapes 8B --new 64 --repeats 2 --out "$out" 2>&1 \
+    timeout 170 python3 -m benchmarks.generate --shapes 8B --new 32 --repeats 1 --out "$out" 2>&1 \
       | tee "$out/generate.log" ;;
   train)
+    # Eager rows of the three recipes first (each a build and five steps), then compiled ones.
     timeout 175 python3 -m benchmarks.train --steps 3 --warmup 2 --out "$out" 2>&1 | tee "$out/train.log" ;;
 esac

@@ -2,10 +2,17 @@
 
 Per shape (bf16, rank 8, bias) and pass (forward, backward, forward+backward), medians of:
 - ``seeded``: lottalora.Linear as users call it (stream v2, the regime the dispatch picks);
+- ``seeded one_pass on``: the same layer with ``LOTTALORA_ONE_PASS=1`` (forward and input
+  gradient on the one-pass kernels at every M; off by default until a GPU has held their bits);
 - ``seeded <regime>``: the forward forced through each regime that can serve the shape
-  (decode up to M = 128, in 32-row launches past 32; two-phase), to check the dispatch thresholds;
-- ``cublas+lora``: F.linear with a stored bf16 weight plus an unfused LoRA: the baseline.
-The headline is seeded / cublas+lora, measured in the same process. Forwards are also timed as
+  (decode up to M = 128, in 32-row launches past 32; one-pass; two-phase), to check the
+  dispatch thresholds;
+- ``cublas+lora``: F.linear with a stored bf16 weight plus an unfused LoRA: the baseline;
+- ``cublas``: the stored weight's F.linear alone, the bar at large M (a seeded layer that
+  matches it pays nothing for its adapter or for making W).
+The headline is seeded / cublas+lora, measured in the same process; ``*_vs_cublas_ratio`` is
+against plain cuBLAS. The results are rewritten after every shape, so a run cut short keeps
+what it measured. Forwards are also timed as
 CUDA graphs (``*_graph``), which removes Python and launch overhead from both sides, and the
 host's time to issue a forward + backward is recorded (``host_fwd_bwd``; ``benchmarks.host_time``
 estimates it without a GPU). Floors:
@@ -21,6 +28,7 @@ against the stored-weight read rate (copy bandwidth / 2 bytes).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import tempfile
@@ -143,10 +151,12 @@ def bench_shape(m: int, nk: int, cuda: bool, timer, graph_timer) -> list[dict]:
     def baseline():
         return beta * F.linear(x, w_stored) + layer.scaling * F.linear(F.linear(x, A), B) + bias
 
-    methods = {"seeded": lambda: layer(x), "cublas+lora": baseline}
+    methods = {"seeded": lambda: layer(x), "cublas+lora": baseline, "cublas": lambda: F.linear(x, w_stored)}
+    if cuda:
+        methods["seeded one_pass on"] = lambda: layer(x)
     # Decode past 32 rows regenerates W per 32-row chunk: timed against two-phase up to 128 rows
     # to find the crossover (the dispatch sends M > DECODE_MAX_M to two-phase until measured).
-    regimes = ["decode", "two_phase"] if m <= DECODE_TIMED_MAX_M else ["two_phase"]
+    regimes = ["decode", "one_pass", "two_phase"] if m <= DECODE_TIMED_MAX_M else ["one_pass", "two_phase"]
     for regime in regimes if cuda else []:
         methods[f"seeded {regime}"] = lambda regime=regime: dispatch.seeded_linear_fwd(
             x.detach(), seed=layer.seed, stream=layer.stream, version=2, init=layer.init, out_features=n,
@@ -154,21 +164,46 @@ def bench_shape(m: int, nk: int, cuda: bool, timer, graph_timer) -> list[dict]:
             scale=layer.scaling, regime=regime)
     rows = []
     for method, forward in methods.items():
-        row = {"M": m, "N": n, "K": k, "method": method, "regime": dispatch.forward_regime(2, m, dtype, cuda)
-               if method == "seeded" else method.removeprefix("seeded ")}
-        with torch.no_grad():
-            row["forward_s"] = timer(forward)
-            row["forward_graph_s"] = graph_timer(forward) if graph_timer else None
-        if not method.startswith("seeded "):  # forced regimes are forward-only
-            y = forward()
-            row["backward_s"] = timer(lambda y=y: torch.autograd.backward(y, dy, retain_graph=True))
-            row["fwd_bwd_s"] = timer(lambda forward=forward: torch.autograd.backward(forward(), dy))
-            row["host_fwd_bwd_s"] = host_seconds(
-                lambda forward=forward: torch.autograd.backward(forward(), dy), cuda)
-            for param in (x, A, B, bias, beta):
-                param.grad = None
-        rows.append(row)
+        with _one_pass(method == "seeded one_pass on"):
+            rows.append(_time_method(method, forward, m, n, k, dtype, cuda, timer, graph_timer, dy,
+                                     (x, A, B, bias, beta)))
     return rows
+
+
+@contextlib.contextmanager
+def _one_pass(on: bool):
+    """LOTTALORA_ONE_PASS=1 while the block runs (when ``on``), as it was after."""
+    before = os.environ.get("LOTTALORA_ONE_PASS")
+    if on:
+        os.environ["LOTTALORA_ONE_PASS"] = "1"
+    try:
+        yield
+    finally:
+        if on and before is None:
+            del os.environ["LOTTALORA_ONE_PASS"]
+        elif on:
+            os.environ["LOTTALORA_ONE_PASS"] = before
+
+
+def _time_method(method, forward, m, n, k, dtype, cuda, timer, graph_timer, dy, leaves) -> dict:
+    if method == "seeded":
+        regime = dispatch.forward_regime(2, m, dtype, cuda)
+    elif method == "seeded one_pass on":
+        regime = "one_pass"
+    else:
+        regime = method.removeprefix("seeded ")
+    row = {"M": m, "N": n, "K": k, "method": method, "regime": regime}
+    with torch.no_grad():
+        row["forward_s"] = timer(forward)
+        row["forward_graph_s"] = graph_timer(forward) if graph_timer else None
+    if method in ("seeded", "seeded one_pass on", "cublas+lora", "cublas"):  # forced regimes: forward only
+        y = forward()
+        row["backward_s"] = timer(lambda y=y: torch.autograd.backward(y, dy, retain_graph=True))
+        row["fwd_bwd_s"] = timer(lambda: torch.autograd.backward(forward(), dy))
+        row["host_fwd_bwd_s"] = host_seconds(lambda: torch.autograd.backward(forward(), dy), cuda)
+        for param in leaves:
+            param.grad = None
+    return row
 
 
 def main(argv=None) -> int:
@@ -189,23 +224,33 @@ def main(argv=None) -> int:
         shapes = [(1, 1024), (2048, 1024)]
 
     bandwidth = copy_bandwidth(cuda, timer)
-    read_rate = bandwidth / 2  # stored bf16 weights per second
     gen = generation_rates(cuda, graph_timer or timer, 8192 if cuda else 256)
     peak = _peak_flops(device_name) if cuda else None
     rows = []
+    out_dir = args.out or (Path(tempfile.mkdtemp(prefix="lottalora-speed-")) if args.quick else RESULTS_DIR)
     for m, nk in shapes:
         shape_rows = bench_shape(m, nk, cuda, timer, graph_timer)
         base = next(r for r in shape_rows if r["method"] == "cublas+lora")
+        plain = next(r for r in shape_rows if r["method"] == "cublas")
         for r in shape_rows:
             for key in ("forward_s", "forward_graph_s", "backward_s", "fwd_bwd_s"):
                 if r.get(key) is not None and base.get(key):
                     r[key.replace("_s", "_ratio")] = r[key] / base[key]
+                if r.get(key) is not None and plain.get(key):
+                    r[key.replace("_s", "_vs_cublas_ratio")] = r[key] / plain[key]
             r["floor_tensor_core_fwd_s"] = 2 * m * nk * nk / peak if peak else None
             r["floor_hbm_weight_fwd_s"] = 2 * nk * nk / bandwidth
         rows += shape_rows
         seeded = next(r for r in shape_rows if r["method"] == "seeded")
         print(f"M={m:5d} N=K={nk:5d} [{seeded['regime']}] seeded fwd {seeded['forward_s'] * 1e6:9.1f} us  "
               f"ratio fwd {seeded['forward_ratio']:.2f}x  fwd+bwd {seeded['fwd_bwd_ratio']:.2f}x", flush=True)
+        _write(rows, bandwidth, gen, device_name, cuda, out_dir)
+    print(f"results written to {out_dir}")
+    return 0
+
+
+def _write(rows: list[dict], bandwidth: float, gen: dict, device_name: str, cuda: bool, out_dir: Path) -> None:
+    read_rate = bandwidth / 2  # stored bf16 weights per second
 
     def us(v):
         return f"{v * 1e6:,.1f}" if v is not None else "-"
@@ -216,24 +261,22 @@ def main(argv=None) -> int:
              f"read at {read_rate / 1e9:,.1f} G values/s. Generation: " + ", ".join(
                  f"{k} {v / 1e9:,.1f} G values/s ({v / read_rate:.2f}x the read rate)" for k, v in gen.items()), "",
              "| M | N=K | method | regime | fwd us | fwd graph us | bwd us | fwd+bwd us | fwd ratio | "
-             "fwd graph ratio | fwd+bwd ratio | fwd+bwd host us | TC floor us | HBM floor us |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "fwd graph ratio | fwd+bwd ratio | fwd vs cuBLAS | fwd+bwd vs cuBLAS | fwd+bwd host us | TC floor us | "
+             "HBM floor us |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['M']} | {r['N']} | {r['method']} | {r['regime']} | {us(r['forward_s'])} | "
                      f"{us(r.get('forward_graph_s'))} | {us(r.get('backward_s'))} | {us(r.get('fwd_bwd_s'))} | "
                      f"{ratio(r, 'forward_ratio')} | {ratio(r, 'forward_graph_ratio')} | {ratio(r, 'fwd_bwd_ratio')} | "
+                     f"{ratio(r, 'forward_vs_cublas_ratio')} | {ratio(r, 'fwd_bwd_vs_cublas_ratio')} | "
                      f"{us(r.get('host_fwd_bwd_s'))} | {us(r['floor_tensor_core_fwd_s'])} | "
                      f"{us(r['floor_hbm_weight_fwd_s'])} |")
     table = "\n".join(lines)
-    print(table)
-    out_dir = args.out or (Path(tempfile.mkdtemp(prefix="lottalora-speed-")) if args.quick else RESULTS_DIR)
     tag = "gpu" if cuda else "cpu_quick"
     write_results(f"speed_{tag}", {"copy_bandwidth_Bps": bandwidth, "generation_values_per_s": gen, "rows": rows},
                   table, directory=out_dir,
                   notes="Ratios are against cublas+lora measured in the same run (lower is faster).")
     _plot(rows, out_dir / f"speed_{tag}.png", device_name)
-    print(f"results written to {out_dir}")
-    return 0
 
 
 def _plot(rows: list[dict], path: Path, device_name: str) -> None:

@@ -1,12 +1,18 @@
 """Test setup: interpret Triton kernels on the CPU when there is no GPU, and poison outputs.
 
-TRITON_INTERPRET must be set before Triton is first imported, so it happens here at import.
+TRITON_INTERPRET must be set before Triton is first imported, so it happens here at import;
+Inductor's cache directory before torch is.
 """
 
 import os
+import tempfile
 
-import pytest
-import torch
+# Inductor's compiled graphs in a directory of this run's own: a cache left on the machine by
+# another checkout (other fakes, other kernels) must not answer for this one's graphs.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="lottalora-inductor-"))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:

@@ -3,9 +3,16 @@ between the registered op and its implementation.
 
 ``torch.compile`` sees two opaque ops with known output shapes (the fake implementations)
 instead of tracing into Python launchers or the PyTorch stream (Inductor would otherwise try to
-compile the whole generator). A block of a backbone travels as twelve ints (``block_words``):
+compile the whole generator). A block of a backbone travels as thirteen ints (``block_words``):
 a schema ``int`` is 64-bit signed, and a seed or stream may use all 64 bits, so each travels as
 two 32-bit words (``lottalora_kernels.stream.spec.words``).
+
+The last word is ``FAKE_CONTRACT``. Inductor keeps compiled graphs on disk across processes,
+keyed by the graph's code, which holds the ops' arguments but not the fakes' source: a graph
+compiled while a fake gave other output shapes would be reused, and would fail on the real
+op's outputs (seen when the packed signs of a narrow block shrank to its own bytes). The
+contract word is a constant in every graph, so bumping it with any change of the fakes' shapes
+retires the graphs cached before.
 
 In eager mode on plain tensors (``direct_call_ok``) the implementations are called directly:
 the registered op would only add its dispatch to the host time of every call.
@@ -24,19 +31,25 @@ from . import backend as backends
 from .precision import accumulation_dtype
 from .torch_backend import packed_shape
 
+# Bumped with every change of the output shapes the fakes give (see the module's docstring).
+FAKE_CONTRACT = 2
+
 
 def block_words(block: BackboneBlock) -> list[int]:
     """[seed_lo, seed_hi, stream_lo, stream_hi, version, init code, out_features, in_features,
-    row0, row1, col0, col1]: the block and its layer as the ops' schema takes them."""
+    row0, row1, col0, col1, FAKE_CONTRACT]: the block and its layer as the ops' schema takes them."""
     s = block.spec
     return [*stream_spec.words(s.seed, s.stream), s.version, stream_spec.INIT_CODES[s.init], s.out_features,
-            s.in_features, *block.rows, *block.cols]
+            s.in_features, *block.rows, *block.cols, FAKE_CONTRACT]
 
 
 @functools.lru_cache(maxsize=4096)
 def _block(words: tuple[int, ...]) -> BackboneBlock:
     # A layer calls the op with the same block every step: validated once.
-    seed_lo, seed_hi, stream_lo, stream_hi, version, init, out_features, in_features, r0, r1, c0, c1 = words
+    if len(words) != 13 or words[-1] != FAKE_CONTRACT:
+        raise ValueError(f"block words must be the 13 ints block_words gives (contract {FAKE_CONTRACT}), got "
+                         f"{list(words)}: a graph compiled by another lottalora version?")
+    seed_lo, seed_hi, stream_lo, stream_hi, version, init, out_features, in_features, r0, r1, c0, c1, _ = words
     s = BackboneSpec(stream_spec.join_u64(seed_lo, seed_hi), stream_spec.join_u64(stream_lo, stream_hi),
                      in_features, out_features, stream_spec.INITS[init], version)
     return BackboneBlock(s, (r0, r1), (c0, c1))

@@ -25,6 +25,12 @@ def _mlp_converted_today():
     return model
 
 
+def _assert_fixture_outputs(got: torch.Tensor, want: torch.Tensor) -> None:
+    # The fixture's outputs were computed by another CPU, whose float32 matmul may round a
+    # last bit differently; a backbone drawn from any other stream would be off by O(1).
+    torch.testing.assert_close(got, want, rtol=2e-6, atol=1e-6)
+
+
 def test_default_layer_is_stream_v2_binary_and_gaussian_means_v1():
     layer = lottalora.Linear(64, 32)
     assert (layer.stream_version, layer.init) == (2, "rademacher") == (spec.STREAM_VERSION, "rademacher")
@@ -55,7 +61,7 @@ def test_v1_checkpoint_directory_loads_as_v1_with_identical_outputs():
     assert [(m.stream_version, m.init, m.seed) for m in layers] == [(1, "rademacher", 99), (1, "gaussian", 7)]
     expected = load_file(str(FIXTURES / "expected_outputs.safetensors"))
     with torch.no_grad():
-        assert torch.equal(model(expected["x"]), expected["y"])
+        _assert_fixture_outputs(model(expected["x"]), expected["y"])
 
 
 def test_v1_state_dict_loads_as_v1_with_identical_outputs():
@@ -64,7 +70,7 @@ def test_v1_state_dict_loads_as_v1_with_identical_outputs():
     assert [m.stream_version for m in model.modules() if isinstance(m, lottalora.Linear)] == [1, 1]
     expected = load_file(str(FIXTURES / "expected_outputs.safetensors"))
     with torch.no_grad():
-        assert torch.equal(model(expected["x"]), expected["y"])
+        _assert_fixture_outputs(model(expected["x"]), expected["y"])
 
 
 def test_convert_takes_a_stream_version_and_a_v2_checkpoint_round_trips(tmp_path):

@@ -44,8 +44,10 @@ def test_speed_quick_run_writes_results(tmp_path):
     run_script("benchmarks.speed", "--quick", "--out", str(tmp_path), env={"LOTTALORA_BACKEND": "torch"})
     data = json.loads((tmp_path / "speed_cpu_quick.json").read_text())
     methods = {r["method"] for r in data["rows"]["rows"]}
-    assert methods == {"seeded", "cublas+lora"}  # the forced regimes run on a GPU only
+    assert methods == {"seeded", "cublas+lora", "cublas"}  # the forced regimes and one-pass run on a GPU only
     assert all(r["forward_s"] > 0 and r["fwd_bwd_s"] > 0 for r in data["rows"]["rows"])
+    seeded = [r for r in data["rows"]["rows"] if r["method"] == "seeded"]
+    assert all(r["forward_vs_cublas_ratio"] > 0 and r["fwd_bwd_ratio"] > 0 for r in seeded)
     assert data["rows"]["generation_values_per_s"]["torch_backend_generator"] > 0
 
 

@@ -108,6 +108,22 @@ def _layer_case(dtype, M, version, K=1000, N=777, rank=16):
 @pytest.mark.parametrize("M", [1, 16, 17, 32, 33, 300, 2049])
 def test_forward_and_backward_match_float64_in_every_regime(version, dtype, M, monkeypatch):
     monkeypatch.setenv("LOTTALORA_BACKEND", "triton")
+    _check_layer_against_float64(version, dtype, M)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("M", [1, 16, 17, 64, 300, 2049])
+def test_whole_layers_with_the_one_pass_switch_on_match_float64(dtype, M, monkeypatch):
+    """LOTTALORA_ONE_PASS=1: forward and input gradient of a whole layer on the one-pass kernels
+    at every M (the switch stays off by default until this holds on a GPU)."""
+    monkeypatch.setenv("LOTTALORA_BACKEND", "triton")
+    monkeypatch.setenv("LOTTALORA_ONE_PASS", "1")
+    assert dispatch.forward_regime(2, M, dtype, True) == "one_pass"
+    _check_layer_against_float64(2, dtype, M)
+    assert not gluon_failed("one_pass_fwd") and not gluon_failed("one_pass_dx"), "a Gluon kernel fell back"
+
+
+def _check_layer_against_float64(version, dtype, M):
     layer, x = _layer_case(dtype, M, version)
     y = layer(x)
     dy = torch.randn_like(y)

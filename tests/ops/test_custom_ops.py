@@ -7,7 +7,13 @@ import torch
 import lottalora
 from lottalora.backbone import BackboneBlock
 from lottalora.ops import custom_ops, torch_backend
-from lottalora.ops.custom_ops import block_from_words, block_words, seeded_linear_bwd_dx_op, seeded_linear_fwd_op
+from lottalora.ops.custom_ops import (
+    FAKE_CONTRACT,
+    block_from_words,
+    block_words,
+    seeded_linear_bwd_dx_op,
+    seeded_linear_fwd_op,
+)
 
 OPCHECKS = ("test_schema", "test_faketensor")
 
@@ -23,8 +29,18 @@ def test_a_block_travels_through_the_schema_as_its_words():
     s = lottalora.BackboneSpec(2**64 - 1, 2**63 + 5, 300, 70, "uniform", 1)
     for block in (BackboneBlock.whole(s), BackboneBlock(s, (3, 9), (128, 257))):
         words = block_words(block)
-        assert len(words) == 12 and all(isinstance(w, int) and 0 <= w < 2**32 for w in words)
-        assert block_from_words(words) == block
+        assert len(words) == 13 and all(isinstance(w, int) and 0 <= w < 2**32 for w in words)
+        assert words[-1] == FAKE_CONTRACT and block_from_words(words) == block
+
+
+def test_words_of_another_fake_contract_are_refused():
+    """A graph compiled (and cached on disk) under other fakes carries another contract word:
+    it fails by name instead of meeting outputs of shapes it did not expect."""
+    words = block_words(BackboneBlock.whole(lottalora.BackboneSpec(1, 2, 24, 16)))
+    with pytest.raises(ValueError, match="another lottalora version"):
+        block_from_words(words[:-1] + [FAKE_CONTRACT - 1])
+    with pytest.raises(ValueError, match="13 ints"):
+        block_from_words(words[:-1])
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])

@@ -42,14 +42,15 @@ def test_torch_compile_with_the_default_backend_trains_on_cpu(monkeypatch):
 @pytest.mark.parametrize("m", [1, 64])
 def test_a_forward_takes_well_under_the_dense_weight_in_memory(m):
     """A 4096 x 4096 layer's forward (torch backend, fresh process) adds at its peak less than half
-    the 64 MiB float32 weight it replaces."""
+    the 64 MiB float32 weight it replaces (the code its first call loads not counted: a smaller
+    layer on the same path warms it up)."""
     from tests.support.memory import peak_bytes_added
 
     setup = f"""
     import lottalora
     layer, x = lottalora.Linear(4096, 4096, rank=8), torch.randn({m}, 4096)
-    with torch.no_grad():
-        lottalora.Linear(8, 8, rank=8)(torch.randn(1, 8))
+    with torch.no_grad():  # a small layer on the same path: its first calls load their code
+        lottalora.Linear(64, 256, rank=8)(torch.randn({m}, 64))
     """
     step = """
     with torch.no_grad():

@@ -5,10 +5,16 @@ just before the step.
 Not ru_maxrss: Linux carries a process's maximum across fork and exec, so a child of a large
 process (pytest, with everything it imported) starts at its parent's resident size and would
 report nothing for any step smaller than that.
+
+glibc's malloc runs with a fixed mmap threshold: by default the threshold grows as large blocks
+are freed, so later temporaries land on the heap and stay resident after their free, and the
+high-water mark would count the allocator's fragmentation (it moved by 20 MiB between runs of
+one step), not the step's live tensors.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -32,6 +38,10 @@ print((_status_kib("VmHWM") - before) * 1024)
 """
 
 
+def _env() -> dict[str, str]:
+    return {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+
+
 def _command(setup: str, step: str) -> list[str]:
     return [sys.executable, "-c", _RUNNER.format(setup=textwrap.dedent(setup), step=textwrap.dedent(step))]
 
@@ -46,13 +56,13 @@ def peak_bytes_added(setup: str, step: str) -> int:
     (both Python source, run in a fresh process on the torch backend with one thread; Linux).
     ``setup`` should warm up imports and first calls, so that the step's temporaries are what is
     measured."""
-    out = subprocess.run(_command(setup, step), cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run(_command(setup, step), cwd=ROOT, env=_env(), capture_output=True, text=True)
     return _peak(out.stdout, out.stderr, out.returncode)
 
 
 def peak_bytes_added_each(runs: list[tuple[str, str]]) -> list[int]:
     """``peak_bytes_added`` of each (setup, step), the processes run side by side: each measures
     its own high-water mark, so they need not wait for one another."""
-    procs = [subprocess.Popen(_command(setup, step), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for setup, step in runs]
+    procs = [subprocess.Popen(_command(setup, step), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for setup, step in runs]
     return [_peak(*p.communicate(), p.returncode) for p in procs]
