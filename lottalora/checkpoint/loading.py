@@ -85,6 +85,17 @@ def _check_layers_match(directory: Path, config: dict, layers: dict[str, Linear]
         if backbone_fingerprint(s) != layer["fingerprint"]:
             fail(directory, f"layer {layer['name']!r}: the backbone fingerprint differs: this build's "
                              "generator does not reproduce the weights the checkpoint was trained with")
+        _check_dora_matches(directory, layer, module)
+
+
+def _check_dora_matches(directory: Path, layer: dict, module: Linear) -> None:
+    """The checkpoint's layer and the model's are both DoRA or both not (a DoRA layer's
+    lora_magnitude has nowhere to go in a plain one, and a plain checkpoint has none to give)."""
+    saved = layer.get("use_dora", False)
+    if saved != module.use_dora:
+        fail(directory, f"layer {layer['name']!r} is {'' if module.use_dora else 'not '}DoRA in the model "
+                         f"(use_dora={module.use_dora}) but {'' if saved else 'not '}DoRA in the checkpoint: "
+                         f"build the model with use_dora={saved} to load it")
 
 
 def _resolve_aliases(directory: Path, tensors: dict[str, torch.Tensor], aliases: dict[str, str]) -> None:
@@ -243,6 +254,11 @@ def _load_adapter(model: nn.Module, directory: Path, config: dict, data: bytes, 
                              f"{layer['rank']} in the checkpoint")
         if target == DEFAULT_ADAPTER and held == 0:
             fail(directory, f"layer {layer['name']!r} has no default adapter (rank 0) to load into")
+        if target == DEFAULT_ADAPTER:
+            _check_dora_matches(directory, layer, module)
+        elif layer.get("use_dora", False):
+            fail(directory, f"layer {layer['name']!r}: the adapter is DoRA, and named adapters are plain LoRA: "
+                             "load it as the default adapter (adapter='default') of a use_dora=True model")
         plan.append((layer, module, held is None))
     tensors = parse_tensors(directory, data)
     del data
@@ -251,6 +267,8 @@ def _load_adapter(model: nn.Module, directory: Path, config: dict, data: bytes, 
         prefix = _prefix(layer["name"])
         want[prefix + "lora_A"] = (layer["rank"], module.in_features)
         want[prefix + "lora_B"] = (module.out_features, layer["rank"])
+        if layer.get("use_dora", False):
+            want[prefix + "lora_magnitude"] = (module.out_features,)
     if set(tensors) != set(want):
         fail(directory, f"tensors differ from the adapter's: missing {sorted(set(want) - set(tensors))[:5]}, "
                          f"unexpected {shorten(sorted(set(tensors) - set(want))[:5])}")
@@ -269,7 +287,10 @@ def _load_adapter(model: nn.Module, directory: Path, config: dict, data: bytes, 
         prefix = _prefix(layer["name"])
         parts = module.adapter_parts(target)
         with torch.no_grad():
-            for param, key in ((parts.lora_A, "lora_A"), (parts.lora_B, "lora_B")):
+            pairs = [(parts.lora_A, "lora_A"), (parts.lora_B, "lora_B")]
+            if layer.get("use_dora", False):
+                pairs.append((module.lora_magnitude, "lora_magnitude"))
+            for param, key in pairs:
                 value = tensors[prefix + key].to(param.dtype)
                 param.copy_(shard_like(value, param) if is_dtensor(param) else value.to(param.device))
         owner = module if target == DEFAULT_ADAPTER else module.named_adapters[target]

@@ -124,7 +124,7 @@ def _place_seeded_layer(directory: Path, model: nn.Module, layer: dict, dtype: t
     seeded = Linear(spec.in_features, spec.out_features, bias=layer["bias"], rank=layer["rank"],
                     alpha=layer["alpha"] if layer["rank"] else None, use_rslora=layer["use_rslora"],
                     seed=spec.seed, stream=spec.stream, init=spec.init, stream_version=spec.version,
-                    device="meta", dtype=dtype)
+                    use_dora=layer.get("use_dora", False), device="meta", dtype=dtype)
     for adapter, entry in layer.get("adapters", {}).items():
         seeded.add_adapter(adapter, rank=entry["rank"], alpha=entry["alpha"], use_rslora=entry["use_rslora"],
                            lora_dropout=entry["lora_dropout"])

@@ -66,6 +66,8 @@ def _layer_entry(name: str, m) -> dict:
              "stream": str(m.stream), "stream_version": m.stream_version, "init": m.init, "rank": m.rank,
              "alpha": m.alpha, "use_rslora": m.use_rslora, "scaling": m.scaling, "bias": m.bias is not None,
              "fingerprint": backbone_fingerprint(m.spec)}
+    if m.use_dora:
+        entry["use_dora"] = True
     if m.named_adapters:
         entry["adapters"] = {n: {"rank": a.rank, "alpha": a.alpha, "use_rslora": a.use_rslora, "scaling": a.scaling,
                                  "lora_dropout": a.lora_dropout} for n, a in m.named_adapters.items()}
@@ -77,6 +79,7 @@ def _adapter_layer_entry(name: str, m, adapter: str) -> dict:
     entry = _layer_entry(name, m)
     entry.pop("adapters", None)
     if adapter != DEFAULT_ADAPTER:
+        entry.pop("use_dora", None)  # named adapters are plain LoRA
         a = m.named_adapters[adapter]
         entry.update(rank=a.rank, alpha=a.alpha, use_rslora=a.use_rslora, scaling=a.scaling)
     entry["lora_dropout"] = m.lora_dropout if adapter == DEFAULT_ADAPTER else m.named_adapters[adapter].lora_dropout
@@ -84,14 +87,16 @@ def _adapter_layer_entry(name: str, m, adapter: str) -> dict:
 
 
 def _adapter_tensors(layers: dict, adapter: str) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """{<layer>.lora_A / .lora_B: the adapter's tensors} (the default adapter's keys, whatever its
-    name), and the layers that hold it."""
+    """{<layer>.lora_A / .lora_B (and .lora_magnitude for a DoRA default adapter): the adapter's
+    tensors} (the default adapter's keys, whatever its name), and the layers that hold it."""
     tensors, holders = {}, []
     for name, m in layers.items():
         if adapter in m.adapter_names():
             prefix = f"{name}." if name else ""
             parts = m.adapter_parts(adapter)
             tensors[prefix + "lora_A"], tensors[prefix + "lora_B"] = parts.lora_A, parts.lora_B
+            if adapter == DEFAULT_ADAPTER and m.use_dora:
+                tensors[prefix + "lora_magnitude"] = m.lora_magnitude
             holders.append(name)
     return tensors, holders
 

@@ -132,6 +132,9 @@ def _check_layer(directory: Path, index: int, layer, format_version: int, genera
     except ValueError as exc:
         fail(directory, f"{where}: {exc}")
     _check_scaling(bad, layer, layer["rank"], alpha)
+    if "use_dora" in layer and (layer["use_dora"] is not True or layer["rank"] < 1):
+        fail(directory, f"{where}: use_dora is recorded only as true, on a layer of rank >= 1, got "
+                         f"{shorten(layer['use_dora'])} at rank {shorten(layer['rank'])}")
     if adapter_file:
         if "adapters" in layer or "lora_dropout" not in layer or layer["rank"] < 1:
             fail(directory, f"{where}: a layer of an adapter checkpoint has rank >= 1 and lora_dropout, and no "

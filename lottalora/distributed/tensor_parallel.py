@@ -151,6 +151,9 @@ def _check_layer(module: Linear, mesh) -> None:
     if module.shard is not None or any(isinstance(p, DTensor) for p in module.parameters()):
         raise ValueError("this lottalora.Linear is already sharded (tensor parallel or FSDP2): apply tensor "
                          "parallelism first, once per layer")
+    if module.use_dora:
+        raise ValueError("tensor parallelism of a DoRA lottalora.Linear (use_dora=True) is not supported: DoRA's "
+                         "row norms span whole rows of W_seed, which a row-parallel rank does not hold")
     check_same_backbone(module, group=mesh.get_group())
 
 

@@ -79,8 +79,11 @@ def add_adapter(
 
     The new adapter starts frozen and inactive (PEFT's add_adapter): ``set_adapter(model, name)``
     makes it the one the forward adds and the one that trains. Everything is checked before a
-    layer changes.
+    layer changes. Named adapters are plain LoRA: ``use_dora=True`` is refused.
     """
+    if backbone_options.pop("use_dora", False) is not False:
+        raise ValueError(f"add_adapter(model, {name!r}, use_dora=...): named DoRA adapters are not supported; only "
+                         "the default adapter can be DoRA (lottalora.convert(model, ..., use_dora=True))")
     if backbone_options:
         backbone = sorted(set(backbone_options) & set(_BACKBONE_OPTIONS))
         if backbone:

@@ -10,6 +10,7 @@ except the adapters, beta, biases of converted layers, and the modules named in
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -65,6 +66,7 @@ class _Options:
     layers_to_transform: int | list[int] | None
     layers_pattern: str | list[str] | None
     init_lora_weights: bool | str
+    use_dora: bool = False
 
     def record(self) -> dict:
         """The call's arguments as JSON values (seeds as decimal strings), for ``records``."""
@@ -78,7 +80,8 @@ class _Options:
             alpha_pattern=self.alpha_pattern, layers_to_transform=(
                 list(self.layers_to_transform) if isinstance(self.layers_to_transform, (list, tuple))
                 else self.layers_to_transform),
-            layers_pattern=json_patterns(self.layers_pattern), init_lora_weights=self.init_lora_weights)
+            layers_pattern=json_patterns(self.layers_pattern), init_lora_weights=self.init_lora_weights,
+            **({"use_dora": True} if self.use_dora else {}))
 
 
 def convert(
@@ -88,7 +91,7 @@ def convert(
     train_beta: bool = True, lora_dropout: float = 0.0, bias: str = "lora_only",
     rank_pattern: dict[str, int] | None = None, alpha_pattern: dict[str, float] | None = None,
     layers_to_transform: int | list[int] | None = None, layers_pattern: str | list[str] | None = None,
-    init_lora_weights: bool | str = True,
+    init_lora_weights: bool | str = True, use_dora: bool = False,
 ) -> nn.Module:
     """Replace linear layers of ``model`` in place with seeded ``lottalora.Linear`` and freeze the rest.
 
@@ -111,7 +114,9 @@ def convert(
     target with no such number is left out. Both need target_modules as a list (or
     "all-linear"), as in PEFT. init_lora_weights (PEFT's): True (Kaiming-uniform A, zero B),
     "gaussian", "orthogonal" or False (``lottalora.Linear``); PiSSA, OLoRA, LoftQ and the
-    others that need a pretrained weight are refused with the reason.
+    others that need a pretrained weight are refused with the reason. use_dora (PEFT's): every
+    converted layer with an adapter is DoRA (``lottalora.Linear(use_dora=True)``: a trained
+    ``lora_magnitude`` per output row); rank-0 layers stay as they are.
 
     init and stream_version choose the backbone as in ``lottalora.Linear`` (default: stream 2's
     binary backbone). lora_dropout: dropout on the adapter's input while training (PEFT's).
@@ -141,6 +146,9 @@ def convert(
     options = _check_options(model, rank, alpha, use_rslora, seed, init, stream_version, target_modules,
                              exclude_modules, adapter_modules, trainable_modules, train_beta, lora_dropout, bias,
                              rank_pattern, alpha_pattern, layers_to_transform, layers_pattern, init_lora_weights)
+    if not isinstance(use_dora, bool):
+        raise TypeError(f"use_dora must be a bool, got {use_dora!r}")
+    options = dataclasses.replace(options, use_dora=use_dora)
     targets = _targets(model, options)
     first_conversion = not seeded_layers(model)
     converted = {name: _replace(model, name, module, shape, options) for name, module, shape in targets}
@@ -233,7 +241,8 @@ def _replace(model: nn.Module, name: str, module: nn.Module, shape: tuple[int, i
                  alpha=pattern_value(name, options.alpha_pattern, options.alpha), use_rslora=options.use_rslora,
                  seed=options.seed, stream=stream_for_name(name), init=options.init, stream_version=options.version,
                  train_beta=options.train_beta, lora_dropout=options.lora_dropout,
-                 init_lora_weights=options.init_lora_weights, device=weight.device, dtype=weight.dtype)
+                 init_lora_weights=options.init_lora_weights, use_dora=options.use_dora and layer_rank > 0,
+                 device=weight.device, dtype=weight.dtype)
     if module.bias is not None and module.bias.device.type != "meta":
         with torch.no_grad():
             new.bias.copy_(module.bias)

@@ -1,6 +1,7 @@
 """Export a plain model: every seeded layer folded into an ``nn.Linear`` (PEFT's merge_and_unload).
 
     W = beta * W_seed + scaling * lora_B @ lora_A          (out_features, in_features)
+    W = (m / ||W||_row) * W                                 with DoRA (use_dora=True), as PEFT merges it
 
 For tools that do not know lottalora (transformers' own from_pretrained, ONNX, serving
 stacks). The backbone is generated once per layer, in float32, and the sum is rounded once to
@@ -14,6 +15,8 @@ import torch
 from torch import nn
 
 from ..nn import Linear, is_dtensor, seeded_layers, unwrap_model
+from ..nn.adapters import DEFAULT_ADAPTER
+from ..ops.dora import magnitude_scale
 from ..ops.precision import accumulation_dtype
 from .load_check import forget_load_check
 from .modules import set_submodule
@@ -24,13 +27,16 @@ from .records import forget_calls
 def merged_weight(layer: Linear) -> torch.Tensor:
     """beta * W_seed + scaling * lora_B @ lora_A of the layer's active adapter (none when it is
     disabled), (out_features, in_features) in the layer's dtype on its device; computed in
-    float32 (float64 for a float64 layer)."""
+    float32 (float64 for a float64 layer). A DoRA default adapter's rows are then rescaled by
+    lora_magnitude / (their norm), PEFT's merged DoRA weight."""
     compute = accumulation_dtype(layer.beta.dtype)
     parts = layer.active_adapter_parts()
     with torch.no_grad():
         weight = layer.backbone_weight(dtype=compute) * layer.beta.to(compute)
         if parts is not None:
             weight += parts.scaling * (parts.lora_B.to(compute) @ parts.lora_A.to(compute))
+            if layer.use_dora and layer.active_adapter == DEFAULT_ADAPTER:
+                weight *= magnitude_scale(layer.lora_magnitude, torch.linalg.vector_norm(weight, dim=1))[:, None]
     return weight.to(layer.beta.dtype)
 
 

@@ -94,6 +94,16 @@ def init_lora_(lora_A: torch.Tensor, lora_B: torch.Tensor, init_lora_weights: bo
             nn.init.zeros_(lora_B)
 
 
+def check_use_dora(use_dora: object, rank: int) -> bool:
+    """``use_dora`` or TypeError / ValueError: a bool, True only with an adapter (rank >= 1)."""
+    if not isinstance(use_dora, bool):
+        raise TypeError(f"use_dora must be a bool, got {use_dora!r}")
+    if use_dora and rank == 0:
+        raise ValueError("use_dora=True needs an adapter (rank >= 1): DoRA rescales the adapted weight, and a "
+                         "rank-0 layer has none")
+    return use_dora
+
+
 def check_adapter_name(name: object) -> str:
     """``name`` or ValueError: an identifier (letters, digits, underscores; not a digit first),
     other than ``BASE_ROW``."""
@@ -255,10 +265,16 @@ class AdaptedLayer(nn.Module):
         return [] if parts is None else [parts.lora_A, parts.lora_B]
 
     def add_adapter(self, name: str, *, rank: int, alpha: float | None = None, use_rslora: bool = False,
-                    lora_dropout: float = 0.0, init_lora_weights: bool | str = True) -> LoraAdapter:
+                    lora_dropout: float = 0.0, init_lora_weights: bool | str = True,
+                    use_dora: bool = False) -> LoraAdapter:
         """Add adapter ``name`` (rank >= 1) on this layer's backbone, on the device and in the
-        dtype of its beta, frozen (``set_adapter`` trains the active one). Returns it."""
+        dtype of its beta, frozen (``set_adapter`` trains the active one). Returns it. Named
+        adapters are plain LoRA: ``use_dora=True`` is refused (only a layer's default adapter
+        can be DoRA, ``Linear(use_dora=True)``)."""
         check_adapter_name(name)
+        if check_use_dora(use_dora, rank):
+            raise ValueError(f"add_adapter({name!r}, use_dora=True): named DoRA adapters are not supported; only "
+                             "a layer's default adapter can be DoRA (lottalora.Linear(..., use_dora=True))")
         if name == DEFAULT_ADAPTER or name in self.named_adapters:
             raise ValueError(f"this layer already has an adapter {name!r}")
         adapter = self.new_adapter(rank=rank, alpha=alpha, use_rslora=use_rslora, lora_dropout=lora_dropout,

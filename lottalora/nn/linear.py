@@ -11,13 +11,16 @@ from torch import nn
 from ..backbone import BackboneSpec
 from ..ops import dense_block, seeded_linear
 from ..ops.backend import supported_dtypes
+from ..ops.dora import dora_linear, weight_row_norms
 from ..ops.precision import accumulation_dtype
 from .adapters import (
+    DEFAULT_ADAPTER,
     AdaptedLayer,
     AdapterParts,
     LoraAdapter,
     check_adapter_entries,
     check_init_lora_weights,
+    check_use_dora,
     init_lora_,
 )
 from .options import check_alpha, check_dropout, check_rank, lora_scaling
@@ -50,6 +53,13 @@ class Linear(AdaptedLayer):
     backbone and ``set_adapter`` picks the one the forward adds (``lottalora.nn.adapters``).
     ``forward(x, adapter_names=[...])`` picks one per row of x's first dimension (PEFT's mixed
     batch): the backbone product runs once for the whole batch.
+
+    use_dora=True (PEFT's DoRA, rank >= 1): the default adapter's weight is split into a
+    direction and a trained magnitude per output row, ``lora_magnitude`` (out_features,):
+    y = (m / n) * (beta x W_seed^T + scaling (x A^T) B^T) + bias, n = ||beta W_seed + scaling B
+    A|| per row, detached in backward as PEFT does; m starts at n (the row norms of beta W_seed
+    while B = 0). n is computed without W_seed (``lottalora.ops.dora``). Named adapters stay
+    plain LoRA; a mixed batch and tensor parallelism refuse a DoRA layer.
     """
 
     # Set by lottalora.convert on a layer it made from transformers' Conv1D (GPT-2), so that
@@ -61,13 +71,15 @@ class Linear(AdaptedLayer):
         self, in_features: int, out_features: int, bias: bool = True, *, rank: int = 8,
         alpha: float | None = None, use_rslora: bool = False, seed: int = 0, stream: int = 0,
         init: str | None = None, stream_version: int | None = None, train_beta: bool = True,
-        lora_dropout: float = 0.0, init_lora_weights: bool | str = True, device=None, dtype=None,
+        lora_dropout: float = 0.0, init_lora_weights: bool | str = True, use_dora: bool = False, device=None,
+        dtype=None,
     ) -> None:
         super().__init__()
         check_rank(rank)
         alpha = check_alpha(alpha) if alpha is not None else float(rank)
         if not isinstance(train_beta, bool):
             raise TypeError(f"train_beta must be a bool, got {train_beta!r}")
+        check_use_dora(use_dora, rank)
         factory = {"device": device, "dtype": dtype}
         if dtype is not None and dtype not in supported_dtypes("torch"):  # the widest backend's
             raise TypeError(f"dtype must be one of {supported_dtypes('torch')}, got {dtype}")
@@ -84,6 +96,10 @@ class Linear(AdaptedLayer):
             self.register_parameter("lora_A", None)
             self.register_parameter("lora_B", None)
         self.beta = nn.Parameter(torch.ones(1, **factory), requires_grad=train_beta)
+        if use_dora:
+            self.lora_magnitude = nn.Parameter(torch.empty(out_features, **factory))
+        else:
+            self.register_parameter("lora_magnitude", None)
         if bias:
             self.bias = nn.Parameter(torch.empty(out_features, **factory))
         else:
@@ -113,17 +129,26 @@ class Linear(AdaptedLayer):
         self._spec = dataclasses.replace(self._spec, seed=seed)
 
     @property
+    def use_dora(self) -> bool:
+        """Whether the default adapter is DoRA (``lora_magnitude`` is its magnitude vector)."""
+        return self.lora_magnitude is not None
+
+    @property
     def scaling(self) -> float:
         """The factor on the low-rank product: alpha / rank (or / sqrt(rank) with rsLoRA)."""
         return lora_scaling(self.rank, self.alpha, self.use_rslora)
 
     def reset_parameters(self) -> None:
         """A and B as ``init_lora_weights`` says (True: PEFT's Kaiming-uniform A, a=sqrt(5), and
-        B = 0), beta = 1, bias as nn.Linear. Named adapters are left as they are."""
+        B = 0), beta = 1, bias as nn.Linear, and with DoRA the magnitude as the row norms of beta *
+        W_seed + scaling * B A (PEFT's: of W0 alone when B = 0). Named adapters are left as they are."""
         if self.lora_A is not None:
             init_lora_(self.lora_A, self.lora_B, self.init_lora_weights)
         with torch.no_grad():
             self.beta.fill_(1.0)
+            if self.lora_magnitude is not None:
+                norms = weight_row_norms(self._spec, self.lora_A, self.lora_B, self.beta, self.scaling)
+                self.lora_magnitude.copy_(norms)
         if self.bias is not None:
             bound = 1.0 / math.sqrt(self.in_features)
             nn.init.uniform_(self.bias, -bound, bound)
@@ -143,11 +168,17 @@ class Linear(AdaptedLayer):
         product for the whole batch, and each group of rows adds its adapter's low-rank term."""
         if adapter_names is not None:
             names = self.check_row_names(x, adapter_names)
+            if self.use_dora and DEFAULT_ADAPTER in names:
+                raise ValueError("adapter_names (a mixed batch) with the DoRA default adapter is not supported: run "
+                                 "the DoRA rows in a batch of their own (PEFT refuses DoRA in a mixed batch too)")
             out = seeded_linear(x, self._spec, None, None, self.beta, self.bias, 0.0)
             return self.add_row_terms(x, out, names)
         parts = self.active_adapter_parts()
         if parts is None:
             return seeded_linear(x, self._spec, None, None, self.beta, self.bias, 0.0)
+        if self.use_dora and self.active_adapter == DEFAULT_ADAPTER:
+            return dora_linear(x, self._spec, parts.lora_A, parts.lora_B, self.beta, self.bias, parts.scaling,
+                               self.lora_magnitude, lora_input=self.adapter_input(x, parts))
         return seeded_linear(x, self._spec, parts.lora_A, parts.lora_B, self.beta, self.bias, parts.scaling,
                              lora_input=self.adapter_input(x, parts))
 
@@ -247,6 +278,7 @@ class Linear(AdaptedLayer):
             + ("" if self.train_beta else ", train_beta=False")
             + (f", lora_dropout={self.lora_dropout:g}" if self.lora_dropout else "")
             + ("" if self.init_lora_weights is True else f", init_lora_weights={self.init_lora_weights!r}")
+            + (", use_dora=True" if self.use_dora else "")
             + ("" if self.active_adapter == "default" else f", active_adapter={self.active_adapter!r}")
             + (f", shard=rows {self.shard[0]} cols {self.shard[1]}" if self.shard is not None else "")
         )

@@ -149,7 +149,9 @@ def _llama_in_tensor_parallel_trains_like_the_unsharded_model(rank, world, direc
     lottalora.load(fresh, directory)
     with torch.no_grad():
         want = ref(ids).logits
-        torch.testing.assert_close(plain(ids).logits, want, rtol=1e-5, atol=1e-6)
+        # The saved parameters are the sharded run's, which match the unsharded run's to the
+        # tolerance above: the logits of either reload to the tolerance the sharded run met.
+        torch.testing.assert_close(plain(ids).logits, want, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(fresh(ids).logits, want, rtol=1e-4, atol=1e-5)
 
 
