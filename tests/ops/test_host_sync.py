@@ -51,10 +51,11 @@ def _ops_after_warm_up(layer: lottalora.Linear, m: int) -> set[str]:
 @pytest.mark.parametrize("version", [1, 2])
 @pytest.mark.parametrize("m", [1, 40])
 @pytest.mark.parametrize("out_features", [67, 5])  # rows ending inside a 64-row span, and fewer than 8
-def test_seeded_layer_step_has_no_host_synchronisation(monkeypatch, backend, version, m, out_features):
+@pytest.mark.parametrize("use_dora", [False, True])
+def test_seeded_layer_step_has_no_host_synchronisation(monkeypatch, backend, version, m, out_features, use_dora):
     monkeypatch.setenv("LOTTALORA_BACKEND", backend)
     torch.manual_seed(0)
-    layer = lottalora.Linear(200, out_features, rank=4, stream_version=version)
+    layer = lottalora.Linear(200, out_features, rank=4, stream_version=version, use_dora=use_dora)
     with kernels_skipped() if backend == "triton" else contextlib.nullcontext():
         ops = _ops_after_warm_up(layer, m)
     assert not ops & HOST_SYNC_OPS, f"host synchronisation in the step: {sorted(ops & HOST_SYNC_OPS)}"
