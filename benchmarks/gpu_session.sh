@@ -9,6 +9,9 @@
 #   bash benchmarks/gpu_session.sh profile # benchmarks.profile (kernel and host time, decode and M = 8192),
 #                                          # then benchmarks.decode_tuning (decode warps x splits sweep)
 #   bash benchmarks/gpu_session.sh suite   # the whole test suite on the GPU (slow: compiles every kernel)
+#   bash benchmarks/gpu_session.sh generate # benchmarks.generate, the 8B shape: seeded vs stored bf16 vs int4,
+#                                          # batch 1 and 16, eager then reduce-overhead (~3 min, capped)
+#   bash benchmarks/gpu_session.sh train   # benchmarks.train, the 1.26B config, a few steps a variant (~3 min, capped)
 # Results and logs go to $OUT when set (the device tool's output folder), else benchmarks/results.
 set -uo pipefail
 export PYTHONPATH=. PYTHONUNBUFFERED=1
@@ -54,4 +57,16 @@ case "${1:-}" in
     python3 -m benchmarks.decode_tuning --out "$out" 2>&1 | tee "$out/decode_tuning.log" ;;
   suite)
     python3 -m pytest -q -rs tests/ 2>&1 | tee "$out/pytest_suite_gpu.log" ;;
+  generate)
+    # First the decode step replayed in a CUDA graph (a tiny model: seconds once its kernels
+    # compile), then the 8B shape. Rows are written as they are measured (eager rows first, then
+    # compiled ones, whose compile takes most of a minute each), so a cap, this one or the time
+    # box of "all", keeps what was measured; 32 new tokens and one timed generate a row keep the
+    # eager rows inside the first 40 s or so.
+    python3 -m pytest -q -rs tests/model/test_gpu_graphs.py 2>&1 | tee "$out/pytest_gpu_graphs.log"
+    timeout 170 python3 -m benchmarks.generate --shapes 8B --new 32 --repeats 1 --out "$out" 2>&1 \
+      | tee "$out/generate.log" ;;
+  train)
+    # Eager rows of the three recipes first (each a build and five steps), then compiled ones.
+    timeout 175 python3 -m benchmarks.train --steps 3 --warmup 2 --out "$out" 2>&1 | tee "$out/train.log" ;;
 esac

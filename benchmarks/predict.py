@@ -7,10 +7,14 @@ for the seeded layer and for the baselines from the same floors. benchmarks/NOTE
 ("One-pass kernels") states the model, its assumptions and what a GPU must check.
 
     python -m benchmarks.predict [--quick]
+    python -m benchmarks.predict --e2e     # whole models: results/predicted_e2e.json and .md
 
 Writes results/predicted_sm90.json and .md: one row per (direction, M, N, K), with direction
 "forward" or "forward+backward", regime, launches, predicted_us, baseline_us (stored bf16
 weight + unfused LoRA), predicted_ratio (to that baseline) and plain_us (cuBLAS without LoRA).
+With ``--e2e``, the same launch model summed over whole models (``e2e_rows``): the Llama-3-8B
+shape's decode at batch 1 and 16 and the 1.26B config's training step, seeded against stored
+weights; written to results/predicted_e2e.json and .md.
 """
 
 from __future__ import annotations
@@ -145,6 +149,116 @@ def rows(counts: dict, ms=MS, nks=NKS) -> list[dict]:
     return out
 
 
+# Whole models. Decode reads a KV cache of DECODE_CONTEXT tokens (128 prompt + half of 128 new);
+# a layer runs DECODE_OTHER_KERNELS small kernels besides its linears and attention (two RMSNorms,
+# rotary on q and k, the two cache writes, SiLU x up, two residual adds).
+DECODE_CONTEXT = 192
+DECODE_OTHER_KERNELS = 9
+TRAIN_BATCH, TRAIN_SEQ = 8, 1024
+# Per layer and training step, the activations' elementwise traffic besides the linears, in
+# bf16 values per (token, hidden) element: norms, rotary, residuals, casts, forward and backward.
+TRAIN_ELEMENTWISE_VALUES = 60
+ADAMW_BYTES_PER_PARAM = 28  # float32 AdamW: reads p, g, m, v, writes p, m, v
+
+
+def _decoder_linears(hidden: int, inter: int, kv: int) -> list[tuple[str, int, int]]:
+    """(name, out_features, in_features) of one LLaMA decoder layer."""
+    return [("q_proj", hidden, hidden), ("k_proj", kv, hidden), ("v_proj", kv, hidden), ("o_proj", hidden, hidden),
+            ("gate_proj", inter, hidden), ("up_proj", inter, hidden), ("down_proj", hidden, inter)]
+
+
+def int4_gemm_seconds(m: int, n: int, k: int) -> float:
+    """torch's int4 weight-only GEMM at the floors: 4-bit weights plus a bf16 scale and zero per
+    128 weights."""
+    return kernel_seconds(2 * m * n * k, n * k / 2 + n * k / 128 * 4 + 2 * (m * k + m * n))
+
+
+def decode_step_seconds(variant: str, batch: int, counts: dict, shape=(4096, 32, 14336, 32, 8, 128256)) -> float:
+    """One decode step of a LLaMA shape (hidden, layers, intermediate, heads, KV heads, vocab) at
+    ``batch`` in a CUDA graph: the linears (seeded one-pass with a rank-8 adapter, stored bf16 or
+    int4), attention over the cache, the small kernels, and the stored bf16 head."""
+    hidden, layers, inter, heads, kv_heads, vocab = shape
+    kv = hidden // heads * kv_heads
+    linear = {"seeded": lambda n, k: one_pass_seconds(batch, n, k, False, counts),
+              "bf16": lambda n, k: gemm_seconds(batch, n, k),
+              "int4": lambda n, k: int4_gemm_seconds(batch, n, k)}[variant]
+    per_layer = sum(linear(n, k) for _, n, k in _decoder_linears(hidden, inter, kv))
+    per_layer += kernel_seconds(4 * batch * DECODE_CONTEXT * hidden, 2 * 2 * batch * DECODE_CONTEXT * kv)
+    per_layer += DECODE_OTHER_KERNELS * kernel_seconds(0, 6 * batch * hidden)
+    return layers * per_layer + gemm_seconds(batch, vocab, hidden) + 2 * kernel_seconds(0, 4 * batch * hidden)
+
+
+def _general_seeded_backward_seconds(m: int, n: int, k: int, adapter: bool, counts: dict) -> float:
+    """``seeded_backward_seconds`` for an (n, k) layer with or without an adapter: the one-pass
+    input gradient with dbeta fused and its partials' sum; dy @ B, dA and dB with one."""
+    t = one_pass_seconds(m, n, k, True, counts) + kernel_seconds(0, 0)
+    if adapter:
+        t += gemm_seconds(m, RANK, n) + gemm_seconds(RANK, k, m) + gemm_seconds(n, RANK, m)
+    return t
+
+
+def train_step_seconds(variant: str, counts: dict, shape=(2048, 22, 5632, 16, 16, 32000),
+                       batch: int = TRAIN_BATCH, seq: int = TRAIN_SEQ) -> float:
+    """One training step (forward, backward, AdamW) of ``benchmarks.train``'s ``variant``: the
+    linears as each recipe runs them, and what all three share (flash attention, the head's three
+    GEMMs, the elementwise traffic), plus AdamW over the trainable parameters."""
+    hidden, layers, inter, heads, kv_heads, vocab = shape
+    m = batch * seq
+    kv = hidden // heads * kv_heads
+    linears = _decoder_linears(hidden, inter, kv)
+    per_layer = 0.0
+    for name, n, k in linears:
+        adapter = name in ("q_proj", "k_proj", "v_proj", "o_proj")
+        if variant == "lottalora":
+            per_layer += one_pass_seconds(m, n, k, False, counts)
+            per_layer += _general_seeded_backward_seconds(m, n, k, adapter, counts)
+        else:
+            per_layer += 2 * gemm_seconds(m, n, k)  # forward and dx
+            if variant == "full":
+                per_layer += gemm_seconds(n, k, m)  # dW
+            elif adapter:  # PEFT LoRA: two small GEMMs and an add forward, four GEMMs backward
+                per_layer += 2 * gemm_seconds(m, RANK, k) + kernel_seconds(0, 6 * m * n)
+                per_layer += 2 * gemm_seconds(m, RANK, n) + gemm_seconds(RANK, k, m) + gemm_seconds(n, RANK, m)
+    attention_flops = 2 * batch * seq * seq * hidden  # causal QK^T and PV, half the square each
+    per_layer += kernel_seconds(3.5 * attention_flops, 0)  # forward once, backward 2.5 times
+    per_layer += kernel_seconds(0, 2 * TRAIN_ELEMENTWISE_VALUES * m * hidden + 2 * 16 * m * inter)
+    head = 3 * gemm_seconds(m, vocab, hidden)  # forward, dx, dW (the head is trained)
+    linear_params = layers * sum(n * k for _, n, k in linears)
+    trainable = 2 * vocab * hidden + (2 * layers + 1) * hidden
+    if variant == "full":
+        trainable += linear_params
+        head += kernel_seconds(0, 6 * linear_params)  # autocast's bf16 copies of the float32 weights
+    else:
+        trainable += layers * 4 * RANK * (hidden + hidden) + (layers * 7 if variant == "lottalora" else 0)
+    return layers * per_layer + head + kernel_seconds(0, ADAMW_BYTES_PER_PARAM * trainable)
+
+
+def e2e_rows(counts: dict) -> list[dict]:
+    """Predicted decode tokens/s of the 8B shape (batch 1 and 16) for seeded, stored bf16 and int4
+    weights, and training tokens/s of the 1.26B config for the three recipes, with the ratios."""
+    out = []
+    for batch in (1, 16):
+        times = {v: decode_step_seconds(v, batch, counts) for v in ("seeded", "bf16", "int4")}
+        for variant, t in times.items():
+            out.append({"case": "decode 8B", "batch": batch, "variant": variant, "step_us": round(t * 1e6, 1),
+                        "tokens_per_s": round(batch / t, 1), "vs_bf16": round(times["bf16"] / t, 2)})
+    times = {v: train_step_seconds(v, counts) for v in ("lottalora", "peft_lora", "full")}
+    for variant, t in times.items():
+        out.append({"case": "train 1.26B", "batch": TRAIN_BATCH, "variant": variant, "step_us": round(t * 1e6, 1),
+                    "tokens_per_s": round(TRAIN_BATCH * TRAIN_SEQ / t, 1),
+                    "vs_peft_lora": round(times["peft_lora"] / t, 2)})
+    return out
+
+
+def e2e_table(predicted: list[dict]) -> str:
+    lines = ["| case | batch | variant | step us | tokens/s | speed vs bf16 / PEFT LoRA |", "|---|---|---|---|---|---|"]
+    for r in predicted:
+        ratio = r.get("vs_bf16", r.get("vs_peft_lora"))
+        lines.append(f"| {r['case']} | {r['batch']} | {r['variant']} | {r['step_us']:,} | {r['tokens_per_s']:,} | "
+                     f"{ratio}x |")
+    return "\n".join(lines)
+
+
 def counted_loops(arch: int = 90) -> dict:
     """Main-loop SASS per thread per span of the launches ``rows`` needs (rank 8: padded to 16)."""
     from lottalora_kernels.tools.sass import compile_one_pass, inspect
@@ -170,8 +284,21 @@ def table(predicted: list[dict]) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="two shapes, nothing written (smoke run)")
+    parser.add_argument("--e2e", action="store_true", help="whole-model predictions (predicted_e2e.*) instead")
     args = parser.parse_args(argv)
     counts = counted_loops()
+    if args.e2e:
+        predicted = e2e_rows(counts)
+        notes = (f"Predicted, not measured: the launch model of the per-layer rows (predicted_sm90) summed over "
+                 f"whole models. Floors: tensor cores {TC_FLOPS / 1e12:.0f} TFLOP/s, HBM {HBM_BYTES_PER_S / 1e12:.1f} "
+                 f"TB/s, {LAUNCH_S * 1e6:.0f} us per dependent kernel (a CUDA graph: no host time). Decode: "
+                 f"context {DECODE_CONTEXT} tokens, the head and embeddings stored bf16 in every variant. Training: "
+                 f"the recipes of benchmarks.train, batch {TRAIN_BATCH} x {TRAIN_SEQ}. What is modelled and what "
+                 "is not: benchmarks/NOTES.md, \"End-to-end predictions\".")
+        write_results("predicted_e2e", predicted, e2e_table(predicted), notes=notes,
+                      device="none (predicted for an H200 from sm_90 counts)")
+        print(e2e_table(predicted))
+        return 0
     predicted = rows(counts, ms=(1, 8192), nks=(4096,)) if args.quick else rows(counts)
     text = table(predicted)
     print(text)

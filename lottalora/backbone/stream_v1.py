@@ -14,7 +14,9 @@ from .philox import philox4x32
 
 
 def _f32(value: float, device: torch.device) -> torch.Tensor:
-    return torch.tensor(value, dtype=torch.float32, device=device)
+    # A fill, not torch.tensor: that would copy from the host on every call, which a CUDA graph
+    # cannot capture. Both round the Python float to float32 the same way.
+    return torch.full((), value, dtype=torch.float32, device=device)
 
 
 def _horner(coeffs: tuple[float, ...], x: torch.Tensor) -> torch.Tensor:

@@ -39,6 +39,17 @@ CALLS_PER_PASS = 1 << 15
 _CACHE: dict[tuple, torch.Tensor] = {}
 
 
+def _index(values: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """``values`` as an int64 tensor on ``device``, made once per values and device: a tensor made
+    from Python data on every call would be a host-to-device copy each time, which a CUDA graph
+    cannot capture. Made outside inference mode, as ``byte_sign_table``'s callers need."""
+    key = ("index", values, device)
+    if key not in _CACHE:
+        with torch.inference_mode(False):
+            _CACHE[key] = torch.tensor(values, dtype=torch.int64, device=device)
+    return _CACHE[key]
+
+
 def _byte_shifts(device: torch.device) -> torch.Tensor:
     key = ("shifts", device)
     if key not in _CACHE:
@@ -81,7 +92,7 @@ def _call_bytes(seed: int, stream: int, spans_o: tuple[int, int], spans_i: tuple
     if n_a == RES:
         res_o = torch.arange(RES, dtype=torch.int64, device=device)
     else:
-        res_o = torch.tensor(residues, dtype=torch.int64, device=device)
+        res_o = _index(residues, device)
     res_o = res_o[None, None, :, None]
     res_i = torch.arange(RES, dtype=torch.int64, device=device)[None, None, None, :]
     shape = (n_o, n_i, n_a, RES)  # calls (O, I, a, c)
@@ -131,8 +142,8 @@ def _partial_span_bytes(seed: int, stream: int, rows: tuple[int, int], spans_i: 
     packed = _call_bytes(seed, stream, (span_o, span_o + 1), spans_i, residues, device, little_endian)[0]
     if len(residues) == RES:
         return packed.reshape(ROW_SPAN, -1)[lo:hi]
-    p = torch.tensor([r // RES for r in range(lo, hi)], device=device)
-    a = torch.tensor([residues.index(r % RES) for r in range(lo, hi)], device=device)
+    p = _index(tuple(r // RES for r in range(lo, hi)), device)
+    a = _index(tuple(residues.index(r % RES) for r in range(lo, hi)), device)
     return packed[p, a]
 
 

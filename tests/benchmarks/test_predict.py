@@ -28,3 +28,26 @@ def test_the_model_launches_what_the_launcher_launches():
     assert predict.one_pass_launch(8192, 4096, 4096, True, COUNTS).block_m == 64  # sm_90's input gradient
     rows = predict.rows(COUNTS, ms=(1, 8192), nks=(4096,))
     assert [r["launches"] for r in rows] == [1, 7, 1, 7]
+
+
+def test_whole_model_predictions_respect_the_floors():
+    """The stored bf16 decode step is at least its weights' bytes over HBM; the seeded step reads
+    no weight bytes, so it is below that and above the launches alone; training adds a dW GEMM
+    per linear for full training only."""
+    rows = {(r["case"], r["batch"], r["variant"]): r for r in predict.e2e_rows(COUNTS)}
+    weight_bytes = 2 * 32 * (2 * 4096 * 4096 + 2 * 1024 * 4096 + 3 * 4096 * 14336) + 2 * 128256 * 4096
+    for batch in (1, 16):
+        bf16, seeded = rows[("decode 8B", batch, "bf16")], rows[("decode 8B", batch, "seeded")]
+        assert bf16["step_us"] * 1e-6 >= weight_bytes / predict.HBM_BYTES_PER_S
+        assert seeded["step_us"] < bf16["step_us"] and seeded["vs_bf16"] > 1
+        assert seeded["step_us"] * 1e-6 > 32 * (7 + predict.DECODE_OTHER_KERNELS) * predict.LAUNCH_S
+        assert abs(seeded["tokens_per_s"] - batch / (seeded["step_us"] * 1e-6)) / seeded["tokens_per_s"] < 1e-3
+    train = {v: rows[("train 1.26B", predict.TRAIN_BATCH, v)]["step_us"] for v in ("lottalora", "peft_lora", "full")}
+    assert train["full"] > train["peft_lora"]
+
+
+def test_committed_whole_model_predictions_cover_decode_and_training():
+    rows = json.loads((RESULTS_DIR / "predicted_e2e.json").read_text())["rows"]
+    assert {(r["case"], r["batch"], r["variant"]) for r in rows} == (
+        {("decode 8B", b, v) for b in (1, 16) for v in ("seeded", "bf16", "int4")}
+        | {("train 1.26B", predict.TRAIN_BATCH, v) for v in ("lottalora", "peft_lora", "full")})

@@ -137,3 +137,31 @@ def test_launch_count_counts_what_an_eager_step_launches(tmp_path):
         one = rows[(m, "seeded, one_pass on")]
         assert one["regime"] == "one_pass" and (one["forward_triton"], one["forward_aten"]) == (1, 0)
         assert one["backward_triton"] == 1 and one["backward_aten_ops"].get("cat", 0) == 0
+
+
+def test_generate_quick_run_measures_every_variant(tmp_path):
+    run_script("benchmarks.generate", "--quick", "--out", str(tmp_path))
+    data = json.loads((tmp_path / "generate_cpu.json").read_text())
+    rows = data["rows"]["rows"]
+    assert {(r["variant"], r["batch"]) for r in rows} == {(v, b) for v in ("seeded", "bf16", "int4") for b in (1, 16)}
+    assert all(r["tokens_per_s"] > 0 and r["decode_tokens_per_s"] > 0 and r["peak_bytes"] > 0 for r in rows)
+    held = {r["variant"]: r["model_bytes"] for r in rows}
+    assert held["seeded"] < held["bf16"] and held["int4"] < held["bf16"]  # no stored backbone; 4-bit weights
+    assert {r["against"] for r in data["rows"]["ratios"]} == {"bf16", "int4"}
+    assert data["environment"]["device"].startswith("CPU")
+    assert (tmp_path / "generate_cpu.md").read_text().startswith("# generate_cpu")
+    assert (tmp_path / "generate_cpu.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_train_quick_run_measures_a_step_of_every_variant(tmp_path):
+    run_script("benchmarks.train", "--quick", "--out", str(tmp_path))
+    data = json.loads((tmp_path / "train_cpu.json").read_text())
+    rows = {r["variant"]: r for r in data["rows"]["rows"]}
+    assert set(rows) == {"lottalora", "peft_lora", "full"}
+    assert all(r["tokens_per_s"] > 0 and r["peak_bytes"] > 0 and r["mode"] == "eager" for r in rows.values())
+    # The recipe trains adapters, embeddings, norms and head; PEFT the same modules; full everything.
+    assert rows["lottalora"]["trainable_params"] < rows["full"]["trainable_params"]
+    assert rows["peft_lora"]["trainable_params"] < rows["full"]["trainable_params"]
+    assert rows["lottalora"]["model_bytes"] < rows["peft_lora"]["model_bytes"] < rows["full"]["model_bytes"]
+    assert {r["against"] for r in data["rows"]["ratios"]} == {"peft_lora", "full"}
+    assert (tmp_path / "train_cpu.md").read_text().startswith("# train_cpu")
