@@ -28,12 +28,13 @@ from .model import (
     reseed,
     set_adapter,
 )
-from .nn import Linear
+from .nn import Conv1d, Conv2d, Linear
 from .ops import SeededLinearFunction, seeded_linear
 
 __all__ = [
-    "INITS", "STREAM_VERSION", "SUPPORTED_STREAM_VERSIONS", "BackboneSpec", "Linear", "ModelSummary",
-    "ScaffoldSchedule", "SeededLinearFunction", "add_adapter", "backbone_block", "backbone_signs", "convert",
+    "INITS", "STREAM_VERSION", "SUPPORTED_STREAM_VERSIONS", "BackboneSpec", "Conv1d", "Conv2d", "Linear",
+    "ModelSummary", "ScaffoldSchedule", "SeededLinearFunction", "add_adapter", "backbone_block", "backbone_signs",
+    "convert",
     "delete_adapter", "describe", "disable_adapter", "from_pretrained", "list_adapters", "load", "materialize",
     "merge_and_unload", "mixed_batch", "reseed", "save", "seeded_linear", "set_adapter", "stream_for_name",
     "summary",

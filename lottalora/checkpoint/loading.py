@@ -17,7 +17,7 @@ from torch import nn
 
 from ..backbone import backbone_fingerprint
 from ..distributed.state import shard_like
-from ..nn import Linear, is_dtensor, plain_name, seeded_layers, unwrap_model
+from ..nn import Linear, SeededConv, is_dtensor, plain_name, seeded_layers, unwrap_model
 from ..nn.adapters import DEFAULT_ADAPTER, adapter_extra_state, check_adapter_name
 from ..nn.state import extra_state, upgrade_legacy_beta
 from .files import parse_tensors, read_checkpoint, tensor_contents
@@ -265,6 +265,9 @@ def _load_adapter(model: nn.Module, directory: Path, config: dict, data: bytes, 
     want = {}
     for layer, module, _ in plan:
         prefix = _prefix(layer["name"])
+        if isinstance(module, SeededConv):  # a conv's default adapter holds conv weights
+            want[prefix + "lora_A"], want[prefix + "lora_B"] = tuple(module.lora_A.shape), tuple(module.lora_B.shape)
+            continue
         want[prefix + "lora_A"] = (layer["rank"], module.in_features)
         want[prefix + "lora_B"] = (module.out_features, layer["rank"])
         if layer.get("use_dora", False):

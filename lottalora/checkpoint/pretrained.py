@@ -17,12 +17,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..model.conv_layers import is_dense_conv, seeded_conv_like
 from ..model.load_check import check_loads_whole
 from ..model.materialize import materialize
 from ..model.modules import linear_shape, set_submodule
 from ..model.pretrained_class import adopt_seeded_class
 from ..model.records import restore_call
-from ..nn import Linear
+from ..nn import SEEDED_LAYER_TYPES, Linear
 from .files import read_checkpoint, tensor_contents
 from .format import ADAPTER_ONLY, CONFIG_NAME, MODEL_CONFIG_NAME, TRAINABLE_ONLY, fail
 from .loading import load_checked
@@ -118,6 +119,14 @@ def _place_seeded_layer(directory: Path, model: nn.Module, layer: dict, dtype: t
         module = model.get_submodule(name)
     except AttributeError:
         fail(directory, f"layer {name!r} is not a module of {type(model).__name__}")
+    if is_dense_conv(module):
+        try:
+            seeded = seeded_conv_like(module, spec, rank=layer["rank"], alpha=layer["alpha"] if layer["rank"] else None,
+                                      use_rslora=layer["use_rslora"], device="meta", dtype=dtype)
+        except ValueError as exc:
+            fail(directory, f"layer {name!r}: {exc}")
+        set_submodule(model, name, seeded)
+        return
     if linear_shape(module) != (spec.in_features, spec.out_features):
         fail(directory, f"layer {name!r} is a {type(module).__name__} in {type(model).__name__}, not a linear "
                          f"layer of {spec.in_features} -> {spec.out_features} features")
@@ -142,6 +151,6 @@ def _restore_convert_calls(directory: Path, model: nn.Module, calls: list[dict])
         dropout = call["arguments"].get("lora_dropout", 0.0)
         for name in call["converted"]:
             layer = owner.get_submodule(name)
-            if isinstance(layer, Linear) and layer.rank > 0:
+            if isinstance(layer, SEEDED_LAYER_TYPES) and layer.rank > 0:
                 layer.lora_dropout = float(dropout)
         restore_call(owner, call, order)

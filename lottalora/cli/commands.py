@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -54,7 +55,8 @@ def _missing_demo_packages(args: argparse.Namespace) -> list[str]:
     """What this ``lottalora demo`` run imports beyond the library (the demo extra), missing here."""
     import importlib.util
 
-    needed = [{"digits": ("sklearn", "scikit-learn"), "mnist1d": ("mnist1d", "mnist1d")}[args.task]]
+    needed = [{"digits": ("sklearn", "scikit-learn"), "mnist1d": ("mnist1d", "mnist1d"),
+               "mnist1d-cnn": ("mnist1d", "mnist1d")}[args.task]]
     if not args.no_progress:
         needed.append(("tqdm", "tqdm"))
     if args.plot:
@@ -80,11 +82,11 @@ def _demo(args: argparse.Namespace) -> int:
     full, sweep = average_sweeps([run_sweep(ranks, task=args.task, init=args.init, epochs=epochs, seed=seed,
                                             hidden=hidden, device=device, show_progress=not args.no_progress)
                                   for seed in seeds])
-    widths = "-".join(map(str, (task.in_features, *hidden, task.classes)))
+    network = dataclasses.replace(task, hidden=tuple(hidden)).description
     spec = next(m.spec for m in sweep[0].model.modules() if hasattr(m, "spec")) if sweep else None
     backbone = f"{spec.init} (stream v{spec.version})" if spec is not None else args.init
     seed_text = f"seed={args.seed}" if args.seeds == 1 else f"seeds={args.seed}..{args.seed + args.seeds - 1}"
-    print(f"{task.title}, MLP {widths}, init={backbone}, epochs={epochs}, {seed_text}, "
+    print(f"{task.title}, {network}, init={backbone}, epochs={epochs}, {seed_text}, "
           f"device={(device or ('cuda' if torch.cuda.is_available() else 'cpu'))}")
     print(format_table(full, sweep))
     sat = saturation_rank(full, sweep, args.tolerance)
@@ -149,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo.add_argument("--task", choices=sorted(TASKS), default="mnist1d",
                       help="mnist1d: MNIST-1D, where rank saturation shows (about a minute on a 2-core CPU); "
-                           "digits: scikit-learn's 8x8 digits, quick")
+                           "digits: scikit-learn's 8x8 digits, quick; mnist1d-cnn: MNIST-1D with a CNN whose Conv1d "
+                           "layers are all seeded (--hidden: its channels)")
     demo.add_argument("--ranks", type=_ranks,
                       help="comma-separated ranks; 0 is the frozen random layer with beta and bias only "
                            f"({task_defaults('ranks')})")

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 from torch import nn
 
-from ..nn import Linear, seeded_layers
+from ..nn import Linear, SeededConv, seeded_layers
 from ..nn.adapters import BASE_ROW, DEFAULT_ADAPTER, check_adapter_name, check_init_lora_weights
 from ..nn.options import check_alpha, check_dropout, check_rank
 from .patterns import (
@@ -126,6 +126,10 @@ def add_adapter(
         where = "no seeded layer has a default adapter to place it beside: name target_modules" \
             if target_modules is None else f"target_modules={target_modules!r} matched no seeded layer with rank >= 1"
         raise ValueError(f"add_adapter({name!r}): {where}")
+    convs = sorted(n for n, (layer, _, _) in chosen.items() if isinstance(layer, SeededConv))
+    if convs:  # refused before any layer changes
+        raise NotImplementedError(f"add_adapter({name!r}): named adapters are not supported on seeded convolutions "
+                                  f"yet, and {convs[:3]} are convs: leave them out with exclude_modules")
     if init_lora_weights == "orthogonal":
         odd = sorted(n for n, (_, r, _) in chosen.items() if r % 2)
         if odd:

@@ -18,10 +18,11 @@ from torch import nn
 
 from lottalora_kernels.stream.spec import resolve_version_and_init
 
-from ..backbone import stream_for_name
+from ..backbone import BackboneSpec, stream_for_name
 from ..nn import Linear, seeded_layers
 from ..nn.adapters import check_init_lora_weights
 from ..nn.options import check_alpha, check_dropout, check_rank
+from .conv_layers import conv_matrix_shape, is_dense_conv, seeded_conv_like
 from .load_check import check_loads_whole
 from .modules import linear_shape, parameter_names, set_submodule, tied_elsewhere
 from .patterns import (
@@ -93,10 +94,12 @@ def convert(
     layers_to_transform: int | list[int] | None = None, layers_pattern: str | list[str] | None = None,
     init_lora_weights: bool | str = True, use_dora: bool = False,
 ) -> nn.Module:
-    """Replace linear layers of ``model`` in place with seeded ``lottalora.Linear`` and freeze the rest.
+    """Replace linear layers (and named convolutions) of ``model`` in place with seeded layers and freeze the rest.
 
-    target_modules: which linear layers (nn.Linear, transformers' Conv1D) to convert.
-    ``None`` or ``"all-linear"`` (PEFT's shorthand): every linear layer but the output head
+    target_modules: which linear layers (nn.Linear, transformers' Conv1D) and convolutions
+    (nn.Conv1d, nn.Conv2d: ``lottalora.Conv1d`` / ``Conv2d``, their geometry kept) to convert.
+    Convolutions convert only when target_modules names them: ``None`` or ``"all-linear"``
+    (PEFT's shorthand, which in PEFT too matches linear layers only) is every linear layer but the output head
     (``output_head_names``: a transformers model's lm_head or classifier; a plain nn.Module has
     none that can be told apart). A layer whose weight is tied to another module's (GPT-2's
     lm_head and token embedding) is never converted by "all-linear", and naming it is an error:
@@ -150,6 +153,10 @@ def convert(
         raise TypeError(f"use_dora must be a bool, got {use_dora!r}")
     options = dataclasses.replace(options, use_dora=use_dora)
     targets = _targets(model, options)
+    convs = [name for name, module, _ in targets if is_dense_conv(module)]
+    if options.use_dora and convs:  # before any layer changes
+        raise NotImplementedError(f"use_dora on Conv1d/Conv2d: DoRA for seeded convolutions is not implemented yet, "
+                                  f"and target_modules names the convs {convs[:3]}: leave them out to use DoRA")
     first_conversion = not seeded_layers(model)
     converted = {name: _replace(model, name, module, shape, options) for name, module, shape in targets}
     _set_trainable(model, converted, options, first_conversion)
@@ -196,6 +203,8 @@ def _targets(model: nn.Module, options: _Options) -> list[tuple[str, nn.Module, 
     targets = []
     for name, module in model.named_modules():
         shape = linear_shape(module)
+        if shape is None and not options.all_linear and is_dense_conv(module):  # convs only when named
+            shape = conv_matrix_shape(module)
         if shape is None or not name or name in heads:
             continue
         if options.exclude_modules is not None and name_matches(name, options.exclude_modules):
@@ -214,8 +223,8 @@ def _targets(model: nn.Module, options: _Options) -> list[tuple[str, nn.Module, 
     if not targets:
         selection = "" if options.layers_to_transform is None else \
             f" in layers_to_transform={options.layers_to_transform!r} (layers_pattern={options.layers_pattern!r})"
-        raise ValueError(f"target_modules={options.target_modules!r} matched no nn.Linear (or Conv1D) in the "
-                         f"model{selection}")
+        raise ValueError(f"target_modules={options.target_modules!r} matched no nn.Linear (or Conv1D, or "
+                         f"nn.Conv1d / nn.Conv2d named in it) in the model{selection}")
     target_names = [n for n, _, _ in targets]
     if options.trainable_modules is not None:
         clash = [n for n in target_names if name_matches(n, options.trainable_modules)]
@@ -237,18 +246,30 @@ def _replace(model: nn.Module, name: str, module: nn.Module, shape: tuple[int, i
     weight = module.weight
     has_adapter = options.adapter_modules is None or name_matches(name, options.adapter_modules)
     layer_rank = pattern_value(name, options.rank_pattern, options.rank) if has_adapter else 0
+    if is_dense_conv(module):
+        new = seeded_conv_like(module, BackboneSpec(options.seed, stream_for_name(name), in_features, out_features,
+                                                    options.init, options.version),
+                               rank=layer_rank, alpha=pattern_value(name, options.alpha_pattern, options.alpha),
+                               use_rslora=options.use_rslora, train_beta=options.train_beta,
+                               lora_dropout=options.lora_dropout, init_lora_weights=options.init_lora_weights)
+        return _keep_bias(model, name, module, new, options)
     new = Linear(in_features, out_features, bias=module.bias is not None, rank=layer_rank,
                  alpha=pattern_value(name, options.alpha_pattern, options.alpha), use_rslora=options.use_rslora,
                  seed=options.seed, stream=stream_for_name(name), init=options.init, stream_version=options.version,
                  train_beta=options.train_beta, lora_dropout=options.lora_dropout,
                  init_lora_weights=options.init_lora_weights, use_dora=options.use_dora and layer_rank > 0,
                  device=weight.device, dtype=weight.dtype)
+    new.merges_into_conv1d = not isinstance(module, nn.Linear)
+    return _keep_bias(model, name, module, new, options)
+
+
+def _keep_bias(model: nn.Module, name: str, module: nn.Module, new: nn.Module, options: _Options) -> nn.Module:
+    """Copy the dense module's bias into the seeded ``new`` and put ``new`` at ``name``."""
     if module.bias is not None and module.bias.device.type != "meta":
         with torch.no_grad():
             new.bias.copy_(module.bias)
     if new.bias is not None:
         new.bias.requires_grad_(options.bias != "none")
-    new.merges_into_conv1d = not isinstance(module, nn.Linear)
     set_submodule(model, name, new)
     return new
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..nn import Linear
+from ..nn import SEEDED_LAYER_TYPES
 
 _CHECKS_LOADS_ATTR = "_lottalora_checks_loads_whole"
 
@@ -21,14 +21,14 @@ def _check_seeded_layers_first(model: nn.Module, state_dict, prefix: str, *_) ->
     # wrapper below the root renames in its own pre-hook (activation-checkpoint wrappers) are not
     # in the dict yet: such layers are checked when they load, one at a time.
     for name, layer in model.named_modules(remove_duplicate=False):
-        if isinstance(layer, Linear) and layer is not model:
+        if isinstance(layer, SEEDED_LAYER_TYPES) and layer is not model:
             layer.check_state_dict(state_dict, f"{prefix}{name}.")
 
 
 def check_loads_whole(model: nn.Module) -> None:
     """Register the check on ``model`` once (a module-level function: the model still pickles);
     the hook's id is kept on the model so that ``forget_load_check`` can remove it."""
-    if getattr(model, _CHECKS_LOADS_ATTR, None) is None and not isinstance(model, Linear):
+    if getattr(model, _CHECKS_LOADS_ATTR, None) is None and not isinstance(model, SEEDED_LAYER_TYPES):
         handle = model.register_load_state_dict_pre_hook(_check_seeded_layers_first)
         object.__setattr__(model, _CHECKS_LOADS_ATTR, handle.id)
 

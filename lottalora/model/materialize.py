@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..nn import Linear
+from ..nn import SEEDED_LAYER_TYPES
 from ..nn.adapters import LoraAdapter
 from .modules import tied_groups
 
@@ -29,7 +29,7 @@ def materialize(model: nn.Module, device: torch.device | str = "cpu") -> nn.Modu
             continue
         module.to_empty(device=device, recurse=False)
         with torch.no_grad():
-            if isinstance(module, (Linear, LoraAdapter)):
+            if isinstance(module, (*SEEDED_LAYER_TYPES, LoraAdapter)):
                 module.reset_parameters()
             elif init_weights is not None:
                 init_weights(module)

@@ -14,10 +14,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..nn import Linear, is_dtensor, seeded_layers, unwrap_model
+from ..nn import Linear, SeededConv, is_dtensor, seeded_layers, unwrap_model
 from ..nn.adapters import DEFAULT_ADAPTER
 from ..ops.dora import magnitude_scale
 from ..ops.precision import accumulation_dtype
+from .conv_layers import dense_conv, merged_conv_weight
 from .load_check import forget_load_check
 from .modules import set_submodule
 from .pretrained_class import release_seeded_class
@@ -60,7 +61,8 @@ def _dense_layer(layer: Linear, weight: torch.Tensor) -> nn.Module:
 
 def merge_and_unload(model: nn.Module, *, safe_merge: bool = False) -> nn.Module:
     """Replace every ``lottalora.Linear`` of ``model`` in place by an ``nn.Linear`` computing the
-    same function (``merged_weight``), and return ``model``.
+    same function (``merged_weight``), and every seeded conv by its ``nn.Conv1d`` / ``nn.Conv2d``
+    (``merged_conv_weight``: beta * W_seed + the adapter's conv weight), and return ``model``.
 
     Layers that ``convert`` made from transformers' Conv1D (GPT-2) come back as Conv1D, with the
     merged weight in its (in_features, out_features) layout, so the architecture's own code and
@@ -85,10 +87,10 @@ def merge_and_unload(model: nn.Module, *, safe_merge: bool = False) -> nn.Module
             raise ValueError(f"layer {name!r} is sharded (FSDP2 or tensor parallel): merge an unsharded copy "
                              "(lottalora.save, then lottalora.load into an unsharded model)")
     for name, layer in layers:
-        weight = merged_weight(layer)
+        weight = merged_conv_weight(layer) if isinstance(layer, SeededConv) else merged_weight(layer)
         if safe_merge and not torch.isfinite(weight).all():
             raise ValueError(f"layer {name!r}: the merged weight has NaN or inf values; the layer is left as it was")
-        plain = _dense_layer(layer, weight)
+        plain = dense_conv(layer, weight) if isinstance(layer, SeededConv) else _dense_layer(layer, weight)
         plain.train(layer.training)
         set_submodule(root, name, plain)
     forget_calls(root)

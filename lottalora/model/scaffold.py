@@ -31,8 +31,8 @@ EVERY = ("epoch", "step")
 
 
 def reseed(module: nn.Module, seed: int) -> nn.Module:
-    """Re-draw in place the backbone of every ``lottalora.Linear`` in ``module`` (or of
-    ``module`` itself) from ``seed``, a 64-bit unsigned int. Returns ``module``.
+    """Re-draw in place the backbone of every seeded layer (``lottalora.Linear``, ``Conv1d``,
+    ``Conv2d``) in ``module`` (or of ``module`` itself) from ``seed``, a 64-bit unsigned int. Returns ``module``.
 
     Each layer keeps its stream, so the layers of one model still get different backbones; its
     init, stream version, adapters, beta and bias are untouched, as is any optimizer holding
@@ -43,7 +43,8 @@ def reseed(module: nn.Module, seed: int) -> nn.Module:
         raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
     layers = list(seeded_layers(module).values())
     if not layers:
-        raise ValueError(f"module ({type(module).__name__}) has no lottalora.Linear layer to re-draw")
+        raise ValueError(f"module ({type(module).__name__}) has no lottalora.Linear (or Conv1d, "
+                             "Conv2d) layer to re-draw")
     dataclasses.replace(layers[0].spec, seed=seed)  # raises TypeError/ValueError naming seed
     for layer in layers:
         layer.reseed(seed)
@@ -77,7 +78,8 @@ class ScaffoldSchedule:
             raise ValueError(f"num_scaffolds must be an int >= 1 or None, got {num_scaffolds!r}")
         layers = seeded_layers(module)
         if not layers:
-            raise ValueError(f"module ({type(module).__name__}) has no lottalora.Linear layer to re-draw")
+            raise ValueError(f"module ({type(module).__name__}) has no lottalora.Linear (or Conv1d, "
+                             "Conv2d) layer to re-draw")
         if base_seed is None:
             seeds = {layer.seed for layer in layers.values()}
             if len(seeds) != 1:

@@ -14,9 +14,12 @@ import sys
 
 from torch import nn
 
+from .conv import SeededConv
 from .linear import Linear
 
 _COMPILED_SEGMENT = "_orig_mod"
+# Every kind of seeded layer: the one list the model tools, checkpoints and reseed walk.
+SEEDED_LAYER_TYPES = (Linear, SeededConv)
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -40,12 +43,12 @@ def plain_name(name: str) -> str:
     return ".".join(part for part in name.split(".") if part != _COMPILED_SEGMENT)
 
 
-def seeded_layers(model: nn.Module, *, plain: bool = False) -> dict[str, Linear]:
+def seeded_layers(model: nn.Module, *, plain: bool = False) -> dict[str, Linear | SeededConv]:
     """{qualified name: layer} for every seeded layer of ``model`` (unwrapped from torch.compile
     and DDP first), in ``named_modules`` order; "" names ``model`` itself when it is one. A layer
     shared under two names appears once, under the first. ``plain``: names without the
     ``_orig_mod`` segments of submodules compiled in place (what checkpoints record)."""
-    layers = {name: m for name, m in unwrap_model(model).named_modules() if isinstance(m, Linear)}
+    layers = {name: m for name, m in unwrap_model(model).named_modules() if isinstance(m, SEEDED_LAYER_TYPES)}
     return {plain_name(name): m for name, m in layers.items()} if plain else layers
 
 

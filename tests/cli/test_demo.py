@@ -6,6 +6,7 @@ import sys
 import pytest
 import torch
 
+import lottalora
 from lottalora.cli import main
 from lottalora.cli.demo import TASKS, SweepResult, load_mnist1d_split, run_sweep, saturation_rank
 
@@ -128,3 +129,21 @@ def test_the_demo_names_the_extra_it_needs_when_a_package_is_missing(monkeypatch
     assert main(["demo", "--task", "mnist1d", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "mnist1d" in err and 'pip install "lottalora[demo]"' in err
+
+
+def test_one_epoch_mnist1d_cnn_sweep_seeds_every_conv(monkeypatch):
+    import dataclasses
+
+    from lottalora.cli.demo import build_cnn
+
+    # MNIST-1D's shapes without generating it (the loader has its own test): the sweep's plumbing only.
+    gen = torch.Generator().manual_seed(0)
+    data = (torch.randn(300, 40, generator=gen), torch.randint(0, 10, (300,), generator=gen),
+            torch.randn(50, 40, generator=gen), torch.randint(0, 10, (50,), generator=gen))
+    monkeypatch.setitem(TASKS, "mnist1d-cnn", dataclasses.replace(TASKS["mnist1d-cnn"], load=lambda s, d: data))
+    full, (row,) = run_sweep([2], task="mnist1d-cnn", epochs=1, hidden=(8, 8), show_progress=False)
+    assert row.rank == 2 and len(row.betas) == 2 and 0 <= row.test_accuracy <= 1
+    assert row.trainable_params < full.trainable_params
+    assert all(type(c) is lottalora.Conv1d and c.rank == 2 for c in row.model.convs)
+    dense = build_cnn(40, (8, 8), 10, None, None, 0, torch.device("cpu"))
+    assert all(type(c) is torch.nn.Conv1d for c in dense.convs) and dense(torch.randn(3, 40)).shape == (3, 10)

@@ -1,0 +1,178 @@
+"""The seeded convolution: y = beta * conv(x, W_seed), W_seed never whole in memory.
+
+    x: (N, C, *spatial) already padded (padding 0 here); W_seed: the stream's
+    (out_channels, C // groups * prod(kernel_size)) matrix viewed as the conv's weight
+    (out_channels, C // groups, *kernel_size); y: (N, out_channels, *spatial_out)
+
+The forward and the backward both walk bounded chunks of output channels (``conv_chunks``): each
+chunk's rows of W_seed are regenerated (``dense_block``), convolved with the input channels
+they see, and dropped. A chunk never crosses a group boundary in the wrong way: it is either a
+run of whole groups (a grouped conv of its own) or rows inside one group (a plain conv on that
+group's input channels). Autograd through the chunked F.conv calls would save every chunk's
+weight for the backward; ``SeededConvFunction`` regenerates them instead, and takes dx and
+dbeta from one ``convolution_backward`` per chunk (dbeta = <dy, conv(x, W)> = <W, dW>). That
+backward is made of differentiable ops on dy, x and beta, so second derivatives (a graph
+through the gradient) are exact; only such a graph keeps its chunks' weights alive.
+Forward-mode AD is not defined.
+
+The adapter, beta's broadcasting, the bias and padding modes are the module's
+(``lottalora.nn.conv``): ordinary autograd on small tensors.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..backbone import BackboneSpec, backbone_block
+from ..backbone.stream_v2 import ROW_SPAN
+from .backend import dense_block
+from .precision import accumulation_dtype
+
+# W_seed values one chunk holds at most (the torch backend's block budget): a chunk's weight
+# and its generator's temporaries stay a few MiB whatever the layer's size.
+CONV_CHUNK_VALUES = 1 << 20
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """What a seeded conv needs besides its backbone: the input channels, kernel, stride,
+    dilation and groups (padding is applied before the op)."""
+
+    in_channels: int
+    out_channels: int
+    kernel_size: tuple[int, ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    groups: int
+
+    @property
+    def row_width(self) -> int:
+        """Values per output channel of W_seed: in_channels // groups * prod(kernel_size)."""
+        return self.in_channels // self.groups * math.prod(self.kernel_size)
+
+    def weight_shape(self, rows: int) -> tuple[int, ...]:
+        """The conv weight shape of ``rows`` output channels."""
+        return (rows, self.in_channels // self.groups, *self.kernel_size)
+
+
+@dataclass(frozen=True)
+class ConvChunk:
+    """Output channels [rows[0], rows[1]) of W_seed, convolved with input channels
+    [channels[0], channels[1]) as a conv of ``groups`` groups."""
+
+    rows: tuple[int, int]
+    channels: tuple[int, int]
+    groups: int
+
+
+def conv_chunks(geometry: ConvGeometry, values: int | None = None) -> list[ConvChunk]:
+    """The chunks of output channels, each of at most ``values`` W_seed values (default
+    ``CONV_CHUNK_VALUES``, read at the call; at least one row): runs of whole groups where a
+    group fits, else rows inside one group."""
+    values = CONV_CHUNK_VALUES if values is None else values
+    out_g = geometry.out_channels // geometry.groups
+    in_g = geometry.in_channels // geometry.groups
+    rows_per_chunk = max(1, values // geometry.row_width)
+    if rows_per_chunk >= ROW_SPAN:  # whole spans of stream v2's rows: none generated twice
+        rows_per_chunk -= rows_per_chunk % ROW_SPAN
+    if out_g <= rows_per_chunk:
+        step = rows_per_chunk // out_g
+        return [ConvChunk((g0 * out_g, g1 * out_g), (g0 * in_g, g1 * in_g), g1 - g0)
+                for g0 in range(0, geometry.groups, step) for g1 in [min(geometry.groups, g0 + step)]]
+    return [ConvChunk((g * out_g + r0, g * out_g + min(out_g, r0 + rows_per_chunk)), (g * in_g, (g + 1) * in_g), 1)
+            for g in range(geometry.groups) for r0 in range(0, out_g, rows_per_chunk)]
+
+
+def conv_weight_chunk(spec: BackboneSpec, geometry: ConvGeometry, chunk: ConvChunk, dtype: torch.dtype,
+                      device: torch.device) -> torch.Tensor:
+    """W_seed's rows ``chunk.rows`` as a conv weight (rows, C // groups, *kernel_size) in ``dtype``."""
+    block = dense_block(spec, rows=chunk.rows, device=device)
+    return block.to(dtype).view(geometry.weight_shape(chunk.rows[1] - chunk.rows[0]))
+
+
+def _conv(x: torch.Tensor, weight: torch.Tensor, geometry: ConvGeometry, groups: int) -> torch.Tensor:
+    return _CONV[len(geometry.kernel_size)](x, weight, None, geometry.stride, 0, geometry.dilation, groups)
+
+
+def _output_size(x: torch.Tensor, geometry: ConvGeometry) -> list[int]:
+    return [(size - d * (k - 1) - 1) // s + 1
+            for size, k, s, d in zip(x.shape[2:], geometry.kernel_size, geometry.stride, geometry.dilation)]
+
+
+class SeededConvFunction(torch.autograd.Function):
+    """y = beta * conv(x, W_seed) in x's accumulation dtype; the backward regenerates the chunks."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, beta: torch.Tensor, spec: BackboneSpec, geometry: ConvGeometry) -> torch.Tensor:
+        compute = accumulation_dtype(x.dtype)
+        xc = x.to(compute)
+        out = xc.new_empty((x.shape[0], geometry.out_channels, *_output_size(x, geometry)))
+        for chunk in conv_chunks(geometry):
+            w = conv_weight_chunk(spec, geometry, chunk, compute, x.device)
+            out[:, chunk.rows[0]:chunk.rows[1]] = _conv(xc[:, chunk.channels[0]:chunk.channels[1]], w, geometry,
+                                                        chunk.groups)
+        ctx.save_for_backward(x, beta)
+        ctx.spec, ctx.geometry = spec, geometry
+        return out.mul_(beta.to(compute))
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        x, beta = ctx.saved_tensors
+        spec, geometry = ctx.spec, ctx.geometry
+        need_dx, need_dbeta = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if not (need_dx or need_dbeta):
+            return None, None, None, None
+        compute = accumulation_dtype(x.dtype)
+        xc, dy = x.to(compute), dy.to(compute)
+        dx = torch.zeros_like(xc) if need_dx else None
+        dbeta = torch.zeros((), dtype=compute, device=x.device)
+        b = beta.to(compute)
+        for chunk in conv_chunks(geometry):
+            w = conv_weight_chunk(spec, geometry, chunk, compute, x.device)
+            (c0, c1), (o0, o1) = chunk.channels, chunk.rows
+            x_part = xc[:, c0:c1]
+            dx_part, dw, _ = torch.ops.aten.convolution_backward(
+                dy[:, o0:o1].contiguous(), x_part, w, None, list(geometry.stride), [0] * len(geometry.stride),
+                list(geometry.dilation), False, [0] * len(geometry.stride), chunk.groups,
+                [need_dx, need_dbeta, False])
+            if need_dx:
+                dx[:, c0:c1] += dx_part
+            if need_dbeta:
+                dbeta += dw.reshape(-1) @ w.reshape(-1)
+        dx = dx.mul_(b).to(x.dtype) if need_dx else None
+        dbeta = dbeta.reshape(beta.shape).to(beta.dtype) if need_dbeta else None
+        return dx, dbeta, None, None
+
+
+def seeded_conv(x: torch.Tensor, spec: BackboneSpec, geometry: ConvGeometry, beta: torch.Tensor) -> torch.Tensor:
+    """beta * conv(x, W_seed) with autograd (x already padded; see the module docstring for
+    shapes), in x's accumulation dtype (float32 for bfloat16 / float16 / float32 inputs, float64
+    for float64). On the meta device it only infers the output's shape. Under torch.compile it
+    runs eagerly (a graph break)."""
+    if torch.compiler.is_compiling():
+        # Traced, the chunk loop and the stream's cached tables inside the autograd.Function
+        # break dynamo; Linear's op is a registered custom op, the conv is not yet. Decorating
+        # at import would import Triton with lottalora, so the disabled call is made here.
+        return torch.compiler.disable(_seeded_conv)(x, spec, geometry, beta)
+    return _seeded_conv(x, spec, geometry, beta)
+
+
+def _seeded_conv(x: torch.Tensor, spec: BackboneSpec, geometry: ConvGeometry, beta: torch.Tensor) -> torch.Tensor:
+    if x.device.type == "meta":
+        weight = torch.empty(geometry.weight_shape(geometry.out_channels), device="meta",
+                             dtype=accumulation_dtype(x.dtype))
+        return beta.to(weight.dtype) * _conv(x.to(weight.dtype), weight, geometry, geometry.groups)
+    return SeededConvFunction.apply(x, beta, spec, geometry)
+
+
+def seeded_conv_ref(x: torch.Tensor, spec: BackboneSpec, geometry: ConvGeometry, beta: torch.Tensor) -> torch.Tensor:
+    """beta * conv(x, W_seed) in float64 with the whole W_seed dense: the readable reference
+    (tests only: it materialises the backbone)."""
+    w = backbone_block(spec, device=x.device).double().view(geometry.weight_shape(geometry.out_channels))
+    return beta.double() * _conv(x.double(), w, geometry, geometry.groups)

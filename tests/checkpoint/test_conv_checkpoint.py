@@ -1,0 +1,69 @@
+"""Checkpoints of models with seeded convolutions: the seeds, streams and options come back."""
+
+import pytest
+import torch
+
+import lottalora
+from tests.model.test_conv_models import SmallCNN
+
+pytest.importorskip("safetensors")
+
+
+def _trained(seed=0):
+    torch.manual_seed(seed)
+    model = lottalora.convert(SmallCNN(), target_modules=["stem", "body", "head"], rank=2, seed=seed,
+                              use_rslora=True)
+    with torch.no_grad():
+        for layer in lottalora.nn.seeded_layers(model).values():
+            layer.lora_B.normal_()
+            layer.beta.fill_(0.9)
+    return model
+
+
+@pytest.mark.parametrize("trainable_only", [False, True])
+def test_save_and_load_restore_conv_layers(tmp_path, trainable_only):
+    model = _trained(seed=5)
+    lottalora.save(model, tmp_path / "ck", trainable_only=trainable_only)
+    fresh = _trained(seed=9)
+    lottalora.load(fresh, tmp_path / "ck")
+    x = torch.randn(2, 2, 35)
+    assert fresh.stem.seed == 5 and fresh.body.use_rslora
+    assert torch.equal(fresh(x), model(x))
+
+
+def test_an_adapter_checkpoint_loads_into_conv_layers(tmp_path):
+    model = _trained(seed=5)
+    lottalora.save(model, tmp_path / "ad", adapter="default")
+    fresh = _trained(seed=5)
+    with torch.no_grad():
+        fresh.body.lora_A.zero_()
+    lottalora.load(fresh, tmp_path / "ad")
+    assert torch.equal(fresh.body.lora_A, model.body.lora_A)
+
+
+def test_a_checkpoint_refuses_a_conv_of_another_shape(tmp_path):
+    model = _trained()
+    lottalora.save(model, tmp_path / "ck")
+    other = SmallCNN()
+    other.body = torch.nn.Conv2d(6, 8, 3, padding=1, groups=2)
+    lottalora.convert(other, target_modules=["stem", "body", "head"], rank=2)
+    with pytest.raises(ValueError, match="body"):
+        lottalora.load(other, tmp_path / "ck")
+
+
+def test_a_model_with_seeded_convs_and_a_dora_linear_round_trips(tmp_path):
+    def build(seed):
+        torch.manual_seed(seed)
+        model = lottalora.convert(SmallCNN(), target_modules=["stem", "body"], rank=2, seed=seed)
+        return lottalora.convert(model, target_modules=["head"], rank=2, seed=seed, use_dora=True)
+
+    model = build(5)
+    with torch.no_grad():
+        model.head.lora_B.normal_()
+        model.body.lora_B.normal_()
+    lottalora.save(model, tmp_path / "ck")
+    fresh = build(9)
+    lottalora.load(fresh, tmp_path / "ck")
+    x = torch.randn(2, 2, 35)
+    assert fresh.body.seed == 5 and fresh.head.use_dora and not fresh.body.use_dora
+    assert torch.equal(fresh(x), model(x))

@@ -1,0 +1,107 @@
+"""Model tools on convolutions: convert names them, merge_and_unload gives nn.Conv back, summary
+and reseed count them."""
+
+import pytest
+import torch
+from torch import nn
+
+import lottalora
+from tests.support.tolerances import assert_close
+
+
+class SmallCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv1d(2, 6, 3, padding=1)
+        self.body = nn.Conv2d(6, 8, (3, 2), stride=(2, 1), padding=1, dilation=(1, 2),
+                              groups=2, bias=False, padding_mode="reflect")
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):  # x: (N, 2, 5 * 7)
+        h = torch.relu(self.stem(x)).reshape(x.shape[0], 6, 5, 7)
+        return self.head(self.body(h).mean((2, 3)))
+
+
+def _converted(**options):
+    torch.manual_seed(0)
+    model = SmallCNN().double()
+    dense = {n: (m.weight.clone(), None if m.bias is None else m.bias.clone()) for n, m in model.named_modules()
+             if isinstance(m, (nn.Conv1d, nn.Conv2d))}
+    lottalora.convert(model, **{"target_modules": ["stem", "body", "head"], "rank": 2, **options})
+    return model, dense
+
+
+def test_all_linear_leaves_convolutions_dense():
+    model = SmallCNN()
+    lottalora.convert(model, rank=2)
+    assert isinstance(model.stem, nn.Conv1d) and isinstance(model.body, nn.Conv2d)
+    assert isinstance(model.head, lottalora.Linear)
+
+
+def test_convert_keeps_each_convs_geometry_and_bias():
+    model, dense = _converted()
+    stem, body = model.stem, model.body
+    assert isinstance(stem, lottalora.Conv1d) and isinstance(body, lottalora.Conv2d)
+    assert (body.in_channels, body.out_channels, body.kernel_size, body.stride, body.padding, body.dilation,
+            body.groups, body.padding_mode) == (6, 8, (3, 2), (2, 1), (1, 1), (1, 2), 2, "reflect")
+    assert body.bias is None and torch.equal(stem.bias, dense["stem"][1]) and stem.bias.requires_grad
+    assert stem.stream == lottalora.stream_for_name("stem") and body.lora_A.shape == (2, 3, 3, 2)
+    assert not any(p.requires_grad for n, p in model.named_parameters() if "lora" not in n and "beta" not in n
+                   and "bias" not in n)
+
+
+def test_merge_and_unload_gives_nn_conv_back_with_the_same_function():
+    model, _ = _converted()
+    with torch.no_grad():
+        for layer in lottalora.nn.seeded_layers(model).values():
+            layer.lora_B.normal_()
+            layer.beta.fill_(0.8)
+    x = torch.randn(3, 2, 35, dtype=torch.float64)
+    want = model(x)
+    lottalora.merge_and_unload(model)
+    assert type(model.stem) is nn.Conv1d and type(model.body) is nn.Conv2d and type(model.head) is nn.Linear
+    assert model.body.padding_mode == "reflect" and model.body.groups == 2
+    assert_close(model(x), want, torch.float64, "merged")
+
+
+def test_summary_and_reseed_know_convolutions():
+    model, _ = _converted()
+    s = lottalora.summary(model)
+    assert s["seeded_layers"] == 3
+    assert s["backbone_params"] == 6 * 2 * 3 + 8 * 3 * 3 * 2 + 3 * 8
+    x = torch.randn(2, 2, 35, dtype=torch.float64)
+    before = model(x)
+    lottalora.reseed(model, 77)
+    assert model.stem.seed == model.body.seed == 77
+    assert not torch.allclose(model(x), before)
+
+
+def test_use_dora_on_a_conv_is_refused_by_name_before_anything_changes():
+    with pytest.raises(NotImplementedError, match="use_dora"):
+        lottalora.Conv2d(2, 2, 1, use_dora=True)
+    model = SmallCNN()
+    with pytest.raises(NotImplementedError, match="use_dora on Conv1d/Conv2d"):
+        lottalora.convert(model, target_modules=["stem", "head"], rank=2, use_dora=True)
+    assert type(model.stem) is nn.Conv1d and type(model.head) is nn.Linear
+    lottalora.convert(model, target_modules=["stem", "head"], rank=2, use_dora=False)
+    lottalora.convert(model, target_modules=["body"], rank=2)  # a second call: convs beside DoRA-free layers
+    assert isinstance(model.body, lottalora.Conv2d)
+
+
+def test_named_adapters_on_convs_are_refused_before_anything_changes():
+    model, _ = _converted()
+    with pytest.raises(NotImplementedError, match="exclude_modules"):
+        lottalora.add_adapter(model, "second", rank=2)
+    assert lottalora.list_adapters(model) == ["default"]
+    lottalora.add_adapter(model, "second", rank=2, exclude_modules=["stem", "body"])
+    assert lottalora.list_adapters(model) == ["default", "second"]
+
+
+def test_a_cnn_built_on_meta_converts_and_materializes():
+    with torch.device("meta"):
+        model = SmallCNN()
+    lottalora.convert(model, target_modules=["stem", "body"], rank=2)
+    assert model.body.lora_A.device.type == "meta"
+    lottalora.materialize(model, "cpu")
+    assert model.body.lora_A.abs().sum() > 0 and torch.equal(model.body.lora_B, torch.zeros_like(model.body.lora_B))
+    assert model(torch.randn(2, 2, 35)).shape == (2, 3)

@@ -1,0 +1,292 @@
+"""lottalora.Conv1d / Conv2d against nn.Conv*d with the dense backbone in float64: every argument,
+gradients, gradcheck, bounded chunks, meta, state and bad input."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import lottalora
+from lottalora.ops import conv as conv_op
+from tests.support.tolerances import assert_close
+
+# (dims, in, out, kernel, options): odd shapes and every argument at least once.
+CASES = [
+    (1, 3, 5, 3, {}),
+    (1, 4, 6, 4, dict(stride=2, padding=3, dilation=2, groups=2, rank=4)),
+    (1, 5, 7, 3, dict(padding="same", padding_mode="reflect", bias=False)),
+    (1, 6, 3, 2, dict(padding="valid", groups=3, rank=3, use_rslora=True, alpha=5.0)),
+    (2, 3, 5, (3, 2), dict(stride=(2, 1), padding=(1, 2), padding_mode="replicate")),
+    (2, 4, 4, 3, dict(padding=1, padding_mode="circular", groups=4, rank=4)),
+    (2, 2, 6, (2, 3), dict(padding="same", dilation=(2, 1), rank=1)),
+    (2, 6, 4, 1, dict(groups=2, rank=2, bias=False, stride=3)),
+    (2, 3, 2, 3, dict(rank=0)),
+]
+SPATIAL = {1: (13,), 2: (9, 7)}
+
+
+def _layer(dims, cin, cout, k, options, dtype=torch.float64, seed=3):
+    cls = lottalora.Conv1d if dims == 1 else lottalora.Conv2d
+    layer = cls(cin, cout, k, seed=seed, stream=11, **{"rank": 2, **options}).to(dtype)
+    with torch.no_grad():  # off the init, so every term counts
+        if layer.lora_B is not None:
+            layer.lora_B.normal_()
+        layer.beta.fill_(0.7)
+    return layer
+
+
+def _dense(layer, dtype=torch.float64):
+    """The layer as plain nn.Conv modules (dense backbone, PEFT-style adapter) in ``dtype``, and
+    its tensors to compare gradients against."""
+    cls = nn.Conv1d if layer.dims == 1 else nn.Conv2d
+    common = dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=layer.groups,
+                  padding_mode=layer.padding_mode, bias=False, dtype=dtype)
+    base = cls(layer.in_channels, layer.out_channels, layer.kernel_size, **common)
+    base.weight = nn.Parameter(layer.backbone_weight(torch.float64).to(dtype), requires_grad=False)
+    beta = layer.beta.detach().to(dtype).clone().requires_grad_()
+    bias = None if layer.bias is None else layer.bias.detach().to(dtype).clone().requires_grad_()
+    a = b = None
+    if layer.rank:
+        a = cls(layer.in_channels, layer.rank, layer.kernel_size, **common)
+        a.weight = nn.Parameter(layer.lora_A.detach().to(dtype).clone())
+        b = cls(layer.rank, layer.out_channels, 1, groups=layer.groups, bias=False, dtype=dtype)
+        b.weight = nn.Parameter(layer.lora_B.detach().to(dtype).clone())
+
+    def forward(x, dropped=None):
+        y = beta * base(x)
+        if a is not None:
+            y = y + layer.scaling * b(a(x if dropped is None else dropped))
+        if bias is not None:
+            y = y + bias.view(-1, *(1,) * layer.dims)
+        return y
+
+    tensors = {"beta": beta, "bias": bias, "lora_A": a.weight if a else None, "lora_B": b.weight if b else None}
+    return forward, tensors
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}d-{c[1]}-{c[2]}-{c[3]}-{sorted(c[4].items())}")
+def test_forward_and_gradients_match_dense_conv(case, dtype):
+    dims, cin, cout, k, options = case
+    layer = _layer(dims, cin, cout, k, options, dtype)
+    forward, tensors = _dense(layer)
+    x = torch.randn(2, cin, *SPATIAL[dims], dtype=dtype, requires_grad=True)
+    x64 = x.detach().double().requires_grad_()
+    y, ref = layer(x), forward(x64)
+    assert y.dtype == dtype
+    assert_close(y, ref, dtype, "y")
+    dy = torch.randn_like(ref)
+    y.backward(dy.to(dtype))
+    ref.backward(dy)
+    assert_close(x.grad, x64.grad, dtype, "dx")
+    for name, expected in tensors.items():
+        actual = getattr(layer, name)
+        if expected is None:
+            assert actual is None
+            continue
+        assert_close(actual.grad, expected.grad, dtype, f"d{name}")
+
+
+def test_bfloat16_accumulates_in_float32():
+    layer = _layer(2, 4, 6, 3, dict(padding=1), torch.bfloat16)
+    forward, _ = _dense(layer)
+    x = torch.randn(2, 4, 6, 5, dtype=torch.bfloat16)
+    y = layer(x)
+    assert y.dtype == torch.bfloat16
+    assert_close(y, forward(x.double()), torch.bfloat16, "y")
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_dropout_applies_to_the_adapter_input_while_training(train):
+    layer = _layer(1, 3, 4, 3, dict(lora_dropout=0.5, padding=1, padding_mode="reflect"))
+    layer.train(train)
+    forward, _ = _dense(layer)
+    x = torch.randn(2, 3, 11, dtype=torch.float64)
+    torch.manual_seed(7)
+    y = layer(x)
+    torch.manual_seed(7)
+    dropped = F.dropout(x, 0.5, training=True) if train else None
+    assert_close(y, forward(x, dropped), torch.float64, "y")
+    if train:  # the mask matters: without it the output differs
+        assert not torch.allclose(y, forward(x))
+
+
+def test_gradcheck_and_gradgradcheck_float64():
+    layer = _layer(1, 2, 2, 2, dict(padding=1, groups=2, rank=2, padding_mode="reflect"))
+    x = torch.randn(1, 2, 4, dtype=torch.float64, requires_grad=True)
+    params = [layer.lora_A, layer.lora_B, layer.beta, layer.bias]
+
+    def f(x, a, b, beta, bias):
+        return torch.func.functional_call(layer, {"lora_A": a, "lora_B": b, "beta": beta, "bias": bias}, (x,))
+
+    assert torch.autograd.gradcheck(f, (x, *params))
+    # The backward is differentiable ops on dy, x and beta (the chunks regenerated again), so a
+    # graph through the gradient (gradient penalties) is exact too.
+    # (through x and beta, the custom function's inputs; the adapter is ordinary autograd)
+    assert torch.autograd.gradgradcheck(lambda x, beta: f(x, layer.lora_A, layer.lora_B, beta, layer.bias),
+                                        (x, layer.beta))
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_backbone_weight_is_the_streams_matrix_reshaped(version):
+    conv = lottalora.Conv2d(6, 3, (3, 2), groups=3, rank=3, seed=2**64 - 1, stream=9, stream_version=version)
+    matrix = lottalora.Linear(6 // 3 * 3 * 2, 3, seed=2**64 - 1, stream=9, stream_version=version).backbone_weight()
+    w = conv.backbone_weight()
+    assert w.shape == (3, 2, 3, 2) and w.dtype == torch.float32
+    assert torch.equal(w, matrix.view(3, 2, 3, 2))
+    # row-major over (in // groups, *kernel): weight[o, c, i, j] is column (c * 3 + i) * 2 + j
+    assert w[2, 1, 2, 0] == matrix[2, (1 * 3 + 2) * 2 + 0]
+    assert conv.spec == lottalora.BackboneSpec(2**64 - 1, 9, 12, 3, None, version)
+
+
+def test_chunks_stay_within_the_budget_and_respect_groups(monkeypatch):
+    sizes = []
+    real = conv_op.conv_weight_chunk
+
+    def spy(spec, geometry, chunk, dtype, device):
+        w = real(spec, geometry, chunk, dtype, device)
+        sizes.append(w.numel())
+        return w
+
+    layer = _layer(2, 8, 12, 3, dict(padding=1, groups=4, rank=4))
+    forward, _ = _dense(layer)
+    x = torch.randn(2, 8, 5, 6, dtype=torch.float64, requires_grad=True)
+    ref = forward(x)
+    monkeypatch.setattr(conv_op, "conv_weight_chunk", spy)
+    for budget in (1, 20, 40, 1000):  # rows inside a group, one group, two groups, all at once
+        monkeypatch.setattr(conv_op, "CONV_CHUNK_VALUES", budget)
+        sizes.clear()
+        y = layer(x)
+        (dx,) = torch.autograd.grad(y.sum(), x)
+        assert_close(y, ref, torch.float64, f"y at budget {budget}")
+        (dx_ref,) = torch.autograd.grad(ref.sum(), x, retain_graph=True)
+        assert_close(dx, dx_ref, torch.float64, f"dx at budget {budget}")
+        assert max(sizes) <= max(budget, 2 * 9)  # a chunk holds at least one row of 18 values
+
+
+def test_a_large_conv_never_generates_its_whole_backbone(monkeypatch):
+    sizes = []
+    real = conv_op.conv_weight_chunk
+    monkeypatch.setattr(conv_op, "conv_weight_chunk", lambda *a: sizes.append(real(*a).numel()) or real(*a))
+    layer = lottalora.Conv2d(512, 1024, 3, padding=1, rank=4)  # 4.7M backbone values
+    x = torch.randn(1, 512, 3, 3, requires_grad=True)
+    layer(x).sum().backward()
+    assert x.grad is not None and layer.beta.grad is not None
+    assert len(sizes) >= 2 * 5 and max(sizes) <= conv_op.CONV_CHUNK_VALUES
+
+
+def test_meta_device_infers_shapes_in_forward_and_backward():
+    layer = lottalora.Conv2d(3, 8, 3, stride=2, padding="valid", rank=4, device="meta")
+    x = torch.empty(2, 3, 11, 9, device="meta", requires_grad=True)
+    y = layer(x)
+    assert y.device.type == "meta" and y.shape == (2, 8, 5, 4) and y.dtype == torch.float32
+    y.sum().backward()
+    assert x.grad.shape == x.shape and layer.lora_A.grad.shape == layer.lora_A.shape
+
+
+def test_unbatched_input_and_rank_zero():
+    layer = _layer(1, 3, 4, 3, dict(rank=0, padding=1))
+    assert layer.lora_A is None and layer.lora_B is None and layer.lora_factors_2d() is None
+    x = torch.randn(3, 10, dtype=torch.float64)
+    assert torch.allclose(layer(x), layer(x[None])[0])
+    assert layer(x).shape == (4, 10)
+
+
+def test_lora_factors_2d_give_the_adapters_weight():
+    layer = _layer(2, 6, 9, (2, 3), dict(groups=3, rank=6))
+    a2d, b2d = layer.lora_factors_2d()
+    assert a2d.shape == (6, 2 * 2 * 3) and b2d.shape == (9, 6)
+    assert b2d[0, 2:].abs().sum() == 0  # block-diagonal: group 0's outputs use its rank channels only
+    x = torch.randn(1, 6, 5, 5, dtype=torch.float64)
+    delta = (layer.scaling * b2d @ a2d).view(9, 2, 2, 3)
+    full = F.conv2d(x, layer.backbone_weight(torch.float64) * layer.beta + delta, layer.bias, groups=3)
+    assert_close(layer(x), full, torch.float64, "merged")
+    assert torch.allclose(layer.delta_weight(), delta)
+
+
+def test_state_dict_round_trip_carries_seed_and_shapes():
+    a = _layer(2, 4, 6, 3, dict(padding=1), seed=5)
+    b = _layer(2, 4, 6, 3, dict(padding=1), seed=9)
+    assert set(a.state_dict()) == {"lora_A", "lora_B", "beta", "bias", "_extra_state"}
+    assert a.state_dict()["lora_A"].shape == (2, 4, 3, 3) and a.state_dict()["lora_B"].shape == (6, 2, 1, 1)
+    b.load_state_dict(a.state_dict())
+    assert b.seed == 5
+    x = torch.randn(1, 4, 5, 5, dtype=torch.float64)
+    assert torch.equal(a(x), b(x))
+    c = _layer(2, 4, 6, 3, dict(rank=4))
+    with pytest.raises(ValueError, match="rank-2 layer"):
+        c.load_state_dict(a.state_dict())
+    state = a.state_dict()
+    del state["_extra_state"]
+    with pytest.raises(ValueError, match="lora_A must be a floating-point tensor of shape"):
+        c.load_state_dict(state, strict=False)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(in_channels=0), "in_channels"),
+    (dict(out_channels=2.5), "out_channels"),
+    (dict(kernel_size=(3,)), "kernel_size"),
+    (dict(kernel_size=0), "kernel_size"),
+    (dict(stride=0), "stride"),
+    (dict(padding=-1), "padding"),
+    (dict(padding="full"), "padding"),
+    (dict(padding="same", stride=2), "stride"),
+    (dict(dilation=(1, 0)), "dilation"),
+    (dict(groups=3), "groups"),
+    (dict(groups=2, rank=3), "rank"),
+    (dict(padding_mode="mirror"), "padding_mode"),
+    (dict(rank=-1), "rank"),
+    (dict(alpha=0.0), "alpha"),
+    (dict(lora_dropout=1.0), "lora_dropout"),
+])
+def test_bad_arguments_are_named(kwargs, match):
+    args = {"in_channels": 4, "out_channels": 6, "kernel_size": 3, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        lottalora.Conv2d(**args)
+
+
+def test_bad_input_and_dora_are_refused_by_name():
+    layer = lottalora.Conv1d(3, 4, 3)
+    with pytest.raises(ValueError, match="in_channels=3"):
+        layer(torch.randn(2, 5, 8))
+    with pytest.raises(ValueError, match="dimensions"):
+        layer(torch.randn(2, 3, 8, 8))
+    with pytest.raises(NotImplementedError, match="use_dora on Conv1d/Conv2d"):
+        lottalora.Conv1d(3, 4, 3, use_dora=True)
+
+
+def test_forward_and_backward_peak_far_below_the_dense_weight():
+    from tests.support.memory import peak_bytes_added
+
+    # A budget of 2^18 values (1 MiB chunks) keeps the layer small and the margin wide.
+    setup = """
+import lottalora
+import lottalora.ops.conv as conv_op
+conv_op.CONV_CHUNK_VALUES = 1 << 18
+layer = lottalora.Conv2d(1024, 1024, 3, padding=1, rank=4)
+x = torch.randn(1, 1024, 4, 4, requires_grad=True)
+layer(x).sum().backward()
+"""
+    dense = 1024 * 1024 * 9 * 4  # 36 MiB of float32
+    peak = peak_bytes_added(setup, "layer(x).sum().backward()")
+    assert peak < dense / 4, f"forward + backward added {peak / 2**20:.1f} MiB, the dense weight is {dense / 2**20:.0f}"
+
+
+def test_torch_compile_runs_the_seeded_conv_with_the_same_gradients():
+    layer = _layer(1, 3, 4, 3, dict(padding=1), torch.float32)
+    x = torch.randn(2, 3, 10, requires_grad=True)
+    compiled = torch.compile(layer, backend="aot_eager")  # dynamo and AOT autograd, no codegen: fast
+    y = compiled(x)
+    (dx,) = torch.autograd.grad(y.sum(), x)
+    y_eager = layer(x)
+    (dx_eager,) = torch.autograd.grad(y_eager.sum(), x)
+    assert torch.equal(y, y_eager) and torch.equal(dx, dx_eager)
+
+
+def test_dora_row_norms_apply_to_a_conv_through_its_spec_and_2d_factors():
+    from lottalora.ops.dora import weight_row_norms
+
+    layer = _layer(2, 6, 9, (2, 3), dict(groups=3, rank=6))  # lora_B random, beta 0.7
+    norms = weight_row_norms(layer.spec, *layer.lora_factors_2d(), layer.beta, layer.scaling)
+    dense = layer.backbone_weight(torch.float64) * layer.beta.double() + layer.delta_weight()
+    assert_close(norms, dense.flatten(1).norm(dim=1), torch.float64, "row norms")
