@@ -142,9 +142,9 @@ def add_adapter(
 
 def set_adapter(model: nn.Module, name: str) -> nn.Module:
     """Make adapter ``name`` the one every seeded layer adds (layers without it run their
-    backbone alone), and the one that trains: its lora_A and lora_B require grad, every other
-    adapter's do not (PEFT's set_adapter; betas, biases and other parameters are left as they
-    are). Returns ``model``."""
+    backbone alone), and the one that trains: its lora_A and lora_B (and a DoRA layer's
+    lora_magnitude, with the default adapter) require grad, every other adapter's do not (PEFT's
+    set_adapter; betas, biases and other parameters are left as they are). Returns ``model``."""
     layers = _layers(model)
     _check_known(model, name)
     for layer in layers.values():

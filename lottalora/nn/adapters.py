@@ -260,9 +260,13 @@ class AdaptedLayer(nn.Module):
         return adapter.parts()
 
     def adapter_parameters(self, name: str) -> list[nn.Parameter]:
-        """lora_A and lora_B of adapter ``name`` ([] for the default one at rank 0)."""
+        """lora_A and lora_B of adapter ``name`` ([] for the default one at rank 0), and the
+        default adapter's DoRA magnitude where the layer has one (it trains with its adapter)."""
         parts = self.adapter_parts(name)
-        return [] if parts is None else [parts.lora_A, parts.lora_B]
+        if parts is None:
+            return []
+        magnitude = getattr(self, "lora_magnitude", None) if name == DEFAULT_ADAPTER else None
+        return [parts.lora_A, parts.lora_B] + ([magnitude] if magnitude is not None else [])
 
     def add_adapter(self, name: str, *, rank: int, alpha: float | None = None, use_rslora: bool = False,
                     lora_dropout: float = 0.0, init_lora_weights: bool | str = True,

@@ -56,8 +56,10 @@ def _block(words: tuple[int, ...]) -> BackboneBlock:
 
 
 def block_from_words(words: list[int]) -> BackboneBlock:
-    """The block ``block_words`` packed."""
-    return _block(tuple(words))
+    """The block ``block_words`` packed. Under ``torch.compile`` a word may arrive as a SymInt
+    (dynamo makes an int dynamic when a frame recompiles for another value, as a second layer's
+    seed): ``int`` specializes it, since a block is a constant of its graph."""
+    return _block(tuple(map(int, words)))
 
 
 def seeded_linear_fwd_impl(

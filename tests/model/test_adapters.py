@@ -145,3 +145,15 @@ def test_bad_add_adapter_arguments_are_named_and_change_nothing(kwargs, error, m
     assert list(model.state_dict()) == before
     with pytest.raises(ValueError, match="already has an adapter 'default'"):
         lottalora.add_adapter(model, "default")
+
+
+def test_set_adapter_freezes_a_dora_layers_magnitude_with_its_default_adapter():
+    """The magnitude belongs to the default (DoRA) adapter: it trains when the default adapter
+    does and is frozen with it, as PEFT freezes its magnitude vector."""
+    layer = lottalora.Linear(12, 8, rank=2, use_dora=True)
+    model = torch.nn.Sequential(layer)
+    lottalora.add_adapter(model, "other", rank=2)
+    lottalora.set_adapter(model, "other")
+    assert not layer.lora_magnitude.requires_grad and not layer.lora_A.requires_grad
+    lottalora.set_adapter(model, "default")
+    assert layer.lora_magnitude.requires_grad and layer.lora_A.requires_grad

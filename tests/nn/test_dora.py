@@ -240,6 +240,16 @@ def test_torch_compile_matches_eager_forward_and_backward(init):
         torch.testing.assert_close(p.grad, g)
 
 
+def test_torch_compile_of_several_v1_dora_layers_matches_eager():
+    """The graph break at v1's cached sums resumes a frame that recompiles for the next layer's
+    seed, and dynamo then hands the op's block words in as SymInts: they are specialized."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 16))
+    lottalora.convert(model, rank=2, stream_version=1, init="gaussian", use_dora=True, init_lora_weights=False)
+    x = torch.randn(3, 16)
+    torch.testing.assert_close(torch.compile(model, backend="aot_eager")(x), model(x))
+
+
 def test_a_gradient_penalty_differentiates_through_dora():
     """Second derivatives: the op's double backward, with the magnitude's scale a plain multiply."""
     layer = _dora_layer().double()
