@@ -67,3 +67,12 @@ def test_a_model_with_seeded_convs_and_a_dora_linear_round_trips(tmp_path):
     x = torch.randn(2, 2, 35)
     assert fresh.body.seed == 5 and fresh.head.use_dora and not fresh.body.use_dora
     assert torch.equal(fresh(x), model(x))
+
+
+def test_a_checkpoint_of_grouped_convs_summarises_like_the_live_model(tmp_path):
+    model = _trained(seed=3)
+    lottalora.save(model, tmp_path / "ck")
+    live, stored = lottalora.summary(model), lottalora.summary(tmp_path / "ck")
+    assert stored["adapter_params"] == live["adapter_params"] == sum(
+        p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    assert stored["layers"] == live["layers"]
