@@ -15,6 +15,9 @@ channel and so cannot be merged into a grouped conv): the low-rank term is then 
 conv with the weight ``delta_weight()`` (out_channels, in_channels // groups, *kernel_size),
 which ``merge_and_unload`` folds in. For groups = 1 the shapes are PEFT's.
 
+DoRA (``use_dora=True``): PEFT's conv DoRA, a trained magnitude per output channel
+(``SeededConv``'s docstring; the norms from ``lottalora.ops.dora``).
+
 Padding: every ``padding_mode`` pads first with F.pad (as nn.Conv does) and then runs the
 backbone and lora_A with padding 0, so the adapter sees the padded input too (and merges).
 """
@@ -70,7 +73,7 @@ class SeededConv(AdaptedLayer):
     Arguments as nn.Conv*d's (in_channels, out_channels, kernel_size, stride, padding (an int,
     a tuple, "same" or "valid"), dilation, groups, bias, padding_mode) and then
     lottalora.Linear's (rank, alpha, use_rslora, seed, stream, init, stream_version, train_beta,
-    lora_dropout, init_lora_weights, device, dtype). Trainable: lora_A (rank, in_channels //
+    lora_dropout, init_lora_weights, use_dora, device, dtype). Trainable: lora_A (rank, in_channels //
     groups, *kernel_size), Kaiming-uniform; lora_B (out_channels, rank // groups, 1, ...), zeros;
     beta (1,); bias (out_channels,), nn.Conv's init. rank must be a multiple of groups. rank=0: no
     adapter (lora_A and lora_B are None). scaling = alpha / rank (alpha / sqrt(rank) with
