@@ -49,6 +49,17 @@ def read_contents(directory: str | os.PathLike) -> CheckpointContents:
                               (directory / CONFIG_NAME).stat().st_size + len(data))
 
 
+def _stored_default_values(contents: CheckpointContents, name: str, only: str | None) -> dict[str, int]:
+    """{the layer's adapter: lora_A and lora_B values} of a seeded conv (a lora_A of more than two
+    dimensions), as the checkpoint stores them under the layer's own keys (a grouped conv's
+    lora_B holds out * rank / groups values); {} for a Linear, as the live summary's entry."""
+    prefix = f"{name}." if name else ""
+    shapes = [contents.shapes.get(prefix + key) for key in ("lora_A", "lora_B")]
+    if any(shape is None for shape in shapes) or len(shapes[0]) <= 2:
+        return {}
+    return {only or DEFAULT_ADAPTER: sum(math.prod(shape) for shape in shapes)}
+
+
 def _summarize_checkpoint(contents: CheckpointContents) -> ModelSummary:
     trainable_names = set(contents.config["trainable"])
     only = contents.config.get("adapter")  # an adapter checkpoint: its layers' rank is that adapter's
@@ -61,7 +72,8 @@ def _summarize_checkpoint(contents: CheckpointContents) -> ModelSummary:
             rank, adapters = 0, {only: entry["rank"]}
         layers.append(layer_entry(entry["name"], entry["out_features"], entry["in_features"], rank,
                                   entry["init"], int(entry["seed"]), int(entry["stream"]), entry["spec"].version,
-                                  beta.reshape(-1)[0].item(), key in trainable_names, adapters))
+                                  beta.reshape(-1)[0].item(), key in trainable_names, adapters,
+                                  _stored_default_values(contents, entry["name"], only)))
         backbone_bytes += entry["out_features"] * entry["in_features"] * beta.element_size()
     values = {k: math.prod(s) for k, s in contents.shapes.items()}
     trainable = sum(n for k, n in values.items() if k in trainable_names)

@@ -267,9 +267,9 @@ def _load_adapter(model: nn.Module, directory: Path, config: dict, data: bytes, 
         prefix = _prefix(layer["name"])
         if isinstance(module, SeededConv):  # a conv's default adapter holds conv weights
             want[prefix + "lora_A"], want[prefix + "lora_B"] = tuple(module.lora_A.shape), tuple(module.lora_B.shape)
-            continue
-        want[prefix + "lora_A"] = (layer["rank"], module.in_features)
-        want[prefix + "lora_B"] = (module.out_features, layer["rank"])
+        else:
+            want[prefix + "lora_A"] = (layer["rank"], module.in_features)
+            want[prefix + "lora_B"] = (module.out_features, layer["rank"])
         if layer.get("use_dora", False):
             want[prefix + "lora_magnitude"] = (module.out_features,)
     if set(tensors) != set(want):

@@ -122,7 +122,8 @@ def _place_seeded_layer(directory: Path, model: nn.Module, layer: dict, dtype: t
     if is_dense_conv(module):
         try:
             seeded = seeded_conv_like(module, spec, rank=layer["rank"], alpha=layer["alpha"] if layer["rank"] else None,
-                                      use_rslora=layer["use_rslora"], device="meta", dtype=dtype)
+                                      use_rslora=layer["use_rslora"], use_dora=layer.get("use_dora", False),
+                                      device="meta", dtype=dtype)
         except ValueError as exc:
             fail(directory, f"layer {name!r}: {exc}")
         set_submodule(model, name, seeded)

@@ -80,13 +80,14 @@ def _demo(args: argparse.Namespace) -> int:
     device = torch.device(args.device) if args.device else None
     seeds = range(args.seed, args.seed + args.seeds)
     full, sweep = average_sweeps([run_sweep(ranks, task=args.task, init=args.init, epochs=epochs, seed=seed,
-                                            hidden=hidden, device=device, show_progress=not args.no_progress)
+                                            hidden=hidden, device=device, show_progress=not args.no_progress,
+                                            use_dora=args.dora)
                                   for seed in seeds])
     network = dataclasses.replace(task, hidden=tuple(hidden)).description
     spec = next(m.spec for m in sweep[0].model.modules() if hasattr(m, "spec")) if sweep else None
     backbone = f"{spec.init} (stream v{spec.version})" if spec is not None else args.init
     seed_text = f"seed={args.seed}" if args.seeds == 1 else f"seeds={args.seed}..{args.seed + args.seeds - 1}"
-    print(f"{task.title}, {network}, init={backbone}, epochs={epochs}, {seed_text}, "
+    print(f"{task.title}, {network}, init={backbone}{', DoRA' if args.dora else ''}, epochs={epochs}, {seed_text}, "
           f"device={(device or ('cuda' if torch.cuda.is_available() else 'cpu'))}")
     print(format_table(full, sweep))
     sat = saturation_rank(full, sweep, args.tolerance)
@@ -172,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="saturation: accuracy within this fraction of full training")
     demo.add_argument("--plot", metavar="PNG", help="write accuracy against rank to this PNG")
     demo.add_argument("--device", type=_device, help="cpu or cuda (default: cuda when available)")
+    demo.add_argument("--dora", action="store_true",
+                      help="DoRA (PEFT's use_dora: a trained magnitude per output channel or row) on every seeded "
+                           "layer of rank >= 1; rank 0 stays the plain frozen layer")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo.add_argument("--save", metavar="DIR", help="save the best LottaLoRA model as seed + adapters")
     demo.set_defaults(run=_demo)

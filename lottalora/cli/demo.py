@@ -13,6 +13,11 @@ Neither task downloads anything:
   all seeded (``lottalora.Conv1d``; the paper's CIFAR-10 Plain-20 seeds every conv): three
   Conv1d layers of 32 channels (kernel 5, then kernel 3 at stride 2 twice) and a trained linear
   head, against the same CNN fully trained.
+
+``use_dora`` (``lottalora demo --dora``) makes every seeded layer with an adapter DoRA (PEFT's
+``use_dora``: a trained magnitude per output channel or row); rank 0 has no adapter to rescale
+and stays the plain frozen layer with beta and bias, as ``lottalora.convert(use_dora=True)``
+leaves it.
 """
 
 from __future__ import annotations
@@ -145,9 +150,9 @@ class SequenceCNN(nn.Module):
 
 
 def build_cnn(length: int, channels: tuple[int, ...], classes: int, rank: int | None, init: str | None, seed: int,
-              device: torch.device) -> SequenceCNN:
-    """Every conv an nn.Conv1d (rank None) or a lottalora.Conv1d (stream = layer index); the head
-    an ordinary trainable nn.Linear in both."""
+              device: torch.device, use_dora: bool = False) -> SequenceCNN:
+    """Every conv an nn.Conv1d (rank None) or a lottalora.Conv1d (stream = layer index; DoRA with
+    ``use_dora`` at rank >= 1); the head an ordinary trainable nn.Linear in both."""
     torch.manual_seed(seed)
     convs: list[nn.Module] = []
     width = 1
@@ -156,23 +161,24 @@ def build_cnn(length: int, channels: tuple[int, ...], classes: int, rank: int | 
         if rank is None:
             convs.append(nn.Conv1d(width, out, **geometry))
         else:
-            convs.append(Conv1d(width, out, **geometry, rank=rank, seed=seed, stream=index, init=init))
+            convs.append(Conv1d(width, out, **geometry, rank=rank, seed=seed, stream=index, init=init,
+                                use_dora=use_dora and rank > 0))
         width = out
     return SequenceCNN(convs, length, classes).to(device)
 
 
 def build_model(task: Task, hidden: tuple[int, ...], rank: int | None, init: str | None, seed: int,
-                device: torch.device) -> nn.Module:
+                device: torch.device, use_dora: bool = False) -> nn.Module:
     """The task's network (``Task.network``) with these widths."""
     if task.network == "cnn":
-        return build_cnn(task.in_features, hidden, task.classes, rank, init, seed, device)
-    return build_mlp(task.in_features, hidden, task.classes, rank, init, seed, device)
+        return build_cnn(task.in_features, hidden, task.classes, rank, init, seed, device, use_dora)
+    return build_mlp(task.in_features, hidden, task.classes, rank, init, seed, device, use_dora)
 
 
 def build_mlp(in_features: int, hidden: tuple[int, ...], classes: int, rank: int | None,
-              init: str | None, seed: int, device: torch.device) -> nn.Sequential:
-    """Hidden layers as nn.Linear (rank None) or lottalora.Linear (stream = layer index); the
-    head is an ordinary trainable nn.Linear in both."""
+              init: str | None, seed: int, device: torch.device, use_dora: bool = False) -> nn.Sequential:
+    """Hidden layers as nn.Linear (rank None) or lottalora.Linear (stream = layer index; DoRA with
+    ``use_dora`` at rank >= 1); the head is an ordinary trainable nn.Linear in both."""
     torch.manual_seed(seed)
     layers: list[nn.Module] = []
     width = in_features
@@ -180,7 +186,8 @@ def build_mlp(in_features: int, hidden: tuple[int, ...], classes: int, rank: int
         if rank is None:
             layers.append(nn.Linear(width, out))
         else:
-            layers.append(Linear(width, out, rank=rank, seed=seed, stream=index, init=init))
+            layers.append(Linear(width, out, rank=rank, seed=seed, stream=index, init=init,
+                                 use_dora=use_dora and rank > 0))
         layers.append(nn.ReLU())
         width = out
     layers.append(nn.Linear(width, classes))
@@ -218,10 +225,11 @@ def train_and_evaluate(model: nn.Module, data, *, epochs: int, lr: float, batch_
 
 def run_sweep(ranks: list[int] | None = None, *, task: str = "mnist1d", init: str | None = None,
               epochs: int | None = None, seed: int = 0, hidden: tuple[int, ...] | None = None,
-              device: torch.device | None = None, show_progress: bool = True):
+              device: torch.device | None = None, show_progress: bool = True, use_dora: bool = False):
     """Full training plus one LottaLoRA run per rank on ``task`` (a key of TASKS); ranks, epochs
-    and hidden widths default to the task's. Returns (full, [per rank]) SweepResults; each
-    LottaLoRA result keeps its trained model in ``.model``."""
+    and hidden widths default to the task's; ``use_dora``: the seeded layers of rank >= 1 are DoRA.
+    Returns (full, [per rank]) SweepResults; each LottaLoRA result keeps its trained model in
+    ``.model``."""
     from tqdm.auto import tqdm
 
     if task not in TASKS:
@@ -236,7 +244,7 @@ def run_sweep(ranks: list[int] | None = None, *, task: str = "mnist1d", init: st
     progress = tqdm(total=epochs * (len(ranks) + 1), desc=f"{task} sweep", unit="epoch",
                     disable=not show_progress, leave=False)
     for rank in [None, *ranks]:
-        model = build_model(t, hidden, rank, init, seed, device)
+        model = build_model(t, hidden, rank, init, seed, device, use_dora)
         progress.set_postfix_str("full" if rank is None else f"rank {rank}")
         start = time.perf_counter()
         acc = train_and_evaluate(model, data, epochs=epochs, lr=t.lr_full if rank is None else t.lr_lora,

@@ -9,6 +9,7 @@ from torch import nn
 
 from ..backbone import BackboneSpec
 from ..nn import Conv1d, Conv2d, SeededConv
+from ..ops.dora import magnitude_scale
 from ..ops.precision import accumulation_dtype
 
 _SEEDED = {nn.Conv1d: Conv1d, nn.Conv2d: Conv2d}
@@ -49,12 +50,17 @@ def seeded_conv_like(module: nn.Module, spec: BackboneSpec, *, dtype: torch.dtyp
 def merged_conv_weight(layer: SeededConv) -> torch.Tensor:
     """beta * W_seed + the active default adapter's delta_weight() (none when adapters are
     disabled), (out_channels, in_channels // groups, *kernel_size) in the layer's dtype;
-    computed in float32 (float64 for a float64 layer)."""
+    computed in float32 (float64 for a float64 layer). A DoRA layer's output channels are then
+    rescaled by lora_magnitude / (the channel's norm over in_channels // groups and the kernel),
+    PEFT's merged DoRA conv weight."""
     compute = accumulation_dtype(layer.beta.dtype)
     with torch.no_grad():
         weight = layer.backbone_weight(dtype=compute) * layer.beta.to(compute)
         if layer.active_adapter is not None and layer.rank > 0:
             weight += layer.delta_weight().to(compute)
+            if layer.use_dora:
+                norms = torch.linalg.vector_norm(weight.flatten(1), dim=1)
+                weight *= magnitude_scale(layer.lora_magnitude, norms).view(-1, *(1,) * (weight.dim() - 1))
     return weight.to(layer.beta.dtype)
 
 

@@ -118,8 +118,9 @@ def convert(
     "all-linear"), as in PEFT. init_lora_weights (PEFT's): True (Kaiming-uniform A, zero B),
     "gaussian", "orthogonal" or False (``lottalora.Linear``); PiSSA, OLoRA, LoftQ and the
     others that need a pretrained weight are refused with the reason. use_dora (PEFT's): every
-    converted layer with an adapter is DoRA (``lottalora.Linear(use_dora=True)``: a trained
-    ``lora_magnitude`` per output row); rank-0 layers stay as they are.
+    converted layer with an adapter is DoRA (``lottalora.Linear(use_dora=True)``, and the convs
+    ``Conv1d`` / ``Conv2d(use_dora=True)``: a trained ``lora_magnitude`` per output row or
+    channel); rank-0 layers stay as they are.
 
     init and stream_version choose the backbone as in ``lottalora.Linear`` (default: stream 2's
     binary backbone). lora_dropout: dropout on the adapter's input while training (PEFT's).
@@ -153,10 +154,6 @@ def convert(
         raise TypeError(f"use_dora must be a bool, got {use_dora!r}")
     options = dataclasses.replace(options, use_dora=use_dora)
     targets = _targets(model, options)
-    convs = [name for name, module, _ in targets if is_dense_conv(module)]
-    if options.use_dora and convs:  # before any layer changes
-        raise NotImplementedError(f"use_dora on Conv1d/Conv2d: DoRA for seeded convolutions is not implemented yet, "
-                                  f"and target_modules names the convs {convs[:3]}: leave them out to use DoRA")
     first_conversion = not seeded_layers(model)
     converted = {name: _replace(model, name, module, shape, options) for name, module, shape in targets}
     _set_trainable(model, converted, options, first_conversion)
@@ -251,7 +248,8 @@ def _replace(model: nn.Module, name: str, module: nn.Module, shape: tuple[int, i
                                                     options.init, options.version),
                                rank=layer_rank, alpha=pattern_value(name, options.alpha_pattern, options.alpha),
                                use_rslora=options.use_rslora, train_beta=options.train_beta,
-                               lora_dropout=options.lora_dropout, init_lora_weights=options.init_lora_weights)
+                               lora_dropout=options.lora_dropout, init_lora_weights=options.init_lora_weights,
+                               use_dora=options.use_dora and layer_rank > 0)
         return _keep_bias(model, name, module, new, options)
     new = Linear(in_features, out_features, bias=module.bias is not None, rank=layer_rank,
                  alpha=pattern_value(name, options.alpha_pattern, options.alpha), use_rslora=options.use_rslora,

@@ -18,7 +18,7 @@ from torch import nn
 
 from lottalora_kernels.stream.spec import STREAM_VERSION
 
-from ..nn import is_dtensor, seeded_layers
+from ..nn import SeededConv, is_dtensor, seeded_layers
 
 
 class ModelSummary(Mapping):
@@ -84,11 +84,15 @@ def _mib(n: int) -> str:
 
 
 def layer_entry(name: str, out_features: int, in_features: int, rank: int, init: str, seed: int, stream: int,
-                stream_version: int, beta: float, train_beta: bool, adapters: dict[str, int] | None = None) -> dict:
-    """One seeded layer's row of a summary; ``adapters``: {name: rank} of its named adapters."""
+                stream_version: int, beta: float, train_beta: bool, adapters: dict[str, int] | None = None,
+                adapter_values: dict[str, int] | None = None) -> dict:
+    """One seeded layer's row of a summary; ``adapters``: {name: rank} of its named adapters;
+    ``adapter_values``: {adapter name ("default" for the layer's own): how many values its lora_A
+    and lora_B hold}, where known (a grouped conv's lora_B holds out * rank / groups); an adapter
+    it leaves out counts rank * (in_features + out_features)."""
     return {"name": name, "out_features": out_features, "in_features": in_features, "rank": rank, "init": init,
             "seed": seed, "stream": stream, "stream_version": stream_version, "beta": beta, "train_beta": train_beta,
-            "adapters": dict(adapters or {})}
+            "adapters": dict(adapters or {}), "adapter_values": dict(adapter_values or {})}
 
 
 def _adapter_counts(layers: list[dict]) -> dict[str, dict[str, int]]:
@@ -100,14 +104,15 @@ def _adapter_counts(layers: list[dict]) -> dict[str, dict[str, int]]:
             if rank:
                 entry = counts.setdefault(name, {"layers": 0, "params": 0})
                 entry["layers"] += 1
-                entry["params"] += rank * (layer["in_features"] + layer["out_features"])
+                entry["params"] += layer["adapter_values"].get(
+                    name, rank * (layer["in_features"] + layer["out_features"]))
     return counts
 
 
 def build_summary(trainable: int, frozen: int, backbone_bytes: int, layers: list[dict], source: str) -> ModelSummary:
     """A summary from the stored values' counts and the seeded layers' entries (``layer_entry``):
-    the adapters count rank * (in_features + out_features) values per layer and adapter, whatever
-    holds them."""
+    the adapters count the values their lora_A and lora_B hold (an entry's ``adapter_values``,
+    else rank * (in_features + out_features) per layer and adapter)."""
     stored = trainable + frozen
     backbone = sum(layer["out_features"] * layer["in_features"] for layer in layers)
     adapters = _adapter_counts(layers)
@@ -139,6 +144,16 @@ def _beta_value(beta: torch.Tensor) -> float:
     return beta.item() if beta.device.type != "meta" and beta.numel() else math.nan
 
 
+def _adapter_values(layer: nn.Module) -> dict[str, int]:
+    """{adapter name: lora_A and lora_B values} of a seeded conv, counted from its tensors (a
+    grouped conv's are fewer than rank * (in + out)); {} for a Linear, whose tensor-parallel
+    shards hold a part of the count that the formula gives whole."""
+    if not isinstance(layer, SeededConv):
+        return {}
+    return {name: layer.adapter_parts(name).lora_A.numel() + layer.adapter_parts(name).lora_B.numel()
+            for name in layer.adapter_names()}
+
+
 def summarize_model(model: nn.Module) -> ModelSummary:
     """The summary of a live model: ``parameters()`` counted (tied ones once) and every seeded
     layer's row."""
@@ -146,7 +161,7 @@ def summarize_model(model: nn.Module) -> ModelSummary:
     for name, m in seeded_layers(model, plain=True).items():
         layers.append(layer_entry(name, m.out_features, m.in_features, m.rank, m.init, m.seed, m.stream,
                                   m.stream_version, _beta_value(m.beta), m.beta.requires_grad,
-                                  {n: a.rank for n, a in m.named_adapters.items()}))
+                                  {n: a.rank for n, a in m.named_adapters.items()}, _adapter_values(m)))
         backbone_bytes += m.out_features * m.in_features * m.beta.element_size()
     params = list(model.parameters())  # each shared (tied) parameter once
     trainable = sum(p.numel() for p in params if p.requires_grad)

@@ -15,6 +15,9 @@ channel and so cannot be merged into a grouped conv): the low-rank term is then 
 conv with the weight ``delta_weight()`` (out_channels, in_channels // groups, *kernel_size),
 which ``merge_and_unload`` folds in. For groups = 1 the shapes are PEFT's.
 
+DoRA (``use_dora=True``): PEFT's conv DoRA, a trained magnitude per output channel
+(``SeededConv``'s docstring; the norms from ``lottalora.ops.dora``).
+
 Padding: every ``padding_mode`` pads first with F.pad (as nn.Conv does) and then runs the
 backbone and lora_A with padding 0, so the adapter sees the padded input too (and merges).
 """
@@ -32,8 +35,17 @@ from ..backbone import BackboneSpec
 from ..ops import dense_block
 from ..ops.backend import supported_dtypes
 from ..ops.conv import ConvGeometry, seeded_conv
+from ..ops.dora import combine, combine_dropped, magnitude_scale, weight_row_norms
 from ..ops.precision import accumulation_dtype
-from .adapters import AdaptedLayer, AdapterParts, LoraAdapter, check_init_lora_weights, init_lora_
+from .adapters import (
+    DEFAULT_ADAPTER,
+    AdaptedLayer,
+    AdapterParts,
+    LoraAdapter,
+    check_init_lora_weights,
+    check_use_dora,
+    init_lora_,
+)
 from .options import check_alpha, check_dropout, check_rank, lora_scaling
 from .state import LayerState, decode_extra_state, extra_state, upgrade_legacy_beta
 
@@ -61,7 +73,7 @@ class SeededConv(AdaptedLayer):
     Arguments as nn.Conv*d's (in_channels, out_channels, kernel_size, stride, padding (an int,
     a tuple, "same" or "valid"), dilation, groups, bias, padding_mode) and then
     lottalora.Linear's (rank, alpha, use_rslora, seed, stream, init, stream_version, train_beta,
-    lora_dropout, init_lora_weights, device, dtype). Trainable: lora_A (rank, in_channels //
+    lora_dropout, init_lora_weights, use_dora, device, dtype). Trainable: lora_A (rank, in_channels //
     groups, *kernel_size), Kaiming-uniform; lora_B (out_channels, rank // groups, 1, ...), zeros;
     beta (1,); bias (out_channels,), nn.Conv's init. rank must be a multiple of groups. rank=0: no
     adapter (lora_A and lora_B are None). scaling = alpha / rank (alpha / sqrt(rank) with
@@ -70,12 +82,19 @@ class SeededConv(AdaptedLayer):
 
     ``in_features`` / ``out_features`` are the backbone matrix's (in_channels // groups *
     prod(kernel_size), out_channels), so model tools that count or check backbones treat a conv
-    as the matrix it is. ``use_dora=True`` is not implemented yet (NotImplementedError).
+    as the matrix it is.
+
+    use_dora=True (PEFT's conv DoRA, rank >= 1): a trained magnitude per output channel,
+    ``lora_magnitude`` (out_channels,): y = (m / n) * (beta conv(x, W_seed) + scaling
+    conv_1x1(conv(x, lora_A), lora_B)) + bias along the channel dimension, n the row norms of the
+    adapted weight as a matrix, ||beta W_seed + scaling lora_B2d @ lora_A2d|| (the norm over
+    in_channels // groups and the kernel of each output channel, PEFT's), detached in backward;
+    m starts at n. n is computed from the spec and ``lora_factors_2d`` without W_seed
+    (``lottalora.ops.dora``). With lora_dropout in training, PEFT's form: the backbone runs on
+    both the input and the dropped input (``lottalora.ops.dora.combine_dropped``).
     """
 
     dims: int = 0
-    # Read by the model tools and checkpoints on every seeded layer; DoRA on convs is to come.
-    use_dora: bool = False
 
     def __init__(
         self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1, groups: int = 1,
@@ -85,9 +104,6 @@ class SeededConv(AdaptedLayer):
         use_dora: bool = False, init_lora_weights: bool | str = True, device=None, dtype=None,
     ) -> None:
         super().__init__()
-        if use_dora:
-            raise NotImplementedError("use_dora on Conv1d/Conv2d: DoRA for seeded convolutions is not implemented "
-                                      "yet; use use_dora=False")
         dims = self.dims
         _check_positive("in_channels", in_channels)
         _check_positive("out_channels", out_channels)
@@ -110,6 +126,7 @@ class SeededConv(AdaptedLayer):
             raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
         self.padding_mode = padding_mode
         check_rank(rank)
+        check_use_dora(use_dora, rank)
         if rank % groups:
             raise ValueError(f"rank ({rank}) must be a multiple of groups ({groups}): lora_B is a grouped 1x1 conv")
         if not isinstance(train_beta, bool):
@@ -134,6 +151,10 @@ class SeededConv(AdaptedLayer):
             self.register_parameter("lora_A", None)
             self.register_parameter("lora_B", None)
         self.beta = nn.Parameter(torch.ones(1, **factory), requires_grad=train_beta)
+        if use_dora:
+            self.lora_magnitude = nn.Parameter(torch.empty(out_channels, **factory))
+        else:
+            self.register_parameter("lora_magnitude", None)
         if bias:
             self.bias = nn.Parameter(torch.empty(out_channels, **factory))
         else:
@@ -157,6 +178,11 @@ class SeededConv(AdaptedLayer):
         return self.beta.requires_grad
 
     @property
+    def use_dora(self) -> bool:
+        """Whether the default adapter is DoRA (``lora_magnitude`` is its magnitude vector)."""
+        return self.lora_magnitude is not None
+
+    @property
     def scaling(self) -> float:
         """The factor on the low-rank product: alpha / rank (or / sqrt(rank) with rsLoRA)."""
         return lora_scaling(self.rank, self.alpha, self.use_rslora)
@@ -168,12 +194,15 @@ class SeededConv(AdaptedLayer):
     def reset_parameters(self) -> None:
         """lora_A and lora_B as ``init_lora_weights`` says (on their matrix views, so lora_A's
         fan-in is in_channels // groups * prod(kernel_size) as for PEFT's conv), beta = 1, bias
-        as nn.Conv's."""
+        as nn.Conv's, and with DoRA the magnitude as the row norms of the adapted weight
+        (``dora_row_norms``)."""
         if self.lora_A is not None:
             init_lora_(self.lora_A.data.view(self.rank, -1), self.lora_B.data.view(self.out_channels, -1),
                        self.init_lora_weights)
         with torch.no_grad():
             self.beta.fill_(1.0)
+            if self.lora_magnitude is not None:
+                self.lora_magnitude.copy_(self.dora_row_norms())
         if self.bias is not None and self.bias.device.type != "meta":
             bound = 1.0 / math.sqrt(self.in_features)
             nn.init.uniform_(self.bias, -bound, bound)
@@ -214,8 +243,11 @@ class SeededConv(AdaptedLayer):
         if unbatched:
             x = x.unsqueeze(0)
         padded = self.pad(x)
-        y = seeded_conv(padded, self._spec, self.geometry, self.beta)
         parts = self.active_adapter_parts()
+        if parts is not None and self.use_dora and self.active_adapter == DEFAULT_ADAPTER:
+            y = self.dora_forward(x, padded, parts)
+            return y.squeeze(0) if unbatched else y
+        y = seeded_conv(padded, self._spec, self.geometry, self.beta)
         if parts is not None:
             dropped = self.adapter_input(x, parts)
             y = y + self.low_rank(padded if dropped is None else self.pad(dropped), parts).to(y.dtype)
@@ -223,6 +255,32 @@ class SeededConv(AdaptedLayer):
             y = y + self.bias.to(y.dtype).view(-1, *(1,) * self.dims)
         y = y.to(x.dtype)
         return y.squeeze(0) if unbatched else y
+
+    def dora_row_norms(self) -> torch.Tensor:
+        """n = ||beta W_seed + scaling lora_B2d @ lora_A2d|| per output channel, detached:
+        (out_channels,) in the accumulation dtype of beta's (``lottalora.ops.dora.weight_row_norms``
+        on the spec and ``lora_factors_2d``; |beta| ||W_seed[o]|| at rank 0)."""
+        factors = self.lora_factors_2d()
+        lora_A, lora_B = factors if factors is not None else (None, None)
+        return weight_row_norms(self._spec, lora_A, lora_B, self.beta, self.scaling)
+
+    def dora_forward(self, x: torch.Tensor, padded: torch.Tensor, parts: AdapterParts) -> torch.Tensor:
+        """PEFT's conv DoRA on x (N, in_channels, *spatial) and its padded form: (m / n) per output
+        channel (dimension 1) on the adapted conv, plus bias; with the adapter's dropout in
+        training, PEFT's dropped form. Returns x's dtype."""
+        scale = magnitude_scale(self.lora_magnitude, self.dora_row_norms())
+        dropped = self.adapter_input(x, parts)
+        if dropped is None:
+            adapted = seeded_conv(padded, self._spec, self.geometry, self.beta)
+            adapted = adapted + self.low_rank(padded, parts).to(adapted.dtype)
+            return combine(adapted, scale, self.bias, channel_dim=1).to(x.dtype)
+        base = seeded_conv(padded, self._spec, self.geometry, self.beta)
+        if self.bias is not None:
+            base = base + self.bias.to(base.dtype).view(-1, *(1,) * self.dims)
+        padded_dropped = self.pad(dropped)
+        backbone_dropped = seeded_conv(padded_dropped, self._spec, self.geometry, self.beta)
+        low_rank = self.low_rank(padded_dropped, parts)
+        return combine_dropped(base, backbone_dropped, low_rank, scale, channel_dim=1).to(x.dtype)
 
     def low_rank(self, x: torch.Tensor, parts: AdapterParts) -> torch.Tensor:
         """scaling * conv_1x1(conv(x, lora_A), lora_B) on the padded input x, in x's accumulation dtype."""
@@ -322,7 +380,8 @@ class SeededConv(AdaptedLayer):
                 + f", rank={self.rank}, alpha={self.alpha:g}, rslora={self.use_rslora}, init={self.init!r}, "
                 f"stream_version={self.stream_version}, seed={self.seed}, stream={self.stream}"
                 + ("" if self.train_beta else ", train_beta=False")
-                + (f", lora_dropout={self.lora_dropout:g}" if self.lora_dropout else ""))
+                + (f", lora_dropout={self.lora_dropout:g}" if self.lora_dropout else "")
+                + (", use_dora=True" if self.use_dora else ""))
 
 
 class Conv1d(SeededConv):

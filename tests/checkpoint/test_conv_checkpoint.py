@@ -67,3 +67,33 @@ def test_a_model_with_seeded_convs_and_a_dora_linear_round_trips(tmp_path):
     x = torch.randn(2, 2, 35)
     assert fresh.body.seed == 5 and fresh.head.use_dora and not fresh.body.use_dora
     assert torch.equal(fresh(x), model(x))
+
+
+def test_a_checkpoint_of_grouped_convs_summarises_like_the_live_model(tmp_path):
+    model = _trained(seed=3)
+    lottalora.save(model, tmp_path / "ck")
+    live, stored = lottalora.summary(model), lottalora.summary(tmp_path / "ck")
+    assert stored["adapter_params"] == live["adapter_params"] == sum(
+        p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    assert stored["layers"] == live["layers"]
+
+
+def test_from_pretrained_rebuilds_dora_convs(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 8], depths=[1, 1],
+                                       layer_type="basic", num_labels=3)
+    torch.manual_seed(0)
+    model = transformers.ResNetForImageClassification(config)
+    convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    lottalora.convert(model, target_modules=convs, rank=2, use_dora=True)
+    with torch.no_grad():
+        for layer in lottalora.nn.seeded_layers(model).values():
+            layer.lora_B.normal_()
+            layer.lora_magnitude.mul_(1.2)
+    x = torch.randn(2, 3, 16, 16)
+    want = model.eval()(x).logits
+    lottalora.save(model, tmp_path / "ck")
+    rebuilt = lottalora.from_pretrained(tmp_path / "ck")
+    stem = rebuilt.resnet.embedder.embedder.convolution
+    assert isinstance(stem, lottalora.Conv2d) and stem.use_dora
+    assert torch.equal(rebuilt(x).logits, want)

@@ -147,3 +147,23 @@ def test_one_epoch_mnist1d_cnn_sweep_seeds_every_conv(monkeypatch):
     assert all(type(c) is lottalora.Conv1d and c.rank == 2 for c in row.model.convs)
     dense = build_cnn(40, (8, 8), 10, None, None, 0, torch.device("cpu"))
     assert all(type(c) is torch.nn.Conv1d for c in dense.convs) and dense(torch.randn(3, 40)).shape == (3, 10)
+
+
+def test_one_epoch_mnist1d_cnn_sweep_with_dora_makes_the_adapted_convs_dora(monkeypatch, capsys):
+    import dataclasses
+
+    from lottalora.cli.demo import build_cnn
+
+    gen = torch.Generator().manual_seed(0)
+    data = (torch.randn(200, 40, generator=gen), torch.randint(0, 10, (200,), generator=gen),
+            torch.randn(40, 40, generator=gen), torch.randint(0, 10, (40,), generator=gen))
+    monkeypatch.setitem(TASKS, "mnist1d-cnn", dataclasses.replace(TASKS["mnist1d-cnn"], load=lambda s, d: data))
+    _, (rank0, rank2) = run_sweep([0, 2], task="mnist1d-cnn", epochs=1, hidden=(4, 4), show_progress=False,
+                                  use_dora=True)
+    assert all(c.use_dora and c.lora_magnitude.requires_grad for c in rank2.model.convs)
+    assert not any(c.use_dora for c in rank0.model.convs)  # rank 0 has no adapter to rescale
+    plain = build_cnn(40, (4, 4), 10, 2, None, 0, torch.device("cpu"))
+    assert rank2.trainable_params == sum(p.numel() for p in plain.parameters() if p.requires_grad) + 4 + 4
+    assert main(["demo", "--task", "mnist1d-cnn", "--dora", "--ranks", "2", "--epochs", "1", "--hidden", "4",
+                 "--seeds", "1", "--no-progress"]) == 0
+    assert "DoRA" in capsys.readouterr().out

@@ -69,6 +69,9 @@ def test_summary_and_reseed_know_convolutions():
     s = lottalora.summary(model)
     assert s["seeded_layers"] == 3
     assert s["backbone_params"] == 6 * 2 * 3 + 8 * 3 * 3 * 2 + 3 * 8
+    # The values lora_A and lora_B hold: body's grouped lora_B is (8, rank // groups, 1, 1).
+    assert s["adapter_params"] == (2 * 6 + 6 * 2) + (2 * 18 + 8 * 1) + (2 * 8 + 3 * 2)
+    assert s["adapter_params"] == sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
     x = torch.randn(2, 2, 35, dtype=torch.float64)
     before = model(x)
     lottalora.reseed(model, 77)
@@ -76,16 +79,11 @@ def test_summary_and_reseed_know_convolutions():
     assert not torch.allclose(model(x), before)
 
 
-def test_use_dora_on_a_conv_is_refused_by_name_before_anything_changes():
-    with pytest.raises(NotImplementedError, match="use_dora"):
-        lottalora.Conv2d(2, 2, 1, use_dora=True)
-    model = SmallCNN()
-    with pytest.raises(NotImplementedError, match="use_dora on Conv1d/Conv2d"):
-        lottalora.convert(model, target_modules=["stem", "head"], rank=2, use_dora=True)
-    assert type(model.stem) is nn.Conv1d and type(model.head) is nn.Linear
-    lottalora.convert(model, target_modules=["stem", "head"], rank=2, use_dora=False)
-    lottalora.convert(model, target_modules=["body"], rank=2)  # a second call: convs beside DoRA-free layers
-    assert isinstance(model.body, lottalora.Conv2d)
+def test_convert_with_dora_makes_dora_convs_and_leaves_rank_0_ones_plain():
+    model, _ = _converted(use_dora=True, rank_pattern={"stem": 0})
+    assert model.body.use_dora and model.head.use_dora and not model.stem.use_dora
+    assert model.body.lora_magnitude.shape == (8,) and model.body.lora_magnitude.requires_grad
+    assert isinstance(model.stem, lottalora.Conv1d) and model.stem.lora_magnitude is None
 
 
 def test_named_adapters_on_convs_are_refused_before_anything_changes():

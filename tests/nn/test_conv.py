@@ -251,8 +251,10 @@ def test_bad_input_and_dora_are_refused_by_name():
         layer(torch.randn(2, 5, 8))
     with pytest.raises(ValueError, match="dimensions"):
         layer(torch.randn(2, 3, 8, 8))
-    with pytest.raises(NotImplementedError, match="use_dora on Conv1d/Conv2d"):
-        lottalora.Conv1d(3, 4, 3, use_dora=True)
+    with pytest.raises(ValueError, match="use_dora=True needs an adapter"):
+        lottalora.Conv1d(3, 4, 3, rank=0, use_dora=True)
+    with pytest.raises(TypeError, match="use_dora must be a bool"):
+        lottalora.Conv1d(3, 4, 3, use_dora=1)
 
 
 def test_forward_and_backward_peak_far_below_the_dense_weight():
