@@ -155,7 +155,11 @@ def convert(
     options = dataclasses.replace(options, use_dora=use_dora)
     targets = _targets(model, options)
     first_conversion = not seeded_layers(model)
-    converted = {name: _replace(model, name, module, shape, options) for name, module, shape in targets}
+    # Every seeded layer is built (its arguments checked) before the first one is placed: a layer
+    # that refuses its arguments (a conv's rank against its groups) leaves the model as it was.
+    converted = {name: _seeded_layer(name, module, shape, options) for name, module, shape in targets}
+    for name, layer in converted.items():
+        set_submodule(model, name, layer)
     _set_trainable(model, converted, options, first_conversion)
     record_call(model, list(converted), options.record())
     check_loads_whole(model)
@@ -237,8 +241,8 @@ def _targets(model: nn.Module, options: _Options) -> list[tuple[str, nn.Module, 
     return targets
 
 
-def _replace(model: nn.Module, name: str, module: nn.Module, shape: tuple[int, int], options: _Options) -> Linear:
-    """Put the seeded layer for the dense ``module`` at ``name``; returns it."""
+def _seeded_layer(name: str, module: nn.Module, shape: tuple[int, int], options: _Options) -> nn.Module:
+    """The seeded layer for the dense ``module`` at ``name`` (not yet placed in the model)."""
     in_features, out_features = shape
     weight = module.weight
     has_adapter = options.adapter_modules is None or name_matches(name, options.adapter_modules)
@@ -250,7 +254,7 @@ def _replace(model: nn.Module, name: str, module: nn.Module, shape: tuple[int, i
                                use_rslora=options.use_rslora, train_beta=options.train_beta,
                                lora_dropout=options.lora_dropout, init_lora_weights=options.init_lora_weights,
                                use_dora=options.use_dora and layer_rank > 0)
-        return _keep_bias(model, name, module, new, options)
+        return _keep_bias(module, new, options)
     new = Linear(in_features, out_features, bias=module.bias is not None, rank=layer_rank,
                  alpha=pattern_value(name, options.alpha_pattern, options.alpha), use_rslora=options.use_rslora,
                  seed=options.seed, stream=stream_for_name(name), init=options.init, stream_version=options.version,
@@ -258,17 +262,16 @@ def _replace(model: nn.Module, name: str, module: nn.Module, shape: tuple[int, i
                  init_lora_weights=options.init_lora_weights, use_dora=options.use_dora and layer_rank > 0,
                  device=weight.device, dtype=weight.dtype)
     new.merges_into_conv1d = not isinstance(module, nn.Linear)
-    return _keep_bias(model, name, module, new, options)
+    return _keep_bias(module, new, options)
 
 
-def _keep_bias(model: nn.Module, name: str, module: nn.Module, new: nn.Module, options: _Options) -> nn.Module:
-    """Copy the dense module's bias into the seeded ``new`` and put ``new`` at ``name``."""
+def _keep_bias(module: nn.Module, new: nn.Module, options: _Options) -> nn.Module:
+    """Copy the dense module's bias into the seeded ``new``; returns ``new``."""
     if module.bias is not None and module.bias.device.type != "meta":
         with torch.no_grad():
             new.bias.copy_(module.bias)
     if new.bias is not None:
         new.bias.requires_grad_(options.bias != "none")
-    set_submodule(model, name, new)
     return new
 
 

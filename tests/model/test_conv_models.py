@@ -103,3 +103,14 @@ def test_a_cnn_built_on_meta_converts_and_materializes():
     lottalora.materialize(model, "cpu")
     assert model.body.lora_A.abs().sum() > 0 and torch.equal(model.body.lora_B, torch.zeros_like(model.body.lora_B))
     assert model(torch.randn(2, 2, 35)).shape == (2, 3)
+
+
+def test_a_conv_that_refuses_its_rank_leaves_the_model_as_it_was():
+    """convert builds every seeded layer before it places one: the grouped conv's refusal comes
+    before the linear beside it is replaced, so a corrected call converts and freezes as a first."""
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Conv1d(8, 8, 3, groups=2), torch.nn.Linear(8, 8))
+    with pytest.raises(ValueError, match="multiple of groups"):
+        lottalora.convert(model, rank=3, target_modules=["0", "1"])
+    assert type(model[0]) is torch.nn.Linear and type(model[1]) is torch.nn.Conv1d
+    lottalora.convert(model, rank=2, target_modules=["0", "1"])
+    assert not any(p.requires_grad for p in model[2].parameters())
