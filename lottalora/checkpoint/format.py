@@ -55,8 +55,9 @@ _LAYER_KEYS_V1 = {"name", "in_features", "out_features", "seed", "stream", "init
 LAYER_KEYS = {1: _LAYER_KEYS_V1, 2: _LAYER_KEYS_V1 | {"stream_version"}}
 # A layer's named adapters, in a whole-model checkpoint whose layer has any; an adapter
 # checkpoint's layers record that adapter's dropout; "use_dora" (always true where present) marks
-# a layer whose default adapter is DoRA, whose tensors include <layer>.lora_magnitude.
-OPTIONAL_LAYER_KEYS = {1: set(), 2: {"adapters", "lora_dropout", "use_dora"}}
+# a layer whose default adapter is DoRA, whose tensors include <layer>.lora_magnitude;
+# "weight_shape" ([out, in // groups, *kernel_size]) marks a seeded conv and its kernel.
+OPTIONAL_LAYER_KEYS = {1: set(), 2: {"adapters", "lora_dropout", "use_dora", "weight_shape"}}
 ADAPTER_KEYS = {"rank", "alpha", "use_rslora", "scaling", "lora_dropout"}
 U64_DECIMAL = re.compile(r"0|[1-9][0-9]{0,19}")
 HEX16 = re.compile(r"[0-9a-f]{16}")

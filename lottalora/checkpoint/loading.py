@@ -22,7 +22,7 @@ from ..nn.adapters import DEFAULT_ADAPTER, adapter_extra_state, check_adapter_na
 from ..nn.state import extra_state, upgrade_legacy_beta
 from .files import parse_tensors, read_checkpoint, tensor_contents
 from .format import ADAPTER_ONLY, TENSORS_NAME, fail, shorten
-from .model_state import state_tensors
+from .model_state import conv_weight_shape, state_tensors
 
 
 def _upgrade_betas(tensors: dict[str, torch.Tensor], layers: dict[str, Linear]) -> None:
@@ -35,7 +35,19 @@ def _prefix(name: str) -> str:
     return f"{name}." if name else ""
 
 
+def _check_weight_shape(directory: Path, layer: dict, module) -> None:
+    # The backbone matrix alone does not tell a (3, 1) kernel from a (1, 3) one, or a conv from
+    # a Linear of its matrix's shape: a rank-0 layer's other tensors would load into either.
+    saved, held = layer.get("weight_shape"), conv_weight_shape(module)
+    if saved != held:
+        def kind(shape):
+            return f"a conv of weight shape {tuple(shape)}" if shape is not None else "a Linear"
+        fail(directory, f"layer {layer['name']!r} is {kind(held)} in the model but {kind(saved)} in the "
+                         "checkpoint")
+
+
 def _check_backbone(directory: Path, layer: dict, module: Linear) -> None:
+    _check_weight_shape(directory, layer, module)
     s = layer["spec"]
     if (module.in_features, module.out_features, module.bias is not None) != \
             (s.in_features, s.out_features, layer["bias"]):
@@ -76,6 +88,7 @@ def _check_layers_match(directory: Path, config: dict, layers: dict[str, Linear]
         fail(directory, f"the model's seeded layers {missing} are not in the checkpoint")
     for layer in config["layers"]:
         module, s = layers[layer["name"]], layer["spec"]
+        _check_weight_shape(directory, layer, module)
         if (module.in_features, module.out_features, module.rank, module.bias is not None) != \
                 (s.in_features, s.out_features, layer["rank"], layer["bias"]):
             fail(directory, f"layer {layer['name']!r} is {module.out_features}x{module.in_features} rank "

@@ -30,7 +30,7 @@ from .format import (
     TRAINABLE_ONLY,
 )
 from .model_config import model_config_for_save
-from .model_state import state_tensors, trainable_names
+from .model_state import conv_weight_shape, state_tensors, trainable_names
 
 
 def _parameter_ids(model: nn.Module) -> dict[str, int]:
@@ -68,6 +68,9 @@ def _layer_entry(name: str, m) -> dict:
              "fingerprint": backbone_fingerprint(m.spec)}
     if m.use_dora:
         entry["use_dora"] = True
+    shape = conv_weight_shape(m)
+    if shape is not None:
+        entry["weight_shape"] = shape
     if m.named_adapters:
         entry["adapters"] = {n: {"rank": a.rank, "alpha": a.alpha, "use_rslora": a.use_rslora, "scaling": a.scaling,
                                  "lora_dropout": a.lora_dropout} for n, a in m.named_adapters.items()}

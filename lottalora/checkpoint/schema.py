@@ -3,6 +3,7 @@ anything is built from it."""
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -132,6 +133,12 @@ def _check_layer(directory: Path, index: int, layer, format_version: int, genera
     except ValueError as exc:
         fail(directory, f"{where}: {exc}")
     _check_scaling(bad, layer, layer["rank"], alpha)
+    if "weight_shape" in layer:
+        shape = layer["weight_shape"]
+        if not (isinstance(shape, list) and len(shape) in (3, 4) and all(is_int(v) and v > 0 for v in shape)
+                and shape[0] == layer["out_features"] and math.prod(shape[1:]) == layer["in_features"]):
+            bad("weight_shape", "a seeded conv's [out_features, in_channels // groups, *kernel_size] (positive "
+                                "integers whose product after the first is in_features)")
     if "use_dora" in layer and (layer["use_dora"] is not True or layer["rank"] < 1):
         fail(directory, f"{where}: use_dora is recorded only as true, on a layer of rank >= 1, got "
                          f"{shorten(layer['use_dora'])} at rank {shorten(layer['rank'])}")

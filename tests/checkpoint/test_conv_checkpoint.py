@@ -97,3 +97,16 @@ def test_from_pretrained_rebuilds_dora_convs(tmp_path):
     stem = rebuilt.resnet.embedder.embedder.convolution
     assert isinstance(stem, lottalora.Conv2d) and stem.use_dora
     assert torch.equal(rebuilt(x).logits, want)
+
+
+@pytest.mark.parametrize("other", [lambda: lottalora.Conv2d(3, 8, (1, 3), rank=0, seed=4),
+                                   lambda: lottalora.Linear(9, 8, rank=0, seed=4)])
+def test_a_rank_0_conv_checkpoint_refuses_another_kernel_of_the_same_matrix(tmp_path, other):
+    """A (3, 1) kernel, a (1, 3) one and a Linear share the (8, 9) backbone matrix: the layer
+    entry's weight_shape tells them apart, where a rank-0 layer has no adapter shape to."""
+    saved = torch.nn.Sequential(lottalora.Conv2d(3, 8, (3, 1), rank=0, seed=4))
+    lottalora.save(saved, tmp_path / "ck")
+    with pytest.raises(ValueError, match=r"weight shape \(8, 3, 3, 1\) in the checkpoint"):
+        lottalora.load(torch.nn.Sequential(other()), tmp_path / "ck")
+    fresh = torch.nn.Sequential(lottalora.Conv2d(3, 8, (3, 1), rank=0, seed=4))
+    lottalora.load(fresh, tmp_path / "ck")
