@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .options import check_alpha, check_dropout, check_rank, lora_scaling
+from .state import LayerState, decode_extra_state, extra_state, upgrade_legacy_beta
 
 DEFAULT_ADAPTER = "default"
 # PEFT's name, in a mixed batch's adapter_names, for a row that runs the bare backbone.
@@ -229,6 +230,44 @@ class AdaptedLayer(nn.Module):
 
     # None: the bare backbone (lottalora.disable_adapter); otherwise a name in adapter_names().
     active_adapter: str | None = DEFAULT_ADAPTER
+
+    # Everything that makes the layer's function besides its tensors (seed, stream, init, rank,
+    # alpha, use_rslora) travels in the state_dict as one small int64 tensor ("_extra_state").
+    def get_extra_state(self) -> torch.Tensor:
+        return extra_state(self._spec, self.rank, self.alpha, self.use_rslora)
+
+    def set_extra_state(self, state) -> None:
+        decoded = decode_extra_state(state)
+        self._check_fits(decoded)
+        self._spec = decoded.spec
+        if decoded.alpha is not None:
+            self.alpha, self.use_rslora = decoded.alpha, decoded.use_rslora
+
+    def _check_fits(self, decoded: LayerState) -> None:
+        """ValueError unless a decoded state describes a layer of this one's backbone and rank."""
+        s = decoded.spec
+        if (s.in_features, s.out_features) != (self.in_features, self.out_features):
+            raise ValueError(
+                f"state is for a {s.out_features} x {s.in_features} backbone, this layer's is "
+                f"{self.out_features} x {self.in_features}"
+            )
+        if decoded.rank is not None and decoded.rank != self.rank:
+            raise ValueError(f"state is for a rank-{decoded.rank} layer, this layer has rank {self.rank}")
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # nn.Module copies the tensors one by one and only then sets the extra state: the entries
+        # present are checked here first (the layer kind's ``check_state_dict``), so a bad one
+        # leaves the whole layer as it was. Missing and unexpected entries are left to nn.Module
+        # (it does not tell a module whether the load is strict). load_state_dict hands each
+        # module its own copy of the dict, so replacing the entry leaves the caller's as it was.
+        upgrade_legacy_beta(state_dict, prefix + "beta")
+        self.check_state_dict(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def check_state_dict(self, state_dict, prefix: str = "") -> None:  # pragma: no cover - every kind defines it
+        raise NotImplementedError
 
     def new_adapter(self, **options) -> LoraAdapter:  # pragma: no cover - every layer kind defines it
         raise NotImplementedError

@@ -47,7 +47,7 @@ from .adapters import (
     init_lora_,
 )
 from .options import check_alpha, check_dropout, check_rank, lora_scaling
-from .state import LayerState, decode_extra_state, extra_state, upgrade_legacy_beta
+from .state import decode_extra_state
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
@@ -322,31 +322,6 @@ class SeededConv(AdaptedLayer):
         w = dense_block(self._spec, device=device if device is not None else self.beta.device)
         w = w.view(self.geometry.weight_shape(self.out_channels))
         return w.to(dtype) if dtype is not None else w
-
-    def get_extra_state(self) -> torch.Tensor:
-        return extra_state(self._spec, self.rank, self.alpha, self.use_rslora)
-
-    def set_extra_state(self, state) -> None:
-        decoded = decode_extra_state(state)
-        self._check_fits(decoded)
-        self._spec = decoded.spec
-        if decoded.alpha is not None:
-            self.alpha, self.use_rslora = decoded.alpha, decoded.use_rslora
-
-    def _check_fits(self, decoded: LayerState) -> None:
-        s = decoded.spec
-        if (s.in_features, s.out_features) != (self.in_features, self.out_features):
-            raise ValueError(f"state is for a {s.out_features} x {s.in_features} backbone, this conv's is "
-                             f"{self.out_features} x {self.in_features}")
-        if decoded.rank is not None and decoded.rank != self.rank:
-            raise ValueError(f"state is for a rank-{decoded.rank} layer, this layer has rank {self.rank}")
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        upgrade_legacy_beta(state_dict, prefix + "beta")
-        self.check_state_dict(state_dict, prefix)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
 
     def check_state_dict(self, state_dict, prefix: str = "") -> None:
         """ValueError naming this layer unless the entries under ``prefix`` that are present fit
