@@ -47,6 +47,7 @@ from .harness.llama_shapes import (
     linear_params,
 )
 from .harness.results import RESULTS_DIR, write_results
+from .harness.script import add_machine_arguments, pick_device
 
 VARIANTS = ("seeded", "bf16", "int4")
 MODES = ("eager", "compiled")
@@ -232,15 +233,9 @@ def main(argv=None) -> int:
     parser.add_argument("--prompt", type=int, default=128, help="prompt tokens")
     parser.add_argument("--new", type=int, default=128, help="new tokens")
     parser.add_argument("--repeats", type=int, default=None, help="timed generates per row (median)")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: the figures of a "
-                                                                  "shared machine are steadier)")
-    parser.add_argument("--out", type=Path, help="results directory (default benchmarks/results; a temporary "
-                                                  "one with --quick)")
+    add_machine_arguments(parser)
     args = parser.parse_args(argv)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    kind = "gpu" if device.type == "cuda" else "cpu"
-    if kind == "cpu":
-        torch.set_num_threads(args.threads)
+    device, kind = pick_device(args)
     shapes = args.shapes or (QUICK_SHAPES if args.quick else GPU_SHAPES if kind == "gpu" else CPU_SHAPES)
     if args.stretch and not args.shapes:
         shapes = shapes + STRETCH_SHAPES

@@ -34,6 +34,7 @@ from .harness import rss
 from .harness.llama import ATTENTION, MLP, RANK, TRAINABLE, build, parameter_count
 from .harness.llama_shapes import held_bytes
 from .harness.results import RESULTS_DIR, write_results
+from .harness.script import add_machine_arguments, pick_device
 
 VARIANTS = ("lottalora", "peft_lora", "full")
 MODES = ("eager", "compiled")
@@ -161,15 +162,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seq", type=int)
     parser.add_argument("--steps", type=int, default=3, help="timed steps (median)")
     parser.add_argument("--warmup", type=int, default=2, help="steps before timing (compilation)")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: the figures of a "
-                                                                  "shared machine are steadier)")
-    parser.add_argument("--out", type=Path, help="results directory (default benchmarks/results; a temporary "
-                                                  "one with --quick)")
+    add_machine_arguments(parser)
     args = parser.parse_args(argv)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    kind = "gpu" if device.type == "cuda" else "cpu"
-    if kind == "cpu":
-        torch.set_num_threads(args.threads)
+    device, kind = pick_device(args)
     config = args.config or ("tiny" if args.quick else "1.26B" if kind == "gpu" else "35M")
     batch = args.batch or (2 if args.quick or kind == "cpu" else 8)
     seq = args.seq or (32 if args.quick else 1024 if kind == "gpu" else 128)
