@@ -10,14 +10,17 @@ and off.
     python -m benchmarks.host_time [--out DIR] [--quick]
 
 Rows: one Triton launch (the epilogue kernel: its launcher's host work, then the launch); and
-eager layer calls (forward, forward + backward; at M = 1 also a forward in inference mode, as
-eager generation runs it) in the decode regime (M = 1) and the two-phase
+eager layer calls (forward, forward + backward; in the decode and one-pass regimes also a forward
+in inference mode, as eager generation runs it) in the decode regime (M = 1), the two-phase
 regime (W in as many chunks as an N = K = 4096 bf16 layer gets on a GPU at M = 2048 and at
 M = 8192: two and one; with M = 2, sent there by lowering the decode threshold, since the host
-work depends on M only through the chunk count), beside the
-stored-weight layer + LoRA. Fastest of 31 batches interleaved over all cases, one thread. The aten ops run on the
-CPU here on tiny shapes: their host cost is the dispatch and a little arithmetic, where a GPU
-host pays a kernel launch (~5-10 us on the H100 machine).
+work depends on M only through the chunk count) and the one-pass regime, beside two stored-weight
+baselines as users run them (``stored_layers``): nn.Linear with the LoRA products as nn.Linear
+modules, and PEFT's LoRA layer. Fastest of 31 batches interleaved over all cases, one thread. The
+baselines' aten ops run on the CPU on a (16 -> 16) layer, where they do almost no arithmetic:
+their host cost is the dispatch, where a GPU host also pays a driver launch per op (~2-5 us);
+the seeded side pays its launches' host work up to the driver call (the fake launcher reads
+every argument as Triton's C launcher does) and no driver call either.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from .harness.results import RESULTS_DIR, publish
 
@@ -131,12 +133,62 @@ def launch_cases(settings: _Settings) -> tuple[dict, dict]:
     return {row: {"case": row, "triton_launches": 1}}, _seeded_cases(row, call, settings)
 
 
+BASELINE_K = 16  # the stored layers' size: small enough that their aten ops do no arithmetic to speak of
+
+
+def stored_layers(rank: int = 8, k: int = BASELINE_K) -> dict:
+    """The stored-weight baselines as users run them, each a module: a frozen bf16 ``nn.Linear``
+    with the LoRA products as two ``nn.Linear`` modules (``stored_lora``), and PEFT's LoRA layer
+    on the same frozen ``nn.Linear`` (``peft_lora``, when peft is installed). (k, k): a GPU host
+    pays these ops' dispatch and launch whatever their size, where a CPU pays their arithmetic
+    too; at k = 256 bf16 that arithmetic was most of the time (one 2 x 256 x 256 product ~24 us,
+    at k = 16 ~2 us), which made the baseline look slower than its host work."""
+    from torch import nn
+
+    class StoredLora(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.base = nn.Linear(k, k)
+            self.lora_A = nn.Linear(k, rank, bias=False)
+            self.lora_B = nn.Linear(rank, k, bias=False)
+            self.scaling = 0.5
+
+        def forward(self, x):
+            return self.base(x) + self.lora_B(self.lora_A(x)) * self.scaling
+
+    layers = {"stored_lora": StoredLora()}
+    try:
+        import peft
+    except ImportError:
+        peft = None
+    if peft is not None:
+        class Proj(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.proj = nn.Linear(k, k)
+
+            def forward(self, x):
+                return self.proj(x)
+
+        wrapped = peft.get_peft_model(Proj(), peft.LoraConfig(r=rank, lora_alpha=rank / 2, target_modules=["proj"]))
+        layers["peft_lora"] = wrapped.base_model.model.proj
+    for name, layer in layers.items():
+        layer.to(torch.bfloat16)
+        base = layer.base if name == "stored_lora" else layer.base_layer
+        base.weight.requires_grad_(False)  # the backbone is frozen; its bias trains, as the seeded layer's
+        for p in layer.parameters():
+            if p.requires_grad and p.dim() == 2:
+                torch.nn.init.normal_(p)  # lora_B non-zero: no shortcut on a zero factor
+    return layers
+
+
 def layer_cases(m: int, regime: str, gpu_m: int, settings: _Settings, k: int = 256, rank: int = 8
                 ) -> tuple[dict, dict]:
-    """Eager forward and forward + backward of an (m, k) -> k bf16 layer in ``regime``, seeded
-    and stored, with W in as many chunks as an N = K = 4096 layer with ``gpu_m`` rows. The
-    two-phase path's host work depends on M only through the chunk count: a few rows keep the
-    CPU's arithmetic in its aten ops (which a GPU host only launches) small."""
+    """Eager forward and forward + backward of an (m, k) -> k bf16 seeded layer in ``regime``,
+    with W in as many chunks as an N = K = 4096 layer with ``gpu_m`` rows, beside the stored
+    baselines (``stored_layers``) on m rows. The two-phase path's host work depends on M only
+    through the chunk count: a few rows keep the CPU's arithmetic in its aten ops (which a GPU
+    host only launches) small."""
     import lottalora
     from lottalora_kernels.tools.fake_cuda import recording
 
@@ -148,25 +200,26 @@ def layer_cases(m: int, regime: str, gpu_m: int, settings: _Settings, k: int = 2
         layer.lora_B.normal_()
     x = torch.randn(m, k, dtype=torch.bfloat16, requires_grad=True)
     dy = torch.randn(m, k, dtype=torch.bfloat16)
-    w = layer.backbone_weight().detach().to(torch.bfloat16)
+    baselines = stored_layers(rank)
+    x_stored = torch.randn(m, BASELINE_K, dtype=torch.bfloat16, requires_grad=True)
+    dy_stored = torch.randn(m, BASELINE_K, dtype=torch.bfloat16)
 
-    def stored():
-        return layer.beta * F.linear(x, w) + layer.scaling * F.linear(F.linear(x, layer.lora_A), layer.lora_B) + \
-            layer.bias
-
-    def step(forward):
-        torch.autograd.backward(forward(), dy)
-    setting = {"chunk_bytes": chunk_bytes_as_on_gpu(k, gpu_m) // 2,  # bf16 here
-               "decode_max_m": m if regime == "decode" else 0, "one_pass": regime == "one_pass"}
-    rows, cases = {}, {}
     def inference(forward):
         with torch.inference_mode():
             return forward()
-    phases = (("forward", lambda: layer(x), stored),
-              ("forward + backward", lambda: step(lambda: layer(x)), lambda: step(stored)))
-    if regime in ("decode", "one_pass"):  # eager generation: no autograd
-        phases = (("inference forward", lambda: inference(lambda: layer(x)), lambda: inference(stored)), *phases)
-    for phase, fn_seeded, fn_stored in phases:
+
+    def phases(call, x, dy):
+        """(phase, fn) of one layer: forward, forward + backward, and at decode / one-pass the
+        inference forward that eager generation runs."""
+        out = [("forward", lambda: call(x)), ("forward + backward", lambda: torch.autograd.backward(call(x), dy))]
+        if regime in ("decode", "one_pass"):
+            out.insert(0, ("inference forward", lambda: inference(lambda: call(x))))
+        return out
+    setting = {"chunk_bytes": chunk_bytes_as_on_gpu(k, gpu_m) // 2,  # bf16 here
+               "decode_max_m": m if regime == "decode" else 0, "one_pass": regime == "one_pass"}
+    rows, cases = {}, {}
+    stored = {name: dict(phases(b, x_stored, dy_stored)) for name, b in baselines.items()}
+    for phase, fn_seeded in phases(layer, x, dy):
         row = {"decode": f"M = {m} (decode) {phase}", "one_pass": f"one_pass (one launch, any M) {phase}"}.get(
             regime, f"two_phase, W chunked as at M = {gpu_m}: {phase}")
         settings.setup(**setting)()
@@ -174,7 +227,8 @@ def layer_cases(m: int, regime: str, gpu_m: int, settings: _Settings, k: int = 2
             fn_seeded()
         rows[row] = {"case": row, "triton_launches": len(launches)}
         cases.update(_seeded_cases(row, fn_seeded, settings, **setting))
-        cases[(row, "stored_lora_us")] = (settings.setup(**setting), fn_stored)
+        for name, fns in stored.items():
+            cases[(row, f"{name}_us")] = (settings.setup(**setting), fns[phase])
     return rows, cases
 
 
@@ -214,19 +268,27 @@ def main(argv=None) -> int:
             os.environ["LOTTALORA_POISON_OUTPUTS"] = saved_poison
     rows = list(rows.values())
     table = ["| case | Triton launches | host us, launches through Triton | host us, direct launches | "
-             "stored weight + LoRA, host us |", "|---|---|---|---|---|"]
+             "nn.Linear + LoRA, host us | PEFT LoRA, host us | direct / nn.Linear + LoRA | direct / PEFT |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        stored = f"{r['stored_lora_us']:.0f}" if "stored_lora_us" in r else "-"
-        table.append(f"| {r['case']} | {r['triton_launches']} | {r['triton_launch_us']:.1f} | "
-                     f"{r.get('direct_launch_us', math.nan):.1f} | {stored} |")
+        direct = r.get("direct_launch_us", math.nan)
+        cells = []
+        for name in ("stored_lora_us", "peft_lora_us"):
+            cells.append(f"{r[name]:.1f}" if name in r else "-")
+        for name in ("stored_lora_us", "peft_lora_us"):
+            cells.append(f"{direct / r[name]:.2f}x" if name in r else "-")
+        table.append(f"| {r['case']} | {r['triton_launches']} | {r['triton_launch_us']:.1f} | {direct:.1f} | "
+                     + " | ".join(cells) + " |")
     notes = ("Host time per eager call on a fake CUDA driver (kernels compiled for sm_90, launches recorded, never "
              "run; lottalora_kernels.tools.fake_cuda), the fastest of 31 batches of 100 calls interleaved over all "
-             "cases, one thread, bf16, k = 256, rank 8. Aten ops "
-             "run on the CPU on tiny shapes (their dispatch and a little arithmetic, where a GPU host pays a "
-             "launch); the two-phase rows split W into as many chunks as an N = K = 4096 bf16 layer at the M named "
-             "and take M = 2 rows: the host work depends on M only through the chunk count. The one-pass rows "
-             "have the dispatch's one-pass regime switched on (LOTTALORA_ONE_PASS=1): one launch per forward, one "
-             "per input gradient, at every M.")
+             "cases, one thread, bf16, rank 8. The seeded layer is (256 -> 256); the baselines are modules as users "
+             f"run them, a frozen nn.Linear with the LoRA products as two nn.Linear modules, and PEFT's LoRA layer on "
+             f"the same, at ({BASELINE_K} -> {BASELINE_K}), where their aten ops do almost no arithmetic on the CPU "
+             "(a GPU host pays their dispatch, not their arithmetic). Neither side pays a CUDA driver launch here: "
+             "the seeded call makes the launches counted, the baselines one or more per aten op. The two-phase rows "
+             "split W into as many chunks as an N = K = 4096 bf16 layer at the M named and take M = 2 rows: the "
+             "host work depends on M only through the chunk count. The one-pass rows have the dispatch's one-pass "
+             "regime switched on (LOTTALORA_ONE_PASS=1): one launch per forward, one per input gradient, at every M.")
     publish("host_time", rows, "\n".join(table), notes=notes, directory=args.out)
     return 0
 
