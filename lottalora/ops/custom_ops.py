@@ -118,18 +118,23 @@ def _(dy, dy_b, lora_A, beta, x_for_dbeta, packed, block, scale, need_dx, backen
 _PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
+# Looked up once: the eager path asks on every call.
+_dispatch_stack_depth = getattr(torch._C, "_len_torch_dispatch_stack", None)
+_is_functorch_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+_is_compiling = torch.compiler.is_compiling
+
+
 def direct_call_ok(*tensors: torch.Tensor | None) -> bool:
     """Whether the implementations may run without the registered ops: eager mode, no dispatch
     mode (fake tensors, functionalization), and plain tensors with values (not DTensor, a
     functorch wrapper nor a meta tensor). Anything else goes through the ops, which is what those
     systems see: on meta tensors the ops' fake implementations give the outputs' shapes."""
-    if torch.compiler.is_compiling():
+    if _dispatch_stack_depth is None or _is_functorch_wrapped is None or _is_compiling() or _dispatch_stack_depth():
         return False
-    stack_depth = getattr(torch._C, "_len_torch_dispatch_stack", None)
-    is_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
-    if stack_depth is None or is_wrapped is None or stack_depth() > 0:
-        return False
-    return all(t is None or (type(t) in _PLAIN_TENSOR_TYPES and not t.is_meta and not is_wrapped(t)) for t in tensors)
+    for t in tensors:
+        if t is not None and (type(t) not in _PLAIN_TENSOR_TYPES or t.is_meta or _is_functorch_wrapped(t)):
+            return False
+    return True
 
 
 def run_forward(
