@@ -1,0 +1,350 @@
+"""Candidate B of the one-pass forward, as a count-only probe: compiled for sm_90 and counted, never launched.
+
+Not a library kernel: nothing calls it, it has no twin, no epilogue (no LoRA, bias or beta: the
+plain product y = x @ W_signs^T is written out in bf16 so that the compiler keeps the loop) and
+no GPU has run it. benchmarks/NOTES.md ("Candidate B, counted") holds the prediction made
+before it was built, its counts and the H200 prediction drawn from them.
+
+Design (the large-M forward, M >= 1024). A program computes 256 rows of x against 128 rows of W;
+the float32 accumulator (256 x 128) lives in the default partition, two consumer warpgroups
+(8 warps, 128 registers a thread). Two worker partitions feed it through shared memory:
+
+- the generator (2 warps) makes W once per span of 128 columns of i, with the library's own
+  stream v2 helpers (``v2_call_at``, ``v2_pick_word``, ``v2_sign_pairs_pq``: the same bits as
+  ``lottalora_kernels.stream.v2`` defines for W[o, i]). A thread owns one (o-span, a, column
+  pair) of the span: the pair's two Philox calls (columns c and c + 1 of every block of 8) give
+  the two halves of each 32-bit shared store, and all 128 bits of both calls are used. 64 threads
+  cover a span's 128 x 128 weights, which is why the generator has two warps;
+- the loader (1 warp) brings x by TMA, 256 x 64 a stage.
+
+Rings: W, 2 stages of a whole span (128 x 128 bf16, 128-byte swizzle, 32 KiB each); x, 3 stages
+of 64 columns (32 KiB each); an empty and a ready mbarrier per stage. The consumers read a span's
+W tile in its two 64-column halves as wgmma's B operand (K-major: W^T), x's stage as its A
+operand, both from shared memory, and release a stage when the wgmma after it has retired it.
+
+The tile's rows are W's rows permuted so that a warp's stores come from its own calls: tile row
+T = 32 j + 16 p' + 8 O + a holds o = 64 O + 8 (2 j + p') + a (``tile_row_to_o``); the output's
+columns are mapped back in the store.
+
+    python -m benchmarks.probes.ws_forward    # in a process without TRITON_INTERPRET
+
+prints registers, spills, shared memory, and each partition's loop in SASS per generated weight
+(the generator's and the consumers' per weight of W they generate or multiply, the loader's per
+stage). Compiling needs Triton >= 3.9's Gluon (warp_specialize, mbarriers, TMA) and its
+bundled ptxas; no GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import triton.language as tl
+
+from lottalora_kernels.gluon import gl, gluon_jit
+from lottalora_kernels.stream.philox import PHILOX_ROUNDS
+from lottalora_kernels.stream.v2 import v2_call_at, v2_pick_word, v2_sign_pairs_pq
+
+if gl is not None:
+    from triton.experimental.gluon.language.nvidia.hopper import (
+        fence_async_shared,
+        mbarrier,
+        tma,
+        warpgroup_mma,
+        warpgroup_mma_wait,
+    )
+
+BLOCK_M = tl.constexpr(256)  # rows of x a program: W is generated once for all of them
+BLOCK_N = tl.constexpr(128)  # rows of W a program (two o-spans of 64)
+SPAN = tl.constexpr(128)  # columns of a v2 call span: the generator's step
+BLOCK_K = tl.constexpr(64)  # columns of x a stage (and of a wgmma's K): half a span
+X_STAGES = tl.constexpr(3)
+W_STAGES = tl.constexpr(2)
+CONSUMER_WARPS = tl.constexpr(8)
+GENERATOR_WARPS = tl.constexpr(2)
+LOADER_WARPS = tl.constexpr(1)
+# Registers a thread under which 12 warps (8 + 2 + 1, rounded up to warpgroups) fit one SM's
+# 64 K registers; warp_specialize assumes 256 unless told.
+MAXNREG = 168
+# The generator and the loader share a warpgroup (2 + 1 warps), so one register count: left to
+# the compiler they get 24, and the generator reloads a spilled value every span. The consumers
+# get the rest (8 warps x (12 x MAXNREG - 4 x WORKER_REGS) / 8).
+WORKER_REGS = tl.constexpr(40)
+
+# The generator's chunk of a span: 2 block rows p' x (16 o: O, a) x 16 blocks of 8 columns q x
+# 4 column pairs x the pair. A thread holds one (O, a, pair): lanes cover a and the pair, the
+# two warps O; registers cover p', q and the pair's two halves (adjacent: one 32-bit store).
+_GEN_RANK = 5
+GEN_LAYOUT = gl.BlockedLayout(size_per_thread=[2, 1, 16, 1, 2], threads_per_warp=[1, 8, 1, 4, 1],
+                              warps_per_cta=[1, GENERATOR_WARPS.value, 1, 1, 1], order=[4, 3, 2, 1, 0]) if gl else None
+CHUNK_ROWS = tl.constexpr(32)  # tile rows a chunk stores: 2 p' x 16
+CHUNKS = tl.constexpr(BLOCK_N.value // CHUNK_ROWS.value)
+
+
+def _axis_layout(parent, axis: int, rank: int):
+    """The 1-D layout of ``parent``'s axis ``axis`` (the others sliced away, highest first)."""
+    layout = parent
+    for other in reversed(range(rank)):
+        if other != axis:
+            layout = gl.SliceLayout(other, layout)
+    return layout
+
+
+if gl is not None:
+    _GEN_AXES = [gl.constexpr(_axis_layout(GEN_LAYOUT, d, _GEN_RANK)) for d in range(_GEN_RANK)]
+    GEN_AX0, GEN_AX1, GEN_AX2, GEN_AX3, GEN_AX4 = _GEN_AXES
+    GEN_LAYOUT = gl.constexpr(GEN_LAYOUT)
+
+
+def tile_row_to_o(t):
+    """The row of W (within the program's 128) that row t of the generated tile holds."""
+    j, p_low, o_span, a = t // 32, (t // 16) % 2, (t // 8) % 2, t % 8
+    return 64 * o_span + 8 * (2 * j + p_low) + a
+
+
+@gluon_jit()
+def _axis(N: gl.constexpr, AXIS: gl.constexpr, LAYOUT: gl.constexpr):
+    """arange(N) along axis AXIS of the generator's 5-D layout (size 1 on the others)."""
+    x = gl.arange(0, N, layout=LAYOUT)
+    for ax in gl.static_range(5):
+        if ax != AXIS:
+            x = gl.expand_dims(x, ax)
+    return x
+
+
+@gluon_jit()
+def _generator(w_smem, w_ready, w_empty, o_span0, n_spans, seed_lo, seed_hi, stream_lo, stream_hi,
+               N_ROUNDS: gl.constexpr):
+    oa = _axis(16, 1, GEN_AX1)  # 8 O + a
+    pair = _axis(4, 3, GEN_AX3)
+    span_o = o_span0 + oa // 8
+    a = oa % 8
+    p_low = _axis(2, 0, GEN_AX0)
+    # q with the pair's two halves as a register axis: the asm takes elements 2k and 2k + 1 of a
+    # thread, and they must be the two columns of one pair.
+    q = _axis(16, 2, GEN_AX2) + _axis(2, 4, GEN_AX4) * 0
+    for s in range(0, n_spans):
+        slot = s % 2
+        # The span's two calls, made before waiting: the wait then overlaps nothing but arithmetic.
+        wa0, wa1, wa2, wa3 = v2_call_at(seed_lo, seed_hi, stream_lo, stream_hi, span_o, a, s, 2 * pair, N_ROUNDS)
+        wb0, wb1, wb2, wb3 = v2_call_at(seed_lo, seed_hi, stream_lo, stream_hi, span_o, a, s, 2 * pair + 1, N_ROUNDS)
+        mbarrier.wait(w_empty.index(slot), ((s // 2) & 1) ^ 1)
+        tile = w_smem.index(slot)
+        for j in gl.static_range(CHUNKS):
+            # Block rows p = 2 j + p' all sit in word j of their call (bit 16 p + q): no select.
+            p = 2 * j + p_low
+            word_a, _ = v2_pick_word(wa0, wa1, wa2, wa3, j, p, q)
+            word_b, _ = v2_pick_word(wb0, wb1, wb2, wb3, j, p, q)
+            w = v2_sign_pairs_pq(word_a, word_b, p, q, tl.bfloat16)
+            tile.slice(CHUNK_ROWS * j, CHUNK_ROWS, dim=0).store(gl.reshape(w, [CHUNK_ROWS, SPAN]))
+        fence_async_shared()  # the generic stores before the wgmma's async reads
+        mbarrier.arrive(w_ready.index(slot), count=1)
+
+
+@gluon_jit()
+def _loader(x_desc, x_smem, x_ready, x_empty, m0, n_steps):
+    for k in range(0, n_steps):
+        slot = k % X_STAGES
+        mbarrier.wait(x_empty.index(slot), ((k // X_STAGES) & 1) ^ 1)
+        mbarrier.expect(x_ready.index(slot), x_desc.block_type.nbytes)
+        tma.async_load(x_desc, [m0, k * BLOCK_K], x_ready.index(slot), x_smem.index(slot))
+
+
+@gluon_jit()
+def _consumer(x_smem, w_smem, x_ready, x_empty, w_ready, w_empty, n_spans, ACC_LAYOUT: gl.constexpr):
+    acc = gl.zeros((BLOCK_M, BLOCK_N), gl.float32, layout=ACC_LAYOUT)
+    for s in range(0, n_spans):
+        mbarrier.wait(w_ready.index(s % 2), (s // 2) & 1)
+        w_tile = w_smem.index(s % 2)
+        for h in gl.static_range(2):
+            k = 2 * s + h
+            mbarrier.wait(x_ready.index(k % X_STAGES), (k // X_STAGES) & 1)
+            acc = warpgroup_mma(x_smem.index(k % X_STAGES), w_tile.slice(h * BLOCK_K, BLOCK_K, dim=1).permute((1, 0)),
+                                acc, is_async=True)
+            # The previous step's wgmma has retired: its x stage (and, past a span's end, its W
+            # span) can be refilled.
+            acc = warpgroup_mma_wait(num_outstanding=1, deps=[acc])
+            mbarrier.arrive(x_empty.index((k + X_STAGES - 1) % X_STAGES), count=1, pred=k > 0)
+            if h == 0:
+                mbarrier.arrive(w_empty.index((s + 1) % 2), count=1, pred=s > 0)
+    acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
+    return acc
+
+
+@gluon_jit(do_not_specialize=["seed_lo", "seed_hi", "stream_lo", "stream_hi"])
+def ws_forward_kernel(x_desc, out_ptr, M, N, K, stride_om, seed_lo, seed_hi, stream_lo, stream_hi,
+                      N_ROUNDS: gl.constexpr = PHILOX_ROUNDS):
+    """out[m, o] = sum_i x[m, i] W_signs[o, i] in bf16 (the signs, no std, no epilogue)."""
+    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[CONSUMER_WARPS, 1],
+                                                         instr_shape=[16, BLOCK_N, 16])
+    w_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, SPAN], gl.bfloat16)
+    pid_n = gl.program_id(0)  # W's rows fastest: the programs that share x's tile run together
+    pid_m = gl.program_id(1)
+    n_spans = K // SPAN
+
+    x_smem = gl.allocate_shared_memory(gl.bfloat16, [X_STAGES, BLOCK_M, BLOCK_K], x_desc.layout)
+    w_smem = gl.allocate_shared_memory(gl.bfloat16, [W_STAGES, BLOCK_N, SPAN], w_layout)
+    x_ready = gl.allocate_shared_memory(gl.int64, [X_STAGES, 1], mbarrier.MBarrierLayout())
+    x_empty = gl.allocate_shared_memory(gl.int64, [X_STAGES, 1], mbarrier.MBarrierLayout())
+    w_ready = gl.allocate_shared_memory(gl.int64, [W_STAGES, 1], mbarrier.MBarrierLayout())
+    w_empty = gl.allocate_shared_memory(gl.int64, [W_STAGES, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(X_STAGES):
+        mbarrier.init(x_ready.index(i), count=1)
+        mbarrier.init(x_empty.index(i), count=1)
+    for i in gl.static_range(W_STAGES):
+        mbarrier.init(w_ready.index(i), count=1)
+        mbarrier.init(w_empty.index(i), count=1)
+
+    acc = gl.warp_specialize([
+        (_consumer, (x_smem, w_smem, x_ready, x_empty, w_ready, w_empty, n_spans, acc_layout)),
+        (_generator, (w_smem, w_ready, w_empty, pid_n * (BLOCK_N // 64), n_spans, seed_lo, seed_hi, stream_lo,
+                      stream_hi, N_ROUNDS)),
+        (_loader, (x_desc, x_smem, x_ready, x_empty, pid_m * BLOCK_M, 2 * n_spans)),
+    ], [GENERATOR_WARPS, LOADER_WARPS], [WORKER_REGS, WORKER_REGS])
+
+    rows = pid_m * BLOCK_M + gl.expand_dims(gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, acc_layout)), 1)
+    t = gl.expand_dims(gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, acc_layout)), 0)
+    cols = pid_n * BLOCK_N + 64 * ((t // 8) % 2) + 8 * (t // 16) + t % 8  # tile_row_to_o
+    gl.store(out_ptr + rows.to(gl.int64) * stride_om + cols, acc.to(gl.bfloat16), mask=(rows < M) & (cols < N))
+
+
+def compile_probe(arch: int = 90, rounds: int = PHILOX_ROUNDS):
+    """ws_forward_kernel compiled for ``arch`` as a contiguous launch would specialise it."""
+    import triton
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    from lottalora_kernels.tools.sass import _target, specialise
+
+    x_layout = gl.NVMMASharedLayout.get_default_for([BLOCK_M.value, BLOCK_K.value], gl.bfloat16)
+    sig = {"x_desc": f"tensordesc<bf16[{BLOCK_M.value},{BLOCK_K.value}],{x_layout!r}>", "out_ptr": "*bf16"}
+    sig.update({n: "i32" for n in ["M", "N", "K", "stride_om", "seed_lo", "seed_hi", "stream_lo", "stream_hi"]})
+    constexprs = {"N_ROUNDS": rounds}
+    sig.update({name: "constexpr" for name in constexprs})
+    attrs = specialise(sig, ["out_ptr", "N", "K", "stride_om"], [], constexprs)
+    return triton.compile(GluonASTSource(ws_forward_kernel, sig, constexprs=constexprs, attrs=attrs),
+                          target=_target(arch), options={"num_warps": CONSUMER_WARPS.value, "maxnreg": MAXNREG})
+
+
+# What marks each partition's loop in the SASS: the consumers' wgmma, the generator's Philox
+# (IMAD.HI), the loader's TMA; warps and threads per partition; what one trip covers.
+PARTITIONS = (
+    ("consumers", "HGMMA", CONSUMER_WARPS.value, "span"),
+    ("generator", "IMAD", GENERATOR_WARPS.value, "span"),
+    ("loader", "UTMALDG", LOADER_WARPS.value, "stage"),
+)
+WEIGHTS_PER_SPAN = BLOCK_N.value * SPAN.value
+STAGES_PER_SPAN = SPAN.value // BLOCK_K.value
+
+
+def _lines(sass: str):
+    """(address, opcode, operands, predicated) per instruction, and each label's address."""
+    from lottalora_kernels.tools.sass import _INSTRUCTION, _LABEL
+
+    labels, pending, out = {}, [], []
+    for line in sass.splitlines():
+        label = _LABEL.match(line)
+        if label:
+            pending.append(label.group(1))
+            continue
+        m = _INSTRUCTION.search(line)
+        if m:
+            address = int(m.group(1), 16)
+            labels.update((name, address) for name in pending)
+            pending = []
+            predicated = line.split("*/", 1)[1].lstrip().startswith("@")
+            out.append((address, m.group(2), m.group(3), predicated, line))
+    return out, labels
+
+
+def partition_loops(sass: str) -> dict:
+    """Each partition's loop: the body of a conditional backward branch (the partitions' slow
+    paths of mbarrier waits jump back unconditionally, and a sass.main_loop-style search would
+    take them for loops spanning the kernel), the largest holding the partition's mark."""
+    instructions, labels = _lines(sass)
+    loops = []
+    for address, opcode, operands, predicated, _ in instructions:
+        target = re.search(r"(\.L_x_\d+)", operands) if opcode == "BRA" and predicated else None
+        if target and labels.get(target.group(1), address + 1) <= address:
+            body = [i for i in instructions if labels[target.group(1)] <= i[0] <= address and i[1] != "NOP"]
+            if len(body) > 2:
+                loops.append(body)
+    found = {}
+    for name, mark, _, _ in PARTITIONS:
+        with_mark = [body for body in loops if any(op == mark and (mark != "IMAD" or ".HI" in line)
+                                                  for _, op, _, _, line in body)]
+        if with_mark:
+            body = max(with_mark, key=len)
+            registers = [int(r) for *_, line in body for r in re.findall(r"\bR(\d+)\b", line.split("*/", 1)[1])]
+            found[name] = {"sass": len(body), "mix": dict(Counter(op for _, op, *_ in body).most_common(8)),
+                           "highest_register": max(registers, default=-1) + 1,
+                           "spills": sum(op in ("STL", "LDL") for _, op, *_ in body)}
+    return found
+
+
+def register_budgets(sass: str) -> list[int]:
+    """The setmaxnreg counts the kernel asks for (TRY_ALLOC: a partition taking its registers)."""
+    return sorted({int(v, 16) for v in re.findall(r"USETMAXREG\.TRY_ALLOC\S*\s+\w+,\s*0x([0-9a-f]+)", sass)})
+
+
+def count(kernel) -> dict:
+    """Registers, spills, shared memory and each partition's loop, per generated weight."""
+    from lottalora_kernels.tools.sass import _bin_dir, inspect
+
+    info = inspect(kernel)
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = Path(tmp) / "k.cubin"
+        cubin.write_bytes(kernel.asm["cubin"])
+        sass = subprocess.run([str(_bin_dir() / "nvdisasm"), "-c", str(cubin)],
+                              capture_output=True, text=True, check=True).stdout
+    loops = partition_loops(sass)
+    for name, _, warps, trip in PARTITIONS:
+        if name in loops:
+            trips_per_span = 1 if trip == "span" else STAGES_PER_SPAN
+            loops[name]["per_weight"] = loops[name]["sass"] * 32 * warps * trips_per_span / WEIGHTS_PER_SPAN
+    return {"registers": info["registers"], "stack_bytes": info["stack_bytes"],
+            "spill_stores": info["spill_stores"], "spill_loads": info["spill_loads"],
+            "shared_bytes": kernel.metadata.shared, "setmaxnreg": register_budgets(sass),
+            "sass_total": info["sass_total"], "partitions": loops}
+
+
+def report(counts: dict) -> str:
+    lines = [f"candidate B probe (sm_90, bf16, stream v2): {CONSUMER_WARPS.value} consumer + {GENERATOR_WARPS.value} "
+             f"generator + {LOADER_WARPS.value} loader warps; a program {BLOCK_M.value} rows of x x {BLOCK_N.value} "
+             f"rows of W, spans of {SPAN.value} columns",
+             f"registers at launch {counts['registers']} a thread, setmaxnreg {counts['setmaxnreg']}; "
+             f"spills: {counts['spill_stores']} stores, {counts['spill_loads']} loads, "
+             f"stack {counts['stack_bytes']} B; "
+             f"shared memory {counts['shared_bytes']} B ({counts['shared_bytes'] / 1024:.1f} KiB) a program",
+             "partition: loop SASS a thread a trip | thread-instructions per generated weight | highest register "
+             "in the loop | spills in the loop | mix"]
+    total = 0.0
+    for name, _, _, trip in PARTITIONS:
+        loop = counts["partitions"].get(name)
+        if loop is None:
+            lines.append(f"{name}: no loop found")
+            continue
+        total += loop["per_weight"]
+        lines.append(f"{name}: {loop['sass']} a {trip} | {loop['per_weight']:.3f} per weight | "
+                     f"R{loop['highest_register']} | {loop['spills']} | {loop['mix']}")
+    lines.append(f"all partitions: {total:.3f} thread-instructions per generated weight "
+                 f"(each weight serves {BLOCK_M.value} rows of x)")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=PHILOX_ROUNDS.value, help="Philox rounds (10: the stream)")
+    args = parser.parse_args(argv)
+    if gl is None:
+        raise SystemExit("this Triton has no Gluon")
+    counts = count(compile_probe(rounds=args.rounds))
+    print(report(counts))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
