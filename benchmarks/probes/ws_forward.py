@@ -17,8 +17,9 @@ the float32 accumulator (256 x 128) lives in the default partition, two consumer
   cover a span's 128 x 128 weights, which is why the generator has two warps;
 - the loader (1 warp) brings x by TMA, 256 x 64 a stage.
 
-Rings: W, 2 stages of a whole span (128 x 128 bf16, 128-byte swizzle, 32 KiB each); x, 3 stages
-of 64 columns (32 KiB each); an empty and a ready mbarrier per stage. The consumers read a span's
+Rings: W, 2 stages of a whole span (128 x 128 bf16, 128-byte swizzle, 32 KiB each); x, 4 stages
+of 64 columns (32 KiB each): 192 KiB, one program an SM; an empty and a ready mbarrier per
+stage. The consumers read a span's
 W tile in its two 64-column halves as wgmma's B operand (K-major: W^T), x's stage as its A
 operand, both from shared memory, and release a stage when the wgmma after it has retired it.
 
@@ -28,10 +29,10 @@ columns are mapped back in the store.
 
     python -m benchmarks.probes.ws_forward    # in a process without TRITON_INTERPRET
 
-prints registers, spills, shared memory, and each partition's loop in SASS per generated weight
-(the generator's and the consumers' per weight of W they generate or multiply, the loader's per
-stage). Compiling needs Triton >= 3.9's Gluon (warp_specialize, mbarriers, TMA) and its
-bundled ptxas; no GPU.
+prints registers (at launch and the setmaxnreg steps of the partitions), spills, shared memory,
+and each partition's loop: its SASS a thread, and its thread-instructions (a warp's instruction
+counts 32, as in the issue rate) per weight of W generated. Compiling needs Triton 3.9's Gluon
+(warp_specialize, mbarriers, TMA) and its bundled ptxas; no GPU.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ BLOCK_M = tl.constexpr(256)  # rows of x a program: W is generated once for all 
 BLOCK_N = tl.constexpr(128)  # rows of W a program (two o-spans of 64)
 SPAN = tl.constexpr(128)  # columns of a v2 call span: the generator's step
 BLOCK_K = tl.constexpr(64)  # columns of x a stage (and of a wgmma's K): half a span
-X_STAGES = tl.constexpr(3)
+X_STAGES = tl.constexpr(4)  # a power of two: the consumers' slot and phase are a mask and a shift
 W_STAGES = tl.constexpr(2)
 CONSUMER_WARPS = tl.constexpr(8)
 GENERATOR_WARPS = tl.constexpr(2)
@@ -71,8 +72,9 @@ LOADER_WARPS = tl.constexpr(1)
 # 64 K registers; warp_specialize assumes 256 unless told.
 MAXNREG = 168
 # The generator and the loader share a warpgroup (2 + 1 warps), so one register count: left to
-# the compiler they get 24, and the generator reloads a spilled value every span. The consumers
-# get the rest (8 warps x (12 x MAXNREG - 4 x WORKER_REGS) / 8).
+# the compiler it is the minimum (24) and the generator spills; much more and values that live
+# across the partitions' setmaxnreg spill. The consumers get the rest, (12 MAXNREG - 4
+# WORKER_REGS) / 8 a thread.
 WORKER_REGS = tl.constexpr(40)
 
 # The generator's chunk of a span: 2 block rows p' x (16 o: O, a) x 16 blocks of 8 columns q x
@@ -128,11 +130,11 @@ def _generator(w_smem, w_ready, w_empty, o_span0, n_spans, seed_lo, seed_hi, str
     # thread, and they must be the two columns of one pair.
     q = _axis(16, 2, GEN_AX2) + _axis(2, 4, GEN_AX4) * 0
     for s in range(0, n_spans):
-        slot = s % 2
-        # The span's two calls, made before waiting: the wait then overlaps nothing but arithmetic.
+        slot = s % W_STAGES
+        # The span's two calls, made before the wait: they overlap the consumers' use of the slot.
         wa0, wa1, wa2, wa3 = v2_call_at(seed_lo, seed_hi, stream_lo, stream_hi, span_o, a, s, 2 * pair, N_ROUNDS)
         wb0, wb1, wb2, wb3 = v2_call_at(seed_lo, seed_hi, stream_lo, stream_hi, span_o, a, s, 2 * pair + 1, N_ROUNDS)
-        mbarrier.wait(w_empty.index(slot), ((s // 2) & 1) ^ 1)
+        mbarrier.wait(w_empty.index(slot), ((s // W_STAGES) & 1) ^ 1)
         tile = w_smem.index(slot)
         for j in gl.static_range(CHUNKS):
             # Block rows p = 2 j + p' all sit in word j of their call (bit 16 p + q): no select.
@@ -147,19 +149,19 @@ def _generator(w_smem, w_ready, w_empty, o_span0, n_spans, seed_lo, seed_hi, str
 
 @gluon_jit()
 def _loader(x_desc, x_smem, x_ready, x_empty, m0, n_steps):
-    for k in range(0, n_steps):
-        slot = k % X_STAGES
-        mbarrier.wait(x_empty.index(slot), ((k // X_STAGES) & 1) ^ 1)
-        mbarrier.expect(x_ready.index(slot), x_desc.block_type.nbytes)
-        tma.async_load(x_desc, [m0, k * BLOCK_K], x_ready.index(slot), x_smem.index(slot))
+    for k0 in range(0, n_steps, X_STAGES):
+        for u in gl.static_range(X_STAGES):
+            mbarrier.wait(x_empty.index(u), ((k0 // X_STAGES) & 1) ^ 1)
+            mbarrier.expect(x_ready.index(u), x_desc.block_type.nbytes)
+            tma.async_load(x_desc, [m0, (k0 + u) * BLOCK_K], x_ready.index(u), x_smem.index(u))
 
 
 @gluon_jit()
 def _consumer(x_smem, w_smem, x_ready, x_empty, w_ready, w_empty, n_spans, ACC_LAYOUT: gl.constexpr):
     acc = gl.zeros((BLOCK_M, BLOCK_N), gl.float32, layout=ACC_LAYOUT)
     for s in range(0, n_spans):
-        mbarrier.wait(w_ready.index(s % 2), (s // 2) & 1)
-        w_tile = w_smem.index(s % 2)
+        mbarrier.wait(w_ready.index(s % W_STAGES), (s // W_STAGES) & 1)
+        w_tile = w_smem.index(s % W_STAGES)
         for h in gl.static_range(2):
             k = 2 * s + h
             mbarrier.wait(x_ready.index(k % X_STAGES), (k // X_STAGES) & 1)
@@ -170,7 +172,7 @@ def _consumer(x_smem, w_smem, x_ready, x_empty, w_ready, w_empty, n_spans, ACC_L
             acc = warpgroup_mma_wait(num_outstanding=1, deps=[acc])
             mbarrier.arrive(x_empty.index((k + X_STAGES - 1) % X_STAGES), count=1, pred=k > 0)
             if h == 0:
-                mbarrier.arrive(w_empty.index((s + 1) % 2), count=1, pred=s > 0)
+                mbarrier.arrive(w_empty.index((s + W_STAGES - 1) % W_STAGES), count=1, pred=s > 0)
     acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
     return acc
 
@@ -229,15 +231,14 @@ def compile_probe(arch: int = 90, rounds: int = PHILOX_ROUNDS):
                           target=_target(arch), options={"num_warps": CONSUMER_WARPS.value, "maxnreg": MAXNREG})
 
 
-# What marks each partition's loop in the SASS: the consumers' wgmma, the generator's Philox
-# (IMAD.HI), the loader's TMA; warps and threads per partition; what one trip covers.
+# What marks each partition's loop in the SASS (the consumers' wgmma, the generator's Philox
+# IMAD.HI, the loader's TMA), its warps, and the spans of 128 columns one trip of it covers.
 PARTITIONS = (
-    ("consumers", "HGMMA", CONSUMER_WARPS.value, "span"),
-    ("generator", "IMAD", GENERATOR_WARPS.value, "span"),
-    ("loader", "UTMALDG", LOADER_WARPS.value, "stage"),
+    ("consumers", "HGMMA", CONSUMER_WARPS.value, 1),
+    ("generator", "IMAD", GENERATOR_WARPS.value, 1),
+    ("loader", "UTMALDG", LOADER_WARPS.value, X_STAGES.value * BLOCK_K.value // SPAN.value),
 )
 WEIGHTS_PER_SPAN = BLOCK_N.value * SPAN.value
-STAGES_PER_SPAN = SPAN.value // BLOCK_K.value
 
 
 def _lines(sass: str):
@@ -260,6 +261,24 @@ def _lines(sass: str):
     return out, labels
 
 
+def _highest_register(line: str) -> int:
+    """The highest register an instruction names, counting the ranges behind a first register:
+    a wgmma's accumulator (N / 2 float32 registers for m64nNk16), a matrix store's four, a wide
+    access's two or four."""
+    text = line.split("*/", 1)[1]
+    found = [int(r) for r in re.findall(r"\bR(\d+)\b", text)]
+    if not found:
+        return -1
+    width = 1
+    if m := re.search(r"HGMMA\.64x(\d+)x\d+\.F32", text):
+        width = int(m.group(1)) // 2
+    elif m := re.search(r"[SL]DSM\.\S*\.(\d)\b", text):
+        width = int(m.group(1))
+    elif m := re.search(r"\.(64|128)\b", text):
+        width = int(m.group(1)) // 32
+    return max(found) + width - 1
+
+
 def partition_loops(sass: str) -> dict:
     """Each partition's loop: the body of a conditional backward branch (the partitions' slow
     paths of mbarrier waits jump back unconditionally, and a sass.main_loop-style search would
@@ -278,16 +297,18 @@ def partition_loops(sass: str) -> dict:
                                                   for _, op, _, _, line in body)]
         if with_mark:
             body = max(with_mark, key=len)
-            registers = [int(r) for *_, line in body for r in re.findall(r"\bR(\d+)\b", line.split("*/", 1)[1])]
+            registers = [_highest_register(line) for *_, line in body]
             found[name] = {"sass": len(body), "mix": dict(Counter(op for _, op, *_ in body).most_common(8)),
-                           "highest_register": max(registers, default=-1) + 1,
+                           "registers_used": max(registers, default=-1) + 1,
                            "spills": sum(op in ("STL", "LDL") for _, op, *_ in body)}
     return found
 
 
-def register_budgets(sass: str) -> list[int]:
-    """The setmaxnreg counts the kernel asks for (TRY_ALLOC: a partition taking its registers)."""
-    return sorted({int(v, 16) for v in re.findall(r"USETMAXREG\.TRY_ALLOC\S*\s+\w+,\s*0x([0-9a-f]+)", sass)})
+def register_budgets(sass: str) -> list[str]:
+    """The setmaxnreg steps of the kernel, in order: a partition taking (TRY_ALLOC) or giving
+    back (DEALLOC) registers; the workers idle at the lowest count until their partition runs."""
+    steps = re.findall(r"USETMAXREG\.(TRY_ALLOC|DEALLOC)\S*\s+(?:\w+,\s*)?0x([0-9a-f]+)", sass)
+    return list(dict.fromkeys(f"{kind.lower()} {int(value, 16)}" for kind, value in steps))
 
 
 def count(kernel) -> dict:
@@ -301,10 +322,10 @@ def count(kernel) -> dict:
         sass = subprocess.run([str(_bin_dir() / "nvdisasm"), "-c", str(cubin)],
                               capture_output=True, text=True, check=True).stdout
     loops = partition_loops(sass)
-    for name, _, warps, trip in PARTITIONS:
+    for name, _, warps, spans in PARTITIONS:
         if name in loops:
-            trips_per_span = 1 if trip == "span" else STAGES_PER_SPAN
-            loops[name]["per_weight"] = loops[name]["sass"] * 32 * warps * trips_per_span / WEIGHTS_PER_SPAN
+            loops[name]["per_span"] = loops[name]["sass"] / spans
+            loops[name]["per_weight"] = loops[name]["sass"] * 32 * warps / (spans * WEIGHTS_PER_SPAN)
     return {"registers": info["registers"], "stack_bytes": info["stack_bytes"],
             "spill_stores": info["spill_stores"], "spill_loads": info["spill_loads"],
             "shared_bytes": kernel.metadata.shared, "setmaxnreg": register_budgets(sass),
@@ -315,21 +336,21 @@ def report(counts: dict) -> str:
     lines = [f"candidate B probe (sm_90, bf16, stream v2): {CONSUMER_WARPS.value} consumer + {GENERATOR_WARPS.value} "
              f"generator + {LOADER_WARPS.value} loader warps; a program {BLOCK_M.value} rows of x x {BLOCK_N.value} "
              f"rows of W, spans of {SPAN.value} columns",
-             f"registers at launch {counts['registers']} a thread, setmaxnreg {counts['setmaxnreg']}; "
+             f"registers at launch {counts['registers']} a thread, setmaxnreg steps {', '.join(counts['setmaxnreg'])}; "
              f"spills: {counts['spill_stores']} stores, {counts['spill_loads']} loads, "
              f"stack {counts['stack_bytes']} B; "
              f"shared memory {counts['shared_bytes']} B ({counts['shared_bytes'] / 1024:.1f} KiB) a program",
-             "partition: loop SASS a thread a trip | thread-instructions per generated weight | highest register "
-             "in the loop | spills in the loop | mix"]
+             "partition: loop SASS a thread | thread-instructions per generated weight | registers the "
+             "loop touches | spills in the loop | mix"]
     total = 0.0
-    for name, _, _, trip in PARTITIONS:
+    for name, _, _, spans in PARTITIONS:
         loop = counts["partitions"].get(name)
         if loop is None:
             lines.append(f"{name}: no loop found")
             continue
         total += loop["per_weight"]
-        lines.append(f"{name}: {loop['sass']} a {trip} | {loop['per_weight']:.3f} per weight | "
-                     f"R{loop['highest_register']} | {loop['spills']} | {loop['mix']}")
+        lines.append(f"{name}: {loop['sass']} a trip of {spans} span(s) | {loop['per_weight']:.3f} per weight | "
+                     f"{loop['registers_used']} | {loop['spills']} | {loop['mix']}")
     lines.append(f"all partitions: {total:.3f} thread-instructions per generated weight "
                  f"(each weight serves {BLOCK_M.value} rows of x)")
     return "\n".join(lines)
