@@ -27,7 +27,7 @@ The tile's rows are W's rows permuted so that a warp's stores come from its own 
 T = 32 j + 16 p' + 8 O + a holds o = 64 O + 8 (2 j + p') + a (``tile_row_to_o``); the output's
 columns are mapped back in the store.
 
-    python -m benchmarks.probes.ws_forward    # in a process without TRITON_INTERPRET
+    python -m benchmarks.probes.ws_forward [--json]    # in a process without TRITON_INTERPRET
 
 prints registers (at launch and the setmaxnreg steps of the partitions), spills, shared memory,
 and each partition's loop: its SASS a thread, and its thread-instructions (a warp's instruction
@@ -38,17 +38,16 @@ counts 32, as in the issue rate) per weight of W generated. Compiling needs Trit
 from __future__ import annotations
 
 import argparse
+import json
 import re
-import subprocess
-import tempfile
 from collections import Counter
-from pathlib import Path
 
 import triton.language as tl
 
 from lottalora_kernels.gluon import gl, gluon_jit
 from lottalora_kernels.stream.philox import PHILOX_ROUNDS
 from lottalora_kernels.stream.v2 import v2_call_at, v2_pick_word, v2_sign_pairs_pq
+from lottalora_kernels.tools.sass import disassemble, inspect, instructions, specialise
 
 if gl is not None:
     from triton.experimental.gluon.language.nvidia.hopper import (
@@ -217,9 +216,8 @@ def ws_forward_kernel(x_desc, out_ptr, M, N, K, stride_om, seed_lo, seed_hi, str
 def compile_probe(arch: int = 90, rounds: int = PHILOX_ROUNDS):
     """ws_forward_kernel compiled for ``arch`` as a contiguous launch would specialise it."""
     import triton
+    from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
-
-    from lottalora_kernels.tools.sass import _target, specialise
 
     x_layout = gl.NVMMASharedLayout.get_default_for([BLOCK_M.value, BLOCK_K.value], gl.bfloat16)
     sig = {"x_desc": f"tensordesc<bf16[{BLOCK_M.value},{BLOCK_K.value}],{x_layout!r}>", "out_ptr": "*bf16"}
@@ -228,7 +226,8 @@ def compile_probe(arch: int = 90, rounds: int = PHILOX_ROUNDS):
     sig.update({name: "constexpr" for name in constexprs})
     attrs = specialise(sig, ["out_ptr", "N", "K", "stride_om"], [], constexprs)
     return triton.compile(GluonASTSource(ws_forward_kernel, sig, constexprs=constexprs, attrs=attrs),
-                          target=_target(arch), options={"num_warps": CONSUMER_WARPS.value, "maxnreg": MAXNREG})
+                          target=GPUTarget("cuda", arch, 32),
+                          options={"num_warps": CONSUMER_WARPS.value, "maxnreg": MAXNREG})
 
 
 # What marks each partition's loop in the SASS (the consumers' wgmma, the generator's Philox
@@ -239,26 +238,6 @@ PARTITIONS = (
     ("loader", "UTMALDG", LOADER_WARPS.value, X_STAGES.value * BLOCK_K.value // SPAN.value),
 )
 WEIGHTS_PER_SPAN = BLOCK_N.value * SPAN.value
-
-
-def _lines(sass: str):
-    """(address, opcode, operands, predicated) per instruction, and each label's address."""
-    from lottalora_kernels.tools.sass import _INSTRUCTION, _LABEL
-
-    labels, pending, out = {}, [], []
-    for line in sass.splitlines():
-        label = _LABEL.match(line)
-        if label:
-            pending.append(label.group(1))
-            continue
-        m = _INSTRUCTION.search(line)
-        if m:
-            address = int(m.group(1), 16)
-            labels.update((name, address) for name in pending)
-            pending = []
-            predicated = line.split("*/", 1)[1].lstrip().startswith("@")
-            out.append((address, m.group(2), m.group(3), predicated, line))
-    return out, labels
 
 
 def _highest_register(line: str) -> int:
@@ -283,24 +262,25 @@ def partition_loops(sass: str) -> dict:
     """Each partition's loop: the body of a conditional backward branch (the partitions' slow
     paths of mbarrier waits jump back unconditionally, and a sass.main_loop-style search would
     take them for loops spanning the kernel), the largest holding the partition's mark."""
-    instructions, labels = _lines(sass)
+    found, labels = instructions(sass)
     loops = []
-    for address, opcode, operands, predicated, _ in instructions:
+    for address, opcode, operands, line in found:
+        predicated = line.split("*/", 1)[1].lstrip().startswith("@")
         target = re.search(r"(\.L_x_\d+)", operands) if opcode == "BRA" and predicated else None
         if target and labels.get(target.group(1), address + 1) <= address:
-            body = [i for i in instructions if labels[target.group(1)] <= i[0] <= address and i[1] != "NOP"]
+            body = [i for i in found if labels[target.group(1)] <= i[0] <= address and i[1] != "NOP"]
             if len(body) > 2:
                 loops.append(body)
     found = {}
     for name, mark, _, _ in PARTITIONS:
         with_mark = [body for body in loops if any(op == mark and (mark != "IMAD" or ".HI" in line)
-                                                  for _, op, _, _, line in body)]
+                                                  for _, op, _, line in body)]
         if with_mark:
             body = max(with_mark, key=len)
             registers = [_highest_register(line) for *_, line in body]
-            found[name] = {"sass": len(body), "mix": dict(Counter(op for _, op, *_ in body).most_common(8)),
+            found[name] = {"sass": len(body), "mix": dict(Counter(op for _, op, _, _ in body).most_common(8)),
                            "registers_used": max(registers, default=-1) + 1,
-                           "spills": sum(op in ("STL", "LDL") for _, op, *_ in body)}
+                           "spills": sum(op in ("STL", "LDL") for _, op, _, _ in body)}
     return found
 
 
@@ -313,14 +293,8 @@ def register_budgets(sass: str) -> list[str]:
 
 def count(kernel) -> dict:
     """Registers, spills, shared memory and each partition's loop, per generated weight."""
-    from lottalora_kernels.tools.sass import _bin_dir, inspect
-
     info = inspect(kernel)
-    with tempfile.TemporaryDirectory() as tmp:
-        cubin = Path(tmp) / "k.cubin"
-        cubin.write_bytes(kernel.asm["cubin"])
-        sass = subprocess.run([str(_bin_dir() / "nvdisasm"), "-c", str(cubin)],
-                              capture_output=True, text=True, check=True).stdout
+    sass = disassemble(kernel)
     loops = partition_loops(sass)
     for name, _, warps, spans in PARTITIONS:
         if name in loops:
@@ -359,11 +333,12 @@ def report(counts: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=PHILOX_ROUNDS.value, help="Philox rounds (10: the stream)")
+    parser.add_argument("--json", action="store_true", help="print the counts as JSON instead of the report")
     args = parser.parse_args(argv)
     if gl is None:
         raise SystemExit("this Triton has no Gluon")
     counts = count(compile_probe(rounds=args.rounds))
-    print(report(counts))
+    print(json.dumps(counts) if args.json else report(counts))
     return 0
 
 
