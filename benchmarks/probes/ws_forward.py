@@ -15,13 +15,14 @@ the float32 accumulator (256 x 128) lives in the default partition, two consumer
   pair) of the span: the pair's two Philox calls (columns c and c + 1 of every block of 8) give
   the two halves of each 32-bit shared store, and all 128 bits of both calls are used. 64 threads
   cover a span's 128 x 128 weights, which is why the generator has two warps;
-- the loader (1 warp) brings x by TMA, 256 x 64 a stage.
+- the loader (1 warp) brings x by TMA.
 
-Rings: W, 2 stages of a whole span (128 x 128 bf16, 128-byte swizzle, 32 KiB each); x, 4 stages
-of 64 columns (32 KiB each): 192 KiB, one program an SM; an empty and a ready mbarrier per
-stage. The consumers read a span's
-W tile in its two 64-column halves as wgmma's B operand (K-major: W^T), x's stage as its A
-operand, both from shared memory, and release a stage when the wgmma after it has retired it.
+The ring: 2 stages of a span each, W's tile (128 x 128 bf16, 128-byte swizzle, 32 KiB) and x's
+(two boxes of 256 x 64, 64 KiB): 192 KiB, one program an SM. A stage's ready mbarrier takes two
+arrivals (the generator's, and the loader's with x's bytes), its empty one the consumers'. The
+consumers read the W tile in its two 64-column halves as wgmma's B operand (K-major: W^T) and
+x's boxes as its A operand, both from shared memory, and free a stage once the next span's
+wgmma are issued and the stage's have retired.
 
 The tile's rows are W's rows permuted so that a warp's stores come from its own calls: tile row
 T = 32 j + 16 p' + 8 O + a holds o = 64 O + 8 (2 j + p') + a (``tile_row_to_o``); the output's
@@ -62,8 +63,7 @@ BLOCK_M = tl.constexpr(256)  # rows of x a program: W is generated once for all 
 BLOCK_N = tl.constexpr(128)  # rows of W a program (two o-spans of 64)
 SPAN = tl.constexpr(128)  # columns of a v2 call span: the generator's step
 BLOCK_K = tl.constexpr(64)  # columns of x a stage (and of a wgmma's K): half a span
-X_STAGES = tl.constexpr(4)  # a power of two: the consumers' slot and phase are a mask and a shift
-W_STAGES = tl.constexpr(2)
+STAGES = tl.constexpr(2)  # of a span each: W (32 KiB) and x (64 KiB)
 CONSUMER_WARPS = tl.constexpr(8)
 GENERATOR_WARPS = tl.constexpr(2)
 LOADER_WARPS = tl.constexpr(1)
@@ -118,7 +118,7 @@ def _axis(N: gl.constexpr, AXIS: gl.constexpr, LAYOUT: gl.constexpr):
 
 
 @gluon_jit()
-def _generator(w_smem, w_ready, w_empty, o_span0, n_spans, seed_lo, seed_hi, stream_lo, stream_hi,
+def _generator(w_smem, ready, empty, o_span0, n_spans, seed_lo, seed_hi, stream_lo, stream_hi,
                N_ROUNDS: gl.constexpr):
     oa = _axis(16, 1, GEN_AX1)  # 8 O + a
     pair = _axis(4, 3, GEN_AX3)
@@ -129,11 +129,11 @@ def _generator(w_smem, w_ready, w_empty, o_span0, n_spans, seed_lo, seed_hi, str
     # thread, and they must be the two columns of one pair.
     q = _axis(16, 2, GEN_AX2) + _axis(2, 4, GEN_AX4) * 0
     for s in range(0, n_spans):
-        slot = s % W_STAGES
+        slot = s % STAGES
         # The span's two calls, made before the wait: they overlap the consumers' use of the slot.
         wa0, wa1, wa2, wa3 = v2_call_at(seed_lo, seed_hi, stream_lo, stream_hi, span_o, a, s, 2 * pair, N_ROUNDS)
         wb0, wb1, wb2, wb3 = v2_call_at(seed_lo, seed_hi, stream_lo, stream_hi, span_o, a, s, 2 * pair + 1, N_ROUNDS)
-        mbarrier.wait(w_empty.index(slot), ((s // W_STAGES) & 1) ^ 1)
+        mbarrier.wait(empty.index(slot), ((s // STAGES) & 1) ^ 1)
         tile = w_smem.index(slot)
         for j in gl.static_range(CHUNKS):
             # Block rows p = 2 j + p' all sit in word j of their call (bit 16 p + q): no select.
@@ -143,35 +143,34 @@ def _generator(w_smem, w_ready, w_empty, o_span0, n_spans, seed_lo, seed_hi, str
             w = v2_sign_pairs_pq(word_a, word_b, p, q, tl.bfloat16)
             tile.slice(CHUNK_ROWS * j, CHUNK_ROWS, dim=0).store(gl.reshape(w, [CHUNK_ROWS, SPAN]))
         fence_async_shared()  # the generic stores before the wgmma's async reads
-        mbarrier.arrive(w_ready.index(slot), count=1)
+        mbarrier.arrive(ready.index(slot), count=1)
 
 
 @gluon_jit()
-def _loader(x_desc, x_smem, x_ready, x_empty, m0, n_steps):
-    for k0 in range(0, n_steps, X_STAGES):
-        for u in gl.static_range(X_STAGES):
-            mbarrier.wait(x_empty.index(u), ((k0 // X_STAGES) & 1) ^ 1)
-            mbarrier.expect(x_ready.index(u), x_desc.block_type.nbytes)
-            tma.async_load(x_desc, [m0, (k0 + u) * BLOCK_K], x_ready.index(u), x_smem.index(u))
+def _loader(x_desc, x_smem, ready, empty, m0, n_spans):
+    for s in range(0, n_spans):
+        slot = s % STAGES
+        mbarrier.wait(empty.index(slot), ((s // STAGES) & 1) ^ 1)
+        # One arrival of the stage's two, and the bytes of x's two boxes (a box is 64 columns:
+        # the 128-byte swizzle's width).
+        mbarrier.expect(ready.index(slot), 2 * x_desc.block_type.nbytes)
+        for h in gl.static_range(2):
+            tma.async_load(x_desc, [m0, s * SPAN + h * BLOCK_K], ready.index(slot), x_smem.index(2 * slot + h))
 
 
 @gluon_jit()
-def _consumer(x_smem, w_smem, x_ready, x_empty, w_ready, w_empty, n_spans, ACC_LAYOUT: gl.constexpr):
+def _consumer(x_smem, w_smem, ready, empty, n_spans, ACC_LAYOUT: gl.constexpr):
     acc = gl.zeros((BLOCK_M, BLOCK_N), gl.float32, layout=ACC_LAYOUT)
     for s in range(0, n_spans):
-        mbarrier.wait(w_ready.index(s % W_STAGES), (s // W_STAGES) & 1)
-        w_tile = w_smem.index(s % W_STAGES)
+        slot = s % STAGES
+        mbarrier.wait(ready.index(slot), (s // STAGES) & 1)
+        w_tile = w_smem.index(slot)
         for h in gl.static_range(2):
-            k = 2 * s + h
-            mbarrier.wait(x_ready.index(k % X_STAGES), (k // X_STAGES) & 1)
-            acc = warpgroup_mma(x_smem.index(k % X_STAGES), w_tile.slice(h * BLOCK_K, BLOCK_K, dim=1).permute((1, 0)),
+            acc = warpgroup_mma(x_smem.index(2 * slot + h), w_tile.slice(h * BLOCK_K, BLOCK_K, dim=1).permute((1, 0)),
                                 acc, is_async=True)
-            # The previous step's wgmma has retired: its x stage (and, past a span's end, its W
-            # span) can be refilled.
-            acc = warpgroup_mma_wait(num_outstanding=1, deps=[acc])
-            mbarrier.arrive(x_empty.index((k + X_STAGES - 1) % X_STAGES), count=1, pred=k > 0)
-            if h == 0:
-                mbarrier.arrive(w_empty.index((s + W_STAGES - 1) % W_STAGES), count=1, pred=s > 0)
+        # The previous span's two wgmma have retired: its stage (x and W) can be refilled.
+        acc = warpgroup_mma_wait(num_outstanding=2, deps=[acc])
+        mbarrier.arrive(empty.index((s + STAGES - 1) % STAGES), count=1, pred=s > 0)
     acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
     return acc
 
@@ -187,24 +186,19 @@ def ws_forward_kernel(x_desc, out_ptr, M, N, K, stride_om, seed_lo, seed_hi, str
     pid_m = gl.program_id(1)
     n_spans = K // SPAN
 
-    x_smem = gl.allocate_shared_memory(gl.bfloat16, [X_STAGES, BLOCK_M, BLOCK_K], x_desc.layout)
-    w_smem = gl.allocate_shared_memory(gl.bfloat16, [W_STAGES, BLOCK_N, SPAN], w_layout)
-    x_ready = gl.allocate_shared_memory(gl.int64, [X_STAGES, 1], mbarrier.MBarrierLayout())
-    x_empty = gl.allocate_shared_memory(gl.int64, [X_STAGES, 1], mbarrier.MBarrierLayout())
-    w_ready = gl.allocate_shared_memory(gl.int64, [W_STAGES, 1], mbarrier.MBarrierLayout())
-    w_empty = gl.allocate_shared_memory(gl.int64, [W_STAGES, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(X_STAGES):
-        mbarrier.init(x_ready.index(i), count=1)
-        mbarrier.init(x_empty.index(i), count=1)
-    for i in gl.static_range(W_STAGES):
-        mbarrier.init(w_ready.index(i), count=1)
-        mbarrier.init(w_empty.index(i), count=1)
+    x_smem = gl.allocate_shared_memory(gl.bfloat16, [2 * STAGES, BLOCK_M, BLOCK_K], x_desc.layout)
+    w_smem = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BLOCK_N, SPAN], w_layout)
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(STAGES):
+        mbarrier.init(ready.index(i), count=2)  # the generator's arrival and the loader's
+        mbarrier.init(empty.index(i), count=1)
 
     acc = gl.warp_specialize([
-        (_consumer, (x_smem, w_smem, x_ready, x_empty, w_ready, w_empty, n_spans, acc_layout)),
-        (_generator, (w_smem, w_ready, w_empty, pid_n * (BLOCK_N // 64), n_spans, seed_lo, seed_hi, stream_lo,
+        (_consumer, (x_smem, w_smem, ready, empty, n_spans, acc_layout)),
+        (_generator, (w_smem, ready, empty, pid_n * (BLOCK_N // 64), n_spans, seed_lo, seed_hi, stream_lo,
                       stream_hi, N_ROUNDS)),
-        (_loader, (x_desc, x_smem, x_ready, x_empty, pid_m * BLOCK_M, 2 * n_spans)),
+        (_loader, (x_desc, x_smem, ready, empty, pid_m * BLOCK_M, n_spans)),
     ], [GENERATOR_WARPS, LOADER_WARPS], [WORKER_REGS, WORKER_REGS])
 
     rows = pid_m * BLOCK_M + gl.expand_dims(gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, acc_layout)), 1)
@@ -235,7 +229,7 @@ def compile_probe(arch: int = 90, rounds: int = PHILOX_ROUNDS):
 PARTITIONS = (
     ("consumers", "HGMMA", CONSUMER_WARPS.value, 1),
     ("generator", "IMAD", GENERATOR_WARPS.value, 1),
-    ("loader", "UTMALDG", LOADER_WARPS.value, X_STAGES.value * BLOCK_K.value // SPAN.value),
+    ("loader", "UTMALDG", LOADER_WARPS.value, 1),
 )
 WEIGHTS_PER_SPAN = BLOCK_N.value * SPAN.value
 
