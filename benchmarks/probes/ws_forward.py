@@ -13,7 +13,8 @@ the float32 accumulator (256 x 128) lives in the default partition, two consumer
   stream v2 helpers (``v2_call_at``, ``v2_pick_word``, ``v2_sign_pairs_pq``: the same bits as
   ``lottalora_kernels.stream.v2`` defines for W[o, i]). A thread owns one (o-span, a, column
   pair) of the span: the pair's two Philox calls (columns c and c + 1 of every block of 8) give
-  the two halves of each 32-bit shared store, and all 128 bits of both calls are used. 64 threads
+  the two halves of each 32-bit register of signs, and all 128 bits of both calls are used (the
+  compiler stores the registers 8 weights at a time, by stmatrix). 64 threads
   cover a span's 128 x 128 weights, which is why the generator has two warps;
 - the loader (1 warp) brings x by TMA.
 
@@ -26,7 +27,8 @@ wgmma are issued and the stage's have retired.
 
 The tile's rows are W's rows permuted so that a warp's stores come from its own calls: tile row
 T = 32 j + 16 p' + 8 O + a holds o = 64 O + 8 (2 j + p') + a (``tile_row_to_o``); the output's
-columns are mapped back in the store.
+columns are mapped back in the store. K must be a multiple of 128; M and N tails are masked
+(TMA fills x's rows past M with zeros, the store drops W's rows past N).
 
     python -m benchmarks.probes.ws_forward [--json]    # in a process without TRITON_INTERPRET
 
@@ -78,7 +80,7 @@ WORKER_REGS = tl.constexpr(40)
 
 # The generator's chunk of a span: 2 block rows p' x (16 o: O, a) x 16 blocks of 8 columns q x
 # 4 column pairs x the pair. A thread holds one (O, a, pair): lanes cover a and the pair, the
-# two warps O; registers cover p', q and the pair's two halves (adjacent: one 32-bit store).
+# two warps O; registers cover p', q and the pair's two halves (adjacent: one 32-bit register).
 _GEN_RANK = 5
 GEN_LAYOUT = gl.BlockedLayout(size_per_thread=[2, 1, 16, 1, 2], threads_per_warp=[1, 8, 1, 4, 1],
                               warps_per_cta=[1, GENERATOR_WARPS.value, 1, 1, 1], order=[4, 3, 2, 1, 0]) if gl else None
