@@ -244,13 +244,10 @@ _LABEL = re.compile(r"^\s*(\.L_x_\d+):")
 _TENSOR_CORE_OPS = ("HMMA", "HGMMA")
 
 
-def main_loop(sass: str) -> Counter | None:
-    """Opcodes of the main loop (a backward branch's target up to the branch), NOPs excluded,
-    or None for straight-line code (the one-instruction trap loop that ends every kernel does
-    not count). The main loop is the largest loop with a tensor-core instruction, or the largest
-    loop in a kernel without any: the decode kernel's side loop (x @ A^T, float32 FMAs in
-    separate programs) can be longer than its backbone loop."""
-    labels, pending, instructions = {}, [], []
+def instructions(sass: str) -> tuple[list[tuple[int, str, str, str]], dict[str, int]]:
+    """The instructions of nvdisasm's text, as (address, opcode, operands, line), and each label's
+    address."""
+    labels, pending, found = {}, [], []
     for line in sass.splitlines():
         label = _LABEL.match(line)
         if label:
@@ -261,16 +258,35 @@ def main_loop(sass: str) -> Counter | None:
             address = int(m.group(1), 16)
             labels.update((name, address) for name in pending)
             pending = []
-            instructions.append((address, m.group(2), m.group(3)))
+            found.append((address, m.group(2), m.group(3), line))
+    return found, labels
+
+
+def main_loop(sass: str) -> Counter | None:
+    """Opcodes of the main loop (a backward branch's target up to the branch), NOPs excluded,
+    or None for straight-line code (the one-instruction trap loop that ends every kernel does
+    not count). The main loop is the largest loop with a tensor-core instruction, or the largest
+    loop in a kernel without any: the decode kernel's side loop (x @ A^T, float32 FMAs in
+    separate programs) can be longer than its backbone loop."""
+    found, labels = instructions(sass)
     loops = []
-    for address, opcode, operands in instructions:
+    for address, opcode, operands, _ in found:
         target = re.search(r"(\.L_x_\d+)", operands) if opcode == "BRA" else None
         if target and labels.get(target.group(1), address + 1) <= address:
-            body = Counter(op for a, op, _ in instructions if labels[target.group(1)] <= a <= address and op != "NOP")
+            body = Counter(op for a, op, _, _ in found if labels[target.group(1)] <= a <= address and op != "NOP")
             if sum(body.values()) > 2:
                 loops.append(body)
     with_mma = [body for body in loops if any(body[op] for op in _TENSOR_CORE_OPS)]
     return max(with_mma or loops, key=lambda body: sum(body.values()), default=None)
+
+
+def disassemble(kernel) -> str:
+    """nvdisasm's text of a compiled kernel's cubin (the bundled nvdisasm)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = Path(tmp) / "k.cubin"
+        cubin.write_bytes(kernel.asm["cubin"])
+        return subprocess.run([str(_bin_dir() / "nvdisasm"), "-c", str(cubin)],
+                              capture_output=True, text=True, check=True).stdout
 
 
 def inspect(kernel) -> dict:
@@ -280,8 +296,7 @@ def inspect(kernel) -> dict:
         cubin.write_bytes(kernel.asm["cubin"])
         usage = subprocess.run([str(_bin_dir() / "cuobjdump"), "-res-usage", str(cubin)],
                                capture_output=True, text=True, check=True).stdout
-        sass = subprocess.run([str(_bin_dir() / "nvdisasm"), "-c", str(cubin)],
-                              capture_output=True, text=True, check=True).stdout
+    sass = disassemble(kernel)
     ptx = kernel.asm["ptx"]
     opcodes = [m.group(2) for m in _INSTRUCTION.finditer(sass)]
     loop = main_loop(sass)
