@@ -138,19 +138,44 @@ def _direct_enabled() -> bool:
 _DIRECT: bool | None = None
 
 
-def launch(kernel, grid: tuple[int, ...], *args, **kwargs) -> None:
-    """``kernel[grid](*args, **kwargs)``, with the per-launch host work done once per
-    specialization (see the module docstring). ``grid`` is a tuple of 1-3 ints."""
+def _knob_state() -> tuple:
+    """The knobs that enter Triton's own key (a launch compiled under other values is another kernel)."""
+    return (knobs.runtime.debug, knobs.compilation.instrumentation_mode,
+            getattr(knobs.compilation, "fpsan_homomorphic_casts", None))
+
+
+def _launch_hooked() -> bool:
+    return _hooked(knobs.runtime.launch_enter_hook) or _hooked(knobs.runtime.launch_exit_hook)
+
+
+def direct_launches() -> bool:
+    """Whether launches are direct now (see the module docstring), with no launch hook set: a
+    ``BoundLaunch`` made now would be used as bound."""
     global _DIRECT
     if _DIRECT is None:
         _DIRECT = _direct_enabled()
-    if not _DIRECT or _hooked(knobs.runtime.launch_enter_hook) or _hooked(knobs.runtime.launch_exit_hook):
+    return _DIRECT and not _launch_hooked()
+
+
+def launch(kernel, grid: tuple[int, ...], *args, **kwargs) -> None:
+    """``kernel[grid](*args, **kwargs)``, with the per-launch host work done once per
+    specialization (see the module docstring). ``grid`` is a tuple of 1-3 ints."""
+    _launch(kernel, grid, args, kwargs)
+
+
+def _launch(kernel, grid: tuple[int, ...], args: tuple, kwargs: dict):
+    """``launch``; returns (device, compiled kernel, its tail of arguments) when the launch was
+    direct or compiled one to reuse, None where it went through Triton's own path."""
+    global _DIRECT
+    if _DIRECT is None:
+        _DIRECT = _direct_enabled()
+    if not _DIRECT or _launch_hooked():
         kernel[grid](*args, **kwargs)
-        return
+        return None
     cache = _kernel_cache(kernel)
     if kernel.pre_run_hooks:
         kernel[grid](*args, **kwargs)
-        return
+        return None
     device = driver.active.get_current_device()
     # Finer than Triton's specialization, so a key never maps to another specialization's
     # kernel: every argument's type; tensors' dtypes and addresses mod 16; ints' values (Triton
@@ -162,31 +187,72 @@ def launch(kernel, grid: tuple[int, ...], *args, **kwargs) -> None:
     layout = cache.layout(types, tuple(kwargs))
     if layout is None:
         kernel[grid](*args, **kwargs)
-        return
+        return None
     tensors_of, values_of, widths_of = layout
     tensors = tensors_of(args)
     key = (device, types, tuple(kwargs.items()), tuple(map(type, kwargs.values())), tuple(map(_dtype, tensors)),
            tuple(map(_misalignment, map(_data_ptr, tensors))), values_of(args), tuple(map(_int_width, widths_of(args))),
-           knobs.runtime.debug, knobs.compilation.instrumentation_mode,
-           getattr(knobs.compilation, "fpsan_homomorphic_casts", None))
+           *_knob_state())
     try:
         entry = cache.entries.get(key)
     except TypeError:  # an unhashable argument: Triton's own path
         kernel[grid](*args, **kwargs)
-        return
+        return None
     if entry is None:
         compiled = kernel.run(*args, grid=grid, warmup=False, **kwargs)
         if hasattr(compiled, "result"):  # Triton's asynchronous compile mode hands back a future
             compiled = compiled.result()
         tail = cache.tail(len(args), kwargs)
-        if compiled is not None and tail is not None:  # None: a jit_cache_hook skipped the launch
-            if len(cache.entries) >= _MAX_ENTRIES:
-                cache.entries.clear()
-            cache.entries[key] = (compiled, tail)
-        return
+        if compiled is None or tail is None:  # None: a jit_cache_hook skipped the launch
+            return None
+        if len(cache.entries) >= _MAX_ENTRIES:
+            cache.entries.clear()
+        entry = cache.entries[key] = (compiled, tail)
+        return device, compiled, tail
     compiled, tail = entry
     stream = driver.active.get_current_stream(device)
     grid_1 = grid[1] if len(grid) > 1 else 1
     grid_2 = grid[2] if len(grid) > 2 else 1
     compiled.run(grid[0], grid_1, grid_2, stream, compiled.function, compiled.packed_metadata, None, None, None,
                  *args, *tail)
+    return device, compiled, tail
+
+
+class BoundLaunch:
+    """One launch's specialization kept (``bind``): called with new positional arguments it
+    launches the compiled kernel at once, without ``launch``'s key.
+
+    The caller vouches that the new arguments key as the bound ones did: tensors of the same
+    dtypes and 16-byte alignment in the same positions, every other argument equal (the eager
+    plans of ``lottalora.ops`` key their calls on exactly that). What can change under a caller
+    without its arguments changing is checked at every call and sends the launch through
+    ``launch``: direct launches switched off, a launch hook (a profiler), another current
+    device, the knobs in Triton's key. A launch that went through Triton's own path when it was
+    bound (the interpreter, a hook) has no compiled kernel (``compiled`` None) and goes
+    through ``launch`` every time."""
+
+    __slots__ = ("kernel", "grid", "kwargs", "device", "knob_state", "compiled", "tail")
+
+    def __init__(self, kernel, grid: tuple[int, ...], kwargs: dict, device, compiled, tail: tuple | None):
+        self.kernel, self.kwargs, self.device, self.compiled, self.tail = kernel, kwargs, device, compiled, tail
+        self.grid = (grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1)
+        self.knob_state = _knob_state()
+
+    def __call__(self, *args) -> None:
+        compiled = self.compiled
+        if (compiled is None or not _DIRECT or _launch_hooked() or driver.active.get_current_device() != self.device
+                or _knob_state() != self.knob_state):
+            launch(self.kernel, self.grid, *args, **self.kwargs)
+            return
+        compiled.run(*self.grid, driver.active.get_current_stream(self.device), compiled.function,
+                     compiled.packed_metadata, None, None, None, *args, *self.tail)
+
+
+def bind(kernel, grid: tuple[int, ...], *args, **kwargs) -> BoundLaunch:
+    """``launch(kernel, grid, *args, **kwargs)``, and the ``BoundLaunch`` that repeats it for
+    other arguments keyed alike (directly where this launch was direct)."""
+    launched = _launch(kernel, grid, args, kwargs)
+    if launched is None:
+        return BoundLaunch(kernel, grid, kwargs, None, None, None)
+    device, compiled, tail = launched
+    return BoundLaunch(kernel, grid, kwargs, device, compiled, tail)

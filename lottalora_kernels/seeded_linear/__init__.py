@@ -13,6 +13,15 @@ gradient, one file per regime:
 Every Gluon fast path sits beside a plain-Triton twin that the interpreter runs in CI.
 """
 
-from .dispatch import block_regime, seeded_block_bwd_dx, seeded_block_fwd, seeded_linear_bwd_dx, seeded_linear_fwd
+from .dispatch import (
+    block_regime,
+    seeded_block_bwd_dx,
+    seeded_block_fwd,
+    seeded_linear_bwd_dx,
+    seeded_linear_bwd_dx_replayable,
+    seeded_linear_fwd,
+    seeded_linear_fwd_replayable,
+)
 
-__all__ = ["block_regime", "seeded_block_bwd_dx", "seeded_block_fwd", "seeded_linear_bwd_dx", "seeded_linear_fwd"]
+__all__ = ["block_regime", "seeded_block_bwd_dx", "seeded_block_fwd", "seeded_linear_bwd_dx",
+           "seeded_linear_bwd_dx_replayable", "seeded_linear_fwd", "seeded_linear_fwd_replayable"]

@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch
 
 from ..environment import flag
+from ..launch import direct_launches
 from . import decode, one_pass, one_pass_v1, two_phase
 
 REGIMES = ("decode", "one_pass", "one_pass_v1", "two_phase")
@@ -42,6 +43,15 @@ ONE_PASS_MAX_M: int | None = None  # None: every M (the predicted crossover); a 
 def one_pass_enabled() -> bool:
     """Whether the choice takes the one-pass regime: ``LOTTALORA_ONE_PASS=1`` (read at every call)."""
     return flag("LOTTALORA_ONE_PASS")
+
+
+def replay_state() -> tuple | None:
+    """None while no regime's call is a single launch that a caller may replay (the one-pass
+    regime off), else what a replay made now depends on, for the key of a replayed call
+    (``lottalora.ops.eager``): the setting that caps the one-pass regime (``ONE_PASS_MAX_M``)
+    and whether launches are direct (a replay bound while they were not launches through Triton
+    every time)."""
+    return (ONE_PASS_MAX_M, direct_launches()) if one_pass_enabled() else None
 
 
 def _v1_regime(m: int, dtype: torch.dtype | None, on_gpu: bool) -> str:
@@ -154,3 +164,40 @@ def seeded_linear_bwd_dx(
     return one_pass_v1.one_pass_v1_bwd_dx(dy, seed=seed, stream=stream, in_features=in_features, init=init,
                                           dy_b=dy_b, lora_A=lora_A, beta=beta, scale=scale, x_for_dbeta=x_for_dbeta,
                                           need_dx=need_dx)
+
+
+def seeded_linear_fwd_replayable(
+    x: torch.Tensor, *, seed: int, stream: int, version: int, init: str, out_features: int,
+    lora_A: torch.Tensor | None, lora_B: torch.Tensor | None, beta: torch.Tensor, bias: torch.Tensor | None,
+    scale: float, lora_x: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, object | None]:
+    """``seeded_linear_fwd``'s (y, xa), and a replay of its launch, ``replay(x, lora_A, lora_B,
+    beta, bias, lora_x) -> (y, xa)``, for later calls with tensors keyed alike and the same
+    other arguments, made where the regime is one launch (one_pass: ``one_pass.ForwardReplay``);
+    None elsewhere (the other regimes' calls go through their launchers every time)."""
+    if forward_regime(version, x.shape[0], x.dtype, x.is_cuda) == "one_pass":
+        return one_pass.one_pass_fwd_replayable(x, seed=seed, stream=stream, in_features=x.shape[1],
+                                                rows=(0, out_features), cols=(0, x.shape[1]), lora_A=lora_A,
+                                                lora_B=lora_B, beta=beta, bias=bias, scale=scale, lora_x=lora_x)
+    y, xa = seeded_linear_fwd(x, seed=seed, stream=stream, version=version, init=init, out_features=out_features,
+                              lora_A=lora_A, lora_B=lora_B, beta=beta, bias=bias, scale=scale, lora_x=lora_x)
+    return y, xa, None
+
+
+def seeded_linear_bwd_dx_replayable(
+    dy: torch.Tensor, *, seed: int, stream: int, version: int, init: str, in_features: int,
+    dy_b: torch.Tensor | None, lora_A: torch.Tensor | None, beta: torch.Tensor, scale: float,
+    x_for_dbeta: torch.Tensor | None = None, need_dx: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, object | None]:
+    """``seeded_linear_bwd_dx``'s (dx, dbeta), and a replay of its launch, ``replay(dy, dy_b,
+    lora_A, beta, x_for_dbeta) -> (dx, dbeta)``, where the regime is one launch (one_pass:
+    ``one_pass.InputGradReplay``); None elsewhere."""
+    if input_grad_regime(version, dy.shape[0], dy.dtype, dy.is_cuda) == "one_pass":
+        return one_pass.one_pass_bwd_dx_replayable(dy, seed=seed, stream=stream, in_features=in_features,
+                                                   rows=(0, dy.shape[1]), cols=(0, in_features), dy_b=dy_b,
+                                                   lora_A=lora_A, beta=beta, scale=scale, x_for_dbeta=x_for_dbeta,
+                                                   need_dx=need_dx)
+    dx, dbeta = seeded_linear_bwd_dx(dy, seed=seed, stream=stream, version=version, init=init,
+                                     in_features=in_features, dy_b=dy_b, lora_A=lora_A, beta=beta, scale=scale,
+                                     x_for_dbeta=x_for_dbeta, need_dx=need_dx)
+    return dx, dbeta, None

@@ -51,6 +51,7 @@ import triton.language as tl
 
 from ..allocation import new_output
 from ..dtypes import TL_DTYPES, dot_dtype, fp32_input_precision, round_to
+from ..launch import bind as bind_launch
 from ..launch import launch
 from ..runtime import capability_major, cdiv, is_interpreting, launch_sm_count, next_power_of_2
 from ..stream import spec
@@ -323,8 +324,9 @@ def _make_plan(a, dx, rows, cols, R, has_lf, has_bias, has_out, has_dbeta, scale
 
 
 def _launch(a, *, dx, seed, stream, std, rows, cols, al, lf, lo, lmat, lmat_strides, bias, beta, scale, out,
-            lo_out, x_for_dbeta, fast, config):
-    """One launch of the one-pass kernel (either direction); returns the dbeta partials or None."""
+            lo_out, x_for_dbeta, fast, config, bind=False):
+    """One launch of the one-pass kernel (either direction): (the dbeta partials or None, with
+    ``bind`` a ``_Replay`` of this launch, else None)."""
     M = a.shape[0]
     p0, p1 = (cols if dx else rows)
     q0 = (rows if dx else cols)[0]
@@ -336,12 +338,8 @@ def _launch(a, *, dx, seed, stream, std, rows, cols, al, lf, lo, lmat, lmat_stri
     fast, num_warps, grid, flags = plan.fast, plan.num_warps, plan.grid, plan.flags
     n_m, n_p, split_k, block_m, r_pad, spans_per_split = (plan.n_m, plan.n_p, plan.split_k, plan.block_m,
                                                           plan.r_pad, plan.spans_per_split)
-    dbeta = new_output((n_m, n_p), torch.float32, a.device) if x_for_dbeta is not None else None
-    split = split_k > 1
-    part = new_output((split_k, M, P), torch.float32, a.device) if split else None
-    make_lo = flags["MAKE_LO"]
-    lo_part = new_output((n_m * n_p * split_k, block_m, r_pad), torch.float32, a.device) if split and make_lo else None
-    counters = _tile_counters(a.device, n_m * n_p) if split else None
+    workspace = _Workspace(M, P, n_m, n_p, split_k, block_m, r_pad, x_for_dbeta is not None, flags["MAKE_LO"])
+    dbeta, part, lo_part, counters = workspace.make(a.device)
     dummy = a
 
     def pick(t):
@@ -349,26 +347,86 @@ def _launch(a, *, dx, seed, stream, std, rows, cols, al, lf, lo, lmat, lmat_stri
 
     def strides(t, n=2):
         return tuple(t.stride()) if t is not None else (0,) * n
-    args = (a, pick(al), pick(lf), pick(lo), pick(lmat), pick(bias), beta, pick(out), pick(lo_out),
-            pick(x_for_dbeta), pick(dbeta), pick(part), pick(lo_part), pick(counters),
-            M, P, Q, R, p0, q0, *a.stride(), *strides(al), *strides(lf), *strides(lo),
-            *(lmat_strides if lmat is not None else (0, 0)), *strides(out), *strides(x_for_dbeta),
-            *spec.int32_words(seed, stream), spans_per_split, std, scale)
+    tensors = (a, pick(al), pick(lf), pick(lo), pick(lmat), pick(bias), beta, pick(out), pick(lo_out),
+               pick(x_for_dbeta), pick(dbeta), pick(part), pick(lo_part), pick(counters))
+    scalars = (M, P, Q, R, p0, q0, *a.stride(), *strides(al), *strides(lf), *strides(lo),
+               *(lmat_strides if lmat is not None else (0, 0)), *strides(out), *strides(x_for_dbeta),
+               *spec.int32_words(seed, stream), spans_per_split, std, scale)
+    args = tensors + scalars
+    launch_fn = bind_launch if bind else launch
 
     def launch_twin():
-        launch(_one_pass_twin_kernel, grid, *args, **flags, DOT_DTYPE=dot_dtype(a.dtype),
-               INPUT_PRECISION=fp32_input_precision(), num_warps=num_warps)
+        return launch_fn(_one_pass_twin_kernel, grid, *args, **flags, DOT_DTYPE=dot_dtype(a.dtype),
+                         INPUT_PRECISION=fp32_input_precision(), num_warps=num_warps)
     if fast:
         from ..gluon import run_fast_path
 
-        run_fast_path(f"one_pass_{'dx' if dx else 'fwd'}",
-                      lambda: launch_gluon(grid, args, flags, dtype=TL_DTYPES[a.dtype], device=a.device,
-                                           num_warps=num_warps,
-                                           x_async=all(_aligned_rows(t, q0) for t in (a, al, lf) if t is not None)),
-                      launch_twin)
+        bound = run_fast_path(f"one_pass_{'dx' if dx else 'fwd'}",
+                              lambda: launch_gluon(grid, args, flags, dtype=TL_DTYPES[a.dtype], device=a.device,
+                                                   num_warps=num_warps, bind=bind,
+                                                   x_async=all(_aligned_rows(t, q0) for t in (a, al, lf)
+                                                               if t is not None)),
+                              launch_twin)
     else:
-        launch_twin()
-    return dbeta
+        bound = launch_twin()
+    if not bind:
+        return dbeta, None
+    return dbeta, _Replay(bound, workspace, scalars)
+
+
+class _Workspace(NamedTuple):
+    """What a launch allocates besides its outputs: dbeta's per-tile partials, the split-K
+    partials (float32) and the tile counters."""
+
+    m: int
+    p: int
+    n_m: int
+    n_p: int
+    split_k: int
+    block_m: int
+    r_pad: int
+    dbeta: bool
+    make_lo: bool
+
+    def make(self, device: torch.device) -> tuple:
+        """(dbeta partials, split partials, xa's split partials, counters), each None where unused."""
+        dbeta = new_output((self.n_m, self.n_p), torch.float32, device) if self.dbeta else None
+        if self.split_k == 1:
+            return dbeta, None, None, None
+        part = new_output((self.split_k, self.m, self.p), torch.float32, device)
+        lo_part = (new_output((self.n_m * self.n_p * self.split_k, self.block_m, self.r_pad), torch.float32, device)
+                   if self.make_lo else None)
+        return dbeta, part, lo_part, _tile_counters(device, self.n_m * self.n_p)
+
+
+class _Replay:
+    """One one-pass launch again, on tensors keyed as the bound launch's were (same shapes,
+    strides, dtypes and 16-byte alignment, the same optional tensors given; the same arguments
+    otherwise: the caller's key vouches for it): its workspace allocated anew, the compiled
+    kernel launched directly. Absent tensors are replaced by ``a``, as ``_launch`` does."""
+
+    __slots__ = ("bound", "workspace", "scalars", "no_workspace")
+
+    def __init__(self, bound, workspace: _Workspace, scalars: tuple):
+        self.bound, self.workspace, self.scalars = bound, workspace, scalars
+        self.no_workspace = not workspace.dbeta and workspace.split_k == 1
+
+    def __call__(self, a, al, lf, lo, lmat, bias, beta, out, lo_out, x_for_dbeta):
+        """Launch; returns the dbeta partials or None."""
+        if self.no_workspace:
+            self.bound(a, al if al is not None else a, lf if lf is not None else a, lo if lo is not None else a,
+                       lmat if lmat is not None else a, bias if bias is not None else a, beta,
+                       out if out is not None else a, lo_out if lo_out is not None else a,
+                       x_for_dbeta if x_for_dbeta is not None else a, a, a, a, a, *self.scalars)
+            return None
+        dbeta, part, lo_part, counters = self.workspace.make(a.device)
+        self.bound(a, al if al is not None else a, lf if lf is not None else a, lo if lo is not None else a,
+                   lmat if lmat is not None else a, bias if bias is not None else a, beta,
+                   out if out is not None else a, lo_out if lo_out is not None else a,
+                   x_for_dbeta if x_for_dbeta is not None else a, dbeta if dbeta is not None else a,
+                   part if part is not None else a, lo_part if lo_part is not None else a,
+                   counters if counters is not None else a, *self.scalars)
+        return dbeta
 
 
 def _aligned_rows(a: torch.Tensor, q0: int) -> bool:
@@ -426,6 +484,20 @@ def one_pass_fwd(
     benchmarks). Inputs are assumed validated by the caller (``lottalora.ops``), except the
     block and the config, checked here.
     """
+    out, xa, _ = one_pass_fwd_replayable(x, seed=seed, stream=stream, in_features=in_features, rows=rows, cols=cols,
+                                         lora_A=lora_A, lora_B=lora_B, beta=beta, bias=bias, scale=scale,
+                                         lora_x=lora_x, fast=fast, config=config, bind=False)
+    return out, xa
+
+
+def one_pass_fwd_replayable(
+    x: torch.Tensor, *, seed: int, stream: int, in_features: int, rows: tuple[int, int], cols: tuple[int, int],
+    lora_A: torch.Tensor | None, lora_B: torch.Tensor | None, beta: torch.Tensor, bias: torch.Tensor | None,
+    scale: float, lora_x: torch.Tensor | None = None, fast: bool | None = None, config: dict | None = None,
+    bind: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None, ForwardReplay | None]:
+    """``one_pass_fwd``'s (y, xa), and a ``ForwardReplay`` that makes the same launch on other
+    tensors keyed alike (None where the call launched nothing, or ``bind`` is False)."""
     M = x.shape[0]
     r0, r1 = _check_block("rows", rows, "the output", lora_B.shape[0] if lora_B is not None else rows[1] - rows[0])
     c0, c1 = _check_block("cols", cols, "x", x.shape[1])
@@ -435,15 +507,38 @@ def one_pass_fwd(
     if M == 0 or r1 == r0:
         if xa is not None and M and rank:  # no rows of W: xa still belongs to the backward
             xa.copy_((lora_x if lora_x is not None else x) @ lora_A.T)
-        return out, xa
+        return out, xa, None
     has_lora = lora_A is not None and rank > 0
     xl = lora_x if lora_x is not None else x
-    _launch(x, dx=False, seed=seed, stream=stream, std=spec.backbone_std(in_features), rows=(r0, r1), cols=(c0, c1),
-            al=xl if has_lora else None, lf=lora_A if has_lora else None, lo=None,
-            lmat=lora_B if has_lora else None,
-            lmat_strides=tuple(lora_B.stride()) if has_lora else None, bias=bias, beta=beta, scale=scale, out=out,
-            lo_out=xa if has_lora else None, x_for_dbeta=None, fast=fast, config=config)
-    return out, xa
+    _, replay = _launch(x, dx=False, seed=seed, stream=stream, std=spec.backbone_std(in_features), rows=(r0, r1),
+                        cols=(c0, c1), al=xl if has_lora else None, lf=lora_A if has_lora else None, lo=None,
+                        lmat=lora_B if has_lora else None,
+                        lmat_strides=tuple(lora_B.stride()) if has_lora else None, bias=bias, beta=beta, scale=scale,
+                        out=out, lo_out=xa if has_lora else None, x_for_dbeta=None, fast=fast, config=config,
+                        bind=bind)
+    return out, xa, (ForwardReplay(replay, out.shape, xa.shape if xa is not None else None, has_lora)
+                     if replay is not None else None)
+
+
+class ForwardReplay:
+    """``one_pass_fwd_replayable``'s launch again: ``replay(x, lora_A, lora_B, beta, bias, lora_x)
+    -> (y, xa)`` on tensors with the shapes, strides, dtypes, device and 16-byte alignment of the
+    first call's (and lora_x given or not as there): the caller keys its calls on that
+    (``lottalora.ops.eager``). Allocates the outputs and launches the compiled kernel directly."""
+
+    __slots__ = ("replay", "out_shape", "xa_shape", "has_lora")
+
+    def __init__(self, replay: _Replay, out_shape, xa_shape, has_lora: bool):
+        self.replay, self.out_shape, self.xa_shape, self.has_lora = replay, out_shape, xa_shape, has_lora
+
+    def __call__(self, x, lora_A, lora_B, beta, bias, lora_x):
+        out = new_output(self.out_shape, x.dtype, x.device)
+        xa = new_output(self.xa_shape, x.dtype, x.device) if self.xa_shape is not None else None
+        if self.has_lora:
+            self.replay(x, lora_x if lora_x is not None else x, lora_A, None, lora_B, bias, beta, out, xa, None)
+        else:
+            self.replay(x, None, None, None, None, bias, beta, out, None, None)
+        return out, xa
 
 
 def one_pass_bwd_dx(
@@ -461,6 +556,21 @@ def one_pass_bwd_dx(
     dy.dtype, or None when ``need_dx`` is False; dbeta as a float32 0-dim tensor, or None
     without x_for_dbeta). ``fast`` and ``config`` as in ``one_pass_fwd``.
     """
+    dx, dbeta, _ = one_pass_bwd_dx_replayable(dy, seed=seed, stream=stream, in_features=in_features, rows=rows,
+                                              cols=cols, dy_b=dy_b, lora_A=lora_A, beta=beta, scale=scale,
+                                              x_for_dbeta=x_for_dbeta, need_dx=need_dx, fast=fast, config=config,
+                                              bind=False)
+    return dx, dbeta
+
+
+def one_pass_bwd_dx_replayable(
+    dy: torch.Tensor, *, seed: int, stream: int, in_features: int, rows: tuple[int, int], cols: tuple[int, int],
+    dy_b: torch.Tensor | None, lora_A: torch.Tensor | None, beta: torch.Tensor, scale: float,
+    x_for_dbeta: torch.Tensor | None = None, need_dx: bool = True, fast: bool | None = None,
+    config: dict | None = None, bind: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, InputGradReplay | None]:
+    """``one_pass_bwd_dx``'s (dx, dbeta), and an ``InputGradReplay`` that makes the same launch
+    on other tensors keyed alike (None where the call launched nothing, or ``bind`` is False)."""
     M = dy.shape[0]
     r0, r1 = _check_block("rows", rows, "dy", dy.shape[1])
     c0, c1 = _check_block("cols", cols, "the input", lora_A.shape[1] if lora_A is not None else cols[1] - cols[0])
@@ -471,12 +581,33 @@ def one_pass_bwd_dx(
             if M and dy_b is not None and lora_A is not None and lora_A.shape[0]:
                 dx.add_(scale * (dy_b @ lora_A))
         zero = torch.zeros((), dtype=torch.float32, device=dy.device)
-        return dx, (zero if x_for_dbeta is not None else None)
+        return dx, (zero if x_for_dbeta is not None else None), None
     has_lora = dy_b is not None and lora_A is not None and lora_A.shape[0] > 0 and dx is not None
-    partials = _launch(dy, dx=True, seed=seed, stream=stream, std=spec.backbone_std(in_features), rows=(r0, r1),
-                       cols=(c0, c1), al=None, lf=None, lo=dy_b if has_lora else None,
-                       lmat=lora_A if has_lora else None,
-                       lmat_strides=(lora_A.stride(1), lora_A.stride(0)) if has_lora else None, bias=None,
-                       beta=beta, scale=scale, out=dx, lo_out=None, x_for_dbeta=x_for_dbeta, fast=fast,
-                       config=config)
-    return dx, (partials.sum() if partials is not None else None)
+    partials, replay = _launch(dy, dx=True, seed=seed, stream=stream, std=spec.backbone_std(in_features),
+                               rows=(r0, r1), cols=(c0, c1), al=None, lf=None, lo=dy_b if has_lora else None,
+                               lmat=lora_A if has_lora else None,
+                               lmat_strides=(lora_A.stride(1), lora_A.stride(0)) if has_lora else None, bias=None,
+                               beta=beta, scale=scale, out=dx, lo_out=None, x_for_dbeta=x_for_dbeta, fast=fast,
+                               config=config, bind=bind)
+    return dx, (partials.sum() if partials is not None else None), (
+        InputGradReplay(replay, dx.shape if dx is not None else None, has_lora) if replay is not None else None)
+
+
+class InputGradReplay:
+    """``one_pass_bwd_dx_replayable``'s launch again: ``replay(dy, dy_b, lora_A, beta,
+    x_for_dbeta) -> (dx or None, dbeta or None)`` on tensors keyed as the first call's (dy_b and
+    lora_A given when the first call fused the LoRA term into dx, x_for_dbeta when it made dbeta;
+    see ``ForwardReplay``)."""
+
+    __slots__ = ("replay", "dx_shape", "has_lora")
+
+    def __init__(self, replay: _Replay, dx_shape, has_lora: bool):
+        self.replay, self.dx_shape, self.has_lora = replay, dx_shape, has_lora
+
+    def __call__(self, dy, dy_b, lora_A, beta, x_for_dbeta):
+        dx = new_output(self.dx_shape, dy.dtype, dy.device) if self.dx_shape is not None else None
+        if self.has_lora:
+            partials = self.replay(dy, None, None, dy_b, lora_A, None, beta, dx, None, x_for_dbeta)
+        else:
+            partials = self.replay(dy, None, None, None, None, None, beta, dx, None, x_for_dbeta)
+        return dx, (partials.sum() if partials is not None else None)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import triton.language as tl
 
 from ..gluon import gl, gluon_jit
+from ..launch import bind as bind_launch
 from ..launch import launch
 from ..runtime import capability_major
 from ..stream.philox import PHILOX_ROUNDS
@@ -384,12 +385,14 @@ def _one_pass_kernel(
                 gl.store(dbeta_ptr + tile, gl.sum(gl.sum(partial, axis=1), axis=0) * value_scale)
 
 
-def launch_gluon(grid, args, flags, *, dtype, device, num_warps: int, x_async: bool) -> None:
+def launch_gluon(grid, args, flags, *, dtype, device, num_warps: int, x_async: bool, bind: bool = False):
     """Launch ``_one_pass_kernel`` with the twin's arguments and flags: wgmma on sm_90 (one
     warpgroup: num_warps must be 4), mma.sync elsewhere; ``x_async``: x (or dy) can be staged
-    by 16-byte async copies (see _stage_tile)."""
+    by 16-byte async copies (see _stage_tile). With ``bind``, returns the launch's
+    ``lottalora_kernels.launch.BoundLaunch`` (or None where the launch was not direct)."""
     hopper = capability_major(device) == 9
     if hopper and num_warps != 4:
         raise ValueError(f"the sm_90 one-pass kernel runs one warpgroup (num_warps=4), got num_warps={num_warps}")
-    launch(_one_pass_kernel, grid, *args, **flags, DTYPE=dtype, HOPPER=hopper,
-           SEPARATE_LX=flags["MAKE_LO"] and args[1] is not args[0], X_ASYNC=x_async, CHUNKS=CHUNKS, num_warps=num_warps)
+    return (bind_launch if bind else launch)(
+        _one_pass_kernel, grid, *args, **flags, DTYPE=dtype, HOPPER=hopper,
+        SEPARATE_LX=flags["MAKE_LO"] and args[1] is not args[0], X_ASYNC=x_async, CHUNKS=CHUNKS, num_warps=num_warps)

@@ -27,10 +27,12 @@ def test_the_switch_decides_the_regime(monkeypatch, on):
 
 
 def _counting(monkeypatch):
+    """The one-pass launches a call makes, by direction: every path (one_pass_fwd, a layer's
+    eager plan, a tensor-parallel block) goes through the replayable launchers."""
     calls = []
     for name in ("one_pass_fwd", "one_pass_bwd_dx"):
-        real = getattr(one_pass, name)
-        monkeypatch.setattr(one_pass, name,
+        real = getattr(one_pass, f"{name}_replayable")
+        monkeypatch.setattr(one_pass, f"{name}_replayable",
                             lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
     return calls
 
