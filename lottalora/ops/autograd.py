@@ -31,31 +31,37 @@ from torch.autograd import forward_ad
 from ..backbone import BackboneBlock
 from . import custom_ops
 from .custom_ops import run_forward, run_input_grad
-from .precision import accumulation_dtype, autocast_off
+from .precision import accumulation_dtype, autocast_enabled, autocast_off
 from .products import SeededInputProduct, as_matrix, seeded_linear_composite
 
 
 class SeededLinearFunction(torch.autograd.Function):
     """Autograd for the seeded op. ``apply(x, lora_A, lora_B, beta, bias, spec, scale, backend,
-    lora_input=None, direct=None)``: ``spec`` is the layer's BackboneSpec, or the BackboneBlock of
-    it this call multiplies by; the tensors as ``seeded_linear`` takes them, checked; ``backend``
-    from ``lottalora.ops.backend.resolve_backend``; ``direct``: whether the implementations may
-    be called without the registered ops (``custom_ops.direct_call_ok``; None: asked here)."""
+    lora_input=None, direct=None, plan=None)``: ``spec`` is the layer's BackboneSpec, or the
+    BackboneBlock of it this call multiplies by; the tensors as ``seeded_linear`` takes them,
+    checked; ``backend`` from ``lottalora.ops.backend.resolve_backend``; ``direct``: whether the
+    implementations may be called without the registered ops (``custom_ops.direct_call_ok``;
+    None: asked here); ``plan``: the call's ``lottalora.ops.eager.EagerPlan``, whose replays then
+    make the forward and the first-order input gradient (a direct call)."""
 
     @staticmethod
     def forward(ctx, x, lora_A, lora_B, beta, bias, spec, scale: float, backend: str, lora_input=None,
-                direct=None):
+                direct=None, plan=None):
         block = spec if isinstance(spec, BackboneBlock) else BackboneBlock.whole(spec)
         x2d = as_matrix(x, block.in_features)
         lora_x2d = as_matrix(lora_input, block.in_features) if lora_input is not None else None
-        if direct is None:
-            direct = custom_ops.direct_call_ok(x, lora_A, lora_B, beta, bias, lora_input)
-        # On the torch backend the backward reuses the forward's packed signs (stream v2): one
-        # generation per step instead of two. The op also returns xa = (adapter input) @ A^T,
-        # which dB needs.
-        need_w = ctx.needs_input_grad[0] or ctx.needs_input_grad[3]  # dx or dbeta
-        y2d, xa, packed = run_forward(x2d, block, lora_A, lora_B, beta, bias, scale, backend, need_w, lora_x2d,
-                                      direct)
+        if plan is not None:
+            y2d, xa = plan.run_forward(x2d, lora_A, lora_B, beta, bias, lora_x2d)
+            packed = None  # the plans serve the Triton backend, which regenerates W in the backward
+        else:
+            if direct is None:
+                direct = custom_ops.direct_call_ok(x, lora_A, lora_B, beta, bias, lora_input)
+            # On the torch backend the backward reuses the forward's packed signs (stream v2): one
+            # generation per step instead of two. The op also returns xa = (adapter input) @ A^T,
+            # which dB needs.
+            need_w = ctx.needs_input_grad[0] or ctx.needs_input_grad[3]  # dx or dbeta
+            y2d, xa, packed = run_forward(x2d, block, lora_A, lora_B, beta, bias, scale, backend, need_w, lora_x2d,
+                                          direct)
         # x is needed by dbeta, and by dA when it is the adapter's input; dB depends on the
         # adapter input through xa. The inputs themselves are saved, not their reshaped views
         # (detached from them), so that a backward that builds a graph differentiates through
@@ -64,16 +70,18 @@ class SeededLinearFunction(torch.autograd.Function):
         need_lora_input = lora_input is not None and any(ctx.needs_input_grad[1:3])
         ctx.save_for_backward(x if need_x else None, xa, lora_A, lora_B, beta, packed,
                               lora_input if need_lora_input else None)
-        ctx.block, ctx.scale, ctx.backend = block, scale, backend
+        ctx.block, ctx.scale, ctx.backend, ctx.plan = block, scale, backend, plan
         ctx.x_shape = x.shape
         ctx.separate_lora_input = lora_input is not None
-        return y2d.reshape(*x.shape[:-1], block.out_features)
+        return y2d if x.dim() == 2 else y2d.reshape(*x.shape[:-1], block.out_features)
 
     @staticmethod
     def backward(ctx, dy):
         # Unpacked once: non-reentrant activation checkpointing allows one unpack per saved tensor.
         saved = ctx.saved_tensors
         x, _, lora_A, lora_B, beta, _, lora_input = saved
+        if not torch.is_grad_enabled() and not autocast_enabled(dy.device.type):
+            return _first_order_grads(ctx, saved, dy)  # a training step's backward: nothing to switch off
         with autocast_off(dy.device.type):
             if torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                                for t in (dy, x, lora_A, lora_B, beta, lora_input)):
@@ -83,7 +91,7 @@ class SeededLinearFunction(torch.autograd.Function):
 
 
 def _first_order_grads(ctx, saved: tuple, dy: torch.Tensor) -> tuple:
-    """(dx, dA, dB, dbeta, dbias, None, None, None, d lora_input, None); ``saved``:
+    """(dx, dA, dB, dbeta, dbias, None, None, None, d lora_input, None, None); ``saved``:
     ctx.saved_tensors."""
     x, xa, lora_A, lora_B, beta, packed, lora_input = saved
     need_dx, need_dA, need_dB, need_dbeta, need_dbias = ctx.needs_input_grad[:5]
@@ -103,11 +111,13 @@ def _first_order_grads(ctx, saved: tuple, dy: torch.Tensor) -> tuple:
 
     dx = dbeta = None
     if need_dx or need_dbeta:
-        dx, dbeta = run_input_grad(
-            dy2d, block, dy_b if need_dx and lora_into_dx else None, lora_A if need_dx and lora_into_dx else None,
-            beta, scale, x2d if need_dbeta else None, need_dx, ctx.backend, packed,
-        )
-        if dx is not None:
+        fused_dy_b, fused_A = (dy_b, lora_A) if need_dx and lora_into_dx else (None, None)
+        if ctx.plan is not None:
+            dx, dbeta = ctx.plan.input_grad(dy2d, fused_dy_b, fused_A, beta, x2d if need_dbeta else None, need_dx)
+        else:
+            dx, dbeta = run_input_grad(dy2d, block, fused_dy_b, fused_A, beta, scale, x2d if need_dbeta else None,
+                                       need_dx, ctx.backend, packed)
+        if dx is not None and dx.shape != ctx.x_shape:
             dx = dx.reshape(ctx.x_shape)
         if dbeta is not None:
             dbeta = dbeta.to(beta.dtype).reshape(beta.shape)
@@ -115,7 +125,7 @@ def _first_order_grads(ctx, saved: tuple, dy: torch.Tensor) -> tuple:
     dB = _scaled_mm(dy2d.T, xa, scale) if need_dB else None
     dbias = dy2d.sum(0) if need_dbias else None
     d_lora_input = _scaled_mm(dy_b, lora_A, scale).reshape(ctx.x_shape) if need_dlora_input else None
-    return dx, dA, dB, dbeta, dbias, None, None, None, d_lora_input, None
+    return dx, dA, dB, dbeta, dbias, None, None, None, d_lora_input, None, None
 
 
 def _scaled_mm(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
@@ -123,8 +133,15 @@ def _scaled_mm(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
     rounded): a matmul and a separate multiply would be two launches and two roundings."""
     if scale == 1.0:
         return a @ b
-    # beta=0: addmm ignores its input, so an uninitialised 0-dim tensor serves (no fill launch).
-    return torch.addmm(a.new_empty(()), a, b, beta=0, alpha=scale)
+    # beta=0: addmm ignores its input, so an uninitialised 0-dim tensor serves (no fill launch),
+    # kept per dtype and device: it is never read.
+    ignored = _ADDMM_IGNORED.get((a.dtype, a.device))
+    if ignored is None:
+        ignored = _ADDMM_IGNORED[(a.dtype, a.device)] = a.new_empty(())
+    return torch.addmm(ignored, a, b, beta=0, alpha=scale)
+
+
+_ADDMM_IGNORED: dict = {}
 
 
 def _differentiable_grads(ctx, saved: tuple, dy: torch.Tensor) -> tuple:
@@ -160,7 +177,7 @@ def _differentiable_grads(ctx, saved: tuple, dy: torch.Tensor) -> tuple:
     dB = _scaled_mm(dy2d.T, xa, scale) if need_dB else None
     dbias = dy2d.sum(0) if need_dbias else None
     d_lora_input = _scaled_mm(dy_b, lora_A, scale).reshape(ctx.x_shape) if need_dlora_input else None
-    return dx, dA, dB, dbeta, dbias, None, None, None, d_lora_input, None
+    return dx, dA, dB, dbeta, dbias, None, None, None, d_lora_input, None, None
 
 
 def _needs_autograd_node(direct: bool, *tensors: torch.Tensor | None) -> bool:

@@ -137,6 +137,56 @@ def input_grad(
                                             x_for_dbeta, need_dx)
 
 
+def replay_state() -> tuple | None:
+    """What decides whether a call may replay a kernel launch (``lottalora.ops.eager``), read now:
+    None while no regime makes one (the one-pass regime off), else the dispatch's settings that
+    choose it (a key's part: a plan made under other settings is not reused)."""
+    global _DISPATCH
+    if _DISPATCH is None:
+        if not _TRITON_INSTALLED or not flag("LOTTALORA_ONE_PASS"):
+            return None  # asked before importing the kernels (which import Triton)
+        from lottalora_kernels.seeded_linear import dispatch
+
+        _DISPATCH = dispatch
+    return _DISPATCH.replay_state()
+
+
+_DISPATCH = None  # the kernels' dispatch module, imported at the first replay_state (it imports Triton)
+
+
+def forward_replayable(
+    backend: str, x: torch.Tensor, block: BackboneBlock, lora_A: torch.Tensor | None, lora_B: torch.Tensor | None,
+    beta: torch.Tensor, bias: torch.Tensor | None, scale: float, lora_x: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, object | None]:
+    """``forward``'s (y, xa) without packed signs, and a replay of its one launch, ``replay(x,
+    lora_A, lora_B, beta, bias, lora_x) -> (y, xa)`` for calls keyed alike, where there is one
+    (the Triton backend's one-pass regime on a whole layer); None elsewhere."""
+    if backend == "triton" and block.is_whole:
+        spec = block.spec
+        return _kernels().seeded_linear_fwd_replayable(
+            x, seed=spec.seed, stream=spec.stream, version=spec.version, init=spec.init,
+            out_features=spec.out_features, lora_A=lora_A, lora_B=lora_B, beta=beta, bias=bias, scale=scale,
+            lora_x=lora_x)
+    y, xa, _ = forward(backend, x, block, lora_A, lora_B, beta, bias, scale, False, lora_x)
+    return y, xa, None
+
+
+def input_grad_replayable(
+    backend: str, dy: torch.Tensor, block: BackboneBlock, dy_b: torch.Tensor | None, lora_A: torch.Tensor | None,
+    beta: torch.Tensor, scale: float, x_for_dbeta: torch.Tensor | None, need_dx: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, object | None]:
+    """``input_grad``'s (dx, dbeta), and a replay of its one launch, ``replay(dy, dy_b, lora_A,
+    beta, x_for_dbeta) -> (dx, dbeta)``, where there is one (as ``forward_replayable``)."""
+    if backend == "triton" and block.is_whole:
+        spec = block.spec
+        return _kernels().seeded_linear_bwd_dx_replayable(
+            dy, seed=spec.seed, stream=spec.stream, version=spec.version, init=spec.init,
+            in_features=spec.in_features, dy_b=dy_b, lora_A=lora_A, beta=beta, scale=scale,
+            x_for_dbeta=x_for_dbeta, need_dx=need_dx)
+    dx, dbeta = input_grad(backend, dy, block, dy_b, lora_A, beta, scale, x_for_dbeta, need_dx)
+    return dx, dbeta, None
+
+
 # Values per chunk of a block that the Triton generator makes: each chunk is a generator launch
 # and a GEMM launch, so larger chunks than the torch backend's cost fewer launches.
 GENERATED_BLOCK_VALUES = 1 << 21

@@ -2,7 +2,8 @@
 
 One pass down: the arguments are checked once (``checks``), the backend is chosen once
 (``backend``), and ``autograd.run`` calls the op, through its autograd node only when something
-needs one.
+needs one. A call keyed like one before whose work was one kernel launch runs that call's plan
+instead (``eager``: the same decisions, not made again).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..backbone import BackboneBlock, BackboneSpec
-from . import autograd
+from . import autograd, eager
 from .checks import check_seeded_call
 
 
@@ -32,6 +33,13 @@ def seeded_linear(
     and forward mode and under torch.func transforms (``lottalora.ops.autograd``). Meta tensors
     (x and the parameters all on ``meta``) give meta outputs of the right shape and dtype.
     """
-    x, block, lora_A, lora_B, bias, lora_input, scale, backend = check_seeded_call(
+    key = eager.call_key(x, spec, lora_A, lora_B, beta, bias, scale, lora_input)
+    if key is not None:
+        plan = eager.lookup(key)
+        if plan is not None and plan is not eager.NO_PLAN:
+            return plan(x, lora_A, lora_B, beta, bias, lora_input)
+    checked_x, block, lora_A, lora_B, bias, lora_input, scale, backend = check_seeded_call(
         x, spec, lora_A, lora_B, beta, bias, scale, lora_input)
-    return autograd.run(x, block, lora_A, lora_B, beta, bias, scale, backend, lora_input)
+    if key is not None and plan is None:
+        return eager.first_call(key, checked_x, spec, block, lora_A, lora_B, beta, bias, scale, backend, lora_input)
+    return autograd.run(checked_x, block, lora_A, lora_B, beta, bias, scale, backend, lora_input)

@@ -28,7 +28,10 @@ from .precision import accumulation_dtype
 
 def as_matrix(t: torch.Tensor, width: int) -> torch.Tensor:
     """t (*, width) as an (M, width) matrix. M comes from the leading dims, not from -1: an empty
-    block (width 0) holds no elements, from which reshape(-1, 0) cannot infer M."""
+    block (width 0) holds no elements, from which reshape(-1, 0) cannot infer M. A matrix comes
+    back as it is."""
+    if t.dim() == 2:
+        return t
     return t.reshape(t.shape[:-1].numel(), width)
 
 

@@ -19,7 +19,8 @@ def probe():
     return json.loads(run_uninterpreted("-m", "tests.support.launch_probe").stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("case", ["epilogue", "scalars", "alignment_constexpr", "gluon", "keywords", "layer"])
+@pytest.mark.parametrize("case", ["epilogue", "scalars", "alignment_constexpr", "gluon", "keywords", "layer",
+                                  "one_pass_layer"])
 def test_cached_launches_equal_tritons(probe, case):
     """Same kernel binary, grid, stream and arguments, call by call, as Triton's launch path."""
     triton_launches, direct_launches = probe[case]["triton"], probe[case]["direct"]
@@ -57,6 +58,15 @@ def test_runtime_parameters_by_keyword_are_not_cached(probe):
 def test_layer_step_launches_its_kernels(probe):
     names = [launch[0] for launch in probe["layer"]["triton"][1]]  # M = 64: two-phase
     assert names.count("_seeded_epilogue_kernel") == 2 and names.count("_backbone_gen_v2_twin_kernel") == 2
+
+
+def test_one_pass_layer_steps_replay_their_plans(probe):
+    """One one-pass launch a direction; the direct run's calls replayed bound launches (equal to
+    Triton's above): plans for the two M's with a gradient and the two without."""
+    names = [[launch[0] for launch in launches] for launches in probe["one_pass_layer"]["triton"]]
+    assert names[0] == names[2] == ["_one_pass_twin_kernel"] * 2  # forward, input gradient
+    assert names[1] == names[3] == ["_one_pass_twin_kernel"]
+    assert probe["one_pass_plans"] == 4
 
 
 def test_a_registered_launch_hook_sends_launches_through_triton(probe):

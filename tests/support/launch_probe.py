@@ -125,6 +125,24 @@ def layer_calls() -> list:
     return calls
 
 
+def one_pass_layer_calls() -> list:
+    """``layer_calls`` with the one-pass regime switched on, at M = 1 and 64: a call's second run
+    (the one recorded in direct mode) replays its eager plan's bound launches."""
+    os.environ["LOTTALORA_ONE_PASS"] = "1"
+    import lottalora
+    from lottalora.ops import checks
+
+    checks.resolve_backend = lambda device: "triton"
+    layer = lottalora.Linear(256, 192, rank=8, alpha=4, seed=3).to(torch.bfloat16)
+    calls = []
+    for m in (1, 64):
+        x = torch.randn(m, 256, dtype=torch.bfloat16, requires_grad=True)
+        dy = torch.randn(m, 192, dtype=torch.bfloat16)
+        calls.append(lambda x=x, dy=dy: torch.autograd.backward(layer(x), dy))
+        calls.append(lambda x=x: layer(x.detach()))  # inference: the plan without an autograd node
+    return calls
+
+
 def main() -> None:
     assert os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
     os.environ["LOTTALORA_POISON_OUTPUTS"] = "0"
@@ -142,6 +160,13 @@ def main() -> None:
                             "direct": _record(calls, direct=True, exact_pointers=exact)}
             if name == "keywords":
                 result["keyword_entries"] = copy_kernel_entries() - entries
+        from lottalora.ops import eager
+
+        result["one_pass_layer"] = {"triton": _record(one_pass_layer_calls(), direct=False, exact_pointers=False),
+                                    "direct": _record(one_pass_layer_calls(), direct=True, exact_pointers=False)}
+        result["one_pass_plans"] = sum(1 for plan in eager._PLANS.values() if plan is not eager.NO_PLAN
+                                       and plan.forward.replay.bound.compiled is not None)
+        os.environ["LOTTALORA_ONE_PASS"] = "0"
         from lottalora_kernels.backbone_gen import _backbone_gen_v2_kernel
         result["generator_entries"] = sum(len(c.entries) for k, c in launch_module._CACHES.values()
                                           if k is _backbone_gen_v2_kernel)

@@ -1,0 +1,314 @@
+"""Eager plans (lottalora.ops.eager): a repeated seeded call replays its one-pass launch, gives what
+the full path gives, and never serves a call keyed otherwise. Interpreted here, with the Triton
+backend's one-pass regime switched on (LOTTALORA_ONE_PASS), where the plans form."""
+
+import numpy as np
+import pytest
+import torch
+
+import lottalora
+from lottalora.backbone import BackboneSpec
+from lottalora.ops import eager, seeded_linear, seeded_linear_ref
+from lottalora_kernels.seeded_linear import one_pass
+from tests.support.tolerances import assert_close
+
+IN, OUT, RANK = 37, 29, 3
+SPEC = BackboneSpec(5, 2, IN, OUT)
+
+
+@pytest.fixture(autouse=True)
+def one_pass_on(monkeypatch):
+    monkeypatch.setenv("LOTTALORA_BACKEND", "triton")
+    monkeypatch.setenv("LOTTALORA_ONE_PASS", "1")
+    eager.clear()
+    yield
+    eager.clear()
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """The calls that went the full way to the one-pass launchers (a replay does not)."""
+    calls = []
+    for name in ("one_pass_fwd", "one_pass_bwd_dx"):
+        real = getattr(one_pass, f"{name}_replayable")
+        monkeypatch.setattr(one_pass, f"{name}_replayable",
+                            lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+    return calls
+
+
+def _params(gen, dtype, rank=RANK, bias=True, grad=True):
+    a = torch.randn(rank, IN, generator=gen).to(dtype)
+    b = torch.randn(OUT, rank, generator=gen).to(dtype)
+    beta = torch.tensor([0.8], dtype=dtype)
+    bias_t = torch.randn(OUT, generator=gen).to(dtype) if bias else None
+    leaves = [t for t in (a, b, beta, bias_t) if t is not None]
+    for t in leaves:
+        t.requires_grad_(grad)
+    return a, b, beta, bias_t
+
+
+def _reference(x, a, b, beta, bias, scale, lora_input=None):
+    """The float64 reference's output and its leaves (for gradients)."""
+    leaves = [t.detach().double().requires_grad_() if t is not None else None
+              for t in (x, a, b, beta, bias, lora_input)]
+    return seeded_linear_ref(leaves[0], SPEC, *leaves[1:5], scale, leaves[5]), leaves
+
+
+def _plans():
+    return [p for p in eager._PLANS.values() if p is not eager.NO_PLAN]
+
+
+def _step(x, a, b, beta, bias, dy):
+    y = seeded_linear(x, SPEC, a, b, beta, bias, 0.5)
+    return (y, *torch.autograd.grad(y, (x, a, b, beta, bias), dy))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_repeated_calls_replay_one_plan_with_the_full_paths_bits(monkeypatch, launches, dtype):
+    """Fresh inputs every step: the replays' y and gradients equal, bit for bit, what the full
+    path (the call that makes a plan) gives on the same inputs, and the torch backend's values
+    (float32: the float64 reference's)."""
+    gen = torch.Generator().manual_seed(1)
+    a, b, beta, bias = _params(gen, dtype)
+    names = ["y", "dx", "dA", "dB", "dbeta", "dbias"]
+    for step in range(3):
+        x = torch.randn(2, 11, IN, generator=gen).to(dtype).requires_grad_()
+        dy = torch.randn(2, 11, OUT, generator=gen).to(dtype)
+        got = _step(x, a, b, beta, bias, dy)
+        if step:
+            plan = eager._PLANS.copy()
+            eager.clear()
+            full = _step(x, a, b, beta, bias, dy)  # makes a plan anew: Triton's own launch path
+            eager._PLANS.clear()
+            eager._PLANS.update(plan)
+            for name, g, f in zip(names, got, full, strict=True):
+                assert torch.equal(g, f), f"{name} at step {step}: the replay's bits are not the full path's"
+        if dtype == torch.float32:
+            want, leaves = _reference(x, a, b, beta, bias, 0.5)
+            wanted = (want, *torch.autograd.grad(want, leaves[:5], dy.double()))
+        else:
+            monkeypatch.setenv("LOTTALORA_BACKEND", "torch")
+            wanted = [t.double() for t in _step(x, a, b, beta, bias, dy)]
+            monkeypatch.setenv("LOTTALORA_BACKEND", "triton")
+        for name, g, w in zip(names, got, wanted, strict=True):
+            assert_close(g, w, dtype, f"{name} at step {step}")
+    assert launches == ["one_pass_fwd", "one_pass_bwd_dx"] * 3  # each step's first call; its replays none
+    assert len(_plans()) == 1
+
+
+def test_a_replayed_output_is_a_new_tensor_that_a_later_call_leaves_alone():
+    gen = torch.Generator().manual_seed(2)
+    a, b, beta, bias = _params(gen, torch.float32, grad=False)
+    x1, x2, x3 = (torch.randn(6, IN, generator=gen) for _ in range(3))
+    seeded_linear(x1, SPEC, a, b, beta, bias)  # makes the plan
+    y2 = seeded_linear(x2, SPEC, a, b, beta, bias)
+    kept = y2.clone()
+    y3 = seeded_linear(x3, SPEC, a, b, beta, bias)
+    assert y3.data_ptr() != y2.data_ptr()
+    assert torch.equal(y2, kept)
+    assert_close(y3, _reference(x3, a, b, beta, bias, 1.0)[0], torch.float32, "y3")
+
+
+def test_a_replay_allocates_poisoned_outputs(monkeypatch):
+    """A replay's outputs come from new_output (NaN under LOTTALORA_POISON_OUTPUTS), so an element
+    its launch did not write shows: with the launch skipped, all of them do."""
+    gen = torch.Generator().manual_seed(3)
+    a, b, beta, bias = _params(gen, torch.float32, grad=False)
+    x = torch.randn(4, IN, generator=gen)
+    seeded_linear(x, SPEC, a, b, beta, bias)
+    (plan,) = _plans()
+    monkeypatch.setattr(plan.forward.replay, "bound", lambda *args: None)
+    assert torch.isnan(seeded_linear(x, SPEC, a, b, beta, bias)).all()
+
+
+def _call(x, a, b, beta, bias, scale=1.0, lora_input=None):
+    return seeded_linear(x, SPEC, a, b, beta, bias, scale, lora_input)
+
+
+def _variants(gen):
+    """Calls that must each key apart from the first (and from one another)."""
+    a, b, beta, bias = _params(gen, torch.float32, grad=False)
+    x = torch.randn(5, IN, generator=gen)
+    wide = torch.randn(5, IN + 1, generator=gen)
+    a0, b0, _, _ = _params(gen, torch.float32, rank=0, grad=False)
+    return {
+        "first": lambda: _call(x, a, b, beta, bias),
+        "misaligned x": lambda: _call(wide[:, 1:], a, b, beta, bias),
+        "strided x": lambda: _call(torch.randn(IN, 5, generator=gen).T, a, b, beta, bias),
+        "other rows": lambda: _call(x[:4], a, b, beta, bias),
+        "3-D x": lambda: _call(x.reshape(1, 5, IN), a, b, beta, bias),
+        "scale": lambda: _call(x, a, b, beta, bias, 0.25),
+        "scale 0": lambda: _call(x, a, b, beta, bias, 0.0),
+        "no bias": lambda: _call(x, a, b, beta, None),
+        "rank 0": lambda: _call(x, a0, b0, beta, bias),
+        "no adapter": lambda: _call(x, None, None, beta, bias),
+        "lora_input": lambda: _call(x, a, b, beta, bias, lora_input=torch.randn(5, IN, generator=gen)),
+        "lora_input is x": lambda: _call(x, a, b, beta, bias, lora_input=x),
+        "x needs grad": lambda: _call(x.clone().requires_grad_(), a, b, beta, bias),
+        "bf16": lambda: _call(x.bfloat16(), a.bfloat16(), b.bfloat16(), beta.bfloat16(), bias.bfloat16()),
+    }
+
+
+def test_every_difference_that_a_launch_depends_on_keys_a_call_apart():
+    gen = torch.Generator().manual_seed(4)
+    variants = _variants(gen)
+    for name, call in variants.items():
+        before = len(eager._PLANS)
+        call()
+        assert len(eager._PLANS) == before + 1, f"{name}: keyed like an earlier call"
+        call()  # the same call again: its own key, not a new one
+        assert len(eager._PLANS) == before + 1, f"{name}: not keyed alike when repeated"
+
+
+def test_grad_mode_and_inference_mode_key_apart():
+    gen = torch.Generator().manual_seed(5)
+    a, b, beta, bias = _params(gen, torch.float32)
+    x = torch.randn(3, IN, generator=gen)
+    _call(x, a, b, beta, bias)
+    with torch.no_grad():
+        _call(x, a, b, beta, bias)
+    with torch.inference_mode():
+        y = _call(x, a, b, beta, bias)
+    keys = list(eager._PLANS)
+    assert len(keys) == 2 and keys[0] != keys[1]  # no_grad and inference_mode are both grad off
+    assert not y.requires_grad
+    assert _call(x, a, b, beta, bias).requires_grad  # the grad-mode plan runs its autograd node
+
+
+@pytest.mark.parametrize("variant", ["scale", "scale 0", "misaligned x", "lora_input", "lora_input is x", "rank 0",
+                                     "no bias", "3-D x", "strided x"])
+def test_each_variant_replayed_matches_the_reference(variant):
+    """A variant's second call (the replay) against the float64 reference."""
+    gen = torch.Generator().manual_seed(6)
+    a, b, beta, bias = _params(gen, torch.float32, grad=False)
+    a0, b0, _, _ = _params(gen, torch.float32, rank=0, grad=False)
+    calls = {
+        "scale": lambda x: (x, a, b, beta, bias, 0.25, None),
+        "scale 0": lambda x: (x, a, b, beta, bias, 0.0, None),
+        "misaligned x": lambda x: (torch.cat([x[:, :1], x], 1)[:, 1:], a, b, beta, bias, 1.0, None),
+        "lora_input": lambda x: (x, a, b, beta, bias, 1.0, torch.randn(x.shape, generator=gen)),
+        "lora_input is x": lambda x: (x, a, b, beta, bias, 1.0, x),
+        "rank 0": lambda x: (x, a0, b0, beta, bias, 1.0, None),
+        "no bias": lambda x: (x, a, b, beta, None, 1.0, None),
+        "3-D x": lambda x: (x.reshape(3, 3, IN), a, b, beta, bias, 1.0, None),
+        "strided x": lambda x: (x.T.contiguous().T, a, b, beta, bias, 1.0, None),
+    }
+    for _ in range(2):
+        args = calls[variant](torch.randn(9, IN, generator=gen))
+        y = _call(*args)
+        assert_close(y, _reference(*args)[0], torch.float32, variant)
+    assert len(_plans()) == 1
+
+
+def test_a_separate_lora_input_after_lora_input_as_x_is_not_served_by_its_plan():
+    """The kernels read x once when lora_input is x: a later call with the same layouts but a
+    lora_input of its own must get that input's adapter term."""
+    gen = torch.Generator().manual_seed(7)
+    a, b, beta, bias = _params(gen, torch.float32, grad=False)
+    x = torch.randn(4, IN, generator=gen)
+    _call(x, a, b, beta, bias, lora_input=x)
+    other = torch.randn(4, IN, generator=gen)
+    assert_close(_call(x, a, b, beta, bias, lora_input=other), _reference(x, a, b, beta, bias, 1.0, other)[0],
+                 torch.float32, "y")
+
+
+def test_the_settings_that_pick_the_path_are_read_at_every_call(monkeypatch, launches):
+    gen = torch.Generator().manual_seed(8)
+    a, b, beta, bias = _params(gen, torch.float32, grad=False)
+    x = torch.randn(4, IN, generator=gen)
+    _call(x, a, b, beta, bias)
+    _call(x, a, b, beta, bias)
+    assert launches == ["one_pass_fwd"]
+    monkeypatch.setenv("LOTTALORA_BACKEND", "torch")
+    _call(x, a, b, beta, bias)
+    monkeypatch.setenv("LOTTALORA_BACKEND", "triton")
+    monkeypatch.setenv("LOTTALORA_ONE_PASS", "0")
+    _call(x, a, b, beta, bias)
+    assert launches == ["one_pass_fwd"]  # neither went through the one-pass plan
+    assert len(_plans()) == 1
+
+
+def test_without_the_one_pass_regime_nothing_is_keyed(monkeypatch):
+    monkeypatch.setenv("LOTTALORA_ONE_PASS", "0")
+    gen = torch.Generator().manual_seed(9)
+    a, b, beta, bias = _params(gen, torch.float32, grad=False)
+    x = torch.randn(4, IN, generator=gen)
+    for _ in range(2):
+        _call(x, a, b, beta, bias)
+    assert not eager._PLANS
+
+
+def test_calls_the_plans_do_not_serve_are_not_keyed():
+    gen = torch.Generator().manual_seed(10)
+    a, b, beta, bias = _params(gen, torch.float32)
+    x = torch.randn(4, IN, generator=gen)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _call(x, a, b, beta, bias)
+    _call(x, a, b, beta, bias, 0.5)  # the control: keyed
+    assert len(eager._PLANS) == 1
+    eager.clear()
+    torch.func.grad(lambda t: _call(t, a, b, beta, bias).sum())(x)
+    torch.func.vmap(lambda t: _call(t, a, b, beta, bias))(x.reshape(2, 2, IN))
+    import torch.autograd.forward_ad as fwAD
+
+    with fwAD.dual_level():
+        _call(fwAD.make_dual(x, torch.randn_like(x)), a, b, beta, bias)
+    _call(x, a, b, beta, bias, scale=np.float32(0.5))  # a real number that is not a float or int
+    _call(x.to("meta"), a.to("meta"), b.to("meta"), beta.to("meta"), bias.to("meta"))
+    assert not eager._PLANS
+
+
+def test_bad_input_after_a_plan_still_gets_the_checks_error():
+    gen = torch.Generator().manual_seed(11)
+    a, b, beta, bias = _params(gen, torch.float32, grad=False)
+    x = torch.randn(4, IN, generator=gen)
+    _call(x, a, b, beta, bias)
+    with pytest.raises(ValueError, match="in_features"):
+        _call(torch.randn(4, IN + 1), a, b, beta, bias)
+    with pytest.raises((TypeError, ValueError), match="lora_A"):
+        _call(x, a.double(), b, beta, bias)
+    with pytest.raises(ValueError, match="bias"):
+        _call(x, a, b, beta, torch.randn(OUT + 1))
+
+
+def test_a_graph_building_backward_through_a_plan_matches_the_torch_backend(monkeypatch):
+    gen = torch.Generator().manual_seed(12)
+    a, b, beta, bias = _params(gen, torch.float32)
+    x = torch.randn(5, IN, generator=gen, requires_grad=True)
+    dy = torch.randn(5, OUT, generator=gen)
+    results = {}
+    for backend in ("torch", "triton"):
+        monkeypatch.setenv("LOTTALORA_BACKEND", backend)
+        for _ in range(2):  # the second call is the triton plan's replay
+            y = _call(x, a, b, beta, bias)
+            (dx,) = torch.autograd.grad(y, x, dy, create_graph=True)
+            results[backend] = torch.autograd.grad(dx.square().sum(), (a, beta))
+    assert len(_plans()) == 1
+    for name, g, want in zip(["dA", "dbeta"], results["triton"], results["torch"], strict=True):
+        assert_close(g, want.double(), torch.float32, name)
+
+
+def test_a_layer_trains_on_its_plan_as_on_the_torch_backend(monkeypatch):
+    """Steps of a lottalora.Linear with dropout on the adapter's input: the Triton steps (plans
+    from the second on) against the torch backend's from the same start."""
+    torch.manual_seed(13)
+    start = lottalora.Linear(IN, OUT, rank=RANK, seed=3, lora_dropout=0.1)
+    with torch.no_grad():
+        start.lora_B.normal_()
+    xs = [torch.randn(2, 6, IN) for _ in range(3)]
+    trained = {}
+    for backend in ("torch", "triton"):
+        monkeypatch.setenv("LOTTALORA_BACKEND", backend)
+        layer = lottalora.Linear(IN, OUT, rank=RANK, seed=3, lora_dropout=0.1)
+        layer.load_state_dict(start.state_dict())
+        opt = torch.optim.SGD(layer.parameters(), lr=0.05)
+        torch.manual_seed(14)  # the same dropout masks
+        for x in xs:
+            opt.zero_grad()
+            layer(x).square().mean().backward()
+            opt.step()
+        trained[backend] = layer.state_dict()
+    assert len(_plans()) == 1
+    for name, want in trained["torch"].items():
+        if want.is_floating_point():
+            assert_close(trained["triton"][name], want.double(), torch.float32, name)
