@@ -14,7 +14,8 @@ eager layer calls (forward, forward + backward; in the decode and one-pass regim
 in inference mode, as eager generation runs it) in the decode regime (M = 1), the two-phase
 regime (W in as many chunks as an N = K = 4096 bf16 layer gets on a GPU at M = 2048 and at
 M = 8192: two and one; with M = 2, sent there by lowering the decode threshold, since the host
-work depends on M only through the chunk count) and the one-pass regime, beside two stored-weight
+work depends on M only through the chunk count) and the one-pass regime (whose repeated calls
+replay their eager plans, ``lottalora.ops.eager``), beside two stored-weight
 baselines as users run them (``stored_layers``): nn.Linear with the LoRA products as nn.Linear
 modules, and PEFT's LoRA layer. Fastest of 31 batches interleaved over all cases, one thread. The
 baselines' aten ops run on the CPU on a (16 -> 16) layer, where they do almost no arithmetic:
@@ -288,7 +289,9 @@ def main(argv=None) -> int:
              "the seeded call makes the launches counted, the baselines one or more per aten op. The two-phase rows "
              "split W into as many chunks as an N = K = 4096 bf16 layer at the M named and take M = 2 rows: the "
              "host work depends on M only through the chunk count. The one-pass rows have the dispatch's one-pass "
-             "regime switched on (LOTTALORA_ONE_PASS=1): one launch per forward, one per input gradient, at every M.")
+             "regime switched on (LOTTALORA_ONE_PASS=1): one launch per forward, one per input gradient, at every M; "
+             "from a layer's second call at a shape on, its eager plan replays those launches without the call's "
+             "checks and dispatch (lottalora.ops.eager).")
     publish("host_time", rows, "\n".join(table), notes=notes, directory=args.out)
     return 0
 

@@ -17,6 +17,13 @@ holds the two paths' launches equal on a fake CUDA driver). Sizes and strides ar
 key, so a new shape costs one launch through Triton; a kernel's cache starts over past 4,096
 keys.
 
+``bind(kernel, grid, *args, **kwargs)`` launches as ``launch`` does and returns a
+``BoundLaunch``: called with new positional arguments, it calls the compiled kernel's launcher
+at once, without building the key, for a caller that keys its own calls at least as finely (the
+eager plans of ``lottalora.ops.eager``). What can change without the arguments changing (direct
+launches switched off, a launch hook, the current device, the knobs in Triton's key) is checked
+at every call and sends the launch through ``launch``.
+
 Falls back to ``kernel[grid]`` under the interpreter, while a Triton launch hook is registered
 (a profiler such as proton needs them; the direct launch passes none), for kernels with
 pre-run hooks, for arguments it does not key (positional ones other than tensors and plain

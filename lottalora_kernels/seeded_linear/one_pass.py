@@ -28,6 +28,12 @@ No program waits for another, so nothing can deadlock. The counters are one zero
 buffer per device and CUDA stream (``_tile_counters``), kept between launches: two launches
 that run at once must come from different streams.
 
+Replays: ``one_pass_fwd_replayable`` and ``one_pass_bwd_dx_replayable`` return, beside the
+results, a replay of their launch (``ForwardReplay``, ``InputGradReplay``) that allocates the
+outputs and the workspace anew and launches the bound kernel (``launch.bind``) on other tensors
+of the same layouts, without planning the launch again: what the eager plans of
+``lottalora.ops.eager`` run on a layer's repeated calls.
+
 Two implementations, one contract:
 - ``_one_pass_twin_kernel`` (plain Triton, here): the grid, row mapping (``warp_span_rows``),
   spans, split order and epilogue of the Gluon kernels, one weight per element (``v2_signs``);
