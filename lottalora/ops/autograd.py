@@ -112,11 +112,12 @@ def _first_order_grads(ctx, saved: tuple, dy: torch.Tensor) -> tuple:
     dx = dbeta = None
     if need_dx or need_dbeta:
         fused_dy_b, fused_A = (dy_b, lora_A) if need_dx and lora_into_dx else (None, None)
-        if ctx.plan is not None:
-            dx, dbeta = ctx.plan.input_grad(dy2d, fused_dy_b, fused_A, beta, x2d if need_dbeta else None, need_dx)
+        x_for_dbeta = x2d if need_dbeta else None
+        if ctx.plan is not None and custom_ops.direct_call_ok(dy2d, fused_dy_b, fused_A, beta, x_for_dbeta):
+            dx, dbeta = ctx.plan.input_grad(dy2d, fused_dy_b, fused_A, beta, x_for_dbeta, need_dx)
         else:
-            dx, dbeta = run_input_grad(dy2d, block, fused_dy_b, fused_A, beta, scale, x2d if need_dbeta else None,
-                                       need_dx, ctx.backend, packed)
+            dx, dbeta = run_input_grad(dy2d, block, fused_dy_b, fused_A, beta, scale, x_for_dbeta, need_dx,
+                                       ctx.backend, packed)
         if dx is not None and dx.shape != ctx.x_shape:
             dx = dx.reshape(ctx.x_shape)
         if dbeta is not None:
@@ -134,7 +135,10 @@ def _scaled_mm(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
     if scale == 1.0:
         return a @ b
     # beta=0: addmm ignores its input, so an uninitialised 0-dim tensor serves (no fill launch),
-    # kept per dtype and device: it is never read.
+    # kept per dtype and device (it is never read) where it is a plain tensor: one made under
+    # tracing (a fake tensor, a functorch wrapper) belongs to that trace.
+    if not custom_ops.direct_call_ok(a):
+        return torch.addmm(a.new_empty(()), a, b, beta=0, alpha=scale)
     ignored = _ADDMM_IGNORED.get((a.dtype, a.device))
     if ignored is None:
         ignored = _ADDMM_IGNORED[(a.dtype, a.device)] = a.new_empty(())

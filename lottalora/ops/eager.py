@@ -15,7 +15,12 @@ lora_input is x itself (the kernels read x once then); the spec
 (``LOTTALORA_BACKEND``, read at every call); and the dispatch's one-pass settings
 (``backend.replay_state``). Calls the plans do not serve are never keyed and take the full path
 every time: autocast, forward-mode AD, torch.func transforms, compiling, dispatch modes, tensor
-subclasses, meta tensors, a scale that is not a Python float or int. A key whose first call had
+subclasses, meta tensors, a scale that is not a Python float or int, a block of a layer (a
+``BackboneBlock``: tensor-parallel ranks make one per call). The input gradient's replays are
+keyed at each backward on dy's layout, the saved tensors' (a saved-tensor hook may hand back
+copies laid out otherwise) and the settings, and run only where the full path would call the
+implementation directly (``custom_ops.direct_call_ok``: not under compiled autograd or a
+dispatch mode). A key whose first call had
 no launch to replay (another regime or backend, a block of a layer) maps to ``NO_PLAN``. Since
 a plan exists only for a key whose first call passed ``check_seeded_call``, every call it serves
 is one those checks accept. What a launch reads besides its arguments (direct launches switched
@@ -28,6 +33,7 @@ from __future__ import annotations
 import torch
 from torch.autograd import forward_ad
 
+from ..backbone import BackboneSpec
 from . import backend as backends
 from . import checks
 from .autograd import SeededLinearFunction
@@ -55,11 +61,18 @@ def _tensor_key(t: torch.Tensor | None):
     return (t.shape, t.stride(), t.dtype, t.device, t.data_ptr() & 15, t.requires_grad)
 
 
+def _layout(t: torch.Tensor | None):
+    """What a bound launch assumes of a tensor argument beyond its values."""
+    if t is None:
+        return None
+    return (t.shape, t.stride(), t.dtype, t.device, t.data_ptr() & 15)
+
+
 def call_key(x, spec, lora_A, lora_B, beta, bias, scale, lora_input) -> tuple | None:
     """The key of a ``seeded_linear`` call (see the module docstring), or None when the plans do
     not serve it."""
-    if type(x) not in _PLAIN or type(scale) not in (float, int) or _dispatch_stack_depth is None \
-            or _is_functorch_wrapped is None:
+    if type(x) not in _PLAIN or type(spec) is not BackboneSpec or type(scale) not in (float, int) \
+            or _dispatch_stack_depth is None or _is_functorch_wrapped is None:
         return None
     device = x.device
     if device.type == "meta" or _is_compiling() or _dispatch_stack_depth() or forward_ad._current_level >= 0 \
@@ -122,8 +135,11 @@ class EagerPlan:
         """``backend.input_grad``'s (dx, dbeta) on the first-order backward's arguments, replayed
         where a call keyed alike made its launch before (dy's layout is the key: the forward's
         key fixes the rest)."""
-        key = (dy.shape, dy.stride(), dy.dtype, dy.device, dy.data_ptr() & 15, dy_b is None, x_for_dbeta is None,
-               need_dx)
+        # The saved tensors' layouts too: a saved-tensor hook (offloading, save_on_cpu) may give
+        # back a copy laid out otherwise than the forward's input. And the settings, read now as
+        # the full path reads them in each backward.
+        key = (_layout(dy), dy_b is None, _layout(lora_A), _layout(beta), _layout(x_for_dbeta), need_dx,
+               backends.replay_state())
         replay = self.input_grads.get(key)
         if replay is not None:
             return replay(dy, dy_b, lora_A, beta, x_for_dbeta)

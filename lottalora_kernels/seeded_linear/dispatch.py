@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import torch
 
+from ..dtypes import fp32_input_precision
 from ..environment import flag
 from ..launch import direct_launches
 from . import decode, one_pass, one_pass_v1, two_phase
@@ -48,10 +49,10 @@ def one_pass_enabled() -> bool:
 def replay_state() -> tuple | None:
     """None while no regime's call is a single launch that a caller may replay (the one-pass
     regime off), else what a replay made now depends on, for the key of a replayed call
-    (``lottalora.ops.eager``): the setting that caps the one-pass regime (``ONE_PASS_MAX_M``)
-    and whether launches are direct (a replay bound while they were not launches through Triton
-    every time)."""
-    return (ONE_PASS_MAX_M, direct_launches()) if one_pass_enabled() else None
+    (``lottalora.ops.eager``): the setting that caps the one-pass regime (``ONE_PASS_MAX_M``),
+    whether launches are direct (a replay bound while they were not launches through Triton
+    every time) and float32's tensor-core precision (a constexpr of the launch)."""
+    return (ONE_PASS_MAX_M, direct_launches(), fp32_input_precision()) if one_pass_enabled() else None
 
 
 def _v1_regime(m: int, dtype: torch.dtype | None, on_gpu: bool) -> str:

@@ -312,3 +312,97 @@ def test_a_layer_trains_on_its_plan_as_on_the_torch_backend(monkeypatch):
     for name, want in trained["torch"].items():
         if want.is_floating_point():
             assert_close(trained["triton"][name], want.double(), torch.float32, name)
+
+
+def test_a_saved_tensor_hook_that_copies_x_gets_the_input_gradient_of_the_copy():
+    """save_on_cpu and offloading hooks give the backward a contiguous copy of a strided or
+    misaligned x: its input-gradient launch must not be a replay bound to the other layout."""
+    gen = torch.Generator().manual_seed(15)
+    a, b, beta, bias = _params(gen, torch.float32)
+    big = torch.randn(8, IN + 11, generator=gen)
+    dy = torch.randn(8, OUT, generator=gen)
+    for x in (big[:, :IN], big[:, 1:IN + 1]):  # strided, then misaligned too
+        eager.clear()
+        for hooked in (False, True, False):
+            leaf = x.detach().requires_grad_()
+            copy = (lambda t: t.clone(), lambda t: t) if hooked else (lambda t: t, lambda t: t)
+            with torch.autograd.graph.saved_tensors_hooks(*copy):
+                y = _call(leaf, a, b, beta, bias, 0.5)
+            grads = torch.autograd.grad(y, (leaf, a, beta), dy)
+            want, leaves = _reference(leaf, a, b, beta, bias, 0.5)
+            wanted = torch.autograd.grad(want, (leaves[0], leaves[1], leaves[3]), dy.double())
+            for name, g, w in zip(["dx", "dA", "dbeta"], grads, wanted, strict=True):
+                assert_close(g, w, torch.float32, f"{name}, hooked={hooked}")
+
+
+def test_a_backward_under_a_dispatch_mode_goes_through_the_registered_op():
+    """A forward replayed eagerly, its backward under a dispatch mode (a FLOP counter, compiled
+    autograd's tracing): the mode sees the input-gradient op, as on the full path."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Seen(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    gen = torch.Generator().manual_seed(16)
+    a, b, beta, bias = _params(gen, torch.float32)
+    x = torch.randn(4, IN, generator=gen, requires_grad=True)
+    for _ in range(2):
+        y = _call(x, a, b, beta, bias)
+    assert len(_plans()) == 1
+    with Seen() as seen:
+        (dx,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    assert any("lottalora" in op for op in seen.ops), seen.ops
+    want, leaves = _reference(x, a, b, beta, bias, 1.0)
+    assert_close(dx, torch.autograd.grad(want, leaves[0], torch.ones_like(want))[0], torch.float32, "dx")
+
+
+def test_a_fake_trace_leaves_eager_backwards_working():
+    """make_fx with fake tensors runs the backward's addmm on fake tensors; nothing it makes may be
+    kept for later eager calls."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    gen = torch.Generator().manual_seed(17)
+    a, b, beta, bias = _params(gen, torch.float32)
+    x = torch.randn(4, IN, generator=gen)
+
+    def step(x, a, b, beta, bias):
+        return torch.autograd.grad(_call(x, a, b, beta, bias, 0.5).sum(), (a, b))
+
+    make_fx(step, tracing_mode="fake")(x, a, b, beta, bias)
+    got = step(x, a, b, beta, bias)
+    want, leaves = _reference(x, a, b, beta, bias, 0.5)
+    for g, w in zip(got, torch.autograd.grad(want.sum(), (leaves[1], leaves[2])), strict=True):
+        assert_close(g, w, torch.float32, "dA, dB")
+
+
+def test_tensor_parallel_blocks_are_not_keyed():
+    """A rank's block is a new BackboneBlock at every call: plans would never be reused."""
+    from lottalora.ops import seeded_linear_shard
+
+    gen = torch.Generator().manual_seed(18)
+    a, b, beta, bias = _params(gen, torch.float32, grad=False)
+    x = torch.randn(4, IN, generator=gen)
+    for _ in range(2):
+        seeded_linear_shard(x, SPEC, (0, OUT), (0, IN), a, b, beta, bias, 1.0)
+    assert not eager._PLANS
+
+
+def test_float32_matmul_precision_keys_apart():
+    """The one-pass launch takes float32's tensor-core precision as a constexpr."""
+    gen = torch.Generator().manual_seed(19)
+    a, b, beta, bias = _params(gen, torch.float32, grad=False)
+    x = torch.randn(4, IN, generator=gen)
+    saved = torch.get_float32_matmul_precision()
+    try:
+        for precision in ("highest", "high", "highest"):
+            torch.set_float32_matmul_precision(precision)
+            _call(x, a, b, beta, bias)
+    finally:
+        torch.set_float32_matmul_precision(saved)
+    assert len(_plans()) == 2
