@@ -137,14 +137,13 @@ def input_grad(
                                             x_for_dbeta, need_dx)
 
 
-def replay_state() -> tuple | None:
-    """What decides whether a call may replay a kernel launch (``lottalora.ops.eager``), read now:
-    None while no regime makes one (the one-pass regime off), else the dispatch's settings that
-    choose it (a key's part: a plan made under other settings is not reused)."""
+def replay_state() -> tuple:
+    """What decides whether a replay of a call's kernel launches still applies
+    (``lottalora.ops.eager``), read now: the dispatch's settings that choose the regime and the
+    launch (a key's part: a plan made under other settings is not reused). Asked for Triton-backend
+    calls only."""
     global _DISPATCH
     if _DISPATCH is None:
-        if not _TRITON_INSTALLED or not flag("LOTTALORA_ONE_PASS"):
-            return None  # asked before importing the kernels (which import Triton)
         from lottalora_kernels.seeded_linear import dispatch
 
         _DISPATCH = dispatch
@@ -160,7 +159,8 @@ def forward_replayable(
 ) -> tuple[torch.Tensor, torch.Tensor | None, object | None]:
     """``forward``'s (y, xa) without packed signs, and a replay of its one launch, ``replay(x,
     lora_A, lora_B, beta, bias, lora_x) -> (y, xa)`` for calls keyed alike, where there is one
-    (the Triton backend's one-pass regime on a whole layer); None elsewhere."""
+    (the Triton backend's one-pass regime, or its decode regime at M <= 32, on a whole layer);
+    None elsewhere."""
     if backend == "triton" and block.is_whole:
         spec = block.spec
         return _kernels().seeded_linear_fwd_replayable(

@@ -3,16 +3,17 @@
 An eager call of ``seeded_linear`` checks its arguments, picks the backend, the autograd route
 and the regime, and plans its kernel launch: tens of microseconds of Python, the same for every
 call of a layer at one shape (``benchmarks.host_time``; benchmarks/NOTES.md, "Host time"). Where
-the call's work is one direct kernel launch (the Triton backend's one-pass regime on a whole
-layer, forward and input gradient), the first call with a given key makes an ``EagerPlan`` and
-later calls with that key run it: allocate the outputs, launch the compiled kernel (through the
+the call's work is kernel launches with nothing between them (the Triton backend on a whole
+layer: the one-pass regime's forward and input gradient, one launch each; the decode regime's
+forward at up to 32 rows, two), the first call with a given key makes an ``EagerPlan`` and
+later calls with that key run it: allocate the outputs, launch the compiled kernels (through the
 autograd node when something needs a gradient).
 
 The key (``call_key``) holds everything those decisions read: each tensor's shape, strides,
 dtype, device, 16-byte alignment (Triton specializes on it) and requires_grad; whether
 lora_input is x itself (the kernels read x once then); the spec
 (by identity: the plan holds it, and a spec is frozen); scale; the grad mode; the backend
-(``LOTTALORA_BACKEND``, read at every call); and the dispatch's one-pass settings
+(``LOTTALORA_BACKEND``, read at every call); and the dispatch's settings
 (``backend.replay_state``). Calls the plans do not serve are never keyed and take the full path
 every time: autocast, forward-mode AD, torch.func transforms, compiling, dispatch modes, tensor
 subclasses, meta tensors, a scale that is not a Python float or int, a block of a layer (a
@@ -82,8 +83,6 @@ def call_key(x, spec, lora_A, lora_B, beta, bias, scale, lora_input) -> tuple | 
     if backend != "triton":
         return None
     state = backends.replay_state()
-    if state is None:
-        return None
     parts = tuple(map(_tensor_key, (x, lora_A, lora_B, beta, bias, lora_input)))
     if False in parts:
         return None

@@ -40,6 +40,9 @@ The input gradient has the same pair: ``_seeded_decode_dx_kernel`` (Gluon, same 
 twin, read back the same way with one-hot dy. Past 32 rows the launcher runs 32 rows per launch
 (a 64-wide accumulator spills), regenerating W each time; the dispatch leaves M > 32 to the
 other regimes (measurements and counts: benchmarks/NOTES.md). Stream v1 is not served here.
+``decode_fwd_replayable`` also returns a replay of a forward's two launches
+(``DecodeForwardReplay``: outputs and partial sums allocated anew, the bound kernels launched),
+which the eager plans of ``lottalora.ops.eager`` run on a layer's repeated calls.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ import triton.language as tl
 from ..allocation import new_output
 from ..dtypes import TL_DTYPES, dot_dtype, fp32_input_precision
 from ..gluon import gl, gluon_available, gluon_jit, run_fast_path
+from ..launch import bind as bind_launch
 from ..launch import launch
 from ..runtime import capability_major, cdiv, is_interpreting, launch_sm_count, narrowed
 from ..stream import spec
@@ -287,12 +291,14 @@ def launch_splits(n_spans: int, split_k: int) -> tuple[int, int]:
 def _partial_products(
     a: torch.Tensor, *, transposed: bool, n_out: int, seed: int, stream: int, fast: bool | None,
     num_warps: int | None, split_k: int | None, lora_A: torch.Tensor | None = None, lora_x: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    bind: bool = False,
+):
     """Kernel 1 of either direction: (splits, M, n_out) float32 partial sums of a @ W_signs^T
     (forward, a = x) or of a @ W_signs (input gradient, ``transposed``, a = dy); with
     ``lora_A`` (rank, K) (forward only), also (splits, M, rank) float32 partial sums of
     lora_x @ lora_A^T (lora_x: (M, K), a when None), made by extra programs beside the
-    backbone's, else None."""
+    backbone's, else None. With ``bind`` (forward only), a third result: the launch's
+    ``launch.BoundLaunch`` and its scalar arguments."""
     M, n_red = a.shape
     fast = use_fast_path(a) if fast is None else fast
     if num_warps is None:
@@ -315,21 +321,25 @@ def _partial_products(
         xa_partial = new_output((split_k, M, rank), torch.float32, a.device) if rank else None
         a_strides = tuple(lora_A.stride()) if rank else (0, 0)
         xl = lora_x if lora_x is not None else a
-        args = (a, partial, xl, lora_A if rank else a, xa_partial if rank else partial, M, N, K, rank,
-                a.stride(0), a.stride(1), xl.stride(0), xl.stride(1), *a_strides, *scalars, n_row_blocks)
+        fwd_scalars = (M, N, K, rank, a.stride(0), a.stride(1), xl.stride(0), xl.stride(1), *a_strides, *scalars,
+                       n_row_blocks)
+        args = (a, partial, xl, lora_A if rank else a, xa_partial if rank else partial, *fwd_scalars)
         grid = (n_row_blocks + cdiv(rank, _XA_ROWS_PER_WARP * num_warps), split_k)
+    launch_fn = bind_launch if bind else launch
 
     def launch_fast():
-        launch(fast_kernel, grid, *args, NUM_WARPS=num_warps, M_PAD=_m_pad(M), DTYPE=TL_DTYPES[a.dtype],
-               num_warps=num_warps)
+        return launch_fn(fast_kernel, grid, *args, NUM_WARPS=num_warps, M_PAD=_m_pad(M), DTYPE=TL_DTYPES[a.dtype],
+                         num_warps=num_warps)
 
     def launch_twin():
-        launch(twin_kernel, grid, *args, NUM_WARPS=num_warps, M_PAD=max(16, _m_pad(M)),
-               DOT_DTYPE=dot_dtype(a.dtype), INPUT_PRECISION=fp32_input_precision(), num_warps=num_warps)
+        return launch_fn(twin_kernel, grid, *args, NUM_WARPS=num_warps, M_PAD=max(16, _m_pad(M)),
+                         DOT_DTYPE=dot_dtype(a.dtype), INPUT_PRECISION=fp32_input_precision(), num_warps=num_warps)
     if fast:
-        run_fast_path("seeded_decode_dx" if transposed else "seeded_decode", launch_fast, launch_twin)
+        bound = run_fast_path("seeded_decode_dx" if transposed else "seeded_decode", launch_fast, launch_twin)
     else:
-        launch_twin()
+        bound = launch_twin()
+    if bind:
+        return partial, xa_partial, (bound, fwd_scalars)
     return partial, xa_partial
 
 
@@ -366,6 +376,58 @@ def decode_fwd(
         seeded_epilogue(partial, narrowed(out, 0, r0, r1), beta=beta, value_scale=spec.backbone_std(K), lo=xa_partial,
                         lmat=lora_B, lora_scale=scale, bias=bias, lo_out=narrowed(xa, 0, r0, r1) if rank else None)
     return out, xa
+
+
+def decode_fwd_replayable(
+    x: torch.Tensor, *, seed: int, stream: int, out_features: int, lora_A: torch.Tensor | None,
+    lora_B: torch.Tensor | None, beta: torch.Tensor, bias: torch.Tensor | None, scale: float,
+    lora_x: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, DecodeForwardReplay | None]:
+    """``decode_fwd``'s (y, xa), and a ``DecodeForwardReplay`` that makes the same two launches on
+    other tensors keyed alike, where the call was one row chunk (M <= MAX_M) that launched;
+    else None."""
+    M, K = x.shape
+    if M == 0 or M > MAX_M or out_features == 0:
+        y, xa = decode_fwd(x, seed=seed, stream=stream, out_features=out_features, lora_A=lora_A, lora_B=lora_B,
+                           beta=beta, bias=bias, scale=scale, lora_x=lora_x)
+        return y, xa, None
+    rank = lora_A.shape[0] if lora_A is not None else 0
+    out = new_output((M, out_features), x.dtype, x.device)
+    xa = new_output((M, rank), x.dtype, x.device) if lora_A is not None else None
+    partial, xa_partial, (products, product_scalars) = _partial_products(
+        x, transposed=False, n_out=out_features, seed=seed, stream=stream, fast=None, num_warps=None, split_k=None,
+        lora_A=lora_A, lora_x=lora_x, bind=True)
+    _, epilogue = seeded_epilogue(partial, out, beta=beta, value_scale=spec.backbone_std(K), lo=xa_partial,
+                                  lmat=lora_B, lora_scale=scale, bias=bias, lo_out=xa if rank else None, bind=True)
+    return out, xa, DecodeForwardReplay(products, product_scalars, epilogue, out.shape, xa.shape if xa is not None
+                                        else None, tuple(partial.shape), rank)
+
+
+class DecodeForwardReplay:
+    """``decode_fwd_replayable``'s two launches again: ``replay(x, lora_A, lora_B, beta, bias,
+    lora_x) -> (y, xa)`` on tensors with the first call's shapes, strides, dtypes, device and
+    16-byte alignment (lora_x given or not as there; ``lottalora.ops.eager`` keys its calls on
+    that). Allocates the outputs and the partial sums and launches the compiled kernels directly."""
+
+    __slots__ = ("products", "product_scalars", "epilogue", "out_shape", "xa_shape", "partial_shape", "rank")
+
+    def __init__(self, products, product_scalars: tuple, epilogue, out_shape, xa_shape, partial_shape, rank: int):
+        self.products, self.product_scalars, self.epilogue = products, product_scalars, epilogue
+        self.out_shape, self.xa_shape, self.partial_shape, self.rank = out_shape, xa_shape, partial_shape, rank
+
+    def __call__(self, x, lora_A, lora_B, beta, bias, lora_x):
+        device = x.device
+        out = new_output(self.out_shape, x.dtype, device)
+        xa = new_output(self.xa_shape, x.dtype, device) if self.xa_shape is not None else None
+        partial = new_output(self.partial_shape, torch.float32, device)
+        if self.rank:
+            xa_partial = new_output((self.partial_shape[0], self.partial_shape[1], self.rank), torch.float32, device)
+            self.products(x, partial, lora_x if lora_x is not None else x, lora_A, xa_partial, *self.product_scalars)
+            self.epilogue(partial, out, xa_partial, lora_B, bias, beta, None, xa)
+        else:
+            self.products(x, partial, lora_x if lora_x is not None else x, x, partial, *self.product_scalars)
+            self.epilogue(partial, out, None, None, bias, beta, None, None)
+        return out, xa
 
 
 def decode_bwd_dx(

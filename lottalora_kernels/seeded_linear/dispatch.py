@@ -46,13 +46,13 @@ def one_pass_enabled() -> bool:
     return flag("LOTTALORA_ONE_PASS")
 
 
-def replay_state() -> tuple | None:
-    """None while no regime's call is a single launch that a caller may replay (the one-pass
-    regime off), else what a replay made now depends on, for the key of a replayed call
-    (``lottalora.ops.eager``): the setting that caps the one-pass regime (``ONE_PASS_MAX_M``),
-    whether launches are direct (a replay bound while they were not launches through Triton
-    every time) and float32's tensor-core precision (a constexpr of the launch)."""
-    return (ONE_PASS_MAX_M, direct_launches(), fp32_input_precision()) if one_pass_enabled() else None
+def replay_state() -> tuple:
+    """What a replay of a call's launches made now depends on besides the call's tensors and
+    arguments, for the key of a replayed call (``lottalora.ops.eager``): the settings that pick
+    the regime (the one-pass switch, ``ONE_PASS_MAX_M``, ``DECODE_MAX_M``), whether launches are
+    direct (a replay bound while they were not launches through Triton every time) and float32's
+    tensor-core precision (a constexpr of the launches)."""
+    return one_pass_enabled(), ONE_PASS_MAX_M, DECODE_MAX_M, direct_launches(), fp32_input_precision()
 
 
 def _v1_regime(m: int, dtype: torch.dtype | None, on_gpu: bool) -> str:
@@ -172,11 +172,16 @@ def seeded_linear_fwd_replayable(
     lora_A: torch.Tensor | None, lora_B: torch.Tensor | None, beta: torch.Tensor, bias: torch.Tensor | None,
     scale: float, lora_x: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, object | None]:
-    """``seeded_linear_fwd``'s (y, xa), and a replay of its launch, ``replay(x, lora_A, lora_B,
+    """``seeded_linear_fwd``'s (y, xa), and a replay of its launches, ``replay(x, lora_A, lora_B,
     beta, bias, lora_x) -> (y, xa)``, for later calls with tensors keyed alike and the same
-    other arguments, made where the regime is one launch (one_pass: ``one_pass.ForwardReplay``);
-    None elsewhere (the other regimes' calls go through their launchers every time)."""
-    if forward_regime(version, x.shape[0], x.dtype, x.is_cuda) == "one_pass":
+    other arguments, made where the regime's launches have nothing between them (one_pass:
+    ``one_pass.ForwardReplay``; decode, one row chunk: ``decode.DecodeForwardReplay``); None
+    elsewhere (the other regimes' calls go through their launchers every time)."""
+    regime = forward_regime(version, x.shape[0], x.dtype, x.is_cuda)
+    if regime == "decode":
+        return decode.decode_fwd_replayable(x, seed=seed, stream=stream, out_features=out_features, lora_A=lora_A,
+                                            lora_B=lora_B, beta=beta, bias=bias, scale=scale, lora_x=lora_x)
+    if regime == "one_pass":
         return one_pass.one_pass_fwd_replayable(x, seed=seed, stream=stream, in_features=x.shape[1],
                                                 rows=(0, out_features), cols=(0, x.shape[1]), lora_A=lora_A,
                                                 lora_B=lora_B, beta=beta, bias=bias, scale=scale, lora_x=lora_x)

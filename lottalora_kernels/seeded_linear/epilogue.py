@@ -20,6 +20,7 @@ import triton.language as tl
 
 from ..allocation import new_output
 from ..dtypes import round_to
+from ..launch import bind as bind_launch
 from ..launch import launch
 from ..runtime import cdiv, launch_sm_count, next_power_of_2
 
@@ -126,9 +127,11 @@ def seeded_epilogue(
     acc: torch.Tensor, out: torch.Tensor | None, *, beta: torch.Tensor, value_scale: float,
     lo: torch.Tensor | None = None, lmat: torch.Tensor | None = None, lora_scale: float = 0.0,
     bias: torch.Tensor | None = None, x_for_dbeta: torch.Tensor | None = None, lo_out: torch.Tensor | None = None,
-) -> torch.Tensor | None:
+    bind: bool = False,
+):
     """Apply the epilogue; returns the dbeta partial sums (row blocks, column blocks) float32, or
-    None (their sum is value_scale * <x, acc>).
+    None (their sum is value_scale * <x, acc>). With ``bind``: (those, an ``EpilogueReplay`` of
+    this launch, or None where it launched nothing).
 
     acc: (splits, M, N) or (M, N), any strides; out: (M, N) or None (dbeta only); lo: (M, R),
     or (lo_splits, M, R) float32 partial sums of it, and lmat: (N, R), or None; bias: (N,) or
@@ -150,25 +153,51 @@ def seeded_epilogue(
     m_blocks, n_blocks = cdiv(M, block_m), cdiv(N, block_n)
     dbeta = new_output((m_blocks, n_blocks), torch.float32, acc.device) if x_for_dbeta is not None else None
     if M == 0 or N == 0:
-        return dbeta.zero_() if dbeta is not None else None
+        dbeta = dbeta.zero_() if dbeta is not None else None
+        return (dbeta, None) if bind else dbeta
     dummy = acc
 
     def strides(t, n):
         return tuple(t.stride()) if t is not None else (0,) * n
-    launch(
+    scalars = (M, N, R, n_splits, lo_splits, *acc.stride(), *strides(lo if has_lora else None, 3),
+               *strides(lmat if has_lora else None, 2), *strides(out, 2), *strides(x_for_dbeta, 2), value_scale,
+               lora_scale)
+    bound = (bind_launch if bind else launch)(
         _seeded_epilogue_kernel, (m_blocks, n_blocks),
         acc, lo if has_lora else dummy, lmat if has_lora else dummy, bias if bias is not None else dummy, beta,
         out if out is not None else dummy, x_for_dbeta if x_for_dbeta is not None else dummy,
-        dbeta if dbeta is not None else dummy, lo_out if lo_out is not None else dummy,
-        M, N, R, n_splits, lo_splits, *acc.stride(),
-        *strides(lo if has_lora else None, 3), *strides(lmat if has_lora else None, 2),
-        *strides(out, 2), *strides(x_for_dbeta, 2), value_scale, lora_scale,
+        dbeta if dbeta is not None else dummy, lo_out if lo_out is not None else dummy, *scalars,
         HAS_LORA=has_lora, HAS_BIAS=bias is not None, WRITE_OUT=out is not None, DBETA=dbeta is not None,
         WRITE_LO=lo_out is not None, BLOCK_M=block_m, BLOCK_N=block_n,
         SPLIT_BLOCK=split_block(n_splits, block_m * block_n), LO_SPLIT_BLOCK=next_power_of_2(lo_splits),
         R_UNROLL=R_UNROLL,
     )
-    return dbeta
+    if not bind:
+        return dbeta
+    return dbeta, EpilogueReplay(bound, scalars, (m_blocks, n_blocks) if x_for_dbeta is not None else None)
+
+
+class EpilogueReplay:
+    """``seeded_epilogue``'s launch again on tensors laid out as the bound call's (the caller's
+    key vouches for it: acc's and lo's shapes and strides, the same optional tensors given):
+    ``replay(acc, out, lo, lmat, bias, beta, x_for_dbeta, lo_out) -> dbeta partials or None``,
+    lo and lmat given where the bound call had a LoRA term. Absent tensors are replaced by acc,
+    as ``seeded_epilogue`` does."""
+
+    __slots__ = ("bound", "scalars", "dbeta_shape")
+
+    def __init__(self, bound, scalars: tuple, dbeta_shape: tuple[int, int] | None):
+        self.bound, self.scalars, self.dbeta_shape = bound, scalars, dbeta_shape
+
+    def __call__(self, acc, out, lo, lmat, bias, beta, x_for_dbeta, lo_out):
+        dbeta = new_output(self.dbeta_shape, torch.float32, acc.device) if self.dbeta_shape is not None else None
+        if lo is not None and lo.dim() == 2:
+            lo = lo.unsqueeze(0)
+        self.bound(acc, lo if lo is not None else acc, lmat if lmat is not None else acc,
+                   bias if bias is not None else acc, beta, out if out is not None else acc,
+                   x_for_dbeta if x_for_dbeta is not None else acc, dbeta if dbeta is not None else acc,
+                   lo_out if lo_out is not None else acc, *self.scalars)
+        return dbeta
 
 
 def dbeta_total(partials: list[torch.Tensor], device: torch.device) -> torch.Tensor:

@@ -58,6 +58,11 @@ def test_runtime_parameters_by_keyword_are_not_cached(probe):
 def test_layer_step_launches_its_kernels(probe):
     names = [launch[0] for launch in probe["layer"]["triton"][1]]  # M = 64: two-phase
     assert names.count("_seeded_epilogue_kernel") == 2 and names.count("_backbone_gen_v2_twin_kernel") == 2
+    # M = 1: decode, whose forward's two launches the direct run replayed from its eager plan
+    # (equal to Triton's above).
+    assert [launch[0] for launch in probe["layer"]["triton"][0]][:2] == ["_seeded_decode_fwd_twin_kernel",
+                                                                         "_seeded_epilogue_kernel"]
+    assert probe["decode_plans"] == 1
 
 
 def test_one_pass_layer_steps_replay_their_plans(probe):

@@ -225,17 +225,20 @@ def test_the_settings_that_pick_the_path_are_read_at_every_call(monkeypatch, lau
     monkeypatch.setenv("LOTTALORA_ONE_PASS", "0")
     _call(x, a, b, beta, bias)
     assert launches == ["one_pass_fwd"]  # neither went through the one-pass plan
-    assert len(_plans()) == 1
+    assert len(_plans()) == 2  # the one-pass plan, and the decode regime's now that one-pass is off
 
 
-def test_without_the_one_pass_regime_nothing_is_keyed(monkeypatch):
+def test_a_regime_with_work_between_its_launches_keys_no_plan(monkeypatch):
+    """Two-phase (M past the decode regime's 32 rows, one-pass off): W chunks, GEMMs, epilogues;
+    its key maps to NO_PLAN and its calls take the full path."""
     monkeypatch.setenv("LOTTALORA_ONE_PASS", "0")
     gen = torch.Generator().manual_seed(9)
     a, b, beta, bias = _params(gen, torch.float32, grad=False)
-    x = torch.randn(4, IN, generator=gen)
+    x = torch.randn(33, IN, generator=gen)
     for _ in range(2):
-        _call(x, a, b, beta, bias)
-    assert not eager._PLANS
+        y = _call(x, a, b, beta, bias)
+    assert list(eager._PLANS.values()) == [eager.NO_PLAN]
+    assert_close(y, _reference(x, a, b, beta, bias, 1.0)[0], torch.float32, "y")
 
 
 def test_calls_the_plans_do_not_serve_are_not_keyed():
@@ -406,3 +409,70 @@ def test_float32_matmul_precision_keys_apart():
     finally:
         torch.set_float32_matmul_precision(saved)
     assert len(_plans()) == 2
+
+
+@pytest.fixture
+def decode_launches(monkeypatch):
+    """Calls that went the full way to the decode forward's launcher (a replay does not)."""
+    from lottalora_kernels.seeded_linear import decode
+
+    monkeypatch.setenv("LOTTALORA_ONE_PASS", "0")
+    calls = []
+    real = decode.decode_fwd_replayable
+    monkeypatch.setattr(decode, "decode_fwd_replayable", lambda *a, **k: calls.append("decode_fwd") or real(*a, **k))
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("m,variant", [(1, "lora"), (7, "rank 0"), (32, "no bias"), (5, "lora_input"),
+                                       (3, "no adapter")])
+def test_decode_forwards_replay_two_launches_with_the_full_paths_bits(monkeypatch, decode_launches, dtype, m,
+                                                                       variant):
+    """The decode regime (one-pass off, M <= 32): a forward's two launches (partial products
+    with x @ A^T, then the epilogue) replayed on fresh inputs give the full path's bits, and the
+    float64 reference's values (bf16: the torch backend's)."""
+    gen = torch.Generator().manual_seed(20)
+    a, b, beta, bias = _params(gen, dtype, rank=0 if variant == "rank 0" else RANK, bias=variant != "no bias",
+                               grad=False)
+    if variant == "no adapter":
+        a = b = None
+    for step in range(3):
+        x = torch.randn(m, IN, generator=gen).to(dtype)
+        lora_input = torch.randn(m, IN, generator=gen).to(dtype) if variant == "lora_input" else None
+        got = _call(x, a, b, beta, bias, 0.5, lora_input)
+        if step:
+            plans = eager._PLANS.copy()
+            eager.clear()
+            full = _call(x, a, b, beta, bias, 0.5, lora_input)
+            eager._PLANS.clear()
+            eager._PLANS.update(plans)
+            assert torch.equal(got, full), f"step {step}: the replay's bits are not the full path's"
+        if dtype == torch.float32:
+            want = _reference(x, a, b, beta, bias, 0.5, lora_input)[0]
+        else:
+            monkeypatch.setenv("LOTTALORA_BACKEND", "torch")
+            want = _call(x, a, b, beta, bias, 0.5, lora_input).double()
+            monkeypatch.setenv("LOTTALORA_BACKEND", "triton")
+        assert_close(got, want, dtype, f"y at step {step}")
+    assert decode_launches == ["decode_fwd"] * 3  # each step's first call; its replays none
+    assert len(_plans()) == 1
+
+
+def test_a_decode_training_step_replays_its_forward_and_matches_the_torch_backend(monkeypatch, decode_launches):
+    """Forward through the plan's node, backward through the decode regime's full path."""
+    gen = torch.Generator().manual_seed(21)
+    a, b, beta, bias = _params(gen, torch.float32)
+    results = {}
+    xs = [torch.randn(2, 3, IN, generator=gen) for _ in range(3)]
+    dys = [torch.randn(2, 3, OUT, generator=gen) for _ in range(3)]
+    for backend in ("torch", "triton"):
+        monkeypatch.setenv("LOTTALORA_BACKEND", backend)
+        results[backend] = []
+        for x, dy in zip(xs, dys, strict=True):
+            leaf = x.clone().requires_grad_()
+            y = _call(leaf, a, b, beta, bias, 0.5)
+            results[backend].append((y, *torch.autograd.grad(y, (leaf, a, b, beta, bias), dy)))
+    assert decode_launches == ["decode_fwd"]
+    for got, want in zip(results["triton"], results["torch"], strict=True):
+        for name, g, w in zip(["y", "dx", "dA", "dB", "dbeta", "dbias"], got, want, strict=True):
+            assert_close(g, w.double(), torch.float32, name)

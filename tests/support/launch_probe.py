@@ -164,8 +164,14 @@ def main() -> None:
 
         result["one_pass_layer"] = {"triton": _record(one_pass_layer_calls(), direct=False, exact_pointers=False),
                                     "direct": _record(one_pass_layer_calls(), direct=True, exact_pointers=False)}
-        result["one_pass_plans"] = sum(1 for plan in eager._PLANS.values() if plan is not eager.NO_PLAN
-                                       and plan.forward.replay.bound.compiled is not None)
+        from lottalora_kernels.seeded_linear.decode import DecodeForwardReplay
+        from lottalora_kernels.seeded_linear.one_pass import ForwardReplay
+
+        def direct_plans(kind, bound_of):
+            return sum(1 for plan in eager._PLANS.values() if isinstance(getattr(plan, "forward", None), kind)
+                       and bound_of(plan.forward).compiled is not None)
+        result["one_pass_plans"] = direct_plans(ForwardReplay, lambda f: f.replay.bound)
+        result["decode_plans"] = direct_plans(DecodeForwardReplay, lambda f: f.products)
         os.environ["LOTTALORA_ONE_PASS"] = "0"
         from lottalora_kernels.backbone_gen import _backbone_gen_v2_kernel
         result["generator_entries"] = sum(len(c.entries) for k, c in launch_module._CACHES.values()
