@@ -94,6 +94,7 @@ def forward(
             x, block, xa, lora_B, beta, bias, scale, keep_signs=keep_signs and hands_signs_to_backward(backend,
                                                                                                        spec.version))
         return y, xa, packed
+    bias = kernel_bias(bias)
     if block.is_whole:
         y, xa = _kernels().seeded_linear_fwd(x, seed=spec.seed, stream=spec.stream, version=spec.version,
                                              init=spec.init, out_features=spec.out_features, lora_A=lora_A,
@@ -137,6 +138,17 @@ def input_grad(
                                             x_for_dbeta, need_dx)
 
 
+def bias_is_kernel_ready(bias: torch.Tensor | None) -> bool:
+    """Whether the kernels may read ``bias`` as it is: they read it with unit stride (a strided
+    view, e.g. ``t[::2]``, would give other elements)."""
+    return bias is None or bias.is_contiguous()
+
+
+def kernel_bias(bias: torch.Tensor | None) -> torch.Tensor | None:
+    """``bias`` as the kernels read it (``bias_is_kernel_ready``), copied where it is not."""
+    return bias if bias_is_kernel_ready(bias) else bias.contiguous()
+
+
 def replay_state() -> tuple:
     """What decides whether a replay of a call's kernel launches still applies
     (``lottalora.ops.eager``), read now: the dispatch's settings that choose the regime and the
@@ -163,6 +175,9 @@ def forward_replayable(
     None elsewhere."""
     if backend == "triton" and block.is_whole:
         spec = block.spec
+        if not bias_is_kernel_ready(bias):
+            y, xa, _ = forward(backend, x, block, lora_A, lora_B, beta, bias, scale, False, lora_x)
+            return y, xa, None
         return _kernels().seeded_linear_fwd_replayable(
             x, seed=spec.seed, stream=spec.stream, version=spec.version, init=spec.init,
             out_features=spec.out_features, lora_A=lora_A, lora_B=lora_B, beta=beta, bias=bias, scale=scale,

@@ -16,7 +16,8 @@ lora_input is x itself (the kernels read x once then); the spec
 (``LOTTALORA_BACKEND``, read at every call); and the dispatch's settings
 (``backend.replay_state``). Calls the plans do not serve are never keyed and take the full path
 every time: autocast, forward-mode AD, torch.func transforms, compiling, dispatch modes, tensor
-subclasses, meta tensors, a scale that is not a Python float or int, a block of a layer (a
+subclasses, meta tensors, a scale that is not a Python float or int, a strided bias (the kernels
+get a contiguous copy of it at each call), a block of a layer (a
 ``BackboneBlock``: tensor-parallel ranks make one per call). The input gradient's replays are
 keyed at each backward on dy's layout, the saved tensors' (a saved-tensor hook may hand back
 copies laid out otherwise) and the settings, and run only where the full path would call the
@@ -31,6 +32,8 @@ off, launch hooks, the current device, Triton's knobs) is checked by the launch 
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch.autograd import forward_ad
 
@@ -41,7 +44,7 @@ from .autograd import SeededLinearFunction
 from .products import as_matrix
 
 NO_PLAN = object()  # a key whose calls take the full path
-_MAX_PLANS = 4096  # keys before the table starts over (a shape is part of a key)
+_MAX_PLANS = 16384  # keys kept (a shape is part of a key: layers times the batch sizes seen)
 _MAX_INPUT_GRADS = 16  # input-gradient replays per plan (dy's strides and alignment may vary)
 _PLANS: dict = {}
 
@@ -84,7 +87,7 @@ def call_key(x, spec, lora_A, lora_B, beta, bias, scale, lora_input) -> tuple | 
         return None
     state = backends.replay_state()
     parts = tuple(map(_tensor_key, (x, lora_A, lora_B, beta, bias, lora_input)))
-    if False in parts:
+    if False in parts or not backends.bias_is_kernel_ready(bias):  # a strided bias is copied per call
         return None
     # lora_input given as x itself is a kernel specialization of its own (x read once for both).
     return (id(spec), scale, torch.is_grad_enabled(), backend, state, parts, lora_input is x)
@@ -164,11 +167,14 @@ def first_call(key: tuple, x, spec, block, lora_A, lora_B, beta, bias, scale: fl
                                   as_matrix(lora_input, block.in_features) if lora_input is not None else None)
         y = y2d.reshape(plan.out_shape)
     if len(_PLANS) >= _MAX_PLANS:
-        _PLANS.clear()
+        # The oldest quarter goes (insertion order): the keys a model keeps calling are made again
+        # at their next call, where a table started over would drop them all at once.
+        for old_key in list(itertools.islice(_PLANS, _MAX_PLANS // 4)):
+            del _PLANS[old_key]
     _PLANS[key] = plan if plan.forward is not None else NO_PLAN
     return y
 
 
 def clear() -> None:
-    """Forget every plan (tests; the table also starts over by itself past its size)."""
+    """Forget every plan (tests; past its size the table drops its oldest keys by itself)."""
     _PLANS.clear()

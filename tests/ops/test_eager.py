@@ -476,3 +476,25 @@ def test_a_decode_training_step_replays_its_forward_and_matches_the_torch_backen
     for got, want in zip(results["triton"], results["torch"], strict=True):
         for name, g, w in zip(["y", "dx", "dA", "dB", "dbeta", "dbias"], got, want, strict=True):
             assert_close(g, w.double(), torch.float32, name)
+
+
+def test_a_strided_bias_is_not_keyed():
+    gen = torch.Generator().manual_seed(22)
+    a, b, beta, _ = _params(gen, torch.float32, grad=False)
+    bias = torch.randn(2 * OUT, generator=gen)[::2]
+    x = torch.randn(4, IN, generator=gen)
+    for _ in range(2):
+        y = _call(x, a, b, beta, bias)
+    assert not eager._PLANS
+    assert_close(y, _reference(x, a, b, beta, bias, 1.0)[0], torch.float32, "y")
+
+
+def test_a_full_table_drops_its_oldest_keys(monkeypatch):
+    monkeypatch.setattr(eager, "_MAX_PLANS", 8)
+    gen = torch.Generator().manual_seed(23)
+    a, b, beta, bias = _params(gen, torch.float32, grad=False)
+    xs = [torch.randn(m, IN, generator=gen) for m in range(1, 10)]
+    for x in xs:
+        _call(x, a, b, beta, bias)
+    rows = [key[5][0][0][0] for key in eager._PLANS]  # x's rows, in insertion order
+    assert rows == [3, 4, 5, 6, 7, 8, 9]  # 8 keys reached: the oldest quarter (2) went, then 9 came

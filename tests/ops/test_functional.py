@@ -105,3 +105,24 @@ def test_an_empty_batch_gives_empty_outputs_and_zero_gradients(backend, version,
     assert x.grad.shape == x.shape
     for p in (layer.lora_A, layer.lora_B, layer.beta, layer.bias):
         assert torch.equal(p.grad, torch.zeros_like(p))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("version,m,one_pass", [(2, 3, False), (2, 40, False), (2, 5, True), (1, 6, False)])
+def test_a_strided_bias_is_read_as_its_elements(backend, version, m, one_pass, monkeypatch):
+    """A bias that is a strided view (every other element of a tensor): the kernels read a bias
+    with unit stride, so they must be handed its elements, not its storage's, in every regime
+    (decode, two-phase, one-pass, stream v1), on repeated calls too."""
+    from lottalora.ops import seeded_linear_ref
+
+    monkeypatch.setenv("LOTTALORA_BACKEND", backend)
+    monkeypatch.setenv("LOTTALORA_ONE_PASS", "1" if one_pass else "0")
+    spec = lottalora.BackboneSpec(5, 1, 12, 10, version=version)
+    g = torch.Generator().manual_seed(1)
+    a, b, wide = torch.randn(3, 12, generator=g), torch.randn(10, 3, generator=g), torch.randn(20, generator=g)
+    bias, beta = wide[::2], torch.tensor([0.75])
+    for _ in range(2):
+        x = torch.randn(m, 12, generator=g)
+        want = seeded_linear_ref(x.double(), spec, a.double(), b.double(), beta.double(), bias.double(), 0.5)
+        got = seeded_linear(x, spec, a, b, beta, bias, 0.5)
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
