@@ -198,6 +198,48 @@ def test_direct_launches_give_the_bits_of_tritons_own_launches(version, M, monke
             assert torch.equal(g, w_)
 
 
+@pytest.mark.parametrize("regime", ["decode", "one_pass"])
+@pytest.mark.parametrize("M", [1, 16, 300])
+def test_eager_plans_replay_the_full_paths_bits(regime, M, monkeypatch):
+    """lottalora.ops.eager: a layer's repeated calls replay its first call's bound launches
+    (compiled kernels launched directly); outputs and gradients equal bit for bit to the full
+    path's (every call a first call), over fresh inputs, a misaligned one among them, with a
+    gradient and without."""
+    from lottalora.ops import eager
+
+    monkeypatch.setenv("LOTTALORA_BACKEND", "triton")
+    monkeypatch.setenv("LOTTALORA_ONE_PASS", "1" if regime == "one_pass" else "0")
+    layer, _ = _layer_case(torch.bfloat16, M, 2)
+    flat = torch.randn(M * 1000 + 1, device="cuda", dtype=torch.bfloat16)
+    inputs = [torch.randn(M, 1000, device="cuda", dtype=torch.bfloat16), flat[1:].view(M, 1000),
+              torch.randn(M, 1000, device="cuda", dtype=torch.bfloat16)]
+    dy = torch.randn(M, layer.out_features, device="cuda", dtype=torch.bfloat16)
+
+    def run(replay):
+        eager.clear()
+        results = []
+        for _ in range(3):
+            for inp in inputs:
+                if not replay:
+                    eager.clear()
+                leaf = inp.detach().requires_grad_()
+                layer.zero_grad()
+                y = layer(leaf)
+                y.backward(dy)
+                with torch.no_grad():
+                    y_inference = layer(inp)
+                results.append([y, y_inference, leaf.grad, layer.lora_A.grad, layer.lora_B.grad, layer.beta.grad])
+        return results
+    replayed = run(True)
+    plans = [plan for plan in eager._PLANS.values() if plan is not eager.NO_PLAN]
+    if regime == "one_pass" or M <= dispatch.DECODE_MAX_M:  # else two-phase: no plan to replay
+        assert plans, "no eager plan was made: nothing was replayed"
+    full = run(False)
+    for got, want in zip(replayed, full, strict=True):
+        for g, w_ in zip(got, want, strict=True):
+            assert torch.equal(g, w_)
+
+
 @pytest.mark.parametrize("version", [1, 2])
 def test_large_index_space_does_not_overflow(version):
     """Rows past 2^16 and an x with over 2^31 / K rows: offsets are int64."""
