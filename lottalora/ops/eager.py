@@ -5,7 +5,7 @@ and the regime, and plans its kernel launch: tens of microseconds of Python, the
 call of a layer at one shape (``benchmarks.host_time``; benchmarks/NOTES.md, "Host time"). Where
 the call's work is kernel launches with nothing between them (the Triton backend on a whole
 layer: the one-pass regime's forward and input gradient, one launch each; the decode regime's
-forward at up to 32 rows, two), the first call with a given key makes an ``EagerPlan`` and
+at up to 32 rows, two each), the first call with a given key makes an ``EagerPlan`` and
 later calls with that key run it: allocate the outputs, launch the compiled kernels (through the
 autograd node when something needs a gradient).
 

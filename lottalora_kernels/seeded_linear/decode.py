@@ -40,9 +40,10 @@ The input gradient has the same pair: ``_seeded_decode_dx_kernel`` (Gluon, same 
 twin, read back the same way with one-hot dy. Past 32 rows the launcher runs 32 rows per launch
 (a 64-wide accumulator spills), regenerating W each time; the dispatch leaves M > 32 to the
 other regimes (measurements and counts: benchmarks/NOTES.md). Stream v1 is not served here.
-``decode_fwd_replayable`` also returns a replay of a forward's two launches
-(``DecodeForwardReplay``: outputs and partial sums allocated anew, the bound kernels launched),
-which the eager plans of ``lottalora.ops.eager`` run on a layer's repeated calls.
+``decode_fwd_replayable`` and ``decode_bwd_dx_replayable`` also return a replay of their two
+launches (``DecodeForwardReplay``, ``DecodeInputGradReplay``: outputs and partial sums allocated
+anew, the bound kernels launched), which the eager plans of ``lottalora.ops.eager`` run on a
+layer's repeated calls.
 """
 
 from __future__ import annotations
@@ -297,8 +298,8 @@ def _partial_products(
     (forward, a = x) or of a @ W_signs (input gradient, ``transposed``, a = dy); with
     ``lora_A`` (rank, K) (forward only), also (splits, M, rank) float32 partial sums of
     lora_x @ lora_A^T (lora_x: (M, K), a when None), made by extra programs beside the
-    backbone's, else None. With ``bind`` (forward only), a third result: the launch's
-    ``launch.BoundLaunch`` and its scalar arguments."""
+    backbone's, else None. With ``bind``, a third result: the launch's ``launch.BoundLaunch``
+    and its scalar arguments."""
     M, n_red = a.shape
     fast = use_fast_path(a) if fast is None else fast
     if num_warps is None:
@@ -313,7 +314,8 @@ def _partial_products(
     scalars = (*spec.int32_words(seed, stream), spans_per_split)
     if transposed:
         fast_kernel, twin_kernel = _seeded_decode_dx_kernel, _seeded_decode_dx_twin_kernel
-        args, grid = (a, partial, M, N, K, a.stride(0), a.stride(1), *scalars), (n_row_blocks, split_k)
+        scalar_args = (M, N, K, a.stride(0), a.stride(1), *scalars)
+        args, grid = (a, partial, *scalar_args), (n_row_blocks, split_k)
         xa_partial = None
     else:
         fast_kernel, twin_kernel = _seeded_decode_fwd_kernel, _seeded_decode_fwd_twin_kernel
@@ -321,9 +323,9 @@ def _partial_products(
         xa_partial = new_output((split_k, M, rank), torch.float32, a.device) if rank else None
         a_strides = tuple(lora_A.stride()) if rank else (0, 0)
         xl = lora_x if lora_x is not None else a
-        fwd_scalars = (M, N, K, rank, a.stride(0), a.stride(1), xl.stride(0), xl.stride(1), *a_strides, *scalars,
+        scalar_args = (M, N, K, rank, a.stride(0), a.stride(1), xl.stride(0), xl.stride(1), *a_strides, *scalars,
                        n_row_blocks)
-        args = (a, partial, xl, lora_A if rank else a, xa_partial if rank else partial, *fwd_scalars)
+        args = (a, partial, xl, lora_A if rank else a, xa_partial if rank else partial, *scalar_args)
         grid = (n_row_blocks + cdiv(rank, _XA_ROWS_PER_WARP * num_warps), split_k)
     launch_fn = bind_launch if bind else launch
 
@@ -339,7 +341,7 @@ def _partial_products(
     else:
         bound = launch_twin()
     if bind:
-        return partial, xa_partial, (bound, fwd_scalars)
+        return partial, xa_partial, (bound, scalar_args)
     return partial, xa_partial
 
 
@@ -428,6 +430,52 @@ class DecodeForwardReplay:
             self.products(x, partial, lora_x if lora_x is not None else x, x, partial, *self.product_scalars)
             self.epilogue(partial, out, None, None, bias, beta, None, None)
         return out, xa
+
+
+def decode_bwd_dx_replayable(
+    dy: torch.Tensor, *, seed: int, stream: int, in_features: int, dy_b: torch.Tensor | None,
+    lora_A: torch.Tensor | None, beta: torch.Tensor, scale: float, x_for_dbeta: torch.Tensor | None = None,
+    need_dx: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, DecodeInputGradReplay | None]:
+    """``decode_bwd_dx``'s (dx, dbeta), and a ``DecodeInputGradReplay`` that makes the same two
+    launches (and dbeta's sum) on other tensors keyed alike, where the call was one row chunk
+    (M <= MAX_M) that launched; else None."""
+    M = dy.shape[0]
+    if M == 0 or M > MAX_M or in_features == 0 or (not need_dx and x_for_dbeta is None):
+        dx, dbeta = decode_bwd_dx(dy, seed=seed, stream=stream, in_features=in_features, dy_b=dy_b, lora_A=lora_A,
+                                  beta=beta, scale=scale, x_for_dbeta=x_for_dbeta, need_dx=need_dx)
+        return dx, dbeta, None
+    dx = new_output((M, in_features), dy.dtype, dy.device) if need_dx else None
+    partial, _, (products, product_scalars) = _partial_products(
+        dy, transposed=True, n_out=in_features, seed=seed, stream=stream, fast=None, num_warps=None, split_k=None,
+        bind=True)
+    partial_dbeta, epilogue = seeded_epilogue(
+        partial, dx, beta=beta, value_scale=spec.backbone_std(in_features), lo=dy_b,
+        lmat=lora_A.T if lora_A is not None else None, lora_scale=scale, x_for_dbeta=x_for_dbeta, bind=True)
+    dbeta = dbeta_total([partial_dbeta], dy.device) if x_for_dbeta is not None else None
+    return dx, dbeta, DecodeInputGradReplay(products, product_scalars, epilogue, dx.shape if dx is not None else None,
+                                            tuple(partial.shape))
+
+
+class DecodeInputGradReplay:
+    """``decode_bwd_dx_replayable``'s launches again: ``replay(dy, dy_b, lora_A, beta, x_for_dbeta)
+    -> (dx or None, dbeta or None)`` on tensors keyed as the first call's (dy_b and lora_A given
+    where it fused the LoRA term, x_for_dbeta where it made dbeta; see ``DecodeForwardReplay``)."""
+
+    __slots__ = ("products", "product_scalars", "epilogue", "dx_shape", "partial_shape")
+
+    def __init__(self, products, product_scalars: tuple, epilogue, dx_shape, partial_shape):
+        self.products, self.product_scalars, self.epilogue = products, product_scalars, epilogue
+        self.dx_shape, self.partial_shape = dx_shape, partial_shape
+
+    def __call__(self, dy, dy_b, lora_A, beta, x_for_dbeta):
+        device = dy.device
+        dx = new_output(self.dx_shape, dy.dtype, device) if self.dx_shape is not None else None
+        partial = new_output(self.partial_shape, torch.float32, device)
+        self.products(dy, partial, *self.product_scalars)
+        partial_dbeta = self.epilogue(partial, dx, dy_b, lora_A.T if lora_A is not None else None, None, beta,
+                                      x_for_dbeta, None)
+        return dx, (dbeta_total([partial_dbeta], device) if x_for_dbeta is not None else None)
 
 
 def decode_bwd_dx(

@@ -195,10 +195,17 @@ def seeded_linear_bwd_dx_replayable(
     dy_b: torch.Tensor | None, lora_A: torch.Tensor | None, beta: torch.Tensor, scale: float,
     x_for_dbeta: torch.Tensor | None = None, need_dx: bool = True,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, object | None]:
-    """``seeded_linear_bwd_dx``'s (dx, dbeta), and a replay of its launch, ``replay(dy, dy_b,
-    lora_A, beta, x_for_dbeta) -> (dx, dbeta)``, where the regime is one launch (one_pass:
-    ``one_pass.InputGradReplay``); None elsewhere."""
-    if input_grad_regime(version, dy.shape[0], dy.dtype, dy.is_cuda) == "one_pass":
+    """``seeded_linear_bwd_dx``'s (dx, dbeta), and a replay of its launches, ``replay(dy, dy_b,
+    lora_A, beta, x_for_dbeta) -> (dx, dbeta)``, where the regime's launches have nothing between
+    them (one_pass:
+    ``one_pass.InputGradReplay``; decode, one row chunk: ``decode.DecodeInputGradReplay``); None
+    elsewhere."""
+    regime = input_grad_regime(version, dy.shape[0], dy.dtype, dy.is_cuda)
+    if regime == "decode":
+        return decode.decode_bwd_dx_replayable(dy, seed=seed, stream=stream, in_features=in_features, dy_b=dy_b,
+                                               lora_A=lora_A, beta=beta, scale=scale, x_for_dbeta=x_for_dbeta,
+                                               need_dx=need_dx)
+    if regime == "one_pass":
         return one_pass.one_pass_bwd_dx_replayable(dy, seed=seed, stream=stream, in_features=in_features,
                                                    rows=(0, dy.shape[1]), cols=(0, in_features), dy_b=dy_b,
                                                    lora_A=lora_A, beta=beta, scale=scale, x_for_dbeta=x_for_dbeta,

@@ -174,24 +174,26 @@ def seeded_epilogue(
     )
     if not bind:
         return dbeta
-    return dbeta, EpilogueReplay(bound, scalars, (m_blocks, n_blocks) if x_for_dbeta is not None else None)
+    return dbeta, EpilogueReplay(bound, scalars, (m_blocks, n_blocks) if x_for_dbeta is not None else None, has_lora)
 
 
 class EpilogueReplay:
     """``seeded_epilogue``'s launch again on tensors laid out as the bound call's (the caller's
     key vouches for it: acc's and lo's shapes and strides, the same optional tensors given):
-    ``replay(acc, out, lo, lmat, bias, beta, x_for_dbeta, lo_out) -> dbeta partials or None``,
-    lo and lmat given where the bound call had a LoRA term. Absent tensors are replaced by acc,
-    as ``seeded_epilogue`` does."""
+    ``replay(acc, out, lo, lmat, bias, beta, x_for_dbeta, lo_out) -> dbeta partials or None``;
+    lo and lmat are read only where the bound call had a LoRA term (a rank-0 one is none).
+    Absent tensors are replaced by acc, as ``seeded_epilogue`` does."""
 
-    __slots__ = ("bound", "scalars", "dbeta_shape")
+    __slots__ = ("bound", "scalars", "dbeta_shape", "has_lora")
 
-    def __init__(self, bound, scalars: tuple, dbeta_shape: tuple[int, int] | None):
-        self.bound, self.scalars, self.dbeta_shape = bound, scalars, dbeta_shape
+    def __init__(self, bound, scalars: tuple, dbeta_shape: tuple[int, int] | None, has_lora: bool):
+        self.bound, self.scalars, self.dbeta_shape, self.has_lora = bound, scalars, dbeta_shape, has_lora
 
     def __call__(self, acc, out, lo, lmat, bias, beta, x_for_dbeta, lo_out):
         dbeta = new_output(self.dbeta_shape, torch.float32, acc.device) if self.dbeta_shape is not None else None
-        if lo is not None and lo.dim() == 2:
+        if not self.has_lora:
+            lo = lmat = None
+        elif lo.dim() == 2:
             lo = lo.unsqueeze(0)
         self.bound(acc, lo if lo is not None else acc, lmat if lmat is not None else acc,
                    bias if bias is not None else acc, beta, out if out is not None else acc,

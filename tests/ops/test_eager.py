@@ -458,43 +458,45 @@ def test_decode_forwards_replay_two_launches_with_the_full_paths_bits(monkeypatc
     assert len(_plans()) == 1
 
 
-def test_a_decode_training_step_replays_its_forward_and_matches_the_torch_backend(monkeypatch, decode_launches):
-    """Forward through the plan's node, backward through the decode regime's full path."""
+@pytest.mark.parametrize("variant", ["lora", "rank 0", "lora_input", "frozen x", "frozen beta"])
+def test_decode_training_steps_replay_both_directions_with_the_full_paths_bits(monkeypatch, variant):
+    """The decode regime's forward and input gradient (partial products, then the epilogue with
+    dbeta's partials) replayed: y and every gradient equal, bit for bit, to the full path's on
+    the same inputs, and to the torch backend's values."""
+    from lottalora_kernels.seeded_linear import decode
+
+    monkeypatch.setenv("LOTTALORA_ONE_PASS", "0")
+    calls = []
+    for name in ("decode_fwd_replayable", "decode_bwd_dx_replayable"):
+        real = getattr(decode, name)
+        monkeypatch.setattr(decode, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
     gen = torch.Generator().manual_seed(21)
-    a, b, beta, bias = _params(gen, torch.float32)
-    results = {}
-    xs = [torch.randn(2, 3, IN, generator=gen) for _ in range(3)]
-    dys = [torch.randn(2, 3, OUT, generator=gen) for _ in range(3)]
-    for backend in ("torch", "triton"):
-        monkeypatch.setenv("LOTTALORA_BACKEND", backend)
-        results[backend] = []
-        for x, dy in zip(xs, dys, strict=True):
-            leaf = x.clone().requires_grad_()
-            y = _call(leaf, a, b, beta, bias, 0.5)
-            results[backend].append((y, *torch.autograd.grad(y, (leaf, a, b, beta, bias), dy)))
-    assert decode_launches == ["decode_fwd"]
-    for got, want in zip(results["triton"], results["torch"], strict=True):
-        for name, g, w in zip(["y", "dx", "dA", "dB", "dbeta", "dbias"], got, want, strict=True):
-            assert_close(g, w.double(), torch.float32, name)
+    a, b, beta, bias = _params(gen, torch.float32, rank=0 if variant == "rank 0" else RANK)
+    beta.requires_grad_(variant != "frozen beta")
+    leaves = [t for t in (a, b, beta, bias) if t.requires_grad]
 
-
-def test_a_strided_bias_is_not_keyed():
-    gen = torch.Generator().manual_seed(22)
-    a, b, beta, _ = _params(gen, torch.float32, grad=False)
-    bias = torch.randn(2 * OUT, generator=gen)[::2]
-    x = torch.randn(4, IN, generator=gen)
-    for _ in range(2):
-        y = _call(x, a, b, beta, bias)
-    assert not eager._PLANS
-    assert_close(y, _reference(x, a, b, beta, bias, 1.0)[0], torch.float32, "y")
-
-
-def test_a_full_table_drops_its_oldest_keys(monkeypatch):
-    monkeypatch.setattr(eager, "_MAX_PLANS", 8)
-    gen = torch.Generator().manual_seed(23)
-    a, b, beta, bias = _params(gen, torch.float32, grad=False)
-    xs = [torch.randn(m, IN, generator=gen) for m in range(1, 10)]
-    for x in xs:
-        _call(x, a, b, beta, bias)
-    rows = [key[5][0][0][0] for key in eager._PLANS]  # x's rows, in insertion order
-    assert rows == [3, 4, 5, 6, 7, 8, 9]  # 8 keys reached: the oldest quarter (2) went, then 9 came
+    def step(x, dy, lora_input):
+        leaf = x.clone().requires_grad_(variant != "frozen x")
+        y = _call(leaf, a, b, beta, bias, 0.5, lora_input)
+        wrt = ([leaf] if leaf.requires_grad else []) + leaves + ([lora_input] if lora_input is not None else [])
+        return (y, *torch.autograd.grad(y, wrt, dy))
+    for i in range(3):
+        x, dy = torch.randn(2, 3, IN, generator=gen), torch.randn(2, 3, OUT, generator=gen)
+        lora_input = torch.randn(2, 3, IN, generator=gen).requires_grad_() if variant == "lora_input" else None
+        got = step(x, dy, lora_input)
+        if i:
+            plans = eager._PLANS.copy()
+            eager.clear()
+            full = step(x, dy, lora_input)
+            eager._PLANS.clear()
+            eager._PLANS.update(plans)
+            for g, f in zip(got, full, strict=True):
+                assert torch.equal(g, f), f"step {i}: a replay's bits are not the full path's"
+        monkeypatch.setenv("LOTTALORA_BACKEND", "torch")
+        want = step(x, dy, lora_input)
+        monkeypatch.setenv("LOTTALORA_BACKEND", "triton")
+        for g, w in zip(got, want, strict=True):
+            assert_close(g, w.double(), torch.float32, f"step {i}")
+    assert calls == ["decode_fwd_replayable", "decode_bwd_dx_replayable"] * 3  # each step's first call only
+    (plan,) = _plans()
+    assert len(plan.input_grads) == 1
