@@ -20,6 +20,7 @@ import triton.language as tl
 from .allocation import new_output
 from .dtypes import round_to
 from .gluon import gl, gluon_available, gluon_jit, run_fast_path
+from .launch import bind as bind_launch
 from .launch import launch
 from .runtime import capability_major, cdiv, is_interpreting
 from .stream import spec
@@ -127,10 +128,13 @@ def generate_backbone(
     seed: int, stream: int, in_features: int, init: str,
     rows: tuple[int, int], cols: tuple[int, int], device: torch.device | str,
     version: int = 1, dtype: torch.dtype = torch.float32, signs: bool = False,
-    out: torch.Tensor | None = None, fast: bool | None = None,
-) -> torch.Tensor:
+    out: torch.Tensor | None = None, fast: bool | None = None, bind: bool = False,
+):
     """W_seed[rows[0]:rows[1], cols[0]:cols[1]] (or, with ``signs``, stream v2's +-1 signs) as a
     ``dtype`` tensor on ``device``, written into ``out`` (rows x cols, any strides) when given.
+    With ``bind``: (that tensor, a ``GeneratorReplay`` that makes the same launch into another
+    ``out`` of the same strides, dtype and 16-byte alignment, or None where the call was not one
+    launch).
 
     Stream v1 values are generated in float32 and rounded to ``dtype`` (as the fused kernels
     round their tiles); stream v2 signs are exact in every dtype and its W_seed is sign * std.
@@ -143,18 +147,18 @@ def generate_backbone(
     if out is None:
         out = new_output((row1 - row0, col1 - col0), dtype, device)
     if out.numel() == 0:
-        return out
+        return (out, None) if bind else out
     scalars = spec.int32_words(seed, stream)
+    launch_fn = bind_launch if bind else launch
     if version == 1:
         block_rows, block_cols = 32, 64
         aligned_col0 = (col0 // 4) * 4
         grid = (cdiv(row1 - row0, block_rows), cdiv(col1 - aligned_col0, block_cols))
-        launch(
-            _backbone_gen_kernel, grid, out, row1 - row0, col1 - col0, row0, col0, out.stride(0), out.stride(1),
-            *scalars, spec.value_scale(in_features, init, 1), INIT=spec.INIT_CODES[init],
-            BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, enable_fp_fusion=False,
-        )
-        return out
+        tail = (row1 - row0, col1 - col0, row0, col0, out.stride(0), out.stride(1), *scalars,
+                spec.value_scale(in_features, init, 1))
+        bound = launch_fn(_backbone_gen_kernel, grid, out, *tail, INIT=spec.INIT_CODES[init], BLOCK_ROWS=block_rows,
+                          BLOCK_COLS=block_cols, enable_fp_fusion=False)
+        return (out, GeneratorReplay(bound, tail)) if bind else out
     # Stream v2: tiles start on span boundaries; the part before row0 / col0 is masked off by
     # pointing the kernel at a view that starts that many rows / columns earlier.
     scale = 1.0 if signs else spec.backbone_std(in_features)
@@ -168,18 +172,32 @@ def generate_backbone(
         generate_backbone(seed, stream, in_features, init, (span_row0, row1), (span_col0, col1), device, version,
                           out.dtype, signs, staging, fast)
         out.copy_(staging[lead_r:, lead_c:])
-        return out
+        return (out, None) if bind else out
     grid = (cdiv(row1 - row0, _ROW_SPAN * num_warps), cdiv(col1 - col0, _COL_SPAN))
-    args = (out, row1 - row0, col1 - col0, row0, col0, out.stride(0), out.stride(1), *scalars, scale)
+    tail = (row1 - row0, col1 - col0, row0, col0, out.stride(0), out.stride(1), *scalars, scale)
+
     def launch_fast():
         pair_dtype = gl.float16 if out.dtype == torch.float16 else gl.bfloat16  # +-1 exact in both
-        launch(_backbone_gen_v2_kernel, grid, *args, NUM_WARPS=num_warps, PAIR_DTYPE=pair_dtype,
-               SCALED=(not signs) or out.dtype == torch.float32, num_warps=num_warps)
+        return launch_fn(_backbone_gen_v2_kernel, grid, out, *tail, NUM_WARPS=num_warps, PAIR_DTYPE=pair_dtype,
+                         SCALED=(not signs) or out.dtype == torch.float32, num_warps=num_warps)
 
     def launch_twin():
-        launch(_backbone_gen_v2_twin_kernel, grid, *args, NUM_WARPS=num_warps, num_warps=num_warps)
+        return launch_fn(_backbone_gen_v2_twin_kernel, grid, out, *tail, NUM_WARPS=num_warps, num_warps=num_warps)
     if fast:
-        run_fast_path("backbone_gen_v2", launch_fast, launch_twin)
+        bound = run_fast_path("backbone_gen_v2", launch_fast, launch_twin)
     else:
-        launch_twin()
-    return out
+        bound = launch_twin()
+    return (out, GeneratorReplay(bound, tail)) if bind else out
+
+
+class GeneratorReplay:
+    """``generate_backbone``'s launch again, into ``out`` laid out as the bound call's was (same
+    strides, dtype and 16-byte alignment: the caller vouches for it): ``replay(out)``."""
+
+    __slots__ = ("bound", "tail")
+
+    def __init__(self, bound, tail: tuple):
+        self.bound, self.tail = bound, tail
+
+    def __call__(self, out: torch.Tensor) -> None:
+        self.bound(out, *self.tail)

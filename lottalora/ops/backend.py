@@ -171,8 +171,8 @@ def forward_replayable(
 ) -> tuple[torch.Tensor, torch.Tensor | None, object | None]:
     """``forward``'s (y, xa) without packed signs, and a replay of its one launch, ``replay(x,
     lora_A, lora_B, beta, bias, lora_x) -> (y, xa)`` for calls keyed alike, where there is one
-    (the Triton backend's one-pass regime, or its decode regime at M <= 32, on a whole layer);
-    None elsewhere."""
+    (the Triton backend on a whole layer, where the dispatch binds the regime's launches); None
+    elsewhere."""
     if backend == "triton" and block.is_whole:
         spec = block.spec
         if not bias_is_kernel_ready(bias):

@@ -3,9 +3,10 @@
 An eager call of ``seeded_linear`` checks its arguments, picks the backend, the autograd route
 and the regime, and plans its kernel launch: tens of microseconds of Python, the same for every
 call of a layer at one shape (``benchmarks.host_time``; benchmarks/NOTES.md, "Host time"). Where
-the call's work is kernel launches with nothing between them (the Triton backend on a whole
-layer: the one-pass regime's forward and input gradient, one launch each; the decode regime's
-at up to 32 rows, two each), the first call with a given key makes an ``EagerPlan`` and
+the call's launches can be bound (the Triton backend on a whole stream-v2 layer in every regime,
+and stream v1's two-phase regime: the one-pass forward and input gradient, one launch each; the
+decode regime's at up to 32 rows, two each; the two-phase regime's generator and epilogue per
+chunk of W, around cuBLAS's GEMMs), the first call with a given key makes an ``EagerPlan`` and
 later calls with that key run it: allocate the outputs, launch the compiled kernels (through the
 autograd node when something needs a gradient).
 

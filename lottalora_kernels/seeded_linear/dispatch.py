@@ -49,10 +49,12 @@ def one_pass_enabled() -> bool:
 def replay_state() -> tuple:
     """What a replay of a call's launches made now depends on besides the call's tensors and
     arguments, for the key of a replayed call (``lottalora.ops.eager``): the settings that pick
-    the regime (the one-pass switch, ``ONE_PASS_MAX_M``, ``DECODE_MAX_M``), whether launches are
+    the regime and its launches (the one-pass switch, ``ONE_PASS_MAX_M``, ``DECODE_MAX_M``, the
+    two-phase chunk sizes), whether launches are
     direct (a replay bound while they were not launches through Triton every time) and float32's
     tensor-core precision (a constexpr of the launches)."""
-    return one_pass_enabled(), ONE_PASS_MAX_M, DECODE_MAX_M, direct_launches(), fp32_input_precision()
+    return (one_pass_enabled(), ONE_PASS_MAX_M, DECODE_MAX_M, two_phase.CHUNK_BYTES, two_phase.MAX_CHUNK_BYTES,
+            two_phase.MAX_PRODUCT_BYTES, direct_launches(), fp32_input_precision())
 
 
 def _v1_regime(m: int, dtype: torch.dtype | None, on_gpu: bool) -> str:
@@ -126,7 +128,7 @@ def seeded_linear_fwd(
         return one_pass.one_pass_fwd(x, seed=seed, stream=stream, in_features=x.shape[1], rows=(0, out_features),
                                      cols=(0, x.shape[1]), lora_A=lora_A, lora_B=lora_B, beta=beta, bias=bias,
                                      scale=scale, lora_x=lora_x)
-    xa = torch.mm(lora_x if lora_x is not None else x, lora_A.t()) if lora_A is not None else None
+    xa = _adapter_product(x, lora_A, lora_x)
     if regime == "two_phase":
         y = two_phase.two_phase_fwd(x, seed=seed, stream=stream, version=version, init=init,
                                     out_features=out_features, xa=xa, lora_B=lora_B, beta=beta, bias=bias,
@@ -135,6 +137,26 @@ def seeded_linear_fwd(
         y = one_pass_v1.one_pass_v1_fwd(x, seed=seed, stream=stream, out_features=out_features, init=init, xa=xa,
                                         lora_B=lora_B, beta=beta, bias=bias, scale=scale)
     return y, xa
+
+
+def _adapter_product(x: torch.Tensor, lora_A: torch.Tensor | None, lora_x: torch.Tensor | None):
+    """xa = (lora_x or x) @ lora_A^T by cuBLAS, for the regimes that do not make it in a kernel."""
+    return torch.mm(lora_x if lora_x is not None else x, lora_A.t()) if lora_A is not None else None
+
+
+class _AdapterProductThen:
+    """A replay of a regime that takes xa from cuBLAS (two-phase): ``replay(x, lora_A, lora_B,
+    beta, bias, lora_x) -> (y, xa)``, xa made as ``seeded_linear_fwd`` makes it, then the bound
+    launches (``two_phase.TwoPhaseForwardReplay``)."""
+
+    __slots__ = ("replay",)
+
+    def __init__(self, replay):
+        self.replay = replay
+
+    def __call__(self, x, lora_A, lora_B, beta, bias, lora_x):
+        xa = _adapter_product(x, lora_A, lora_x)
+        return self.replay(x, xa, lora_B, beta, bias), xa
 
 
 def seeded_linear_bwd_dx(
@@ -174,13 +196,20 @@ def seeded_linear_fwd_replayable(
 ) -> tuple[torch.Tensor, torch.Tensor | None, object | None]:
     """``seeded_linear_fwd``'s (y, xa), and a replay of its launches, ``replay(x, lora_A, lora_B,
     beta, bias, lora_x) -> (y, xa)``, for later calls with tensors keyed alike and the same
-    other arguments, made where the regime's launches have nothing between them (one_pass:
-    ``one_pass.ForwardReplay``; decode, one row chunk: ``decode.DecodeForwardReplay``); None
-    elsewhere (the other regimes' calls go through their launchers every time)."""
+    other arguments, made where the regime's launches are bound (one_pass:
+    ``one_pass.ForwardReplay``; decode, one row chunk: ``decode.DecodeForwardReplay``; two-phase,
+    chunks that start on call spans: ``two_phase.TwoPhaseForwardReplay`` after cuBLAS's xa); None
+    elsewhere (stream v1's one-pass regime goes through its launcher every time)."""
     regime = forward_regime(version, x.shape[0], x.dtype, x.is_cuda)
     if regime == "decode":
         return decode.decode_fwd_replayable(x, seed=seed, stream=stream, out_features=out_features, lora_A=lora_A,
                                             lora_B=lora_B, beta=beta, bias=bias, scale=scale, lora_x=lora_x)
+    if regime == "two_phase":
+        xa = _adapter_product(x, lora_A, lora_x)
+        y, replay = two_phase.two_phase_fwd(x, seed=seed, stream=stream, version=version, init=init,
+                                            out_features=out_features, xa=xa, lora_B=lora_B, beta=beta, bias=bias,
+                                            scale=scale, bind=True)
+        return y, xa, (_AdapterProductThen(replay) if replay is not None else None)
     if regime == "one_pass":
         return one_pass.one_pass_fwd_replayable(x, seed=seed, stream=stream, in_features=x.shape[1],
                                                 rows=(0, out_features), cols=(0, x.shape[1]), lora_A=lora_A,
@@ -196,11 +225,14 @@ def seeded_linear_bwd_dx_replayable(
     x_for_dbeta: torch.Tensor | None = None, need_dx: bool = True,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, object | None]:
     """``seeded_linear_bwd_dx``'s (dx, dbeta), and a replay of its launches, ``replay(dy, dy_b,
-    lora_A, beta, x_for_dbeta) -> (dx, dbeta)``, where the regime's launches have nothing between
-    them (one_pass:
-    ``one_pass.InputGradReplay``; decode, one row chunk: ``decode.DecodeInputGradReplay``); None
-    elsewhere."""
+    lora_A, beta, x_for_dbeta) -> (dx, dbeta)``, where the regime's launches are bound (one_pass:
+    ``one_pass.InputGradReplay``; decode, one row chunk: ``decode.DecodeInputGradReplay``;
+    two-phase: ``two_phase.TwoPhaseInputGradReplay``); None elsewhere."""
     regime = input_grad_regime(version, dy.shape[0], dy.dtype, dy.is_cuda)
+    if regime == "two_phase":
+        return two_phase.two_phase_bwd_dx(dy, seed=seed, stream=stream, version=version, init=init,
+                                          in_features=in_features, dy_b=dy_b, lora_A=lora_A, beta=beta, scale=scale,
+                                          x_for_dbeta=x_for_dbeta, need_dx=need_dx, bind=True)
     if regime == "decode":
         return decode.decode_bwd_dx_replayable(dy, seed=seed, stream=stream, in_features=in_features, dy_b=dy_b,
                                                lora_A=lora_A, beta=beta, scale=scale, x_for_dbeta=x_for_dbeta,

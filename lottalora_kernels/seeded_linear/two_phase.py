@@ -19,6 +19,10 @@ float32 round trip costs 2 x 4 bytes per output element (benchmarks/NOTES.md cou
 the stored-weight baseline's unfused elementwise passes). Stream v2's
 signs are exact in every dtype; stream v1's values are rounded to the input dtype, as the
 one-pass kernel rounds its tiles.
+
+With ``bind`` both directions also return a replay of the call (``TwoPhaseForwardReplay``,
+``TwoPhaseInputGradReplay``): the chunks' bound generator and epilogue launches around the same
+GEMMs, which the eager plans of ``lottalora.ops.eager`` run on a layer's repeated calls.
 """
 
 from __future__ import annotations
@@ -57,9 +61,9 @@ def chunk_rows(total: int, other: int, element_size: int, granule: int, m: int) 
     return min(total, max(granule, fit // granule * granule))
 
 
-def _generate(buf, *, seed, stream, version, init, in_features, rows, cols):
-    generate_backbone(seed, stream, in_features, init, rows, cols, buf.device, version=version, dtype=buf.dtype,
-                      signs=version == 2, out=buf)
+def _generate(buf, *, seed, stream, version, init, in_features, rows, cols, bind=False):
+    return generate_backbone(seed, stream, in_features, init, rows, cols, buf.device, version=version,
+                             dtype=buf.dtype, signs=version == 2, out=buf, bind=bind)
 
 
 _MM_OUT_DTYPE: bool | None = None
@@ -89,53 +93,120 @@ def _value_scale(version: int, in_features: int) -> float:
 def two_phase_fwd(
     x: torch.Tensor, *, seed: int, stream: int, version: int, init: str, out_features: int,
     xa: torch.Tensor | None, lora_B: torch.Tensor | None, beta: torch.Tensor, bias: torch.Tensor | None,
-    scale: float,
-) -> torch.Tensor:
-    """y (M, out_features) = beta * x @ W_seed^T + scale * xa @ lora_B^T + bias; x: (M, K)."""
+    scale: float, bind: bool = False,
+):
+    """y (M, out_features) = beta * x @ W_seed^T + scale * xa @ lora_B^T + bias; x: (M, K). With
+    ``bind``: (y, a ``TwoPhaseForwardReplay`` of the call, or None where a chunk was not one
+    generator launch and one epilogue launch)."""
     M, K = x.shape
     N = out_features
     out = new_output((M, N), x.dtype, x.device)
     if M == 0:
-        return out
+        return (out, None) if bind else out
     rows = chunk_rows(N, K, x.element_size(), spec.V2_ROW_SPAN, M)
     buf = torch.empty((rows, K), dtype=x.dtype, device=x.device)
+    chunks = []
     for n0 in range(0, N, rows):
         n1 = min(n0 + rows, N)
         w = narrowed(buf, 0, 0, n1 - n0)
-        _generate(w, seed=seed, stream=stream, version=version, init=init, in_features=K, rows=(n0, n1), cols=(0, K))
-        seeded_epilogue(_matmul_fp32(x, w.t()), narrowed(out, 1, n0, n1), beta=beta,
-                        value_scale=_value_scale(version, K), lo=xa, lmat=narrowed(lora_B, 0, n0, n1),
-                        lora_scale=scale, bias=narrowed(bias, 0, n0, n1))
-    return out
+        made = _generate(w, seed=seed, stream=stream, version=version, init=init, in_features=K, rows=(n0, n1),
+                         cols=(0, K), bind=bind)
+        done = seeded_epilogue(_matmul_fp32(x, w.t()), narrowed(out, 1, n0, n1), beta=beta,
+                               value_scale=_value_scale(version, K), lo=xa, lmat=narrowed(lora_B, 0, n0, n1),
+                               lora_scale=scale, bias=narrowed(bias, 0, n0, n1), bind=bind)
+        if bind:
+            chunks.append((n0, n1, made[1], done[1]))
+    if not bind:
+        return out
+    if any(generator is None or epilogue is None for _, _, generator, epilogue in chunks):
+        return out, None
+    return out, TwoPhaseForwardReplay(tuple(chunks), (M, N), (rows, K))
+
+
+class TwoPhaseForwardReplay:
+    """``two_phase_fwd``'s chunks again: ``replay(x, xa, lora_B, beta, bias) -> y`` on tensors
+    laid out as the bound call's (shapes, strides, dtypes, device, 16-byte alignment: the caller
+    keys its calls on that). Each chunk's generator and epilogue launch the bound kernels; the
+    GEMM between them is cuBLAS's, as in the call."""
+
+    __slots__ = ("chunks", "out_shape", "buf_shape")
+
+    def __init__(self, chunks: tuple, out_shape: tuple[int, int], buf_shape: tuple[int, int]):
+        self.chunks, self.out_shape, self.buf_shape = chunks, out_shape, buf_shape
+
+    def __call__(self, x, xa, lora_B, beta, bias):
+        out = new_output(self.out_shape, x.dtype, x.device)
+        buf = torch.empty(self.buf_shape, dtype=x.dtype, device=x.device)
+        for n0, n1, generator, epilogue in self.chunks:
+            w = narrowed(buf, 0, 0, n1 - n0)
+            generator(w)
+            epilogue(_matmul_fp32(x, w.t()).unsqueeze(0), narrowed(out, 1, n0, n1), xa, narrowed(lora_B, 0, n0, n1),
+                     narrowed(bias, 0, n0, n1), beta, None, None)
+        return out
 
 
 def two_phase_bwd_dx(
     dy: torch.Tensor, *, seed: int, stream: int, version: int, init: str, in_features: int,
     dy_b: torch.Tensor | None, lora_A: torch.Tensor | None, beta: torch.Tensor, scale: float,
-    x_for_dbeta: torch.Tensor | None = None, need_dx: bool = True,
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    x_for_dbeta: torch.Tensor | None = None, need_dx: bool = True, bind: bool = False,
+):
     """dx = beta * dy @ W_seed + scale * dy_b @ lora_A and dbeta = <x, dy @ W_seed>.
 
     dy: (M, N); dy_b: (M, rank) or None; lora_A: (rank, in_features) or None. Returns (dx or
-    None, dbeta as a float32 0-dim tensor or None)."""
+    None, dbeta as a float32 0-dim tensor or None); with ``bind`` also a
+    ``TwoPhaseInputGradReplay`` of the call, or None (as ``two_phase_fwd``)."""
     M, N = dy.shape
     K = in_features
     dx = new_output((M, K), dy.dtype, dy.device) if need_dx else None
     if M == 0:
-        return dx, (torch.zeros((), device=dy.device) if x_for_dbeta is not None else None)
+        dbeta = torch.zeros((), device=dy.device) if x_for_dbeta is not None else None
+        return (dx, dbeta, None) if bind else (dx, dbeta)
     cols = chunk_rows(K, N, dy.element_size(), spec.V2_COL_SPAN, M)
     buf = torch.empty((N, cols), dtype=dy.dtype, device=dy.device)
     value_scale = _value_scale(version, K)
-    partials = []
+    partials, chunks = [], []
     for k0 in range(0, K, cols):
         k1 = min(k0 + cols, K)
         w = narrowed(buf, 1, 0, k1 - k0)
-        _generate(w, seed=seed, stream=stream, version=version, init=init, in_features=K, rows=(0, N), cols=(k0, k1))
-        partial = seeded_epilogue(
+        made = _generate(w, seed=seed, stream=stream, version=version, init=init, in_features=K, rows=(0, N),
+                         cols=(k0, k1), bind=bind)
+        done = seeded_epilogue(
             _matmul_fp32(dy, w), narrowed(dx, 1, k0, k1), beta=beta, value_scale=value_scale, lo=dy_b,
             lmat=narrowed(lora_A, 1, k0, k1).t() if lora_A is not None else None, lora_scale=scale,
-            x_for_dbeta=narrowed(x_for_dbeta, 1, k0, k1))
+            x_for_dbeta=narrowed(x_for_dbeta, 1, k0, k1), bind=bind)
+        partial = done[0] if bind else done
+        if bind:
+            chunks.append((k0, k1, made[1], done[1]))
         if partial is not None:
             partials.append(partial)
     dbeta = dbeta_total(partials, dy.device) if x_for_dbeta is not None else None
-    return dx, dbeta
+    if not bind:
+        return dx, dbeta
+    if any(generator is None or epilogue is None for _, _, generator, epilogue in chunks):
+        return dx, dbeta, None
+    return dx, dbeta, TwoPhaseInputGradReplay(tuple(chunks), dx.shape if dx is not None else None, (N, cols))
+
+
+class TwoPhaseInputGradReplay:
+    """``two_phase_bwd_dx``'s chunks again: ``replay(dy, dy_b, lora_A, beta, x_for_dbeta) -> (dx
+    or None, dbeta or None)`` on tensors keyed as the bound call's (see
+    ``TwoPhaseForwardReplay``)."""
+
+    __slots__ = ("chunks", "dx_shape", "buf_shape")
+
+    def __init__(self, chunks: tuple, dx_shape, buf_shape: tuple[int, int]):
+        self.chunks, self.dx_shape, self.buf_shape = chunks, dx_shape, buf_shape
+
+    def __call__(self, dy, dy_b, lora_A, beta, x_for_dbeta):
+        dx = new_output(self.dx_shape, dy.dtype, dy.device) if self.dx_shape is not None else None
+        buf = torch.empty(self.buf_shape, dtype=dy.dtype, device=dy.device)
+        partials = []
+        for k0, k1, generator, epilogue in self.chunks:
+            w = narrowed(buf, 1, 0, k1 - k0)
+            generator(w)
+            partial = epilogue(_matmul_fp32(dy, w).unsqueeze(0), narrowed(dx, 1, k0, k1), dy_b,
+                               narrowed(lora_A, 1, k0, k1).t() if lora_A is not None else None, None, beta,
+                               narrowed(x_for_dbeta, 1, k0, k1), None)
+            if partial is not None:
+                partials.append(partial)
+        return dx, (dbeta_total(partials, dy.device) if x_for_dbeta is not None else None)

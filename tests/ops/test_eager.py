@@ -228,17 +228,21 @@ def test_the_settings_that_pick_the_path_are_read_at_every_call(monkeypatch, lau
     assert len(_plans()) == 2  # the one-pass plan, and the decode regime's now that one-pass is off
 
 
-def test_a_regime_with_work_between_its_launches_keys_no_plan(monkeypatch):
-    """Two-phase (M past the decode regime's 32 rows, one-pass off): W chunks, GEMMs, epilogues;
-    its key maps to NO_PLAN and its calls take the full path."""
+def test_a_regime_whose_launcher_binds_nothing_keys_no_plan(monkeypatch):
+    """Stream v1's one-pass regime (M <= 128 on a v1 layer) is not bound: its key maps to
+    NO_PLAN and its calls take the full path."""
+    from lottalora.ops import seeded_linear_ref
+
     monkeypatch.setenv("LOTTALORA_ONE_PASS", "0")
+    spec = BackboneSpec(5, 2, IN, OUT, version=1)
     gen = torch.Generator().manual_seed(9)
     a, b, beta, bias = _params(gen, torch.float32, grad=False)
     x = torch.randn(33, IN, generator=gen)
     for _ in range(2):
-        y = _call(x, a, b, beta, bias)
+        y = seeded_linear(x, spec, a, b, beta, bias)
     assert list(eager._PLANS.values()) == [eager.NO_PLAN]
-    assert_close(y, _reference(x, a, b, beta, bias, 1.0)[0], torch.float32, "y")
+    want = seeded_linear_ref(x.double(), spec, a.double(), b.double(), beta.double(), bias.double())
+    assert_close(y, want, torch.float32, "y")
 
 
 def test_calls_the_plans_do_not_serve_are_not_keyed():
@@ -500,3 +504,58 @@ def test_decode_training_steps_replay_both_directions_with_the_full_paths_bits(m
     assert calls == ["decode_fwd_replayable", "decode_bwd_dx_replayable"] * 3  # each step's first call only
     (plan,) = _plans()
     assert len(plan.input_grads) == 1
+
+
+@pytest.mark.parametrize("version,m,chunked,variant", [
+    (2, 33, False, "lora"), (2, 40, True, "lora"), (2, 33, True, "rank 0"), (2, 34, True, "lora_input"),
+    (2, 35, True, "frozen x"), (1, 130, True, "lora"),
+])
+def test_two_phase_steps_replay_their_chunks_with_the_full_paths_bits(monkeypatch, version, m, chunked, variant):
+    """The two-phase regime (M past the decode regime, one-pass off; stream v1 past its one-pass
+    regime): each chunk's generator and epilogue launches replayed around cuBLAS's GEMM, W in
+    one chunk or several (a small CHUNK_BYTES), forward and input gradient: y and every
+    gradient equal, bit for bit, to the full path's, and to the torch backend's values."""
+    from lottalora_kernels.seeded_linear import two_phase
+
+    monkeypatch.setenv("LOTTALORA_ONE_PASS", "0")
+    n_in, n_out = 300, 150
+    if chunked:  # 64-row chunks of W in the forward, 128-column chunks in the input gradient
+        monkeypatch.setattr(two_phase, "CHUNK_BYTES", 64 * n_in * 4)
+    calls = []
+    for name in ("two_phase_fwd", "two_phase_bwd_dx"):
+        real = getattr(two_phase, name)
+        monkeypatch.setattr(two_phase, name,
+                            lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+    spec = BackboneSpec(5, 2, n_in, n_out, version=version)
+    gen = torch.Generator().manual_seed(24)
+    rank = 0 if variant == "rank 0" else RANK
+    a, b = torch.randn(rank, n_in, generator=gen), torch.randn(n_out, rank, generator=gen)
+    beta, bias = torch.tensor([0.8]), torch.randn(n_out, generator=gen)
+    leaves = [t.requires_grad_() for t in (a, b, beta, bias)]
+
+    def step(x, dy, lora_input):
+        leaf = x.clone().requires_grad_(variant != "frozen x")
+        y = seeded_linear(leaf, spec, a, b, beta, bias, 0.5, lora_input)
+        wrt = ([leaf] if leaf.requires_grad else []) + leaves + ([lora_input] if lora_input is not None else [])
+        return (y, *torch.autograd.grad(y, wrt, dy))
+    for i in range(3):
+        x, dy = torch.randn(m, n_in, generator=gen), torch.randn(m, n_out, generator=gen)
+        lora_input = torch.randn(m, n_in, generator=gen).requires_grad_() if variant == "lora_input" else None
+        got = step(x, dy, lora_input)
+        if i:
+            plans = eager._PLANS.copy()
+            eager.clear()
+            full = step(x, dy, lora_input)
+            eager._PLANS.clear()
+            eager._PLANS.update(plans)
+            for g, f in zip(got, full, strict=True):
+                assert torch.equal(g, f), f"step {i}: a replay's bits are not the full path's"
+        monkeypatch.setenv("LOTTALORA_BACKEND", "torch")
+        want = step(x, dy, lora_input)
+        monkeypatch.setenv("LOTTALORA_BACKEND", "triton")
+        for g, w in zip(got, want, strict=True):
+            assert_close(g, w.double(), torch.float32, f"step {i}")
+    assert calls == ["two_phase_fwd", "two_phase_bwd_dx"] * 3  # each step's first call only
+    (plan,) = _plans()
+    rows = two_phase.chunk_rows(n_out, n_in, 4, 64, m)
+    assert len(plan.forward.replay.chunks) == -(-n_out // rows) and (rows < n_out) == chunked
