@@ -49,12 +49,12 @@ def one_pass_enabled() -> bool:
 def replay_state() -> tuple:
     """What a replay of a call's launches made now depends on besides the call's tensors and
     arguments, for the key of a replayed call (``lottalora.ops.eager``): the settings that pick
-    the regime and its launches (the one-pass switch, ``ONE_PASS_MAX_M``, ``DECODE_MAX_M``, the
-    two-phase chunk sizes), whether launches are
+    the regime and its launches (the one-pass switch, ``ONE_PASS_MAX_M``, ``DECODE_MAX_M``,
+    ``V1_ONE_PASS_MAX_M``, the two-phase chunk sizes), whether launches are
     direct (a replay bound while they were not launches through Triton every time) and float32's
     tensor-core precision (a constexpr of the launches)."""
-    return (one_pass_enabled(), ONE_PASS_MAX_M, DECODE_MAX_M, two_phase.CHUNK_BYTES, two_phase.MAX_CHUNK_BYTES,
-            two_phase.MAX_PRODUCT_BYTES, direct_launches(), fp32_input_precision())
+    return (one_pass_enabled(), ONE_PASS_MAX_M, DECODE_MAX_M, V1_ONE_PASS_MAX_M, two_phase.CHUNK_BYTES,
+            two_phase.MAX_CHUNK_BYTES, two_phase.MAX_PRODUCT_BYTES, direct_launches(), fp32_input_precision())
 
 
 def _v1_regime(m: int, dtype: torch.dtype | None, on_gpu: bool) -> str:

@@ -559,3 +559,41 @@ def test_two_phase_steps_replay_their_chunks_with_the_full_paths_bits(monkeypatc
     (plan,) = _plans()
     rows = two_phase.chunk_rows(n_out, n_in, 4, 64, m)
     assert len(plan.forward.replay.chunks) == -(-n_out // rows) and (rows < n_out) == chunked
+
+
+def test_a_strided_bias_is_not_keyed():
+    gen = torch.Generator().manual_seed(22)
+    a, b, beta, _ = _params(gen, torch.float32, grad=False)
+    bias = torch.randn(2 * OUT, generator=gen)[::2]
+    x = torch.randn(4, IN, generator=gen)
+    for _ in range(2):
+        y = _call(x, a, b, beta, bias)
+    assert not eager._PLANS
+    assert_close(y, _reference(x, a, b, beta, bias, 1.0)[0], torch.float32, "y")
+
+
+def test_a_full_table_drops_its_oldest_keys(monkeypatch):
+    monkeypatch.setattr(eager, "_MAX_PLANS", 8)
+    gen = torch.Generator().manual_seed(23)
+    a, b, beta, bias = _params(gen, torch.float32, grad=False)
+    xs = [torch.randn(m, IN, generator=gen) for m in range(1, 10)]
+    for x in xs:
+        _call(x, a, b, beta, bias)
+    rows = [key[5][0][0][0] for key in eager._PLANS]  # x's rows, in insertion order
+    assert rows == [3, 4, 5, 6, 7, 8, 9]  # 8 keys reached: the oldest quarter (2) went, then 9 came
+
+
+def test_the_regime_thresholds_key_apart(monkeypatch):
+    """Moving a threshold (benchmarks do) sends a shape to another regime: not to a plan made for
+    the old one. A v1 layer at 40 rows: the one-pass v1 regime (no plan), then two-phase."""
+    from lottalora_kernels.seeded_linear import dispatch
+
+    monkeypatch.setenv("LOTTALORA_ONE_PASS", "0")
+    spec = BackboneSpec(5, 2, IN, OUT, version=1)
+    gen = torch.Generator().manual_seed(25)
+    a, b, beta, bias = _params(gen, torch.float32, grad=False)
+    x = torch.randn(40, IN, generator=gen)
+    seeded_linear(x, spec, a, b, beta, bias)
+    monkeypatch.setattr(dispatch, "V1_ONE_PASS_MAX_M", 32)
+    seeded_linear(x, spec, a, b, beta, bias)
+    assert len(eager._PLANS) == 2 and len(_plans()) == 1
