@@ -29,10 +29,10 @@ case "${1:-}" in
   all)
     # A lent session has 15 device-minutes, the machine's start included: this runs in under 9,
     # each part in its own time box, each writing its results to $out as it goes. First the
-    # bits of the kernels no GPU has run yet (the one-pass kernels, alone and as whole layers
-    # with the switch on), then the speed table at the issue's shapes with both baselines,
-    # then the end-to-end benchmarks.
-    timeout 210 python3 -m pytest -q -rs tests/kernels/test_gpu.py -k "one_pass" 2>&1 \
+    # bits of what no GPU has run yet (the one-pass kernels, alone and as whole layers with the
+    # switch on; the eager plans' replays, which the default dispatch runs), then the speed
+    # table at the issue's shapes with both baselines, then the end-to-end benchmarks.
+    timeout 210 python3 -m pytest -q -rs tests/kernels/test_gpu.py -k "one_pass or eager_plans" 2>&1 \
       | tee "$out/pytest_gpu_one_pass.log"
     timeout 150 python3 -m benchmarks.speed --out "$out" 2>&1 | tee "$out/speed.log"
     timeout 100 bash "$0" generate
