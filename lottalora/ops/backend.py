@@ -169,15 +169,12 @@ def forward_replayable(
     backend: str, x: torch.Tensor, block: BackboneBlock, lora_A: torch.Tensor | None, lora_B: torch.Tensor | None,
     beta: torch.Tensor, bias: torch.Tensor | None, scale: float, lora_x: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, object | None]:
-    """``forward``'s (y, xa) without packed signs, and a replay of its one launch, ``replay(x,
+    """``forward``'s (y, xa) without packed signs, and a replay of its launches, ``replay(x,
     lora_A, lora_B, beta, bias, lora_x) -> (y, xa)`` for calls keyed alike, where there is one
-    (the Triton backend on a whole layer, where the dispatch binds the regime's launches); None
-    elsewhere."""
-    if backend == "triton" and block.is_whole:
+    (the Triton backend on a whole layer with a bias the kernels read as it is, where the
+    dispatch binds the regime's launches); None elsewhere."""
+    if backend == "triton" and block.is_whole and bias_is_kernel_ready(bias):
         spec = block.spec
-        if not bias_is_kernel_ready(bias):
-            y, xa, _ = forward(backend, x, block, lora_A, lora_B, beta, bias, scale, False, lora_x)
-            return y, xa, None
         return _kernels().seeded_linear_fwd_replayable(
             x, seed=spec.seed, stream=spec.stream, version=spec.version, init=spec.init,
             out_features=spec.out_features, lora_A=lora_A, lora_B=lora_B, beta=beta, bias=bias, scale=scale,
@@ -190,7 +187,7 @@ def input_grad_replayable(
     backend: str, dy: torch.Tensor, block: BackboneBlock, dy_b: torch.Tensor | None, lora_A: torch.Tensor | None,
     beta: torch.Tensor, scale: float, x_for_dbeta: torch.Tensor | None, need_dx: bool,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, object | None]:
-    """``input_grad``'s (dx, dbeta), and a replay of its one launch, ``replay(dy, dy_b, lora_A,
+    """``input_grad``'s (dx, dbeta), and a replay of its launches, ``replay(dy, dy_b, lora_A,
     beta, x_for_dbeta) -> (dx, dbeta)``, where there is one (as ``forward_replayable``)."""
     if backend == "triton" and block.is_whole:
         spec = block.spec

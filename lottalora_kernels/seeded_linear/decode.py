@@ -40,7 +40,7 @@ The input gradient has the same pair: ``_seeded_decode_dx_kernel`` (Gluon, same 
 twin, read back the same way with one-hot dy. Past 32 rows the launcher runs 32 rows per launch
 (a 64-wide accumulator spills), regenerating W each time; the dispatch leaves M > 32 to the
 other regimes (measurements and counts: benchmarks/NOTES.md). Stream v1 is not served here.
-``decode_fwd_replayable`` and ``decode_bwd_dx_replayable`` also return a replay of their two
+With ``bind``, ``decode_fwd`` and ``decode_bwd_dx`` also return a replay of their two
 launches (``DecodeForwardReplay``, ``DecodeInputGradReplay``: outputs and partial sums allocated
 anew, the bound kernels launched), which the eager plans of ``lottalora.ops.eager`` run on a
 layer's repeated calls.
@@ -325,7 +325,7 @@ def _partial_products(
         xl = lora_x if lora_x is not None else a
         scalar_args = (M, N, K, rank, a.stride(0), a.stride(1), xl.stride(0), xl.stride(1), *a_strides, *scalars,
                        n_row_blocks)
-        args = (a, partial, xl, lora_A if rank else a, xa_partial if rank else partial, *scalar_args)
+        args = (*_forward_tensors(a, partial, lora_x, lora_A, xa_partial), *scalar_args)
         grid = (n_row_blocks + cdiv(rank, _XA_ROWS_PER_WARP * num_warps), split_k)
     launch_fn = bind_launch if bind else launch
 
@@ -345,6 +345,13 @@ def _partial_products(
     return partial, xa_partial
 
 
+def _forward_tensors(a, partial, lora_x, lora_A, xa_partial) -> tuple:
+    """The forward kernel's tensor arguments: x, its partial sums, the adapter's input (x when
+    None), A and xa's partial sums (x and the partial sums stand in without a rank)."""
+    rank = xa_partial is not None
+    return (a, partial, lora_x if lora_x is not None else a, lora_A if rank else a, xa_partial if rank else partial)
+
+
 def _row_chunks(m: int):
     """Row ranges of at most MAX_M rows: a launch's accumulator holds 32 rows (64 spill)."""
     return [(r0, min(r0 + MAX_M, m)) for r0 in range(0, m, MAX_M)]
@@ -354,8 +361,8 @@ def decode_fwd(
     x: torch.Tensor, *, seed: int, stream: int, out_features: int, lora_A: torch.Tensor | None,
     lora_B: torch.Tensor | None, beta: torch.Tensor, bias: torch.Tensor | None, scale: float,
     fast: bool | None = None, num_warps: int | None = None, split_k: int | None = None,
-    lora_x: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    lora_x: torch.Tensor | None = None, bind: bool = False,
+):
     """y = beta * std * x @ W_signs^T + scale * (lora_x @ lora_A^T) @ lora_B^T + bias for stream
     v2, in two launches per 32 rows: lora_x @ lora_A^T is made by the backbone kernel's extra
     programs. Past 32 rows W is regenerated for every 32.
@@ -363,7 +370,8 @@ def decode_fwd(
     x and lora_x (the adapter's input, x when None): (M, K); lora_A: (rank, K) and lora_B:
     (out_features, rank), or None; beta: one element; bias: (out_features,) or None. Returns
     (y (M, out_features) in x.dtype, xa = lora_x @ lora_A^T (M, rank) in x.dtype as the LoRA
-    term used it, or None). ``fast`` picks the Gluon kernel
+    term used it, or None); with ``bind`` also a ``DecodeForwardReplay`` of the call where it
+    was one row chunk, else None. ``fast`` picks the Gluon kernel
     (default: when ``use_fast_path``), else the plain-Triton twin; ``num_warps`` and
     ``split_k`` pin the launch (tests). Inputs are assumed validated.
     """
@@ -371,102 +379,97 @@ def decode_fwd(
     rank = lora_A.shape[0] if lora_A is not None else 0
     out = new_output((M, out_features), x.dtype, x.device)
     xa = new_output((M, rank), x.dtype, x.device) if lora_A is not None else None
+    bound = []
     for r0, r1 in _row_chunks(M):
-        partial, xa_partial = _partial_products(
+        partial, xa_partial, *products = _partial_products(
             narrowed(x, 0, r0, r1), transposed=False, n_out=out_features, seed=seed, stream=stream, fast=fast,
-            num_warps=num_warps, split_k=split_k, lora_A=lora_A, lora_x=narrowed(lora_x, 0, r0, r1))
-        seeded_epilogue(partial, narrowed(out, 0, r0, r1), beta=beta, value_scale=spec.backbone_std(K), lo=xa_partial,
-                        lmat=lora_B, lora_scale=scale, bias=bias, lo_out=narrowed(xa, 0, r0, r1) if rank else None)
-    return out, xa
-
-
-def decode_fwd_replayable(
-    x: torch.Tensor, *, seed: int, stream: int, out_features: int, lora_A: torch.Tensor | None,
-    lora_B: torch.Tensor | None, beta: torch.Tensor, bias: torch.Tensor | None, scale: float,
-    lora_x: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None, DecodeForwardReplay | None]:
-    """``decode_fwd``'s (y, xa), and a ``DecodeForwardReplay`` that makes the same two launches on
-    other tensors keyed alike, where the call was one row chunk (M <= MAX_M) that launched;
-    else None."""
-    M, K = x.shape
-    if M == 0 or M > MAX_M or out_features == 0:
-        y, xa = decode_fwd(x, seed=seed, stream=stream, out_features=out_features, lora_A=lora_A, lora_B=lora_B,
-                           beta=beta, bias=bias, scale=scale, lora_x=lora_x)
-        return y, xa, None
-    rank = lora_A.shape[0] if lora_A is not None else 0
-    out = new_output((M, out_features), x.dtype, x.device)
-    xa = new_output((M, rank), x.dtype, x.device) if lora_A is not None else None
-    partial, xa_partial, (products, product_scalars) = _partial_products(
-        x, transposed=False, n_out=out_features, seed=seed, stream=stream, fast=None, num_warps=None, split_k=None,
-        lora_A=lora_A, lora_x=lora_x, bind=True)
-    _, epilogue = seeded_epilogue(partial, out, beta=beta, value_scale=spec.backbone_std(K), lo=xa_partial,
-                                  lmat=lora_B, lora_scale=scale, bias=bias, lo_out=xa if rank else None, bind=True)
-    return out, xa, DecodeForwardReplay(products, product_scalars, epilogue, out.shape, xa.shape if xa is not None
-                                        else None, tuple(partial.shape), rank)
+            num_warps=num_warps, split_k=split_k, lora_A=lora_A, lora_x=narrowed(lora_x, 0, r0, r1), bind=bind)
+        epilogue = seeded_epilogue(
+            partial, narrowed(out, 0, r0, r1), beta=beta, value_scale=spec.backbone_std(K), lo=xa_partial,
+            lmat=lora_B, lora_scale=scale, bias=bias, lo_out=narrowed(xa, 0, r0, r1) if rank else None, bind=bind)
+        if bind:
+            bound.append((*products[0], epilogue[1], tuple(partial.shape)))
+    if not bind:
+        return out, xa
+    if len(bound) != 1 or bound[0][2] is None:
+        return out, xa, None
+    return out, xa, DecodeForwardReplay(*bound[0], out.shape, xa.shape if xa is not None else None, rank)
 
 
 class DecodeForwardReplay:
-    """``decode_fwd_replayable``'s two launches again: ``replay(x, lora_A, lora_B, beta, bias,
-    lora_x) -> (y, xa)`` on tensors with the first call's shapes, strides, dtypes, device and
-    16-byte alignment (lora_x given or not as there; ``lottalora.ops.eager`` keys its calls on
-    that). Allocates the outputs and the partial sums and launches the compiled kernels directly."""
+    """``decode_fwd``'s two launches again: ``replay(x, lora_A, lora_B, beta, bias, lora_x) ->
+    (y, xa)`` on tensors with the first call's shapes, strides, dtypes, device and 16-byte
+    alignment (lora_x given or not as there; ``lottalora.ops.eager`` keys its calls on that).
+    Allocates the outputs and the partial sums and launches the compiled kernels directly."""
 
-    __slots__ = ("products", "product_scalars", "epilogue", "out_shape", "xa_shape", "partial_shape", "rank")
+    __slots__ = ("products", "product_scalars", "epilogue", "partial_shape", "out_shape", "xa_shape", "rank")
 
-    def __init__(self, products, product_scalars: tuple, epilogue, out_shape, xa_shape, partial_shape, rank: int):
+    def __init__(self, products, product_scalars: tuple, epilogue, partial_shape, out_shape, xa_shape, rank: int):
         self.products, self.product_scalars, self.epilogue = products, product_scalars, epilogue
-        self.out_shape, self.xa_shape, self.partial_shape, self.rank = out_shape, xa_shape, partial_shape, rank
+        self.partial_shape, self.out_shape, self.xa_shape, self.rank = partial_shape, out_shape, xa_shape, rank
 
     def __call__(self, x, lora_A, lora_B, beta, bias, lora_x):
         device = x.device
         out = new_output(self.out_shape, x.dtype, device)
         xa = new_output(self.xa_shape, x.dtype, device) if self.xa_shape is not None else None
         partial = new_output(self.partial_shape, torch.float32, device)
-        if self.rank:
-            xa_partial = new_output((self.partial_shape[0], self.partial_shape[1], self.rank), torch.float32, device)
-            self.products(x, partial, lora_x if lora_x is not None else x, lora_A, xa_partial, *self.product_scalars)
-            self.epilogue(partial, out, xa_partial, lora_B, bias, beta, None, xa)
-        else:
-            self.products(x, partial, lora_x if lora_x is not None else x, x, partial, *self.product_scalars)
-            self.epilogue(partial, out, None, None, bias, beta, None, None)
+        xa_partial = (new_output((*self.partial_shape[:2], self.rank), torch.float32, device) if self.rank
+                      else None)
+        self.products(*_forward_tensors(x, partial, lora_x, lora_A, xa_partial), *self.product_scalars)
+        self.epilogue(partial, out, xa_partial, lora_B, bias, beta, None, xa if self.rank else None)
         return out, xa
 
 
-def decode_bwd_dx_replayable(
+def decode_bwd_dx(
     dy: torch.Tensor, *, seed: int, stream: int, in_features: int, dy_b: torch.Tensor | None,
     lora_A: torch.Tensor | None, beta: torch.Tensor, scale: float, x_for_dbeta: torch.Tensor | None = None,
-    need_dx: bool = True,
-) -> tuple[torch.Tensor | None, torch.Tensor | None, DecodeInputGradReplay | None]:
-    """``decode_bwd_dx``'s (dx, dbeta), and a ``DecodeInputGradReplay`` that makes the same two
-    launches (and dbeta's sum) on other tensors keyed alike, where the call was one row chunk
-    (M <= MAX_M) that launched; else None."""
+    need_dx: bool = True, fast: bool | None = None, num_warps: int | None = None, split_k: int | None = None,
+    bind: bool = False,
+):
+    """dx = beta * std * dy @ W_signs + scale * dy_b @ lora_A and dbeta = std * <x, dy @ W_signs>
+    for stream v2, in launches of 32 rows as ``decode_fwd``.
+
+    dy: (M, N); dy_b: (M, rank) or None; lora_A: (rank, in_features) or None; x_for_dbeta: the
+    forward's input (M, in_features) or None. Returns (dx (M, in_features) in dy.dtype or None
+    when ``need_dx`` is False, dbeta as a float32 0-dim tensor or None); with ``bind`` also a
+    ``DecodeInputGradReplay`` of the call where it was one row chunk, else None. ``fast``,
+    ``num_warps`` and ``split_k`` as in ``decode_fwd``.
+    """
     M = dy.shape[0]
-    if M == 0 or M > MAX_M or in_features == 0 or (not need_dx and x_for_dbeta is None):
-        dx, dbeta = decode_bwd_dx(dy, seed=seed, stream=stream, in_features=in_features, dy_b=dy_b, lora_A=lora_A,
-                                  beta=beta, scale=scale, x_for_dbeta=x_for_dbeta, need_dx=need_dx)
-        return dx, dbeta, None
     dx = new_output((M, in_features), dy.dtype, dy.device) if need_dx else None
-    partial, _, (products, product_scalars) = _partial_products(
-        dy, transposed=True, n_out=in_features, seed=seed, stream=stream, fast=None, num_warps=None, split_k=None,
-        bind=True)
-    partial_dbeta, epilogue = seeded_epilogue(
-        partial, dx, beta=beta, value_scale=spec.backbone_std(in_features), lo=dy_b,
-        lmat=lora_A.T if lora_A is not None else None, lora_scale=scale, x_for_dbeta=x_for_dbeta, bind=True)
-    dbeta = dbeta_total([partial_dbeta], dy.device) if x_for_dbeta is not None else None
-    return dx, dbeta, DecodeInputGradReplay(products, product_scalars, epilogue, dx.shape if dx is not None else None,
-                                            tuple(partial.shape))
+    std = spec.backbone_std(in_features)
+    dbeta_partials, bound = [], []
+    for r0, r1 in _row_chunks(M):
+        partial, _, *products = _partial_products(narrowed(dy, 0, r0, r1), transposed=True, n_out=in_features,
+                                                  seed=seed, stream=stream, fast=fast, num_warps=num_warps,
+                                                  split_k=split_k, bind=bind)
+        epilogue = seeded_epilogue(
+            partial, narrowed(dx, 0, r0, r1), beta=beta, value_scale=std, lo=narrowed(dy_b, 0, r0, r1),
+            lmat=lora_A.T if lora_A is not None else None, lora_scale=scale,
+            x_for_dbeta=narrowed(x_for_dbeta, 0, r0, r1), bind=bind)
+        partial_dbeta = epilogue[0] if bind else epilogue
+        if bind:
+            bound.append((*products[0], epilogue[1], tuple(partial.shape)))
+        if partial_dbeta is not None:
+            dbeta_partials.append(partial_dbeta)
+    dbeta = dbeta_total(dbeta_partials, dy.device) if x_for_dbeta is not None else None
+    if not bind:
+        return dx, dbeta
+    if len(bound) != 1 or bound[0][2] is None:
+        return dx, dbeta, None
+    return dx, dbeta, DecodeInputGradReplay(*bound[0], dx.shape if dx is not None else None)
 
 
 class DecodeInputGradReplay:
-    """``decode_bwd_dx_replayable``'s launches again: ``replay(dy, dy_b, lora_A, beta, x_for_dbeta)
-    -> (dx or None, dbeta or None)`` on tensors keyed as the first call's (dy_b and lora_A given
-    where it fused the LoRA term, x_for_dbeta where it made dbeta; see ``DecodeForwardReplay``)."""
+    """``decode_bwd_dx``'s launches again: ``replay(dy, dy_b, lora_A, beta, x_for_dbeta) -> (dx
+    or None, dbeta or None)`` on tensors keyed as the first call's (dy_b and lora_A given where
+    it fused the LoRA term, x_for_dbeta where it made dbeta; see ``DecodeForwardReplay``)."""
 
-    __slots__ = ("products", "product_scalars", "epilogue", "dx_shape", "partial_shape")
+    __slots__ = ("products", "product_scalars", "epilogue", "partial_shape", "dx_shape")
 
-    def __init__(self, products, product_scalars: tuple, epilogue, dx_shape, partial_shape):
+    def __init__(self, products, product_scalars: tuple, epilogue, partial_shape, dx_shape):
         self.products, self.product_scalars, self.epilogue = products, product_scalars, epilogue
-        self.dx_shape, self.partial_shape = dx_shape, partial_shape
+        self.partial_shape, self.dx_shape = partial_shape, dx_shape
 
     def __call__(self, dy, dy_b, lora_A, beta, x_for_dbeta):
         device = dy.device
@@ -476,32 +479,3 @@ class DecodeInputGradReplay:
         partial_dbeta = self.epilogue(partial, dx, dy_b, lora_A.T if lora_A is not None else None, None, beta,
                                       x_for_dbeta, None)
         return dx, (dbeta_total([partial_dbeta], device) if x_for_dbeta is not None else None)
-
-
-def decode_bwd_dx(
-    dy: torch.Tensor, *, seed: int, stream: int, in_features: int, dy_b: torch.Tensor | None,
-    lora_A: torch.Tensor | None, beta: torch.Tensor, scale: float, x_for_dbeta: torch.Tensor | None = None,
-    need_dx: bool = True, fast: bool | None = None, num_warps: int | None = None, split_k: int | None = None,
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """dx = beta * std * dy @ W_signs + scale * dy_b @ lora_A and dbeta = std * <x, dy @ W_signs>
-    for stream v2, in launches of 32 rows as ``decode_fwd``.
-
-    dy: (M, N); dy_b: (M, rank) or None; lora_A: (rank, in_features) or None; x_for_dbeta: the
-    forward's input (M, in_features) or None. Returns (dx (M, in_features) in dy.dtype or None
-    when ``need_dx`` is False, dbeta as a float32 0-dim tensor or None). ``fast``,
-    ``num_warps`` and ``split_k`` as in ``decode_fwd``.
-    """
-    M = dy.shape[0]
-    dx = new_output((M, in_features), dy.dtype, dy.device) if need_dx else None
-    std = spec.backbone_std(in_features)
-    dbeta_partials = []
-    for r0, r1 in _row_chunks(M):
-        partial, _ = _partial_products(narrowed(dy, 0, r0, r1), transposed=True, n_out=in_features, seed=seed,
-                                       stream=stream, fast=fast, num_warps=num_warps, split_k=split_k)
-        partial_dbeta = seeded_epilogue(
-            partial, narrowed(dx, 0, r0, r1), beta=beta, value_scale=std, lo=narrowed(dy_b, 0, r0, r1),
-            lmat=lora_A.T if lora_A is not None else None, lora_scale=scale,
-            x_for_dbeta=narrowed(x_for_dbeta, 0, r0, r1))
-        if partial_dbeta is not None:
-            dbeta_partials.append(partial_dbeta)
-    return dx, (dbeta_total(dbeta_partials, dy.device) if x_for_dbeta is not None else None)

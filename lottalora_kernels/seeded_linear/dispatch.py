@@ -202,8 +202,8 @@ def seeded_linear_fwd_replayable(
     elsewhere (stream v1's one-pass regime goes through its launcher every time)."""
     regime = forward_regime(version, x.shape[0], x.dtype, x.is_cuda)
     if regime == "decode":
-        return decode.decode_fwd_replayable(x, seed=seed, stream=stream, out_features=out_features, lora_A=lora_A,
-                                            lora_B=lora_B, beta=beta, bias=bias, scale=scale, lora_x=lora_x)
+        return decode.decode_fwd(x, seed=seed, stream=stream, out_features=out_features, lora_A=lora_A,
+                                 lora_B=lora_B, beta=beta, bias=bias, scale=scale, lora_x=lora_x, bind=True)
     if regime == "two_phase":
         xa = _adapter_product(x, lora_A, lora_x)
         y, replay = two_phase.two_phase_fwd(x, seed=seed, stream=stream, version=version, init=init,
@@ -211,9 +211,9 @@ def seeded_linear_fwd_replayable(
                                             scale=scale, bind=True)
         return y, xa, (_AdapterProductThen(replay) if replay is not None else None)
     if regime == "one_pass":
-        return one_pass.one_pass_fwd_replayable(x, seed=seed, stream=stream, in_features=x.shape[1],
-                                                rows=(0, out_features), cols=(0, x.shape[1]), lora_A=lora_A,
-                                                lora_B=lora_B, beta=beta, bias=bias, scale=scale, lora_x=lora_x)
+        return one_pass.one_pass_fwd(x, seed=seed, stream=stream, in_features=x.shape[1], rows=(0, out_features),
+                                     cols=(0, x.shape[1]), lora_A=lora_A, lora_B=lora_B, beta=beta, bias=bias,
+                                     scale=scale, lora_x=lora_x, bind=True)
     y, xa = seeded_linear_fwd(x, seed=seed, stream=stream, version=version, init=init, out_features=out_features,
                               lora_A=lora_A, lora_B=lora_B, beta=beta, bias=bias, scale=scale, lora_x=lora_x)
     return y, xa, None
@@ -234,14 +234,14 @@ def seeded_linear_bwd_dx_replayable(
                                           in_features=in_features, dy_b=dy_b, lora_A=lora_A, beta=beta, scale=scale,
                                           x_for_dbeta=x_for_dbeta, need_dx=need_dx, bind=True)
     if regime == "decode":
-        return decode.decode_bwd_dx_replayable(dy, seed=seed, stream=stream, in_features=in_features, dy_b=dy_b,
-                                               lora_A=lora_A, beta=beta, scale=scale, x_for_dbeta=x_for_dbeta,
-                                               need_dx=need_dx)
+        return decode.decode_bwd_dx(dy, seed=seed, stream=stream, in_features=in_features, dy_b=dy_b,
+                                    lora_A=lora_A, beta=beta, scale=scale, x_for_dbeta=x_for_dbeta,
+                                    need_dx=need_dx, bind=True)
     if regime == "one_pass":
-        return one_pass.one_pass_bwd_dx_replayable(dy, seed=seed, stream=stream, in_features=in_features,
-                                                   rows=(0, dy.shape[1]), cols=(0, in_features), dy_b=dy_b,
-                                                   lora_A=lora_A, beta=beta, scale=scale, x_for_dbeta=x_for_dbeta,
-                                                   need_dx=need_dx)
+        return one_pass.one_pass_bwd_dx(dy, seed=seed, stream=stream, in_features=in_features,
+                                        rows=(0, dy.shape[1]), cols=(0, in_features), dy_b=dy_b, lora_A=lora_A,
+                                        beta=beta, scale=scale, x_for_dbeta=x_for_dbeta, need_dx=need_dx,
+                                        bind=True)
     dx, dbeta = seeded_linear_bwd_dx(dy, seed=seed, stream=stream, version=version, init=init,
                                      in_features=in_features, dy_b=dy_b, lora_A=lora_A, beta=beta, scale=scale,
                                      x_for_dbeta=x_for_dbeta, need_dx=need_dx)

@@ -155,8 +155,6 @@ def seeded_epilogue(
     if M == 0 or N == 0:
         dbeta = dbeta.zero_() if dbeta is not None else None
         return (dbeta, None) if bind else dbeta
-    dummy = acc
-
     def strides(t, n):
         return tuple(t.stride()) if t is not None else (0,) * n
     scalars = (M, N, R, n_splits, lo_splits, *acc.stride(), *strides(lo if has_lora else None, 3),
@@ -164,9 +162,8 @@ def seeded_epilogue(
                lora_scale)
     bound = (bind_launch if bind else launch)(
         _seeded_epilogue_kernel, (m_blocks, n_blocks),
-        acc, lo if has_lora else dummy, lmat if has_lora else dummy, bias if bias is not None else dummy, beta,
-        out if out is not None else dummy, x_for_dbeta if x_for_dbeta is not None else dummy,
-        dbeta if dbeta is not None else dummy, lo_out if lo_out is not None else dummy, *scalars,
+        *_tensor_args(acc, lo if has_lora else None, lmat if has_lora else None, bias, beta, out, x_for_dbeta, dbeta,
+                      lo_out), *scalars,
         HAS_LORA=has_lora, HAS_BIAS=bias is not None, WRITE_OUT=out is not None, DBETA=dbeta is not None,
         WRITE_LO=lo_out is not None, BLOCK_M=block_m, BLOCK_N=block_n,
         SPLIT_BLOCK=split_block(n_splits, block_m * block_n), LO_SPLIT_BLOCK=next_power_of_2(lo_splits),
@@ -195,11 +192,16 @@ class EpilogueReplay:
             lo = lmat = None
         elif lo.dim() == 2:
             lo = lo.unsqueeze(0)
-        self.bound(acc, lo if lo is not None else acc, lmat if lmat is not None else acc,
-                   bias if bias is not None else acc, beta, out if out is not None else acc,
-                   x_for_dbeta if x_for_dbeta is not None else acc, dbeta if dbeta is not None else acc,
-                   lo_out if lo_out is not None else acc, *self.scalars)
+        self.bound(*_tensor_args(acc, lo, lmat, bias, beta, out, x_for_dbeta, dbeta, lo_out), *self.scalars)
         return dbeta
+
+
+def _tensor_args(acc, lo, lmat, bias, beta, out, x_for_dbeta, dbeta, lo_out) -> tuple:
+    """The epilogue kernel's tensor arguments, acc standing in for the absent ones (never read:
+    their flags are off)."""
+    return (acc, lo if lo is not None else acc, lmat if lmat is not None else acc, bias if bias is not None else acc,
+            beta, out if out is not None else acc, x_for_dbeta if x_for_dbeta is not None else acc,
+            dbeta if dbeta is not None else acc, lo_out if lo_out is not None else acc)
 
 
 def dbeta_total(partials: list[torch.Tensor], device: torch.device) -> torch.Tensor:

@@ -28,8 +28,8 @@ No program waits for another, so nothing can deadlock. The counters are one zero
 buffer per device and CUDA stream (``_tile_counters``), kept between launches: two launches
 that run at once must come from different streams.
 
-Replays: ``one_pass_fwd_replayable`` and ``one_pass_bwd_dx_replayable`` return, beside the
-results, a replay of their launch (``ForwardReplay``, ``InputGradReplay``) that allocates the
+Replays: with ``bind``, ``one_pass_fwd`` and ``one_pass_bwd_dx`` return, beside the results, a
+replay of their launch (``ForwardReplay``, ``InputGradReplay``) that allocates the
 outputs and the workspace anew and launches the bound kernel (``launch.bind``) on other tensors
 of the same layouts, without planning the launch again: what the eager plans of
 ``lottalora.ops.eager`` run on a layer's repeated calls.
@@ -346,15 +346,10 @@ def _launch(a, *, dx, seed, stream, std, rows, cols, al, lf, lo, lmat, lmat_stri
                                                           plan.r_pad, plan.spans_per_split)
     workspace = _Workspace(M, P, n_m, n_p, split_k, block_m, r_pad, x_for_dbeta is not None, flags["MAKE_LO"])
     dbeta, part, lo_part, counters = workspace.make(a.device)
-    dummy = a
-
-    def pick(t):
-        return t if t is not None else dummy
 
     def strides(t, n=2):
         return tuple(t.stride()) if t is not None else (0,) * n
-    tensors = (a, pick(al), pick(lf), pick(lo), pick(lmat), pick(bias), beta, pick(out), pick(lo_out),
-               pick(x_for_dbeta), pick(dbeta), pick(part), pick(lo_part), pick(counters))
+    tensors = _tensor_args(a, al, lf, lo, lmat, bias, beta, out, lo_out, x_for_dbeta, dbeta, part, lo_part, counters)
     scalars = (M, P, Q, R, p0, q0, *a.stride(), *strides(al), *strides(lf), *strides(lo),
                *(lmat_strides if lmat is not None else (0, 0)), *strides(out), *strides(x_for_dbeta),
                *spec.int32_words(seed, stream), spans_per_split, std, scale)
@@ -405,33 +400,32 @@ class _Workspace(NamedTuple):
         return dbeta, part, lo_part, _tile_counters(device, self.n_m * self.n_p)
 
 
+def _tensor_args(a, al, lf, lo, lmat, bias, beta, out, lo_out, x_for_dbeta, dbeta, part, lo_part, counters) -> tuple:
+    """The kernel's tensor arguments, ``a`` standing in for the absent ones (never read: their
+    flags are off)."""
+    return (a, al if al is not None else a, lf if lf is not None else a, lo if lo is not None else a,
+            lmat if lmat is not None else a, bias if bias is not None else a, beta, out if out is not None else a,
+            lo_out if lo_out is not None else a, x_for_dbeta if x_for_dbeta is not None else a,
+            dbeta if dbeta is not None else a, part if part is not None else a,
+            lo_part if lo_part is not None else a, counters if counters is not None else a)
+
+
 class _Replay:
     """One one-pass launch again, on tensors keyed as the bound launch's were (same shapes,
     strides, dtypes and 16-byte alignment, the same optional tensors given; the same arguments
     otherwise: the caller's key vouches for it): its workspace allocated anew, the compiled
-    kernel launched directly. Absent tensors are replaced by ``a``, as ``_launch`` does."""
+    kernel launched directly."""
 
-    __slots__ = ("bound", "workspace", "scalars", "no_workspace")
+    __slots__ = ("bound", "workspace", "scalars")
 
     def __init__(self, bound, workspace: _Workspace, scalars: tuple):
         self.bound, self.workspace, self.scalars = bound, workspace, scalars
-        self.no_workspace = not workspace.dbeta and workspace.split_k == 1
 
     def __call__(self, a, al, lf, lo, lmat, bias, beta, out, lo_out, x_for_dbeta):
         """Launch; returns the dbeta partials or None."""
-        if self.no_workspace:
-            self.bound(a, al if al is not None else a, lf if lf is not None else a, lo if lo is not None else a,
-                       lmat if lmat is not None else a, bias if bias is not None else a, beta,
-                       out if out is not None else a, lo_out if lo_out is not None else a,
-                       x_for_dbeta if x_for_dbeta is not None else a, a, a, a, a, *self.scalars)
-            return None
         dbeta, part, lo_part, counters = self.workspace.make(a.device)
-        self.bound(a, al if al is not None else a, lf if lf is not None else a, lo if lo is not None else a,
-                   lmat if lmat is not None else a, bias if bias is not None else a, beta,
-                   out if out is not None else a, lo_out if lo_out is not None else a,
-                   x_for_dbeta if x_for_dbeta is not None else a, dbeta if dbeta is not None else a,
-                   part if part is not None else a, lo_part if lo_part is not None else a,
-                   counters if counters is not None else a, *self.scalars)
+        self.bound(*_tensor_args(a, al, lf, lo, lmat, bias, beta, out, lo_out, x_for_dbeta, dbeta, part, lo_part,
+                                 counters), *self.scalars)
         return dbeta
 
 
@@ -475,7 +469,8 @@ def one_pass_fwd(
     x: torch.Tensor, *, seed: int, stream: int, in_features: int, rows: tuple[int, int], cols: tuple[int, int],
     lora_A: torch.Tensor | None, lora_B: torch.Tensor | None, beta: torch.Tensor, bias: torch.Tensor | None,
     scale: float, lora_x: torch.Tensor | None = None, fast: bool | None = None, config: dict | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    bind: bool = False,
+):
     """y = beta * std * x @ W_signs[rows, cols]^T + scale * xa @ lora_B^T + bias in one launch,
     with xa = (lora_x or x) @ lora_A^T made inside it.
 
@@ -488,22 +483,9 @@ def one_pass_fwd(
     (False), or the Gluon kernel where it applies (None: CUDA, sm_80+, 16-bit inputs, Gluon,
     rank <= MAX_FAST_RANK); ``config`` pins BLOCK_M (16, 32, 64), SPLIT_K and num_warps (tests,
     benchmarks). Inputs are assumed validated by the caller (``lottalora.ops``), except the
-    block and the config, checked here.
+    block and the config, checked here. With ``bind``, a third result: a ``ForwardReplay`` that
+    makes the same launch on other tensors keyed alike, or None where the call launched nothing.
     """
-    out, xa, _ = one_pass_fwd_replayable(x, seed=seed, stream=stream, in_features=in_features, rows=rows, cols=cols,
-                                         lora_A=lora_A, lora_B=lora_B, beta=beta, bias=bias, scale=scale,
-                                         lora_x=lora_x, fast=fast, config=config, bind=False)
-    return out, xa
-
-
-def one_pass_fwd_replayable(
-    x: torch.Tensor, *, seed: int, stream: int, in_features: int, rows: tuple[int, int], cols: tuple[int, int],
-    lora_A: torch.Tensor | None, lora_B: torch.Tensor | None, beta: torch.Tensor, bias: torch.Tensor | None,
-    scale: float, lora_x: torch.Tensor | None = None, fast: bool | None = None, config: dict | None = None,
-    bind: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor | None, ForwardReplay | None]:
-    """``one_pass_fwd``'s (y, xa), and a ``ForwardReplay`` that makes the same launch on other
-    tensors keyed alike (None where the call launched nothing, or ``bind`` is False)."""
     M = x.shape[0]
     r0, r1 = _check_block("rows", rows, "the output", lora_B.shape[0] if lora_B is not None else rows[1] - rows[0])
     c0, c1 = _check_block("cols", cols, "x", x.shape[1])
@@ -513,7 +495,7 @@ def one_pass_fwd_replayable(
     if M == 0 or r1 == r0:
         if xa is not None and M and rank:  # no rows of W: xa still belongs to the backward
             xa.copy_((lora_x if lora_x is not None else x) @ lora_A.T)
-        return out, xa, None
+        return (out, xa, None) if bind else (out, xa)
     has_lora = lora_A is not None and rank > 0
     xl = lora_x if lora_x is not None else x
     _, replay = _launch(x, dx=False, seed=seed, stream=stream, std=spec.backbone_std(in_features), rows=(r0, r1),
@@ -522,12 +504,13 @@ def one_pass_fwd_replayable(
                         lmat_strides=tuple(lora_B.stride()) if has_lora else None, bias=bias, beta=beta, scale=scale,
                         out=out, lo_out=xa if has_lora else None, x_for_dbeta=None, fast=fast, config=config,
                         bind=bind)
-    return out, xa, (ForwardReplay(replay, out.shape, xa.shape if xa is not None else None, has_lora)
-                     if replay is not None else None)
+    if not bind:
+        return out, xa
+    return out, xa, ForwardReplay(replay, out.shape, xa.shape if xa is not None else None, has_lora)
 
 
 class ForwardReplay:
-    """``one_pass_fwd_replayable``'s launch again: ``replay(x, lora_A, lora_B, beta, bias, lora_x)
+    """``one_pass_fwd``'s launch again (``bind``): ``replay(x, lora_A, lora_B, beta, bias, lora_x)
     -> (y, xa)`` on tensors with the shapes, strides, dtypes, device and 16-byte alignment of the
     first call's (and lora_x given or not as there): the caller keys its calls on that
     (``lottalora.ops.eager``). Allocates the outputs and launches the compiled kernel directly."""
@@ -551,8 +534,8 @@ def one_pass_bwd_dx(
     dy: torch.Tensor, *, seed: int, stream: int, in_features: int, rows: tuple[int, int], cols: tuple[int, int],
     dy_b: torch.Tensor | None, lora_A: torch.Tensor | None, beta: torch.Tensor, scale: float,
     x_for_dbeta: torch.Tensor | None = None, need_dx: bool = True, fast: bool | None = None,
-    config: dict | None = None,
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    config: dict | None = None, bind: bool = False,
+):
     """dx = beta * std * dy @ W_signs[rows, cols] + scale * dy_b @ lora_A and
     dbeta = std * <x, dy @ W_signs[rows, cols]>, in one launch (plus one sum of dbeta's
     per-tile partials).
@@ -560,23 +543,10 @@ def one_pass_bwd_dx(
     dy: (M, rows len); dy_b = dy @ lora_B: (M, rank) or None; lora_A: (rank, cols len) or None;
     x_for_dbeta: the forward's input (M, cols len) or None. Returns (dx (M, cols len) in
     dy.dtype, or None when ``need_dx`` is False; dbeta as a float32 0-dim tensor, or None
-    without x_for_dbeta). ``fast`` and ``config`` as in ``one_pass_fwd``.
+    without x_for_dbeta). ``fast`` and ``config`` as in ``one_pass_fwd``. With ``bind``, a third
+    result: an ``InputGradReplay`` that makes the same launch on other tensors keyed alike, or
+    None where the call launched nothing.
     """
-    dx, dbeta, _ = one_pass_bwd_dx_replayable(dy, seed=seed, stream=stream, in_features=in_features, rows=rows,
-                                              cols=cols, dy_b=dy_b, lora_A=lora_A, beta=beta, scale=scale,
-                                              x_for_dbeta=x_for_dbeta, need_dx=need_dx, fast=fast, config=config,
-                                              bind=False)
-    return dx, dbeta
-
-
-def one_pass_bwd_dx_replayable(
-    dy: torch.Tensor, *, seed: int, stream: int, in_features: int, rows: tuple[int, int], cols: tuple[int, int],
-    dy_b: torch.Tensor | None, lora_A: torch.Tensor | None, beta: torch.Tensor, scale: float,
-    x_for_dbeta: torch.Tensor | None = None, need_dx: bool = True, fast: bool | None = None,
-    config: dict | None = None, bind: bool = True,
-) -> tuple[torch.Tensor | None, torch.Tensor | None, InputGradReplay | None]:
-    """``one_pass_bwd_dx``'s (dx, dbeta), and an ``InputGradReplay`` that makes the same launch
-    on other tensors keyed alike (None where the call launched nothing, or ``bind`` is False)."""
     M = dy.shape[0]
     r0, r1 = _check_block("rows", rows, "dy", dy.shape[1])
     c0, c1 = _check_block("cols", cols, "the input", lora_A.shape[1] if lora_A is not None else cols[1] - cols[0])
@@ -586,8 +556,8 @@ def one_pass_bwd_dx_replayable(
             dx.zero_()
             if M and dy_b is not None and lora_A is not None and lora_A.shape[0]:
                 dx.add_(scale * (dy_b @ lora_A))
-        zero = torch.zeros((), dtype=torch.float32, device=dy.device)
-        return dx, (zero if x_for_dbeta is not None else None), None
+        dbeta = torch.zeros((), dtype=torch.float32, device=dy.device) if x_for_dbeta is not None else None
+        return (dx, dbeta, None) if bind else (dx, dbeta)
     has_lora = dy_b is not None and lora_A is not None and lora_A.shape[0] > 0 and dx is not None
     partials, replay = _launch(dy, dx=True, seed=seed, stream=stream, std=spec.backbone_std(in_features),
                                rows=(r0, r1), cols=(c0, c1), al=None, lf=None, lo=dy_b if has_lora else None,
@@ -595,12 +565,14 @@ def one_pass_bwd_dx_replayable(
                                lmat_strides=(lora_A.stride(1), lora_A.stride(0)) if has_lora else None, bias=None,
                                beta=beta, scale=scale, out=dx, lo_out=None, x_for_dbeta=x_for_dbeta, fast=fast,
                                config=config, bind=bind)
-    return dx, (partials.sum() if partials is not None else None), (
-        InputGradReplay(replay, dx.shape if dx is not None else None, has_lora) if replay is not None else None)
+    dbeta = partials.sum() if partials is not None else None
+    if not bind:
+        return dx, dbeta
+    return dx, dbeta, InputGradReplay(replay, dx.shape if dx is not None else None, has_lora)
 
 
 class InputGradReplay:
-    """``one_pass_bwd_dx_replayable``'s launch again: ``replay(dy, dy_b, lora_A, beta,
+    """``one_pass_bwd_dx``'s launch again (``bind``): ``replay(dy, dy_b, lora_A, beta,
     x_for_dbeta) -> (dx or None, dbeta or None)`` on tensors keyed as the first call's (dy_b and
     lora_A given when the first call fused the LoRA term into dx, x_for_dbeta when it made dbeta;
     see ``ForwardReplay``)."""
