@@ -10,6 +10,7 @@ import lottalora
 from lottalora.backbone import BackboneBlock
 from lottalora.ops import seeded_linear_ref, seeded_linear_shard
 from lottalora_kernels.seeded_linear import dispatch, one_pass
+from tests.support.calls import count_calls
 from tests.support.tolerances import assert_close
 
 
@@ -27,14 +28,9 @@ def test_the_switch_decides_the_regime(monkeypatch, on):
 
 
 def _counting(monkeypatch):
-    """The one-pass launches a call makes, by direction: every path (one_pass_fwd, a layer's
-    eager plan, a tensor-parallel block) goes through the replayable launchers."""
-    calls = []
-    for name in ("one_pass_fwd", "one_pass_bwd_dx"):
-        real = getattr(one_pass, f"{name}_replayable")
-        monkeypatch.setattr(one_pass, f"{name}_replayable",
-                            lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
-    return calls
+    """The one-pass launchers a call goes through, by direction (a layer's first call, a
+    tensor-parallel block; a replayed plan goes through neither)."""
+    return count_calls(monkeypatch, one_pass, ("one_pass_fwd", "one_pass_bwd_dx"))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

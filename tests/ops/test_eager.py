@@ -10,6 +10,7 @@ import lottalora
 from lottalora.backbone import BackboneSpec
 from lottalora.ops import eager, seeded_linear, seeded_linear_ref
 from lottalora_kernels.seeded_linear import one_pass
+from tests.support.calls import count_calls
 from tests.support.tolerances import assert_close
 
 IN, OUT, RANK = 37, 29, 3
@@ -28,12 +29,7 @@ def one_pass_on(monkeypatch):
 @pytest.fixture
 def launches(monkeypatch):
     """The calls that went the full way to the one-pass launchers (a replay does not)."""
-    calls = []
-    for name in ("one_pass_fwd", "one_pass_bwd_dx"):
-        real = getattr(one_pass, f"{name}_replayable")
-        monkeypatch.setattr(one_pass, f"{name}_replayable",
-                            lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
-    return calls
+    return count_calls(monkeypatch, one_pass, ("one_pass_fwd", "one_pass_bwd_dx"))
 
 
 def _params(gen, dtype, rank=RANK, bias=True, grad=True):
@@ -56,6 +52,27 @@ def _reference(x, a, b, beta, bias, scale, lora_input=None):
 
 def _plans():
     return [p for p in eager._PLANS.values() if p is not eager.NO_PLAN]
+
+
+def _hold_replays_to_the_full_path_and_torch(monkeypatch, step, steps):
+    """``step(*inputs)`` (float32 results) for each of ``steps``: from the second on, when the
+    plan replays, equal bit for bit to the full path's results on the same inputs (the plans set
+    aside for one call), and at every step to the torch backend's values."""
+    for i, inputs in enumerate(steps):
+        got = step(*inputs)
+        if i:
+            plans = eager._PLANS.copy()
+            eager.clear()
+            full = step(*inputs)
+            eager._PLANS.clear()
+            eager._PLANS.update(plans)
+            for g, f in zip(got, full, strict=True):
+                assert torch.equal(g, f), f"step {i}: a replay's bits are not the full path's"
+        monkeypatch.setenv("LOTTALORA_BACKEND", "torch")
+        want = step(*inputs)
+        monkeypatch.setenv("LOTTALORA_BACKEND", "triton")
+        for g, w in zip(got, want, strict=True):
+            assert_close(g, w.double(), torch.float32, f"step {i}")
 
 
 def _step(x, a, b, beta, bias, dy):
@@ -421,10 +438,7 @@ def decode_launches(monkeypatch):
     from lottalora_kernels.seeded_linear import decode
 
     monkeypatch.setenv("LOTTALORA_ONE_PASS", "0")
-    calls = []
-    real = decode.decode_fwd_replayable
-    monkeypatch.setattr(decode, "decode_fwd_replayable", lambda *a, **k: calls.append("decode_fwd") or real(*a, **k))
-    return calls
+    return count_calls(monkeypatch, decode, ("decode_fwd",))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -470,10 +484,7 @@ def test_decode_training_steps_replay_both_directions_with_the_full_paths_bits(m
     from lottalora_kernels.seeded_linear import decode
 
     monkeypatch.setenv("LOTTALORA_ONE_PASS", "0")
-    calls = []
-    for name in ("decode_fwd_replayable", "decode_bwd_dx_replayable"):
-        real = getattr(decode, name)
-        monkeypatch.setattr(decode, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+    calls = count_calls(monkeypatch, decode, ("decode_fwd", "decode_bwd_dx"))
     gen = torch.Generator().manual_seed(21)
     a, b, beta, bias = _params(gen, torch.float32, rank=0 if variant == "rank 0" else RANK)
     beta.requires_grad_(variant != "frozen beta")
@@ -484,24 +495,11 @@ def test_decode_training_steps_replay_both_directions_with_the_full_paths_bits(m
         y = _call(leaf, a, b, beta, bias, 0.5, lora_input)
         wrt = ([leaf] if leaf.requires_grad else []) + leaves + ([lora_input] if lora_input is not None else [])
         return (y, *torch.autograd.grad(y, wrt, dy))
-    for i in range(3):
-        x, dy = torch.randn(2, 3, IN, generator=gen), torch.randn(2, 3, OUT, generator=gen)
-        lora_input = torch.randn(2, 3, IN, generator=gen).requires_grad_() if variant == "lora_input" else None
-        got = step(x, dy, lora_input)
-        if i:
-            plans = eager._PLANS.copy()
-            eager.clear()
-            full = step(x, dy, lora_input)
-            eager._PLANS.clear()
-            eager._PLANS.update(plans)
-            for g, f in zip(got, full, strict=True):
-                assert torch.equal(g, f), f"step {i}: a replay's bits are not the full path's"
-        monkeypatch.setenv("LOTTALORA_BACKEND", "torch")
-        want = step(x, dy, lora_input)
-        monkeypatch.setenv("LOTTALORA_BACKEND", "triton")
-        for g, w in zip(got, want, strict=True):
-            assert_close(g, w.double(), torch.float32, f"step {i}")
-    assert calls == ["decode_fwd_replayable", "decode_bwd_dx_replayable"] * 3  # each step's first call only
+    steps = [(torch.randn(2, 3, IN, generator=gen), torch.randn(2, 3, OUT, generator=gen),
+              torch.randn(2, 3, IN, generator=gen).requires_grad_() if variant == "lora_input" else None)
+             for _ in range(3)]
+    _hold_replays_to_the_full_path_and_torch(monkeypatch, step, steps)
+    assert calls == ["decode_fwd", "decode_bwd_dx"] * 3  # each step's first call only
     (plan,) = _plans()
     assert len(plan.input_grads) == 1
 
@@ -521,11 +519,7 @@ def test_two_phase_steps_replay_their_chunks_with_the_full_paths_bits(monkeypatc
     n_in, n_out = 300, 150
     if chunked:  # 64-row chunks of W in the forward, 128-column chunks in the input gradient
         monkeypatch.setattr(two_phase, "CHUNK_BYTES", 64 * n_in * 4)
-    calls = []
-    for name in ("two_phase_fwd", "two_phase_bwd_dx"):
-        real = getattr(two_phase, name)
-        monkeypatch.setattr(two_phase, name,
-                            lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+    calls = count_calls(monkeypatch, two_phase, ("two_phase_fwd", "two_phase_bwd_dx"))
     spec = BackboneSpec(5, 2, n_in, n_out, version=version)
     gen = torch.Generator().manual_seed(24)
     rank = 0 if variant == "rank 0" else RANK
@@ -538,23 +532,10 @@ def test_two_phase_steps_replay_their_chunks_with_the_full_paths_bits(monkeypatc
         y = seeded_linear(leaf, spec, a, b, beta, bias, 0.5, lora_input)
         wrt = ([leaf] if leaf.requires_grad else []) + leaves + ([lora_input] if lora_input is not None else [])
         return (y, *torch.autograd.grad(y, wrt, dy))
-    for i in range(3):
-        x, dy = torch.randn(m, n_in, generator=gen), torch.randn(m, n_out, generator=gen)
-        lora_input = torch.randn(m, n_in, generator=gen).requires_grad_() if variant == "lora_input" else None
-        got = step(x, dy, lora_input)
-        if i:
-            plans = eager._PLANS.copy()
-            eager.clear()
-            full = step(x, dy, lora_input)
-            eager._PLANS.clear()
-            eager._PLANS.update(plans)
-            for g, f in zip(got, full, strict=True):
-                assert torch.equal(g, f), f"step {i}: a replay's bits are not the full path's"
-        monkeypatch.setenv("LOTTALORA_BACKEND", "torch")
-        want = step(x, dy, lora_input)
-        monkeypatch.setenv("LOTTALORA_BACKEND", "triton")
-        for g, w in zip(got, want, strict=True):
-            assert_close(g, w.double(), torch.float32, f"step {i}")
+    steps = [(torch.randn(m, n_in, generator=gen), torch.randn(m, n_out, generator=gen),
+              torch.randn(m, n_in, generator=gen).requires_grad_() if variant == "lora_input" else None)
+             for _ in range(3)]
+    _hold_replays_to_the_full_path_and_torch(monkeypatch, step, steps)
     assert calls == ["two_phase_fwd", "two_phase_bwd_dx"] * 3  # each step's first call only
     (plan,) = _plans()
     rows = two_phase.chunk_rows(n_out, n_in, 4, 64, m)

@@ -109,9 +109,10 @@ def keyword_calls() -> list:
             for s in (2.0, 5.0)]
 
 
-def layer_calls() -> list:
+def layer_calls(inference: bool = False) -> list:
     """Eager forward + backward of a seeded bf16 layer in the decode (M = 1) and two-phase
-    (M = 64) regimes, through the Triton backend (on the fake driver)."""
+    (M = 64) regimes, through the Triton backend (on the fake driver); with ``inference``, each
+    followed by a forward without a gradient (a plan without an autograd node)."""
     import lottalora
     from lottalora.ops import checks
 
@@ -122,6 +123,8 @@ def layer_calls() -> list:
         x = torch.randn(m, 256, dtype=torch.bfloat16, requires_grad=True)
         dy = torch.randn(m, 192, dtype=torch.bfloat16)
         calls.append(lambda x=x, dy=dy: torch.autograd.backward(layer(x), dy))
+        if inference:
+            calls.append(lambda x=x: layer(x.detach()))
     return calls
 
 
@@ -129,18 +132,7 @@ def one_pass_layer_calls() -> list:
     """``layer_calls`` with the one-pass regime switched on, at M = 1 and 64: a call's second run
     (the one recorded in direct mode) replays its eager plan's bound launches."""
     os.environ["LOTTALORA_ONE_PASS"] = "1"
-    import lottalora
-    from lottalora.ops import checks
-
-    checks.resolve_backend = lambda device: "triton"
-    layer = lottalora.Linear(256, 192, rank=8, alpha=4, seed=3).to(torch.bfloat16)
-    calls = []
-    for m in (1, 64):
-        x = torch.randn(m, 256, dtype=torch.bfloat16, requires_grad=True)
-        dy = torch.randn(m, 192, dtype=torch.bfloat16)
-        calls.append(lambda x=x, dy=dy: torch.autograd.backward(layer(x), dy))
-        calls.append(lambda x=x: layer(x.detach()))  # inference: the plan without an autograd node
-    return calls
+    return layer_calls(inference=True)
 
 
 def main() -> None:
