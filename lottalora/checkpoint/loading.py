@@ -267,6 +267,9 @@ def _load_adapter(model: nn.Module, directory: Path, config: dict, data: bytes, 
                              f"{layer['rank']} in the checkpoint")
         if target == DEFAULT_ADAPTER and held == 0:
             fail(directory, f"layer {layer['name']!r} has no default adapter (rank 0) to load into")
+        if target != DEFAULT_ADAPTER and isinstance(module, SeededConv):
+            fail(directory, f"layer {layer['name']!r} is a seeded convolution, which holds no named adapters: "
+                             "load the checkpoint as the default adapter (adapter='default')")
         if target == DEFAULT_ADAPTER:
             _check_dora_matches(directory, layer, module)
         elif layer.get("use_dora", False):

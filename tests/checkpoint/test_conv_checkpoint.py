@@ -110,3 +110,15 @@ def test_a_rank_0_conv_checkpoint_refuses_another_kernel_of_the_same_matrix(tmp_
         lottalora.load(torch.nn.Sequential(other()), tmp_path / "ck")
     fresh = torch.nn.Sequential(lottalora.Conv2d(3, 8, (3, 1), rank=0, seed=4))
     lottalora.load(fresh, tmp_path / "ck")
+
+
+def test_a_named_adapter_onto_convs_is_refused_before_any_layer_changes(tmp_path):
+    model = _trained(seed=5)
+    lottalora.save(model, tmp_path / "ad", adapter="default")
+    fresh = _trained(seed=5)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(ValueError, match="'(stem|body)' is a seeded convolution.*adapter='default'"):
+        lottalora.load(fresh, tmp_path / "ad", adapter="other")
+    assert fresh.head.adapter_names() == ["default"]  # the Linear got no half-loaded adapter
+    after = fresh.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
