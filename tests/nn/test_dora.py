@@ -152,6 +152,22 @@ def test_merge_and_unload_gives_the_dora_weight():
     assert_close(merged[0].weight, peft_weight.double(), torch.float32, "merged weight vs PEFT's merge")
 
 
+@pytest.mark.parametrize("init, stream_version", [("gaussian", 1), ("uniform", 1), (None, 2)])
+def test_reseed_keeps_the_trained_magnitude_as_each_rows_norm_over_the_new_direction(init, stream_version):
+    """Re-drawn, a DoRA layer is DoRA on the new backbone with the trained m: the effective weight's
+    rows have norm m (n is the new backbone's, not the old one's cached) and the output is that
+    weight's. m is a parameter, kept as every parameter is; it is not re-initialised to n."""
+    layer = _dora_layer(in_features=96, out_features=24, init=init, stream_version=stream_version).double()
+    magnitude = layer.lora_magnitude.detach().clone()
+    x = torch.randn(5, 96, dtype=torch.float64)
+    before = layer(x)
+    layer.reseed(11)
+    weight = lottalora.model.merge.merged_weight(layer)
+    torch.testing.assert_close(torch.linalg.vector_norm(weight, dim=1), magnitude, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(layer(x), x @ weight.T + layer.bias, rtol=1e-12, atol=1e-12)
+    assert torch.equal(layer.lora_magnitude, magnitude) and not torch.allclose(layer(x), before)
+
+
 def test_convert_makes_every_adapted_layer_dora_and_summary_counts_the_magnitudes():
     model = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 4))
     lottalora.convert(model, rank=2, use_dora=True, adapter_modules=["0"])
