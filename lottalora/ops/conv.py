@@ -13,7 +13,9 @@ weight for the backward; ``SeededConvFunction`` regenerates them instead, and ta
 dbeta from one ``convolution_backward`` per chunk (dbeta = <dy, conv(x, W)> = <W, dW>). That
 backward is made of differentiable ops on dy, x and beta, so second derivatives (a graph
 through the gradient) are exact; only such a graph keeps its chunks' weights alive.
-Forward-mode AD is not defined.
+Forward-mode AD is not defined. Under torch.compile (and dispatch modes, subclasses) the two
+loops run as the registered ops ``lottalora::seeded_conv_fwd`` / ``lottalora::seeded_conv_bwd``,
+a block's and a geometry's words for arguments, as the linear op's (``custom_ops``).
 
 The adapter, beta's broadcasting, the bias and padding modes are the module's
 (``lottalora.nn.conv``): ordinary autograd on small tensors.
@@ -27,9 +29,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..backbone import BackboneSpec, backbone_block
+from ..backbone import BackboneBlock, BackboneSpec, backbone_block
 from ..backbone.stream_v2 import ROW_SPAN
 from .backend import dense_block
+from .custom_ops import block_from_words, block_words, direct_call_ok
 from .precision import accumulation_dtype
 
 # W_seed values one chunk holds at most (the torch backend's block budget): a chunk's weight
@@ -105,21 +108,110 @@ def _output_size(x: torch.Tensor, geometry: ConvGeometry) -> list[int]:
             for size, k, s, d in zip(x.shape[2:], geometry.kernel_size, geometry.stride, geometry.dilation)]
 
 
+def _forward(x: torch.Tensor, beta: torch.Tensor, spec: BackboneSpec, geometry: ConvGeometry) -> torch.Tensor:
+    """beta * conv(x, W_seed) in x's accumulation dtype, chunk by chunk."""
+    compute = accumulation_dtype(x.dtype)
+    xc = x.to(compute)
+    out = xc.new_empty((x.shape[0], geometry.out_channels, *_output_size(x, geometry)))
+    for chunk in conv_chunks(geometry):
+        w = conv_weight_chunk(spec, geometry, chunk, compute, x.device)
+        out[:, chunk.rows[0]:chunk.rows[1]] = _conv(xc[:, chunk.channels[0]:chunk.channels[1]], w, geometry,
+                                                    chunk.groups)
+    return out.mul_(beta.to(compute))
+
+
+def _input_grad(dy: torch.Tensor, x: torch.Tensor, beta: torch.Tensor, spec: BackboneSpec, geometry: ConvGeometry,
+                need_dx: bool, need_dbeta: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(dx in x's dtype or None, dbeta in beta's dtype and shape or None), chunk by chunk, from
+    differentiable ops on dy, x and beta."""
+    compute = accumulation_dtype(x.dtype)
+    xc, dy = x.to(compute), dy.to(compute)
+    dx = torch.zeros_like(xc) if need_dx else None
+    dbeta = torch.zeros((), dtype=compute, device=x.device)
+    b = beta.to(compute)
+    for chunk in conv_chunks(geometry):
+        w = conv_weight_chunk(spec, geometry, chunk, compute, x.device)
+        (c0, c1), (o0, o1) = chunk.channels, chunk.rows
+        x_part = xc[:, c0:c1]
+        dx_part, dw, _ = torch.ops.aten.convolution_backward(
+            dy[:, o0:o1].contiguous(), x_part, w, None, list(geometry.stride), [0] * len(geometry.stride),
+            list(geometry.dilation), False, [0] * len(geometry.stride), chunk.groups,
+            [need_dx, need_dbeta, False])
+        if need_dx:
+            dx[:, c0:c1] += dx_part
+        if need_dbeta:
+            dbeta += dw.reshape(-1) @ w.reshape(-1)
+    dx = dx.mul_(b).to(x.dtype) if need_dx else None
+    dbeta = dbeta.reshape(beta.shape).to(beta.dtype) if need_dbeta else None
+    return dx, dbeta
+
+
+def geometry_words(geometry: ConvGeometry) -> list[int]:
+    """[in_channels, out_channels, groups, dims, *kernel_size, *stride, *dilation]: a geometry as
+    the ops' schema takes it."""
+    return [geometry.in_channels, geometry.out_channels, geometry.groups, len(geometry.kernel_size),
+            *geometry.kernel_size, *geometry.stride, *geometry.dilation]
+
+
+def geometry_from_words(words: list[int]) -> ConvGeometry:
+    """The geometry ``geometry_words`` packed (SymInts specialized: a geometry is a constant of
+    its graph, as a block is)."""
+    in_channels, out_channels, groups, dims, *rest = map(int, words)
+    if dims not in _CONV or len(rest) != 3 * dims:
+        raise ValueError(f"geometry words must be what geometry_words gives, got {list(words)}")
+    return ConvGeometry(in_channels, out_channels, tuple(rest[:dims]), tuple(rest[dims:2 * dims]),
+                        tuple(rest[2 * dims:]), groups)
+
+
+def _words_spec(block: list[int]) -> BackboneSpec:
+    return block_from_words(block).spec
+
+
+@torch.library.custom_op("lottalora::seeded_conv_fwd", mutates_args=())
+def seeded_conv_fwd_op(x: torch.Tensor, beta: torch.Tensor, block: list[int], geometry: list[int]) -> torch.Tensor:
+    """beta * conv(x, W_seed) (``_forward``) as a registered op: what torch.compile sees."""
+    return _forward(x, beta, _words_spec(block), geometry_from_words(geometry))
+
+
+@seeded_conv_fwd_op.register_fake
+def _(x, beta, block, geometry):
+    g = geometry_from_words(geometry)
+    return x.new_empty((x.shape[0], g.out_channels, *_output_size(x, g)), dtype=accumulation_dtype(x.dtype))
+
+
+@torch.library.custom_op("lottalora::seeded_conv_bwd", mutates_args=())
+def seeded_conv_bwd_op(dy: torch.Tensor, x: torch.Tensor, beta: torch.Tensor, block: list[int], geometry: list[int],
+                       need_dx: bool, need_dbeta: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``_input_grad`` as a registered op: (dx, or an empty tensor when not needed; dbeta, 0 when
+    not needed)."""
+    dx, dbeta = _input_grad(dy, x, beta, _words_spec(block), geometry_from_words(geometry), need_dx, need_dbeta)
+    return (dx if dx is not None else x.new_empty((0,)),
+            dbeta if dbeta is not None else torch.zeros_like(beta))
+
+
+@seeded_conv_bwd_op.register_fake
+def _(dy, x, beta, block, geometry, need_dx, need_dbeta):
+    return x.new_empty(x.shape if need_dx else (0,)), torch.empty_like(beta)
+
+
 class SeededConvFunction(torch.autograd.Function):
-    """y = beta * conv(x, W_seed) in x's accumulation dtype; the backward regenerates the chunks."""
+    """y = beta * conv(x, W_seed) in x's accumulation dtype; the backward regenerates the chunks.
+
+    Eager calls on plain tensors run the chunk loops themselves (the backward's are
+    differentiable: second derivatives hold); anything else (torch.compile, dispatch modes,
+    subclasses) runs them as the registered ops ``lottalora::seeded_conv_fwd`` / ``_bwd``, which
+    a compiled graph holds as two opaque calls (a first-order backward, as compiled graphs take)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, beta: torch.Tensor, spec: BackboneSpec, geometry: ConvGeometry) -> torch.Tensor:
-        compute = accumulation_dtype(x.dtype)
-        xc = x.to(compute)
-        out = xc.new_empty((x.shape[0], geometry.out_channels, *_output_size(x, geometry)))
-        for chunk in conv_chunks(geometry):
-            w = conv_weight_chunk(spec, geometry, chunk, compute, x.device)
-            out[:, chunk.rows[0]:chunk.rows[1]] = _conv(xc[:, chunk.channels[0]:chunk.channels[1]], w, geometry,
-                                                        chunk.groups)
+        direct = direct_call_ok(x, beta)
+        if direct:
+            out = _forward(x, beta, spec, geometry)
+        else:
+            out = seeded_conv_fwd_op(x, beta, block_words(BackboneBlock.whole(spec)), geometry_words(geometry))
         ctx.save_for_backward(x, beta)
         ctx.spec, ctx.geometry = spec, geometry
-        return out.mul_(beta.to(compute))
+        return out
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
@@ -128,42 +220,19 @@ class SeededConvFunction(torch.autograd.Function):
         need_dx, need_dbeta = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if not (need_dx or need_dbeta):
             return None, None, None, None
-        compute = accumulation_dtype(x.dtype)
-        xc, dy = x.to(compute), dy.to(compute)
-        dx = torch.zeros_like(xc) if need_dx else None
-        dbeta = torch.zeros((), dtype=compute, device=x.device)
-        b = beta.to(compute)
-        for chunk in conv_chunks(geometry):
-            w = conv_weight_chunk(spec, geometry, chunk, compute, x.device)
-            (c0, c1), (o0, o1) = chunk.channels, chunk.rows
-            x_part = xc[:, c0:c1]
-            dx_part, dw, _ = torch.ops.aten.convolution_backward(
-                dy[:, o0:o1].contiguous(), x_part, w, None, list(geometry.stride), [0] * len(geometry.stride),
-                list(geometry.dilation), False, [0] * len(geometry.stride), chunk.groups,
-                [need_dx, need_dbeta, False])
-            if need_dx:
-                dx[:, c0:c1] += dx_part
-            if need_dbeta:
-                dbeta += dw.reshape(-1) @ w.reshape(-1)
-        dx = dx.mul_(b).to(x.dtype) if need_dx else None
-        dbeta = dbeta.reshape(beta.shape).to(beta.dtype) if need_dbeta else None
-        return dx, dbeta, None, None
+        if direct_call_ok(dy, x, beta):
+            dx, dbeta = _input_grad(dy, x, beta, spec, geometry, need_dx, need_dbeta)
+        else:
+            dx, dbeta = seeded_conv_bwd_op(dy, x, beta, block_words(BackboneBlock.whole(spec)),
+                                           geometry_words(geometry), need_dx, need_dbeta)
+        return (dx if need_dx else None), (dbeta if need_dbeta else None), None, None
 
 
 def seeded_conv(x: torch.Tensor, spec: BackboneSpec, geometry: ConvGeometry, beta: torch.Tensor) -> torch.Tensor:
     """beta * conv(x, W_seed) with autograd (x already padded; see the module docstring for
     shapes), in x's accumulation dtype (float32 for bfloat16 / float16 / float32 inputs, float64
     for float64). On the meta device it only infers the output's shape. Under torch.compile it
-    runs eagerly (a graph break)."""
-    if torch.compiler.is_compiling():
-        # Traced, the chunk loop and the stream's cached tables inside the autograd.Function
-        # break dynamo; Linear's op is a registered custom op, the conv is not yet. Decorating
-        # at import would import Triton with lottalora, so the disabled call is made here.
-        return torch.compiler.disable(_seeded_conv)(x, spec, geometry, beta)
-    return _seeded_conv(x, spec, geometry, beta)
-
-
-def _seeded_conv(x: torch.Tensor, spec: BackboneSpec, geometry: ConvGeometry, beta: torch.Tensor) -> torch.Tensor:
+    is two registered ops (forward, input gradient) in the graph: no graph break."""
     if x.device.type == "meta":
         weight = torch.empty(geometry.weight_shape(geometry.out_channels), device="meta",
                              dtype=accumulation_dtype(x.dtype))

@@ -274,15 +274,55 @@ layer(x).sum().backward()
     assert peak < dense / 4, f"forward + backward added {peak / 2**20:.1f} MiB, the dense weight is {dense / 2**20:.0f}"
 
 
-def test_torch_compile_runs_the_seeded_conv_with_the_same_gradients():
-    layer = _layer(1, 3, 4, 3, dict(padding=1), torch.float32)
-    x = torch.randn(2, 3, 10, requires_grad=True)
-    compiled = torch.compile(layer, backend="aot_eager")  # dynamo and AOT autograd, no codegen: fast
+def _grads(layer, x, y):
+    return torch.autograd.grad(y.square().sum(), [x, *(p for p in layer.parameters() if p.requires_grad)])
+
+
+@pytest.mark.parametrize("dims, options", [(1, dict(padding=1)), (2, dict(padding=(1, 2), stride=2, groups=1)),
+                                           (2, dict(groups=2, dilation=2, padding_mode="reflect", padding=2))])
+def test_torch_compile_holds_the_seeded_conv_in_one_graph_with_the_same_gradients(dims, options):
+    """fullgraph=True: the conv is two registered ops in the graph (no graph break), whose
+    outputs and gradients are the eager layer's bits (dynamo and AOT autograd, no codegen)."""
+    layer = _layer(dims, 4, 6, 3, options, torch.float32)
+    x = torch.randn(2, 4, *(11,) * dims, requires_grad=True)
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
     y = compiled(x)
-    (dx,) = torch.autograd.grad(y.sum(), x)
     y_eager = layer(x)
-    (dx_eager,) = torch.autograd.grad(y_eager.sum(), x)
-    assert torch.equal(y, y_eager) and torch.equal(dx, dx_eager)
+    assert torch.equal(y, y_eager)
+    for got, want in zip(_grads(layer, x, y), _grads(layer, x, y_eager)):
+        assert torch.equal(got, want)
+
+
+def test_torch_compile_default_backend_trains_a_seeded_conv_in_one_graph():
+    """Inductor, as users run it: one graph, outputs and every gradient equal eager's to float32
+    rounding (Inductor fuses the padding and adapter ops around the two opaque conv ops)."""
+    layer = _layer(2, 3, 8, 3, dict(padding=1, rank=2), torch.float32)
+    x = torch.randn(2, 3, 9, 9, requires_grad=True)
+    y = torch.compile(layer, fullgraph=True)(x)
+    y_eager = layer(x)
+    torch.testing.assert_close(y, y_eager)
+    for got, want in zip(_grads(layer, x, y), _grads(layer, x, y_eager)):
+        torch.testing.assert_close(got, want)
+
+
+def test_the_conv_ops_pass_opcheck():
+    """Schemas, fakes (shapes and dtypes under FakeTensor) and autograd registration checks."""
+    from lottalora.backbone import BackboneBlock
+    from lottalora.ops.custom_ops import block_words
+
+    layer = _layer(2, 4, 6, (2, 3), dict(groups=2, stride=(2, 1)), torch.float32)
+    words, geometry = block_words(BackboneBlock.whole(layer.spec)), conv_op.geometry_words(layer.geometry)
+    x, beta = torch.randn(2, 4, 7, 8), torch.full((1,), 0.7)
+    y = conv_op.seeded_conv_fwd_op(x, beta, words, geometry)
+    torch.library.opcheck(conv_op.seeded_conv_fwd_op, (x, beta, words, geometry),
+                          test_utils=("test_schema", "test_faketensor"))
+    for need_dx, need_dbeta in ((True, True), (True, False), (False, True)):
+        torch.library.opcheck(conv_op.seeded_conv_bwd_op,
+                              (torch.randn_like(y), x, beta, words, geometry, need_dx, need_dbeta),
+                              test_utils=("test_schema", "test_faketensor"))
+    assert conv_op.geometry_from_words(geometry) == layer.geometry
+    with pytest.raises(ValueError, match="geometry words"):
+        conv_op.geometry_from_words(geometry[:-1])
 
 
 def test_dora_row_norms_apply_to_a_conv_through_its_spec_and_2d_factors():
