@@ -171,14 +171,21 @@ def forward_replayable(
 ) -> tuple[torch.Tensor, torch.Tensor | None, object | None]:
     """``forward``'s (y, xa) without packed signs, and a replay of its launches, ``replay(x,
     lora_A, lora_B, beta, bias, lora_x) -> (y, xa)`` for calls keyed alike, where there is one
-    (the Triton backend on a whole layer with a bias the kernels read as it is, where the
-    dispatch binds the regime's launches); None elsewhere."""
-    if backend == "triton" and block.is_whole and bias_is_kernel_ready(bias):
+    (the Triton backend with a bias the kernels read as it is: on a whole layer where the
+    dispatch binds the regime's launches, on a block of one in the one-pass regime); None
+    elsewhere."""
+    if backend == "triton" and bias_is_kernel_ready(bias):
         spec = block.spec
-        return _kernels().seeded_linear_fwd_replayable(
-            x, seed=spec.seed, stream=spec.stream, version=spec.version, init=spec.init,
-            out_features=spec.out_features, lora_A=lora_A, lora_B=lora_B, beta=beta, bias=bias, scale=scale,
-            lora_x=lora_x)
+        if block.is_whole:
+            return _kernels().seeded_linear_fwd_replayable(
+                x, seed=spec.seed, stream=spec.stream, version=spec.version, init=spec.init,
+                out_features=spec.out_features, lora_A=lora_A, lora_B=lora_B, beta=beta, bias=bias, scale=scale,
+                lora_x=lora_x)
+        kernels = _kernels()
+        if kernels.block_regime(spec.version, x.dtype, x.is_cuda) is not None:
+            return kernels.seeded_block_fwd(x, seed=spec.seed, stream=spec.stream, in_features=spec.in_features,
+                                            rows=block.rows, cols=block.cols, lora_A=lora_A, lora_B=lora_B,
+                                            beta=beta, bias=bias, scale=scale, lora_x=lora_x, bind=True)
     y, xa, _ = forward(backend, x, block, lora_A, lora_B, beta, bias, scale, False, lora_x)
     return y, xa, None
 
@@ -189,12 +196,19 @@ def input_grad_replayable(
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, object | None]:
     """``input_grad``'s (dx, dbeta), and a replay of its launches, ``replay(dy, dy_b, lora_A,
     beta, x_for_dbeta) -> (dx, dbeta)``, where there is one (as ``forward_replayable``)."""
-    if backend == "triton" and block.is_whole:
+    if backend == "triton":
         spec = block.spec
-        return _kernels().seeded_linear_bwd_dx_replayable(
-            dy, seed=spec.seed, stream=spec.stream, version=spec.version, init=spec.init,
-            in_features=spec.in_features, dy_b=dy_b, lora_A=lora_A, beta=beta, scale=scale,
-            x_for_dbeta=x_for_dbeta, need_dx=need_dx)
+        if block.is_whole:
+            return _kernels().seeded_linear_bwd_dx_replayable(
+                dy, seed=spec.seed, stream=spec.stream, version=spec.version, init=spec.init,
+                in_features=spec.in_features, dy_b=dy_b, lora_A=lora_A, beta=beta, scale=scale,
+                x_for_dbeta=x_for_dbeta, need_dx=need_dx)
+        kernels = _kernels()
+        if kernels.block_regime(spec.version, dy.dtype, dy.is_cuda) is not None:
+            return kernels.seeded_block_bwd_dx(dy, seed=spec.seed, stream=spec.stream, in_features=spec.in_features,
+                                               rows=block.rows, cols=block.cols, dy_b=dy_b, lora_A=lora_A,
+                                               beta=beta, scale=scale, x_for_dbeta=x_for_dbeta, need_dx=need_dx,
+                                               bind=True)
     dx, dbeta = input_grad(backend, dy, block, dy_b, lora_A, beta, scale, x_for_dbeta, need_dx)
     return dx, dbeta, None
 

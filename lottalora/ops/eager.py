@@ -6,25 +6,27 @@ call of a layer at one shape (``benchmarks.host_time``; benchmarks/NOTES.md, "Ho
 the call's launches can be bound (the Triton backend on a whole stream-v2 layer in every regime,
 and stream v1's two-phase regime: the one-pass forward and input gradient, one launch each; the
 decode regime's at up to 32 rows, two each; the two-phase regime's generator and epilogue per
-chunk of W, around cuBLAS's GEMMs), the first call with a given key makes an ``EagerPlan`` and
+chunk of W, around cuBLAS's GEMMs; and a tensor-parallel rank's block of a layer in the one-pass
+regime), the first call with a given key makes an ``EagerPlan`` and
 later calls with that key run it: allocate the outputs, launch the compiled kernels (through the
 autograd node when something needs a gradient).
 
 The key (``call_key``) holds everything those decisions read: each tensor's shape, strides,
 dtype, device, 16-byte alignment (Triton specializes on it) and requires_grad; whether
-lora_input is x itself (the kernels read x once then); the spec
-(by identity: the plan holds it, and a spec is frozen); scale; the grad mode; the backend
+lora_input is x itself (the kernels read x once then); the spec (by identity: the plan holds
+it, and a spec is frozen), or for a ``BackboneBlock`` its layer's spec by identity and its rows
+and columns (a rank makes a new block per call); scale; the grad mode; the backend
 (``LOTTALORA_BACKEND``, read at every call); and the dispatch's settings
 (``backend.replay_state``). Calls the plans do not serve are never keyed and take the full path
 every time: autocast, forward-mode AD, torch.func transforms, compiling, dispatch modes, tensor
 subclasses, meta tensors, a scale that is not a Python float or int, a strided bias (the kernels
-get a contiguous copy of it at each call), a block of a layer (a
-``BackboneBlock``: tensor-parallel ranks make one per call). The input gradient's replays are
+get a contiguous copy of it at each call). The input gradient's replays are
 keyed at each backward on dy's layout, the saved tensors' (a saved-tensor hook may hand back
 copies laid out otherwise) and the settings, and run only where the full path would call the
 implementation directly (``custom_ops.direct_call_ok``: not under compiled autograd or a
 dispatch mode). A key whose first call had
-no launch to replay (another regime or backend, a block of a layer) maps to ``NO_PLAN``. Since
+no launch to replay (another regime or backend; a block of a layer outside the one-pass
+regime, whose chunks go through the torch backend's loops) maps to ``NO_PLAN``. Since
 a plan exists only for a key whose first call passed ``check_seeded_call``, every call it serves
 is one those checks accept. What a launch reads besides its arguments (direct launches switched
 off, launch hooks, the current device, Triton's knobs) is checked by the launch itself
@@ -38,7 +40,7 @@ import itertools
 import torch
 from torch.autograd import forward_ad
 
-from ..backbone import BackboneSpec
+from ..backbone import BackboneBlock, BackboneSpec
 from . import backend as backends
 from . import checks
 from .autograd import SeededLinearFunction
@@ -76,8 +78,16 @@ def _layout(t: torch.Tensor | None):
 def call_key(x, spec, lora_A, lora_B, beta, bias, scale, lora_input) -> tuple | None:
     """The key of a ``seeded_linear`` call (see the module docstring), or None when the plans do
     not serve it."""
-    if type(x) not in _PLAIN or type(spec) is not BackboneSpec or type(scale) not in (float, int) \
-            or _dispatch_stack_depth is None or _is_functorch_wrapped is None:
+    if type(spec) is BackboneSpec:
+        backbone = id(spec)
+    elif type(spec) is BackboneBlock and type(spec.spec) is BackboneSpec:
+        # A tensor-parallel rank makes a new block per call: its layer's spec (held by the plan's
+        # block) and its ranges are what it is.
+        backbone = (id(spec.spec), spec.rows, spec.cols)
+    else:
+        return None
+    if type(x) not in _PLAIN or type(scale) not in (float, int) or _dispatch_stack_depth is None \
+            or _is_functorch_wrapped is None:
         return None
     device = x.device
     if device.type == "meta" or _is_compiling() or _dispatch_stack_depth() or forward_ad._current_level >= 0 \
@@ -91,7 +101,7 @@ def call_key(x, spec, lora_A, lora_B, beta, bias, scale, lora_input) -> tuple | 
     if False in parts or not backends.bias_is_kernel_ready(bias):  # a strided bias is copied per call
         return None
     # lora_input given as x itself is a kernel specialization of its own (x read once for both).
-    return (id(spec), scale, torch.is_grad_enabled(), backend, state, parts, lora_input is x)
+    return (backbone, scale, torch.is_grad_enabled(), backend, state, parts, lora_input is x)
 
 
 def lookup(key: tuple):

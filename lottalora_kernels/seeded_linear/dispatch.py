@@ -83,18 +83,22 @@ def block_regime(version: int, dtype: torch.dtype | None = None, on_gpu: bool = 
 
 
 def seeded_block_fwd(x: torch.Tensor, *, seed: int, stream: int, in_features: int, rows: tuple[int, int],
-                     cols: tuple[int, int], lora_A, lora_B, beta, bias, scale: float, lora_x=None):
-    """``one_pass.one_pass_fwd`` on a block (see it for shapes): the regime ``block_regime`` names."""
+                     cols: tuple[int, int], lora_A, lora_B, beta, bias, scale: float, lora_x=None,
+                     bind: bool = False):
+    """``one_pass.one_pass_fwd`` on a block (see it for shapes, and ``bind``): the regime
+    ``block_regime`` names."""
     return one_pass.one_pass_fwd(x, seed=seed, stream=stream, in_features=in_features, rows=rows, cols=cols,
-                                 lora_A=lora_A, lora_B=lora_B, beta=beta, bias=bias, scale=scale, lora_x=lora_x)
+                                 lora_A=lora_A, lora_B=lora_B, beta=beta, bias=bias, scale=scale, lora_x=lora_x,
+                                 bind=bind)
 
 
 def seeded_block_bwd_dx(dy: torch.Tensor, *, seed: int, stream: int, in_features: int, rows: tuple[int, int],
-                        cols: tuple[int, int], dy_b, lora_A, beta, scale: float, x_for_dbeta=None, need_dx=True):
-    """``one_pass.one_pass_bwd_dx`` on a block (see it for shapes)."""
+                        cols: tuple[int, int], dy_b, lora_A, beta, scale: float, x_for_dbeta=None, need_dx=True,
+                        bind: bool = False):
+    """``one_pass.one_pass_bwd_dx`` on a block (see it for shapes, and ``bind``)."""
     return one_pass.one_pass_bwd_dx(dy, seed=seed, stream=stream, in_features=in_features, rows=rows, cols=cols,
                                     dy_b=dy_b, lora_A=lora_A, beta=beta, scale=scale, x_for_dbeta=x_for_dbeta,
-                                    need_dx=need_dx)
+                                    need_dx=need_dx, bind=bind)
 
 
 def forward_regime(version: int, m: int, dtype: torch.dtype | None = None, on_gpu: bool = False) -> str:

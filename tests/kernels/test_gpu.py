@@ -198,22 +198,32 @@ def test_direct_launches_give_the_bits_of_tritons_own_launches(version, M, monke
             assert torch.equal(g, w_)
 
 
-@pytest.mark.parametrize("regime", ["decode", "one_pass"])  # "decode": the default dispatch (two-phase at 300)
-@pytest.mark.parametrize("M", [1, 16, 300])
+@pytest.mark.parametrize("regime", ["decode", "one_pass", "one_pass_block"])  # "decode": the default dispatch
+@pytest.mark.parametrize("M", [1, 16, 300])                                    # (two-phase at 300)
 def test_eager_plans_replay_the_full_paths_bits(regime, M, monkeypatch):
     """lottalora.ops.eager: a layer's repeated calls replay its first call's bound launches
     (compiled kernels launched directly); outputs and gradients equal bit for bit to the full
     path's (every call a first call), over fresh inputs, a misaligned one among them, with a
-    gradient and without."""
-    from lottalora.ops import eager
+    gradient and without. "one_pass_block": a column-parallel rank's rows of the layer
+    (``seeded_linear_shard``, a new block per call)."""
+    from lottalora.ops import eager, seeded_linear_shard
 
     monkeypatch.setenv("LOTTALORA_BACKEND", "triton")
-    monkeypatch.setenv("LOTTALORA_ONE_PASS", "1" if regime == "one_pass" else "0")
+    monkeypatch.setenv("LOTTALORA_ONE_PASS", "0" if regime == "decode" else "1")
     layer, _ = _layer_case(torch.bfloat16, M, 2)
+    if regime == "one_pass_block":
+        r0, r1 = 64, min(200, layer.out_features)
+
+        def call(inp):
+            return seeded_linear_shard(inp, layer.spec, (r0, r1), (0, layer.in_features), layer.lora_A,
+                                       layer.lora_B[r0:r1], layer.beta, layer.bias[r0:r1], layer.scaling)
+        out_features = r1 - r0
+    else:
+        call, out_features = layer, layer.out_features
     flat = torch.randn(M * 1000 + 1, device="cuda", dtype=torch.bfloat16)
     inputs = [torch.randn(M, 1000, device="cuda", dtype=torch.bfloat16), flat[1:].view(M, 1000),
               torch.randn(M, 1000, device="cuda", dtype=torch.bfloat16)]
-    dy = torch.randn(M, layer.out_features, device="cuda", dtype=torch.bfloat16)
+    dy = torch.randn(M, out_features, device="cuda", dtype=torch.bfloat16)
 
     def run(replay):
         eager.clear()
@@ -224,10 +234,10 @@ def test_eager_plans_replay_the_full_paths_bits(regime, M, monkeypatch):
                     eager.clear()
                 leaf = inp.detach().requires_grad_()
                 layer.zero_grad()
-                y = layer(leaf)
+                y = call(leaf)
                 y.backward(dy)
                 with torch.no_grad():
-                    y_inference = layer(inp)
+                    y_inference = call(inp)
                 results.append([y, y_inference, leaf.grad, layer.lora_A.grad, layer.lora_B.grad, layer.beta.grad])
         return results
     replayed = run(True)

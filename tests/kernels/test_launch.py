@@ -67,11 +67,12 @@ def test_layer_step_launches_its_kernels(probe):
 
 def test_one_pass_layer_steps_replay_their_plans(probe):
     """One one-pass launch a direction; the direct run's calls replayed bound launches (equal to
-    Triton's above): plans for the two M's with a gradient and the two without."""
+    Triton's above): plans for the two M's with a gradient and the two without, and a
+    tensor-parallel rank's block."""
     names = [[launch[0] for launch in launches] for launches in probe["one_pass_layer"]["triton"]]
-    assert names[0] == names[2] == ["_one_pass_twin_kernel"] * 2  # forward, input gradient
+    assert names[0] == names[2] == names[4] == ["_one_pass_twin_kernel"] * 2  # forward, input gradient
     assert names[1] == names[3] == ["_one_pass_twin_kernel"]
-    assert probe["one_pass_plans"] == 4
+    assert probe["one_pass_plans"] == 5
 
 
 def test_a_registered_launch_hook_sends_launches_through_triton(probe):

@@ -405,16 +405,49 @@ def test_a_fake_trace_leaves_eager_backwards_working():
         assert_close(g, w, torch.float32, "dA, dB")
 
 
-def test_tensor_parallel_blocks_are_not_keyed():
-    """A rank's block is a new BackboneBlock at every call: plans would never be reused."""
+@pytest.mark.parametrize("rows, cols", [((3, 20), (0, IN)), ((0, OUT), (5, 30)), ((0, OUT), (0, IN))])
+def test_tensor_parallel_blocks_replay_their_one_pass_launches(monkeypatch, launches, rows, cols):
+    """A rank's block (a new BackboneBlock at every call, as seeded_linear_shard makes it) is keyed
+    by its layer's spec and ranges: a column-parallel rank's rows, a row-parallel rank's columns
+    (and a one-rank block, the whole layer) replay their launches with the full path's bits and
+    the torch backend's values, forward and every gradient."""
     from lottalora.ops import seeded_linear_shard
 
     gen = torch.Generator().manual_seed(18)
+    n_out, n_in = rows[1] - rows[0], cols[1] - cols[0]
+    a, b = torch.randn(RANK, n_in, generator=gen), torch.randn(n_out, RANK, generator=gen)
+    beta, bias = torch.tensor([0.8]), torch.randn(n_out, generator=gen)
+    leaves = [t.requires_grad_() for t in (a, b, beta, bias)]
+
+    def step(x, dy):
+        leaf = x.clone().requires_grad_()
+        y = seeded_linear_shard(leaf, SPEC, rows, cols, a, b, beta, bias, 0.5)
+        return (y, *torch.autograd.grad(y, [leaf, *leaves], dy))
+    steps = [(torch.randn(2, 5, n_in, generator=gen), torch.randn(2, 5, n_out, generator=gen)) for _ in range(3)]
+    _hold_replays_to_the_full_path_and_torch(monkeypatch, step, steps)
+    assert launches == ["one_pass_fwd", "one_pass_bwd_dx"] * 3  # each step's first call only
+    (plan,) = _plans()
+    assert (plan.block.rows, plan.block.cols) == (rows, cols) and len(plan.input_grads) == 1
+
+
+def test_two_blocks_of_one_layer_key_apart_and_blocks_outside_the_one_pass_regime_replay_nothing(monkeypatch,
+                                                                                                 launches):
+    from lottalora.ops import seeded_linear_shard
+
+    gen = torch.Generator().manual_seed(19)
     a, b, beta, bias = _params(gen, torch.float32, grad=False)
     x = torch.randn(4, IN, generator=gen)
+    halves = [(0, 14), (14, OUT)]
     for _ in range(2):
-        seeded_linear_shard(x, SPEC, (0, OUT), (0, IN), a, b, beta, bias, 1.0)
-    assert not eager._PLANS
+        ys = [seeded_linear_shard(x, SPEC, r, (0, IN), a, b[r[0]:r[1]], beta, bias[r[0]:r[1]], 0.5) for r in halves]
+    assert torch.equal(torch.cat(ys, -1), seeded_linear(x, SPEC, a, b, beta, bias, 0.5))
+    assert launches == ["one_pass_fwd"] * 3 and len(_plans()) == 3  # two halves, then the whole layer
+    eager.clear()
+    monkeypatch.setenv("LOTTALORA_ONE_PASS", "0")  # a block then goes through the generator's chunks
+    for _ in range(2):
+        y = seeded_linear_shard(x, SPEC, halves[1], (0, IN), a, b[14:], beta, bias[14:], 0.5)
+    torch.testing.assert_close(y, ys[1], rtol=1e-5, atol=1e-5)  # another accumulation order
+    assert list(eager._PLANS.values()) == [eager.NO_PLAN]
 
 
 def test_float32_matmul_precision_keys_apart():

@@ -129,10 +129,23 @@ def layer_calls(inference: bool = False) -> list:
 
 
 def one_pass_layer_calls() -> list:
-    """``layer_calls`` with the one-pass regime switched on, at M = 1 and 64: a call's second run
-    (the one recorded in direct mode) replays its eager plan's bound launches."""
+    """``layer_calls`` with the one-pass regime switched on, at M = 1 and 64, then forward +
+    backward of a column-parallel rank's block (rows 64-160 of such a layer, M = 64): a call's
+    second run (the one recorded in direct mode) replays its eager plan's bound launches."""
+    from lottalora.backbone import BackboneSpec
+    from lottalora.ops import seeded_linear_shard
+
     os.environ["LOTTALORA_ONE_PASS"] = "1"
-    return layer_calls(inference=True)
+    spec = BackboneSpec(3, 9, 256, 192)
+    a = torch.randn(8, 256, dtype=torch.bfloat16, requires_grad=True)
+    b = torch.randn(96, 8, dtype=torch.bfloat16, requires_grad=True)
+    beta = torch.ones(1, dtype=torch.bfloat16, requires_grad=True)
+    x = torch.randn(64, 256, dtype=torch.bfloat16, requires_grad=True)
+    dy = torch.randn(64, 96, dtype=torch.bfloat16)
+
+    def block_step():
+        torch.autograd.backward(seeded_linear_shard(x, spec, (64, 160), (0, 256), a, b, beta, None, 0.5), dy)
+    return [*layer_calls(inference=True), block_step]
 
 
 def main() -> None:
