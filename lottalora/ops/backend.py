@@ -149,6 +149,13 @@ def kernel_bias(bias: torch.Tensor | None) -> torch.Tensor | None:
     return bias if bias_is_kernel_ready(bias) else bias.contiguous()
 
 
+def block_binds(block: BackboneBlock, x: torch.Tensor) -> bool:
+    """Whether the Triton backend's launches for ``block`` of a layer on x may be bound
+    (``forward_replayable``): a whole layer's, or a block's where ``block_regime`` runs the
+    one-pass kernels on it (elsewhere a block's chunks go through the torch backend's loops)."""
+    return block.is_whole or _kernels().block_regime(block.spec.version, x.dtype, x.is_cuda) is not None
+
+
 def replay_state() -> tuple:
     """What decides whether a replay of a call's kernel launches still applies
     (``lottalora.ops.eager``), read now: the dispatch's settings that choose the regime and the
