@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 import lottalora
-from tests.fixtures.compat_model import compat_model
+from tests.fixtures.compat_model import add_features_adapter, compat_model, features_model
 from tests.support.checkpoints import assert_same_model
 from tests.support.processes import FIXTURES
 
@@ -78,3 +78,46 @@ def test_a_format_1_checkpoint_saved_again_is_the_same_model(tmp_path):
     lottalora.load(again, tmp_path / "ck")
     assert_same_model(again, old)
     assert "lottalora-seed-only v1" in lottalora.describe(FIXTURES / "format_v1" / "checkpoint")
+
+
+def _features_expected():
+    e = load_file(str(FIXTURES / "format_v2_features" / "expected.safetensors"))
+    return e["x"], e["y_default"], e["y_extra"]
+
+
+@pytest.mark.parametrize("meta", [False, True])
+def test_format_2s_later_features_load_with_their_recorded_outputs(meta):
+    """format_v2_features/ (make_features_fixture.py): a DoRA conv and its weight_shape, a DoRA
+    Linear, named adapters with their own rank, alpha, rsLoRA and dropout, written once: a model
+    of that architecture (its named adapter added with other options, which the file's
+    overrule) gives the recorded outputs with either adapter active."""
+    x, y_default, y_extra = _features_expected()
+
+    def build():
+        model = features_model()
+        lottalora.add_adapter(model, "extra", rank=2, target_modules=["2", "4"], rank_pattern={"4": 1})
+        return model
+    if meta:
+        with torch.device("meta"):
+            model = build()
+    else:
+        model = build()
+    lottalora.load(model, FIXTURES / "format_v2_features" / "checkpoint")
+    model.eval()
+    assert _same_outputs(_output(model, x), y_default)
+    extra = model[2].named_adapters["extra"]
+    assert (extra.alpha, extra.use_rslora, extra.lora_dropout) == (3.0, True, 0.05)
+    lottalora.set_adapter(model, "extra")
+    assert _same_outputs(_output(model, x), y_extra)
+
+
+def test_format_2s_adapter_file_loads_as_a_new_named_adapter():
+    x, _, y_extra = _features_expected()
+    model = add_features_adapter(features_model())
+    lottalora.load(model, FIXTURES / "format_v2_features" / "checkpoint")
+    lottalora.delete_adapter(model, "extra")
+    lottalora.load(model, FIXTURES / "format_v2_features" / "adapter_extra", adapter="extra")
+    model.eval()
+    lottalora.set_adapter(model, "extra")
+    assert _same_outputs(_output(model, x), y_extra)
+    assert model[4].named_adapters["extra"].rank == 1
