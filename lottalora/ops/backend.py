@@ -21,6 +21,7 @@ torch backend's loops on chunks that the Triton generator makes.
 from __future__ import annotations
 
 import importlib.util
+import math
 
 import torch
 
@@ -149,11 +150,17 @@ def kernel_bias(bias: torch.Tensor | None) -> torch.Tensor | None:
     return bias if bias_is_kernel_ready(bias) else bias.contiguous()
 
 
-def block_binds(block: BackboneBlock, x: torch.Tensor) -> bool:
-    """Whether the Triton backend's launches for ``block`` of a layer on x may be bound
-    (``forward_replayable``): a whole layer's, or a block's where ``block_regime`` runs the
-    one-pass kernels on it (elsewhere a block's chunks go through the torch backend's loops)."""
-    return block.is_whole or _kernels().block_regime(block.spec.version, x.dtype, x.is_cuda) is not None
+def launches_bind(block: BackboneBlock, x: torch.Tensor) -> bool:
+    """Whether the Triton backend's launches for ``block`` on x (*, block in) may be bound
+    (``forward_replayable``): a whole layer's in every regime but stream v1's one-pass one
+    (``layer_launches_bind``), a block's where ``block_regime`` runs the one-pass kernels on it
+    (elsewhere its chunks go through the torch backend's loops). x is unchecked here: only its
+    leading sizes, dtype and device are read."""
+    spec = block.spec
+    if block.is_whole:
+        return spec.version == 2 or _kernels().layer_launches_bind(spec.version, math.prod(x.shape[:-1]), x.dtype,
+                                                                   x.is_cuda)
+    return _kernels().block_regime(spec.version, x.dtype, x.is_cuda) is not None
 
 
 def replay_state() -> tuple:

@@ -25,8 +25,9 @@ keyed at each backward on dy's layout, the saved tensors' (a saved-tensor hook m
 copies laid out otherwise) and the settings, and run only where the full path would call the
 implementation directly (``custom_ops.direct_call_ok``: not under compiled autograd or a
 dispatch mode). A key whose first call had
-no launch to replay (another regime or backend) maps to ``NO_PLAN``; a block of a layer outside
-the one-pass regime (whose chunks go through the torch backend's loops) is not keyed. Since
+no launch to replay maps to ``NO_PLAN``; calls known not to bind theirs are not keyed at all
+(``backend.launches_bind``: stream v1's one-pass regime, a block of a layer outside the one-pass
+regime, whose chunks go through the torch backend's loops). Since
 a plan exists only for a key whose first call passed ``check_seeded_call``, every call it serves
 is one those checks accept. What a launch reads besides its arguments (direct launches switched
 off, launch hooks, the current device, Triton's knobs) is checked by the launch itself
@@ -94,8 +95,11 @@ def call_key(x, spec, lora_A, lora_B, beta, bias, scale, lora_input) -> tuple | 
             or _is_autocast_enabled(device.type):
         return None
     backend = checks.resolve_backend(device)
-    if backend != "triton" or (type(spec) is BackboneBlock and not backends.block_binds(spec, x)):
-        return None  # a block outside the one-pass regime: not keyed, so it pays no key
+    if backend != "triton":
+        return None
+    if type(spec) is BackboneBlock or spec.version != 2:  # every regime of a whole v2 layer binds
+        if not backends.launches_bind(spec if type(spec) is BackboneBlock else BackboneBlock.whole(spec), x):
+            return None  # nothing to replay, so no key to pay for
     state = backends.replay_state()
     parts = tuple(map(_tensor_key, (x, lora_A, lora_B, beta, bias, lora_input)))
     if False in parts or not backends.bias_is_kernel_ready(bias):  # a strided bias is copied per call

@@ -15,6 +15,7 @@ Every Gluon fast path sits beside a plain-Triton twin that the interpreter runs 
 
 from .dispatch import (
     block_regime,
+    layer_launches_bind,
     seeded_block_bwd_dx,
     seeded_block_fwd,
     seeded_linear_bwd_dx,
@@ -23,5 +24,5 @@ from .dispatch import (
     seeded_linear_fwd_replayable,
 )
 
-__all__ = ["block_regime", "seeded_block_bwd_dx", "seeded_block_fwd", "seeded_linear_bwd_dx",
+__all__ = ["block_regime", "layer_launches_bind", "seeded_block_bwd_dx", "seeded_block_fwd", "seeded_linear_bwd_dx",
            "seeded_linear_bwd_dx_replayable", "seeded_linear_fwd", "seeded_linear_fwd_replayable"]

@@ -193,6 +193,12 @@ def seeded_linear_bwd_dx(
                                           need_dx=need_dx)
 
 
+def layer_launches_bind(version: int, m: int, dtype: torch.dtype | None = None, on_gpu: bool = False) -> bool:
+    """Whether ``seeded_linear_fwd_replayable`` (and the input gradient's) bind the launches of
+    ``m`` rows of a whole stream-``version`` layer: every regime but stream v1's one-pass one."""
+    return version == 2 or forward_regime(version, m, dtype, on_gpu) != "one_pass_v1"
+
+
 def seeded_linear_fwd_replayable(
     x: torch.Tensor, *, seed: int, stream: int, version: int, init: str, out_features: int,
     lora_A: torch.Tensor | None, lora_B: torch.Tensor | None, beta: torch.Tensor, bias: torch.Tensor | None,

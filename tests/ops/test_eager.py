@@ -245,9 +245,9 @@ def test_the_settings_that_pick_the_path_are_read_at_every_call(monkeypatch, lau
     assert len(_plans()) == 2  # the one-pass plan, and the decode regime's now that one-pass is off
 
 
-def test_a_regime_whose_launcher_binds_nothing_keys_no_plan(monkeypatch):
-    """Stream v1's one-pass regime (M <= 128 on a v1 layer) is not bound: its key maps to
-    NO_PLAN and its calls take the full path."""
+def test_a_regime_whose_launcher_binds_nothing_is_not_keyed(monkeypatch):
+    """Stream v1's one-pass regime (M <= 128 on a v1 layer) is not bound: its calls are not
+    keyed (they pay no key) and take the full path; past it the same layer's calls make plans."""
     from lottalora.ops import seeded_linear_ref
 
     monkeypatch.setenv("LOTTALORA_ONE_PASS", "0")
@@ -257,7 +257,13 @@ def test_a_regime_whose_launcher_binds_nothing_keys_no_plan(monkeypatch):
     x = torch.randn(33, IN, generator=gen)
     for _ in range(2):
         y = seeded_linear(x, spec, a, b, beta, bias)
-    assert list(eager._PLANS.values()) == [eager.NO_PLAN]
+    assert not eager._PLANS
+    want = seeded_linear_ref(x.double(), spec, a.double(), b.double(), beta.double(), bias.double())
+    assert_close(y, want, torch.float32, "y")
+    x = torch.randn(2, 65, IN, generator=gen)  # 130 rows: the two-phase regime, which binds
+    for _ in range(2):
+        y = seeded_linear(x, spec, a, b, beta, bias)
+    assert len(_plans()) == 1
     want = seeded_linear_ref(x.double(), spec, a.double(), b.double(), beta.double(), bias.double())
     assert_close(y, want, torch.float32, "y")
 
@@ -602,15 +608,22 @@ def test_a_full_table_drops_its_oldest_keys(monkeypatch):
 
 def test_the_regime_thresholds_key_apart(monkeypatch):
     """Moving a threshold (benchmarks do) sends a shape to another regime: not to a plan made for
-    the old one. A v1 layer at 40 rows: the one-pass v1 regime (no plan), then two-phase."""
-    from lottalora_kernels.seeded_linear import dispatch
+    the old one. A v1 layer at 40 rows: the one-pass v1 regime (not keyed), then two-phase (a
+    plan), then the one-pass v1 regime again (its launcher, not the plan)."""
+    from lottalora_kernels.seeded_linear import dispatch, one_pass_v1
 
     monkeypatch.setenv("LOTTALORA_ONE_PASS", "0")
+    calls = count_calls(monkeypatch, one_pass_v1, ("one_pass_v1_fwd",))
     spec = BackboneSpec(5, 2, IN, OUT, version=1)
     gen = torch.Generator().manual_seed(25)
     a, b, beta, bias = _params(gen, torch.float32, grad=False)
     x = torch.randn(40, IN, generator=gen)
     seeded_linear(x, spec, a, b, beta, bias)
+    assert not eager._PLANS
     monkeypatch.setattr(dispatch, "V1_ONE_PASS_MAX_M", 32)
+    for _ in range(2):
+        seeded_linear(x, spec, a, b, beta, bias)
+    assert len(eager._PLANS) == 1 and len(_plans()) == 1
+    monkeypatch.setattr(dispatch, "V1_ONE_PASS_MAX_M", 128)
     seeded_linear(x, spec, a, b, beta, bias)
-    assert len(eager._PLANS) == 2 and len(_plans()) == 1
+    assert calls == ["one_pass_v1_fwd"] * 2
