@@ -68,6 +68,9 @@ def _adapters_to_add(directory: Path, config: dict, layers: dict[str, Linear]) -
         extra = sorted(set(module.named_adapters) - set(recorded))
         if extra:
             fail(directory, f"layer {layer['name']!r} has adapters {extra} in the model, which the checkpoint lacks")
+        if recorded and isinstance(module, SeededConv):
+            fail(directory, f"layer {layer['name']!r} is a seeded convolution, which holds no named adapters, and "
+                             f"the checkpoint lists {sorted(recorded)} on it")
         for name, entry in recorded.items():
             held = module.named_adapters.get(name)
             if held is None:

@@ -124,9 +124,9 @@ class Linear(AdaptedLayer):
     def reseed(self, seed: int) -> None:
         """Re-draw W_seed in place from ``seed`` (a 64-bit unsigned int); everything else of the
         backbone (stream, init, shape) and every parameter stay as they are, so an optimizer
-        holding this layer's parameters goes on unchanged. With DoRA the trained magnitude is kept
-        (each row of the new weight has norm m; n is the new backbone's). ``lottalora.reseed``
-        does it for a whole model."""
+        holding this layer's parameters goes on unchanged. With DoRA the trained magnitude is kept:
+        each row of the new adapted weight (beta W_seed + scaling B A over the new backbone) has
+        norm m. ``lottalora.reseed`` does it for a whole model."""
         self._spec = dataclasses.replace(self._spec, seed=seed)
 
     @property

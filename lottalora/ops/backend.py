@@ -152,10 +152,10 @@ def kernel_bias(bias: torch.Tensor | None) -> torch.Tensor | None:
 
 def launches_bind(block: BackboneBlock, x: torch.Tensor) -> bool:
     """Whether the Triton backend's launches for ``block`` on x (*, block in) may be bound
-    (``forward_replayable``): a whole layer's in every regime but stream v1's one-pass one
+    (``forward_replayable``): a whole layer's unless in stream v1's one-pass regime
     (``layer_launches_bind``), a block's where ``block_regime`` runs the one-pass kernels on it
-    (elsewhere its chunks go through the torch backend's loops). x is unchecked here: only its
-    leading sizes, dtype and device are read."""
+    (elsewhere its chunks go through the torch backend's loops). False means they never are. x
+    is unchecked here: only its leading sizes, dtype and device are read."""
     spec = block.spec
     if block.is_whole:
         return spec.version == 2 or _kernels().layer_launches_bind(spec.version, math.prod(x.shape[:-1]), x.dtype,

@@ -126,7 +126,9 @@ def _input_grad(dy: torch.Tensor, x: torch.Tensor, beta: torch.Tensor, spec: Bac
     differentiable ops on dy, x and beta."""
     compute = accumulation_dtype(x.dtype)
     xc, dy = x.to(compute), dy.to(compute)
-    dx = torch.zeros_like(xc) if need_dx else None
+    # Contiguous whatever x's memory format (channels_last survives F.pad): the registered op's
+    # fake says so, and a compiled graph asserts the strides it was told.
+    dx = torch.zeros(xc.shape, dtype=compute, device=x.device) if need_dx else None
     dbeta = torch.zeros((), dtype=compute, device=x.device)
     b = beta.to(compute)
     for chunk in conv_chunks(geometry):
@@ -197,10 +199,11 @@ def _(dy, x, beta, block, geometry, need_dx, need_dbeta):
 class SeededConvFunction(torch.autograd.Function):
     """y = beta * conv(x, W_seed) in x's accumulation dtype; the backward regenerates the chunks.
 
-    Eager calls on plain tensors run the chunk loops themselves (the backward's are
-    differentiable: second derivatives hold); anything else (torch.compile, dispatch modes,
-    subclasses) runs them as the registered ops ``lottalora::seeded_conv_fwd`` / ``_bwd``, which
-    a compiled graph holds as two opaque calls (a first-order backward, as compiled graphs take)."""
+    Eager calls on plain tensors, and every backward that builds a graph outside compiling, run
+    the chunk loops themselves (the backward's are differentiable: second derivatives hold);
+    anything else (torch.compile, dispatch modes, subclasses) runs them as the registered ops
+    ``lottalora::seeded_conv_fwd`` / ``_bwd``, which a compiled graph holds as two opaque calls
+    (first-order only: the ops have no derivative of their own)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, beta: torch.Tensor, spec: BackboneSpec, geometry: ConvGeometry) -> torch.Tensor:
@@ -220,7 +223,10 @@ class SeededConvFunction(torch.autograd.Function):
         need_dx, need_dbeta = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if not (need_dx or need_dbeta):
             return None, None, None, None
-        if direct_call_ok(dy, x, beta):
+        # A backward that builds a graph (create_graph=True) runs the differentiable loops even
+        # under a dispatch mode: the registered op has no derivative. Compiled graphs take
+        # first-order backwards, which go through the op.
+        if direct_call_ok(dy, x, beta) or (torch.is_grad_enabled() and not torch.compiler.is_compiling()):
             dx, dbeta = _input_grad(dy, x, beta, spec, geometry, need_dx, need_dbeta)
         else:
             dx, dbeta = seeded_conv_bwd_op(dy, x, beta, block_words(BackboneBlock.whole(spec)),

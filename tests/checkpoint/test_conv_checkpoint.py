@@ -122,3 +122,25 @@ def test_a_named_adapter_onto_convs_is_refused_before_any_layer_changes(tmp_path
     assert fresh.head.adapter_names() == ["default"]  # the Linear got no half-loaded adapter
     after = fresh.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_whole_checkpoint_listing_named_adapters_on_a_conv_is_refused_before_any_layer_changes(tmp_path):
+    """Not something save writes (convs hold no named adapters), but a file edited by hand must be
+    refused before the Linear's named adapter is added."""
+    from tests.support.checkpoints import assert_unchanged, edit_config, snapshot
+
+    model = _trained(seed=5)
+    lottalora.add_adapter(model, "extra", rank=1, target_modules=["head"])
+    lottalora.save(model, tmp_path / "ck")
+    entry = {"rank": 1, "alpha": 1.0, "use_rslora": False, "scaling": 1.0, "lora_dropout": 0.0}
+
+    def add_to_conv(config):
+        (body,) = [layer for layer in config["layers"] if layer["name"] == "body"]
+        body["adapters"] = {"extra": entry}
+    edit_config(tmp_path / "ck", add_to_conv)
+    fresh = _trained(seed=9)
+    before = snapshot(fresh)
+    with pytest.raises(ValueError, match="'body' is a seeded convolution.*'extra'"):
+        lottalora.load(fresh, tmp_path / "ck")
+    assert_unchanged(fresh, before)
+    assert fresh.head.adapter_names() == ["default"]

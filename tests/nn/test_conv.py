@@ -305,14 +305,16 @@ def test_torch_compile_default_backend_trains_a_seeded_conv_in_one_graph():
         torch.testing.assert_close(got, want)
 
 
-def test_the_conv_ops_pass_opcheck():
-    """Schemas, fakes (shapes and dtypes under FakeTensor) and autograd registration checks."""
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_the_conv_ops_pass_opcheck(memory_format):
+    """Schemas and fakes (shapes, dtypes and strides under FakeTensor, also for a channels_last
+    input, which F.pad keeps). The ops have no derivative of their own (SeededConvFunction's)."""
     from lottalora.backbone import BackboneBlock
     from lottalora.ops.custom_ops import block_words
 
     layer = _layer(2, 4, 6, (2, 3), dict(groups=2, stride=(2, 1)), torch.float32)
     words, geometry = block_words(BackboneBlock.whole(layer.spec)), conv_op.geometry_words(layer.geometry)
-    x, beta = torch.randn(2, 4, 7, 8), torch.full((1,), 0.7)
+    x, beta = torch.randn(2, 4, 7, 8).to(memory_format=memory_format), torch.full((1,), 0.7)
     y = conv_op.seeded_conv_fwd_op(x, beta, words, geometry)
     torch.library.opcheck(conv_op.seeded_conv_fwd_op, (x, beta, words, geometry),
                           test_utils=("test_schema", "test_faketensor"))
@@ -323,6 +325,39 @@ def test_the_conv_ops_pass_opcheck():
     assert conv_op.geometry_from_words(geometry) == layer.geometry
     with pytest.raises(ValueError, match="geometry words"):
         conv_op.geometry_from_words(geometry[:-1])
+
+
+def test_a_channels_last_cnn_trains_under_inductor():
+    """dx comes back contiguous from the conv's backward, as its op's fake says (a compiled graph
+    asserts the strides it was told)."""
+    layer = _layer(2, 4, 6, 3, dict(padding=1), torch.float32)
+    x = torch.randn(2, 4, 9, 9).to(memory_format=torch.channels_last).requires_grad_()
+    y = torch.compile(layer, fullgraph=True)(x)
+    y_eager = layer(x)
+    torch.testing.assert_close(y, y_eager)
+    for got, want in zip(_grads(layer, x, y), _grads(layer, x, y_eager)):
+        torch.testing.assert_close(got, want)
+
+
+def test_a_gradient_penalty_under_a_dispatch_mode_differentiates_the_conv_again():
+    """A dispatch mode (a flop counter's, a debugging one) sends the ops through their registered
+    form; a backward that builds a graph still runs the differentiable loops."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class PassThrough(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    layer = _layer(2, 3, 4, 3, dict(padding=1))
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64, requires_grad=True)
+
+    def penalty():
+        (dx,) = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
+        return torch.autograd.grad(dx.square().sum(), layer.beta)[0]
+    want = penalty()
+    with PassThrough():
+        got = penalty()
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
 
 
 def test_dora_row_norms_apply_to_a_conv_through_its_spec_and_2d_factors():
