@@ -36,7 +36,7 @@ from ..ops import dense_block
 from ..ops.backend import supported_dtypes
 from ..ops.conv import ConvGeometry, seeded_conv
 from ..ops.dora import combine, combine_dropped, magnitude_scale, weight_row_norms
-from ..ops.precision import accumulation_dtype
+from ..ops.precision import accumulation_dtype, output_dtype
 from .adapters import (
     DEFAULT_ADAPTER,
     AdaptedLayer,
@@ -78,7 +78,8 @@ class SeededConv(AdaptedLayer):
     beta (1,); bias (out_channels,), nn.Conv's init. rank must be a multiple of groups. rank=0: no
     adapter (lora_A and lora_B are None). scaling = alpha / rank (alpha / sqrt(rank) with
     use_rslora; alpha=None means alpha=rank). Input (N, in_channels, *spatial) or unbatched
-    (in_channels, *spatial); output (N, out_channels, *spatial_out), in the input's dtype.
+    (in_channels, *spatial); output (N, out_channels, *spatial_out), in the input's dtype
+    (inside torch.autocast, the autocast dtype, as nn.Conv's).
 
     ``in_features`` / ``out_features`` are the backbone matrix's (in_channels // groups *
     prod(kernel_size), out_channels), so model tools that count or check backbones treat a conv
@@ -253,7 +254,7 @@ class SeededConv(AdaptedLayer):
             y = y + self.low_rank(padded if dropped is None else self.pad(dropped), parts).to(y.dtype)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype).view(-1, *(1,) * self.dims)
-        y = y.to(x.dtype)
+        y = y.to(output_dtype(x))
         return y.squeeze(0) if unbatched else y
 
     def dora_row_norms(self) -> torch.Tensor:
@@ -267,20 +268,20 @@ class SeededConv(AdaptedLayer):
     def dora_forward(self, x: torch.Tensor, padded: torch.Tensor, parts: AdapterParts) -> torch.Tensor:
         """PEFT's conv DoRA on x (N, in_channels, *spatial) and its padded form: (m / n) per output
         channel (dimension 1) on the adapted conv, plus bias; with the adapter's dropout in
-        training, PEFT's dropped form. Returns x's dtype."""
+        training, PEFT's dropped form. Returns x's dtype (inside autocast, autocast's)."""
         scale = magnitude_scale(self.lora_magnitude, self.dora_row_norms())
         dropped = self.adapter_input(x, parts)
         if dropped is None:
             adapted = seeded_conv(padded, self._spec, self.geometry, self.beta)
             adapted = adapted + self.low_rank(padded, parts).to(adapted.dtype)
-            return combine(adapted, scale, self.bias, channel_dim=1).to(x.dtype)
+            return combine(adapted, scale, self.bias, channel_dim=1).to(output_dtype(x))
         base = seeded_conv(padded, self._spec, self.geometry, self.beta)
         if self.bias is not None:
             base = base + self.bias.to(base.dtype).view(-1, *(1,) * self.dims)
         padded_dropped = self.pad(dropped)
         backbone_dropped = seeded_conv(padded_dropped, self._spec, self.geometry, self.beta)
         low_rank = self.low_rank(padded_dropped, parts)
-        return combine_dropped(base, backbone_dropped, low_rank, scale, channel_dim=1).to(x.dtype)
+        return combine_dropped(base, backbone_dropped, low_rank, scale, channel_dim=1).to(output_dtype(x))
 
     def low_rank(self, x: torch.Tensor, parts: AdapterParts) -> torch.Tensor:
         """scaling * conv_1x1(conv(x, lora_A), lora_B) on the padded input x, in x's accumulation dtype."""

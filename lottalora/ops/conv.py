@@ -33,7 +33,7 @@ from ..backbone import BackboneBlock, BackboneSpec, backbone_block
 from ..backbone.stream_v2 import ROW_SPAN
 from .backend import dense_block
 from .custom_ops import block_from_words, block_words, direct_call_ok
-from .precision import accumulation_dtype
+from .precision import accumulation_dtype, autocast_cast, autocast_enabled, autocast_off
 
 # W_seed values one chunk holds at most (the torch backend's block budget): a chunk's weight
 # and its generator's temporaries stay a few MiB whatever the layer's size.
@@ -238,7 +238,18 @@ def seeded_conv(x: torch.Tensor, spec: BackboneSpec, geometry: ConvGeometry, bet
     """beta * conv(x, W_seed) with autograd (x already padded; see the module docstring for
     shapes), in x's accumulation dtype (float32 for bfloat16 / float16 / float32 inputs, float64
     for float64). On the meta device it only infers the output's shape. Under torch.compile it
-    is two registered ops (forward, input gradient) in the graph: no graph break."""
+    is two registered ops (forward, input gradient) in the graph: no graph break. Inside
+    torch.autocast, x is cast to the autocast dtype as nn.Conv's input is (float64 stays), and
+    the op then runs with autocast off, accumulating in float32 as outside it: eager and
+    compiled calls compute the same thing."""
+    if autocast_enabled(x.device.type):
+        x = autocast_cast(x, torch.get_autocast_dtype(x.device.type))
+        with autocast_off(x.device.type):
+            return _seeded_conv(x, spec, geometry, beta)
+    return _seeded_conv(x, spec, geometry, beta)
+
+
+def _seeded_conv(x: torch.Tensor, spec: BackboneSpec, geometry: ConvGeometry, beta: torch.Tensor) -> torch.Tensor:
     if x.device.type == "meta":
         weight = torch.empty(geometry.weight_shape(geometry.out_channels), device="meta",
                              dtype=accumulation_dtype(x.dtype))

@@ -26,6 +26,14 @@ def autocast_cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | 
     return t.to(dtype)
 
 
+def output_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a layer returns for input x: x's, or inside autocast the dtype autocast gives
+    x (``autocast_cast``), as nn.Linear's and nn.Conv's outputs have."""
+    if autocast_enabled(x.device.type) and x.is_floating_point() and x.dtype != torch.float64:
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
 def autocast_enabled(device_type: str) -> bool:
     """Whether autocast is on for ``device_type`` (never for meta tensors, which autocast does
     not know: asking it about them raises)."""

@@ -327,6 +327,29 @@ def test_the_conv_ops_pass_opcheck(memory_format):
         conv_op.geometry_from_words(geometry[:-1])
 
 
+@pytest.mark.parametrize("use_dora", [False, True])
+def test_autocast_gives_nn_convs_dtype_and_compiled_calls_eagers_bits(use_dora):
+    """Inside torch.autocast the layer returns the autocast dtype as nn.Conv2d does; the seeded
+    conv runs on autocast's cast of x with autocast off (float32 accumulation), in eager and
+    compiled calls alike, so both give the same bits, close to the float64 reference on the
+    cast input."""
+    layer = _layer(2, 3, 6, 3, dict(padding=1, use_dora=use_dora), torch.float32)
+    x = torch.randn(2, 3, 9, 9, requires_grad=True)
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, y_compiled = layer(x), compiled(x)
+        plain = torch.nn.Conv2d(3, 6, 3, padding=1)(x)
+    assert y.dtype == y_compiled.dtype == plain.dtype == torch.bfloat16
+    assert torch.equal(y, y_compiled)
+    for got, want in zip(_grads(layer, x, y_compiled), _grads(layer, x, y)):
+        assert torch.equal(got, want)
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        backbone = conv_op.seeded_conv(layer.pad(x.detach()), layer.spec, layer.geometry, layer.beta)
+    ref = conv_op.seeded_conv_ref(layer.pad(x.detach().bfloat16().double()), layer.spec, layer.geometry, layer.beta)
+    assert backbone.dtype == torch.float32
+    assert_close(backbone, ref, torch.float32, "the backbone conv on autocast's input")
+
+
 def test_a_channels_last_cnn_trains_under_inductor():
     """dx comes back contiguous from the conv's backward, as its op's fake says (a compiled graph
     asserts the strides it was told)."""
