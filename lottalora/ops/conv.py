@@ -15,7 +15,8 @@ backward is made of differentiable ops on dy, x and beta, so second derivatives 
 through the gradient) are exact; only such a graph keeps its chunks' weights alive.
 Forward-mode AD is not defined. Under torch.compile (and dispatch modes, subclasses) the two
 loops run as the registered ops ``lottalora::seeded_conv_fwd`` / ``lottalora::seeded_conv_bwd``,
-a block's and a geometry's words for arguments, as the linear op's (``custom_ops``).
+a block's and a geometry's words for arguments, as the linear op's (``custom_ops``), but for a
+backward that builds a graph outside compiling, which runs the differentiable loops.
 
 The adapter, beta's broadcasting, the bias and padding modes are the module's
 (``lottalora.nn.conv``): ordinary autograd on small tensors.
@@ -226,11 +227,14 @@ class SeededConvFunction(torch.autograd.Function):
         # A backward that builds a graph (create_graph=True) runs the differentiable loops even
         # under a dispatch mode: the registered op has no derivative. Compiled graphs take
         # first-order backwards, which go through the op.
-        if direct_call_ok(dy, x, beta) or (torch.is_grad_enabled() and not torch.compiler.is_compiling()):
-            dx, dbeta = _input_grad(dy, x, beta, spec, geometry, need_dx, need_dbeta)
-        else:
-            dx, dbeta = seeded_conv_bwd_op(dy, x, beta, block_words(BackboneBlock.whole(spec)),
-                                           geometry_words(geometry), need_dx, need_dbeta)
+        # A backward inside autocast keeps the forward's float32 accumulation (dbeta's dot
+        # product would otherwise run in the autocast dtype), as compiled calls do.
+        with autocast_off(dy.device.type):
+            if direct_call_ok(dy, x, beta) or (torch.is_grad_enabled() and not torch.compiler.is_compiling()):
+                dx, dbeta = _input_grad(dy, x, beta, spec, geometry, need_dx, need_dbeta)
+            else:
+                dx, dbeta = seeded_conv_bwd_op(dy, x, beta, block_words(BackboneBlock.whole(spec)),
+                                               geometry_words(geometry), need_dx, need_dbeta)
         return (dx if need_dx else None), (dbeta if need_dbeta else None), None, None
 
 

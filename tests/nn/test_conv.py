@@ -341,7 +341,12 @@ def test_autocast_gives_nn_convs_dtype_and_compiled_calls_eagers_bits(use_dora):
         plain = torch.nn.Conv2d(3, 6, 3, padding=1)(x)
     assert y.dtype == y_compiled.dtype == plain.dtype == torch.bfloat16
     assert torch.equal(y, y_compiled)
-    for got, want in zip(_grads(layer, x, y_compiled), _grads(layer, x, y)):
+    eager_grads = _grads(layer, x, y)  # a backward outside autocast
+    for got, want in zip(_grads(layer, x, y_compiled), eager_grads):
+        assert torch.equal(got, want)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a backward inside autocast: not recast
+        inside = _grads(layer, x, layer(x))
+    for got, want in zip(inside, eager_grads):
         assert torch.equal(got, want)
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
         backbone = conv_op.seeded_conv(layer.pad(x.detach()), layer.spec, layer.geometry, layer.beta)
