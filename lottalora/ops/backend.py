@@ -156,11 +156,10 @@ def launches_bind(block: BackboneBlock, x: torch.Tensor) -> bool:
     (``layer_launches_bind``), a block's where ``block_regime`` runs the one-pass kernels on it
     (elsewhere its chunks go through the torch backend's loops). False means they never are. x
     is unchecked here: only its leading sizes, dtype and device are read."""
-    spec = block.spec
+    version = block.spec.version
     if block.is_whole:
-        return spec.version == 2 or _kernels().layer_launches_bind(spec.version, math.prod(x.shape[:-1]), x.dtype,
-                                                                   x.is_cuda)
-    return _kernels().block_regime(spec.version, x.dtype, x.is_cuda) is not None
+        return _kernels().layer_launches_bind(version, math.prod(x.shape[:-1]), x.dtype, x.is_cuda)
+    return _kernels().block_regime(version, x.dtype, x.is_cuda) is not None
 
 
 def replay_state() -> tuple:

@@ -166,14 +166,10 @@ def geometry_from_words(words: list[int]) -> ConvGeometry:
                         tuple(rest[2 * dims:]), groups)
 
 
-def _words_spec(block: list[int]) -> BackboneSpec:
-    return block_from_words(block).spec
-
-
 @torch.library.custom_op("lottalora::seeded_conv_fwd", mutates_args=())
 def seeded_conv_fwd_op(x: torch.Tensor, beta: torch.Tensor, block: list[int], geometry: list[int]) -> torch.Tensor:
     """beta * conv(x, W_seed) (``_forward``) as a registered op: what torch.compile sees."""
-    return _forward(x, beta, _words_spec(block), geometry_from_words(geometry))
+    return _forward(x, beta, block_from_words(block).spec, geometry_from_words(geometry))
 
 
 @seeded_conv_fwd_op.register_fake
@@ -187,7 +183,8 @@ def seeded_conv_bwd_op(dy: torch.Tensor, x: torch.Tensor, beta: torch.Tensor, bl
                        need_dx: bool, need_dbeta: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """``_input_grad`` as a registered op: (dx, or an empty tensor when not needed; dbeta, 0 when
     not needed)."""
-    dx, dbeta = _input_grad(dy, x, beta, _words_spec(block), geometry_from_words(geometry), need_dx, need_dbeta)
+    dx, dbeta = _input_grad(dy, x, beta, block_from_words(block).spec, geometry_from_words(geometry), need_dx,
+                            need_dbeta)
     return (dx if dx is not None else x.new_empty((0,)),
             dbeta if dbeta is not None else torch.zeros_like(beta))
 
@@ -208,8 +205,7 @@ class SeededConvFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, beta: torch.Tensor, spec: BackboneSpec, geometry: ConvGeometry) -> torch.Tensor:
-        direct = direct_call_ok(x, beta)
-        if direct:
+        if direct_call_ok(x, beta):
             out = _forward(x, beta, spec, geometry)
         else:
             out = seeded_conv_fwd_op(x, beta, block_words(BackboneBlock.whole(spec)), geometry_words(geometry))
@@ -225,10 +221,9 @@ class SeededConvFunction(torch.autograd.Function):
         if not (need_dx or need_dbeta):
             return None, None, None, None
         # A backward that builds a graph (create_graph=True) runs the differentiable loops even
-        # under a dispatch mode: the registered op has no derivative. Compiled graphs take
-        # first-order backwards, which go through the op.
-        # A backward inside autocast keeps the forward's float32 accumulation (dbeta's dot
-        # product would otherwise run in the autocast dtype), as compiled calls do.
+        # under a dispatch mode: the registered op has no derivative (compiled graphs take
+        # first-order backwards, through the op). Autocast off: a backward inside it keeps the
+        # forward's float32 accumulation (dbeta's dot product would run in the autocast dtype).
         with autocast_off(dy.device.type):
             if direct_call_ok(dy, x, beta) or (torch.is_grad_enabled() and not torch.compiler.is_compiling()):
                 dx, dbeta = _input_grad(dy, x, beta, spec, geometry, need_dx, need_dbeta)

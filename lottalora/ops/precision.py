@@ -18,18 +18,21 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _autocast_casts(t: torch.Tensor) -> bool:
+    # Floating tensors other than float64 (which stays float64, as nn.Linear keeps it).
+    return t.is_floating_point() and t.dtype != torch.float64
+
+
 def autocast_cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     """What autocast does to a matmul argument: floating tensors other than float64 go to the
     autocast dtype; float64 stays float64."""
-    if t is None or not t.is_floating_point() or t.dtype == torch.float64:
-        return t
-    return t.to(dtype)
+    return t.to(dtype) if t is not None and _autocast_casts(t) else t
 
 
 def output_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype a layer returns for input x: x's, or inside autocast the dtype autocast gives
     x (``autocast_cast``), as nn.Linear's and nn.Conv's outputs have."""
-    if autocast_enabled(x.device.type) and x.is_floating_point() and x.dtype != torch.float64:
+    if autocast_enabled(x.device.type) and _autocast_casts(x):
         return torch.get_autocast_dtype(x.device.type)
     return x.dtype
 

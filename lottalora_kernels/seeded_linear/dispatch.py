@@ -196,8 +196,8 @@ def seeded_linear_bwd_dx(
 def layer_launches_bind(version: int, m: int, dtype: torch.dtype | None = None, on_gpu: bool = False) -> bool:
     """Whether ``seeded_linear_fwd_replayable`` (and the input gradient's) may bind the launches
     of ``m`` rows of a whole stream-``version`` layer: False for stream v1's one-pass regime,
-    which never does (a call that may still binds nothing: decode with more than one row chunk,
-    two-phase chunks off the call spans, whose keys then map to NO_PLAN)."""
+    which never does. True is no promise: decode with more than one row chunk and two-phase
+    chunks off the call spans bind nothing either (their eager keys map to NO_PLAN)."""
     return version == 2 or forward_regime(version, m, dtype, on_gpu) != "one_pass_v1"
 
 
