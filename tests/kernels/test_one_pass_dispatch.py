@@ -28,8 +28,8 @@ def test_the_switch_decides_the_regime(monkeypatch, on):
 
 
 def _counting(monkeypatch):
-    """The one-pass launchers a call goes through, by direction (a layer's first call, a
-    tensor-parallel block; a replayed plan goes through neither)."""
+    """The one-pass launchers a call goes through, by direction (a layer's or a tensor-parallel
+    block's first call at a key; a replayed plan goes through neither)."""
     return count_calls(monkeypatch, one_pass, ("one_pass_fwd", "one_pass_bwd_dx"))
 
 
