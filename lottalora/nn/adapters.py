@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .options import check_alpha, check_dropout, check_rank, lora_scaling
-from .state import LayerState, decode_extra_state, extra_state, upgrade_legacy_beta
+from .state import LayerState, decode_extra_state, drop_dense_guard, extra_state, upgrade_legacy_beta
 
 DEFAULT_ADAPTER = "default"
 # PEFT's name, in a mixed batch's adapter_names, for a row that runs the bare backbone.
@@ -262,6 +262,7 @@ class AdaptedLayer(nn.Module):
         # (it does not tell a module whether the load is strict). load_state_dict hands each
         # module its own copy of the dict, so replacing the entry leaves the caller's as it was.
         upgrade_legacy_beta(state_dict, prefix + "beta")
+        drop_dense_guard(state_dict, prefix)
         self.check_state_dict(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)

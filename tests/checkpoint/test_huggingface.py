@@ -89,7 +89,8 @@ def test_save_pretrained_writes_a_lottalora_directory_and_the_files_the_trainer_
     assert files == {checkpoint_format.CONFIG_NAME, checkpoint_format.TENSORS_NAME, checkpoint_format.MODEL_CONFIG_NAME,
                      checkpoint_format.SAFE_INDEX_NAME, checkpoint_format.LAYER_STATES_NAME, "generation_config.json"}
     index = json.loads((tmp_path / "m" / checkpoint_format.SAFE_INDEX_NAME).read_text())
-    assert set(index["weight_map"]) == set(model.state_dict())
+    guards = {f"{name}.weight" for name in lottalora.nn.seeded_layers(model)}  # the dense guard of each layer
+    assert set(index["weight_map"]) == set(model.state_dict()) | guards
     assert json.loads((tmp_path / "m" / "config.json").read_text())["model_type"] == "lottalora"
     assert "seeded layers: 14" in lottalora.describe(tmp_path / "m")
 
@@ -275,3 +276,69 @@ def test_a_trainer_run_resumes_from_its_checkpoint_and_reloads_exactly(tmp_path)
     for directory in (tmp_path / "final", tmp_path / "whole" / "checkpoint-4"):
         reloaded = transformers.AutoModelForCausalLM.from_pretrained(directory)
         assert torch.equal(_output(reloaded, "logits", ids), _output(whole.eval(), "logits", ids))
+
+
+def test_a_dense_class_refuses_a_save_pretrained_directory_that_the_trainer_files_still_load(tmp_path):
+    model = _trained(converted_tiny_llama())
+    model.save_pretrained(tmp_path / "m")
+    # Only the Auto classes know lottalora: the architecture's own class finds every backbone
+    # weight the wrong size (the dense guard) instead of loading random ones in their place.
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes|size mismatch"):
+        transformers.LlamaForCausalLM.from_pretrained(tmp_path / "m")
+    from safetensors.torch import load_file
+
+    files = {*json.loads((tmp_path / "m" / checkpoint_format.SAFE_INDEX_NAME).read_text())["weight_map"].values()}
+    state = {k: v for f in files for k, v in load_file(tmp_path / "m" / f).items()}
+    assert all(state[f"{name}.weight"].shape == (0,) for name in lottalora.nn.seeded_layers(model))
+    torch.manual_seed(3)
+    fresh = converted_tiny_llama()
+    fresh.load_state_dict(state)  # strict, as the Trainer's files are read: the guards are dropped, nothing else
+    ids = torch.randint(0, 96, (2, 7))
+    assert torch.equal(_output(fresh.eval(), "logits", ids), _output(model, "logits", ids))
+    state["model.layers.0.self_attn.q_proj.weight"] = torch.zeros(32, 32)  # a real dense weight stays unexpected
+    with pytest.raises(RuntimeError, match=r"Unexpected key\(s\).*q_proj\.weight"):
+        fresh.load_state_dict(state)
+
+
+def test_transformers_save_pretrained_of_a_model_around_converted_layers_is_refused_by_name(tmp_path):
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_llama_config())
+    lottalora.convert(model.model, rank=4)  # the submodule alone: model keeps transformers' save_pretrained
+    _trained(model)
+    with pytest.raises(ValueError, match=r"LlamaForCausalLM\.save_pretrained would write the 14 seeded layers "
+                                         r"under 'model' as a dense checkpoint.*convert the LlamaForCausalLM itself"):
+        model.save_pretrained(tmp_path / "plain")
+    assert not any(p.suffix == ".safetensors" for p in (tmp_path / "plain").iterdir())
+    torch.save(model.state_dict(), tmp_path / "state.pt")  # any other state_dict is the model's, as always
+    lottalora.save(model, tmp_path / "m")  # the way out the error names
+    ids = torch.randint(0, 96, (2, 7))
+    rebuilt = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    assert torch.equal(_output(rebuilt, "logits", ids), _output(model, "logits", ids))
+    model.model.save_pretrained(tmp_path / "sub")  # the converted submodule saves through lottalora itself
+    assert json.loads((tmp_path / "sub" / "config.json").read_text())["model_type"] == "lottalora"
+    lottalora.merge_and_unload(model.model)  # dense again: transformers' save is right, and allowed
+    model.save_pretrained(tmp_path / "merged")
+    again = LlamaForCausalLM.from_pretrained(tmp_path / "merged")
+    assert torch.allclose(_output(again, "logits", ids), _output(model, "logits", ids), atol=1e-5)
+
+
+def test_a_converted_model_of_a_users_own_transformers_class_refuses_transformers_save(tmp_path):
+    from transformers import LlamaConfig, PreTrainedModel
+
+    class TinyRegressor(PreTrainedModel):  # a class transformers does not know: from_pretrained cannot rebuild it
+        config_class = LlamaConfig
+
+        def __init__(self, config):
+            super().__init__(config)
+            self.proj = torch.nn.Linear(config.hidden_size, config.hidden_size)
+            self.post_init()
+
+        def forward(self, x):
+            return self.proj(x)
+
+    model = lottalora.convert(TinyRegressor(tiny_llama_config()), rank=2)
+    with pytest.raises(ValueError, match=r"TinyRegressor\.save_pretrained would write the 1 seeded layer in it "
+                                         r".*lottalora\.load\(model, directory\)"):
+        model.save_pretrained(tmp_path / "m")
