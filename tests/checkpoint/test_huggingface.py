@@ -295,6 +295,11 @@ def test_a_dense_class_refuses_a_save_pretrained_directory_that_the_trainer_file
     fresh.load_state_dict(state)  # strict, as the Trainer's files are read: the guards are dropped, nothing else
     ids = torch.randint(0, 96, (2, 7))
     assert torch.equal(_output(fresh.eval(), "logits", ids), _output(model, "logits", ids))
+    # A resumed run whose model left a layer dense that the checkpoint seeded: the Trainer loads
+    # with strict=False, which a size mismatch still stops (the dense weight would stay random).
+    fewer = lottalora.convert(transformers.LlamaForCausalLM(tiny_llama_config()), rank=4, target_modules=["q_proj"])
+    with pytest.raises(RuntimeError, match=r"size mismatch for model\.layers\.0\.self_attn\.k_proj\.weight"):
+        fewer.load_state_dict(state, strict=False)
     state["model.layers.0.self_attn.q_proj.weight"] = torch.zeros(32, 32)  # a real dense weight stays unexpected
     with pytest.raises(RuntimeError, match=r"Unexpected key\(s\).*q_proj\.weight"):
         fresh.load_state_dict(state)
