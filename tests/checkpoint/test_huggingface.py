@@ -347,3 +347,18 @@ def test_a_converted_model_of_a_users_own_transformers_class_refuses_transformer
     with pytest.raises(ValueError, match=r"TinyRegressor\.save_pretrained would write the 1 seeded layer in it "
                                          r".*lottalora\.load\(model, directory\)"):
         model.save_pretrained(tmp_path / "m")
+
+
+def test_a_hub_id_resolves_from_the_local_cache_without_the_network(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as an offline user sets it (read once, at import: set both)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    model = _trained(converted_tiny_llama())
+    repo = tmp_path / "cache" / "models--me--seeded"  # huggingface_hub's cache layout for repo "me/seeded"
+    model.save_pretrained(repo / "snapshots" / ("a" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    rebuilt = transformers.AutoModelForCausalLM.from_pretrained("me/seeded", cache_dir=tmp_path / "cache")
+    ids = torch.randint(0, 96, (2, 7))
+    assert torch.equal(_output(rebuilt, "logits", ids), _output(model, "logits", ids))
