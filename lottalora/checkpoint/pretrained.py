@@ -21,7 +21,7 @@ from ..model.conv_layers import is_dense_conv, seeded_conv_like
 from ..model.load_check import check_loads_whole
 from ..model.materialize import materialize
 from ..model.modules import linear_shape, set_submodule
-from ..model.pretrained_class import adopt_seeded_class, refuse_plain_saves
+from ..model.pretrained_class import adopt_seeded_class
 from ..model.records import restore_call
 from ..nn import SEEDED_LAYER_TYPES, Linear
 from .files import read_checkpoint, tensor_contents
@@ -98,7 +98,6 @@ def from_pretrained(directory: str | os.PathLike, *, device: torch.device | str 
     check_loads_whole(model)  # as convert does: a later load_state_dict is all or nothing
     _restore_generation_config(directory, model)
     adopt_seeded_class(model)
-    refuse_plain_saves(model)
     return model.eval()
 
 

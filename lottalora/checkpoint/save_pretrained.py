@@ -9,7 +9,7 @@ and for transformers' Trainer, which resumes and loads its best model from a saf
 ``model.safetensors.index.json`` naming ``adapters.safetensors`` and ``seeded_layers.safetensors``
 (every seeded layer's "_extra_state", so a resumed model takes the checkpoint's seeds, ranks and
 alphas, as ``lottalora.load`` does, and an empty "weight" under each seeded layer: the dense guard
-of ``lottalora.nn.state``, which makes a dense class's ``from_pretrained`` of the directory,
+of ``lottalora.nn.dense_guard``, which makes a dense class's ``from_pretrained`` of the directory,
 ``LlamaForCausalLM.from_pretrained`` where the Auto classes know lottalora, refuse to load with a
 size mismatch instead of filling the backbone with random weights), plus
 ``generation_config.json`` for a model that generates.
@@ -28,8 +28,7 @@ import re
 from pathlib import Path
 
 from ..model.pretrained_class import SeededPreTrainedModel
-from ..nn import is_dtensor, seeded_layers, unwrap_model
-from ..nn.state import DENSE_GUARD_ENTRY, dense_guard
+from ..nn import dense_guard, is_dtensor, seeded_layers, unwrap_model
 from .files import replaced_atomically
 from .format import FORMAT_NAME, LAYER_STATES_NAME, SAFE_INDEX_NAME, TENSORS_NAME
 from .model_state import state_tensors
@@ -91,7 +90,7 @@ def _write_trainer_files(model, directory: Path) -> None:
     for name, layer in seeded_layers(root, plain=True).items():
         prefix = f"{name}." if name else ""
         states[prefix + "_extra_state"] = layer.get_extra_state()
-        states[prefix + DENSE_GUARD_ENTRY] = dense_guard()
+        states[prefix + dense_guard.ENTRY] = dense_guard.dense_guard()
         for adapter_name, adapter in layer.named_adapters.items():
             states[f"{prefix}lora_adapters.{adapter_name}._extra_state"] = adapter.get_extra_state()
     data = serialize(states, metadata={"format": FORMAT_NAME})

@@ -37,7 +37,7 @@ from .patterns import (
     output_head_names,
     pattern_value,
 )
-from .pretrained_class import adopt_seeded_class, refuse_plain_saves
+from .pretrained_class import adopt_seeded_class
 from .records import record_call
 from .redundant_betas import find_redundant_betas
 
@@ -144,10 +144,11 @@ def convert(
     A transformers model (``PreTrainedModel``) gets its class changed in place to the same class
     with lottalora's ``save_pretrained`` (``lottalora.model.pretrained_class``), so that
     ``model.save_pretrained``, ``push_to_hub`` and the Trainer write a lottalora directory, which
-    ``AutoModel*.from_pretrained`` rebuilds. Convert the model you save: transformers'
-    save_pretrained of a model that holds the converted module without being converted itself
-    (a submodule converted alone) raises ValueError instead of writing a dense checkpoint that
-    would load with random weights (``lottalora.save`` writes the whole model).
+    ``AutoModel*.from_pretrained`` rebuilds. Convert the model you save: a model that holds
+    converted layers without being converted itself (a submodule converted alone) keeps
+    transformers' save_pretrained, which writes a checkpoint the Trainer resumes from but that
+    from_pretrained refuses (``lottalora.nn.dense_guard``, with a warning when it is written);
+    ``lottalora.save`` writes such a model whole.
     """
     options = _check_options(model, rank, alpha, use_rslora, seed, init, stream_version, target_modules,
                              exclude_modules, adapter_modules, trainable_modules, train_beta, lora_dropout, bias,
@@ -166,7 +167,6 @@ def convert(
     record_call(model, list(converted), options.record())
     check_loads_whole(model)
     adopt_seeded_class(model)
-    refuse_plain_saves(model)
     return model
 
 

@@ -21,7 +21,7 @@ from ..ops.precision import accumulation_dtype
 from .conv_layers import dense_conv, merged_conv_weight
 from .load_check import forget_load_check
 from .modules import set_submodule
-from .pretrained_class import release_seeded_class, stop_refusing_plain_saves
+from .pretrained_class import release_seeded_class
 from .records import forget_calls
 
 
@@ -97,5 +97,4 @@ def merge_and_unload(model: nn.Module, *, safe_merge: bool = False) -> nn.Module
     release_seeded_class(root)
     for module in root.modules():
         forget_load_check(module)
-        stop_refusing_plain_saves(module)
     return model

@@ -15,27 +15,15 @@ subclass from the class), in processes that import lottalora.
 What ``save_pretrained`` writes is the checkpoint floor's job (``lottalora.checkpoint``, above
 this one): it installs its writer in ``SeededPreTrainedModel.directory_writer`` when it is
 imported, which ``import lottalora`` always does.
-
-A model whose class is not the seeded one can still hold converted layers: a submodule
-converted on its own (``convert(model.model)`` leaves ``model`` a plain ``LlamaForCausalLM``),
-a model of the user's own ``PreTrainedModel`` class, or a seeded model inside another
-transformers model. transformers' ``save_pretrained`` of such a model would write the seeded
-layers' tensors where the architecture expects dense weights, and its ``from_pretrained`` would
-fill them with fresh random values. ``refuse_plain_saves`` gives every converted module a
-state-dict hook that refuses exactly that write, by name, while any other ``state_dict`` call
-(``torch.save``, the Trainer's own files, FSDP2, lottalora's writer) is untouched.
 """
 
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable
 from typing import ClassVar
 
 from torch import nn
-
-from ..nn import seeded_layers
 
 _BASE_ATTR = "__lottalora_base__"
 
@@ -102,63 +90,3 @@ def release_seeded_class(model: nn.Module) -> None:
     base = getattr(type(model), _BASE_ATTR, None)
     if base is not None and type(model) is seeded_class(base):
         model.__class__ = base
-
-
-# The id of the hook on a module that carries it, so a module converted twice registers it once
-# and merging removes it.
-_GUARD_ATTR = "_lottalora_refuses_plain_saves"
-
-
-def refuse_plain_saves(module: nn.Module) -> None:
-    """Make transformers' ``save_pretrained`` of any model holding ``module`` (a module that
-    ``convert`` converted or ``from_pretrained`` rebuilt) raise ValueError instead of writing
-    its seeded layers as dense weights that no ``from_pretrained`` rebuilds. Registered once,
-    as a module-level function (the model still pickles); ``stop_refusing_plain_saves`` removes it."""
-    if module.__dict__.get(_GUARD_ATTR) is None:
-        handle = module.register_state_dict_pre_hook(_refuse_transformers_writer)
-        object.__setattr__(module, _GUARD_ATTR, handle.id)
-
-
-def stop_refusing_plain_saves(module: nn.Module) -> None:
-    """Remove the hook ``refuse_plain_saves`` registered (a merged model is plain torch again)."""
-    hook_id = module.__dict__.pop(_GUARD_ATTR, None)
-    if hook_id is not None:
-        module._state_dict_pre_hooks.pop(hook_id, None)
-
-
-def _transformers_writer_model() -> nn.Module | None:
-    """The model whose ``state_dict`` transformers' ``PreTrainedModel.save_pretrained`` is
-    taking right now on this thread (the innermost such call), or None. transformers takes
-    ``model.state_dict()`` inside that function and offers no hook of its own there; its frame
-    is the one sure sign that the state dict is about to become a dense checkpoint."""
-    modeling = sys.modules.get("transformers.modeling_utils")
-    writer = getattr(getattr(modeling, "PreTrainedModel", None), "save_pretrained", None)
-    code = getattr(writer, "__code__", None)
-    if code is None:
-        return None
-    frame = sys._getframe(1)
-    while frame is not None:
-        if frame.f_code is code:
-            return frame.f_locals.get("self")
-        frame = frame.f_back
-    return None
-
-
-def _refuse_transformers_writer(module: nn.Module, prefix: str, keep_vars: bool) -> None:
-    model = _transformers_writer_model()
-    if model is None or not any(m is module for m in model.modules()):
-        return
-    layers = seeded_layers(module)
-    if not layers:  # every seeded layer replaced by hand since: nothing to lose
-        return
-    where = f"under {prefix.rstrip('.')!r}" if prefix else "in it"
-    name = type(model).__name__
-    fix = (f"convert the {name} itself (lottalora.convert on the model you save gives it lottalora's "
-           "save_pretrained) or write it with lottalora.save(model, directory), which "
-           "lottalora.from_pretrained and, after import lottalora, AutoModel*.from_pretrained rebuild"
-           if _is_transformers_model_class(base_class(type(model))) else
-           "write it with lottalora.save(model, directory) and load that onto the model built and converted in "
-           "code with lottalora.load(model, directory)")
-    count = f"{len(layers)} seeded layer{'s' if len(layers) > 1 else ''}"
-    raise ValueError(f"{name}.save_pretrained would write the {count} {where} as a dense "
-                     "checkpoint, which from_pretrained rebuilds with fresh random weights in their place: " + fix)

@@ -4,6 +4,7 @@
     conv     Conv1d, Conv2d: nn.Conv*d's interface, W_seed regenerated in chunks of output channels
     adapters the adapter machinery every seeded layer shares: named adapters, init options, mixed batches
     state    the "_extra_state" entry that carries a layer's backbone identity and options
+    dense_guard  the empty "weight" a transformers checkpoint of seeded layers holds, so dense classes refuse it
     options  checks of rank, alpha and lora_dropout, and the LoRA scaling
     layers   the one walk over a model's seeded layers, and the wrappers around models
 """

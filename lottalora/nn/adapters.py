@@ -24,8 +24,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .dense_guard import drop_dense_guard, guard_transformers_checkpoint
 from .options import check_alpha, check_dropout, check_rank, lora_scaling
-from .state import LayerState, decode_extra_state, drop_dense_guard, extra_state, upgrade_legacy_beta
+from .state import LayerState, decode_extra_state, extra_state, upgrade_legacy_beta
 
 DEFAULT_ADAPTER = "default"
 # PEFT's name, in a mixed batch's adapter_names, for a row that runs the bare backbone.
@@ -253,6 +254,10 @@ class AdaptedLayer(nn.Module):
             )
         if decoded.rank is not None and decoded.rank != self.rank:
             raise ValueError(f"state is for a rank-{decoded.rank} layer, this layer has rank {self.rank}")
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        guard_transformers_checkpoint(destination, prefix)  # only for transformers' checkpoints
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):

@@ -29,28 +29,6 @@ def upgrade_legacy_beta(state: dict, key: str) -> None:
         state[key] = state[key].reshape(1)
 
 
-# The entry a lottalora directory's Trainer files hold under each seeded layer's dense weight name
-# ("<layer>.weight"): an empty 1-D tensor. A dense class reading the directory
-# (``LlamaForCausalLM.from_pretrained``, where only the Auto classes know lottalora) then finds
-# every backbone weight the wrong size and refuses to load, instead of filling them with fresh
-# random values; a seeded layer loading the same files drops it (``drop_dense_guard``).
-DENSE_GUARD_ENTRY = "weight"
-
-
-def dense_guard() -> torch.Tensor:
-    """The empty tensor written under a seeded layer's ``DENSE_GUARD_ENTRY``."""
-    return torch.empty(0)
-
-
-def drop_dense_guard(state: dict, prefix: str) -> None:
-    """Remove ``state[prefix + "weight"]`` when it is the dense guard (an empty 1-D tensor), so a
-    seeded layer loads the Trainer's files without an unexpected key; a real weight stays, and
-    stays unexpected."""
-    entry = state.get(prefix + DENSE_GUARD_ENTRY)
-    if isinstance(entry, torch.Tensor) and entry.dim() == 1 and entry.numel() == 0:
-        del state[prefix + DENSE_GUARD_ENTRY]
-
-
 def _float64_bits(value: float) -> int:
     return struct.unpack("<q", struct.pack("<d", value))[0]
 

@@ -305,48 +305,80 @@ def test_a_dense_class_refuses_a_save_pretrained_directory_that_the_trainer_file
         fresh.load_state_dict(state)
 
 
-def test_transformers_save_pretrained_of_a_model_around_converted_layers_is_refused_by_name(tmp_path):
+def _state_of(directory):
+    from safetensors.torch import load_file
+
+    return load_file(directory / "model.safetensors")
+
+
+def test_transformers_save_of_a_model_around_converted_layers_is_guarded_against_dense_loads(tmp_path):
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(tiny_llama_config())
     lottalora.convert(model.model, rank=4)  # the submodule alone: model keeps transformers' save_pretrained
     _trained(model)
-    with pytest.raises(ValueError, match=r"LlamaForCausalLM\.save_pretrained would write the 14 seeded layers "
-                                         r"under 'model' as a dense checkpoint.*convert the LlamaForCausalLM itself"):
+    with pytest.warns(UserWarning, match=r"LlamaForCausalLM\.save_pretrained is transformers' own.*"
+                                         r"convert the whole LlamaForCausalLM when you build it"):
         model.save_pretrained(tmp_path / "plain")
-    assert not any(p.suffix == ".safetensors" for p in (tmp_path / "plain").iterdir())
-    torch.save(model.state_dict(), tmp_path / "state.pt")  # any other state_dict is the model's, as always
-    lottalora.save(model, tmp_path / "m")  # the way out the error names
+    state = _state_of(tmp_path / "plain")
+    assert all(state[f"{name}.weight"].shape == (0,) for name in lottalora.nn.seeded_layers(model))
+    for cls in (LlamaForCausalLM, transformers.AutoModelForCausalLM):  # never the random backbone it used to be
+        with pytest.raises(RuntimeError, match="ignore_mismatched_sizes|size mismatch"):
+            cls.from_pretrained(tmp_path / "plain")
+    assert "weight" not in model.model.layers[0].self_attn.q_proj.state_dict()  # only in transformers' files
+    torch.manual_seed(1)
+    resumed = LlamaForCausalLM(tiny_llama_config())  # what a resumed Trainer run does with the file
+    lottalora.convert(resumed.model, rank=4)
+    resumed.load_state_dict(state)
     ids = torch.randint(0, 96, (2, 7))
+    assert torch.equal(_output(resumed.eval(), "logits", ids), _output(model, "logits", ids))
+    lottalora.save(model, tmp_path / "m")  # the whole model, for the Auto classes
     rebuilt = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "m")
     assert torch.equal(_output(rebuilt, "logits", ids), _output(model, "logits", ids))
-    model.model.save_pretrained(tmp_path / "sub")  # the converted submodule saves through lottalora itself
-    assert json.loads((tmp_path / "sub" / "config.json").read_text())["model_type"] == "lottalora"
-    lottalora.merge_and_unload(model.model)  # dense again: transformers' save is right, and allowed
+    lottalora.merge_and_unload(model.model)  # dense again: transformers' checkpoint is the whole model
     model.save_pretrained(tmp_path / "merged")
+    assert not any(v.numel() == 0 for v in _state_of(tmp_path / "merged").values())
     again = LlamaForCausalLM.from_pretrained(tmp_path / "merged")
     assert torch.allclose(_output(again, "logits", ids), _output(model, "logits", ids), atol=1e-5)
 
 
-def test_a_converted_model_of_a_users_own_transformers_class_refuses_transformers_save(tmp_path):
+def test_a_users_own_transformers_class_with_seeded_layers_saves_and_loads_through_transformers(tmp_path):
     from transformers import LlamaConfig, PreTrainedModel
 
-    class TinyRegressor(PreTrainedModel):  # a class transformers does not know: from_pretrained cannot rebuild it
+    class TinySeeded(PreTrainedModel):  # seeded layers built in: the class itself rebuilds them
         config_class = LlamaConfig
 
         def __init__(self, config):
             super().__init__(config)
-            self.proj = torch.nn.Linear(config.hidden_size, config.hidden_size)
+            self.proj = lottalora.Linear(config.hidden_size, config.hidden_size, rank=2, seed=7)
             self.post_init()
 
         def forward(self, x):
             return self.proj(x)
 
-    model = lottalora.convert(TinyRegressor(tiny_llama_config()), rank=2)
-    with pytest.raises(ValueError, match=r"TinyRegressor\.save_pretrained would write the 1 seeded layer in it "
-                                         r".*lottalora\.load\(model, directory\)"):
+    model = _trained(TinySeeded(tiny_llama_config()))
+    with pytest.warns(UserWarning, match=r"TinySeeded\.save_pretrained is transformers' own"):
         model.save_pretrained(tmp_path / "m")
+    again = TinySeeded.from_pretrained(tmp_path / "m")
+    x = torch.randn(3, 48)
+    with torch.no_grad():
+        assert torch.equal(again(x), model(x))
+
+
+def test_the_trainers_sharded_reader_expects_the_guards(tmp_path):
+    try:
+        from transformers.trainer_utils import load_sharded_checkpoint
+    except ImportError:  # transformers 4
+        from transformers.modeling_utils import load_sharded_checkpoint
+    model = _trained(converted_tiny_llama())
+    model.save_pretrained(tmp_path / "m")
+    torch.manual_seed(2)
+    fresh = converted_tiny_llama()
+    loaded = load_sharded_checkpoint(fresh, tmp_path / "m", strict=True)  # no missing, no unexpected key
+    assert not loaded.missing_keys and not loaded.unexpected_keys
+    ids = torch.randint(0, 96, (2, 7))
+    assert torch.equal(_output(fresh.eval(), "logits", ids), _output(model, "logits", ids))
 
 
 def test_a_hub_id_resolves_from_the_local_cache_without_the_network(tmp_path, monkeypatch):

@@ -1,0 +1,109 @@
+"""The dense guard: an empty tensor under each seeded layer's dense weight name, in every checkpoint
+transformers writes or reads of a model that holds seeded layers.
+
+A seeded layer has no ``weight``: it has a seed. A checkpoint of its tensors alone (lora_A,
+lora_B, beta, bias, "_extra_state") is one that transformers' ``from_pretrained`` of the dense
+architecture would take without an error, leaving each backbone weight missing, i.e. filled
+with fresh random values, and only logging it. So wherever transformers is the writer, the
+checkpoint also holds ``<layer>.weight`` as an empty 1-D float32 tensor: a dense class then
+finds every backbone weight the wrong size and refuses to load (transformers' size-mismatch
+error), while a seeded layer drops the entry when it loads (``drop_dense_guard``), so the same
+files resume a Trainer run exactly.
+
+Where transformers is the writer:
+- lottalora's own ``save_pretrained`` (a converted model's) writes the guards into the files the
+  Trainer reads (``lottalora.checkpoint.save_pretrained``);
+- transformers' ``PreTrainedModel.save_pretrained`` of a model that holds seeded layers without
+  being converted as a whole (a submodule converted alone, a model of one's own class, a seeded
+  model inside another) takes ``model.state_dict()``; while it does, each seeded layer adds its
+  guard to that state dict (``guard_transformers_checkpoint``) and the first one warns;
+- transformers' ``load_sharded_checkpoint`` (the Trainer's resume from an index) compares the
+  index's keys with ``model.state_dict()``'s before loading; the guards appear there too, so
+  the index's guards are expected keys, not unexpected ones.
+transformers offers no hook at either place; its function's frame on the stack is the one sure
+sign that a state dict is being taken for it. Every other ``state_dict`` (``torch.save``, FSDP2,
+DCP, lottalora's writers) holds no guard.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+import torch
+
+ENTRY = "weight"
+
+# (module, qualified name of a function) whose frame marks a state dict taken for a transformers
+# checkpoint: the writer, and the Trainer's sharded reader (transformers 5 and 4.x places).
+_CHECKPOINT_FUNCTIONS = (
+    ("transformers.modeling_utils", "PreTrainedModel.save_pretrained"),
+    ("transformers.trainer_utils", "load_sharded_checkpoint"),
+    ("transformers.modeling_utils", "load_sharded_checkpoint"),
+)
+_WRITER = _CHECKPOINT_FUNCTIONS[0]
+
+
+def dense_guard() -> torch.Tensor:
+    """The entry written under a seeded layer's ``weight``: empty, 1-D, float32, on the CPU."""
+    return torch.empty(0, dtype=torch.float32, device="cpu")
+
+
+def is_dense_guard(value: object) -> bool:
+    return isinstance(value, torch.Tensor) and value.dim() == 1 and value.numel() == 0
+
+
+def drop_dense_guard(state: dict, prefix: str) -> None:
+    """Remove ``state[prefix + "weight"]`` when it is the dense guard, so a seeded layer loads a
+    guarded checkpoint without an unexpected key; a real weight stays, and stays unexpected."""
+    if is_dense_guard(state.get(prefix + ENTRY)):
+        del state[prefix + ENTRY]
+
+
+def _code(module_name: str, qualname: str):
+    target = sys.modules.get(module_name)
+    for part in qualname.split("."):
+        target = getattr(target, part, None)
+    return getattr(target, "__code__", None)
+
+
+def _transformers_checkpoint_frame():
+    """(which function, its frame) of the innermost transformers checkpoint function on this
+    thread's stack, or None."""
+    if "transformers" not in sys.modules:
+        return None
+    codes = {}
+    for place in _CHECKPOINT_FUNCTIONS:
+        code = _code(*place)
+        if code is not None:
+            codes[code] = place
+    if not codes:
+        return None
+    frame = sys._getframe(2)
+    while frame is not None:
+        place = codes.get(frame.f_code)
+        if place is not None:
+            return place, frame
+        frame = frame.f_back
+    return None
+
+
+def guard_transformers_checkpoint(destination: dict, prefix: str) -> None:
+    """Add the dense guard under ``prefix + "weight"`` to a seeded layer's state dict when it is
+    taken for a transformers checkpoint (the module docstring); warn once per model class when
+    transformers' own save_pretrained is writing it."""
+    found = _transformers_checkpoint_frame()
+    if found is None:
+        return
+    destination[prefix + ENTRY] = dense_guard()
+    place, frame = found
+    if place == _WRITER:
+        model = frame.f_locals.get("self")
+        name = type(model).__name__
+        warnings.warn(
+            f"{name}.save_pretrained is transformers' own: the model holds seeded layers but was not converted "
+            "as a whole (a submodule converted alone, or a class of your own), so it writes a plain transformers "
+            "checkpoint. The Trainer resumes from it; from_pretrained refuses it (an empty tensor stands in for "
+            "each seeded layer's dense weight), rather than loading random weights there. For a directory that "
+            f"from_pretrained rebuilds, convert the whole {name} when you build it, or write it with "
+            "lottalora.save(model, directory)", UserWarning, stacklevel=2)
