@@ -88,22 +88,46 @@ def _transformers_checkpoint_frame():
     return None
 
 
+def _index_keys(frame):
+    """The keys of the index ``load_sharded_checkpoint`` is reading, or None if it cannot be told."""
+    keys = frame.f_locals.get("loaded_keys")
+    if keys is None:
+        index = frame.f_locals.get("index")
+        keys = index.get("weight_map") if isinstance(index, dict) else None
+    return keys
+
+
+def _caller_level(frame) -> int:
+    """The ``stacklevel`` that points a warning issued here at the code calling ``frame``'s function."""
+    level, current = 1, sys._getframe(1)
+    while current is not None and current is not frame:
+        level, current = level + 1, current.f_back
+    return level + 1
+
+
 def guard_transformers_checkpoint(destination: dict, prefix: str) -> None:
     """Add the dense guard under ``prefix + "weight"`` to a seeded layer's state dict when it is
-    taken for a transformers checkpoint (the module docstring); warn once per model class when
-    transformers' own save_pretrained is writing it."""
+    taken for a transformers checkpoint (the module docstring). For the Trainer's reader, only
+    where the index lists it (an index written before the guards existed expects none); when
+    transformers' own save_pretrained writes it, warn once per state dict, at its caller."""
     found = _transformers_checkpoint_frame()
     if found is None:
         return
-    destination[prefix + ENTRY] = dense_guard()
     place, frame = found
-    if place == _WRITER:
-        model = frame.f_locals.get("self")
-        name = type(model).__name__
-        warnings.warn(
-            f"{name}.save_pretrained is transformers' own: the model holds seeded layers but was not converted "
-            "as a whole (a submodule converted alone, or a class of your own), so it writes a plain transformers "
-            "checkpoint. The Trainer resumes from it; from_pretrained refuses it (an empty tensor stands in for "
-            "each seeded layer's dense weight), rather than loading random weights there. For a directory that "
-            f"from_pretrained rebuilds, convert the whole {name} when you build it, or write it with "
-            "lottalora.save(model, directory)", UserWarning, stacklevel=2)
+    if place != _WRITER:
+        keys = _index_keys(frame)
+        if keys is not None and prefix + ENTRY not in keys:
+            return
+    destination[prefix + ENTRY] = dense_guard()
+    if place != _WRITER or getattr(destination, "_lottalora_guard_warned", False):
+        return
+    destination._lottalora_guard_warned = True
+    name = type(frame.f_locals.get("self")).__name__
+    warnings.warn(
+        f"{name}.save_pretrained is transformers' own: the model holds seeded layers but was not converted as a "
+        "whole (a submodule converted alone, a model placed in another, or a class of your own), so it writes a "
+        "plain transformers checkpoint with an empty tensor in place of each seeded layer's dense weight. The "
+        "Trainer resumes from it, and a class that builds the seeded layers itself loads it; a dense class's "
+        "from_pretrained refuses it (a size mismatch) rather than loading random weights there. For a directory "
+        f"that from_pretrained rebuilds, convert the whole {name} when you build it, or write it with "
+        "lottalora.save(model, directory)", UserWarning, stacklevel=_caller_level(frame))

@@ -5,9 +5,11 @@ classes with the same logits, or is refused by name; never as a silently random 
 import copy
 import json
 import pickle
+import re
 import shutil
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -318,9 +320,12 @@ def test_transformers_save_of_a_model_around_converted_layers_is_guarded_against
     model = LlamaForCausalLM(tiny_llama_config())
     lottalora.convert(model.model, rank=4)  # the submodule alone: model keeps transformers' save_pretrained
     _trained(model)
-    with pytest.warns(UserWarning, match=r"LlamaForCausalLM\.save_pretrained is transformers' own.*"
-                                         r"convert the whole LlamaForCausalLM when you build it"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         model.save_pretrained(tmp_path / "plain")
+    assert len(caught) == 1 and caught[0].filename == __file__  # once a save, at the caller's line
+    assert re.search(r"LlamaForCausalLM\.save_pretrained is transformers' own.*convert the whole LlamaForCausalLM "
+                     "when you build it", str(caught[0].message))
     state = _state_of(tmp_path / "plain")
     assert all(state[f"{name}.weight"].shape == (0,) for name in lottalora.nn.seeded_layers(model))
     for cls in (LlamaForCausalLM, transformers.AutoModelForCausalLM):  # never the random backbone it used to be
@@ -379,6 +384,18 @@ def test_the_trainers_sharded_reader_expects_the_guards(tmp_path):
     assert not loaded.missing_keys and not loaded.unexpected_keys
     ids = torch.randint(0, 96, (2, 7))
     assert torch.equal(_output(fresh.eval(), "logits", ids), _output(model, "logits", ids))
+    # A directory written before the guards existed: its index lists none, and none is expected.
+    from safetensors.torch import load_file, save_file
+
+    index_path = tmp_path / "m" / checkpoint_format.SAFE_INDEX_NAME
+    index = json.loads(index_path.read_text())
+    guards = {f"{name}.weight" for name in lottalora.nn.seeded_layers(model)}
+    index["weight_map"] = {k: f for k, f in index["weight_map"].items() if k not in guards}
+    index_path.write_text(json.dumps(index))
+    layer_states = tmp_path / "m" / checkpoint_format.LAYER_STATES_NAME
+    save_file({k: v for k, v in load_file(layer_states).items() if v.numel()}, layer_states)
+    loaded = load_sharded_checkpoint(converted_tiny_llama(), tmp_path / "m", strict=True)
+    assert not loaded.missing_keys and not loaded.unexpected_keys
 
 
 def test_a_hub_id_resolves_from_the_local_cache_without_the_network(tmp_path, monkeypatch):
