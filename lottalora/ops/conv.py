@@ -104,6 +104,15 @@ def _conv(x: torch.Tensor, weight: torch.Tensor, geometry: ConvGeometry, groups:
     return _CONV[len(geometry.kernel_size)](x, weight, None, geometry.stride, 0, geometry.dilation, groups)
 
 
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    """The memory format nn.Conv's output and input gradient take for ``x``: channels_last (or
+    its 3-D form) for an input laid out so, else contiguous."""
+    for dims, fmt in ((4, torch.channels_last), (5, torch.channels_last_3d)):
+        if x.dim() == dims and not x.is_contiguous() and x.is_contiguous(memory_format=fmt):
+            return fmt
+    return torch.contiguous_format
+
+
 def _output_size(x: torch.Tensor, geometry: ConvGeometry) -> list[int]:
     return [(size - d * (k - 1) - 1) // s + 1
             for size, k, s, d in zip(x.shape[2:], geometry.kernel_size, geometry.stride, geometry.dilation)]
@@ -113,7 +122,8 @@ def _forward(x: torch.Tensor, beta: torch.Tensor, spec: BackboneSpec, geometry: 
     """beta * conv(x, W_seed) in x's accumulation dtype, chunk by chunk."""
     compute = accumulation_dtype(x.dtype)
     xc = x.to(compute)
-    out = xc.new_empty((x.shape[0], geometry.out_channels, *_output_size(x, geometry)))
+    out = torch.empty((x.shape[0], geometry.out_channels, *_output_size(x, geometry)), dtype=compute,
+                      device=x.device, memory_format=_memory_format(x))
     for chunk in conv_chunks(geometry):
         w = conv_weight_chunk(spec, geometry, chunk, compute, x.device)
         out[:, chunk.rows[0]:chunk.rows[1]] = _conv(xc[:, chunk.channels[0]:chunk.channels[1]], w, geometry,
@@ -127,9 +137,10 @@ def _input_grad(dy: torch.Tensor, x: torch.Tensor, beta: torch.Tensor, spec: Bac
     differentiable ops on dy, x and beta."""
     compute = accumulation_dtype(x.dtype)
     xc, dy = x.to(compute), dy.to(compute)
-    # Contiguous whatever x's memory format (channels_last survives F.pad): the registered op's
-    # fake says so, and a compiled graph asserts the strides it was told.
-    dx = torch.zeros(xc.shape, dtype=compute, device=x.device) if need_dx else None
+    # In x's memory format, as nn.Conv's (channels_last survives F.pad): the registered op's fake
+    # says the same, and a compiled graph asserts the strides it was told.
+    dx = (torch.empty(xc.shape, dtype=compute, device=x.device, memory_format=_memory_format(x)).zero_()
+          if need_dx else None)
     dbeta = torch.zeros((), dtype=compute, device=x.device)
     b = beta.to(compute)
     for chunk in conv_chunks(geometry):
@@ -175,7 +186,8 @@ def seeded_conv_fwd_op(x: torch.Tensor, beta: torch.Tensor, block: list[int], ge
 @seeded_conv_fwd_op.register_fake
 def _(x, beta, block, geometry):
     g = geometry_from_words(geometry)
-    return x.new_empty((x.shape[0], g.out_channels, *_output_size(x, g)), dtype=accumulation_dtype(x.dtype))
+    return torch.empty((x.shape[0], g.out_channels, *_output_size(x, g)), dtype=accumulation_dtype(x.dtype),
+                       device=x.device, memory_format=_memory_format(x))
 
 
 @torch.library.custom_op("lottalora::seeded_conv_bwd", mutates_args=())
@@ -191,7 +203,9 @@ def seeded_conv_bwd_op(dy: torch.Tensor, x: torch.Tensor, beta: torch.Tensor, bl
 
 @seeded_conv_bwd_op.register_fake
 def _(dy, x, beta, block, geometry, need_dx, need_dbeta):
-    return x.new_empty(x.shape if need_dx else (0,)), torch.empty_like(beta)
+    dx = (torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_memory_format(x)) if need_dx
+          else x.new_empty((0,)))
+    return dx, torch.empty_like(beta)
 
 
 class SeededConvFunction(torch.autograd.Function):

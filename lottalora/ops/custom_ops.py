@@ -12,7 +12,7 @@ keyed by the graph's code, which holds the ops' arguments but not the fakes' sou
 compiled while a fake gave other output shapes would be reused, and would fail on the real
 op's outputs (seen when the packed signs of a narrow block shrank to its own bytes). The
 contract word is a constant in every graph, so bumping it with any change of the fakes' shapes
-retires the graphs cached before.
+(or strides) retires the graphs cached before.
 
 In eager mode on plain tensors (``direct_call_ok``) the implementations are called directly:
 the registered op would only add its dispatch to the host time of every call.
@@ -31,8 +31,9 @@ from . import backend as backends
 from .precision import accumulation_dtype
 from .torch_backend import packed_shape
 
-# Bumped with every change of the output shapes the fakes give (see the module's docstring).
-FAKE_CONTRACT = 2
+# Bumped with every change of the output shapes or strides the fakes give, the seeded convs'
+# included (see the module's docstring). 3: a channels_last conv input gives channels_last outputs.
+FAKE_CONTRACT = 3
 
 
 def block_words(block: BackboneBlock) -> list[int]:

@@ -293,11 +293,33 @@ def test_torch_compile_holds_the_seeded_conv_in_one_graph_with_the_same_gradient
         assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("options", [dict(padding=1), dict(groups=2, stride=2, padding_mode="reflect", padding=1),
+                                     dict(use_dora=True, padding=1)])
+def test_a_channels_last_input_gives_nn_conv2ds_memory_formats_and_the_same_values(options):
+    """As nn.Conv2d: a channels_last x gives channels_last y and dx (a channels_last CNN stays
+    channels_last through the seeded convs), with the values of the contiguous input's."""
+    layer = _layer(2, 4, 6, 3, options, torch.float32)
+    dense = torch.nn.Conv2d(4, 6, 3, **{k: v for k, v in options.items() if k != "use_dora"})
+    base = torch.randn(2, 4, 9, 10)
+    results = {}
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        x = base.to(memory_format=fmt).requires_grad_()
+        y = layer(x)
+        (dx,) = torch.autograd.grad(y.square().sum(), [x])
+        want = dense(base.to(memory_format=fmt))
+        assert y.is_contiguous(memory_format=fmt) == want.is_contiguous(memory_format=fmt) == True  # noqa: E712
+        assert dx.is_contiguous(memory_format=fmt)
+        results[fmt] = y, dx
+    (y0, dx0), (y1, dx1) = results.values()
+    torch.testing.assert_close(y1, y0, rtol=0, atol=1e-6)
+    torch.testing.assert_close(dx1, dx0, rtol=0, atol=1e-5)
+
+
 def test_torch_compile_default_backend_trains_a_channels_last_seeded_conv_in_one_graph():
-    """Inductor, as users run it, on a channels_last input (F.pad keeps it; the conv's dx comes
-    back contiguous, as its op's fake says, and the compiled graph asserts those strides): one
-    graph, outputs and every gradient equal eager's to float32 rounding (Inductor fuses the
-    padding and adapter ops around the two opaque conv ops)."""
+    """Inductor, as users run it, on a channels_last input (F.pad keeps it; the conv's y and dx
+    come back channels_last, as its ops' fakes say, and the compiled graph asserts those
+    strides): one graph, outputs and every gradient equal eager's to float32 rounding (Inductor
+    fuses the padding and adapter ops around the two opaque conv ops)."""
     layer = _layer(2, 3, 8, 3, dict(padding=1, rank=2), torch.float32)
     x = torch.randn(2, 3, 9, 9).to(memory_format=torch.channels_last).requires_grad_()
     y = torch.compile(layer, fullgraph=True)(x)
