@@ -19,7 +19,7 @@ from torch import nn
 from lottalora_kernels.stream.spec import resolve_version_and_init
 
 from ..backbone import BackboneSpec, stream_for_name
-from ..nn import Linear, seeded_layers
+from ..nn import Linear, seeded_layers, unwrap_model
 from ..nn.adapters import check_init_lora_weights
 from ..nn.options import check_alpha, check_dropout, check_rank
 from .conv_layers import conv_matrix_shape, is_dense_conv, seeded_conv_like
@@ -164,9 +164,13 @@ def convert(
     for name, layer in converted.items():
         set_submodule(model, name, layer)
     _set_trainable(model, converted, options, first_conversion)
-    record_call(model, list(converted), options.record())
+    # The record and the class go on the model inside torch.compile / DDP wrappers: the wrapper's
+    # save_pretrained is the inner model's, which must find them (names relative to it).
+    root = unwrap_model(model)
+    names = {id(m): n for n, m in root.named_modules()}
+    record_call(root, [names[id(layer)] for layer in converted.values()], options.record())
     check_loads_whole(model)
-    adopt_seeded_class(model)
+    adopt_seeded_class(root)
     return model
 
 

@@ -411,3 +411,15 @@ def test_a_hub_id_resolves_from_the_local_cache_without_the_network(tmp_path, mo
     rebuilt = transformers.AutoModelForCausalLM.from_pretrained("me/seeded", cache_dir=tmp_path / "cache")
     ids = torch.randint(0, 96, (2, 7))
     assert torch.equal(_output(rebuilt, "logits", ids), _output(model, "logits", ids))
+
+
+def test_a_model_converted_inside_its_torch_compile_wrapper_saves_a_lottalora_directory(tmp_path):
+    torch.manual_seed(0)
+    compiled = torch.compile(transformers.LlamaForCausalLM(tiny_llama_config()))
+    lottalora.convert(compiled, rank=4)  # the wrapper's save_pretrained is the inner model's
+    inner = _trained(compiled._orig_mod)
+    compiled.save_pretrained(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["model_type"] == "lottalora"
+    rebuilt = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    ids = torch.randint(0, 96, (2, 7))
+    assert torch.equal(_output(rebuilt, "logits", ids), _output(inner, "logits", ids))
