@@ -16,10 +16,12 @@ Where transformers is the writer:
 - transformers' ``PreTrainedModel.save_pretrained`` of a model that holds seeded layers without
   being converted as a whole (a submodule converted alone, a model of one's own class, a seeded
   model inside another) takes ``model.state_dict()``; while it does, each seeded layer adds its
-  guard to that state dict (``guard_transformers_checkpoint``) and the first one warns;
+  guard to that state dict (``guard_transformers_checkpoint``) and the first one warns. A class
+  that builds its seeded layers in ``__init__`` still loads such a checkpoint through
+  transformers, which reports the guards as unexpected keys;
 - transformers' ``load_sharded_checkpoint`` (the Trainer's resume from an index) compares the
-  index's keys with ``model.state_dict()``'s before loading; the guards appear there too, so
-  the index's guards are expected keys, not unexpected ones.
+  index's keys with ``model.state_dict()``'s before loading; the guards the index lists appear
+  there too, so they are expected keys, and an index written before the guards expects none.
 transformers offers no hook at either place; its function's frame on the stack is the one sure
 sign that a state dict is being taken for it. Every other ``state_dict`` (``torch.save``, FSDP2,
 DCP, lottalora's writers) holds no guard.
@@ -49,14 +51,12 @@ def dense_guard() -> torch.Tensor:
     return torch.empty(0, dtype=torch.float32, device="cpu")
 
 
-def is_dense_guard(value: object) -> bool:
-    return isinstance(value, torch.Tensor) and value.dim() == 1 and value.numel() == 0
-
-
 def drop_dense_guard(state: dict, prefix: str) -> None:
-    """Remove ``state[prefix + "weight"]`` when it is the dense guard, so a seeded layer loads a
-    guarded checkpoint without an unexpected key; a real weight stays, and stays unexpected."""
-    if is_dense_guard(state.get(prefix + ENTRY)):
+    """Remove ``state[prefix + "weight"]`` when it is the dense guard (an empty 1-D tensor), so a
+    seeded layer loads a guarded checkpoint without an unexpected key; a real weight stays, and
+    stays unexpected."""
+    entry = state.get(prefix + ENTRY)
+    if isinstance(entry, torch.Tensor) and entry.dim() == 1 and entry.numel() == 0:
         del state[prefix + ENTRY]
 
 

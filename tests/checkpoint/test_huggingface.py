@@ -419,7 +419,10 @@ def test_a_model_converted_inside_its_torch_compile_wrapper_saves_a_lottalora_di
     lottalora.convert(compiled, rank=4)  # the wrapper's save_pretrained is the inner model's
     inner = _trained(compiled._orig_mod)
     compiled.save_pretrained(tmp_path / "m")
-    assert json.loads((tmp_path / "m" / "config.json").read_text())["model_type"] == "lottalora"
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["model_type"] == "lottalora"
+    assert [c["module"] for c in config["convert_calls"]] == [""]  # the record, found on the inner model
+    assert len(config["convert_calls"][0]["converted"]) == 14
     rebuilt = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "m")
     ids = torch.randint(0, 96, (2, 7))
     assert torch.equal(_output(rebuilt, "logits", ids), _output(inner, "logits", ids))
