@@ -14,10 +14,13 @@ of ``lottalora.nn.dense_guard``, which makes a dense class's ``from_pretrained``
 size mismatch instead of filling the backbone with random weights), plus
 ``generation_config.json`` for a model that generates.
 
+A given ``state_dict`` (what the Trainer passes under FSDP's full state dict or DeepSpeed, and
+for a model it holds inside a torch.compile wrapper) supplies the tensors, checked against the
+model's own names, shapes and dtypes; the seeds and options are the model's layers'.
 transformers' arguments that would write something else are refused by name: a
-``safe_serialization=False`` (pickles), a ``variant``, a ``distributed_checkpoint``, a given
-``state_dict`` (the tensors are the model's own), or a ``max_shard_size`` below the tensors'
-size (a lottalora directory has one tensor file; under the limit, that file is the one shard).
+``safe_serialization=False`` (pickles), a ``variant``, a ``distributed_checkpoint``, or a
+``max_shard_size`` below the tensors' size (a lottalora directory has one tensor file; under the
+limit, that file is the one shard).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from ..nn import dense_guard, is_dtensor, seeded_layers, unwrap_model
 from .files import replaced_atomically
 from .format import FORMAT_NAME, LAYER_STATES_NAME, SAFE_INDEX_NAME, TENSORS_NAME
 from .model_state import state_tensors
-from .saving import save
+from .saving import save, save_given_state
 
 # transformers' weight files that a previous save_pretrained of the model may have left in the
 # directory: the Trainer would load them before the index (model.safetensors first).
@@ -53,12 +56,8 @@ def _tensor_bytes(model) -> int:
     return total
 
 
-def _check_arguments(model, state_dict, max_shard_size, variant, safe_serialization, distributed_checkpoint,
+def _check_arguments(model, max_shard_size, variant, safe_serialization, distributed_checkpoint,
                      kwargs: dict) -> None:
-    if state_dict is not None:
-        raise ValueError("save_pretrained(state_dict=...) is refused for a converted model: its lottalora directory "
-                         "is written from the model's own tensors (with FSDP2 or tensor parallel, call "
-                         "lottalora.save on every rank)")
     if safe_serialization is False:
         raise ValueError("save_pretrained(safe_serialization=False) is refused: a lottalora directory is always "
                          "safetensors and JSON, nothing is pickled")
@@ -113,20 +112,25 @@ def save_pretrained(model, save_directory: str | os.PathLike, is_main_process: b
     lottalora directory (``lottalora.save``) plus the files transformers' Trainer and
     ``from_pretrained`` read (the module docstring). ``is_main_process=False`` writes nothing
     (other ranks return at once; a model with sharded DTensor parameters saves on every rank,
-    as ``lottalora.save`` gathers them). ``push_to_hub=True`` then uploads the model with
-    ``push_to_hub`` (``repo_id``, ``commit_message``, ``private``, ``create_pr`` are passed on;
-    ``token`` too). Weight files transformers left in the directory from an earlier save of
-    the model (``model.safetensors``, ``pytorch_model.bin``, their shards) are removed, so that
-    nothing there outranks the seeds."""
+    as ``lottalora.save`` gathers them, unless a ``state_dict`` of whole tensors is given, which
+    the main process alone writes: ``lottalora.checkpoint.saving.save_given_state``).
+    ``push_to_hub=True`` then uploads the model with ``push_to_hub`` (``repo_id``,
+    ``commit_message``, ``private``, ``create_pr`` are passed on; ``token`` too). Weight files
+    transformers left in the directory from an earlier save of the model (``model.safetensors``,
+    ``pytorch_model.bin``, their shards) are removed, so that nothing there outranks the seeds."""
     hub = {k: kwargs.pop(k) for k in ("repo_id", "commit_message", "private", "create_pr") if k in kwargs}
-    _check_arguments(model, state_dict, max_shard_size, variant, safe_serialization, distributed_checkpoint, kwargs)
-    sharded = any(is_dtensor(p) for p in model.parameters())
-    if not is_main_process and not sharded:
+    _check_arguments(model, max_shard_size, variant, safe_serialization, distributed_checkpoint, kwargs)
+    # A sharded model's own tensors are gathered by every rank; a given state dict is whole on the writer.
+    collective = state_dict is None and any(is_dtensor(p) for p in model.parameters())
+    if not is_main_process and not collective:
         return
     directory = Path(save_directory)
     if directory.is_file():
         raise ValueError(f"save_pretrained: {directory} is a file, not a directory")
-    save(model, directory)
+    if state_dict is None:
+        save(model, directory)
+    else:
+        save_given_state(model, directory, state_dict)
     if not is_main_process:
         return
     for entry in directory.iterdir():

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import stat
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -30,7 +31,7 @@ from .format import (
     TRAINABLE_ONLY,
 )
 from .model_config import model_config_for_save
-from .model_state import conv_weight_shape, state_tensors, trainable_names
+from .model_state import conv_weight_shape, given_state_tensors, state_tensors, trainable_names
 
 
 def _parameter_ids(model: nn.Module) -> dict[str, int]:
@@ -129,21 +130,12 @@ def save(model: nn.Module, directory: str | os.PathLike, *, trainable_only: bool
     ``config.json`` from which ``lottalora.from_pretrained`` rebuilds them (``model_config``).
     Each file is replaced in one step, so a reader never sees half of one.
     """
-    from safetensors.torch import save as serialize
-
     if not isinstance(trainable_only, bool):
         raise TypeError(f"trainable_only must be a bool, got {trainable_only!r}")
     if adapter is not None and trainable_only:
         raise ValueError("adapter= and trainable_only=True are two kinds of partial checkpoint: give one")
     model = unwrap_model(model)
-    layers = seeded_layers(model, plain=True)
-    if not layers:
-        raise ValueError("model has no lottalora.Linear layer: convert it first (lottalora.convert)")
-    for name, m in layers.items():
-        try:
-            check_alpha(m.alpha, zero_ok=m.rank == 0)
-        except ValueError as exc:
-            raise ValueError(f"layer {name!r}: {exc}") from None
+    layers = _saved_layers(model)
     directory = Path(directory)
     trainable = trainable_names(model)
     if adapter is not None:
@@ -169,6 +161,54 @@ def save(model: nn.Module, directory: str | os.PathLike, *, trainable_only: bool
             barrier()
             return directory
     contents = ADAPTER_ONLY if adapter is not None else TRAINABLE_ONLY if trainable_only else None
+    _write(model, directory, layers, entries, unique, aliases, trainable, contents, adapter)
+    if sharded:
+        barrier()
+    return directory
+
+
+def save_given_state(model: nn.Module, directory: str | os.PathLike, state_dict: Mapping) -> Path:
+    """``save`` of the whole ``model`` with the tensors of ``state_dict`` in place of the model's
+    own: the writer of ``save_pretrained(state_dict=...)``, whose caller took a state dict of the
+    model elsewhere and holds it whole on this rank alone (the Trainer under FSDP's full state
+    dict or DeepSpeed, a compiled model's Trainer), so nothing is gathered and no other rank
+    takes part. The layers' seeds and options are the model's; ``state_dict`` must hold every
+    tensor the model's own would, whole, of the same shapes and dtypes (``given_state_tensors``);
+    tied names are stored once, as ``save`` stores them. Returns the path."""
+    model = unwrap_model(model)
+    layers = _saved_layers(model)
+    given = given_state_tensors(model, state_dict)
+    _, aliases = _split_aliases(state_tensors(model), _parameter_ids(model))
+    for alias, stored in aliases.items():
+        if not torch.equal(given[alias], given[stored]):
+            raise ValueError(f"save_pretrained(state_dict=...): {alias!r} and {stored!r} are one tensor in the model "
+                             "(tied) but differ in the state dict")
+    unique = {k: v for k, v in given.items() if k not in aliases}
+    entries = [_layer_entry(name, m) for name, m in layers.items()]
+    directory = Path(directory)
+    _write(model, directory, layers, entries, unique, aliases, trainable_names(model), None, None)
+    return directory
+
+
+def _saved_layers(model: nn.Module) -> dict:
+    """{plain name: seeded layer} of a model about to be saved, refused if it has none or an alpha
+    no checkpoint can hold."""
+    layers = seeded_layers(model, plain=True)
+    if not layers:
+        raise ValueError("model has no lottalora.Linear layer: convert it first (lottalora.convert)")
+    for name, m in layers.items():
+        try:
+            check_alpha(m.alpha, zero_ok=m.rank == 0)
+        except ValueError as exc:
+            raise ValueError(f"layer {name!r}: {exc}") from None
+    return layers
+
+
+def _write(model: nn.Module, directory: Path, layers: dict, entries: list[dict], unique: dict[str, torch.Tensor],
+           aliases: dict[str, str], trainable: list[str], contents: str | None, adapter: str | None) -> None:
+    """Write the directory's files from whole tensors (this rank is the writer)."""
+    from safetensors.torch import save as serialize
+
     metadata = {"format": FORMAT_NAME, **({"contents": contents} if contents else {})}
     data = serialize({k: v.detach().contiguous().cpu() for k, v in unique.items()}, metadata=metadata)
     model_config = model_config_for_save(model) if adapter is None else None
@@ -196,6 +236,3 @@ def save(model: nn.Module, directory: str | os.PathLike, *, trainable_only: bool
     if model_config is not None:
         with replaced_atomically(directory / MODEL_CONFIG_NAME) as tmp:
             tmp.write_text(json.dumps(model_config, indent=2) + "\n")
-    if sharded:
-        barrier()
-    return directory

@@ -132,7 +132,7 @@ def test_from_pretrained_takes_a_dtype_and_a_device_map(argument, tmp_path):
     (dict(safe_serialization=False), ValueError, "safe_serialization=False"),
     (dict(variant="fp16"), ValueError, "variant='fp16'"),
     (dict(max_shard_size="10KB"), ValueError, "max_shard_size='10KB' is refused: the model's tensors take"),
-    (dict(state_dict={}), ValueError, "state_dict"),
+    (dict(state_dict={}), ValueError, r"not a state dict of this model: it lacks 37 of the model's tensors \(lm_head"),
     (dict(distributed_checkpoint=True), ValueError, "distributed_checkpoint"),
     (dict(shard_everything=True), TypeError, "unexpected arguments"),
 ])
@@ -149,6 +149,64 @@ def test_save_pretrained_within_max_shard_size_writes_one_shard_and_other_ranks_
     assert (tmp_path / "m" / checkpoint_format.TENSORS_NAME).is_file()
     model.save_pretrained(tmp_path / "other", is_main_process=False)
     assert not (tmp_path / "other").exists()
+
+
+def test_a_given_state_dict_supplies_the_tensors_as_the_trainer_passes_one(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    model = _trained(converted_tiny_llama())
+    other = _trained(copy.deepcopy(model), seed=1)  # same seeds, other tensors
+    ids = torch.randint(0, 96, (2, 7))
+    # The Trainer under FSDP's full state dict or DeepSpeed: a state dict taken elsewhere, saved
+    # by the main process alone; its tensors are what the directory holds, the seeds the model's.
+    model.save_pretrained(tmp_path / "given", state_dict={k: v.clone() for k, v in other.state_dict().items()})
+    rebuilt = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "given")
+    assert torch.equal(_output(rebuilt, "logits", ids), _output(other, "logits", ids))
+    assert not torch.equal(_output(rebuilt, "logits", ids), _output(model, "logits", ids))
+    # A Trainer holding the model in its torch.compile wrapper passes the wrapper's state dict.
+    args = TrainingArguments(str(tmp_path / "run"), report_to=[], use_cpu=True, disable_tqdm=True)
+    Trainer(model=torch.compile(model), args=args)._save(str(tmp_path / "compiled"))
+    rebuilt = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "compiled")
+    assert torch.equal(_output(rebuilt, "logits", ids), _output(model, "logits", ids))
+    # DDP's names, and GPT-2's tied head: stored once, tied again on load.
+    gpt2 = _trained(_gpt2())
+    gpt2.save_pretrained(tmp_path / "ddp", state_dict={f"module.{k}": v for k, v in gpt2.state_dict().items()})
+    config = json.loads((tmp_path / "ddp" / checkpoint_format.CONFIG_NAME).read_text())
+    assert config["aliases"] == {"transformer.wte.weight": "lm_head.weight"}
+    rebuilt = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "ddp")
+    assert rebuilt.lm_head.weight is rebuilt.transformer.wte.weight
+    assert torch.equal(_output(rebuilt, "logits", ids % 50), _output(gpt2, "logits", ids % 50))
+
+
+def _edited(state: dict, key: str, value) -> dict:
+    edited = dict(state)
+    if value is None:
+        del edited[key]
+    else:
+        edited[key] = value
+    return edited
+
+
+@pytest.mark.parametrize("edit,match", [
+    (("model.norm.weight", None), r"lacks 1 of the model's tensors \(model\.norm\.weight\)"),
+    (("model.extra", torch.zeros(2)), r"holds 1 the model does not \(model\.extra\)"),
+    (("model.norm.weight", torch.ones(47)), r"state_dict\['model\.norm\.weight'\] is torch\.float32 \(47,\) where the "
+                                            r"model's is torch\.float32 \(48,\)"),
+    (("model.norm.weight", torch.ones(48, dtype=torch.bfloat16)), r"is torch\.bfloat16 \(48,\) where the model's is "
+                                                                  r"torch\.float32"),
+    (("model.norm.weight", torch.ones(48, device="meta")), "on the meta device"),
+    (("model.norm.weight", [1.0] * 48), "is a list, not a tensor"),
+])
+def test_a_given_state_dict_that_is_not_the_models_is_refused_by_name(edit, match, tmp_path):
+    model = converted_tiny_llama()
+    with pytest.raises(ValueError, match=match):
+        model.save_pretrained(tmp_path / "m", state_dict=_edited(model.state_dict(), *edit))
+    assert not (tmp_path / "m").exists()
+    gpt2 = _gpt2()
+    untied = _edited(gpt2.state_dict(), "lm_head.weight", gpt2.lm_head.weight.detach() + 1)
+    with pytest.raises(ValueError, match="are one tensor in the model .tied. but differ in the state dict"):
+        gpt2.save_pretrained(tmp_path / "g", state_dict=untied)
+    assert not (tmp_path / "g").exists()
 
 
 def test_push_to_hub_uploads_a_lottalora_directory(tmp_path, monkeypatch):

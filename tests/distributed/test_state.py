@@ -100,6 +100,19 @@ def _fsdp2_trains_like_one_process_and_checkpoints(rank, world, directory):
     with torch.no_grad():
         assert torch.equal(fresh(ids).logits, model(ids).logits)
 
+    # The Trainer under FSDP's full state dict (accelerate's get_state_dict): every rank takes it,
+    # the main process alone saves it through save_pretrained, with no collective of its own.
+    import transformers
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if rank == 0:
+        model.save_pretrained(f"{directory}-trainer", state_dict=full)
+        rebuilt = transformers.AutoModelForCausalLM.from_pretrained(f"{directory}-trainer")
+        with torch.no_grad():
+            assert torch.equal(rebuilt(ids).logits, plain(ids).logits)
+    torch.distributed.barrier()
+
     # GPT-2's tied head and embedding: stored once, and the model rebuilt from the directory alone.
     from transformers import GPT2Config, GPT2LMHeadModel
 
