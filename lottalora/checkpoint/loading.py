@@ -22,7 +22,7 @@ from ..nn.adapters import DEFAULT_ADAPTER, adapter_extra_state, check_adapter_na
 from ..nn.state import extra_state, upgrade_legacy_beta
 from .files import parse_tensors, read_checkpoint, tensor_contents
 from .format import ADAPTER_ONLY, TENSORS_NAME, fail, shorten
-from .model_state import conv_weight_shape, state_tensors
+from .model_state import conv_weight_shape, state_tensors, tied_names
 
 
 def _upgrade_betas(tensors: dict[str, torch.Tensor], layers: dict[str, Linear]) -> None:
@@ -148,6 +148,43 @@ def _check_tensors_match(directory: Path, tensors: dict[str, torch.Tensor], expe
                                 else "the same dtype is expected"))
 
 
+def _check_ties_agree(directory: Path, tensors: dict[str, torch.Tensor], ties: list[list[str]]) -> None:
+    """Names that are one tensor in the model (tied) get one value: a checkpoint of a model where
+    they were two tensors, with two values, would otherwise load the last one into both."""
+    for names in ties:
+        held = [n for n in map(plain_name, names) if n in tensors]
+        for name in held[1:]:
+            if not torch.equal(tensors[name], tensors[held[0]]):
+                fail(directory, f"tensors {shorten(held[0])} and {shorten(name)} are one tensor in the model (tied) "
+                                 "but differ in the checkpoint: it was saved from a model where they were not tied")
+
+
+def _retie(model: nn.Module, ties: list[list[str]]) -> None:
+    """Make each group of tied names one tensor again after a load with ``assign=True``, which
+    gives every name the tensor it was handed."""
+    for first, *others in ties:
+        owner, _, attribute = first.rpartition(".")
+        shared = getattr(model.get_submodule(owner), attribute)
+        for name in others:
+            owner, _, attribute = name.rpartition(".")
+            module = model.get_submodule(owner)
+            if attribute in module._parameters:
+                module._parameters[attribute] = shared
+            else:
+                module._buffers[attribute] = shared
+
+
+def _layer_names(model: nn.Module, layers: dict) -> dict[str, list[str]]:
+    """{a seeded layer's recorded name: every name it has in the model} (one layer may sit at
+    several places; each has its own state_dict entries, "_extra_state" among them)."""
+    recorded = {id(m): name for name, m in layers.items()}
+    names = {name: [] for name in layers}
+    for name, m in model.named_modules(remove_duplicate=False):
+        if id(m) in recorded:
+            names[recorded[id(m)]].append(plain_name(name))
+    return names
+
+
 def _check_nothing_left_on_meta(directory: Path, model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
     """Non-persistent buffers (rotary frequencies, masks) are not in a state_dict: a meta-built
     model would keep them on meta, and its forward would fail far from here."""
@@ -213,6 +250,8 @@ def load_checked(model: nn.Module, directory: Path, config: dict, data: bytes, a
         expected[prefix + "lora_B"] = torch.empty(module.out_features, entry["rank"], device="meta",
                                                   dtype=module.beta.dtype)
     _check_tensors_match(directory, tensors, expected, every)
+    ties = tied_names(model)
+    _check_ties_agree(directory, tensors, ties)
     _check_nothing_left_on_meta(directory, model, tensors)
 
     on_meta = any(t.device.type == "meta" for t in list(model.parameters()) + list(model.buffers()))
@@ -229,19 +268,26 @@ def load_checked(model: nn.Module, directory: Path, config: dict, data: bytes, a
             # assign=True adopts the given tensors as they are: give them the model's dtype (and
             # device, CPU for what is on meta) first. The copying load converts on its own.
             tensors[key] = value.to(device="cpu" if want.device.type == "meta" else want.device, dtype=want.dtype)
+    places = _layer_names(model, layers)
     for layer in config["layers"]:
-        tensors[f"{_prefix(layer['name'])}_extra_state"] = extra_state(
-            layer["spec"], layer["rank"], float(layer["alpha"]), layer["use_rslora"])
+        for place in places[layer["name"]]:
+            tensors[f"{_prefix(place)}_extra_state"] = extra_state(
+                layer["spec"], layer["rank"], float(layer["alpha"]), layer["use_rslora"])
+            for name, entry in layer.get("adapters", {}).items():
+                tensors[f"{_prefix(place)}lora_adapters.{name}._extra_state"] = adapter_extra_state(
+                    entry["rank"], float(entry["alpha"]), entry["use_rslora"])
         for name, entry in layer.get("adapters", {}).items():
-            tensors[f"{_prefix(layer['name'])}lora_adapters.{name}._extra_state"] = adapter_extra_state(
-                entry["rank"], float(entry["alpha"]), entry["use_rslora"])
             layers[layer["name"]].named_adapters[name].lora_dropout = float(entry["lora_dropout"])
     model_names = {plain_name(k): k for k in model.state_dict()}
+    unfilled = sorted(set(model_names) - set(tensors)) if every else []
+    if unfilled:  # checked here, as load_state_dict would only say so after loading the rest
+        fail(directory, f"holds nothing for the model's state_dict entries {shorten(unfilled[:5])}")
     tensors = {model_names[k]: v for k, v in tensors.items()}
     if on_meta:
         model.load_state_dict(tensors, strict=every, assign=True)
+        _retie(model, ties)  # assign=True gives each name its own tensor
         if config["aliases"] and hasattr(model, "tie_weights"):
-            model.tie_weights()  # assign=True gives each name its own Parameter; tie them again
+            model.tie_weights()
     else:
         model.load_state_dict(tensors, strict=every)
     return model

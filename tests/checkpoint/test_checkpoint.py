@@ -12,7 +12,7 @@ import torch
 import lottalora
 from lottalora.checkpoint.format import CONFIG_NAME, TENSORS_NAME
 from tests.support.checkpoints import sign
-from tests.support.models import converted_tiny_llama, train_language_model
+from tests.support.models import converted_tiny_llama, tiny_llama_config, train_language_model
 from tests.support.processes import ROOT
 
 pytest.importorskip("transformers")
@@ -171,6 +171,85 @@ def test_tied_weights_are_stored_once_and_restored(tmp_path):
     with torch.no_grad():
         assert torch.equal(fresh(ids).logits, model(ids).logits)
     assert fresh.lm_head.weight.data_ptr() == fresh.transformer.wte.weight.data_ptr()
+
+
+class _Tied(torch.nn.Module):
+    """A plain module whose head may share its embedding's weight, around a seeded layer that
+    may sit at two places (the same layer applied twice)."""
+
+    def __init__(self, tie: bool, twice: bool = False):
+        super().__init__()
+        self.emb, self.head = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)
+        self.a = lottalora.Linear(8, 8, rank=2, seed=1)
+        self.b = self.a if twice else torch.nn.Identity()
+        if tie:
+            self.head.weight = self.emb.weight
+
+    def forward(self, x):
+        return self.head(self.b(self.a(self.emb(x))))
+
+
+def _drawn(model):
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_()
+    return model
+
+
+def test_a_checkpoint_whose_tied_tensors_differ_is_refused_and_ties_survive_a_meta_load(tmp_path):
+    torch.manual_seed(0)
+    untied = _drawn(_Tied(tie=False))
+    lottalora.save(untied, tmp_path / "untied")
+    tied = _Tied(tie=True)
+    before = {k: v.clone() for k, v in tied.state_dict().items()}
+    # One tensor in the model, two values in the file: loading both into it kept the last.
+    with pytest.raises(ValueError, match="'emb.weight' and 'head.weight' are one tensor in the model .tied. but "
+                                         "differ in the checkpoint"):
+        lottalora.load(tied, tmp_path / "untied")
+    assert all(torch.equal(before[k], v) for k, v in tied.state_dict().items())
+    model = _drawn(_Tied(tie=True))
+    lottalora.save(model, tmp_path / "tied")
+    lottalora.load(_Tied(tie=False), tmp_path / "tied")  # the same value into two tensors: nothing lost
+    with torch.device("meta"):
+        fresh = _Tied(tie=True)
+    lottalora.load(fresh, tmp_path / "tied")  # assign=True: the tie is made again, not two parameters
+    assert fresh.head.weight is fresh.emb.weight
+    assert len(list(fresh.parameters())) == len(list(model.parameters()))
+    x = torch.randn(3, 8)
+    assert torch.equal(fresh(x), model(x))
+
+
+def test_a_seeded_layer_at_two_places_round_trips(tmp_path):
+    torch.manual_seed(0)
+    model = _drawn(_Tied(tie=False, twice=True))
+    lottalora.save(model, tmp_path / "ck")
+    x = torch.randn(3, 8)
+    for device in ("cpu", "meta"):
+        with torch.device(device):
+            fresh = _Tied(tie=False, twice=True)
+        fresh.a.reseed(9)
+        lottalora.load(fresh, tmp_path / "ck")  # every place's "_extra_state" filled: it raised, half loaded
+        assert fresh.a is fresh.b and fresh.a.seed == 1
+        assert torch.equal(fresh(x), model(x))
+
+
+def test_a_save_removes_the_trainer_files_an_earlier_save_pretrained_left(tmp_path):
+    from transformers import LlamaForCausalLM
+    from transformers.trainer_utils import load_sharded_checkpoint
+
+    torch.manual_seed(0)
+    converted_tiny_llama().save_pretrained(tmp_path / "m")
+    torch.manual_seed(1)
+    model = train_language_model(lottalora.convert(LlamaForCausalLM(tiny_llama_config()), rank=4, seed=2), steps=1)
+    lottalora.save(model, tmp_path / "m")  # the index would still name the first model's seeds
+    assert {p.name for p in (tmp_path / "m").iterdir()} == {CONFIG_NAME, TENSORS_NAME, "config.json",
+                                                           "generation_config.json"}
+    with pytest.raises(ValueError, match="Can't find a checkpoint index"):
+        load_sharded_checkpoint(converted_tiny_llama(), tmp_path / "m")
+    rebuilt = lottalora.from_pretrained(tmp_path / "m")
+    ids = torch.randint(0, 96, (2, 7))
+    with torch.no_grad():
+        assert torch.equal(rebuilt(ids).logits, model.eval()(ids).logits)
 
 
 @pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600)])
