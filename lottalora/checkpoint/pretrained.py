@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -52,7 +54,8 @@ def _architecture(directory: Path, name: str) -> type:
 
 
 def from_pretrained(directory: str | os.PathLike, *, device: torch.device | str = "cpu",
-                    dtype: torch.dtype | None = None, is_trainable: bool = False) -> nn.Module:
+                    dtype: torch.dtype | None = None, is_trainable: bool = False,
+                    config_updates: Mapping[str, Any] | None = None) -> nn.Module:
     """The converted transformers model that ``lottalora.save`` or a converted model's
     ``save_pretrained`` wrote to ``directory``.
 
@@ -68,6 +71,11 @@ def from_pretrained(directory: str | os.PathLike, *, device: torch.device | str 
     inference; True restores which parameters required grad when it was saved, to train on.
     A checkpoint saved with ``trainable_only=True`` or ``adapter=`` holds no base weights and is
     refused: build the base model, convert it the same way and ``lottalora.load`` it.
+
+    ``config_updates`` sets attributes of the architecture's config before the model is built,
+    as transformers' ``from_pretrained`` takes config options (``{"attn_implementation":
+    "eager", "use_cache": False}``); one that changes the architecture's shapes fails the load
+    by name.
     """
     if not isinstance(is_trainable, bool):
         raise TypeError(f"is_trainable must be a bool, got {is_trainable!r}")
@@ -83,7 +91,7 @@ def from_pretrained(directory: str | os.PathLike, *, device: torch.device | str 
     if dtype is None:
         dtype = getattr(torch, model_config["dtype"])
     cls = _architecture(directory, model_config["architecture"])
-    base_config = cls.config_class.from_dict(model_config["base_config"])
+    base_config = cls.config_class.from_dict(model_config["base_config"], **dict(config_updates or {}))
     with _default_dtype(dtype), torch.device("meta"):
         model = cls(base_config)
     for layer in checkpoint["layers"]:

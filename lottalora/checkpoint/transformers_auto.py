@@ -33,6 +33,12 @@ _IGNORED = ("_from_auto", "_from_pipeline", "_commit_hash", "adapter_kwargs", "t
             "low_cpu_mem_usage", "user_agent")
 # device_map values that let accelerate choose: a seed-only model is small, it goes on one device.
 _AUTO_DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+# What a LottaLoraConfig holds about the checkpoint itself, not options of the model it builds.
+_CHECKPOINT_KEYS = ("architecture", "base_config", "convert_calls", "lottalora_format", "lottalora_format_version",
+                    "note", "model_type", "transformers_version", "architectures", "name_or_path", "commit_hash",
+                    "post_init_done", "dtype")
+# Options transformers keeps as "_<name>_internal" behind a private "_<name>" property.
+_IMPLEMENTATIONS = ("attn_implementation", "experts_implementation")
 
 
 class LottaLoraConfig(PreTrainedConfig):
@@ -75,6 +81,41 @@ def _device(device_map) -> torch.device:
     raise TypeError(f"device_map must be a device, a device name, 'auto' or a dict, got {device_map!r}")
 
 
+def _public(name: str) -> str:
+    """A config attribute's public name (transformers keeps some as ``_name`` or ``_name_internal``)."""
+    return name.removeprefix("_").removesuffix("_internal")
+
+
+def _config_updates(directory: Path, config, kwargs: dict) -> dict:
+    """What the caller asks to change in the architecture's config, as transformers'
+    from_pretrained takes it: the options the Auto class's ``AutoConfig`` absorbed into
+    ``config`` (``attn_implementation``, ``output_hidden_states``, ...), read as differences from
+    the directory's own config, and the keyword arguments that are attributes of the
+    architecture's config (``use_cache``, ``pad_token_id``, ...), which are taken out of
+    ``kwargs``. Options that change the architecture's shapes then fail the load by name."""
+    updates = {}
+    if config is not None:
+        if not isinstance(config, LottaLoraConfig):
+            raise TypeError(f"config must be the LottaLoraConfig that AutoConfig reads from a lottalora directory, "
+                            f"got {type(config).__name__}")
+        saved = LottaLoraConfig.from_pretrained(directory)
+        if (config.architecture, config.convert_calls) != (saved.architecture, saved.convert_calls):
+            raise ValueError(f"config= describes another checkpoint ({config.architecture}) than {directory}")
+        for name in {_public(k) for k in vars(config)} - set(_CHECKPOINT_KEYS) - set(_IMPLEMENTATIONS):
+            if getattr(config, name, None) != getattr(saved, name, None):
+                updates[name] = getattr(config, name)
+        for name in _IMPLEMENTATIONS:  # read through transformers' private properties (_attn_implementation)
+            if getattr(config, f"_{name}", None) != getattr(saved, f"_{name}", None):
+                updates[name] = getattr(config, f"_{name}")
+        held = saved.base_config
+        updates.update({k: v for k, v in config.base_config.items() if held.get(k) != v})
+    model_config = read_model_config(directory)
+    base = getattr(transformers, model_config["architecture"]).config_class.from_dict(model_config["base_config"])
+    for key in [k for k in kwargs if hasattr(base, k)]:
+        updates[key] = kwargs.pop(key)
+    return updates
+
+
 def _directory(path, subfolder: str, hub: dict) -> Path:
     """The local directory of ``path``: itself, or a Hub repository's snapshot."""
     local = Path(path) / subfolder
@@ -102,9 +143,11 @@ class SeededCheckpointLoader:
         dtype), ``device_map`` (one device; "auto" is the first GPU, else the CPU),
         ``is_trainable`` (default True here, as transformers returns models to train: the
         parameters that trained when saved require grad; False freezes all),
-        ``attn_implementation``, ``output_loading_info``, ``subfolder`` and the Hub arguments.
-        Anything else transformers' from_pretrained takes (quantization, offloading, ...) is
-        refused by name."""
+        ``output_loading_info``, ``subfolder``, the Hub arguments, and options of the
+        architecture's config as transformers takes them (``attn_implementation``,
+        ``output_hidden_states``, ``use_cache``, ...: given directly or absorbed by the Auto class
+        into ``config``, they are set on the config before the model is built). Anything else
+        transformers' from_pretrained takes (quantization, offloading, ...) is refused by name."""
         if model_args:
             raise TypeError(f"{cls.auto_class_name}.from_pretrained of a lottalora directory takes no positional model "
                             f"arguments, got {len(model_args)}")
@@ -119,14 +162,16 @@ class SeededCheckpointLoader:
         is_trainable = kwargs.pop("is_trainable", True)
         attn_implementation = kwargs.pop("attn_implementation", None)
         output_loading_info = kwargs.pop("output_loading_info", False)
+        directory = _directory(pretrained_model_name_or_path, subfolder, hub)
+        _check_architecture(directory, cls.auto_class, cls.auto_class_name)
+        updates = _config_updates(directory, config, kwargs)
         if kwargs:
             raise ValueError(f"{cls.auto_class_name}.from_pretrained of a lottalora directory does not take "
                              f"{sorted(kwargs)}: lottalora rebuilds the model from seeds and adapters")
-        directory = _directory(pretrained_model_name_or_path, subfolder, hub)
-        _check_architecture(directory, cls.auto_class, cls.auto_class_name)
-        model = from_pretrained(directory, device=device, dtype=dtype, is_trainable=is_trainable)
         if attn_implementation is not None:
-            model.set_attn_implementation(attn_implementation)
+            updates["attn_implementation"] = attn_implementation
+        model = from_pretrained(directory, device=device, dtype=dtype, is_trainable=is_trainable,
+                                config_updates=updates)
         if device_map is not None:
             model.hf_device_map = {"": device.index if device.type == "cuda" else device.type}
         model.name_or_path = model.config._name_or_path = str(pretrained_model_name_or_path)

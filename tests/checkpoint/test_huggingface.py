@@ -128,6 +128,29 @@ def test_from_pretrained_takes_a_dtype_and_a_device_map(argument, tmp_path):
         auto.from_pretrained(tmp_path / "m", device_map={"model": "cpu", "lm_head": "meta"})
 
 
+def test_config_options_reach_the_model_as_transformers_takes_them(tmp_path):
+    model = _trained(converted_tiny_llama())
+    model.save_pretrained(tmp_path / "m")
+    auto, ids = transformers.AutoModelForCausalLM, torch.randint(0, 96, (2, 7))
+    # AutoConfig absorbs these into the config it hands the loader; they were dropped there.
+    eager = auto.from_pretrained(tmp_path / "m", attn_implementation="eager", output_hidden_states=True)
+    assert eager.config._attn_implementation == "eager"
+    out = eager(ids)
+    assert len(out.hidden_states) == 3
+    torch.testing.assert_close(out.logits, _output(model, "logits", ids), rtol=1e-5, atol=1e-5)
+    plain = auto.from_pretrained(tmp_path / "m", use_cache=False, pad_token_id=7)  # left to the loader
+    assert (plain.config.use_cache, plain.config.pad_token_id) == (False, 7)
+    assert torch.equal(_output(plain, "logits", ids), _output(model, "logits", ids))
+    rebuilt = lottalora.from_pretrained(tmp_path / "m", config_updates={"attn_implementation": "eager"})
+    assert rebuilt.config._attn_implementation == "eager"
+    with pytest.raises(ValueError, match=r"layer 'model\.layers\.1\..*' is not a module of LlamaForCausalLM"):
+        auto.from_pretrained(tmp_path / "m", num_hidden_layers=1)  # a shape the checkpoint does not have
+    with pytest.raises(ValueError, match=r"does not take \['shard_everything'\]"):
+        auto.from_pretrained(tmp_path / "m", shard_everything=True)
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes|size mismatch"):  # the dense class, guarded
+        auto.from_pretrained(tmp_path / "m", config=tiny_llama_config())
+
+
 @pytest.mark.parametrize("kwargs,error,match", [
     (dict(safe_serialization=False), ValueError, "safe_serialization=False"),
     (dict(variant="fp16"), ValueError, "variant='fp16'"),
