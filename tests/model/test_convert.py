@@ -201,6 +201,18 @@ def test_bad_peft_style_arguments_are_named(kwargs, error, match):
         lottalora.convert(TwoTower(), **kwargs)
 
 
+def test_a_peft_model_is_refused_before_its_adapters_become_seeded_layers():
+    peft = pytest.importorskip("peft")
+    base = TwoTower()
+    wrapped = peft.get_peft_model(base, peft.LoraConfig(r=2, target_modules=["head"]))
+    before = {name: type(m) for name, m in wrapped.named_modules()}
+    with pytest.raises(ValueError, match="model holds PEFT's PeftModel at its root: convert the base model instead"):
+        lottalora.convert(wrapped)
+    with pytest.raises(ValueError, match=r"model holds PEFT's .*Linear at .*head: convert the base model"):
+        lottalora.convert(wrapped.base_model.model)  # the model inside, PEFT's layers still in it
+    assert {name: type(m) for name, m in wrapped.named_modules()} == before
+
+
 @pytest.mark.parametrize("kwargs,match", [
     (dict(alpha_pattern={"head": 1e39}), r"alpha_pattern\['head'\] must be a positive finite number"),
     (dict(alpha=1e39), "alpha must be a positive finite number"),
