@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from ..backbone import BackboneBlock, BackboneSpec, backbone_block
 from ..backbone.stream_v2 import ROW_SPAN
 from .backend import dense_block
+from .checks import check_input_dtype, check_param_dtype
 from .custom_ops import block_from_words, block_words, direct_call_ok
 from .precision import accumulation_dtype, autocast_cast, autocast_enabled, autocast_off
 
@@ -98,6 +99,20 @@ def conv_weight_chunk(spec: BackboneSpec, geometry: ConvGeometry, chunk: ConvChu
     """W_seed's rows ``chunk.rows`` as a conv weight (rows, C // groups, *kernel_size) in ``dtype``."""
     block = dense_block(spec, rows=chunk.rows, device=device)
     return block.to(dtype).view(geometry.weight_shape(chunk.rows[1] - chunk.rows[0]))
+
+
+def check_conv_dtypes(x: torch.Tensor, params: dict[str, torch.Tensor | None] | None = None) -> None:
+    """lottalora.Linear's dtype rule (``checks``) for a seeded conv: TypeError unless x is in a
+    dtype the torch backend computes in (the convs are torch's on every device, float64 too) and
+    each of ``params`` (name: tensor or None) has x's dtype, inside autocast once autocast has
+    cast both, as nn.Conv's must."""
+    if autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x = autocast_cast(x, dtype)
+        params = {name: autocast_cast(t, dtype) for name, t in (params or {}).items()}
+    check_input_dtype(x, "torch")
+    for name, t in (params or {}).items():
+        check_param_dtype(name, t, x)
 
 
 def _conv(x: torch.Tensor, weight: torch.Tensor, geometry: ConvGeometry, groups: int) -> torch.Tensor:
@@ -254,7 +269,8 @@ def seeded_conv(x: torch.Tensor, spec: BackboneSpec, geometry: ConvGeometry, bet
     is two registered ops (forward, input gradient) in the graph: no graph break. Inside
     torch.autocast, x is cast to the autocast dtype as nn.Conv's input is (float64 stays), and
     the op then runs with autocast off, accumulating in float32 as outside it: eager and
-    compiled calls compute the same thing."""
+    compiled calls compute the same thing. A non-floating x is refused (``check_conv_dtypes``)."""
+    check_conv_dtypes(x)
     if autocast_enabled(x.device.type):
         x = autocast_cast(x, torch.get_autocast_dtype(x.device.type))
         with autocast_off(x.device.type):

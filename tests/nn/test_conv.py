@@ -257,6 +257,35 @@ def test_bad_input_and_dora_are_refused_by_name():
         lottalora.Conv1d(3, 4, 3, use_dora=1)
 
 
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8, torch.bool])
+def test_an_integer_input_is_refused_as_linears_is(dtype):
+    """As lottalora.Linear's (nn.Conv2d raises too): an integer input gave truncated integer outputs."""
+    layer = lottalora.Conv2d(2, 3, 3, rank=1)
+    x = torch.ones(1, 2, 4, 4, dtype=dtype)
+    with pytest.raises(TypeError, match=f"input dtype must be one of .* got {dtype}"):
+        layer(x)
+    with pytest.raises(TypeError, match="input dtype"):
+        conv_op.seeded_conv(x, layer.spec, layer.geometry, layer.beta)
+
+
+@pytest.mark.parametrize("layer_dtype, input_dtype", [(torch.float32, torch.float64), (torch.bfloat16, torch.float32),
+                                                      (torch.float32, torch.float16)])
+@pytest.mark.parametrize("rank", [0, 2])
+def test_an_input_in_another_float_dtype_is_refused_outside_autocast(layer_dtype, input_dtype, rank):
+    """As lottalora.Linear and nn.Conv2d refuse it (the seeded conv ran, in the input's dtype);
+    inside autocast the casts make them agree, and float64 (which autocast leaves) is refused."""
+    layer = lottalora.Conv2d(2, 3, 3, rank=rank, dtype=layer_dtype)
+    x = torch.randn(1, 2, 4, 4, dtype=input_dtype)
+    with pytest.raises(TypeError, match=f"{'lora_A' if rank else 'bias'} has dtype {layer_dtype} but the input "
+                                        f"has {input_dtype}: they must match"):
+        layer(x)
+    if input_dtype != torch.float64:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert layer(x).dtype == torch.bfloat16
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(TypeError, match="has dtype torch.bfloat16"):
+        layer(torch.randn(1, 2, 4, 4, dtype=torch.float64))
+
+
 def test_forward_and_backward_peak_far_below_the_dense_weight():
     from tests.support.memory import peak_bytes_added
 
