@@ -129,7 +129,9 @@ def _memory_format(x: torch.Tensor) -> torch.memory_format:
 
 
 def _output_size(x: torch.Tensor, geometry: ConvGeometry) -> list[int]:
-    return [(size - d * (k - 1) - 1) // s + 1
+    # At least 0: an input smaller than the dilated kernel then reaches F.conv, which refuses it
+    # by name as nn.Conv does (a negative size failed first, in torch.empty).
+    return [max(0, (size - d * (k - 1) - 1) // s + 1)
             for size, k, s, d in zip(x.shape[2:], geometry.kernel_size, geometry.stride, geometry.dilation)]
 
 

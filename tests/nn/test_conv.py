@@ -286,6 +286,17 @@ def test_an_input_in_another_float_dtype_is_refused_outside_autocast(layer_dtype
         layer(torch.randn(1, 2, 4, 4, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("shape, dims", [((1, 2, 0, 8), 2), ((1, 2, 1, 8), 2), ((1, 2, 0, 0), 2), ((0, 2, 0, 8), 2),
+                                         ((1, 2, 0), 1), ((2, 1), 1)])
+def test_an_input_smaller_than_the_kernel_is_refused_as_nn_convs_is(shape, dims):
+    """Any spatial size below the kernel's (0 too) gets nn.Conv's error (0 and 1 failed on a
+    negative dimension in torch.empty)."""
+    layer = (lottalora.Conv1d, lottalora.Conv2d)[dims - 1](2, 3, 3, rank=1)
+    for x in (torch.randn(shape), torch.randn(shape, device="meta")):
+        with pytest.raises(RuntimeError, match="Kernel size can't be greater than actual input size"):
+            layer.to(x.device)(x)
+
+
 def test_forward_and_backward_peak_far_below_the_dense_weight():
     from tests.support.memory import peak_bytes_added
 
