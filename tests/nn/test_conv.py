@@ -297,6 +297,36 @@ def test_an_input_smaller_than_the_kernel_is_refused_as_nn_convs_is(shape, dims)
             layer.to(x.device)(x)
 
 
+@pytest.mark.parametrize("case", [CASES[1], CASES[5], CASES[8]], ids=["conv1d_groups", "conv2d_circular", "rank0"])
+def test_torch_func_transforms_and_forward_mode_ad_match_the_dense_conv(case, monkeypatch):
+    """grad, vmap, jvp and dual tensors run (they failed inside torch's autograd.Function check,
+    'must override the setup_context staticmethod'), equal to the dense conv's; a small chunk
+    budget puts several chunks in each call."""
+    from torch.autograd import forward_ad
+    from torch.func import functional_call, grad, jvp, vmap
+
+    monkeypatch.setattr(conv_op, "CONV_CHUNK_VALUES", 8)
+    dims, cin, cout, k, options = case
+    layer = _layer(dims, cin, cout, k, options)
+    forward, tensors = _dense(layer)
+    x, tangent = torch.randn(2, cin, *SPATIAL[dims], dtype=torch.float64), torch.randn(2, cin, *SPATIAL[dims],
+                                                                                       dtype=torch.float64)
+    dy = torch.randn_like(forward(x))
+    params = {name: p.detach() for name, p in layer.named_parameters()}
+    grads = grad(lambda p: (functional_call(layer, p, (x,)) * dy).sum())(params)
+    (forward(x) * dy).sum().backward()
+    for name, expected in tensors.items():
+        if expected is not None:
+            assert_close(grads[name], expected.grad, torch.float64, f"torch.func.grad d{name}")
+    assert_close(vmap(layer)(torch.stack([x, tangent])), torch.stack([forward(x), forward(tangent)]),
+                 torch.float64, "vmap")
+    y, y_dot = jvp(layer, (x,), (tangent,))
+    assert_close(y_dot, jvp(forward, (x,), (tangent,))[1], torch.float64, "jvp")
+    with forward_ad.dual_level():
+        dual = forward_ad.unpack_dual(layer(forward_ad.make_dual(x, tangent)))
+    assert_close(dual.tangent, y_dot, torch.float64, "forward-mode AD")
+
+
 def test_forward_and_backward_peak_far_below_the_dense_weight():
     from tests.support.memory import peak_bytes_added
 
