@@ -34,7 +34,7 @@ from torch import nn
 from ..backbone import BackboneSpec
 from ..ops import dense_block
 from ..ops.backend import supported_dtypes
-from ..ops.conv import ConvGeometry, seeded_conv
+from ..ops.conv import ConvGeometry, check_conv_dtypes, seeded_conv
 from ..ops.dora import combine, combine_dropped, magnitude_scale, weight_row_norms
 from ..ops.precision import accumulation_dtype, output_dtype
 from .adapters import (
@@ -241,6 +241,7 @@ class SeededConv(AdaptedLayer):
         if x.shape[-self.dims - 1] != self.in_channels:
             raise ValueError(f"input has {x.shape[-self.dims - 1]} channels (shape {tuple(x.shape)}), this layer "
                              f"expects in_channels={self.in_channels}")
+        check_conv_dtypes(x, {"lora_A": self.lora_A, "lora_B": self.lora_B, "bias": self.bias})
         if unbatched:
             x = x.unsqueeze(0)
         padded = self.pad(x)

@@ -192,11 +192,12 @@ def _needs_autograd_node(direct: bool, *tensors: torch.Tensor | None) -> bool:
     return not direct
 
 
-def _needs_composite(direct: bool, *tensors: torch.Tensor | None) -> bool:
+def needs_composite(direct: bool, *tensors: torch.Tensor | None) -> bool:
     """Whether the op must run as ``seeded_linear_composite``: an open forward-AD level (dual
     inputs do not report requires_grad, and the fused Function has no jvp) or a torch.func
     transform's wrapped inputs (the fused Function's forward takes ctx, which the transforms
-    refuse). A direct call's tensors are plain: only the forward-AD level is asked then."""
+    refuse; the seeded conv asks the same). A direct call's tensors are plain: only the forward-AD
+    level is asked then."""
     if forward_ad._current_level >= 0:
         return True
     if direct or torch.compiler.is_compiling():
@@ -213,7 +214,7 @@ def run(x: torch.Tensor, block: BackboneBlock, lora_A, lora_B, beta, bias, scale
     tensors = (x, lora_A, lora_B, beta, bias, lora_input)
     direct = custom_ops.direct_call_ok(*tensors)
     with autocast_off(x.device.type):
-        if _needs_composite(direct, *tensors):
+        if needs_composite(direct, *tensors):
             return seeded_linear_composite(x, block, lora_A, lora_B, beta, bias, scale, backend, lora_input)
         if _needs_autograd_node(direct, *tensors):
             return SeededLinearFunction.apply(x, lora_A, lora_B, beta, bias, block, scale, backend, lora_input,

@@ -24,7 +24,22 @@ def _check_param(name: str, tensor: torch.Tensor | None, shape: tuple, x: torch.
     if tensor.device != x.device:
         hint = MATERIALIZE_HINT if tensor.device.type == "meta" else ""
         raise ValueError(f"{name} is on {tensor.device} but the input is on {x.device}{hint}")
-    if tensor.dtype != x.dtype and name != "beta":
+    if name != "beta":
+        check_param_dtype(name, tensor, x)
+
+
+def check_input_dtype(x: torch.Tensor, backend: str) -> None:
+    """TypeError unless x's dtype is one ``backend`` computes in (an integer input would give
+    truncated or wrapped integer outputs)."""
+    dtypes = supported_dtypes(backend)
+    if x.dtype not in dtypes:
+        raise TypeError(f"input dtype must be one of {dtypes} on the {backend} backend, got {x.dtype}")
+
+
+def check_param_dtype(name: str, tensor: torch.Tensor | None, x: torch.Tensor) -> None:
+    """TypeError unless the parameter ``name`` (None passes) has the input's dtype, as nn.Linear's
+    and nn.Conv's must (inside autocast: both as autocast casts them)."""
+    if tensor is not None and tensor.dtype != x.dtype:
         raise TypeError(f"{name} has dtype {tensor.dtype} but the input has {x.dtype}: they must match")
 
 
@@ -70,9 +85,7 @@ def check_seeded_call(
     if x.dim() == 0 or x.shape[-1] != block.in_features:
         raise _input_shape_error(block, x)
     backend = resolve_backend(x.device)
-    dtypes = supported_dtypes(backend)
-    if x.dtype not in dtypes:
-        raise TypeError(f"input dtype must be one of {dtypes} on the {backend} backend, got {x.dtype}")
+    check_input_dtype(x, backend)
     if (lora_A is None) != (lora_B is None):
         raise ValueError("lora_A and lora_B must both be given or both be None")
     rank = lora_A.shape[0] if lora_A is not None else 0

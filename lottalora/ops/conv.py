@@ -13,10 +13,14 @@ weight for the backward; ``SeededConvFunction`` regenerates them instead, and ta
 dbeta from one ``convolution_backward`` per chunk (dbeta = <dy, conv(x, W)> = <W, dW>). That
 backward is made of differentiable ops on dy, x and beta, so second derivatives (a graph
 through the gradient) are exact; only such a graph keeps its chunks' weights alive.
-Forward-mode AD is not defined. Under torch.compile (and dispatch modes, subclasses) the two
-loops run as the registered ops ``lottalora::seeded_conv_fwd`` / ``lottalora::seeded_conv_bwd``,
-a block's and a geometry's words for arguments, as the linear op's (``custom_ops``), but for a
-backward that builds a graph outside compiling, which runs the differentiable loops.
+Forward-mode AD and torch.func's transforms (grad, vmap, jvp, jacrev, hessian), which the
+Function cannot serve, run ``seeded_conv_composite``: the same chunks as plain differentiable
+ops, whose weights autograd then keeps (W_seed whole, in chunks) for a backward.
+
+Under torch.compile (and dispatch modes, subclasses) the two loops run as the registered ops
+``lottalora::seeded_conv_fwd`` / ``lottalora::seeded_conv_bwd``, a block's and a geometry's
+words for arguments, as the linear op's (``custom_ops``), but for a backward that builds a
+graph outside compiling, which runs the differentiable loops.
 
 The adapter, beta's broadcasting, the bias and padding modes are the module's
 (``lottalora.nn.conv``): ordinary autograd on small tensors.
@@ -32,7 +36,9 @@ import torch.nn.functional as F
 
 from ..backbone import BackboneBlock, BackboneSpec, backbone_block
 from ..backbone.stream_v2 import ROW_SPAN
+from .autograd import needs_composite
 from .backend import dense_block
+from .checks import check_input_dtype, check_param_dtype
 from .custom_ops import block_from_words, block_words, direct_call_ok
 from .precision import accumulation_dtype, autocast_cast, autocast_enabled, autocast_off
 
@@ -100,6 +106,20 @@ def conv_weight_chunk(spec: BackboneSpec, geometry: ConvGeometry, chunk: ConvChu
     return block.to(dtype).view(geometry.weight_shape(chunk.rows[1] - chunk.rows[0]))
 
 
+def check_conv_dtypes(x: torch.Tensor, params: dict[str, torch.Tensor | None] | None = None) -> None:
+    """lottalora.Linear's dtype rule (``checks``) for a seeded conv: TypeError unless x is in a
+    dtype the torch backend computes in (the convs are torch's on every device, float64 too) and
+    each of ``params`` (name: tensor or None) has x's dtype, inside autocast once autocast has
+    cast both, as nn.Conv's must."""
+    if autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x = autocast_cast(x, dtype)
+        params = {name: autocast_cast(t, dtype) for name, t in (params or {}).items()}
+    check_input_dtype(x, "torch")
+    for name, t in (params or {}).items():
+        check_param_dtype(name, t, x)
+
+
 def _conv(x: torch.Tensor, weight: torch.Tensor, geometry: ConvGeometry, groups: int) -> torch.Tensor:
     return _CONV[len(geometry.kernel_size)](x, weight, None, geometry.stride, 0, geometry.dilation, groups)
 
@@ -114,7 +134,9 @@ def _memory_format(x: torch.Tensor) -> torch.memory_format:
 
 
 def _output_size(x: torch.Tensor, geometry: ConvGeometry) -> list[int]:
-    return [(size - d * (k - 1) - 1) // s + 1
+    # At least 0: an input smaller than the dilated kernel then reaches F.conv, which refuses it
+    # by name as nn.Conv does (a negative size failed first, in torch.empty).
+    return [max(0, (size - d * (k - 1) - 1) // s + 1)
             for size, k, s, d in zip(x.shape[2:], geometry.kernel_size, geometry.stride, geometry.dilation)]
 
 
@@ -129,6 +151,20 @@ def _forward(x: torch.Tensor, beta: torch.Tensor, spec: BackboneSpec, geometry: 
         out[:, chunk.rows[0]:chunk.rows[1]] = _conv(xc[:, chunk.channels[0]:chunk.channels[1]], w, geometry,
                                                     chunk.groups)
     return out.mul_(beta.to(compute))
+
+
+def seeded_conv_composite(x: torch.Tensor, beta: torch.Tensor, spec: BackboneSpec,
+                          geometry: ConvGeometry) -> torch.Tensor:
+    """beta * conv(x, W_seed) in x's accumulation dtype from plain differentiable ops, chunk by
+    chunk as ``_forward``: what forward-mode AD and torch.func's transforms run (they refuse
+    ``SeededConvFunction``, whose forward takes ctx). Autograd keeps every chunk's weight for the
+    backward, so it runs only where the Function cannot."""
+    compute = accumulation_dtype(x.dtype)
+    xc = x.to(compute)
+    parts = [_conv(xc[:, chunk.channels[0]:chunk.channels[1]], conv_weight_chunk(spec, geometry, chunk, compute,
+                                                                                 x.device), geometry, chunk.groups)
+             for chunk in conv_chunks(geometry)]
+    return (parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)) * beta.to(compute)
 
 
 def _input_grad(dy: torch.Tensor, x: torch.Tensor, beta: torch.Tensor, spec: BackboneSpec, geometry: ConvGeometry,
@@ -254,7 +290,9 @@ def seeded_conv(x: torch.Tensor, spec: BackboneSpec, geometry: ConvGeometry, bet
     is two registered ops (forward, input gradient) in the graph: no graph break. Inside
     torch.autocast, x is cast to the autocast dtype as nn.Conv's input is (float64 stays), and
     the op then runs with autocast off, accumulating in float32 as outside it: eager and
-    compiled calls compute the same thing."""
+    compiled calls compute the same thing. Forward-mode AD and torch.func's transforms run
+    ``seeded_conv_composite``. A non-floating x is refused (``check_conv_dtypes``)."""
+    check_conv_dtypes(x)
     if autocast_enabled(x.device.type):
         x = autocast_cast(x, torch.get_autocast_dtype(x.device.type))
         with autocast_off(x.device.type):
@@ -267,6 +305,8 @@ def _seeded_conv(x: torch.Tensor, spec: BackboneSpec, geometry: ConvGeometry, be
         weight = torch.empty(geometry.weight_shape(geometry.out_channels), device="meta",
                              dtype=accumulation_dtype(x.dtype))
         return beta.to(weight.dtype) * _conv(x.to(weight.dtype), weight, geometry, geometry.groups)
+    if needs_composite(direct_call_ok(x, beta), x, beta):
+        return seeded_conv_composite(x, beta, spec, geometry)
     return SeededConvFunction.apply(x, beta, spec, geometry)
 
 

@@ -257,6 +257,76 @@ def test_bad_input_and_dora_are_refused_by_name():
         lottalora.Conv1d(3, 4, 3, use_dora=1)
 
 
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8, torch.bool])
+def test_an_integer_input_is_refused_as_linears_is(dtype):
+    """As lottalora.Linear's (nn.Conv2d raises too): an integer input gave truncated integer outputs."""
+    layer = lottalora.Conv2d(2, 3, 3, rank=1)
+    x = torch.ones(1, 2, 4, 4, dtype=dtype)
+    with pytest.raises(TypeError, match=f"input dtype must be one of .* got {dtype}"):
+        layer(x)
+    with pytest.raises(TypeError, match="input dtype"):
+        conv_op.seeded_conv(x, layer.spec, layer.geometry, layer.beta)
+
+
+@pytest.mark.parametrize("layer_dtype, input_dtype", [(torch.float32, torch.float64), (torch.bfloat16, torch.float32),
+                                                      (torch.float32, torch.float16)])
+@pytest.mark.parametrize("rank", [0, 2])
+def test_an_input_in_another_float_dtype_is_refused_outside_autocast(layer_dtype, input_dtype, rank):
+    """As lottalora.Linear and nn.Conv2d refuse it (the seeded conv ran, in the input's dtype);
+    inside autocast the casts make them agree, and float64 (which autocast leaves) is refused."""
+    layer = lottalora.Conv2d(2, 3, 3, rank=rank, dtype=layer_dtype)
+    x = torch.randn(1, 2, 4, 4, dtype=input_dtype)
+    with pytest.raises(TypeError, match=f"{'lora_A' if rank else 'bias'} has dtype {layer_dtype} but the input "
+                                        f"has {input_dtype}: they must match"):
+        layer(x)
+    if input_dtype != torch.float64:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert layer(x).dtype == torch.bfloat16
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(TypeError, match="has dtype torch.bfloat16"):
+        layer(torch.randn(1, 2, 4, 4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("shape, dims", [((1, 2, 0, 8), 2), ((1, 2, 1, 8), 2), ((1, 2, 0, 0), 2), ((0, 2, 0, 8), 2),
+                                         ((1, 2, 0), 1), ((2, 1), 1)])
+def test_an_input_smaller_than_the_kernel_is_refused_as_nn_convs_is(shape, dims):
+    """Any spatial size below the kernel's (0 too) gets nn.Conv's error (0 and 1 failed on a
+    negative dimension in torch.empty)."""
+    layer = (lottalora.Conv1d, lottalora.Conv2d)[dims - 1](2, 3, 3, rank=1)
+    for x in (torch.randn(shape), torch.randn(shape, device="meta")):
+        with pytest.raises(RuntimeError, match="Kernel size can't be greater than actual input size"):
+            layer.to(x.device)(x)
+
+
+@pytest.mark.parametrize("case", [CASES[1], CASES[5], CASES[8]], ids=["conv1d_groups", "conv2d_circular", "rank0"])
+def test_torch_func_transforms_and_forward_mode_ad_match_the_dense_conv(case, monkeypatch):
+    """grad, vmap, jvp and dual tensors run (they failed inside torch's autograd.Function check,
+    'must override the setup_context staticmethod'), equal to the dense conv's; a small chunk
+    budget puts several chunks in each call."""
+    from torch.autograd import forward_ad
+    from torch.func import functional_call, grad, jvp, vmap
+
+    monkeypatch.setattr(conv_op, "CONV_CHUNK_VALUES", 8)
+    dims, cin, cout, k, options = case
+    layer = _layer(dims, cin, cout, k, options)
+    forward, tensors = _dense(layer)
+    x, tangent = torch.randn(2, cin, *SPATIAL[dims], dtype=torch.float64), torch.randn(2, cin, *SPATIAL[dims],
+                                                                                       dtype=torch.float64)
+    dy = torch.randn_like(forward(x))
+    params = {name: p.detach() for name, p in layer.named_parameters()}
+    grads = grad(lambda p: (functional_call(layer, p, (x,)) * dy).sum())(params)
+    (forward(x) * dy).sum().backward()
+    for name, expected in tensors.items():
+        if expected is not None:
+            assert_close(grads[name], expected.grad, torch.float64, f"torch.func.grad d{name}")
+    assert_close(vmap(layer)(torch.stack([x, tangent])), torch.stack([forward(x), forward(tangent)]),
+                 torch.float64, "vmap")
+    y, y_dot = jvp(layer, (x,), (tangent,))
+    assert_close(y_dot, jvp(forward, (x,), (tangent,))[1], torch.float64, "jvp")
+    with forward_ad.dual_level():
+        dual = forward_ad.unpack_dual(layer(forward_ad.make_dual(x, tangent)))
+    assert_close(dual.tangent, y_dot, torch.float64, "forward-mode AD")
+
+
 def test_forward_and_backward_peak_far_below_the_dense_weight():
     from tests.support.memory import peak_bytes_added
 
