@@ -1,5 +1,7 @@
 """lottalora.convert and materialize: which layers change, what trains, streams from names."""
 
+import contextlib
+
 import pytest
 import torch
 from torch import nn
@@ -451,3 +453,25 @@ def test_a_model_converted_inside_its_compile_wrapper_is_the_bare_models_convers
     with torch.no_grad():  # the inner model in eager: compiling the forward is not what is tested
         assert torch.equal(compiled._orig_mod(ids).logits, bare(ids).logits)
 
+
+def _mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Sequential(nn.Linear(16, 16), nn.ReLU()), nn.Linear(16, 4))
+
+
+def test_submodules_compiled_in_place_convert_as_the_bare_model_does():
+    options = dict(rank=2, seed=3, exclude_modules=["3"], trainable_modules=r"3", adapter_modules=r"2\.0")
+    bare = lottalora.convert(_mlp(), **options)
+    model = _mlp()
+    model[0] = torch.compile(model[0], backend="eager")  # a leaf layer: its wrapper must now run the seeded layer
+    model[2] = torch.compile(model[2], backend="eager")  # a block: its layers sit at "2._orig_mod.<i>"
+    lottalora.convert(model, **options)
+    assert _conversion(model) == _conversion(bare)
+    x = torch.randn(3, 8)
+    # force_eager runs each wrapper's bound forward without tracing it (the wrapper of a leaf
+    # layer went on calling the dense layer it was built around); torch before 2.6 traces it.
+    stance = getattr(torch.compiler, "set_stance", None)
+    with torch.no_grad(), stance("force_eager") if stance else contextlib.nullcontext():
+        assert torch.equal(model(x), bare(x))
+    lottalora.add_adapter(model, "other", rank=2, target_modules=r"2\.0")  # named adapters match plain names too
+    assert model[2]._orig_mod[0].adapter_names() == bare[2][0].adapter_names() + ["other"]
