@@ -39,7 +39,8 @@ _BACKBONE_OPTIONS = ("seed", "init", "stream_version", "train_beta", "bias", "tr
 def _layers(model: nn.Module) -> dict[str, Linear]:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    layers = seeded_layers(model)
+    # Plain names: the selection options name the bare model's layers, as convert's do.
+    layers = seeded_layers(model, plain=True)
     if not layers:
         raise ValueError("model has no lottalora.Linear layer: convert it first (lottalora.convert)")
     return layers

@@ -2,7 +2,10 @@
 
 Each converted layer's stream is derived from its qualified module name
 (``lottalora.stream_for_name``), so two converted copies of one architecture get the same
-backbones whatever the construction order, process or machine. Everything is frozen afterwards
+backbones whatever the construction order, process or machine. The name is the plain one that
+checkpoints record (``lottalora.nn.plain_name`` inside ``unwrap_model``): a model converted inside
+its torch.compile or DDP wrapper, or holding submodules compiled in place, gets the layers, the
+streams and the name-option selection of the bare model. Everything is frozen afterwards
 except the adapters, beta, biases of converted layers, and the modules named in
 ``trainable_modules``; a beta that only acts as a product with another layer's beta
 (``redundant_betas``) is frozen at 1.0.
@@ -19,7 +22,7 @@ from torch import nn
 from lottalora_kernels.stream.spec import resolve_version_and_init
 
 from ..backbone import BackboneSpec, stream_for_name
-from ..nn import Linear, seeded_layers, unwrap_model
+from ..nn import Linear, plain_name, seeded_layers, unwrap_model
 from ..nn.adapters import check_init_lora_weights
 from ..nn.options import check_alpha, check_dropout, check_rank
 from .conv_layers import conv_matrix_shape, is_dense_conv, seeded_conv_like
@@ -156,20 +159,21 @@ def convert(
     if not isinstance(use_dora, bool):
         raise TypeError(f"use_dora must be a bool, got {use_dora!r}")
     options = dataclasses.replace(options, use_dora=use_dora)
-    targets = _targets(model, options)
-    first_conversion = not seeded_layers(model)
+    # Everything below works on the model inside torch.compile / DDP wrappers: the options name
+    # the bare model's modules, the streams come from its names, and the record and the class
+    # must be where the wrapper's save_pretrained (the inner model's) finds them.
+    root = unwrap_model(model)
+    targets = _targets(root, options)
+    first_conversion = not seeded_layers(root)
     # Every seeded layer is built (its arguments checked) before the first one is placed: a layer
     # that refuses its arguments (a conv's rank against its groups) leaves the model as it was.
-    converted = {name: _seeded_layer(name, module, shape, options) for name, module, shape in targets}
+    converted = {name: _seeded_layer(plain, module, shape, options) for name, plain, module, shape in targets}
     for name, layer in converted.items():
-        set_submodule(model, name, layer)
-    _set_trainable(model, converted, options, first_conversion)
-    # The record and the class go on the model inside torch.compile / DDP wrappers: the wrapper's
-    # save_pretrained is the inner model's, which must find them (names relative to it).
-    root = unwrap_model(model)
-    names = {id(m): n for n, m in root.named_modules()}
-    record_call(root, [names[id(layer)] for layer in converted.values()], options.record())
-    check_loads_whole(model)
+        set_submodule(root, name, layer)
+    _set_trainable(root, converted, options, first_conversion)
+    record_call(root, [plain for _, plain, _, _ in targets], options.record())
+    # On the inner model, its pre-hook also runs when the wrapper loads (load_state_dict visits every submodule).
+    check_loads_whole(root)
     adopt_seeded_class(root)
     return model
 
@@ -214,9 +218,12 @@ def _check_options(model, rank, alpha, use_rslora, seed, init, stream_version, t
                     layers_to_transform, layers_pattern, init_lora_weights)
 
 
-def _targets(model: nn.Module, options: _Options) -> list[tuple[str, nn.Module, tuple[int, int]]]:
-    """(name, dense module, (in_features, out_features)) of every layer to convert; ValueError
-    when the options name nothing, a tied weight, or layers that cannot be both."""
+def _targets(model: nn.Module, options: _Options) -> list[tuple[str, str, nn.Module, tuple[int, int]]]:
+    """(name, plain name, dense module, (in_features, out_features)) of every layer of the
+    unwrapped ``model`` to convert: ``name`` is where it sits, the plain name (without the
+    ``_orig_mod`` segments of submodules compiled in place) is what the options match and the
+    stream comes from. ValueError when the options name nothing, a tied weight, or layers that
+    cannot be both."""
     heads = output_head_names(model) if options.all_linear else set()
     names = parameter_names(model)
     targets = []
@@ -226,25 +233,26 @@ def _targets(model: nn.Module, options: _Options) -> list[tuple[str, nn.Module, 
             shape = conv_matrix_shape(module)
         if shape is None or not name or name in heads:
             continue
-        if options.exclude_modules is not None and name_matches(name, options.exclude_modules):
+        plain = plain_name(name)
+        if options.exclude_modules is not None and name_matches(plain, options.exclude_modules):
             continue
-        if not options.all_linear and not name_matches(name, options.target_modules):
+        if not options.all_linear and not name_matches(plain, options.target_modules):
             continue
-        if not in_selected_layers(name, options.layers_to_transform, options.layers_pattern):
+        if not in_selected_layers(plain, options.layers_to_transform, options.layers_pattern):
             continue
-        tied = tied_elsewhere(names, name, module)
+        tied = [plain_name(n) for n in tied_elsewhere(names, name, module)]
         if tied and options.all_linear:
             continue
         if tied:
-            raise ValueError(f"{name}.weight is tied to {tied[0]}: a tied weight is shared with another module "
-                             f"and cannot become a seed; leave {name!r} out of target_modules")
-        targets.append((name, module, shape))
+            raise ValueError(f"{plain}.weight is tied to {tied[0]}: a tied weight is shared with another module "
+                             f"and cannot become a seed; leave {plain!r} out of target_modules")
+        targets.append((name, plain, module, shape))
     if not targets:
         selection = "" if options.layers_to_transform is None else \
             f" in layers_to_transform={options.layers_to_transform!r} (layers_pattern={options.layers_pattern!r})"
         raise ValueError(f"target_modules={options.target_modules!r} matched no nn.Linear (or Conv1D, or "
                          f"nn.Conv1d / nn.Conv2d named in it) in the model{selection}")
-    target_names = [n for n, _, _ in targets]
+    target_names = [plain for _, plain, _, _ in targets]
     if options.trainable_modules is not None:
         clash = [n for n in target_names if name_matches(n, options.trainable_modules)]
         if clash:
@@ -260,7 +268,7 @@ def _targets(model: nn.Module, options: _Options) -> list[tuple[str, nn.Module, 
 
 
 def _seeded_layer(name: str, module: nn.Module, shape: tuple[int, int], options: _Options) -> nn.Module:
-    """The seeded layer for the dense ``module`` at ``name`` (not yet placed in the model)."""
+    """The seeded layer for the dense ``module`` whose plain name is ``name`` (not yet placed in the model)."""
     in_features, out_features = shape
     weight = module.weight
     has_adapter = options.adapter_modules is None or name_matches(name, options.adapter_modules)
@@ -294,7 +302,8 @@ def _keep_bias(module: nn.Module, new: nn.Module, options: _Options) -> nn.Modul
 
 
 def _set_trainable(model: nn.Module, converted: dict[str, Linear], options: _Options, first_conversion: bool) -> None:
-    """What trains after the call (the rules in ``convert``'s docstring)."""
+    """What trains after the call (the rules in ``convert``'s docstring); ``model`` is unwrapped
+    and ``converted`` keyed by its names."""
     if first_conversion:
         for param in model.parameters():
             param.requires_grad_(False)
@@ -307,7 +316,7 @@ def _set_trainable(model: nn.Module, converted: dict[str, Linear], options: _Opt
         # Seeded layers inside a trainable module keep what train_beta and bias decided.
         seeded = {id(p) for layer in seeded_layers(model).values() for p in layer.parameters()}
         for name, module in model.named_modules():
-            if name and name_matches(name, options.trainable_modules):
+            if name and name_matches(plain_name(name), options.trainable_modules):
                 for param in module.parameters():
                     if id(param) not in seeded:
                         param.requires_grad_(True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..nn import Linear
+from ..nn import Linear, unwrap_model
 
 
 def linear_shape(module: nn.Module) -> tuple[int, int] | None:
@@ -29,9 +29,15 @@ def is_transformers_conv1d(module: nn.Module) -> bool:
 
 
 def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Replace the submodule at the qualified ``name`` by ``new``."""
+    """Replace the submodule at the qualified ``name`` by ``new``; a module compiled in place
+    (``<parent>._orig_mod``) is replaced inside its torch.compile wrapper, which then runs ``new``."""
     parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+    # The wrapper's forward is bound at torch.compile time to the module it wrapped, so without
+    # this it would go on running the dense layer; rebinding keeps the wrapper and its options.
+    if unwrap_model(parent) is new and hasattr(parent, "_initialize"):
+        parent._initialize()
 
 
 def parameter_names(model: nn.Module) -> dict[int, list[str]]:

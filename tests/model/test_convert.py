@@ -1,5 +1,7 @@
 """lottalora.convert and materialize: which layers change, what trains, streams from names."""
 
+import contextlib
+
 import pytest
 import torch
 from torch import nn
@@ -421,3 +423,67 @@ def test_convert_initializes_adapters_as_init_lora_weights_says_and_records_it(v
     assert model._lottalora_convert_calls[-1]["arguments"]["init_lora_weights"] == value
     with pytest.raises(ValueError, match="OLoRA initializes A and B from a QR decomposition"):
         lottalora.convert(TwoTower(), rank=4, init_lora_weights="olora")
+
+
+def _tiny_gpt2():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=50, n_positions=16)).eval()
+
+
+def _conversion(model: nn.Module) -> tuple[dict, set, list]:
+    """({plain name: stream} of the seeded layers, plain names of the trainable parameters,
+    the recorded convert calls) of a converted model, wrapped or not."""
+    from lottalora.model.records import convert_calls
+    from lottalora.nn import plain_name, seeded_layers, unwrap_model
+
+    streams = {name: layer.stream for name, layer in seeded_layers(model, plain=True).items()}
+    trainable = {plain_name(n) for n, p in unwrap_model(model).named_parameters() if p.requires_grad}
+    return streams, trainable, convert_calls(unwrap_model(model))
+
+
+# Every name option at once, as regexes and suffix lists: each must see the bare model's names.
+_GPT2_NAME_OPTIONS = dict(exclude_modules=r"transformer\.h\.1\.mlp\..*", adapter_modules=["c_attn"],
+                          trainable_modules=r"transformer\.ln_f", rank_pattern={r"h\.0\.attn\.c_attn": 4},
+                          alpha_pattern={"c_attn": 8.0})
+
+
+@pytest.mark.parametrize("target_modules", [None, r"transformer\.h\.\d\.(attn|mlp)\.c_.*"])
+def test_a_model_converted_inside_its_compile_wrapper_is_the_bare_models_conversion(target_modules):
+    # The options were matched against the wrapper's "_orig_mod."-prefixed names (an exclude or
+    # trainable regex silently matched nothing) and the streams came from them (other backbones).
+    bare = lottalora.convert(_tiny_gpt2(), rank=2, seed=7, target_modules=target_modules, **_GPT2_NAME_OPTIONS)
+    compiled = torch.compile(_tiny_gpt2())
+    assert lottalora.convert(compiled, rank=2, seed=7, target_modules=target_modules,
+                             **_GPT2_NAME_OPTIONS) is compiled
+    streams, trainable, calls = _conversion(compiled)
+    assert (streams, trainable, calls) == _conversion(bare)
+    assert len(streams) == 6 and "transformer.ln_f.weight" in trainable
+    assert streams["transformer.h.0.attn.c_attn"] == lottalora.stream_for_name("transformer.h.0.attn.c_attn")
+    ids = torch.randint(0, 50, (2, 6))
+    with torch.no_grad():  # the inner model in eager: compiling the forward is not what is tested
+        assert torch.equal(compiled._orig_mod(ids).logits, bare(ids).logits)
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Sequential(nn.Linear(16, 16), nn.ReLU()), nn.Linear(16, 4))
+
+
+def test_submodules_compiled_in_place_convert_as_the_bare_model_does():
+    options = dict(rank=2, seed=3, exclude_modules=["3"], trainable_modules=r"3", adapter_modules=r"2\.0")
+    bare = lottalora.convert(_mlp(), **options)
+    model = _mlp()
+    model[0] = torch.compile(model[0], backend="eager")  # a leaf layer: its wrapper must now run the seeded layer
+    model[2] = torch.compile(model[2], backend="eager")  # a block: its layers sit at "2._orig_mod.<i>"
+    lottalora.convert(model, **options)
+    assert _conversion(model) == _conversion(bare)
+    x = torch.randn(3, 8)
+    # force_eager runs each wrapper's bound forward without tracing it (the wrapper of a leaf
+    # layer went on calling the dense layer it was built around); torch before 2.6 traces it.
+    stance = getattr(torch.compiler, "set_stance", None)
+    with torch.no_grad(), stance("force_eager") if stance else contextlib.nullcontext():
+        assert torch.equal(model(x), bare(x))
+    lottalora.add_adapter(model, "other", rank=2, target_modules=r"2\.0")  # named adapters match plain names too
+    assert model[2]._orig_mod[0].adapter_names() == bare[2][0].adapter_names() + ["other"]
