@@ -17,12 +17,13 @@ from torch import nn
 
 from ..backbone import backbone_fingerprint
 from ..distributed.state import shard_like
+from ..model.modules import retie, tied_groups
 from ..nn import Linear, SeededConv, is_dtensor, plain_name, seeded_layers, unwrap_model
 from ..nn.adapters import DEFAULT_ADAPTER, adapter_extra_state, check_adapter_name
 from ..nn.state import extra_state, upgrade_legacy_beta
 from .files import parse_tensors, read_checkpoint, tensor_contents
 from .format import ADAPTER_ONLY, TENSORS_NAME, fail, shorten
-from .model_state import conv_weight_shape, state_tensors, tied_names
+from .model_state import conv_weight_shape, state_tensors
 
 
 def _upgrade_betas(tensors: dict[str, torch.Tensor], layers: dict[str, Linear]) -> None:
@@ -159,21 +160,6 @@ def _check_ties_agree(directory: Path, tensors: dict[str, torch.Tensor], ties: l
                                  "but differ in the checkpoint: it was saved from a model where they were not tied")
 
 
-def _retie(model: nn.Module, ties: list[list[str]]) -> None:
-    """Make each group of tied names one tensor again after a load with ``assign=True``, which
-    gives every name the tensor it was handed."""
-    for first, *others in ties:
-        owner, _, attribute = first.rpartition(".")
-        shared = getattr(model.get_submodule(owner), attribute)
-        for name in others:
-            owner, _, attribute = name.rpartition(".")
-            module = model.get_submodule(owner)
-            if attribute in module._parameters:
-                module._parameters[attribute] = shared
-            else:
-                module._buffers[attribute] = shared
-
-
 def _layer_names(model: nn.Module, layers: dict) -> dict[str, list[str]]:
     """{a seeded layer's recorded name: every name it has in the model} (one layer may sit at
     several places; each has its own state_dict entries, "_extra_state" among them)."""
@@ -250,7 +236,7 @@ def load_checked(model: nn.Module, directory: Path, config: dict, data: bytes, a
         expected[prefix + "lora_B"] = torch.empty(module.out_features, entry["rank"], device="meta",
                                                   dtype=module.beta.dtype)
     _check_tensors_match(directory, tensors, expected, every)
-    ties = tied_names(model)
+    ties = tied_groups(model)
     _check_ties_agree(directory, tensors, ties)
     _check_nothing_left_on_meta(directory, model, tensors)
 
@@ -285,7 +271,7 @@ def load_checked(model: nn.Module, directory: Path, config: dict, data: bytes, a
     tensors = {model_names[k]: v for k, v in tensors.items()}
     if on_meta:
         model.load_state_dict(tensors, strict=every, assign=True)
-        _retie(model, ties)  # assign=True gives each name its own tensor
+        retie(model, ties)  # assign=True gives each name its own tensor
         if config["aliases"] and hasattr(model, "tie_weights"):
             model.tie_weights()
     else:

@@ -69,15 +69,6 @@ def given_state_tensors(model: nn.Module, state_dict: Mapping) -> dict[str, torc
     return given
 
 
-def tied_names(model: nn.Module) -> list[list[str]]:
-    """Groups of two or more names (as ``named_parameters`` gives them, in that order) that are one
-    parameter or buffer of ``model``: tied weights, such as a head sharing its embedding."""
-    groups: dict[int, list[str]] = {}
-    for name, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
-        groups.setdefault(id(t), []).append(name)
-    return [names for names in groups.values() if len(names) > 1]
-
-
 def trainable_names(model: nn.Module) -> list[str]:
     """Plain names of the parameters that require grad, tied names included."""
     return sorted({plain_name(n) for n, p in model.named_parameters(remove_duplicate=False) if p.requires_grad})

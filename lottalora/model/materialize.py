@@ -7,7 +7,7 @@ from torch import nn
 
 from ..nn import SEEDED_LAYER_TYPES
 from ..nn.adapters import LoraAdapter
-from .modules import tied_groups
+from .modules import retie, tied_groups
 
 
 def materialize(model: nn.Module, device: torch.device | str = "cpu") -> nn.Module:
@@ -38,9 +38,5 @@ def materialize(model: nn.Module, device: torch.device | str = "cpu") -> nn.Modu
             else:
                 raise ValueError(f"cannot initialise module {name or '<root>'} ({type(module).__name__}) after "
                                  "materializing it: it has no reset_parameters and the model no _init_weights")
-    for names in ties:
-        kept = model.get_parameter(names[0])
-        for name in names[1:]:
-            owner, _, attr = name.rpartition(".")
-            (model.get_submodule(owner) if owner else model).register_parameter(attr, kept)
+    retie(model, ties)
     return model

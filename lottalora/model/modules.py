@@ -60,3 +60,13 @@ def tied_elsewhere(names: dict[int, list[str]], name: str, module: nn.Module) ->
 def tied_groups(model: nn.Module) -> list[list[str]]:
     """Names of parameters that are one object, in groups of two or more."""
     return [names for names in parameter_names(model).values() if len(names) > 1]
+
+
+def retie(model: nn.Module, groups: list[list[str]]) -> None:
+    """Make each group of ``tied_groups`` one parameter again, the first name's (after a
+    ``to_empty`` or a load with ``assign=True`` gave each name a tensor of its own)."""
+    for names in groups:
+        kept = model.get_parameter(names[0])
+        for name in names[1:]:
+            owner, _, attr = name.rpartition(".")
+            (model.get_submodule(owner) if owner else model).register_parameter(attr, kept)
