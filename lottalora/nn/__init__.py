@@ -5,6 +5,7 @@
     adapters the adapter machinery every seeded layer shares: named adapters, init options, mixed batches
     state    the "_extra_state" entry that carries a layer's backbone identity and options
     dense_guard  the empty "weight" a transformers checkpoint of seeded layers holds, so dense classes refuse it
+    weight_stand_in  what a seeded layer's ``weight`` reads as: the backbone's shape, dtype and device, no values
     options  checks of rank, alpha and lora_dropout, and the LoRA scaling
     layers   the one walk over a model's seeded layers, and the wrappers around models
 """

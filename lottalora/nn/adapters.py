@@ -27,6 +27,7 @@ from torch import nn
 from .dense_guard import drop_dense_guard, guard_transformers_checkpoint
 from .options import check_alpha, check_dropout, check_rank, lora_scaling
 from .state import LayerState, decode_extra_state, extra_state, upgrade_legacy_beta
+from .weight_stand_in import weight_stand_in
 
 DEFAULT_ADAPTER = "default"
 # PEFT's name, in a mixed batch's adapter_names, for a row that runs the bare backbone.
@@ -231,6 +232,14 @@ class AdaptedLayer(nn.Module):
 
     # None: the bare backbone (lottalora.disable_adapter); otherwise a name in adapter_names().
     active_adapter: str | None = DEFAULT_ADAPTER
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """A stand-in for the weight the dense layer would hold (``lottalora.nn.weight_stand_in``):
+        shape ``dense_weight_shape``, the layer's dtype and device, no values (reading its
+        metadata works, as transformers' T5 does; using its values raises). ``backbone_weight()``
+        regenerates the dense W_seed."""
+        return weight_stand_in(self.dense_weight_shape, self.beta.dtype, self.beta.device)
 
     # Everything that makes the layer's function besides its tensors (seed, stream, init, rank,
     # alpha, use_rslora) travels in the state_dict as one small int64 tensor ("_extra_state").

@@ -318,6 +318,11 @@ class SeededConv(AdaptedLayer):
         a2d, b2d = (f.to(compute) for f in factors)
         return (self.scaling * (b2d @ a2d)).view(self.geometry.weight_shape(self.out_channels))
 
+    @property
+    def dense_weight_shape(self) -> tuple[int, ...]:
+        """(out_channels, in_channels // groups, *kernel_size): nn.Conv's weight shape."""
+        return tuple(self.geometry.weight_shape(self.out_channels))
+
     def backbone_weight(self, dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
         """The dense W_seed as the conv weight (out_channels, in_channels // groups,
         *kernel_size), regenerated now and never cached; float32 unless ``dtype``."""

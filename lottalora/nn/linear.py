@@ -193,6 +193,11 @@ class Linear(AdaptedLayer):
         xa = x.to(compute) @ parts.lora_A.to(compute).T
         return (parts.scaling * (xa @ parts.lora_B.to(compute).T)).to(x.dtype)
 
+    @property
+    def dense_weight_shape(self) -> tuple[int, int]:
+        """(out_features, in_features): nn.Linear's weight shape, W_seed's."""
+        return self.out_features, self.in_features
+
     def backbone_weight(self, dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
         """The dense W_seed (out_features, in_features), regenerated now and never cached.
 

@@ -1,0 +1,74 @@
+"""A seeded layer's ``weight``: a stand-in with the backbone's shape, dtype and device, and no values.
+
+A seeded layer holds a seed, not a weight matrix, but code written for ``nn.Linear`` and
+``nn.Conv`` reads ``layer.weight`` for what it describes: transformers' T5 feed-forward (and
+mT5, UMT5, LongT5, Switch, ...) casts its hidden states to ``self.wo.weight.dtype`` in every
+forward, vision towers read ``patch_embedding.weight.dtype``. The stand-in answers such reads
+(shape, dtype, device, ``isinstance(..., torch.Tensor)``); anything that would use its values
+(a product, an in-place init, ``.data``, ``.T``) raises, naming ``backbone_weight()``, rather than
+computing with numbers that are not the backbone's or changing nothing while seeming to. It is
+made anew at each read, so it follows the layer's moves and casts, and it is never a parameter:
+state dicts, optimizers and FSDP do not see it.
+
+Under torch.compile it is a plain tensor on the meta device of the same shape and dtype: the
+compiler traces a factory call, not a tensor subclass made inside a property. Operations on it
+fail there too (meta tensors hold no values); its device reads "meta".
+"""
+
+from __future__ import annotations
+
+import torch
+
+_T = torch.Tensor
+# What describes a tensor without reading its values: the stand-in serves these and nothing else.
+_METADATA = frozenset({
+    _T.dtype.__get__, _T.shape.__get__, _T.ndim.__get__, _T.layout.__get__, _T.requires_grad.__get__,
+    _T.is_sparse.__get__, _T.is_quantized.__get__, _T.itemsize.__get__, _T.size, _T.dim, _T.numel, _T.nelement,
+    _T.element_size, _T.is_floating_point, _T.is_complex, _T.__len__,
+})
+
+
+class WeightStandIn(torch.Tensor):
+    """The tensor a seeded layer's ``weight`` reads as (the module docstring): the backbone's
+    shape and dtype, the layer's device, no values."""
+
+    @staticmethod
+    def __new__(cls, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> WeightStandIn:
+        stand_in = torch.Tensor._make_subclass(cls, torch.empty(shape, dtype=dtype, device="meta"))
+        stand_in._layer_device = torch.device(device)
+        return stand_in
+
+    @property
+    def device(self) -> torch.device:
+        return self._layer_device
+
+    @property
+    def is_cuda(self) -> bool:
+        return self._layer_device.type == "cuda"
+
+    @property
+    def is_meta(self) -> bool:
+        return self._layer_device.type == "meta"
+
+    def __repr__(self, *, tensor_contents=None) -> str:
+        return (f"WeightStandIn(shape={tuple(self.shape)}, dtype={self.dtype}, device={self.device}: a seeded "
+                "layer's backbone, regenerated from its seed; backbone_weight() materializes it)")
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func in _METADATA:
+            with torch._C.DisableTorchFunctionSubclass():
+                return func(*args, **(kwargs or {}))
+        name = getattr(func, "__name__", repr(func))
+        raise RuntimeError(f"{name} on a seeded layer's weight: the layer stores a seed, not a weight matrix, and its "
+                           "weight is a stand-in with the backbone's shape, dtype and device but no values. Use "
+                           "layer.backbone_weight() for the dense backbone (it is regenerated, never stored), or "
+                           "layer(x) to compute with it")
+
+
+def weight_stand_in(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A ``WeightStandIn`` of ``shape``, ``dtype`` and ``device``; under torch.compile a plain
+    meta tensor of that shape and dtype."""
+    if torch.compiler.is_compiling():
+        return torch.empty(shape, dtype=dtype, device="meta")
+    return WeightStandIn(tuple(shape), dtype, device)
