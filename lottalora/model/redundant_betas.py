@@ -14,7 +14,9 @@ freezes the upstream one at 1.0; the function the model can express is unchanged
 The rule, checked on the module's traced graph (torch.fx) rather than on layer names: a seeded
 layer U without adapter, bias or frozen beta whose output has one user at each step, through
 elementwise products with values that do not depend on U, divisions of it by such values and
-dropout, into the input of a seeded layer D without adapter whose beta trains. U's bias would
+dropout, into the input of a seeded layer D without adapter whose beta trains, each of U and D
+called once in the graph and placed once in the model (D also applied to another input, or U's
+output also used elsewhere, would leave terms that only one of the betas scales). U's bias would
 add a term beta_up does not scale, and an adapter on either layer adds trained terms that the
 betas do not scale together, so those pairs are left alone. A module that torch.fx cannot
 trace (control flow on inputs, unpacking arguments) is left alone too: nothing is frozen
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import operator
 import warnings
+from collections import Counter
 
 import torch
 from torch import fx, nn
@@ -98,6 +101,7 @@ def find_redundant_betas(model: nn.Module) -> dict[str, str]:
     absorbs it}, by the rule in this module's docstring. Only modules with a candidate layer as a
     direct child are traced; nothing is changed."""
     found: dict[str, str] = {}
+    places = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
     for parent_name, parent in model.named_modules():
         if not any(_is_upstream_candidate(child) for child in parent.children()):
             continue
@@ -108,11 +112,16 @@ def find_redundant_betas(model: nn.Module) -> dict[str, str]:
         except Exception:  # noqa: BLE001 - any failure to trace means "not proven", never an error
             continue
         prefix = f"{parent_name}." if parent_name else ""
+        calls = Counter(node.target for node in graph.nodes if node.op == "call_module")
+
+        def once(target: str) -> bool:
+            return calls[target] == 1 and places[id(parent.get_submodule(target))] == 1
+
         for node in graph.nodes:
             if node.op != "call_module" or not _is_upstream_candidate(parent.get_submodule(node.target)):
                 continue
             target = _absorbing_layer(node, parent)
-            if target is None:
+            if target is None or not (once(node.target) and once(target)):
                 continue
             absorber = parent.get_submodule(target)
             name, absorber_name = prefix + node.target, prefix + target

@@ -64,10 +64,40 @@ def test_a_plain_chain_of_seeded_layers_keeps_only_the_last_beta():
     assert find_redundant_betas(chain) == {"0": "1", "1": "2"}
 
 
+class Twice(nn.Module):
+    """down also applied to x, or up's output used twice: terms only one of the betas scales."""
+
+    def __init__(self, where: str):
+        super().__init__()
+        self.up = lottalora.Linear(8, 8, bias=False, rank=0, stream=0)
+        self.down = lottalora.Linear(8, 8, bias=False, rank=0, stream=1)
+        self.where = where
+
+    def forward(self, x):
+        if self.where == "down":
+            return self.down(self.up(x)) + self.down(x)
+        return self.down(self.up(x)) + torch.tanh(self.up(x))
+
+
+class SharedDown(nn.Module):
+    """down placed twice in the model: the second place applies it to x alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.pair = nn.Sequential(lottalora.Linear(8, 8, bias=False, rank=0, stream=0),
+                                  lottalora.Linear(8, 8, bias=False, rank=0, stream=1))
+        self.alone = self.pair[1]
+
+    def forward(self, x):
+        return self.pair(x) + self.alone(x)
+
+
 @pytest.mark.parametrize("model", [
     GatedMLP(bias=True), GatedMLP(up_rank=2), GatedMLP(down_rank=2), Squared(), Residual(),
     nn.Sequential(lottalora.Linear(6, 6, bias=False, rank=0), nn.ReLU(), lottalora.Linear(6, 6, rank=0, stream=1)),
-], ids=["up bias", "up adapter", "down adapter", "squared", "residual", "relu between"])
+    Twice("down"), Twice("up"), SharedDown(),
+], ids=["up bias", "up adapter", "down adapter", "squared", "residual", "relu between", "down twice", "up twice",
+        "down placed twice"])
 def test_no_redundancy_is_claimed_where_beta_acts_on_its_own(model):
     assert find_redundant_betas(model) == {}
 
