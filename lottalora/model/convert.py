@@ -24,7 +24,7 @@ from lottalora_kernels.stream.spec import resolve_version_and_init
 from ..backbone import BackboneSpec, stream_for_name
 from ..nn import Linear, plain_name, seeded_layers, unwrap_model
 from ..nn.adapters import check_init_lora_weights
-from ..nn.options import check_alpha, check_dropout, check_rank
+from ..nn.options import check_alpha, check_dropout, check_flag, check_rank
 from .conv_layers import conv_matrix_shape, is_dense_conv, seeded_conv_like
 from .load_check import check_loads_whole
 from .modules import linear_shape, parameter_names, set_submodule, tied_elsewhere
@@ -156,9 +156,7 @@ def convert(
     options = _check_options(model, rank, alpha, use_rslora, seed, init, stream_version, target_modules,
                              exclude_modules, adapter_modules, trainable_modules, train_beta, lora_dropout, bias,
                              rank_pattern, alpha_pattern, layers_to_transform, layers_pattern, init_lora_weights)
-    if not isinstance(use_dora, bool):
-        raise TypeError(f"use_dora must be a bool, got {use_dora!r}")
-    options = dataclasses.replace(options, use_dora=use_dora)
+    options = dataclasses.replace(options, use_dora=check_flag(use_dora, "use_dora"))
     # Everything below works on the model inside torch.compile / DDP wrappers: the options name
     # the bare model's modules, the streams come from its names, and the record and the class
     # must be where the wrapper's save_pretrained (the inner model's) finds them.
@@ -204,8 +202,8 @@ def _check_options(model, rank, alpha, use_rslora, seed, init, stream_version, t
     if alpha is not None:
         check_alpha(alpha)
     version, init = resolve_version_and_init(stream_version, init)
-    if not isinstance(train_beta, bool):
-        raise TypeError(f"train_beta must be a bool, got {train_beta!r}")
+    check_flag(train_beta, "train_beta")
+    check_flag(use_rslora, "use_rslora")
     if bias not in BIAS_MODES:
         raise ValueError(f"bias must be one of {BIAS_MODES}, got {bias!r}")
     check_dropout(lora_dropout)

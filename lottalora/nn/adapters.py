@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .dense_guard import drop_dense_guard, guard_transformers_checkpoint
-from .options import check_alpha, check_dropout, check_rank, lora_scaling
+from .options import check_alpha, check_dropout, check_flag, check_rank, lora_scaling
 from .state import LayerState, decode_extra_state, extra_state, upgrade_legacy_beta
 from .weight_stand_in import weight_stand_in
 
@@ -99,9 +99,7 @@ def init_lora_(lora_A: torch.Tensor, lora_B: torch.Tensor, init_lora_weights: bo
 
 def check_use_dora(use_dora: object, rank: int) -> bool:
     """``use_dora`` or TypeError / ValueError: a bool, True only with an adapter (rank >= 1)."""
-    if not isinstance(use_dora, bool):
-        raise TypeError(f"use_dora must be a bool, got {use_dora!r}")
-    if use_dora and rank == 0:
+    if check_flag(use_dora, "use_dora") and rank == 0:
         raise ValueError("use_dora=True needs an adapter (rank >= 1): DoRA rescales the adapted weight, and a "
                          "rank-0 layer has none")
     return use_dora
@@ -148,7 +146,7 @@ class LoraAdapter(nn.Module):
             raise ValueError("a named adapter needs rank >= 1, got rank 0")
         self.rank = rank
         self.alpha = check_alpha(alpha) if alpha is not None else float(rank)
-        self.use_rslora = bool(use_rslora)
+        self.use_rslora = check_flag(use_rslora, "use_rslora")
         self.lora_dropout = check_dropout(lora_dropout)
         self.init_lora_weights = check_init_lora_weights(init_lora_weights)
         self.lora_A = nn.Parameter(torch.empty((rank, fan_in), device=device, dtype=dtype))

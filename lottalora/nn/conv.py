@@ -46,7 +46,7 @@ from .adapters import (
     check_use_dora,
     init_lora_,
 )
-from .options import check_alpha, check_dropout, check_rank, lora_scaling
+from .options import check_alpha, check_dropout, check_flag, check_rank, lora_scaling
 from .state import decode_extra_state
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -130,8 +130,9 @@ class SeededConv(AdaptedLayer):
         check_use_dora(use_dora, rank)
         if rank % groups:
             raise ValueError(f"rank ({rank}) must be a multiple of groups ({groups}): lora_B is a grouped 1x1 conv")
-        if not isinstance(train_beta, bool):
-            raise TypeError(f"train_beta must be a bool, got {train_beta!r}")
+        check_flag(train_beta, "train_beta")
+        check_flag(bias, "bias")
+        check_flag(use_rslora, "use_rslora")
         if dtype is not None and dtype not in supported_dtypes("torch"):
             raise TypeError(f"dtype must be one of {supported_dtypes('torch')}, got {dtype}")
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
@@ -139,7 +140,7 @@ class SeededConv(AdaptedLayer):
         self._spec = BackboneSpec(seed, stream, self.geometry.row_width, out_channels, init, stream_version)
         self.rank = rank
         self.alpha = check_alpha(alpha) if alpha is not None else float(rank)
-        self.use_rslora = bool(use_rslora)
+        self.use_rslora = use_rslora
         self.lora_dropout = check_dropout(lora_dropout)
         self.init_lora_weights = check_init_lora_weights(init_lora_weights)
         if self.init_lora_weights == "orthogonal" and groups > 1:

@@ -23,7 +23,7 @@ from .adapters import (
     check_use_dora,
     init_lora_,
 )
-from .options import check_alpha, check_dropout, check_rank, lora_scaling
+from .options import check_alpha, check_dropout, check_flag, check_rank, lora_scaling
 from .state import decode_extra_state, upgrade_legacy_beta
 
 
@@ -77,8 +77,9 @@ class Linear(AdaptedLayer):
         super().__init__()
         check_rank(rank)
         alpha = check_alpha(alpha) if alpha is not None else float(rank)
-        if not isinstance(train_beta, bool):
-            raise TypeError(f"train_beta must be a bool, got {train_beta!r}")
+        check_flag(train_beta, "train_beta")
+        check_flag(bias, "bias")
+        check_flag(use_rslora, "use_rslora")
         check_use_dora(use_dora, rank)
         factory = {"device": device, "dtype": dtype}
         if dtype is not None and dtype not in supported_dtypes("torch"):  # the widest backend's
@@ -86,7 +87,7 @@ class Linear(AdaptedLayer):
         self._spec = BackboneSpec(seed, stream, in_features, out_features, init, stream_version)
         self.rank = rank
         self.alpha = alpha
-        self.use_rslora = bool(use_rslora)
+        self.use_rslora = use_rslora
         self.lora_dropout = check_dropout(lora_dropout)
         self.init_lora_weights = check_init_lora_weights(init_lora_weights)
         if rank > 0:

@@ -1,5 +1,5 @@
 """A seeded layer's options, checked where every layer and ``convert`` take them: rank, alpha,
-lora_dropout, and the LoRA scaling they give."""
+lora_dropout, the flags, and the LoRA scaling they give."""
 
 from __future__ import annotations
 
@@ -9,6 +9,14 @@ import torch
 
 # The kernels take the LoRA scaling as a float32: an alpha above this would turn into inf.
 ALPHA_MAX = torch.finfo(torch.float32).max
+
+
+def check_flag(value: object, what: str) -> bool:
+    """``value`` or TypeError naming ``what``: a bool (a string such as "no" is truthy, and would
+    turn the option on)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{what} must be a bool, got {value!r}")
+    return value
 
 
 def check_dropout(lora_dropout: object) -> float:

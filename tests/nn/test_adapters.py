@@ -162,3 +162,19 @@ def test_inits_that_decompose_a_pretrained_weight_are_refused_with_the_reason(va
         lottalora.Linear(8, 8, rank=2, init_lora_weights=value)
     with pytest.raises(ValueError, match="must be one of"):
         lottalora.Linear(8, 8, rank=2, init_lora_weights="kaiming")
+
+
+_FLAGS = {  # where each flag is taken: a builder of one keyword argument
+    "Linear": (lambda **kw: lottalora.Linear(4, 3, **kw), ("use_rslora", "bias", "train_beta")),
+    "Conv2d": (lambda **kw: lottalora.Conv2d(4, 3, 3, **kw), ("use_rslora", "bias", "train_beta")),
+    "convert": (lambda **kw: lottalora.convert(torch.nn.Sequential(torch.nn.Linear(4, 3)), **kw),
+                ("use_rslora", "train_beta")),  # convert's bias is a mode, checked by name elsewhere
+    "add_adapter": (lambda **kw: lottalora.Linear(4, 3).add_adapter("fr", rank=2, **kw), ("use_rslora",)),
+}
+
+
+@pytest.mark.parametrize("where,flag", [(w, f) for w, (_, flags) in _FLAGS.items() for f in flags])
+def test_a_flag_that_is_not_a_bool_is_refused_by_name(where, flag):
+    """A string such as "no" is truthy: taken as it was, it turned the option on."""
+    with pytest.raises(TypeError, match=f"{flag} must be a bool, got 'no'"):
+        _FLAGS[where][0](**{flag: "no"})
