@@ -157,15 +157,20 @@ def set_adapter(model: nn.Module, name: str) -> nn.Module:
 
 
 def delete_adapter(model: nn.Module, name: str) -> nn.Module:
-    """Remove named adapter ``name`` from every seeded layer; where it was active, the default
-    adapter becomes active again. The default adapter cannot be deleted. Returns ``model``."""
+    """Remove named adapter ``name`` from every seeded layer. Where it was active, the default
+    adapter becomes the active one, and the one that trains, as ``set_adapter`` makes it (PEFT's
+    delete_adapter sets the adapter it falls back to; left as it was, the default ran frozen).
+    The default adapter cannot be deleted. Returns ``model``."""
     layers = _layers(model)
     if name == DEFAULT_ADAPTER:
         raise ValueError("the default adapter is each layer's own lora_A / lora_B and cannot be deleted")
     _check_known(model, name)
+    was_active = any(layer.active_adapter == name for layer in layers.values())
     for layer in layers.values():
         if name in layer.named_adapters:
             layer.delete_adapter(name)
+    if was_active:
+        set_adapter(model, DEFAULT_ADAPTER)
     return model
 
 

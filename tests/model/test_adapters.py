@@ -118,10 +118,14 @@ def test_delete_adapter_and_summary_list_the_adapters():
     assert summary["adapters"]["late"]["layers"] == 4
     assert summary["adapter_params"] == sum(a["params"] for a in summary["adapters"].values())
     assert "adapters: default (8 layers" in str(summary) and "late (4 layers" in str(summary)
-    lottalora.set_adapter(model, "late")
+    lottalora.set_adapter(model, "late")  # the only adapter that trains
     lottalora.delete_adapter(model, "late")
     assert lottalora.list_adapters(model) == ["default", "french"]
     assert {m.active_adapter for m in _seeded(model).values()} == {"default", None}
+    # The default took over as set_adapter makes it, training (it ran frozen, as PEFT's does not).
+    layers = [m for m in _seeded(model).values() if m.rank]
+    assert all(m.lora_A.requires_grad and m.lora_B.requires_grad for m in layers)
+    assert not any(p.requires_grad for m in layers for p in m.adapter_parameters("french"))
     with pytest.raises(ValueError, match="cannot be deleted"):
         lottalora.delete_adapter(model, "default")
     with pytest.raises(ValueError, match="no adapter 'late'"):
