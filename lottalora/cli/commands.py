@@ -11,6 +11,8 @@ import torch
 
 from lottalora_kernels.stream.spec import INITS
 
+from ..model.placement import check_device
+
 
 def _ranks(text: str) -> list[int]:
     try:
@@ -27,10 +29,12 @@ def _device(text: str) -> str:
         device = torch.device(text)
     except RuntimeError:
         raise argparse.ArgumentTypeError(f"--device must be cpu or cuda[:N], got {text!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError("--device cuda was asked for but no CUDA device is available")
     if device.type not in ("cpu", "cuda"):
         raise argparse.ArgumentTypeError(f"--device must be cpu or cuda[:N], got {text!r}")
+    try:  # a CUDA device this machine has
+        check_device(device, "--device")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return text
 
 
