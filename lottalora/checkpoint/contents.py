@@ -14,8 +14,10 @@ from torch import nn
 
 from ..model.summary import ModelSummary, build_summary, layer_entry, summarize_model
 from ..nn.adapters import DEFAULT_ADAPTER
+from ..nn.state import upgrade_legacy_beta
 from .files import parse_tensors, read_checkpoint
 from .format import CONFIG_NAME, FORMAT_NAME, fail, terminal_safe
+from .loading import check_tensors_match
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,27 @@ class CheckpointContents:
         return self.config["layers"]
 
 
+def _layer_tensors(config: dict) -> dict[str, torch.Tensor]:
+    """{name: a meta tensor of the shape the config implies} for the seeded layers' own tensors,
+    which a checkpoint read without a model (no model's tensors to check them against, as
+    ``load`` does) is checked against: a beta read here must be one floating value."""
+    expected = {}
+    for layer in config["layers"]:
+        prefix, out, rank = f"{layer['name']}." if layer["name"] else "", layer["out_features"], layer["rank"]
+        shapes = {"beta": (1,), "bias": (out,), "lora_magnitude": (out,)}
+        if "weight_shape" in layer:
+            # A seeded conv's lora_B is (out, rank // groups, 1, ...), and its groups are not
+            # recorded: only its lora_A's shape follows from the config.
+            shapes["lora_A"] = (rank, *layer["weight_shape"][1:])
+        else:
+            shapes.update(lora_A=(rank, layer["in_features"]), lora_B=(out, rank))
+        for name, adapter in layer.get("adapters", {}).items():
+            shapes[f"lora_adapters.{name}.lora_A"] = (adapter["rank"], layer["in_features"])
+            shapes[f"lora_adapters.{name}.lora_B"] = (out, adapter["rank"])
+        expected.update({prefix + key: torch.empty(shape, device="meta") for key, shape in shapes.items()})
+    return expected
+
+
 def read_contents(directory: str | os.PathLike) -> CheckpointContents:
     """The checkpoint at ``directory``, validated and read once."""
     directory = Path(directory)
@@ -41,6 +64,12 @@ def read_contents(directory: str | os.PathLike) -> CheckpointContents:
         fail(directory, "no such directory")
     config, data = read_checkpoint(directory)
     tensors = parse_tensors(directory, data)
+    expected = _layer_tensors(config)
+    for key in expected:
+        if key.rpartition(".")[2] == "beta":
+            upgrade_legacy_beta(tensors, key)
+    check_tensors_match(directory, {k: t for k, t in tensors.items() if k in expected}, expected, every=False,
+                        against="the config")
     betas = {}
     for layer in config["layers"]:
         key = f"{layer['name']}.beta" if layer["name"] else "beta"

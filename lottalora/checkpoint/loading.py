@@ -125,18 +125,21 @@ def _resolve_aliases(directory: Path, tensors: dict[str, torch.Tensor], aliases:
         tensors[alias] = tensors[stored]
 
 
-def _check_tensors_match(directory: Path, tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
-                         every: bool = True):
-    """``every``: the checkpoint must hold every tensor of the model (else a subset of them)."""
+def check_tensors_match(directory: Path, tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
+                        every: bool = True, against: str = "the model"):
+    """The checkpoint's ``tensors`` have ``expected``'s names, shapes and kinds of dtype (meta
+    tensors will do); ``every``: it must hold every one of them (else a subset of them).
+    ``against`` says in messages where ``expected`` comes from: "the model", or "the config"
+    (shapes a layer's entry implies, whose dtypes stand only for "floating")."""
     missing = sorted(set(expected) - set(tensors)) if every else []
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
-        fail(directory, f"tensors differ from the model's: missing {missing[:5]}, "
+        fail(directory, f"tensors differ from {against}'s: missing {missing[:5]}, "
                          f"unexpected {shorten(unexpected[:5])}")
     for key, value in tensors.items():
         want = expected[key]
         if value.shape != want.shape:
-            fail(directory, f"tensor {shorten(key)} has shape {tuple(value.shape)}, the model has {tuple(want.shape)}")
+            fail(directory, f"tensor {shorten(key)} has shape {tuple(value.shape)}, {against} has {tuple(want.shape)}")
         # Floating values are converted to the model's floating dtype (as load_state_dict
         # does); anything else (an integer weight, a float into an integer buffer) is refused.
         if want.is_floating_point():
@@ -144,7 +147,8 @@ def _check_tensors_match(directory: Path, tensors: dict[str, torch.Tensor], expe
         else:
             same_kind = value.dtype == want.dtype
         if not same_kind:
-            fail(directory, f"tensor {shorten(key)} has dtype {value.dtype}, the model's is {want.dtype}: "
+            held = f", the model's is {want.dtype}" if against == "the model" else ""
+            fail(directory, f"tensor {shorten(key)} has dtype {value.dtype}{held}: "
                              + ("a floating-point tensor is expected" if want.is_floating_point()
                                 else "the same dtype is expected"))
 
@@ -235,7 +239,7 @@ def load_checked(model: nn.Module, directory: Path, config: dict, data: bytes, a
                                                   dtype=module.beta.dtype)
         expected[prefix + "lora_B"] = torch.empty(module.out_features, entry["rank"], device="meta",
                                                   dtype=module.beta.dtype)
-    _check_tensors_match(directory, tensors, expected, every)
+    check_tensors_match(directory, tensors, expected, every)
     ties = tied_groups(model)
     _check_ties_agree(directory, tensors, ties)
     _check_nothing_left_on_meta(directory, model, tensors)

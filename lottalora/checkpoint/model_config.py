@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..model.placement import check_floating_dtype
 from ..model.pretrained_class import base_class
 from ..model.records import convert_calls
 from .format import MODEL_CONFIG_NAME, fail
@@ -88,6 +89,10 @@ def read_model_config(directory: str | os.PathLike) -> dict:
             fail(directory, f"{MODEL_CONFIG_NAME} lacks a valid {key!r} ({kind.__name__} expected)")
     if not isinstance(getattr(torch, config["dtype"], None), torch.dtype):
         fail(directory, f"{MODEL_CONFIG_NAME} records dtype {config['dtype']!r}, which is not a torch dtype")
+    try:  # the model is built under it, as torch's default dtype, which takes floating dtypes only
+        check_floating_dtype(getattr(torch, config["dtype"]), f"{MODEL_CONFIG_NAME}'s dtype")
+    except TypeError as exc:
+        fail(directory, str(exc))
     for call in config["convert_calls"]:
         if not (isinstance(call, dict) and isinstance(call.get("module"), str)
                 and isinstance(call.get("arguments"), dict) and isinstance(call.get("converted"), list)):

@@ -23,6 +23,7 @@ from ..model.conv_layers import is_dense_conv, seeded_conv_like
 from ..model.load_check import check_loads_whole
 from ..model.materialize import materialize
 from ..model.modules import linear_shape, set_submodule
+from ..model.placement import check_device, check_floating_dtype
 from ..model.pretrained_class import adopt_seeded_class
 from ..model.records import restore_call
 from ..nn import SEEDED_LAYER_TYPES, Linear
@@ -63,9 +64,10 @@ def from_pretrained(directory: str | os.PathLike, *, device: torch.device | str 
     checkpoint (backbone, rank, alpha, rsLoRA, named adapters), the stored tensors, and each
     layer's lora_dropout; the convert calls are recorded on the model again, so saving it
     writes them back, and the model gets the class ``convert`` gives (its ``save_pretrained``
-    writes a lottalora directory). ``dtype`` defaults to the one the model was saved in;
-    ``device`` is where its tensors go. Returned in eval mode, as transformers' from_pretrained
-    returns models, with the default adapter active.
+    writes a lottalora directory). ``dtype`` (a floating-point torch.dtype) defaults to the one
+    the model was saved in; ``device`` (a torch.device or its name) is where its tensors go.
+    Returned in eval mode, as transformers' from_pretrained returns models, with the default
+    adapter active.
 
     ``is_trainable`` (PEFT's): False (the default) returns every parameter frozen, for
     inference; True restores which parameters required grad when it was saved, to train on.
@@ -79,6 +81,9 @@ def from_pretrained(directory: str | os.PathLike, *, device: torch.device | str 
     """
     if not isinstance(is_trainable, bool):
         raise TypeError(f"is_trainable must be a bool, got {is_trainable!r}")
+    device = check_device(device)
+    if dtype is not None:
+        check_floating_dtype(dtype)
     directory = Path(directory)
     if not (directory / CONFIG_NAME).is_file() and (directory / "model.safetensors").is_file():
         fail(directory, f"has no {CONFIG_NAME}: it looks written by transformers' save_pretrained, which "

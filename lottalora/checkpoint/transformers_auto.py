@@ -21,6 +21,7 @@ import torch
 import transformers
 from transformers import PreTrainedConfig
 
+from ..model.placement import check_device
 from .format import CONFIG_NAME, fail
 from .model_config import MODEL_TYPE, read_model_config
 from .pretrained import from_pretrained
@@ -50,6 +51,8 @@ class LottaLoraConfig(PreTrainedConfig):
 
 
 def _dtype(value):
+    """transformers' dtype argument (a torch.dtype, its name or "auto") as a torch.dtype, or None
+    for the saved one; from_pretrained checks that it is a floating one."""
     if value is None or value == "auto":
         return None
     if isinstance(value, str):
@@ -69,15 +72,16 @@ def _device(device_map) -> torch.device:
     if isinstance(device_map, str) and device_map in _AUTO_DEVICE_MAPS:
         return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     if isinstance(device_map, dict):
-        devices = {torch.device(f"cuda:{d}" if isinstance(d, int) else d) for d in device_map.values()}
+        devices = {check_device(f"cuda:{d}" if isinstance(d, int) else d, "device_map")
+                   for d in device_map.values()}
         if len(devices) != 1:
             raise ValueError(f"device_map={device_map!r} spreads the model over several devices: a lottalora model "
                              "is loaded onto one device (seed-only models are small); give one device")
         return devices.pop()
     if isinstance(device_map, int) and not isinstance(device_map, bool):
-        return torch.device("cuda", device_map)
+        return check_device(f"cuda:{device_map}", "device_map")
     if isinstance(device_map, (str, torch.device)):
-        return torch.device(device_map)
+        return check_device(device_map, "device_map")
     raise TypeError(f"device_map must be a device, a device name, 'auto' or a dict, got {device_map!r}")
 
 

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
 
 from lottalora_kernels.stream.spec import INITS
+
+from ..model.placement import check_device
 
 
 def _ranks(text: str) -> list[int]:
@@ -27,10 +31,12 @@ def _device(text: str) -> str:
         device = torch.device(text)
     except RuntimeError:
         raise argparse.ArgumentTypeError(f"--device must be cpu or cuda[:N], got {text!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError("--device cuda was asked for but no CUDA device is available")
     if device.type not in ("cpu", "cuda"):
         raise argparse.ArgumentTypeError(f"--device must be cpu or cuda[:N], got {text!r}")
+    try:  # a CUDA device this machine has
+        check_device(device, "--device")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return text
 
 
@@ -49,6 +55,52 @@ def _hidden(text: str) -> tuple[int, ...]:
     if not sizes or min(sizes) < 1:
         raise argparse.ArgumentTypeError(f"--hidden sizes must be >= 1, got {text!r}")
     return sizes
+
+
+def _tolerance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):  # NaN compared false everywhere: no rank would saturate
+        raise argparse.ArgumentTypeError(f"--tolerance must be a finite fraction >= 0, got {text!r}")
+    return value
+
+
+def _unwritable(directory: Path) -> str | None:
+    """Why no file can be created in ``directory``, or None. Tried, not read off the permissions:
+    root passes every permission check, and /proc refuses new files whatever they say."""
+    if not directory.is_dir():
+        return "does not exist" if not directory.exists() else "is not a directory"
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            return None
+    except OSError as exc:
+        return f"is not writable ({exc.strerror})"
+
+
+# --save and --plot are checked as the arguments are read, so that a run does not train for
+# minutes and then fail writing its result.
+def _save_directory(text: str) -> str:
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"--save {text!r} is a file: give a directory (created if needed)")
+    existing = next(p for p in (path, *path.parents) if p.exists())  # lottalora.save creates the rest
+    problem = _unwritable(existing)
+    if problem:
+        raise argparse.ArgumentTypeError(f"--save {text!r} cannot be created: {str(existing)!r} {problem}")
+    return text
+
+
+def _plot_file(text: str) -> str:
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"--plot {text!r} is a directory: give the path of a PNG file")
+    problem = _unwritable(path.parent)
+    if problem:
+        raise argparse.ArgumentTypeError(f"--plot {text!r} cannot be written: its directory {str(path.parent)!r} "
+                                         f"{problem}")
+    return text
 
 
 def _missing_demo_packages(args: argparse.Namespace) -> list[str]:
@@ -169,15 +221,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--hidden", type=_hidden,
                       help="hidden widths; narrow layers make the rank matter (wide random features alone do "
                            f"well) ({task_defaults('hidden')})")
-    demo.add_argument("--tolerance", type=float, default=0.02,
+    demo.add_argument("--tolerance", type=_tolerance, default=0.02,
                       help="saturation: accuracy within this fraction of full training")
-    demo.add_argument("--plot", metavar="PNG", help="write accuracy against rank to this PNG")
+    demo.add_argument("--plot", metavar="PNG", type=_plot_file, help="write accuracy against rank to this PNG")
     demo.add_argument("--device", type=_device, help="cpu or cuda (default: cuda when available)")
     demo.add_argument("--dora", action="store_true",
                       help="DoRA (PEFT's use_dora: a trained magnitude per output channel or row) on every seeded "
                            "layer of rank >= 1; rank 0 stays the plain frozen layer")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
-    demo.add_argument("--save", metavar="DIR", help="save the best LottaLoRA model as seed + adapters")
+    demo.add_argument("--save", metavar="DIR", type=_save_directory,
+                      help="save the best LottaLoRA model as seed + adapters")
     demo.set_defaults(run=_demo)
     info = sub.add_parser("info", help="what a seed-only checkpoint holds and what it saves", **options)
     info.add_argument("directory", help="a directory written by lottalora.save")

@@ -125,3 +125,35 @@ def test_directories_that_cannot_be_rebuilt_say_why(saved, tmp_path):
     (ck / MODEL_CONFIG_NAME).write_text(json.dumps(config))
     with pytest.raises(ValueError, match="not a model class of transformers"):
         lottalora.from_pretrained(ck)
+
+
+@pytest.mark.parametrize("arguments, error, match", [
+    ({"device": 0}, TypeError, r"device must be a torch\.device or its name .*got 0 \(int\)"),
+    ({"device": "bogus"}, ValueError, r"device must be a torch\.device or its name .*got 'bogus'"),
+    ({"device": "cuda"}, ValueError, r"device='cuda' asks for a CUDA device, and none is available"),
+    ({"dtype": "float16"}, TypeError, r"dtype must be a floating-point torch\.dtype .*got 'float16': give "
+                                      r"torch\.float16"),
+    ({"dtype": torch.int32}, TypeError, r"dtype must be a floating-point torch\.dtype .*got torch\.int32"),
+])
+def test_bad_device_and_dtype_arguments_are_named_before_anything_is_read(arguments, error, match, tmp_path,
+                                                                         monkeypatch):
+    # torch's own errors (an AssertionError for CUDA, "invalid dtype object") came from deep in
+    # the build and named neither the argument nor what it takes.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(error, match=match):
+        lottalora.from_pretrained(tmp_path / "not read", **arguments)
+
+
+def test_a_config_json_dtype_that_is_not_floating_is_refused_by_name(tmp_path):
+    from lottalora.checkpoint import model_config
+
+    config = {"model_type": model_config.MODEL_TYPE, "lottalora_format": model_config.MODEL_FORMAT,
+              "lottalora_format_version": model_config.MODEL_FORMAT_VERSION, "architecture": "LlamaForCausalLM",
+              "base_config": {}, "dtype": "int64", "convert_calls": []}
+    (tmp_path / MODEL_CONFIG_NAME).write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"checkpoint .*: config\.json's dtype must be a floating-point torch\.dtype "
+                                         r".*got torch\.int64"):
+        model_config.read_model_config(tmp_path)
+    config["dtype"] = "bfloat16"
+    (tmp_path / MODEL_CONFIG_NAME).write_text(json.dumps(config))
+    assert model_config.read_model_config(tmp_path)["dtype"] == "bfloat16"

@@ -2,6 +2,7 @@
 model (no transformers): config values and schema, checksums, dtypes, the meta device."""
 
 import hashlib
+import re
 import shutil
 import struct
 
@@ -250,6 +251,23 @@ def test_info_refuses_a_malformed_tensor_file_without_a_traceback(saved, capsys)
     record_tensor_file(ck)
     assert main(["info", str(ck)]) == 2
     assert "not a valid safetensors file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("beta, match", [
+    (torch.zeros(0), r"tensor '0\.beta' has shape \(0,\), the config has \(1,\)"),
+    (torch.ones(1, dtype=torch.int64), r"tensor '0\.beta' has dtype torch\.int64: a floating-point tensor"),
+])
+def test_info_refuses_a_beta_that_is_not_one_floating_value(saved, capsys, beta, match):
+    # describe reads each beta's value with no model to check it against: the shapes the config
+    # implies stand in for the model's (the checksums are recomputed, so only the content refuses).
+    from lottalora.cli import main
+
+    _, ck = saved
+    edit_tensors(ck, lambda t: t.__setitem__("0.beta", beta))
+    assert main(["info", str(ck)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: checkpoint ") and len(err.splitlines()) == 1
+    assert re.search(match, err)
 
 
 def test_info_escapes_control_characters_in_names(tmp_path, capsys):

@@ -1,5 +1,6 @@
 """The rank sweeps (digits, MNIST-1D) and the ``lottalora`` command, in short versions."""
 
+import os
 import subprocess
 import sys
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 import lottalora
-from lottalora.cli import main
+from lottalora.cli import build_parser, main
 from lottalora.cli.demo import TASKS, SweepResult, load_mnist1d_split, run_sweep, saturation_rank
 
 
@@ -99,6 +100,33 @@ def test_bad_demo_options_are_named(argv, message, capsys):
     with pytest.raises(SystemExit):
         main(argv)
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--tolerance", "nan", "--tolerance must be a finite fraction >= 0, got 'nan'"),
+    ("--tolerance", "-0.1", "--tolerance must be a finite fraction >= 0, got '-0.1'"),
+    ("--tolerance", "inf", "--tolerance must be a finite fraction >= 0"),
+    ("--plot", "{tmp}/missing/x.png", "its directory '{tmp}/missing' does not exist"),
+    ("--plot", "{tmp}", "is a directory: give the path of a PNG file"),
+    ("--save", "{tmp}/file", "is a file: give a directory"),
+    ("--save", "{tmp}/file/sub", "'{tmp}/file' is not a directory"),
+    pytest.param("--save", "/proc/nope", "'/proc' is not writable",
+                 marks=pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs Linux's /proc")),
+])
+def test_demo_output_paths_and_tolerance_are_refused_as_the_arguments_are_read(option, value, message, tmp_path,
+                                                                               capsys):
+    # Parsed alone, so no run trains: a bad --save or --plot used to fail only after training.
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo", option, value.format(tmp=tmp_path)])
+    assert message.format(tmp=tmp_path) in capsys.readouterr().err
+
+
+def test_demo_output_paths_that_can_be_written_are_taken(tmp_path):
+    args = build_parser().parse_args(["demo", "--save", str(tmp_path / "new" / "ck"), "--plot",
+                                      str(tmp_path / "sweep.png"), "--tolerance", "0"])
+    assert (args.save, args.plot, args.tolerance) == (str(tmp_path / "new" / "ck"), str(tmp_path / "sweep.png"), 0.0)
+    assert not (tmp_path / "new").exists()  # nothing is created before the run
 
 
 def test_python_dash_m_runs_the_cli():
