@@ -109,7 +109,7 @@ def add_adapter(
     check_pattern_dict("alpha_pattern", alpha_pattern, lambda key, v: check_alpha(v, what=f"alpha_pattern[{key!r}]"))
     check_layer_selection(target_modules, all_linear or target_modules is None, layers_to_transform, layers_pattern)
 
-    chosen = {}
+    chosen, selected = {}, []
     for layer_name, layer in layers.items():
         if target_modules is None:
             if layer.rank == 0:
@@ -120,6 +120,7 @@ def add_adapter(
             continue
         if not in_selected_layers(layer_name, layers_to_transform, layers_pattern):
             continue
+        selected.append(layer_name)
         layer_rank = pattern_value(layer_name, rank_pattern, rank)
         if layer_rank:
             chosen[layer_name] = (layer, layer_rank, pattern_value(layer_name, alpha_pattern, alpha))
@@ -127,6 +128,10 @@ def add_adapter(
         where = "no seeded layer has a default adapter to place it beside: name target_modules" \
             if target_modules is None else f"target_modules={target_modules!r} matched no seeded layer with rank >= 1"
         raise ValueError(f"add_adapter({name!r}): {where}")
+    for argument, pattern in (("rank_pattern", rank_pattern), ("alpha_pattern", alpha_pattern)):
+        for key in pattern or {}:  # as convert refuses one: a typo would leave its layers at the default
+            if not any(pattern_value(n, {key: 0}, None) is not None for n in selected):
+                raise ValueError(f"add_adapter({name!r}): {argument} key {key!r} matches none of the selected layers")
     convs = sorted(n for n, (layer, _, _) in chosen.items() if isinstance(layer, SeededConv))
     if convs:  # refused before any layer changes
         raise NotImplementedError(f"add_adapter({name!r}): named adapters are not supported on seeded convolutions "

@@ -140,6 +140,8 @@ def test_delete_adapter_and_summary_list_the_adapters():
     (dict(init_lora_weights="pissa"), ValueError, "no pretrained W0"),
     (dict(rank=3, init_lora_weights="orthogonal"), ValueError, "needs even ranks"),
     (dict(target_modules=r".*q_proj", layers_to_transform=[0]), ValueError, "need target_modules as a list"),
+    (dict(rank_pattern={"q_porj": 4}), ValueError, "rank_pattern key 'q_porj' matches none of the selected layers"),
+    (dict(alpha_pattern={"gate_proj": 2.0}), ValueError, "alpha_pattern key 'gate_proj' matches none"),
 ])
 def test_bad_add_adapter_arguments_are_named_and_change_nothing(kwargs, error, match):
     model = converted_tiny_llama()
