@@ -111,7 +111,8 @@ def convert(
     adapter; the others become rank-0 seeded layers (all get one when None). rank_pattern and
     alpha_pattern (PEFT's): {regex matching the end of a name: rank or alpha} overriding
     ``rank`` / ``alpha`` per layer (rank 0: no adapter). trainable_modules: modules whose
-    parameters stay trainable (embeddings, norms, a head). The name options accept a regex
+    parameters stay trainable (embeddings, norms, a head); its regex, or each entry of its list,
+    must match a module. The name options accept a regex
     matched against the whole qualified name, or a list of names / name suffixes (PEFT's rule).
     layers_to_transform (PEFT's): an int or a list of layer indices; only targets in those
     layers convert, a layer's index being the number after ``layers_pattern`` in its name
@@ -258,6 +259,8 @@ def _targets(model: nn.Module, options: _Options) -> list[tuple[str, str, nn.Mod
         if clash:
             raise ValueError(f"{clash} are both conversion targets and trainable_modules: exclude them from "
                              "target_modules to keep them as trained dense layers")
+    if options.trainable_modules is not None:
+        _check_trainable_matches(model, options.trainable_modules)
     if options.adapter_modules is not None and not any(name_matches(n, options.adapter_modules) for n in target_names):
         raise ValueError(f"adapter_modules={options.adapter_modules!r} matched none of the converted layers")
     for argument, pattern in (("rank_pattern", options.rank_pattern), ("alpha_pattern", options.alpha_pattern)):
@@ -265,6 +268,21 @@ def _targets(model: nn.Module, options: _Options) -> list[tuple[str, str, nn.Mod
             if not any(pattern_value(n, {key: 0}, None) is not None for n in target_names):
                 raise ValueError(f"{argument} key {key!r} matches none of the converted layers")
     return targets
+
+
+def _check_trainable_matches(model: nn.Module, patterns: Patterns) -> None:
+    """ValueError naming the trainable_modules regex, or the entries of its list, that match no
+    module of the unwrapped ``model``: a misspelt name would leave its module frozen unseen."""
+    names = [plain_name(name) for name, _ in model.named_modules() if name]
+    if isinstance(patterns, str):
+        if not any(name_matches(n, patterns) for n in names):
+            raise ValueError(f"trainable_modules={patterns!r} matched no module of the model (a regex must "
+                             "match a module's whole qualified name)")
+        return
+    unmatched = [p for p in patterns if not any(name_matches(n, [p]) for n in names)]
+    if unmatched:
+        raise ValueError(f"trainable_modules={list(patterns)!r}: {unmatched!r} matched no module of the model "
+                         "(each entry is a module's name or name suffix)")
 
 
 def _seeded_layer(name: str, module: nn.Module, shape: tuple[int, int], options: _Options) -> nn.Module:
