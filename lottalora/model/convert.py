@@ -14,6 +14,7 @@ except the adapters, beta, biases of converted layers, and the modules named in
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +28,7 @@ from ..nn.adapters import check_init_lora_weights
 from ..nn.options import check_alpha, check_dropout, check_flag, check_rank
 from .conv_layers import conv_matrix_shape, is_dense_conv, seeded_conv_like
 from .load_check import check_loads_whole
-from .modules import linear_shape, parameter_names, set_submodule, tied_elsewhere
+from .modules import linear_shape, moe_experts, parameter_names, set_submodule, tied_elsewhere
 from .patterns import (
     ALL_LINEAR,
     Patterns,
@@ -111,7 +112,8 @@ def convert(
     adapter; the others become rank-0 seeded layers (all get one when None). rank_pattern and
     alpha_pattern (PEFT's): {regex matching the end of a name: rank or alpha} overriding
     ``rank`` / ``alpha`` per layer (rank 0: no adapter). trainable_modules: modules whose
-    parameters stay trainable (embeddings, norms, a head). The name options accept a regex
+    parameters stay trainable (embeddings, norms, a head); its regex, or each entry of its list,
+    must match a module. The name options accept a regex
     matched against the whole qualified name, or a list of names / name suffixes (PEFT's rule).
     layers_to_transform (PEFT's): an int or a list of layer indices; only targets in those
     layers convert, a layer's index being the number after ``layers_pattern`` in its name
@@ -123,7 +125,9 @@ def convert(
     others that need a pretrained weight are refused with the reason. use_dora (PEFT's): every
     converted layer with an adapter is DoRA (``lottalora.Linear(use_dora=True)``, and the convs
     ``Conv1d`` / ``Conv2d(use_dora=True)``: a trained ``lora_magnitude`` per output row or
-    channel); rank-0 layers stay as they are.
+    channel); rank-0 layers stay as they are. MoE experts held as 3-D parameters (transformers'
+    Mixtral and Qwen2-MoE ``...Experts``: ``moe_experts``) are not converted: a warning gives
+    their share of the model, they stay dense, and naming them in target_modules is an error.
 
     init and stream_version choose the backbone as in ``lottalora.Linear`` (default: stream 2's
     binary backbone). lora_dropout: dropout on the adapter's input while training (PEFT's).
@@ -161,7 +165,11 @@ def convert(
     # the bare model's modules, the streams come from its names, and the record and the class
     # must be where the wrapper's save_pretrained (the inner model's) finds them.
     root = unwrap_model(model)
-    targets = _targets(root, options)
+    experts = moe_experts(root)
+    targets = _targets(root, options, experts)
+    # The model's size as it came in (backbones as the dense weights they replace), for the
+    # experts' share: counted only where there are experts, ordinary models pay nothing.
+    dense_size = _dense_size(root) if experts else 0
     first_conversion = not seeded_layers(root)
     # Every seeded layer is built (its arguments checked) before the first one is placed: a layer
     # that refuses its arguments (a conv's rank against its groups) leaves the model as it was.
@@ -169,6 +177,8 @@ def convert(
     for name, layer in converted.items():
         set_submodule(root, name, layer)
     _set_trainable(root, converted, options, first_conversion)
+    if experts:
+        _warn_dense_experts(root, experts, dense_size)
     record_call(root, [plain for _, plain, _, _ in targets], options.record())
     # On the inner model, its pre-hook also runs when the wrapper loads (load_state_dict visits every submodule).
     check_loads_whole(root)
@@ -216,12 +226,13 @@ def _check_options(model, rank, alpha, use_rslora, seed, init, stream_version, t
                     layers_to_transform, layers_pattern, init_lora_weights)
 
 
-def _targets(model: nn.Module, options: _Options) -> list[tuple[str, str, nn.Module, tuple[int, int]]]:
+def _targets(model: nn.Module, options: _Options,
+             experts: dict[str, list[str]]) -> list[tuple[str, str, nn.Module, tuple[int, int]]]:
     """(name, plain name, dense module, (in_features, out_features)) of every layer of the
     unwrapped ``model`` to convert: ``name`` is where it sits, the plain name (without the
     ``_orig_mod`` segments of submodules compiled in place) is what the options match and the
-    stream comes from. ValueError when the options name nothing, a tied weight, or layers that
-    cannot be both."""
+    stream comes from; ``experts`` is ``moe_experts`` of the model. ValueError when the options
+    name nothing, a tied weight, an MoE experts module, or layers that cannot be both."""
     heads = output_head_names(model) if options.all_linear else set()
     names = parameter_names(model)
     targets = []
@@ -245,6 +256,8 @@ def _targets(model: nn.Module, options: _Options) -> list[tuple[str, str, nn.Mod
             raise ValueError(f"{plain}.weight is tied to {tied[0]}: a tied weight is shared with another module "
                              f"and cannot become a seed; leave {plain!r} out of target_modules")
         targets.append((name, plain, module, shape))
+    if not options.all_linear:
+        _refuse_named_experts(model, experts, options, bool(targets))
     if not targets:
         selection = "" if options.layers_to_transform is None else \
             f" in layers_to_transform={options.layers_to_transform!r} (layers_pattern={options.layers_pattern!r})"
@@ -256,6 +269,8 @@ def _targets(model: nn.Module, options: _Options) -> list[tuple[str, str, nn.Mod
         if clash:
             raise ValueError(f"{clash} are both conversion targets and trainable_modules: exclude them from "
                              "target_modules to keep them as trained dense layers")
+    if options.trainable_modules is not None:
+        _check_trainable_matches(model, options.trainable_modules)
     if options.adapter_modules is not None and not any(name_matches(n, options.adapter_modules) for n in target_names):
         raise ValueError(f"adapter_modules={options.adapter_modules!r} matched none of the converted layers")
     for argument, pattern in (("rank_pattern", options.rank_pattern), ("alpha_pattern", options.alpha_pattern)):
@@ -263,6 +278,68 @@ def _targets(model: nn.Module, options: _Options) -> list[tuple[str, str, nn.Mod
             if not any(pattern_value(n, {key: 0}, None) is not None for n in target_names):
                 raise ValueError(f"{argument} key {key!r} matches none of the converted layers")
     return targets
+
+
+def _refuse_named_experts(model: nn.Module, experts: dict[str, list[str]], options: _Options,
+                          found_targets: bool) -> None:
+    """ValueError when target_modules names an MoE experts module: a list entry always does, a
+    regex only when it matched no layer (a broad regex such as ``.*mlp.*`` reaches the experts by
+    the way; the warning of ``_warn_dense_experts`` tells about those)."""
+    named = [n for n in experts if name_matches(plain_name(n), options.target_modules)
+             and not (options.exclude_modules is not None and name_matches(plain_name(n), options.exclude_modules))]
+    if not named or (isinstance(options.target_modules, str) and found_targets):
+        return
+    more = f" and {len(named) - 1} more" if len(named) > 1 else ""
+    module = model.get_submodule(named[0])
+    raise ValueError(f"target_modules={json_patterns(options.target_modules)!r} names {plain_name(named[0])!r}{more}, "
+                     f"an MoE experts module ({type(module).__name__}) holding its experts as 3-D parameters "
+                     f"({', '.join(experts[named[0]])}), which lottalora does not convert: it seeds nn.Linear, "
+                     "Conv1D and named convolutions only. Leave it out of target_modules (it stays dense and frozen), "
+                     "or name it in trainable_modules to train it dense")
+
+
+def _dense_size(model: nn.Module) -> int:
+    """Parameters of ``model`` with each seeded layer's backbone counted as its dense weight."""
+    return sum(p.numel() for p in model.parameters()) + sum(
+        layer.in_features * layer.out_features for layer in seeded_layers(model).values())
+
+
+def _warn_dense_experts(model: nn.Module, experts: dict[str, list[str]], dense_size: int) -> None:
+    """One warning per call naming the MoE experts modules of the unwrapped ``model`` left dense
+    and frozen, and their share of its ``dense_size`` before the call; none when
+    trainable_modules trains them all. They are most of an MoE model, and nothing else would
+    say that the conversion missed them."""
+    frozen, left = {}, []
+    for name, params in experts.items():
+        module = model.get_submodule(name)
+        tensors = [getattr(module, p) for p in params if not getattr(module, p).requires_grad]
+        if tensors:
+            left.append((plain_name(name), params))
+            frozen.update((id(t), t.numel()) for t in tensors)
+    if not left:
+        return
+    shown = ", ".join(name for name, _ in left[:3]) + (f" and {len(left) - 3} more" if len(left) > 3 else "")
+    warnings.warn(
+        f"convert left {len(left)} MoE experts module(s) dense and frozen ({shown}: experts held as 3-D parameters "
+        f"{', '.join(left[0][1])}, not nn.Linear layers), {sum(frozen.values()) / dense_size:.1%} of the model's "
+        "parameters. lottalora does not support seeded experts: they are stored dense, and frozen unless "
+        f"trainable_modules names them (trainable_modules=[{left[0][0].rpartition('.')[2]!r}] trains them dense)",
+        UserWarning, stacklevel=3)
+
+
+def _check_trainable_matches(model: nn.Module, patterns: Patterns) -> None:
+    """ValueError naming the trainable_modules regex, or the entries of its list, that match no
+    module of the unwrapped ``model``: a misspelt name would leave its module frozen unseen."""
+    names = [plain_name(name) for name, _ in model.named_modules() if name]
+    if isinstance(patterns, str):
+        if not any(name_matches(n, patterns) for n in names):
+            raise ValueError(f"trainable_modules={patterns!r} matched no module of the model (a regex must "
+                             "match a module's whole qualified name)")
+        return
+    unmatched = [p for p in patterns if not any(name_matches(n, [p]) for n in names)]
+    if unmatched:
+        raise ValueError(f"trainable_modules={list(patterns)!r}: {unmatched!r} matched no module of the model "
+                         "(each entry is a module's name or name suffix)")
 
 
 def _seeded_layer(name: str, module: nn.Module, shape: tuple[int, int], options: _Options) -> nn.Module:

@@ -70,3 +70,20 @@ def retie(model: nn.Module, groups: list[list[str]]) -> None:
         for name in names[1:]:
             owner, _, attr = name.rpartition(".")
             (model.get_submodule(owner) if owner else model).register_parameter(attr, kept)
+
+
+def moe_experts(model: nn.Module) -> dict[str, list[str]]:
+    """{qualified name: its own parameters of 3 or more dimensions} of every MoE experts module of
+    ``model``. transformers 5 keeps a layer's experts in one module (Mixtral's and Qwen2-MoE's
+    ``...Experts``: ``gate_up_proj`` and ``down_proj`` of shape (num_experts, out, in)), not as
+    nn.Linear layers, so convert cannot seed them. Told apart by such a parameter on a module whose
+    class or attribute name says expert: a conv's weight and ViT's (1, patches, hidden) position
+    embeddings are 3-D too."""
+    found = {}
+    for name, module in model.named_modules():
+        if "expert" not in type(module).__name__.lower() and "expert" not in name.rpartition(".")[2].lower():
+            continue
+        params = [n for n, p in module.named_parameters(recurse=False) if p.dim() >= 3]
+        if params:
+            found[name] = params
+    return found

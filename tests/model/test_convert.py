@@ -76,6 +76,10 @@ def test_stream_for_name_is_pinned():
     (dict(target_modules="("), ValueError, "target_modules is not a valid regular expression"),
     (dict(adapter_modules=["nothing"]), ValueError, "adapter_modules"),
     (dict(trainable_modules=["head"]), ValueError, "both conversion targets and trainable_modules"),
+    (dict(trainable_modules=["embed", "embd"]), ValueError,
+     r"trainable_modules=\['embed', 'embd'\]: \['embd'\] matched no module of the model"),
+    # a regex must match the whole name: "emb" is not "embed"
+    (dict(trainable_modules="emb"), ValueError, "trainable_modules='emb' matched no module of the model"),
     (dict(target_modules=3), TypeError, "target_modules"),
     (dict(rank=-1), ValueError, "rank"),
 ])
@@ -162,6 +166,20 @@ def test_a_second_convert_call_adds_layers_and_never_refreezes():
     assert model.encoder[2].rank == 3 and model.encoder[0].rank == 2
     calls = model._lottalora_convert_calls
     assert [c["converted"] for c in calls] == [["encoder.0"], ["encoder.2"]]
+
+
+def test_trainable_modules_that_match_no_module_are_refused_before_the_model_changes():
+    # A misspelt entry was accepted and left its module frozen, unlike adapter_modules and rank_pattern.
+    model = TwoTower()
+    with pytest.raises(ValueError, match=r"\['encoder.9'\] matched no module"):
+        lottalora.convert(model, rank=2, trainable_modules=["embed", "encoder.9"])
+    assert not _seeded_names(model) and all(p.requires_grad for p in model.parameters())
+    lottalora.convert(model, rank=2, target_modules=["encoder.0"], trainable_modules=r"embed")
+    # A second call matches the model as it is now: its seeded layers are modules too.
+    with pytest.raises(ValueError, match=r"\['haed'\] matched no module"):
+        lottalora.convert(model, rank=2, target_modules=["encoder.2"], trainable_modules=["haed"])
+    lottalora.convert(model, rank=2, target_modules=["encoder.2"], trainable_modules=["encoder.0", "head"])
+    assert model.head.weight.requires_grad and _seeded_names(model) == {"encoder.0", "encoder.2"}
 
 
 def test_exclude_modules_are_never_converted():
