@@ -128,7 +128,11 @@ class TensorParallelPlan:
         y = seeded_linear_shard(x_local, layer.spec, self.rows, self.cols, local["lora_A"], local["lora_B"],
                                 local["beta"], bias, layer.scaling, lora_input=lora_input)
         if self.kind == "colwise":
-            return DTensor.from_local(y, self.mesh, [Shard(-1)], run_check=False)
+            # The global shape given: from_local would take every rank's block to be this one's
+            # size, which uneven blocks (out_features not a multiple of the ranks) are not.
+            shape = (*y.shape[:-1], layer.out_features)
+            return DTensor.from_local(y, self.mesh, [Shard(-1)], run_check=False, shape=torch.Size(shape),
+                                      stride=torch.empty(shape, device="meta").stride())
         y = _AllReduceInForward.apply(y, group)
         if local["bias"] is not None:
             y = y + local["bias"]

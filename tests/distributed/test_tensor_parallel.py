@@ -98,6 +98,21 @@ def _tp_mlp_equals_the_unsharded_one(rank, world):
                                                msg=f"{what}: grad of {name}")
     torch_backend.stream_block, torch_backend.packed_signs = real_block, real_packed
 
+    # The column-parallel output as a DTensor or replicated, over uneven blocks (51 rows: 26 and
+    # 25): its global shape was this rank's block times the ranks, (.., 52) on rank 0.
+    from torch.distributed.tensor import Replicate
+
+    for style in (dict(use_local_output=False), dict(output_layouts=Replicate())):
+        torch.manual_seed(0)
+        ref = _moved_off_init(MLP(3, 2, True, seed=42)).up
+        holder = nn.Module()
+        holder.up = copy.deepcopy(ref)
+        parallelize_module(holder, mesh, {"up": ColwiseParallel(**style)})
+        x = torch.randn(3, 37)
+        y = holder.up(x)
+        y = y.full_tensor() if "use_local_output" in style else y
+        torch.testing.assert_close(y, ref(x), rtol=2e-5, atol=2e-5, msg=str(style))
+
 
 def test_column_and_row_parallel_seeded_layers_equal_the_unsharded_ones():
     run_ranks("tests.distributed.test_tensor_parallel:_tp_mlp_equals_the_unsharded_one", timeout=240)
