@@ -8,24 +8,37 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from ..nn import SeededConv, is_dtensor, plain_name, seeded_layers
+from ..nn import SEEDED_LAYER_TYPES, SeededConv, is_dtensor, plain_name
 from ..nn.dense_guard import ENTRY as DENSE_GUARD_ENTRY
 
 # The prefix DistributedDataParallel's own state_dict puts before every name.
 _DDP_PREFIX = "module."
 
 
-def _dense_guard_names(model: nn.Module) -> set[str]:
-    """Where a state dict taken for transformers holds the dense guard: each seeded layer's ``weight``."""
-    return {f"{name}.{DENSE_GUARD_ENTRY}" if name else DENSE_GUARD_ENTRY for name in seeded_layers(model, plain=True)}
+def _seeded_places(model: nn.Module) -> dict[str, nn.Module]:
+    """{plain name: seeded layer} for every place a seeded layer has in ``model`` (one layer may
+    sit at several, each with its own state_dict entries)."""
+    return {plain_name(name): m for name, m in model.named_modules(remove_duplicate=False)
+            if isinstance(m, SEEDED_LAYER_TYPES)}
 
 
-def state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+def _prefixed(place: str, entry: str) -> str:
+    return f"{place}.{entry}" if place else entry
+
+
+def state_tensors(model: nn.Module, keep_vars: bool = False) -> dict[str, torch.Tensor]:
     """{plain name: state_dict tensor} for every tensor a checkpoint can hold (not the extra
     states, nor the dense guards a state dict taken for transformers holds)."""
-    guards = _dense_guard_names(model)
-    state = {plain_name(k): v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
+    guards = {_prefixed(place, DENSE_GUARD_ENTRY) for place in _seeded_places(model)}
+    state = {plain_name(k): v for k, v in model.state_dict(keep_vars=keep_vars).items()
+             if not k.endswith("_extra_state")}
     return {k: v for k, v in state.items() if k not in guards}
+
+
+def _held_shape(t: torch.Tensor) -> torch.Size:
+    """The whole shape of a model's tensor: a DTensor's global one, and under DeepSpeed ZeRO-3,
+    whose parameters are empty placeholders on every rank, the one it records (``ds_shape``)."""
+    return torch.Size(getattr(t, "ds_shape", t.shape))
 
 
 def _some(names: list[str]) -> str:
@@ -36,16 +49,25 @@ def given_state_tensors(model: nn.Module, state_dict: Mapping) -> dict[str, torc
     """{plain name: tensor} of ``state_dict``, a state dict of ``model`` taken elsewhere (by the
     Trainer under FSDP's full state dict or DeepSpeed, of a compiled or DDP wrapper), checked
     against the model's own (``state_tensors``): the same names, each a whole tensor of the same
-    shape and dtype. Its extra states and dense guards are left out (a writer takes the layers'
-    states from the layers). Raises ValueError naming the first names that differ."""
+    shape and dtype, and each seeded layer's extra state, where it holds one, this layer's (the
+    backbone's identity, rank and alpha: a state dict of another model of the same shapes would
+    otherwise be saved under this one's seeds). The extra states and dense guards are left out of
+    the result (a writer takes the layers' states from the layers). Raises ValueError naming the
+    first names that differ."""
     if not isinstance(state_dict, Mapping):
         raise TypeError(f"state_dict must be a mapping of names to tensors, got {type(state_dict).__name__}")
-    own, guards = state_tensors(model), _dense_guard_names(model)
+    own, places = state_tensors(model, keep_vars=True), _seeded_places(model)
+    guards = {_prefixed(place, DENSE_GUARD_ENTRY) for place in places}
+    states = {_prefixed(place, "_extra_state"): layer for place, layer in places.items()}
     names = [plain_name(k) for k in state_dict]
     if names and all(n.startswith(_DDP_PREFIX) for n in names) and not any(n.startswith(_DDP_PREFIX) for n in own):
         names = [n[len(_DDP_PREFIX):] for n in names]
     given = {}
     for name, value in zip(names, state_dict.values()):
+        if name in states and isinstance(value, torch.Tensor) and not torch.equal(
+                value.cpu(), states[name].get_extra_state()):
+            raise ValueError(f"state_dict[{name!r}] describes another backbone or adapter than the model's layer there "
+                             "(its seed, stream, rank or alpha differ): it is a state dict of another model")
         if name.endswith("_extra_state") or (name in guards and isinstance(value, torch.Tensor) and value.numel() == 0):
             continue
         given[name] = value
@@ -63,9 +85,9 @@ def given_state_tensors(model: nn.Module, state_dict: Mapping) -> dict[str, torc
                              "as the Trainer takes it), or call lottalora.save on every rank")
         if value.is_meta:
             raise ValueError(f"state_dict[{name!r}] is on the meta device: it holds no values to save")
-        if value.shape != want.shape or value.dtype != want.dtype:
+        if value.shape != _held_shape(want) or value.dtype != want.dtype:
             raise ValueError(f"state_dict[{name!r}] is {value.dtype} {tuple(value.shape)} where the model's is "
-                             f"{want.dtype} {tuple(want.shape)}")
+                             f"{want.dtype} {tuple(_held_shape(want))}")
     return given
 
 

@@ -32,6 +32,9 @@ from .format import ADAPTER_ONLY, CONFIG_NAME, MODEL_CONFIG_NAME, TRAINABLE_ONLY
 from .loading import load_checked
 from .model_config import read_model_config
 
+# Config options that transformers' from_dict takes under another name than the attribute it sets.
+_CONFIG_OPTIONS = ("attn_implementation", "experts_implementation")
+
 
 @contextlib.contextmanager
 def _default_dtype(dtype: torch.dtype):
@@ -96,7 +99,13 @@ def from_pretrained(directory: str | os.PathLike, *, device: torch.device | str 
     if dtype is None:
         dtype = getattr(torch, model_config["dtype"])
     cls = _architecture(directory, model_config["architecture"])
-    base_config = cls.config_class.from_dict(model_config["base_config"], **dict(config_updates or {}))
+    base_config = cls.config_class.from_dict(model_config["base_config"])
+    updates = dict(config_updates or {})
+    unknown = sorted(k for k in updates if k not in _CONFIG_OPTIONS and not hasattr(base_config, k))
+    if unknown:  # from_dict would drop them: a typo would leave the option as saved
+        raise ValueError(f"config_updates {unknown} are not options of {type(base_config).__name__}")
+    if updates:
+        base_config = cls.config_class.from_dict(model_config["base_config"], **updates)
     with _default_dtype(dtype), torch.device("meta"):
         model = cls(base_config)
     for layer in checkpoint["layers"]:

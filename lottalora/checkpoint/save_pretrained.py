@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from ..model.pretrained_class import SeededPreTrainedModel
@@ -36,6 +37,10 @@ from .format import FORMAT_NAME, LAYER_STATES_NAME, SAFE_INDEX_NAME, TENSORS_NAM
 from .model_state import state_tensors
 from .saving import save, save_given_state
 
+# transformers' weight files that a previous save_pretrained of the model may have left in the
+# directory: the Trainer would load them before the index (model.safetensors first).
+_STALE_WEIGHTS = re.compile(
+    r"(model|pytorch_model)(-\d{5}-of-\d{5})?\.(safetensors|bin)|pytorch_model\.bin\.index\.json")
 # Arguments of transformers' save_pretrained that change nothing a lottalora directory holds.
 _NO_EFFECT = ("save_peft_format", "save_original_format")
 
@@ -128,6 +133,9 @@ def save_pretrained(model, save_directory: str | os.PathLike, is_main_process: b
         save_given_state(model, directory, state_dict)
     if not is_main_process:
         return
+    for entry in directory.iterdir():
+        if entry.is_file() and _STALE_WEIGHTS.fullmatch(entry.name):
+            entry.unlink()
     _write_trainer_files(model, directory)
     if getattr(model, "generation_config", None) is not None and model.can_generate():
         model.generation_config.save_pretrained(directory)

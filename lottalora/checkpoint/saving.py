@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import stat
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,13 +35,31 @@ from .format import (
 from .model_config import model_config_for_save
 from .model_state import conv_weight_shape, given_state_tensors, state_tensors, trainable_names
 
-# Files an earlier save into the directory may have left that readers take before or beside
-# these: transformers' weight files (the Trainer loads model.safetensors first) and the index and
-# layer states a converted model's save_pretrained writes for the Trainer, which would name the
-# earlier seeds. save_pretrained writes its own again after this save.
-_STALE_FILES = re.compile(
-    r"(model|pytorch_model)(-\d{5}-of-\d{5})?\.(safetensors|bin)|pytorch_model\.bin\.index\.json|"
-    + "|".join(re.escape(name) for name in (SAFE_INDEX_NAME, LAYER_STATES_NAME)))
+
+def _remove_stale_trainer_files(directory: Path) -> None:
+    """Remove the index and layer states an earlier ``save_pretrained`` of a converted model wrote
+    for transformers' Trainer (recognised by their lottalora format tag): they would name the
+    earlier seeds beside the new tensors. Files of another writer (a dense model's own weights)
+    are left alone; ``save_pretrained`` writes its files again after this save."""
+    from safetensors import safe_open
+
+    index = directory / SAFE_INDEX_NAME
+    if index.is_file():
+        try:
+            ours = json.loads(index.read_text()).get("metadata", {}).get("format") == FORMAT_NAME
+        except (OSError, ValueError, AttributeError):
+            ours = False
+        if ours:
+            index.unlink()
+    states = directory / LAYER_STATES_NAME
+    if states.is_file():
+        try:
+            with safe_open(states, framework="pt") as f:
+                ours = (f.metadata() or {}).get("format") == FORMAT_NAME
+        except (OSError, ValueError, RuntimeError):
+            ours = False
+        if ours:
+            states.unlink()
 
 
 def _parameter_ids(model: nn.Module) -> dict[str, int]:
@@ -139,10 +156,10 @@ def save(model: nn.Module, directory: str | os.PathLike, *, trainable_only: bool
     every rank must call ``save`` (the shards are gathered, one tensor at a time); rank 0 writes
     and every rank returns once the files are complete. Transformers models also get a
     ``config.json`` from which ``lottalora.from_pretrained`` rebuilds them (``model_config``).
-    Each file is replaced in one step, so a reader never sees half of one. Weight files an
-    earlier save left in ``directory`` (transformers' ``model.safetensors``, ``pytorch_model.bin``
-    and their shards, and the Trainer's index and ``seeded_layers.safetensors`` a converted
-    model's ``save_pretrained`` writes) are removed: they would name the earlier weights or seeds.
+    Each file is replaced in one step, so a reader never sees half of one. The Trainer's index
+    and ``seeded_layers.safetensors`` that an earlier ``save_pretrained`` of a converted model
+    left in ``directory`` are removed: they would name the earlier seeds. Other files (a dense
+    model's own weights) are left as they are.
     """
     if not isinstance(trainable_only, bool):
         raise TypeError(f"trainable_only must be a bool, got {trainable_only!r}")
@@ -250,6 +267,4 @@ def _write(model: nn.Module, directory: Path, layers: dict, entries: list[dict],
     if model_config is not None:
         with replaced_atomically(directory / MODEL_CONFIG_NAME) as tmp:
             tmp.write_text(json.dumps(model_config, indent=2) + "\n")
-    for entry in directory.iterdir():
-        if entry.is_file() and _STALE_FILES.fullmatch(entry.name):
-            entry.unlink()
+    _remove_stale_trainer_files(directory)

@@ -8,11 +8,8 @@ forward, vision towers read ``patch_embedding.weight.dtype``. The stand-in answe
 (a product, an in-place init, ``.data``, ``.T``) raises, naming ``backbone_weight()``, rather than
 computing with numbers that are not the backbone's or changing nothing while seeming to. It is
 made anew at each read, so it follows the layer's moves and casts, and it is never a parameter:
-state dicts, optimizers and FSDP do not see it.
-
-Under torch.compile it is a plain tensor on the meta device of the same shape and dtype: the
-compiler traces a factory call, not a tensor subclass made inside a property. Operations on it
-fail there too (meta tensors hold no values); its device reads "meta".
+state dicts, optimizers and FSDP do not see it. torch.compile traces it as it runs eagerly
+(metadata reads are constants of the graph; a use of its values raises while tracing).
 """
 
 from __future__ import annotations
@@ -23,8 +20,9 @@ _T = torch.Tensor
 # What describes a tensor without reading its values: the stand-in serves these and nothing else.
 _METADATA = frozenset({
     _T.dtype.__get__, _T.shape.__get__, _T.ndim.__get__, _T.layout.__get__, _T.requires_grad.__get__,
-    _T.is_sparse.__get__, _T.is_quantized.__get__, _T.itemsize.__get__, _T.size, _T.dim, _T.numel, _T.nelement,
-    _T.element_size, _T.is_floating_point, _T.is_complex, _T.__len__,
+    _T.is_sparse.__get__, _T.is_quantized.__get__, _T.itemsize.__get__, _T.nbytes.__get__, _T.grad.__get__,
+    _T.is_leaf.__get__, _T.size, _T.dim, _T.numel, _T.nelement, _T.element_size, _T.is_floating_point,
+    _T.is_complex, _T.is_contiguous, _T.stride, _T.__len__,
 })
 
 
@@ -60,15 +58,14 @@ class WeightStandIn(torch.Tensor):
             with torch._C.DisableTorchFunctionSubclass():
                 return func(*args, **(kwargs or {}))
         name = getattr(func, "__name__", repr(func))
+        if name == "__get__":  # an attribute's getter: name the attribute (.T, .data)
+            name = "." + getattr(getattr(func, "__self__", None), "__name__", "attribute")
         raise RuntimeError(f"{name} on a seeded layer's weight: the layer stores a seed, not a weight matrix, and its "
                            "weight is a stand-in with the backbone's shape, dtype and device but no values. Use "
                            "layer.backbone_weight() for the dense backbone (it is regenerated, never stored), or "
                            "layer(x) to compute with it")
 
 
-def weight_stand_in(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A ``WeightStandIn`` of ``shape``, ``dtype`` and ``device``; under torch.compile a plain
-    meta tensor of that shape and dtype."""
-    if torch.compiler.is_compiling():
-        return torch.empty(shape, dtype=dtype, device="meta")
+def weight_stand_in(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> WeightStandIn:
+    """A ``WeightStandIn`` of ``shape``, ``dtype`` and ``device``."""
     return WeightStandIn(tuple(shape), dtype, device)

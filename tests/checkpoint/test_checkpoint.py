@@ -250,6 +250,12 @@ def test_a_save_removes_the_trainer_files_an_earlier_save_pretrained_left(tmp_pa
     ids = torch.randint(0, 96, (2, 7))
     with torch.no_grad():
         assert torch.equal(rebuilt(ids).logits, model.eval()(ids).logits)
+    # A dense model's own weights are another writer's: an adapter saved beside them leaves them.
+    torch.manual_seed(2)
+    LlamaForCausalLM(tiny_llama_config()).save_pretrained(tmp_path / "base")
+    base = LlamaForCausalLM.from_pretrained(tmp_path / "base")
+    lottalora.save(lottalora.convert(base, rank=4), tmp_path / "base", trainable_only=True)
+    assert (tmp_path / "base" / "model.safetensors").is_file()
 
 
 @pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600)])

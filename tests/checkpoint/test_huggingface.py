@@ -143,6 +143,8 @@ def test_config_options_reach_the_model_as_transformers_takes_them(tmp_path):
     assert torch.equal(_output(plain, "logits", ids), _output(model, "logits", ids))
     rebuilt = lottalora.from_pretrained(tmp_path / "m", config_updates={"attn_implementation": "eager"})
     assert rebuilt.config._attn_implementation == "eager"
+    with pytest.raises(ValueError, match=r"config_updates \['use_cachee'\] are not options of LlamaConfig"):
+        lottalora.from_pretrained(tmp_path / "m", config_updates={"use_cachee": False})
     with pytest.raises(ValueError, match=r"layer 'model\.layers\.1\..*' is not a module of LlamaForCausalLM"):
         auto.from_pretrained(tmp_path / "m", num_hidden_layers=1)  # a shape the checkpoint does not have
     with pytest.raises(ValueError, match=r"does not take \['shard_everything'\]"):
@@ -199,6 +201,27 @@ def test_a_given_state_dict_supplies_the_tensors_as_the_trainer_passes_one(tmp_p
     rebuilt = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "ddp")
     assert rebuilt.lm_head.weight is rebuilt.transformer.wte.weight
     assert torch.equal(_output(rebuilt, "logits", ids % 50), _output(gpt2, "logits", ids % 50))
+
+
+def test_a_given_state_dict_of_another_model_or_of_zero3_placeholders(tmp_path):
+    model = _trained(converted_tiny_llama())
+    full = {k: v.clone() for k, v in model.state_dict().items()}
+    other = converted_tiny_llama()
+    other.model.layers[0].self_attn.q_proj.reseed(99)  # same shapes, another backbone there
+    with pytest.raises(ValueError, match=r"state_dict\['model\.layers\.0\.self_attn\.q_proj\._extra_state'\] "
+                                         "describes another backbone"):
+        model.save_pretrained(tmp_path / "other", state_dict=other.state_dict())
+    assert not (tmp_path / "other").exists()
+    # DeepSpeed ZeRO-3: every rank's parameters are empty placeholders that record their shape,
+    # and the Trainer hands the consolidated state dict to the main process.
+    ids = torch.randint(0, 96, (2, 7))
+    want = _output(model, "logits", ids)
+    for param in model.parameters():
+        param.ds_shape = param.shape
+        param.data = torch.empty(0, dtype=param.dtype)
+    model.save_pretrained(tmp_path / "zero3", state_dict=full)
+    rebuilt = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "zero3")
+    assert torch.equal(_output(rebuilt, "logits", ids), want)
 
 
 def _edited(state: dict, key: str, value) -> dict:

@@ -40,18 +40,22 @@ def test_using_the_weights_values_raises_by_name(use):
     with pytest.raises(RuntimeError, match="seeded layer's weight: the layer stores a seed.*backbone_weight"):
         use(layer.weight)
     assert "backbone_weight() materializes it" in repr(layer.weight)
+    w = layer.weight
+    assert (w.grad, w.is_leaf, w.is_contiguous(), w.stride(), w.nbytes) == (None, True, True, (8, 1), 6 * 8 * 4)
 
 
-def test_a_compiled_forward_reads_the_weights_dtype():
+def test_a_compiled_forward_reads_the_weights_dtype_and_device_as_eager_does():
     layer = lottalora.Linear(8, 6, rank=2, seed=1)
 
-    def forward(x):  # T5's feed-forward: the input cast to the output layer's weight dtype
-        return layer(x.to(layer.weight.dtype))
+    def forward(x):  # T5's feed-forward casts to the output layer's weight dtype; others move to its device
+        return layer(x.to(dtype=layer.weight.dtype, device=layer.weight.device))
 
     x = torch.randn(3, 8, dtype=torch.float64)
-    # aot_eager: what is asked is that dynamo traces the read (a plain meta tensor there), not Inductor.
+    # aot_eager: what is asked is that dynamo traces the reads as eager runs them, not Inductor.
     assert torch.equal(torch.compile(forward, fullgraph=True, backend="aot_eager")(x), forward(x))
     assert isinstance(layer.weight, WeightStandIn)
+    with pytest.raises(Exception, match=r"\.T on a seeded layer's weight"):
+        torch.compile(lambda x: x @ layer.weight.T, backend="aot_eager")(x)
 
 
 def test_a_converted_t5_runs_generates_and_round_trips(tmp_path):
