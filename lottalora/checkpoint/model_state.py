@@ -58,16 +58,22 @@ def given_state_tensors(model: nn.Module, state_dict: Mapping) -> dict[str, torc
         raise TypeError(f"state_dict must be a mapping of names to tensors, got {type(state_dict).__name__}")
     own, places = state_tensors(model, keep_vars=True), _seeded_places(model)
     guards = {_prefixed(place, DENSE_GUARD_ENTRY) for place in places}
-    states = {_prefixed(place, "_extra_state"): layer for place, layer in places.items()}
+    states = {_prefixed(place, "_extra_state"): layer.get_extra_state() for place, layer in places.items()}
+    states.update({_prefixed(place, f"lora_adapters.{name}._extra_state"): adapter.get_extra_state()
+                   for place, layer in places.items() for name, adapter in layer.named_adapters.items()})
     names = [plain_name(k) for k in state_dict]
     if names and all(n.startswith(_DDP_PREFIX) for n in names) and not any(n.startswith(_DDP_PREFIX) for n in own):
         names = [n[len(_DDP_PREFIX):] for n in names]
     given = {}
     for name, value in zip(names, state_dict.values()):
-        if name in states and isinstance(value, torch.Tensor) and not torch.equal(
-                value.cpu(), states[name].get_extra_state()):
-            raise ValueError(f"state_dict[{name!r}] describes another backbone or adapter than the model's layer there "
-                             "(its seed, stream, rank or alpha differ): it is a state dict of another model")
+        if name in states and isinstance(value, torch.Tensor):
+            held = states[name]
+            if value.is_meta or value.dtype != held.dtype or value.shape != held.shape:
+                raise ValueError(f"state_dict[{name!r}] is {value.dtype} {tuple(value.shape)} on {value.device}: a "
+                                 f"layer's extra state is {held.dtype} {tuple(held.shape)} words, with values")
+            if not torch.equal(value.cpu(), held):
+                raise ValueError(f"state_dict[{name!r}] describes another backbone or adapter than the model's layer "
+                                 "there (its seed, stream, rank or alpha differ): it is a state dict of another model")
         if name.endswith("_extra_state") or (name in guards and isinstance(value, torch.Tensor) and value.numel() == 0):
             continue
         given[name] = value

@@ -38,28 +38,29 @@ from .model_state import conv_weight_shape, given_state_tensors, state_tensors, 
 
 def _remove_stale_trainer_files(directory: Path) -> None:
     """Remove the index and layer states an earlier ``save_pretrained`` of a converted model wrote
-    for transformers' Trainer (recognised by their lottalora format tag): they would name the
-    earlier seeds beside the new tensors. Files of another writer (a dense model's own weights)
-    are left alone; ``save_pretrained`` writes its files again after this save."""
+    for transformers' Trainer (an index with lottalora's format tag, and the layer states it names
+    or that carry the tag): they would name the earlier seeds beside the new tensors. Files of
+    another writer (a dense model's own weights and index) are left alone; ``save_pretrained``
+    writes its files again after this save."""
     from safetensors import safe_open
 
-    index = directory / SAFE_INDEX_NAME
+    index, states = directory / SAFE_INDEX_NAME, directory / LAYER_STATES_NAME
+    ours = False
     if index.is_file():
         try:
             ours = json.loads(index.read_text()).get("metadata", {}).get("format") == FORMAT_NAME
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError):  # unreadable or not an index: not ours to judge
             ours = False
         if ours:
             index.unlink()
-    states = directory / LAYER_STATES_NAME
-    if states.is_file():
+    if states.is_file() and not ours:
         try:
             with safe_open(states, framework="pt") as f:
                 ours = (f.metadata() or {}).get("format") == FORMAT_NAME
-        except (OSError, ValueError, RuntimeError):
+        except Exception:  # noqa: BLE001 - safetensors' own error class: a file it cannot read is not known ours
             ours = False
-        if ours:
-            states.unlink()
+    if states.is_file() and ours:
+        states.unlink()
 
 
 def _parameter_ids(model: nn.Module) -> dict[str, int]:
@@ -77,7 +78,7 @@ def _split_aliases(tensors: dict[str, torch.Tensor], ids: dict[str, int]) -> tup
     unique, aliases, seen = {}, {}, {}
     for name in sorted(tensors):
         t = tensors[name]
-        if is_dtensor(t):
+        if is_dtensor(t) or hasattr(t, "ds_shape"):  # sharded: no memory to compare, one object per tensor
             key = ("parameter", ids[name]) if name in ids else None
         else:
             key = (t.device, t.data_ptr(), t.dtype, tuple(t.shape), t.stride()) if t.numel() else None
@@ -209,7 +210,8 @@ def save_given_state(model: nn.Module, directory: str | os.PathLike, state_dict:
     model = unwrap_model(model)
     layers = _saved_layers(model)
     given = given_state_tensors(model, state_dict)
-    _, aliases = _split_aliases(state_tensors(model), _parameter_ids(model))
+    # With the parameters (not detached copies): ZeRO-3's empty placeholders are told apart by identity.
+    _, aliases = _split_aliases(state_tensors(model, keep_vars=True), _parameter_ids(model))
     for alias, stored in aliases.items():
         if not torch.equal(given[alias], given[stored]):
             raise ValueError(f"save_pretrained(state_dict=...): {alias!r} and {stored!r} are one tensor in the model "

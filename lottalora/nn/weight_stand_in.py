@@ -15,24 +15,37 @@ state dicts, optimizers and FSDP do not see it. torch.compile traces it as it ru
 from __future__ import annotations
 
 import torch
+from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 _T = torch.Tensor
-# What describes a tensor without reading its values: the stand-in serves these and nothing else.
+# What describes a tensor without reading its values: the stand-in serves these methods, and
+# every attribute but the views of its values (the compilers read many attributes: is_nested, ...).
 _METADATA = frozenset({
-    _T.dtype.__get__, _T.shape.__get__, _T.ndim.__get__, _T.layout.__get__, _T.requires_grad.__get__,
-    _T.is_sparse.__get__, _T.is_quantized.__get__, _T.itemsize.__get__, _T.nbytes.__get__, _T.grad.__get__,
-    _T.is_leaf.__get__, _T.size, _T.dim, _T.numel, _T.nelement, _T.element_size, _T.is_floating_point,
-    _T.is_complex, _T.is_contiguous, _T.stride, _T.__len__,
+    _T.size, _T.dim, _T.numel, _T.nelement, _T.element_size, _T.is_floating_point, _T.is_complex, _T.is_contiguous,
+    _T.stride, _T.__len__,
 })
+_VALUE_VIEWS = frozenset({"data", "T", "mT", "H", "mH", "real", "imag", "grad", "_base"})
 
 
 class WeightStandIn(torch.Tensor):
     """The tensor a seeded layer's ``weight`` reads as (the module docstring): the backbone's
     shape and dtype, the layer's device, no values."""
 
+    # transformers' init functions skip a tensor marked initialized: a model's _init_weights that
+    # reaches into its children (CLIP's projections) runs while lottalora.materialize initializes
+    # the parent's own tensors, and the backbone is initialized already, by its seed.
+    _is_hf_initialized = True
+
     @staticmethod
     def __new__(cls, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> WeightStandIn:
-        stand_in = torch.Tensor._make_subclass(cls, torch.empty(shape, dtype=dtype, device="meta"))
+        # A real meta tensor even while torch.export traces with fake tensors: a fake one cannot be
+        # wrapped in a subclass, and the stand-in's reads are constants of the traced graph.
+        if torch.compiler.is_dynamo_compiling():  # dynamo traces the subclass; it cannot enter the context
+            base = torch.empty(shape, dtype=dtype, device="meta")
+        else:
+            with unset_fake_temporarily():
+                base = torch.empty(shape, dtype=dtype, device="meta")
+        stand_in = torch.Tensor._make_subclass(cls, base)
         stand_in._layer_device = torch.device(device)
         return stand_in
 
@@ -54,12 +67,12 @@ class WeightStandIn(torch.Tensor):
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
-        if func in _METADATA:
+        name = getattr(func, "__name__", repr(func))
+        if name == "__get__":  # an attribute's getter
+            name = "." + getattr(getattr(func, "__self__", None), "__name__", "attribute")
+        if func in _METADATA or (name.startswith(".") and name[1:] not in _VALUE_VIEWS):
             with torch._C.DisableTorchFunctionSubclass():
                 return func(*args, **(kwargs or {}))
-        name = getattr(func, "__name__", repr(func))
-        if name == "__get__":  # an attribute's getter: name the attribute (.T, .data)
-            name = "." + getattr(getattr(func, "__self__", None), "__name__", "attribute")
         raise RuntimeError(f"{name} on a seeded layer's weight: the layer stores a seed, not a weight matrix, and its "
                            "weight is a stand-in with the backbone's shape, dtype and device but no values. Use "
                            "layer.backbone_weight() for the dense backbone (it is regenerated, never stored), or "

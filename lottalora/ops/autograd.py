@@ -73,7 +73,7 @@ class SeededLinearFunction(torch.autograd.Function):
         ctx.block, ctx.scale, ctx.backend, ctx.plan = block, scale, backend, plan
         ctx.x_shape = x.shape
         ctx.separate_lora_input = lora_input is not None
-        return y2d if x.dim() == 2 else y2d.reshape(*x.shape[:-1], block.out_features)
+        return y2d  # (M, out): ``with_node`` gives it x's leading dims, outside the node
 
     @staticmethod
     def backward(ctx, dy):
@@ -206,6 +206,16 @@ def needs_composite(direct: bool, *tensors: torch.Tensor | None) -> bool:
     return is_wrapped is not None and any(t is not None and is_wrapped(t) for t in tensors)
 
 
+def with_node(x: torch.Tensor, lora_A, lora_B, beta, bias, block: BackboneBlock, scale: float, backend: str,
+              lora_input, direct, plan=None) -> torch.Tensor:
+    """y (*, block out) through ``SeededLinearFunction``. The node's output is the 2-D product and
+    the view with x's leading dims is made here, outside it: a view made inside a custom Function
+    cannot be modified in place (``y += residual``, ``ReLU(inplace=True)``), as nn.Linear's output
+    can."""
+    y2d = SeededLinearFunction.apply(x, lora_A, lora_B, beta, bias, block, scale, backend, lora_input, direct, plan)
+    return y2d if x.dim() == 2 else y2d.reshape(*x.shape[:-1], y2d.shape[-1])
+
+
 def run(x: torch.Tensor, block: BackboneBlock, lora_A, lora_B, beta, bias, scale: float, backend: str,
         lora_input: torch.Tensor | None) -> torch.Tensor:
     """The seeded op on checked arguments (``checks.check_seeded_call``'s results): y (*, block
@@ -217,8 +227,7 @@ def run(x: torch.Tensor, block: BackboneBlock, lora_A, lora_B, beta, bias, scale
         if needs_composite(direct, *tensors):
             return seeded_linear_composite(x, block, lora_A, lora_B, beta, bias, scale, backend, lora_input)
         if _needs_autograd_node(direct, *tensors):
-            return SeededLinearFunction.apply(x, lora_A, lora_B, beta, bias, block, scale, backend, lora_input,
-                                              direct)
+            return with_node(x, lora_A, lora_B, beta, bias, block, scale, backend, lora_input, direct)
         x2d = as_matrix(x, block.in_features)
         lora_x2d = as_matrix(lora_input, block.in_features) if lora_input is not None else None
         y2d, _, _ = run_forward(x2d, block, lora_A, lora_B, beta, bias, scale, backend, False, lora_x2d, True)

@@ -44,7 +44,7 @@ from torch.autograd import forward_ad
 from ..backbone import BackboneBlock, BackboneSpec
 from . import backend as backends
 from . import checks
-from .autograd import SeededLinearFunction
+from .autograd import with_node
 from .products import as_matrix
 
 NO_PLAN = object()  # a key whose calls take the full path
@@ -131,8 +131,8 @@ class EagerPlan:
 
     def __call__(self, x, lora_A, lora_B, beta, bias, lora_input):
         if self.with_node:
-            return SeededLinearFunction.apply(x, lora_A, lora_B, beta, bias, self.block, self.scale, self.backend,
-                                              lora_input, True, self)
+            return with_node(x, lora_A, lora_B, beta, bias, self.block, self.scale, self.backend, lora_input, True,
+                             self)
         if x.dim() == 2:
             y, _ = self.forward(x, lora_A, lora_B, beta, bias, lora_input)
             return y

@@ -250,6 +250,14 @@ def test_a_save_removes_the_trainer_files_an_earlier_save_pretrained_left(tmp_pa
     ids = torch.randint(0, 96, (2, 7))
     with torch.no_grad():
         assert torch.equal(rebuilt(ids).logits, model.eval()(ids).logits)
+    # Layer states the index named, left unreadable: removed with the index, and the save completes.
+    model.save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "seeded_layers.safetensors").write_bytes(b"garbage")
+    lottalora.save(model, tmp_path / "m")
+    assert not (tmp_path / "m" / "seeded_layers.safetensors").exists()
+    (tmp_path / "m" / "seeded_layers.safetensors").write_bytes(b"garbage")  # no index: not known ours, kept
+    lottalora.save(model, tmp_path / "m")
+    assert (tmp_path / "m" / "seeded_layers.safetensors").read_bytes() == b"garbage"
     # A dense model's own weights are another writer's: an adapter saved beside them leaves them.
     torch.manual_seed(2)
     LlamaForCausalLM(tiny_llama_config()).save_pretrained(tmp_path / "base")

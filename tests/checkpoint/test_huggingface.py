@@ -222,6 +222,24 @@ def test_a_given_state_dict_of_another_model_or_of_zero3_placeholders(tmp_path):
     model.save_pretrained(tmp_path / "zero3", state_dict=full)
     rebuilt = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "zero3")
     assert torch.equal(_output(rebuilt, "logits", ids), want)
+    gpt2 = _trained(_gpt2())  # a tied head among the placeholders: still stored once
+    full = {k: v.clone() for k, v in gpt2.state_dict().items()}
+    for param in gpt2.parameters():
+        param.ds_shape = param.shape
+        param.data = torch.empty(0, dtype=param.dtype)
+    gpt2.save_pretrained(tmp_path / "zero3-gpt2", state_dict=full)
+    config = json.loads((tmp_path / "zero3-gpt2" / checkpoint_format.CONFIG_NAME).read_text())
+    assert config["aliases"] == {"transformer.wte.weight": "lm_head.weight"}
+    # A named adapter of another alpha, and an extra state cast to int32, are not this model's.
+    named = converted_tiny_llama()
+    lottalora.add_adapter(named, "x", rank=2)
+    other = copy.deepcopy(named)
+    other.model.layers[0].self_attn.q_proj.named_adapters["x"].alpha = 7.0
+    with pytest.raises(ValueError, match=r"lora_adapters\.x\._extra_state'\] describes another backbone or adapter"):
+        named.save_pretrained(tmp_path / "named", state_dict=other.state_dict())
+    cast = {k: v.to(torch.int32) if k.endswith("_extra_state") else v for k, v in named.state_dict().items()}
+    with pytest.raises(ValueError, match=r"is torch\.int32 \(12,\) on cpu: a layer's extra state is torch\.int64"):
+        named.save_pretrained(tmp_path / "cast", state_dict=cast)
 
 
 def _edited(state: dict, key: str, value) -> dict:

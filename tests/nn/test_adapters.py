@@ -178,3 +178,19 @@ def test_a_flag_that_is_not_a_bool_is_refused_by_name(where, flag):
     """A string such as "no" is truthy: taken as it was, it turned the option on."""
     with pytest.raises(TypeError, match=f"{flag} must be a bool, got 'no'"):
         _FLAGS[where][0](**{flag: "no"})
+
+
+def test_the_output_of_a_3d_input_can_be_modified_in_place_as_nn_linears():
+    """A view made inside the custom autograd Function could not be (Falcon's `mlp_output +=
+    attention_output`, ReLU(inplace=True) after a layer on (batch, sequence, features))."""
+    torch.manual_seed(0)
+    layer = lottalora.Linear(6, 5, rank=2, seed=1)
+    x = torch.randn(2, 3, 6, requires_grad=True)
+    residual = torch.randn(2, 3, 5)
+    y = layer(x)
+    y += residual
+    torch.nn.functional.relu(y, inplace=True).sum().backward()
+    x_ref = x.detach().clone().requires_grad_()
+    w = layer.beta.detach() * layer.backbone_weight() + layer.scaling * layer.lora_B.detach() @ layer.lora_A.detach()
+    torch.relu(torch.nn.functional.linear(x_ref, w, layer.bias.detach()) + residual).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-6)

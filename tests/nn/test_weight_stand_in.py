@@ -32,6 +32,7 @@ def test_the_weight_reads_as_the_backbones_shape_dtype_and_device(layer, shape):
     lambda w: torch.nn.functional.linear(torch.randn(3, w.shape[1]), w),
     lambda w: torch.nn.init.normal_(w),  # an init that would change nothing
     lambda w: w.data.copy_(torch.zeros(w.shape)),
+    lambda w: w.T,
     lambda w: w + 1,
     lambda w: w.sum(),
 ])
@@ -41,7 +42,7 @@ def test_using_the_weights_values_raises_by_name(use):
         use(layer.weight)
     assert "backbone_weight() materializes it" in repr(layer.weight)
     w = layer.weight
-    assert (w.grad, w.is_leaf, w.is_contiguous(), w.stride(), w.nbytes) == (None, True, True, (8, 1), 6 * 8 * 4)
+    assert (w.is_leaf, w.is_nested, w.is_contiguous(), w.stride(), w.nbytes) == (True, False, True, (8, 1), 6 * 8 * 4)
 
 
 def test_a_compiled_forward_reads_the_weights_dtype_and_device_as_eager_does():
@@ -56,6 +57,28 @@ def test_a_compiled_forward_reads_the_weights_dtype_and_device_as_eager_does():
     assert isinstance(layer.weight, WeightStandIn)
     with pytest.raises(Exception, match=r"\.T on a seeded layer's weight"):
         torch.compile(lambda x: x @ layer.weight.T, backend="aot_eager")(x)
+
+
+def test_a_module_reading_the_weights_dtype_exports_and_trains_compiled():
+    layer = lottalora.Linear(8, 6, rank=2, seed=1)
+
+    class Reads(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = layer
+
+        def forward(self, x):
+            return self.layer(x.to(self.layer.weight.dtype))
+
+    x = torch.randn(3, 8)
+    for strict in (False, True):  # non-strict export traces with fake tensors, which a subclass cannot wrap
+        assert torch.equal(torch.export.export(Reads(), (x,), strict=strict).module()(x), Reads()(x))
+    xr = x.clone().requires_grad_()
+    torch.compile(Reads(), backend="aot_eager")(xr).sum().backward()
+    compiled = layer.lora_A.grad.clone()
+    layer.zero_grad()
+    Reads()(xr).sum().backward()
+    torch.testing.assert_close(compiled, layer.lora_A.grad)
 
 
 def test_a_converted_t5_runs_generates_and_round_trips(tmp_path):
@@ -75,3 +98,25 @@ def test_a_converted_t5_runs_generates_and_round_trips(tmp_path):
     rebuilt = transformers.AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "t5")
     generated = model.generate(ids, max_new_tokens=4, do_sample=False)
     assert torch.equal(rebuilt.generate(ids, max_new_tokens=4, do_sample=False), generated)
+
+
+def test_a_model_whose_init_reaches_into_seeded_children_materializes_and_round_trips(tmp_path):
+    """CLIP's _init_weights of the root (which owns logit_scale) initializes its projections'
+    weights: from_pretrained's materialize ran it and failed on the stand-in."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    text = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2,
+                max_position_embeddings=16, eos_token_id=2)
+    vision = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2, image_size=16,
+                  patch_size=8)
+    model = lottalora.convert(transformers.CLIPModel(transformers.CLIPConfig(text_config=text, vision_config=vision,
+                                                                             projection_dim=16)), rank=2).eval()
+    assert {"text_projection", "visual_projection"} <= set(lottalora.nn.seeded_layers(model))
+    with torch.no_grad():
+        model.text_projection.lora_B.normal_()
+    model.save_pretrained(tmp_path / "clip")
+    rebuilt = transformers.AutoModel.from_pretrained(tmp_path / "clip")
+    ids, pixels = torch.randint(3, 64, (2, 7)), torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(input_ids=ids, pixel_values=pixels).logits_per_image,
+                           model(input_ids=ids, pixel_values=pixels).logits_per_image)
