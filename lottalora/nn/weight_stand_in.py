@@ -19,12 +19,13 @@ from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 _T = torch.Tensor
 # What describes a tensor without reading its values: the stand-in serves these methods, and
-# every attribute but the views of its values (the compilers read many attributes: is_nested, ...).
+# every attribute but the views of its values and its gradient, which a backbone never has (the
+# compilers read many attributes: is_nested, ...).
 _METADATA = frozenset({
     _T.size, _T.dim, _T.numel, _T.nelement, _T.element_size, _T.is_floating_point, _T.is_complex, _T.is_contiguous,
     _T.stride, _T.__len__,
 })
-_VALUE_VIEWS = frozenset({"data", "T", "mT", "H", "mH", "real", "imag", "grad", "_base"})
+_REFUSED_ATTRIBUTES = frozenset({"data", "T", "mT", "H", "mH", "real", "imag", "grad", "_base"})
 
 
 class WeightStandIn(torch.Tensor):
@@ -70,7 +71,7 @@ class WeightStandIn(torch.Tensor):
         name = getattr(func, "__name__", repr(func))
         if name == "__get__":  # an attribute's getter
             name = "." + getattr(getattr(func, "__self__", None), "__name__", "attribute")
-        if func in _METADATA or (name.startswith(".") and name[1:] not in _VALUE_VIEWS):
+        if func in _METADATA or (name.startswith(".") and name[1:] not in _REFUSED_ATTRIBUTES):
             with torch._C.DisableTorchFunctionSubclass():
                 return func(*args, **(kwargs or {}))
         raise RuntimeError(f"{name} on a seeded layer's weight: the layer stores a seed, not a weight matrix, and its "
