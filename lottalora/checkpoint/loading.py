@@ -169,9 +169,8 @@ def _layer_names(model: nn.Module, layers: dict) -> dict[str, list[str]]:
     several places; each has its own state_dict entries, "_extra_state" among them)."""
     recorded = {id(m): name for name, m in layers.items()}
     names = {name: [] for name in layers}
-    for name, m in model.named_modules(remove_duplicate=False):
-        if id(m) in recorded:
-            names[recorded[id(m)]].append(plain_name(name))
+    for place, m in seeded_layers(model, plain=True, every_place=True).items():
+        names[recorded[id(m)]].append(place)
     return names
 
 

@@ -8,18 +8,11 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from ..nn import SEEDED_LAYER_TYPES, SeededConv, is_dtensor, plain_name
+from ..nn import SeededConv, is_dtensor, plain_name, seeded_layers
 from ..nn.dense_guard import ENTRY as DENSE_GUARD_ENTRY
 
 # The prefix DistributedDataParallel's own state_dict puts before every name.
 _DDP_PREFIX = "module."
-
-
-def _seeded_places(model: nn.Module) -> dict[str, nn.Module]:
-    """{plain name: seeded layer} for every place a seeded layer has in ``model`` (one layer may
-    sit at several, each with its own state_dict entries)."""
-    return {plain_name(name): m for name, m in model.named_modules(remove_duplicate=False)
-            if isinstance(m, SEEDED_LAYER_TYPES)}
 
 
 def _prefixed(place: str, entry: str) -> str:
@@ -29,7 +22,7 @@ def _prefixed(place: str, entry: str) -> str:
 def state_tensors(model: nn.Module, keep_vars: bool = False) -> dict[str, torch.Tensor]:
     """{plain name: state_dict tensor} for every tensor a checkpoint can hold (not the extra
     states, nor the dense guards a state dict taken for transformers holds)."""
-    guards = {_prefixed(place, DENSE_GUARD_ENTRY) for place in _seeded_places(model)}
+    guards = {_prefixed(place, DENSE_GUARD_ENTRY) for place in seeded_layers(model, plain=True, every_place=True)}
     state = {plain_name(k): v for k, v in model.state_dict(keep_vars=keep_vars).items()
              if not k.endswith("_extra_state")}
     return {k: v for k, v in state.items() if k not in guards}
@@ -56,7 +49,7 @@ def given_state_tensors(model: nn.Module, state_dict: Mapping) -> dict[str, torc
     first names that differ."""
     if not isinstance(state_dict, Mapping):
         raise TypeError(f"state_dict must be a mapping of names to tensors, got {type(state_dict).__name__}")
-    own, places = state_tensors(model, keep_vars=True), _seeded_places(model)
+    own, places = state_tensors(model, keep_vars=True), seeded_layers(model, plain=True, every_place=True)
     guards = {_prefixed(place, DENSE_GUARD_ENTRY) for place in places}
     states = {_prefixed(place, "_extra_state"): layer.get_extra_state() for place, layer in places.items()}
     states.update({_prefixed(place, f"lora_adapters.{name}._extra_state"): adapter.get_extra_state()
@@ -105,4 +98,4 @@ def trainable_names(model: nn.Module) -> list[str]:
 def conv_weight_shape(module: nn.Module) -> list[int] | None:
     """A seeded conv's weight shape [out, in // groups, *kernel_size] as checkpoints record it
     (the layer entry's ``weight_shape``); None for a seeded Linear."""
-    return list(module.geometry.weight_shape(module.out_channels)) if isinstance(module, SeededConv) else None
+    return list(module.dense_weight_shape) if isinstance(module, SeededConv) else None

@@ -32,8 +32,9 @@ from .format import ADAPTER_ONLY, CONFIG_NAME, MODEL_CONFIG_NAME, TRAINABLE_ONLY
 from .loading import load_checked
 from .model_config import read_model_config
 
-# Config options that transformers' from_dict takes under another name than the attribute it sets.
-_CONFIG_OPTIONS = ("attn_implementation", "experts_implementation")
+# Config options that transformers' from_dict takes by a name the config does not have as an
+# attribute (it keeps them as "_<name>_internal" behind a private "_<name>" property).
+IMPLEMENTATION_OPTIONS = ("attn_implementation", "experts_implementation")
 
 
 @contextlib.contextmanager
@@ -101,7 +102,7 @@ def from_pretrained(directory: str | os.PathLike, *, device: torch.device | str 
     cls = _architecture(directory, model_config["architecture"])
     base_config = cls.config_class.from_dict(model_config["base_config"])
     updates = dict(config_updates or {})
-    unknown = sorted(k for k in updates if k not in _CONFIG_OPTIONS and not hasattr(base_config, k))
+    unknown = sorted(k for k in updates if k not in IMPLEMENTATION_OPTIONS and not hasattr(base_config, k))
     if unknown:  # from_dict would drop them: a typo would leave the option as saved
         raise ValueError(f"config_updates {unknown} are not options of {type(base_config).__name__}")
     if updates:

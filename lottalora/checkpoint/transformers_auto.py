@@ -24,7 +24,7 @@ from transformers import PreTrainedConfig
 from ..model.placement import check_device
 from .format import CONFIG_NAME, fail
 from .model_config import MODEL_TYPE, read_model_config
-from .pretrained import from_pretrained
+from .pretrained import IMPLEMENTATION_OPTIONS, from_pretrained
 
 # from_pretrained arguments that locate the files on the Hub (passed to snapshot_download for a
 # repository id) or that transformers' Auto classes add on their own, and that change nothing
@@ -38,8 +38,6 @@ _AUTO_DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 _CHECKPOINT_KEYS = ("architecture", "base_config", "convert_calls", "lottalora_format", "lottalora_format_version",
                     "note", "model_type", "transformers_version", "architectures", "name_or_path", "commit_hash",
                     "post_init_done", "dtype")
-# Options transformers keeps as "_<name>_internal" behind a private "_<name>" property.
-_IMPLEMENTATIONS = ("attn_implementation", "experts_implementation")
 
 
 class LottaLoraConfig(PreTrainedConfig):
@@ -105,10 +103,10 @@ def _config_updates(directory: Path, config, kwargs: dict) -> dict:
         saved = LottaLoraConfig.from_pretrained(directory)
         if (config.architecture, config.convert_calls) != (saved.architecture, saved.convert_calls):
             raise ValueError(f"config= describes another checkpoint ({config.architecture}) than {directory}")
-        for name in {_public(k) for k in vars(config)} - set(_CHECKPOINT_KEYS) - set(_IMPLEMENTATIONS):
+        for name in {_public(k) for k in vars(config)} - set(_CHECKPOINT_KEYS) - set(IMPLEMENTATION_OPTIONS):
             if getattr(config, name, None) != getattr(saved, name, None):
                 updates[name] = getattr(config, name)
-        for name in _IMPLEMENTATIONS:  # read through transformers' private properties (_attn_implementation)
+        for name in IMPLEMENTATION_OPTIONS:  # read through transformers' private properties (_attn_implementation)
             if getattr(config, f"_{name}", None) != getattr(saved, f"_{name}", None):
                 updates[name] = getattr(config, f"_{name}")
         held = saved.base_config

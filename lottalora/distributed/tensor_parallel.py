@@ -131,8 +131,9 @@ class TensorParallelPlan:
             # The global shape given: from_local would take every rank's block to be this one's
             # size, which uneven blocks (out_features not a multiple of the ranks) are not.
             shape = (*y.shape[:-1], layer.out_features)
+            stride = tuple(math.prod(shape[i + 1:]) for i in range(len(shape)))  # contiguous
             return DTensor.from_local(y, self.mesh, [Shard(-1)], run_check=False, shape=torch.Size(shape),
-                                      stride=torch.empty(shape, device="meta").stride())
+                                      stride=stride)
         y = _AllReduceInForward.apply(y, group)
         if local["bias"] is not None:
             y = y + local["bias"]

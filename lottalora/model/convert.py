@@ -44,6 +44,7 @@ from .patterns import (
 from .pretrained_class import adopt_seeded_class
 from .records import record_call
 from .redundant_betas import find_redundant_betas
+from .summary import summarize_model
 
 BIAS_MODES = ("none", "all", "lora_only")
 
@@ -169,7 +170,7 @@ def convert(
     targets = _targets(root, options, experts)
     # The model's size as it came in (backbones as the dense weights they replace), for the
     # experts' share: counted only where there are experts, ordinary models pay nothing.
-    dense_size = _dense_size(root) if experts else 0
+    dense_size = summarize_model(root)["total_params"] if experts else 0
     first_conversion = not seeded_layers(root)
     # Every seeded layer is built (its arguments checked) before the first one is placed: a layer
     # that refuses its arguments (a conv's rank against its groups) leaves the model as it was.
@@ -296,12 +297,6 @@ def _refuse_named_experts(model: nn.Module, experts: dict[str, list[str]], optio
                      f"({', '.join(experts[named[0]])}), which lottalora does not convert: it seeds nn.Linear, "
                      "Conv1D and named convolutions only. Leave it out of target_modules (it stays dense and frozen), "
                      "or name it in trainable_modules to train it dense")
-
-
-def _dense_size(model: nn.Module) -> int:
-    """Parameters of ``model`` with each seeded layer's backbone counted as its dense weight."""
-    return sum(p.numel() for p in model.parameters()) + sum(
-        layer.in_features * layer.out_features for layer in seeded_layers(model).values())
 
 
 def _warn_dense_experts(model: nn.Module, experts: dict[str, list[str]], dense_size: int) -> None:

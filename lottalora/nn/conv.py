@@ -328,7 +328,7 @@ class SeededConv(AdaptedLayer):
         """The dense W_seed as the conv weight (out_channels, in_channels // groups,
         *kernel_size), regenerated now and never cached; float32 unless ``dtype``."""
         w = dense_block(self._spec, device=device if device is not None else self.beta.device)
-        w = w.view(self.geometry.weight_shape(self.out_channels))
+        w = w.view(self.dense_weight_shape)
         return w.to(dtype) if dtype is not None else w
 
     def check_state_dict(self, state_dict, prefix: str = "") -> None:

@@ -43,12 +43,15 @@ def plain_name(name: str) -> str:
     return ".".join(part for part in name.split(".") if part != _COMPILED_SEGMENT)
 
 
-def seeded_layers(model: nn.Module, *, plain: bool = False) -> dict[str, Linear | SeededConv]:
+def seeded_layers(model: nn.Module, *, plain: bool = False,
+                  every_place: bool = False) -> dict[str, Linear | SeededConv]:
     """{qualified name: layer} for every seeded layer of ``model`` (unwrapped from torch.compile
     and DDP first), in ``named_modules`` order; "" names ``model`` itself when it is one. A layer
-    shared under two names appears once, under the first. ``plain``: names without the
-    ``_orig_mod`` segments of submodules compiled in place (what checkpoints record)."""
-    layers = {name: m for name, m in unwrap_model(model).named_modules() if isinstance(m, SEEDED_LAYER_TYPES)}
+    shared under two names appears once, under the first, unless ``every_place``: then under each
+    (each place has its own state_dict entries). ``plain``: names without the ``_orig_mod``
+    segments of submodules compiled in place (what checkpoints record)."""
+    modules = unwrap_model(model).named_modules(remove_duplicate=not every_place)
+    layers = {name: m for name, m in modules if isinstance(m, SEEDED_LAYER_TYPES)}
     return {plain_name(name): m for name, m in layers.items()} if plain else layers
 
 

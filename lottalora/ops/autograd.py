@@ -42,7 +42,10 @@ class SeededLinearFunction(torch.autograd.Function):
     checked; ``backend`` from ``lottalora.ops.backend.resolve_backend``; ``direct``: whether the
     implementations may be called without the registered ops (``custom_ops.direct_call_ok``;
     None: asked here); ``plan``: the call's ``lottalora.ops.eager.EagerPlan``, whose replays then
-    make the forward and the first-order input gradient (a direct call)."""
+    make the forward and the first-order input gradient (a direct call). Returns y as a matrix
+    (M, block out), M the product of x's leading dims: a view with x's leading dims made inside
+    the node could not be modified in place, so ``with_node`` (what ``seeded_linear`` runs) makes
+    it outside."""
 
     @staticmethod
     def forward(ctx, x, lora_A, lora_B, beta, bias, spec, scale: float, backend: str, lora_input=None,

@@ -25,7 +25,7 @@ def _check_param(name: str, tensor: torch.Tensor | None, shape: tuple, x: torch.
         hint = MATERIALIZE_HINT if tensor.device.type == "meta" else ""
         raise ValueError(f"{name} is on {tensor.device} but the input is on {x.device}{hint}")
     if name != "beta":
-        check_param_dtype(name, tensor, x)
+        check_param_dtype(name, tensor.dtype, x.dtype)
 
 
 def check_input_dtype(x: torch.Tensor, backend: str) -> None:
@@ -36,11 +36,11 @@ def check_input_dtype(x: torch.Tensor, backend: str) -> None:
         raise TypeError(f"input dtype must be one of {dtypes} on the {backend} backend, got {x.dtype}")
 
 
-def check_param_dtype(name: str, tensor: torch.Tensor | None, x: torch.Tensor) -> None:
-    """TypeError unless the parameter ``name`` (None passes) has the input's dtype, as nn.Linear's
-    and nn.Conv's must (inside autocast: both as autocast casts them)."""
-    if tensor is not None and tensor.dtype != x.dtype:
-        raise TypeError(f"{name} has dtype {tensor.dtype} but the input has {x.dtype}: they must match")
+def check_param_dtype(name: str, dtype: torch.dtype, input_dtype: torch.dtype) -> None:
+    """TypeError unless the parameter ``name``'s dtype is the input's, as nn.Linear's and
+    nn.Conv's must be (inside autocast: both as autocast casts them)."""
+    if dtype != input_dtype:
+        raise TypeError(f"{name} has dtype {dtype} but the input has {input_dtype}: they must match")
 
 
 def _check_types(x, spec, lora_A, lora_B, beta, bias, scale, lora_input) -> None:

@@ -40,7 +40,7 @@ from .autograd import needs_composite
 from .backend import dense_block
 from .checks import check_input_dtype, check_param_dtype
 from .custom_ops import block_from_words, block_words, direct_call_ok
-from .precision import accumulation_dtype, autocast_cast, autocast_enabled, autocast_off
+from .precision import accumulation_dtype, autocast_cast, autocast_cast_dtype, autocast_enabled, autocast_off
 
 # W_seed values one chunk holds at most (the torch backend's block budget): a chunk's weight
 # and its generator's temporaries stay a few MiB whatever the layer's size.
@@ -110,14 +110,12 @@ def check_conv_dtypes(x: torch.Tensor, params: dict[str, torch.Tensor | None] | 
     """lottalora.Linear's dtype rule (``checks``) for a seeded conv: TypeError unless x is in a
     dtype the torch backend computes in (the convs are torch's on every device, float64 too) and
     each of ``params`` (name: tensor or None) has x's dtype, inside autocast once autocast has
-    cast both, as nn.Conv's must."""
-    if autocast_enabled(x.device.type):
-        dtype = torch.get_autocast_dtype(x.device.type)
-        x = autocast_cast(x, dtype)
-        params = {name: autocast_cast(t, dtype) for name, t in (params or {}).items()}
+    cast both, as nn.Conv's must (compared, not cast: the conv's own ops cast them)."""
+    dtype = torch.get_autocast_dtype(x.device.type) if autocast_enabled(x.device.type) else None
     check_input_dtype(x, "torch")
     for name, t in (params or {}).items():
-        check_param_dtype(name, t, x)
+        if t is not None:
+            check_param_dtype(name, autocast_cast_dtype(t, dtype), autocast_cast_dtype(x, dtype))
 
 
 def _conv(x: torch.Tensor, weight: torch.Tensor, geometry: ConvGeometry, groups: int) -> torch.Tensor:

@@ -29,6 +29,11 @@ def autocast_cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | 
     return t.to(dtype) if t is not None and _autocast_casts(t) else t
 
 
+def autocast_cast_dtype(t: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:
+    """The dtype ``autocast_cast(t, dtype)`` gives, without casting; ``dtype`` None: autocast off."""
+    return dtype if dtype is not None and _autocast_casts(t) else t.dtype
+
+
 def output_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype a layer returns for input x: x's, or inside autocast the dtype autocast gives
     x (``autocast_cast``), as nn.Linear's and nn.Conv's outputs have."""
