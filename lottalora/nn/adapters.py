@@ -237,7 +237,8 @@ class AdaptedLayer(nn.Module):
         shape ``dense_weight_shape``, the layer's dtype and device, no values (reading its
         metadata works, as transformers' T5 does; using its values raises). ``backbone_weight()``
         regenerates the dense W_seed."""
-        return weight_stand_in(self.dense_weight_shape, self.beta.dtype, self.beta.device)
+        beta = self._parameters["beta"]  # not nn.Module's __getattr__: read in every T5 forward
+        return weight_stand_in(self.dense_weight_shape, beta.dtype, beta.device)
 
     # Everything that makes the layer's function besides its tensors (seed, stream, init, rank,
     # alpha, use_rslora) travels in the state_dict as one small int64 tensor ("_extra_state").

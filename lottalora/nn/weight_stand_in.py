@@ -7,12 +7,14 @@ forward, vision towers read ``patch_embedding.weight.dtype``. The stand-in answe
 (shape, dtype, device, ``isinstance(..., torch.Tensor)``); anything that would use its values
 (a product, an in-place init, ``.data``, ``.T``) raises, naming ``backbone_weight()``, rather than
 computing with numbers that are not the backbone's or changing nothing while seeming to. It is
-made anew at each read, so it follows the layer's moves and casts, and it is never a parameter:
+looked up at each read, so it follows the layer's moves and casts, and it is never a parameter:
 state dicts, optimizers and FSDP do not see it. torch.compile traces it as it runs eagerly
 (metadata reads are constants of the graph; a use of its values raises while tracing).
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch._subclasses.fake_tensor import unset_fake_temporarily
@@ -47,12 +49,16 @@ class WeightStandIn(torch.Tensor):
             with unset_fake_temporarily():
                 base = torch.empty(shape, dtype=dtype, device="meta")
         stand_in = torch.Tensor._make_subclass(cls, base)
-        stand_in._layer_device = torch.device(device)
+        stand_in._layer_device, stand_in._layer_dtype = torch.device(device), dtype
         return stand_in
 
     @property
     def device(self) -> torch.device:
         return self._layer_device
+
+    @property
+    def dtype(self) -> torch.dtype:  # read in every T5 forward: a plain attribute, not __torch_function__
+        return self._layer_dtype
 
     @property
     def is_cuda(self) -> bool:
@@ -80,6 +86,15 @@ class WeightStandIn(torch.Tensor):
                            "layer(x) to compute with it")
 
 
+@functools.lru_cache(maxsize=256)
+def _shared_stand_in(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> WeightStandIn:
+    return WeightStandIn(shape, dtype, device)
+
+
 def weight_stand_in(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> WeightStandIn:
-    """A ``WeightStandIn`` of ``shape``, ``dtype`` and ``device``."""
-    return WeightStandIn(tuple(shape), dtype, device)
+    """A ``WeightStandIn`` of ``shape``, ``dtype`` and ``device``. One per (shape, dtype, device)
+    is shared by every layer that asks (it holds nothing of theirs): T5 reads its weights' dtype
+    in every forward, and making one costs ~10 us of host time."""
+    if torch.compiler.is_dynamo_compiling():  # dynamo traces the construction, not the cache
+        return WeightStandIn(tuple(shape), dtype, device)
+    return _shared_stand_in(tuple(shape), dtype, torch.device(device))
