@@ -94,7 +94,7 @@ def _shared_stand_in(shape: tuple[int, ...], dtype: torch.dtype, device: torch.d
 def weight_stand_in(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> WeightStandIn:
     """A ``WeightStandIn`` of ``shape``, ``dtype`` and ``device``. One per (shape, dtype, device)
     is shared by every layer that asks (it holds nothing of theirs): T5 reads its weights' dtype
-    in every forward, and making one costs ~10 us of host time."""
+    in every forward, and making one each time would cost host time there."""
     if torch.compiler.is_dynamo_compiling():  # dynamo traces the construction, not the cache
         return WeightStandIn(tuple(shape), dtype, device)
     return _shared_stand_in(tuple(shape), dtype, torch.device(device))
