@@ -28,7 +28,7 @@ from ..nn.adapters import check_init_lora_weights
 from ..nn.options import check_alpha, check_dropout, check_flag, check_rank
 from .conv_layers import conv_matrix_shape, is_dense_conv, seeded_conv_like
 from .load_check import check_loads_whole
-from .modules import linear_shape, moe_experts, parameter_names, set_submodule, tied_elsewhere
+from .modules import linear_shape, module_places, moe_experts, parameter_names, set_submodule, tied_elsewhere
 from .patterns import (
     ALL_LINEAR,
     Patterns,
@@ -108,7 +108,9 @@ def convert(
     (``output_head_names``: a transformers model's lm_head or classifier; a plain nn.Module has
     none that can be told apart). A layer whose weight is tied to another module's (GPT-2's
     lm_head and token embedding) is never converted by "all-linear", and naming it is an error:
-    its dense weight is shared and cannot be replaced by a seed. exclude_modules: layers never
+    its dense weight is shared and cannot be replaced by a seed. A module placed at two names
+    (``self.b = self.a``) is one layer, not a tie: it converts when one of its names is selected
+    and none is excluded, into one seeded layer at each of them. exclude_modules: layers never
     converted (PEFT's option). adapter_modules: which converted layers get a rank-``rank``
     adapter; the others become rank-0 seeded layers (all get one when None). rank_pattern and
     alpha_pattern (PEFT's): {regex matching the end of a name: rank or alpha} overriding
@@ -174,13 +176,14 @@ def convert(
     first_conversion = not seeded_layers(root)
     # Every seeded layer is built (its arguments checked) before the first one is placed: a layer
     # that refuses its arguments (a conv's rank against its groups) leaves the model as it was.
-    converted = {name: _seeded_layer(plain, module, shape, options) for name, plain, module, shape in targets}
-    for name, layer in converted.items():
-        set_submodule(root, name, layer)
+    converted = {name: _seeded_layer(plain, module, shape, options) for name, plain, module, shape, _ in targets}
+    for name, _, _, _, places in targets:  # a module placed twice stays one layer, at each of its places
+        for place in places:
+            set_submodule(root, place, converted[name])
     _set_trainable(root, converted, options, first_conversion)
     if experts:
         _warn_dense_experts(root, experts, dense_size)
-    record_call(root, [plain for _, plain, _, _ in targets], options.record())
+    record_call(root, [plain for _, plain, _, _, _ in targets], options.record())
     # On the inner model, its pre-hook also runs when the wrapper loads (load_state_dict visits every submodule).
     check_loads_whole(root)
     adopt_seeded_class(root)
@@ -228,35 +231,43 @@ def _check_options(model, rank, alpha, use_rslora, seed, init, stream_version, t
 
 
 def _targets(model: nn.Module, options: _Options,
-             experts: dict[str, list[str]]) -> list[tuple[str, str, nn.Module, tuple[int, int]]]:
-    """(name, plain name, dense module, (in_features, out_features)) of every layer of the
-    unwrapped ``model`` to convert: ``name`` is where it sits, the plain name (without the
-    ``_orig_mod`` segments of submodules compiled in place) is what the options match and the
-    stream comes from; ``experts`` is ``moe_experts`` of the model. ValueError when the options
-    name nothing, a tied weight, an MoE experts module, or layers that cannot be both."""
+             experts: dict[str, list[str]]) -> list[tuple[str, str, nn.Module, tuple[int, int], list[str]]]:
+    """(name, plain name, dense module, (in_features, out_features), places) of every layer of
+    the unwrapped ``model`` to convert: ``name`` is where it sits first, the plain name (without
+    the ``_orig_mod`` segments of submodules compiled in place) is what the stream comes from,
+    and ``places`` every name the module sits at (``self.b = self.a``: both), which the options
+    match: a module placed twice converts when one of its places is selected and none is
+    excluded, into one seeded layer at all of them. ``experts`` is ``moe_experts`` of the model.
+    ValueError when the options name nothing, a tied weight, an MoE experts module, or layers
+    that cannot be both."""
     heads = output_head_names(model) if options.all_linear else set()
     names = parameter_names(model)
+    places_of = module_places(model)
     targets = []
     for name, module in model.named_modules():
         shape = linear_shape(module)
         if shape is None and not options.all_linear and is_dense_conv(module):  # convs only when named
             shape = conv_matrix_shape(module)
-        if shape is None or not name or name in heads:
+        if shape is None or not name:
             continue
-        plain = plain_name(name)
-        if options.exclude_modules is not None and name_matches(plain, options.exclude_modules):
+        places = places_of[id(module)]
+        plains = [plain_name(place) for place in places]
+        if any(place in heads for place in places):
             continue
-        if not options.all_linear and not name_matches(plain, options.target_modules):
+        if options.exclude_modules is not None and any(name_matches(p, options.exclude_modules) for p in plains):
             continue
-        if not in_selected_layers(plain, options.layers_to_transform, options.layers_pattern):
+        if not options.all_linear and not any(name_matches(p, options.target_modules) for p in plains):
             continue
-        tied = [plain_name(n) for n in tied_elsewhere(names, name, module)]
+        if not any(in_selected_layers(p, options.layers_to_transform, options.layers_pattern) for p in plains):
+            continue
+        plain = plains[0]
+        tied = [plain_name(n) for n in tied_elsewhere(names, places, module)]
         if tied and options.all_linear:
             continue
         if tied:
             raise ValueError(f"{plain}.weight is tied to {tied[0]}: a tied weight is shared with another module "
                              f"and cannot become a seed; leave {plain!r} out of target_modules")
-        targets.append((name, plain, module, shape))
+        targets.append((name, plain, module, shape, places))
     if not options.all_linear:
         _refuse_named_experts(model, experts, options, bool(targets))
     if not targets:
@@ -264,7 +275,7 @@ def _targets(model: nn.Module, options: _Options,
             f" in layers_to_transform={options.layers_to_transform!r} (layers_pattern={options.layers_pattern!r})"
         raise ValueError(f"target_modules={options.target_modules!r} matched no nn.Linear (or Conv1D, or "
                          f"nn.Conv1d / nn.Conv2d named in it) in the model{selection}")
-    target_names = [plain for _, plain, _, _ in targets]
+    target_names = [plain for _, plain, _, _, _ in targets]
     if options.trainable_modules is not None:
         clash = [n for n in target_names if name_matches(n, options.trainable_modules)]
         if clash:

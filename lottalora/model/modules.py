@@ -50,11 +50,21 @@ def parameter_names(model: nn.Module) -> dict[int, list[str]]:
     return names
 
 
-def tied_elsewhere(names: dict[int, list[str]], name: str, module: nn.Module) -> list[str]:
-    """Names of parameters outside ``module`` (the one at ``name``) that are ``module.weight``
-    itself (tied weights); ``names`` is ``parameter_names`` of the whole model."""
-    prefix = f"{name}."
-    return [n for n in names.get(id(module.weight), []) if not n.startswith(prefix)]
+def module_places(model: nn.Module) -> dict[int, list[str]]:
+    """Every name each submodule of ``model`` sits at, keyed by the module's id, in
+    ``named_modules`` order (a module placed twice, ``self.b = self.a``, has two)."""
+    places: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        places.setdefault(id(module), []).append(name)
+    return places
+
+
+def tied_elsewhere(names: dict[int, list[str]], places: list[str], module: nn.Module) -> list[str]:
+    """Names of parameters outside ``module`` (the one at each of ``places``) that are
+    ``module.weight`` itself (tied weights); ``names`` is ``parameter_names`` of the whole model.
+    The module's own weight under another of its places is not a tie: it is the same layer."""
+    prefixes = tuple(f"{place}." for place in places)
+    return [n for n in names.get(id(module.weight), []) if not n.startswith(prefixes)]
 
 
 def tied_groups(model: nn.Module) -> list[list[str]]:

@@ -298,11 +298,39 @@ def _shared_encoder_layer() -> TwoTower:
     return model
 
 
-def test_a_module_shared_under_two_names_counts_as_tied():
+def test_a_module_shared_under_two_names_becomes_one_seeded_layer_at_both(tmp_path):
+    """``encoder.0`` and ``encoder.2`` are one nn.Linear: it is one layer, so it converts into one
+    seeded layer placed at both names (it was left dense and frozen by all-linear, and naming
+    either place was refused as a tie), whichever place the options name."""
     model = lottalora.convert(_shared_encoder_layer(), rank=2)
-    assert _seeded_names(model) == {"head"}
-    with pytest.raises(ValueError, match=r"encoder\.0\.weight is tied to encoder\.2\.weight"):
-        lottalora.convert(_shared_encoder_layer(), target_modules=["encoder.0"])
+    assert _seeded_names(model) == {"encoder.0", "head"}
+    layer = model.encoder[0]
+    assert model.encoder[2] is layer and layer.stream == lottalora.stream_for_name("encoder.0")
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    ids = torch.tensor([[1, 2, 3]])
+    w = layer.backbone_weight() * layer.beta
+    delta = (layer.lora_B @ layer.lora_A) * layer.scaling
+
+    def once(h):
+        return h @ (w + delta).T + layer.bias
+
+    want = model.head(once(torch.relu(once(model.embed(ids)))))
+    torch.testing.assert_close(model(ids), want, rtol=1e-5, atol=1e-5)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert sum(p is layer.lora_A for p in trainable) == 1  # one parameter, however many places
+    # Either place selects it; excluding either leaves it dense (and trainable_modules untouched).
+    for place in ("encoder.0", "encoder.2"):
+        chosen = lottalora.convert(_shared_encoder_layer(), rank=2, target_modules=[place])
+        assert isinstance(chosen.encoder[0], lottalora.Linear) and chosen.encoder[2] is chosen.encoder[0]
+        kept = lottalora.convert(_shared_encoder_layer(), rank=2, exclude_modules=[place])
+        assert _seeded_names(kept) == {"head"} and type(kept.encoder[2]) is nn.Linear
+    # It saves and loads as the one layer it is: the reload computes the same bits.
+    lottalora.save(model, tmp_path / "ck")
+    fresh = lottalora.convert(_shared_encoder_layer(), rank=2)
+    lottalora.load(fresh, tmp_path / "ck")
+    assert fresh.encoder[2] is fresh.encoder[0]
+    assert torch.equal(fresh(ids), model(ids))
 
 
 class ManyLayers(nn.Module):
