@@ -19,6 +19,9 @@ output, as torch's row-parallel nn.Linear) before the bias is added.
 The backward is Megatron's: where a replicated tensor (the column-parallel input, lora_A and beta
 there; lora_B and beta in the row-parallel layer) meets a rank's block, the rank's gradient is a
 partial sum and is all-reduced, so replicated parameters get identical, complete gradients.
+A replicated parameter's 16-bit gradient is summed in float32 and rounded once, as the unsharded
+layer's is; activations (the row-parallel output, the column-parallel input's gradient) are
+summed in their own dtype, as torch's and Megatron's styles do.
 Row and column ranges split like torch's ``Shard`` (``torch.chunk``: ceil(n / ranks) each, the
 last ranks possibly shorter or empty). Each style checks that every rank of the mesh holds the
 same backbone (``check_same_backbone``) before it shards a layer.
@@ -52,18 +55,25 @@ from .backbone_check import check_same_backbone
 
 class _AllReduceInBackward(torch.autograd.Function):
     """Identity forward; the gradient is summed over the group (Megatron's "copy to the
-    tensor-parallel region"): for a replicated tensor used by every rank's block."""
+    tensor-parallel region"): for a replicated tensor used by every rank's block.
+    ``in_float32``: a 16-bit gradient is summed in float32 and rounded once, as the unsharded
+    layer's is (a bf16 ring sum rounds at every rank it passes); for the replicated parameters,
+    whose gradients are small, not for the activations."""
 
     @staticmethod
-    def forward(ctx, t, group):
-        ctx.group = group
+    def forward(ctx, t, group, in_float32=False):
+        ctx.group, ctx.in_float32 = group, in_float32
         return t.view_as(t)
 
     @staticmethod
     def backward(ctx, grad):
+        if ctx.in_float32 and grad.dtype in (torch.float16, torch.bfloat16):
+            summed = grad.float()  # a copy
+            dist.all_reduce(summed, group=ctx.group)
+            return summed.to(grad.dtype), None, None
         grad = grad.contiguous().clone()
         dist.all_reduce(grad, group=ctx.group)
-        return grad, None
+        return grad, None, None
 
 
 class _AllReduceInForward(torch.autograd.Function):
@@ -124,7 +134,7 @@ class TensorParallelPlan:
             replicated, bias = ("lora_B", "beta"), None
         for name in replicated:
             if local[name] is not None and local[name].requires_grad:
-                local[name] = _AllReduceInBackward.apply(local[name], group)
+                local[name] = _AllReduceInBackward.apply(local[name], group, True)
         y = seeded_linear_shard(x_local, layer.spec, self.rows, self.cols, local["lora_A"], local["lora_B"],
                                 local["beta"], bias, layer.scaling, lora_input=lora_input)
         if self.kind == "colwise":

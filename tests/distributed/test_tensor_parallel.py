@@ -309,3 +309,23 @@ def test_lora_dropout_in_tensor_parallel_trains_like_the_unsharded_model(hidden)
     """hidden=1: the second rank's blocks of both layers are empty."""
     run_ranks("tests.distributed.test_tensor_parallel:_tp_mlp_with_lora_dropout_trains_like_the_unsharded_one",
               args=[hidden], timeout=240)
+
+
+def _replicated_gradients_sum_in_float32(rank, world):
+    """On each element one rank holds 1 and the others 2^-8 + 2^-15: summed in float32 and
+    rounded once that is 1 + 2^-7 in bf16, but a bf16 sum that adds 1 first rounds up twice
+    (1 + 2^-6); the ring starts each chunk's sum at another rank, so some element would."""
+    import torch.distributed as dist
+
+    from lottalora.distributed.tensor_parallel import _AllReduceInBackward
+
+    small = 2.0 ** -8 + 2.0 ** -15
+    grad = torch.tensor([1.0 if j % world == rank else small for j in range(8 * world)], dtype=torch.bfloat16)
+    param = torch.zeros(8 * world, dtype=torch.bfloat16, requires_grad=True)
+    _AllReduceInBackward.apply(param, dist.group.WORLD, True).backward(grad)
+    want = torch.tensor(1.0 + (world - 1) * small, dtype=torch.float32).to(torch.bfloat16)
+    assert torch.equal(param.grad, want.expand_as(param.grad)), param.grad
+
+
+def test_replicated_bf16_gradients_are_summed_in_float32_over_three_ranks():
+    run_ranks("tests.distributed.test_tensor_parallel:_replicated_gradients_sum_in_float32", world_size=3)
