@@ -57,7 +57,9 @@ def _check_types(x, spec, lora_A, lora_B, beta, bias, scale, lora_input) -> None
         raise TypeError(f"beta must be a floating-point tensor, got dtype {beta.dtype}")
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         raise TypeError(f"scale must be a real number, got {type(scale).__name__} {scale!r}")
-    if not math.isfinite(float(scale)):
+    # Under torch.compile(dynamic=True) a layer's scaling is a traced number whose finiteness
+    # cannot be asked (a bool out of the graph); the layer checked it when it was set.
+    if not torch.compiler.is_compiling() and not math.isfinite(float(scale)):
         raise ValueError(f"scale must be finite, got {scale!r}")
 
 

@@ -79,6 +79,8 @@ def _layout(t: torch.Tensor | None):
 def call_key(x, spec, lora_A, lora_B, beta, bias, scale, lora_input) -> tuple | None:
     """The key of a ``seeded_linear`` call (see the module docstring), or None when the plans do
     not serve it."""
+    if _is_compiling():  # first: a traced id(spec) would guard the graph on each layer's spec object
+        return None
     if type(spec) is BackboneSpec:
         backbone = id(spec)
     elif type(spec) is BackboneBlock and type(spec.spec) is BackboneSpec:
@@ -91,7 +93,7 @@ def call_key(x, spec, lora_A, lora_B, beta, bias, scale, lora_input) -> tuple | 
             or _is_functorch_wrapped is None:
         return None
     device = x.device
-    if device.type == "meta" or _is_compiling() or _dispatch_stack_depth() or forward_ad._current_level >= 0 \
+    if device.type == "meta" or _dispatch_stack_depth() or forward_ad._current_level >= 0 \
             or _is_autocast_enabled(device.type):
         return None
     backend = checks.resolve_backend(device)

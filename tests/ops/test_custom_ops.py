@@ -102,6 +102,31 @@ def test_torch_compile_default_backend_trains_with_lora_dropout(monkeypatch):
     torch.testing.assert_close(compiled(x), layer(x))  # no dropout in eval: the compiled layer is the layer
 
 
+@pytest.mark.parametrize("use_dora", [False, True])
+def test_torch_compile_dynamic_shapes_compile_the_layer_whole(use_dora, monkeypatch):
+    """``dynamic=True`` makes the layer's scaling a traced number: the scale check must not ask
+    it for a bool (that was a graph break at every seeded layer, and fullgraph=True failed),
+    and one graph serves every batch size."""
+    monkeypatch.setenv("LOTTALORA_BACKEND", "torch")
+    torch._dynamo.reset()
+    layer = lottalora.Linear(24, 16, rank=2, seed=3, use_dora=use_dora)
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    frames = CompileCounterWithBackend("inductor")
+    compiled = torch.compile(layer, backend=frames, fullgraph=True, dynamic=True)
+    compiled_after_first = None
+    for rows in (3, 5, 7):
+        x = torch.randn(rows, 24, requires_grad=True)
+        y = compiled(x)
+        compiled_after_first = compiled_after_first or frames.frame_count
+        torch.testing.assert_close(y, layer(x))
+        (dx,) = torch.autograd.grad(y.square().sum(), x)
+        torch.testing.assert_close(dx, torch.autograd.grad(layer(x).square().sum(), x)[0])
+    assert frames.frame_count == compiled_after_first  # no recompile for another batch size
+
+
 def test_torch_backend_forward_hands_its_packed_signs_to_the_backward():
     """Stream v2 on the torch backend: the backward reuses the forward's packed signs (1 bit per
     weight) and gives the gradients a fresh generation gives; they are kept only for training."""
