@@ -237,8 +237,12 @@ def _generated_block(spec: BackboneSpec, rows: tuple[int, int], cols: tuple[int,
     ``torch_backend.weight_blocks`` generator."""
     from lottalora_kernels.backbone_gen import generate_backbone
 
-    return generate_backbone(spec.seed, spec.stream, spec.in_features, spec.init, rows, cols, device,
-                             version=spec.version, dtype=dtype, signs=signs)
+    # Inside a torch.func transform (grad, vmap, jacrev) the kernel's output would be allocated
+    # as a functorch wrapper, whose storage a launch cannot read; W depends on no input, so it is
+    # made as a plain tensor, which the transform then lifts.
+    with torch._C._DisableFuncTorch():
+        return generate_backbone(spec.seed, spec.stream, spec.in_features, spec.init, rows, cols, device,
+                                 version=spec.version, dtype=dtype, signs=signs)
 
 
 def _generated_blocks(block: BackboneBlock, dtype: torch.dtype, device: torch.device) -> torch_backend.ColumnBlocks:

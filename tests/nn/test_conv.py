@@ -477,3 +477,27 @@ def test_dora_row_norms_apply_to_a_conv_through_its_spec_and_2d_factors():
     norms = weight_row_norms(layer.spec, *layer.lora_factors_2d(), layer.beta, layer.scaling)
     dense = layer.backbone_weight(torch.float64) * layer.beta.double() + layer.delta_weight()
     assert_close(norms, dense.flatten(1).norm(dim=1), torch.float64, "row norms")
+
+
+def test_torch_func_on_the_triton_backend_equals_autograd(monkeypatch):
+    """The Triton backend generates W with a kernel launch: inside torch.func.grad / vmap its
+    output must be a plain tensor (a functorch wrapper's storage cannot be launched on), for a
+    conv's chunks and for a DoRA Linear's row norms made first inside the transform."""
+    from torch.func import functional_call, grad, vmap
+
+    monkeypatch.setenv("LOTTALORA_BACKEND", "triton")
+    conv = lottalora.Conv2d(3, 4, 3, rank=2, seed=2, use_dora=True)
+    dora = lottalora.Linear(12, 10, rank=3, seed=7, init="gaussian", use_dora=True)
+    dora.reseed(1000)  # a backbone whose row norms are not cached yet
+    for layer, x in ((conv, torch.randn(2, 3, 5, 5)), (dora, torch.randn(3, 12))):
+        with torch.no_grad():
+            layer.lora_B.normal_()
+        params = {name: p.detach() for name, p in layer.named_parameters()}
+        grads = grad(lambda p: functional_call(layer, p, (x,)).square().sum())(params)
+        layer.zero_grad()
+        layer(x).square().sum().backward()
+        for name, p in layer.named_parameters():
+            torch.testing.assert_close(grads[name], p.grad, msg=f"d{name}")
+        per_sample = vmap(grad(lambda p, xi: functional_call(layer, p, (xi[None],)).sum()), in_dims=(None, 0))
+        torch.testing.assert_close(per_sample(params, x)["lora_A"].sum(0),
+                                   grad(lambda p: functional_call(layer, p, (x,)).sum())(params)["lora_A"])
