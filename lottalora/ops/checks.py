@@ -33,7 +33,10 @@ def check_input_dtype(x: torch.Tensor, backend: str) -> None:
     truncated or wrapped integer outputs)."""
     dtypes = supported_dtypes(backend)
     if x.dtype not in dtypes:
-        raise TypeError(f"input dtype must be one of {dtypes} on the {backend} backend, got {x.dtype}")
+        hint = ""
+        if x.dtype in supported_dtypes("torch"):  # float64 on the Triton backend
+            hint = " (the torch backend computes it, on any device: LOTTALORA_BACKEND=torch)"
+        raise TypeError(f"input dtype must be one of {dtypes} on the {backend} backend, got {x.dtype}{hint}")
 
 
 def check_param_dtype(name: str, dtype: torch.dtype, input_dtype: torch.dtype) -> None:

@@ -115,7 +115,7 @@ def weight_row_norms(spec: BackboneSpec | BackboneBlock, lora_A: torch.Tensor | 
     PEFT's float32 norm while the adapter stays away from cancelling a row (DoRA starts with B = 0)."""
     block = _as_block(spec)
     out_dtype = accumulation_dtype(beta.dtype)
-    wide = torch.float64 if torch.float64 in supported_dtypes(resolve_backend(beta.device)) else out_dtype
+    wide = torch.float64 if torch.float64 in supported_dtypes(resolve_backend(beta.device)) else torch.float32
     # Autocast would round lora_A to its dtype before the cross term: the norms are the layer's
     # own constants, computed as outside it.
     with torch.no_grad(), autocast_off(beta.device.type):

@@ -71,6 +71,18 @@ def test_float64_stays_float64_under_autocast_as_with_nn_linear():
     assert y.dtype == torch.float64 and torch.equal(y, want)
 
 
+def test_float64_on_the_triton_backend_is_refused_naming_the_backend_that_computes_it(monkeypatch):
+    """A float64 layer builds (a DoRA one's row norms too: they are made in float32 there, as the
+    backend computes) and its call is refused with the way out, not inside a kernel."""
+    monkeypatch.setenv("LOTTALORA_BACKEND", "triton")
+    for use_dora in (False, True):
+        layer = lottalora.Linear(8, 6, rank=2, use_dora=use_dora, dtype=torch.float64)
+        with pytest.raises(TypeError, match=r"float64 \(the torch backend computes it.*=torch"):
+            layer(torch.randn(2, 8, dtype=torch.float64))
+    monkeypatch.setenv("LOTTALORA_BACKEND", "torch")
+    assert layer(torch.randn(2, 8, dtype=torch.float64)).dtype == torch.float64
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "frozen"])
 def test_forward_without_autograd_equals_the_autograd_forward(backend, mode, monkeypatch, device):
