@@ -56,7 +56,7 @@ _UNPACK_VALUES = 1 << 18  # signs per pass where a block's columns are off the b
 # it and dropped after.
 ColumnBlocks = Iterable[tuple[tuple[int, int], torch.Tensor]]
 
-_BIT_TABLES: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+_SIGN_TABLES: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
 
 
 def column_ranges(block: BackboneBlock, values: int | None = None) -> Iterator[tuple[int, int]]:
@@ -180,40 +180,41 @@ def product_scale(spec: BackboneSpec) -> float:
     return spec.std if spec.version == 2 else 1.0
 
 
-def _bit_table(dtype: torch.dtype, device) -> torch.Tensor:
-    """[8, 256]: entry (k, v) is bit k of v; made once per dtype and device (as
-    ``stream_v2.byte_sign_table`` keeps its signs: a batch-1 forward would otherwise rebuild it)."""
+def _sign_table(dtype: torch.dtype, device) -> torch.Tensor:
+    """[8, 256]: entry (k, v) is the sign of bit k of v (1 - 2 bit: +1 for 0, -1 for 1); made
+    once per dtype and device (as ``stream_v2.byte_sign_table`` keeps its signs: a batch-1
+    forward would otherwise rebuild it)."""
     key = (dtype, torch.device(device))
-    if key not in _BIT_TABLES:
+    if key not in _SIGN_TABLES:
         # Made outside inference mode even when first asked for inside it: an inference tensor
         # could never be saved for backward by a later call that autograd records.
         with torch.inference_mode(False):
             bits = (torch.arange(256, device=device)[None, :] >> torch.arange(8, device=device)[:, None]) & 1
-            _BIT_TABLES[key] = bits.to(dtype)
-    return _BIT_TABLES[key]
+            _SIGN_TABLES[key] = (1 - 2 * bits).to(dtype)
+    return _SIGN_TABLES[key]
 
 
 def _v2_table_gemv(x: torch.Tensor, block: BackboneBlock, packed: torch.Tensor) -> torch.Tensor:
     """x @ W_signs^T for a few rows of x without float weights (stream v2), in x's dtype.
 
-    W_signs = 1 - 2 bits, so x @ W_signs^T = sum(x) - 2 x @ bits^T. Columns go 8 to a byte:
-    for each row m of x and byte position j, a table of the 256 sums
-    T[m, j, v] = sum_k x[m, 8 j + k] bit_k(v) is one small matmul, and each weight row's masked
-    sum is a lookup of one entry per byte. x is placed at the block's offset in the packed
-    columns and zero-padded around it. Wide layers go in passes over byte positions (the
-    tables are 256 sums per byte), tall ones in passes over rows.
+    Columns go 8 to a byte: for each row m of x and byte position j, a table of the 256 signed
+    sums T[m, j, v] = sum_k x[m, 8 j + k] (1 - 2 bit_k(v)) is one small matmul, and each weight
+    row's product is a sum of one entry per byte. The entries are signed sums, not masked ones
+    subtracted from sum(x) (which cancel where x has a mean far from 0). x is placed at the
+    block's offset in the packed columns and zero-padded around it. Wide layers go in passes
+    over byte positions (the tables are 256 sums per byte), tall ones in passes over rows.
     """
     m, k = x.shape
     lead = _lead(block)
     n_bytes = packed.shape[1]
     byte_step = max(1, _TABLE_VALUES // (256 * m))
-    total = out = None
+    out = None
     for j0 in range(0, n_bytes, byte_step):
         j1 = min(n_bytes, j0 + byte_step)
         c0, c1 = max(0, 8 * j0 - lead), min(k, 8 * j1 - lead)  # the block's columns in these bytes
         padded = torch.zeros((m, (j1 - j0) * 8), dtype=x.dtype, device=x.device)
         padded[:, c0 + lead - 8 * j0: c1 + lead - 8 * j0] = x[:, c0:c1]
-        tables = (padded.view(m, -1, 8) @ _bit_table(x.dtype, x.device)).reshape(m, -1)  # (m, bytes * 256)
+        tables = (padded.view(m, -1, 8) @ _sign_table(x.dtype, x.device)).reshape(m, -1)  # (m, bytes * 256)
         offsets = torch.arange(j1 - j0, device=x.device) * 256
         part = torch.empty((m, block.out_features), dtype=x.dtype, device=x.device)
         row_step = max(1, _TABLE_INDEX_VALUES // (j1 - j0))
@@ -221,9 +222,8 @@ def _v2_table_gemv(x: torch.Tensor, block: BackboneBlock, packed: torch.Tensor) 
             index = packed[r0: r0 + row_step, j0:j1].long() + offsets
             for row in range(m):
                 part[row, r0: r0 + row_step] = tables[row].take(index).sum(-1)
-        total = padded.sum(-1, keepdim=True) if total is None else total + padded.sum(-1, keepdim=True)
-        out = part if out is None else out + part
-    return out.mul_(-2).add_(total)  # total - 2 out, in place: the same bits
+        out = part if out is None else out.add_(part)
+    return out
 
 
 def blocked_product(x: torch.Tensor, blocks: ColumnBlocks, n_out: int) -> torch.Tensor:

@@ -57,3 +57,20 @@ def test_a_forward_takes_well_under_the_dense_weight_in_memory(m):
         y = layer(x)
     """
     assert peak_bytes_added(setup, step) < 0.5 * 4 * 4096 * 4096
+
+
+@pytest.mark.parametrize("rows", [1, 4])
+def test_the_table_lookup_product_keeps_float32_accuracy_for_inputs_far_from_zero_mean(rows, monkeypatch):
+    """Stream v2's few-row product looks up signed byte sums: as accurate as a float32 product
+    for an input with a large mean (as subtracted masked sums from sum(x) it lost ~2 digits)."""
+    from lottalora.ops import torch_backend
+
+    monkeypatch.setenv("LOTTALORA_BACKEND", "torch")
+    assert rows <= torch_backend.V2_TABLE_GEMV_MAX_M
+    layer = lottalora.Linear(8192, torch_backend.V2_TABLE_GEMV_MIN_OUT, rank=0, bias=False, seed=5)
+    x = 100 + torch.randn(rows, 8192)
+    with torch.no_grad():
+        y = layer(x)
+        want = x.double() @ layer.backbone_weight().double().T
+    error = ((y.double() - want).abs().max() / want.abs().max()).item()
+    assert error < 5e-7, error
