@@ -40,12 +40,35 @@ _CHECKPOINT_KEYS = ("architecture", "base_config", "convert_calls", "lottalora_f
                     "post_init_done", "dtype")
 
 
+# PreTrainedConfig's own fields that describe the architecture, not the checkpoint: a
+# LottaLoraConfig takes them from base_config (else AutoConfig would report their defaults).
+_ARCHITECTURE_FIELDS = ("is_encoder_decoder", "id2label", "label2id", "problem_type", "chunk_size_feed_forward")
+
+
 class LottaLoraConfig(PreTrainedConfig):
     """The config of a lottalora directory as ``AutoConfig`` reads it: ``architecture`` (the
     transformers class), ``base_config`` (its config, a dict), ``convert_calls``. It describes a
-    checkpoint, not a model to build from scratch (``from_config`` is refused)."""
+    checkpoint, not a model to build from scratch (``from_config`` is refused). The
+    architecture's fields read as the architecture's config gives them (``num_labels``,
+    ``id2label``, ``is_encoder_decoder``, ``vocab_size``, ``hidden_size``, ...); setting one
+    asks from_pretrained for that change (``config=``)."""
 
     model_type = MODEL_TYPE
+
+    def __post_init__(self, **kwargs):
+        base = kwargs.get("base_config")
+        if isinstance(base, dict):
+            for name in _ARCHITECTURE_FIELDS:
+                if name in base and getattr(self, name, None) == getattr(type(self), name, None):  # not given
+                    setattr(self, name, base[name])
+        super().__post_init__(**kwargs)
+
+    def __getattr__(self, name: str):
+        # Only for names the config does not hold itself: the architecture's other fields.
+        base = self.__dict__.get("base_config")
+        if isinstance(base, dict) and name in base and not name.startswith("_"):
+            return base[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
 
 def _dtype(value):

@@ -109,6 +109,31 @@ def test_an_auto_class_that_builds_another_architecture_is_refused_by_name(tmp_p
         transformers.AutoModelForCausalLM.from_config(config)
 
 
+def test_autoconfig_reads_the_architectures_fields_of_a_lottalora_directory(tmp_path):
+    """AutoConfig of a lottalora directory reported PreTrainedConfig's defaults (2 labels, not
+    an encoder-decoder) and had no vocab_size: code that reads the config before the model saw
+    another architecture. Changing a field asks from_pretrained for that change."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    classifier = _bert(True)
+    classifier.config.id2label = {0: "neg", 1: "neu", 2: "pos"}
+    classifier.save_pretrained(tmp_path / "bert")
+    config = transformers.AutoConfig.from_pretrained(tmp_path / "bert")
+    assert (config.num_labels, config.id2label) == (3, {0: "neg", 1: "neu", 2: "pos"})
+    assert (config.vocab_size, config.hidden_size, config.is_encoder_decoder) == (50, 32, False)
+    with pytest.raises(AttributeError, match="has no attribute 'no_such_field'"):
+        config.no_such_field
+    config.hidden_dropout_prob = 0.0
+    rebuilt = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "bert", config=config)
+    assert rebuilt.config.hidden_dropout_prob == 0.0 and rebuilt.config.id2label[2] == "pos"
+    config.num_labels = 5
+    with pytest.raises(ValueError, match=r"'classifier\.(weight|bias)' has shape \(3\b"):
+        transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "bert", config=config)
+    t5 = T5ForConditionalGeneration(T5Config(vocab_size=40, d_model=16, d_kv=8, d_ff=24, num_layers=1, num_heads=2))
+    lottalora.convert(t5, rank=2).save_pretrained(tmp_path / "t5")
+    assert transformers.AutoConfig.from_pretrained(tmp_path / "t5").is_encoder_decoder
+
+
 @pytest.mark.parametrize("argument", ["dtype", "torch_dtype"])
 def test_from_pretrained_takes_a_dtype_and_a_device_map(argument, tmp_path):
     model = _trained(converted_tiny_llama())
