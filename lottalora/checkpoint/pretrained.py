@@ -112,6 +112,7 @@ def from_pretrained(directory: str | os.PathLike, *, device: torch.device | str 
     for layer in checkpoint["layers"]:
         _place_seeded_layer(directory, model, layer, dtype)
     materialize(model, device)
+    _keep_in_float32(model, dtype)
     load_checked(model, directory, checkpoint, data)
     del data
     trainable = set(checkpoint["trainable"]) if is_trainable else set()
@@ -122,6 +123,20 @@ def from_pretrained(directory: str | os.PathLike, *, device: torch.device | str 
     _restore_generation_config(directory, model)
     adopt_seeded_class(model)
     return model.eval()
+
+
+def _keep_in_float32(model: nn.Module, dtype: torch.dtype) -> None:
+    """As transformers' from_pretrained: the modules a class keeps in float32 (T5's ``wo``, whose
+    float16 products overflow) stay float32 under a float16 load (``_keep_in_fp32_modules``) or a
+    float16 / bfloat16 one (``_keep_in_fp32_modules_strict``), seeded or dense. Before the load,
+    so float32 tensors of the checkpoint arrive unrounded."""
+    keep = set(getattr(model, "_keep_in_fp32_modules_strict", None) or ()) \
+        if dtype in (torch.float16, torch.bfloat16) else set()
+    if dtype == torch.float16:
+        keep |= set(getattr(model, "_keep_in_fp32_modules", None) or ())
+    for name, module in model.named_modules():
+        if any(f".{key}." in f".{name}." for key in keep):
+            module.to(torch.float32)
 
 
 def _restore_generation_config(directory: Path, model: nn.Module) -> None:

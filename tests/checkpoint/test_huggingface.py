@@ -134,6 +134,28 @@ def test_autoconfig_reads_the_architectures_fields_of_a_lottalora_directory(tmp_
     assert transformers.AutoConfig.from_pretrained(tmp_path / "t5").is_encoder_decoder
 
 
+def test_a_float16_load_keeps_the_modules_transformers_keeps_in_float32(tmp_path):
+    """T5 keeps ``wo`` in float32 under a float16 load (its float16 products overflow): the
+    lottalora load did not, so a mixed checkpoint came back all float16 and computed otherwise."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = T5Config(vocab_size=40, d_model=16, d_kv=8, d_ff=24, num_layers=1, num_heads=2, decoder_start_token_id=0)
+    _trained(lottalora.convert(T5ForConditionalGeneration(config), rank=2)).save_pretrained(tmp_path / "fp32")
+    half = transformers.AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "fp32", dtype=torch.float16)
+    dense = half.encoder.block[0].layer[1].DenseReluDense
+    assert {p.dtype for p in dense.wo.parameters()} == {torch.float32} and dense.wo.weight.dtype == torch.float32
+    assert dense.wi.beta.dtype == torch.float16
+    half.save_pretrained(tmp_path / "mixed")  # recorded as float16, wo stored in float32
+    again = lottalora.from_pretrained(tmp_path / "mixed")
+    ids, start = torch.randint(0, 40, (1, 5)), torch.zeros(1, 1, dtype=torch.long)
+    with torch.no_grad():
+        assert torch.equal(again(input_ids=ids, decoder_input_ids=start).logits,
+                           half(input_ids=ids, decoder_input_ids=start).logits)
+    strict = lottalora.from_pretrained(tmp_path / "fp32", dtype=torch.bfloat16)  # wo is not strict: bf16
+    assert strict.encoder.block[0].layer[1].DenseReluDense.wo.beta.dtype == torch.bfloat16
+
+
 @pytest.mark.parametrize("argument", ["dtype", "torch_dtype"])
 def test_from_pretrained_takes_a_dtype_and_a_device_map(argument, tmp_path):
     model = _trained(converted_tiny_llama())
