@@ -35,6 +35,7 @@ from .patterns import (
     check_layer_selection,
     check_pattern_dict,
     check_patterns,
+    classifier_heads,
     in_selected_layers,
     json_patterns,
     name_matches,
@@ -181,6 +182,8 @@ def convert(
         for place in places:
             set_submodule(root, place, converted[name])
     _set_trainable(root, converted, options, first_conversion)
+    if first_conversion:
+        _warn_frozen_classifier(root)
     if experts:
         _warn_dense_experts(root, experts, dense_size)
     record_call(root, [plain for _, plain, _, _, _ in targets], options.record())
@@ -308,6 +311,22 @@ def _refuse_named_experts(model: nn.Module, experts: dict[str, list[str]], optio
                      f"({', '.join(experts[named[0]])}), which lottalora does not convert: it seeds nn.Linear, "
                      "Conv1D and named convolutions only. Leave it out of target_modules (it stays dense and frozen), "
                      "or name it in trainable_modules to train it dense")
+
+
+def _warn_frozen_classifier(model: nn.Module) -> None:
+    """A warning when a transformers classifier's head is left frozen: fine-tuning starts it
+    from a fresh initialisation, and frozen it stays random (PEFT trains it under
+    task_type="SEQ_CLS"; convert has no task type, so only trainable_modules says so)."""
+    for head in classifier_heads(model):
+        params = list(head.parameters())
+        if params and not any(p.requires_grad for p in params):
+            name = next(n for n, m in model.named_modules() if m is head)
+            head_name = plain_name(name)
+            warnings.warn(f"convert left the classifier head {head_name!r} dense and frozen: a classifier's head is "
+                          "usually new (randomly initialised) when a model is fine-tuned for a task, and frozen it "
+                          f"stays as it is. trainable_modules=[{head_name!r}] trains it (as PEFT's "
+                          "task_type='SEQ_CLS' does)",
+                          UserWarning, stacklevel=3)
 
 
 def _warn_dense_experts(model: nn.Module, experts: dict[str, list[str]], dense_size: int) -> None:

@@ -72,19 +72,28 @@ def json_patterns(patterns: Patterns):
     return patterns if patterns is None or isinstance(patterns, str) else list(patterns)
 
 
+def classifier_heads(model: nn.Module) -> list[nn.Module]:
+    """A transformers classifier's heads: its top-level ``score`` or ``classifier`` modules,
+    where it has no output embeddings (a language model's head is those)."""
+    get_output_embeddings = getattr(model, "get_output_embeddings", None)
+    if (callable(get_output_embeddings) and get_output_embeddings() is not None) or not hasattr(model, "config"):
+        return []
+    return [head for name in CLASSIFIER_HEADS if isinstance(head := getattr(model, name, None), nn.Module)]
+
+
 def output_head_names(model: nn.Module) -> set[str]:
     """Qualified names of the output head(s) "all-linear" leaves alone, by PEFT's rule: the
     module ``model.get_output_embeddings()`` returns (transformers language models: lm_head),
-    else a top-level ``score`` or ``classifier`` linear (transformers classifiers). A plain
-    nn.Module has no head that can be told apart: list ``exclude_modules`` for it."""
-    heads = []
+    else ``classifier_heads`` (transformers classifiers), with every module inside one
+    (RoBERTa's ``classifier`` is a dense layer and ``out_proj``: the head is all of them, and a
+    seeded ``out_proj`` would put a random projection before the labels). A plain nn.Module has
+    no head that can be told apart: list ``exclude_modules`` for it."""
     get_output_embeddings = getattr(model, "get_output_embeddings", None)
-    if callable(get_output_embeddings):
-        heads.append(get_output_embeddings())
-    if not any(h is not None for h in heads) and hasattr(model, "config"):
-        heads += [getattr(model, name, None) for name in CLASSIFIER_HEADS]
+    heads = [get_output_embeddings()] if callable(get_output_embeddings) else []
+    heads += classifier_heads(model)
     ids = {id(h) for h in heads if isinstance(h, nn.Module)}
-    return {name for name, m in model.named_modules() if id(m) in ids}
+    names = {name for name, m in model.named_modules() if id(m) in ids}
+    return {name for name, _ in model.named_modules() if any(name == h or name.startswith(f"{h}.") for h in names)}
 
 
 def check_layer_selection(target_modules: Patterns, all_linear: bool, layers_to_transform, layers_pattern) -> None:

@@ -155,6 +155,26 @@ def test_gpt2_tied_head_stays_tied_and_dense_and_naming_it_is_refused():
         lottalora.convert(GPT2LMHeadModel(config), target_modules=["lm_head"])
 
 
+def test_a_classifier_head_made_of_layers_stays_dense_as_a_whole():
+    """RoBERTa's ``classifier`` is a module holding ``dense`` and ``out_proj``: "all-linear"
+    seeded both (a random projection before the labels) while it left BERT's one-linear
+    classifier dense. The head is everything under ``classifier``; naming it trains it."""
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    config = RobertaConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=24, max_position_embeddings=24, num_labels=3)
+    model = lottalora.convert(RobertaForSequenceClassification(config), rank=2, trainable_modules=["classifier"])
+    assert type(model.classifier.dense) is nn.Linear and type(model.classifier.out_proj) is nn.Linear
+    assert all(p.requires_grad for p in model.classifier.parameters())
+    assert "roberta.encoder.layer.0.attention.self.query" in _seeded_names(model)
+    named = lottalora.convert(RobertaForSequenceClassification(config), rank=2, target_modules=["out_proj"])
+    assert isinstance(named.classifier.out_proj, lottalora.Linear)  # named, it converts as any layer
+    # Left frozen, a (usually fresh) head would never train: said once, with the way out.
+    with pytest.warns(UserWarning, match=r"classifier head 'classifier' dense and frozen.*"
+                                         r"trainable_modules=\['classifier'\] trains it"):
+        lottalora.convert(RobertaForSequenceClassification(config), rank=2)
+
+
 def test_a_second_convert_call_adds_layers_and_never_refreezes():
     model = TwoTower()
     lottalora.convert(model, rank=2, target_modules=["encoder.0"], trainable_modules=["embed"])
