@@ -7,7 +7,8 @@ change the class of the model in place, as FSDP2's ``fully_shard`` does, to a su
 it: ``SeededPreTrainedModel`` first, then the model's class. The subclass has the class's name,
 module and qualified name (``type(model).__name__`` is still ``LlamaForCausalLM``; transformers'
 checks that read the class's module keep working); only ``save_pretrained`` differs, and
-``push_to_hub`` and ``Trainer`` save through it. Nothing is patched on transformers' classes:
+``push_to_hub`` and ``Trainer`` save through it (and ``resize_token_embeddings`` refuses a
+seeded output head before it changes anything). Nothing is patched on transformers' classes:
 other models of the same class are untouched. ``merge_and_unload`` gives the model its class
 back. Instances deepcopy and pickle as transformers models do (``__reduce_ex__`` rebuilds the
 subclass from the class), in processes that import lottalora.
@@ -24,6 +25,8 @@ from collections.abc import Callable
 from typing import ClassVar
 
 from torch import nn
+
+from ..nn import Linear
 
 _BASE_ATTR = "__lottalora_base__"
 
@@ -44,6 +47,23 @@ class SeededPreTrainedModel:
         if writer is None:  # only before lottalora.checkpoint is imported: import lottalora does it
             raise RuntimeError("lottalora.checkpoint is not imported: import lottalora to save a converted model")
         return writer(self, save_directory, *args, **kwargs)
+
+    def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, *args, **kwargs):
+        """transformers' resize_token_embeddings, refused before anything changes where the output
+        embeddings are a seeded layer: transformers resizes the input embeddings first and then
+        fails on the head, leaving a model with more token rows than logits."""
+        head = self.get_output_embeddings()
+        if isinstance(head, Linear) and (new_num_tokens is not None or pad_to_multiple_of is not None):
+            size = new_num_tokens if new_num_tokens is not None else head.out_features
+            if pad_to_multiple_of is not None:
+                size = -(-size // pad_to_multiple_of) * pad_to_multiple_of
+            if size == head.out_features == self.get_input_embeddings().num_embeddings:
+                return self.get_input_embeddings()  # what transformers returns; its own path would rebuild the head
+            name = next(n for n, m in self.named_modules() if m is head)
+            raise ValueError(f"resize_token_embeddings({new_num_tokens}): the output embeddings {name!r} are a "
+                             f"seeded layer ({head.out_features} rows drawn from a seed), which cannot be resized; "
+                             f"resize before convert, or leave {name!r} out of target_modules")
+        return super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, *args, **kwargs)
 
     def __reduce_ex__(self, protocol):
         base = getattr(type(self), _BASE_ATTR, None)

@@ -553,3 +553,22 @@ def test_submodules_compiled_in_place_convert_as_the_bare_model_does():
         assert torch.equal(model(x), bare(x))
     lottalora.add_adapter(model, "other", rank=2, target_modules=r"2\.0")  # named adapters match plain names too
     assert model[2]._orig_mod[0].adapter_names() == bare[2][0].adapter_names() + ["other"]
+
+
+def test_resizing_the_token_embeddings_of_a_seeded_head_is_refused_before_anything_changes():
+    """transformers resized the input embeddings, then failed on the seeded head: the model was
+    left with more token rows than logits. A dense head resizes as transformers does."""
+    from transformers import LlamaForCausalLM
+
+    from tests.support.models import tiny_llama_config
+
+    config = tiny_llama_config()
+    seeded = lottalora.convert(LlamaForCausalLM(config), rank=2, target_modules=["q_proj", "lm_head"])
+    rows = seeded.model.embed_tokens.weight.shape[0]
+    with pytest.raises(ValueError, match=r"output embeddings 'lm_head' are a seeded layer .*resize before convert"):
+        seeded.resize_token_embeddings(rows + 32)
+    assert seeded.model.embed_tokens.weight.shape[0] == rows and seeded.config.vocab_size == rows
+    seeded.resize_token_embeddings(rows)  # no change: allowed
+    dense_head = lottalora.convert(LlamaForCausalLM(config), rank=2, target_modules=["q_proj"])
+    dense_head.resize_token_embeddings(rows + 32)
+    assert dense_head.lm_head.out_features == rows + 32 == dense_head.config.vocab_size
