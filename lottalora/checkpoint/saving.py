@@ -16,6 +16,7 @@ from lottalora_kernels.stream import spec
 
 from ..backbone import backbone_fingerprint
 from ..distributed.state import barrier, gather_full
+from ..model.modules import check_not_peft
 from ..nn import is_dtensor, plain_name, seeded_layers, unwrap_model
 from ..nn.adapters import DEFAULT_ADAPTER, check_adapter_name
 from ..nn.options import check_alpha
@@ -226,6 +227,10 @@ def save_given_state(model: nn.Module, directory: str | os.PathLike, state_dict:
 def _saved_layers(model: nn.Module) -> dict:
     """{plain name: seeded layer} of a model about to be saved, refused if it has none or an alpha
     no checkpoint can hold."""
+    # PEFT's layers' state_dict names are its own (base_layer, lora_A.default): the directory
+    # would save, then fail every load of the architecture it records.
+    check_not_peft(model, "save the converted model without PEFT's layers (merge_and_unload() merges PEFT's "
+                          "adapters into it), or save PEFT's adapters with PEFT's own save_pretrained")
     layers = seeded_layers(model, plain=True)
     if not layers:
         raise ValueError("model has no lottalora.Linear layer: convert it first (lottalora.convert)")

@@ -28,7 +28,15 @@ from ..nn.adapters import check_init_lora_weights
 from ..nn.options import check_alpha, check_dropout, check_flag, check_rank
 from .conv_layers import conv_matrix_shape, is_dense_conv, seeded_conv_like
 from .load_check import check_loads_whole
-from .modules import linear_shape, module_places, moe_experts, parameter_names, set_submodule, tied_elsewhere
+from .modules import (
+    check_not_peft,
+    linear_shape,
+    module_places,
+    moe_experts,
+    parameter_names,
+    set_submodule,
+    tied_elsewhere,
+)
 from .patterns import (
     ALL_LINEAR,
     Patterns,
@@ -193,16 +201,6 @@ def convert(
     return model
 
 
-def _check_not_peft(model: nn.Module) -> None:
-    """A PEFT model's adapters are nn.Linear modules too: converting it would make PEFT's lora_A
-    and lora_B random seeded layers, and its forward reads their weights."""
-    for name, module in model.named_modules():
-        if type(module).__module__.split(".")[0] == "peft":
-            raise ValueError(f"model holds PEFT's {type(module).__name__} at {name or 'its root'}: convert the base "
-                             "model instead (a seeded layer carries its own LoRA adapter; PEFT's get_base_model() or "
-                             "merge_and_unload() gives the base model back)")
-
-
 def _check_options(model, rank, alpha, use_rslora, seed, init, stream_version, target_modules, exclude_modules,
                    adapter_modules, trainable_modules, train_beta, lora_dropout, bias, rank_pattern,
                    alpha_pattern, layers_to_transform, layers_pattern, init_lora_weights) -> _Options:
@@ -214,7 +212,10 @@ def _check_options(model, rank, alpha, use_rslora, seed, init, stream_version, t
         check_patterns(argument, patterns)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    _check_not_peft(model)
+    # A PEFT model's adapters are nn.Linear modules too: converting it would make PEFT's lora_A
+    # and lora_B random seeded layers, and its forward reads their weights.
+    check_not_peft(model, "convert the base model instead (a seeded layer carries its own LoRA adapter; PEFT's "
+                          "get_base_model() or merge_and_unload() gives the base model back)")
     check_rank(rank)
     if alpha is not None:
         check_alpha(alpha)

@@ -40,6 +40,14 @@ def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
         parent._initialize()
 
 
+def check_not_peft(model: nn.Module, advice: str) -> None:
+    """ValueError naming the first of PEFT's modules in ``model``, followed by ``advice``: what
+    lottalora does with a model cannot be done to one that PEFT has wrapped or injected into."""
+    for name, module in model.named_modules():
+        if type(module).__module__.split(".")[0] == "peft":
+            raise ValueError(f"model holds PEFT's {type(module).__name__} at {name or 'its root'}: {advice}")
+
+
 def parameter_names(model: nn.Module) -> dict[int, list[str]]:
     """Every name each parameter of ``model`` goes by, keyed by the parameter's id, in
     ``named_parameters`` order (a tied parameter has several names). Built once per call, so

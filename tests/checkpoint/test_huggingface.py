@@ -156,6 +156,21 @@ def test_a_float16_load_keeps_the_modules_transformers_keeps_in_float32(tmp_path
     assert strict.encoder.block[0].layer[1].DenseReluDense.wo.beta.dtype == torch.bfloat16
 
 
+def test_a_converted_model_with_peft_layers_in_it_is_refused_at_save_not_at_load(tmp_path):
+    """PEFT on a converted model's dense head: save_pretrained wrote a directory that every load
+    then refused (PEFT's state_dict names); it is refused when saving, and PEFT's own save works."""
+    peft = pytest.importorskip("peft")
+    model = converted_tiny_llama()
+    wrapped = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=["lm_head"]))
+    with pytest.raises(ValueError, match="holds PEFT's Linear at lm_head: save the converted model without"):
+        wrapped.get_base_model().save_pretrained(tmp_path / "inner")
+    with pytest.raises(ValueError, match="holds PEFT's PeftModel at its root"):
+        lottalora.save(wrapped, tmp_path / "wrapped")
+    assert not (tmp_path / "inner").exists() and not (tmp_path / "wrapped").exists()
+    wrapped.save_pretrained(tmp_path / "peft")
+    assert (tmp_path / "peft" / "adapter_model.safetensors").is_file()
+
+
 @pytest.mark.parametrize("argument", ["dtype", "torch_dtype"])
 def test_from_pretrained_takes_a_dtype_and_a_device_map(argument, tmp_path):
     model = _trained(converted_tiny_llama())
