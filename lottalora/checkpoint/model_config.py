@@ -51,17 +51,31 @@ def model_config_for_save(model: nn.Module) -> dict | None:
         return None
     import transformers
 
+    base_config = json.loads(config.to_json_string(use_diff=False))
+    if base_config.get("tie_word_embeddings") and not _embeddings_tied(model):
+        # The config says tied but the model holds two tensors (set_input_embeddings without
+        # tie_weights): rebuilt from the config, the two names would be one tensor, and the
+        # checkpoint's two values would be refused. The saved model is untied; so is its record.
+        base_config["tie_word_embeddings"] = False
     return {
         "model_type": MODEL_TYPE,
         "lottalora_format": MODEL_FORMAT,
         "lottalora_format_version": MODEL_FORMAT_VERSION,
         "note": _NOTE,
         "architecture": architecture.__name__,
-        "base_config": json.loads(config.to_json_string(use_diff=False)),
+        "base_config": base_config,
         "dtype": str(_dominant_dtype(model)).removeprefix("torch."),
         "transformers_version": transformers.__version__,
         "convert_calls": convert_calls(model),
     }
+
+
+def _embeddings_tied(model: nn.Module) -> bool:
+    """Whether the input and output embeddings are one tensor (True where there are not both)."""
+    embeddings = [getattr(model, f"get_{kind}_embeddings", lambda: None)() for kind in ("input", "output")]
+    if any(e is None or not hasattr(e, "weight") for e in embeddings):
+        return True
+    return embeddings[0].weight is embeddings[1].weight
 
 
 def read_model_config(directory: str | os.PathLike) -> dict:

@@ -171,6 +171,27 @@ def test_a_converted_model_with_peft_layers_in_it_is_refused_at_save_not_at_load
     assert (tmp_path / "peft" / "adapter_model.safetensors").is_file()
 
 
+def test_a_tie_broken_by_set_input_embeddings_saves_as_the_untied_model_it_is(tmp_path):
+    """The config still said tie_word_embeddings=True: the reload built one tensor for the two
+    names and refused the checkpoint's two values. The record says what the model is."""
+    from transformers import LlamaForCausalLM
+
+    config = tiny_llama_config()
+    config.tie_word_embeddings = True
+    model = lottalora.convert(LlamaForCausalLM(config), rank=2, trainable_modules=["embed_tokens"])
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    model.set_input_embeddings(torch.nn.Embedding(config.vocab_size, config.hidden_size))
+    model.save_pretrained(tmp_path / "m")
+    rebuilt = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    assert rebuilt.lm_head.weight is not rebuilt.model.embed_tokens.weight
+    ids = torch.randint(0, config.vocab_size, (2, 5))
+    assert torch.equal(_output(rebuilt, "logits", ids), _output(model.eval(), "logits", ids))
+    _trained(model).model.embed_tokens.weight = model.lm_head.weight  # tied again: saved as tied
+    model.save_pretrained(tmp_path / "tied")
+    again = lottalora.from_pretrained(tmp_path / "tied")
+    assert again.lm_head.weight is again.model.embed_tokens.weight
+
+
 @pytest.mark.parametrize("argument", ["dtype", "torch_dtype"])
 def test_from_pretrained_takes_a_dtype_and_a_device_map(argument, tmp_path):
     model = _trained(converted_tiny_llama())
