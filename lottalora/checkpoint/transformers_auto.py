@@ -30,8 +30,9 @@ from .pretrained import IMPLEMENTATION_OPTIONS, from_pretrained
 # repository id) or that transformers' Auto classes add on their own, and that change nothing
 # here once the directory is found.
 _HUB_ARGUMENTS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "token")
+# weights_only and disable_mmap: the directory's tensors are safetensors, read whole and never unpickled.
 _IGNORED = ("_from_auto", "_from_pipeline", "_commit_hash", "adapter_kwargs", "trust_remote_code", "code_revision",
-            "low_cpu_mem_usage", "user_agent")
+            "low_cpu_mem_usage", "user_agent", "weights_only", "disable_mmap")
 # device_map values that let accelerate choose: a seed-only model is small, it goes on one device.
 _AUTO_DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 # What a LottaLoraConfig holds about the checkpoint itself, not options of the model it builds.
@@ -180,6 +181,8 @@ class SeededCheckpointLoader:
         subfolder = kwargs.pop("subfolder", "") or ""
         for key in _IGNORED:
             kwargs.pop(key, None)
+        if kwargs.pop("use_safetensors", None) is False:
+            raise ValueError("use_safetensors=False: a lottalora directory holds its tensors as safetensors only")
         dtype = _dtype(kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None))
         kwargs.pop("torch_dtype", None)
         device_map = kwargs.pop("device_map", None)

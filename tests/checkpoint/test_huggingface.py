@@ -103,6 +103,11 @@ def test_an_auto_class_that_builds_another_architecture_is_refused_by_name(tmp_p
         transformers.AutoModel.from_pretrained(tmp_path / "m")
     with pytest.raises(ValueError, match="does not take .*quantization_config"):
         transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "m", quantization_config={"x": 1})
+    with pytest.raises(ValueError, match="use_safetensors=False: a lottalora directory holds its tensors as"):
+        transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "m", use_safetensors=False)
+    # transformers' options about reading its own weight files say nothing new about safetensors read whole.
+    transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "m", use_safetensors=True, weights_only=True,
+                                                      disable_mmap=True)
     config = transformers.AutoConfig.from_pretrained(tmp_path / "m")
     assert config.architecture == "LlamaForCausalLM"
     with pytest.raises(ValueError, match="describes a saved checkpoint"):
