@@ -47,6 +47,30 @@ def _check_weight_shape(directory: Path, layer: dict, module) -> None:
                          "checkpoint")
 
 
+def check_fingerprint(directory: Path, layer: dict) -> None:
+    """This build's generator reproduces the layer's recorded backbone fingerprint (a few values
+    regenerated, 4 rows of at most 64 columns: about a millisecond a layer, never the backbone)."""
+    if backbone_fingerprint(layer["spec"]) != layer["fingerprint"]:
+        fail(directory, f"layer {layer['name']!r}: the backbone fingerprint differs: this build's "
+                         "generator does not reproduce the weights the checkpoint was trained with")
+
+
+def check_no_conv_adapters(directory: Path, layer: dict) -> None:
+    """A seeded conv's entry (one with a ``weight_shape``) lists no named adapters: convs hold none."""
+    if layer.get("adapters") and "weight_shape" in layer:
+        fail(directory, f"layer {layer['name']!r} is a seeded convolution, which holds no named adapters, and "
+                         f"the checkpoint lists {sorted(layer['adapters'])} on it")
+
+
+def check_tensor_kind(directory: Path, config: dict, data: bytes) -> str:
+    """What the tensor file holds (``tensor_contents``), which the config must agree with: an
+    adapter checkpoint's config names its adapter, and only its config does."""
+    contents = tensor_contents(directory, data)
+    if (contents == ADAPTER_ONLY) != ("adapter" in config):
+        fail(directory, f"the config and {TENSORS_NAME} disagree on whether it holds one adapter")
+    return contents
+
+
 def _check_backbone(directory: Path, layer: dict, module: Linear) -> None:
     _check_weight_shape(directory, layer, module)
     s = layer["spec"]
@@ -55,9 +79,7 @@ def _check_backbone(directory: Path, layer: dict, module: Linear) -> None:
         fail(directory, f"layer {layer['name']!r} is {module.out_features}x{module.in_features} bias "
                          f"{module.bias is not None} in the model but {s.out_features}x{s.in_features} bias "
                          f"{layer['bias']} in the checkpoint")
-    if backbone_fingerprint(s) != layer["fingerprint"]:
-        fail(directory, f"layer {layer['name']!r}: the backbone fingerprint differs: this build's "
-                         "generator does not reproduce the weights the checkpoint was trained with")
+    check_fingerprint(directory, layer)
 
 
 def _adapters_to_add(directory: Path, config: dict, layers: dict[str, Linear]) -> list[tuple[str, str, dict]]:
@@ -69,9 +91,7 @@ def _adapters_to_add(directory: Path, config: dict, layers: dict[str, Linear]) -
         extra = sorted(set(module.named_adapters) - set(recorded))
         if extra:
             fail(directory, f"layer {layer['name']!r} has adapters {extra} in the model, which the checkpoint lacks")
-        if recorded and isinstance(module, SeededConv):
-            fail(directory, f"layer {layer['name']!r} is a seeded convolution, which holds no named adapters, and "
-                             f"the checkpoint lists {sorted(recorded)} on it")
+        check_no_conv_adapters(directory, layer)  # _check_layers_match made the entry's kind the model's
         for name, entry in recorded.items():
             held = module.named_adapters.get(name)
             if held is None:
@@ -99,9 +119,7 @@ def _check_layers_match(directory: Path, config: dict, layers: dict[str, Linear]
                              f"{module.rank} bias {module.bias is not None} in the model but "
                              f"{s.out_features}x{s.in_features} rank {layer['rank']} bias {layer['bias']} in the "
                              "checkpoint")
-        if backbone_fingerprint(s) != layer["fingerprint"]:
-            fail(directory, f"layer {layer['name']!r}: the backbone fingerprint differs: this build's "
-                             "generator does not reproduce the weights the checkpoint was trained with")
+        check_fingerprint(directory, layer)
         _check_dora_matches(directory, layer, module)
 
 
@@ -115,7 +133,9 @@ def _check_dora_matches(directory: Path, layer: dict, module: Linear) -> None:
                          f"build the model with use_dora={saved} to load it")
 
 
-def _resolve_aliases(directory: Path, tensors: dict[str, torch.Tensor], aliases: dict[str, str]) -> None:
+def resolve_aliases(directory: Path, tensors: dict[str, torch.Tensor], aliases: dict[str, str]) -> None:
+    """Add each alias (a tied name, stored once) to ``tensors`` as the tensor it names, after
+    checking that it names a stored tensor and shadows none."""
     for alias, stored in aliases.items():
         if alias in tensors:
             fail(directory, f"alias {shorten(alias)} shadows a tensor stored under that name in {TENSORS_NAME}")
@@ -216,9 +236,7 @@ def load_checked(model: nn.Module, directory: Path, config: dict, data: bytes, a
     validated): callers that also need the config read the files once."""
     model = unwrap_model(model)
     layers = seeded_layers(model, plain=True)
-    contents = tensor_contents(directory, data)
-    if (contents == ADAPTER_ONLY) != ("adapter" in config):
-        fail(directory, f"the config and {TENSORS_NAME} disagree on whether it holds one adapter")
+    contents = check_tensor_kind(directory, config, data)
     if "adapter" in config:
         return _load_adapter(model, directory, config, data, layers, config["adapter"] if adapter is None else adapter)
     if adapter is not None:
@@ -229,7 +247,7 @@ def load_checked(model: nn.Module, directory: Path, config: dict, data: bytes, a
     tensors = parse_tensors(directory, data)
     every = contents == "all"
     del data
-    _resolve_aliases(directory, tensors, config["aliases"])
+    resolve_aliases(directory, tensors, config["aliases"])
     _upgrade_betas(tensors, layers)
     expected = state_tensors(model)
     for layer_name, name, entry in to_add:  # what the adapters the load adds will hold
