@@ -1,6 +1,11 @@
-"""What a checkpoint holds, read from its files alone (validated as ``load`` validates them,
-nothing built): ``describe`` (a report) and ``summary`` (the counts a live model's summary gives,
-from the same reading, counted the same way)."""
+"""What a checkpoint holds, read from its files alone (nothing built): ``describe`` (a report) and
+``summary`` (the counts a live model's summary gives, from the same reading, counted the same way).
+
+Both run the checks of ``load`` that need no model, with the same functions: the files, the
+config, the tensor file's kind, each layer's fingerprint, and the seeded layers' tensors against
+the config's shapes. What only a model can tell is left to ``load``: the model's other tensors
+(embeddings, norms, heads: present, absent or extra), and a seeded conv's groups (its lora_B may
+have the shape of any groups dividing out_channels and rank)."""
 
 from __future__ import annotations
 
@@ -16,8 +21,8 @@ from ..model.summary import ModelSummary, build_summary, layer_entry, summarize_
 from ..nn.adapters import DEFAULT_ADAPTER
 from ..nn.state import upgrade_legacy_beta
 from .files import parse_tensors, read_checkpoint
-from .format import CONFIG_NAME, FORMAT_NAME, fail, terminal_safe
-from .loading import check_tensors_match
+from .format import ADAPTER_ONLY, CONFIG_NAME, FORMAT_NAME, TRAINABLE_ONLY, fail, shorten, terminal_safe
+from .loading import check_fingerprint, check_no_conv_adapters, check_tensor_kind, check_tensors_match, resolve_aliases
 
 
 @dataclass(frozen=True)
@@ -36,45 +41,96 @@ class CheckpointContents:
         return self.config["layers"]
 
 
-def _layer_tensors(config: dict) -> dict[str, torch.Tensor]:
-    """{name: a meta tensor of the shape the config implies} for the seeded layers' own tensors,
-    which a checkpoint read without a model (no model's tensors to check them against, as
-    ``load`` does) is checked against: a beta read here must be one floating value."""
+def _fits_conv_lora_B(layer: dict, shape: tuple[int, ...]) -> bool:
+    """Whether a seeded conv's lora_B may have ``shape``: (out, rank // groups, 1, ...) for a
+    groups dividing both out_features and rank. Its groups is not recorded (the weight_shape
+    [out, in // groups, *kernel] is the same for every groups), so any such groups will do."""
+    out, rank, dims = layer["out_features"], layer["rank"], len(layer["weight_shape"]) - 2
+    if len(shape) != dims + 2 or shape[0] != out or any(d != 1 for d in shape[2:]) or shape[1] < 1 or rank % shape[1]:
+        return False
+    return out % (rank // shape[1]) == 0
+
+
+def _layer_tensors(config: dict, kind: str) -> dict[str, tuple[int, ...]]:
+    """{name: shape} of every tensor the config's seeded layers hold in a file of ``kind``
+    (tensor_contents), which a checkpoint read without a model is checked against, as ``load``
+    checks it against the model's (save writes these and nothing else under a layer's name). A
+    seeded conv's lora_B has the groups = 1 shape here (``_fits_conv_lora_B``)."""
     expected = {}
     for layer in config["layers"]:
         prefix, out, rank = f"{layer['name']}." if layer["name"] else "", layer["out_features"], layer["rank"]
-        shapes = {"beta": (1,), "bias": (out,), "lora_magnitude": (out,)}
-        if "weight_shape" in layer:
-            # A seeded conv's lora_B is (out, rank // groups, 1, ...), and its groups are not
-            # recorded: only its lora_A's shape follows from the config.
-            shapes["lora_A"] = (rank, *layer["weight_shape"][1:])
-        else:
+        shapes = {}
+        if kind != ADAPTER_ONLY:  # an adapter checkpoint holds the adapter's tensors alone
+            shapes["beta"] = (1,)
+            if layer["bias"]:
+                shapes["bias"] = (out,)
+        if layer.get("use_dora", False):
+            shapes["lora_magnitude"] = (out,)
+        if rank and "weight_shape" in layer:
+            kernel = layer["weight_shape"][2:]
+            shapes.update(lora_A=(rank, *layer["weight_shape"][1:]), lora_B=(out, rank, *(1,) * len(kernel)))
+        elif rank:
             shapes.update(lora_A=(rank, layer["in_features"]), lora_B=(out, rank))
         for name, adapter in layer.get("adapters", {}).items():
             shapes[f"lora_adapters.{name}.lora_A"] = (adapter["rank"], layer["in_features"])
             shapes[f"lora_adapters.{name}.lora_B"] = (out, adapter["rank"])
-        expected.update({prefix + key: torch.empty(shape, device="meta") for key, shape in shapes.items()})
+        expected.update({prefix + key: shape for key, shape in shapes.items()})
     return expected
 
 
+def _in_seeded_layer(key: str, names: set[str]) -> bool:
+    """Whether tensor ``key`` sits under one of the seeded layers ``names`` (a layer named "" is
+    the whole model): a model's other tensors (embeddings, norms, heads) are known only to it."""
+    parts = key.split(".")
+    return any(".".join(parts[:i]) in names for i in range(len(parts)))
+
+
+def _check_against_config(directory: Path, config: dict, kind: str, tensors: dict[str, torch.Tensor]) -> None:
+    """The checks ``load`` runs on the seeded layers' tensors, with the config's shapes standing
+    in for the model's: each of those tensors held (every one, but in a trainable-only file),
+    none the config does not list under a layer's name, each of the shape and floating dtype
+    listed. An adapter checkpoint holds nothing else, as ``load`` requires of it."""
+    expected = _layer_tensors(config, kind)
+    for layer in config["layers"]:
+        key = f"{layer['name']}.lora_B" if layer["name"] else "lora_B"
+        if "weight_shape" in layer and key in tensors and key in expected:
+            shape = tuple(tensors[key].shape)
+            if not _fits_conv_lora_B(layer, shape):
+                fail(directory, f"tensor {shorten(key)} has shape {shape}, the config has {expected[key]} or another "
+                                 "groups' (out_features, rank // groups, 1, ...), for a groups dividing "
+                                 f"{layer['out_features']} and {layer['rank']}")
+            expected[key] = shape
+    if kind != ADAPTER_ONLY:
+        names = {layer["name"] for layer in config["layers"]}
+        tensors = {k: t for k, t in tensors.items() if _in_seeded_layer(k, names)}
+    check_tensors_match(directory, tensors, {k: torch.empty(shape, device="meta") for k, shape in expected.items()},
+                        every=kind != TRAINABLE_ONLY, against="the config")
+
+
 def read_contents(directory: str | os.PathLike) -> CheckpointContents:
-    """The checkpoint at ``directory``, validated and read once."""
+    """The checkpoint at ``directory``, validated and read once: the checks of ``load`` that need
+    no model (files, config, the tensor file's kind, each layer's fingerprint, the seeded layers'
+    tensors against the config: ``_check_against_config``)."""
     directory = Path(directory)
     if not directory.is_dir():
         fail(directory, "no such directory")
     config, data = read_checkpoint(directory)
-    tensors = parse_tensors(directory, data)
-    expected = _layer_tensors(config)
-    for key in expected:
-        if key.rpartition(".")[2] == "beta":
-            upgrade_legacy_beta(tensors, key)
-    check_tensors_match(directory, {k: t for k, t in tensors.items() if k in expected}, expected, every=False,
-                        against="the config")
+    kind = check_tensor_kind(directory, config, data)
+    for layer in config["layers"]:
+        check_fingerprint(directory, layer)
+        check_no_conv_adapters(directory, layer)
+    stored = parse_tensors(directory, data)
+    tensors = dict(stored)
+    if kind != ADAPTER_ONLY:  # load reads an adapter checkpoint's tensors under their own names
+        resolve_aliases(directory, tensors, config["aliases"])
+    for layer in config["layers"]:
+        upgrade_legacy_beta(tensors, f"{layer['name']}.beta" if layer["name"] else "beta")
+    _check_against_config(directory, config, kind, tensors)
     betas = {}
     for layer in config["layers"]:
         key = f"{layer['name']}.beta" if layer["name"] else "beta"
         betas[layer["name"]] = tensors[key] if key in tensors else torch.tensor([math.nan])
-    return CheckpointContents(directory, config, {k: tuple(t.shape) for k, t in tensors.items()}, betas,
+    return CheckpointContents(directory, config, {k: tuple(tensors[k].shape) for k in stored}, betas,
                               (directory / CONFIG_NAME).stat().st_size + len(data))
 
 
@@ -112,7 +168,8 @@ def _summarize_checkpoint(contents: CheckpointContents) -> ModelSummary:
 
 def summary(source: nn.Module | str | os.PathLike) -> ModelSummary:
     """Counts, backbones and betas of a model, or of a checkpoint directory written by
-    ``lottalora.save`` (validated as ``load`` does; nothing is built).
+    ``lottalora.save`` (nothing is built; checked as ``load`` checks it, except for what only a
+    model can tell: see the module's docstring).
 
     The keys are listed on ``ModelSummary``; ``print(summary(model))`` prints PEFT's line of
     trainable parameters, the backbone's size and a table of the seeded layers. A model counts
