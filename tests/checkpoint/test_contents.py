@@ -86,7 +86,7 @@ REFUSED = {
     "contents 'adapter' in a whole-model file": (trained_small_model, {}, None, None,
                                                  lambda m: m.update(contents="adapter"),
                                                  "disagree on whether it holds one adapter"),
-    "a whole-model file marked as an adapter's": (_named_model, {"adapter": "extra"}, None, None,
+    "an adapter file whose metadata lost its contents": (_named_model, {"adapter": "extra"}, None, None,
                                                   lambda m: m.pop("contents"),
                                                   "disagree on whether it holds one adapter"),
     "a missing beta": (trained_small_model, {}, None, lambda t: t.pop("0.beta"), None, r"missing \['0.beta'\]"),
