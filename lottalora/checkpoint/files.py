@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 from pathlib import Path
 
 import torch
@@ -28,13 +29,36 @@ def replaced_atomically(path: Path):
         tmp.unlink(missing_ok=True)
 
 
+def _not_regular(path: Path) -> str | None:
+    """What ``path`` is where something other than a regular file is there (a directory, a FIFO,
+    a link that leads to no file), or None: "missing" would send someone to look for a file."""
+    if path.is_file() or not (path.is_symlink() or path.exists()):
+        return None
+    try:
+        mode = path.stat().st_mode
+    except OSError:  # a link to nothing, or a loop of links
+        return "a symbolic link that leads to no file (dangling, or a loop)"
+    kinds = {stat.S_ISDIR: "a directory", stat.S_ISFIFO: "a FIFO", stat.S_ISSOCK: "a socket",
+             stat.S_ISCHR: "a device", stat.S_ISBLK: "a device"}
+    return next((kind for test, kind in kinds.items() if test(mode)), "not a regular file")
+
+
+def require_file(directory: Path, name: str, missing: str | None = None) -> Path:
+    """``directory / name``, a regular file; else ValueError: ``missing`` (default "missing
+    file <name>") where nothing is there, or what is there instead."""
+    path = directory / name
+    if not path.is_file():
+        kind = _not_regular(path)
+        if kind is not None:
+            fail(directory, f"{name} exists but is {kind}, not a regular file")
+        fail(directory, missing or f"missing file {name}")
+    return path
+
+
 def read_checkpoint(directory: Path) -> tuple[dict, bytes]:
     """The validated config and the tensor file's bytes, checked against the config's size and
     SHA-256. Each file is read once: the bytes checked are the bytes parsed."""
-    config_path, tensor_path = directory / CONFIG_NAME, directory / TENSORS_NAME
-    for path in (config_path, tensor_path):
-        if not path.is_file():
-            fail(directory, f"missing file {path.name}")
+    config_path, tensor_path = require_file(directory, CONFIG_NAME), require_file(directory, TENSORS_NAME)
     with open(config_path, "rb") as f:
         raw = f.read(MAX_CONFIG_BYTES + 1)
     if len(raw) > MAX_CONFIG_BYTES:

@@ -2,6 +2,7 @@
 model (no transformers): config values and schema, checksums, dtypes, the meta device."""
 
 import hashlib
+import os
 import re
 import shutil
 import struct
@@ -290,3 +291,19 @@ def test_info_escapes_the_directory_in_errors(tmp_path, capsys):
     assert main(["info", str(tmp_path / "a\x1b[2Jb")]) == 2
     err = capsys.readouterr().err
     assert "\x1b" not in err and "a\\x1b[2Jb" in err
+
+
+@pytest.mark.parametrize("name", [CONFIG_NAME, TENSORS_NAME])
+@pytest.mark.parametrize("kind, make", [
+    ("a directory", lambda path: path.mkdir()),
+    ("a FIFO", lambda path: os.mkfifo(path)),
+    (r"a symbolic link that leads to no file \(dangling, or a loop\)", lambda path: path.symlink_to(path)),
+])
+def test_a_checkpoint_file_that_is_not_a_regular_file_is_named_as_such(saved, name, kind, make):
+    # "missing file" sent people looking for a file that is there.
+    _, ck = saved
+    (ck / name).unlink()
+    make(ck / name)
+    _refused(ck, f"{re.escape(name)} exists but is {kind}, not a regular file")
+    with pytest.raises(ValueError, match="not a regular file"):
+        lottalora.summary(ck)
