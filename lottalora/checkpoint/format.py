@@ -58,6 +58,10 @@ LAYER_KEYS = {1: _LAYER_KEYS_V1, 2: _LAYER_KEYS_V1 | {"stream_version"}}
 # a layer whose default adapter is DoRA, whose tensors include <layer>.lora_magnitude;
 # "weight_shape" ([out, in // groups, *kernel_size]) marks a seeded conv and its kernel.
 OPTIONAL_LAYER_KEYS = {1: set(), 2: {"adapters", "lora_dropout", "use_dora", "weight_shape"}}
+# A layer's (or named adapter's) rank is at most int32's largest: far above any adapter's (a
+# layer accepts ranks above its features, so they bound nothing), and low enough that the
+# scaling a reader computes from a file's rank, a float, cannot overflow.
+MAX_RANK = 2**31 - 1
 ADAPTER_KEYS = {"rank", "alpha", "use_rslora", "scaling", "lora_dropout"}
 U64_DECIMAL = re.compile(r"0|[1-9][0-9]{0,19}")
 HEX16 = re.compile(r"[0-9a-f]{16}")

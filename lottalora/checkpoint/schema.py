@@ -22,6 +22,7 @@ from .format import (
     HEX64,
     LAYER_KEYS,
     MAX_CONFIG_NESTING,
+    MAX_RANK,
     OPTIONAL_LAYER_KEYS,
     OPTIONAL_TOP_KEYS,
     READABLE_FORMAT_VERSIONS,
@@ -68,7 +69,7 @@ def _check_dropout(directory: Path, where: str, value) -> None:
 
 
 def _check_named_adapters(directory: Path, where: str, adapters) -> None:
-    """A layer's "adapters": {name: {rank >= 1, alpha, use_rslora, scaling, lora_dropout}}."""
+    """A layer's "adapters": {name: {1 <= rank <= MAX_RANK, alpha, use_rslora, scaling, lora_dropout}}."""
     if not isinstance(adapters, dict) or not adapters:
         fail(directory, f"{where}: adapters must be a non-empty JSON object, got {shorten(adapters)}")
     for name, adapter in adapters.items():
@@ -84,8 +85,8 @@ def _check_named_adapters(directory: Path, where: str, adapters) -> None:
         def bad(key: str, expected: str, adapter=adapter, at=at):
             fail(directory, f"{at}: {key} must be {expected}, got {shorten(adapter[key])}")
 
-        if not is_int(adapter["rank"]) or adapter["rank"] < 1:
-            bad("rank", "an integer >= 1")
+        if not is_int(adapter["rank"]) or not 1 <= adapter["rank"] <= MAX_RANK:
+            bad("rank", f"an integer in [1, {MAX_RANK}]")
         if not isinstance(adapter["use_rslora"], bool):
             bad("use_rslora", "true or false")
         try:
@@ -123,8 +124,8 @@ def _check_layer(directory: Path, index: int, layer, format_version: int, genera
     for key in ("seed", "stream"):
         if not isinstance(layer[key], str) or not U64_DECIMAL.fullmatch(layer[key]):
             bad(key, "an unsigned 64-bit integer in decimal digits, as a string")
-    if not is_int(layer["rank"]) or layer["rank"] < 0:
-        bad("rank", "an integer >= 0")
+    if not is_int(layer["rank"]) or not 0 <= layer["rank"] <= MAX_RANK:
+        bad("rank", f"an integer in [0, {MAX_RANK}]")
     for key in ("use_rslora", "bias"):
         if not isinstance(layer[key], bool):
             bad(key, "true or false")

@@ -307,3 +307,26 @@ def test_a_checkpoint_file_that_is_not_a_regular_file_is_named_as_such(saved, na
     _refused(ck, f"{re.escape(name)} exists but is {kind}, not a regular file")
     with pytest.raises(ValueError, match="not a regular file"):
         lottalora.summary(ck)
+
+
+@pytest.mark.parametrize("rank", [10**400, 2**31])
+@pytest.mark.parametrize("named", [False, True])
+def test_a_rank_beyond_int32_is_refused_by_name_in_load_summary_and_info(tmp_path, capsys, rank, named):
+    # The scaling computed from a rank of 10**400 overflowed a float (OverflowError, and a
+    # traceback from `lottalora info`).
+    from lottalora.cli import main
+
+    model = trained_small_model()
+    if named:
+        lottalora.add_adapter(model, "extra", rank=1, target_modules=["0"])
+    lottalora.save(model, tmp_path / "ck")
+    ck = tmp_path / "ck"
+    entry = (lambda c: c["layers"][0]["adapters"]["extra"]) if named else (lambda c: c["layers"][0])
+    edit_config(ck, lambda c: entry(c).__setitem__("rank", rank))
+    match = rf"rank must be an integer in \[{int(named)}, 2147483647\]"
+    _refused(ck, match)
+    with pytest.raises(ValueError, match=match):
+        lottalora.summary(ck)
+    assert main(["info", str(ck)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: checkpoint ") and len(err.splitlines()) == 1 and re.search(match, err)
