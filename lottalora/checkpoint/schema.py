@@ -97,7 +97,7 @@ def _check_named_adapters(directory: Path, where: str, adapters) -> None:
         _check_dropout(directory, at, adapter["lora_dropout"])
 
 
-def _check_generator(directory: Path, generator) -> None:
+def _check_generator(directory: Path, generator, format_version: int) -> None:
     _check_keys(directory, "generator", generator, GENERATOR_KEYS)
     version = generator["stream_version"]
     if generator["name"] != "philox4x32" or not is_int(generator["rounds"]) or \
@@ -105,6 +105,11 @@ def _check_generator(directory: Path, generator) -> None:
             version not in spec.SUPPORTED_STREAM_VERSIONS:
         fail(directory, f"generator {shorten(generator)} is not supported by this build "
                          f"(stream versions {spec.SUPPORTED_STREAM_VERSIONS}, philox4x32-{spec.PHILOX_ROUNDS})")
+    # Format 1 was written only with stream 1. A later stream there would be a format-2
+    # checkpoint rewritten as format 1, which has no checksum: any edit of it would go unseen.
+    if format_version == 1 and version != 1:
+        fail(directory, f"generator stream_version {version} in a format_version 1 config: format 1 holds stream "
+                         "version 1 only")
 
 
 def _check_layer(directory: Path, index: int, layer, format_version: int, generator: dict,
@@ -190,7 +195,7 @@ def check_config(directory: Path, config) -> None:
         fail(directory, f"adapter must be an adapter name (an identifier), got {shorten(config['adapter'])}")
     if version >= 2 and config["config_sha256"] != config_checksum(config):
         fail(directory, f"{CONFIG_NAME} does not match its config_sha256: edited or corrupted")
-    _check_generator(directory, config["generator"])
+    _check_generator(directory, config["generator"], version)
     layers = config["layers"]
     if not isinstance(layers, list) or not layers:
         fail(directory, "config lists no layers")

@@ -79,6 +79,22 @@ def test_a_format_1_config_is_checked_against_its_stored_scaling(tmp_path):
     _refused(ck, "scaling must be")
 
 
+def test_a_format_2_checkpoint_rewritten_as_format_1_with_a_later_stream_is_refused(saved):
+    # Format 1 was only written with stream 1 and has no checksum: taking it would let any
+    # checkpoint drop its checksum, and then an edit of alpha and scaling together loads.
+    _, ck = saved
+
+    def as_format_1(config):
+        config.update(format_version=1)
+        del config["config_sha256"]
+        for layer in config["layers"]:
+            del layer["stream_version"]
+        assert config["generator"]["stream_version"] == 2
+
+    edit_config(ck, as_format_1)
+    _refused(ck, "generator stream_version 2 in a format_version 1 config: format 1 holds stream version 1 only")
+
+
 @pytest.mark.parametrize("edit,match", [
     (lambda c: c.__setitem__("generator", None), "generator must be a JSON object, got null"),
     (lambda c: c.__setitem__("generator", []), "generator must be a JSON object, got an array"),
