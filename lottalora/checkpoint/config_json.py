@@ -21,7 +21,9 @@ def config_checksum(config: dict) -> str:
     return hashlib.sha256(canonical_json({k: v for k, v in config.items() if k != "config_sha256"})).hexdigest()
 
 
-def parse_config_json(directory: Path, raw: bytes):
+def parse_config_json(directory: Path, raw: bytes, name: str = CONFIG_NAME):
+    """The JSON value of ``raw``, the bytes of the file ``name`` in ``directory``, parsed
+    strictly; ValueError naming the file otherwise."""
     def unique_keys(pairs):  # json keeps the last of repeated keys without a word
         obj = {}
         for key, value in pairs:
@@ -43,9 +45,9 @@ def parse_config_json(directory: Path, raw: bytes):
         return json.loads(raw.decode("utf-8"), object_pairs_hook=unique_keys, parse_constant=no_constant,
                           parse_float=finite_float)
     except RecursionError:
-        fail(directory, f"{CONFIG_NAME} nests too deeply to be a {FORMAT_NAME} config")
+        fail(directory, f"{name} nests too deeply to be a {FORMAT_NAME} checkpoint's file")
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
-        fail(directory, f"{CONFIG_NAME} is not valid JSON ({exc})")
+        fail(directory, f"{name} is not valid JSON ({exc})")
 
 
 def nesting_depth(value) -> int:

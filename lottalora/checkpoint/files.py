@@ -55,15 +55,22 @@ def require_file(directory: Path, name: str, missing: str | None = None) -> Path
     return path
 
 
+def read_json(directory: Path, name: str, missing: str | None = None):
+    """The JSON value of the file ``name`` in ``directory`` (``require_file``), parsed strictly
+    (``parse_config_json``) and read only up to MAX_CONFIG_BYTES."""
+    with open(require_file(directory, name, missing), "rb") as f:
+        raw = f.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        fail(directory, f"{name} is larger than {MAX_CONFIG_BYTES} bytes")
+    return parse_config_json(directory, raw, name)
+
+
 def read_checkpoint(directory: Path) -> tuple[dict, bytes]:
     """The validated config and the tensor file's bytes, checked against the config's size and
     SHA-256. Each file is read once: the bytes checked are the bytes parsed."""
-    config_path, tensor_path = require_file(directory, CONFIG_NAME), require_file(directory, TENSORS_NAME)
-    with open(config_path, "rb") as f:
-        raw = f.read(MAX_CONFIG_BYTES + 1)
-    if len(raw) > MAX_CONFIG_BYTES:
-        fail(directory, f"{CONFIG_NAME} is larger than {MAX_CONFIG_BYTES} bytes")
-    config = parse_config_json(directory, raw)
+    require_file(directory, CONFIG_NAME)
+    tensor_path = require_file(directory, TENSORS_NAME)
+    config = read_json(directory, CONFIG_NAME)
     check_config(directory, config)
     recorded = config["tensors"]["bytes"]
     size = tensor_path.stat().st_size

@@ -18,7 +18,9 @@ from torch import nn
 from ..model.placement import check_floating_dtype
 from ..model.pretrained_class import base_class
 from ..model.records import convert_calls
-from .format import MODEL_CONFIG_NAME, fail
+from .files import read_json
+from .format import MODEL_CONFIG_NAME, fail, shorten
+from .schema import json_type
 
 MODEL_TYPE = "lottalora"
 MODEL_FORMAT = "lottalora-model"
@@ -81,17 +83,16 @@ def _embeddings_tied(model: nn.Module) -> bool:
 def read_model_config(directory: str | os.PathLike) -> dict:
     """The validated ``config.json`` that ``save`` wrote for a transformers model."""
     directory = Path(directory)
-    path = directory / MODEL_CONFIG_NAME
-    if not path.is_file():
-        fail(directory, f"has no {MODEL_CONFIG_NAME}: it was saved from a model that is not a transformers "
-                         "model, so nothing records its architecture; build and convert the model in code, then "
-                         "call lottalora.load(model, directory)")
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        fail(directory, f"{MODEL_CONFIG_NAME} is not valid JSON ({exc})")
-    if not isinstance(config, dict) or config.get("model_type") != MODEL_TYPE:
-        fail(directory, f"{MODEL_CONFIG_NAME} has model_type {config.get('model_type')!r} where "
+    # Parsed as strictly as lottalora_config.json: json.loads takes NaN (an rms_norm_eps of NaN
+    # made every logit NaN) and keeps the last of repeated keys without a word.
+    config = read_json(directory, MODEL_CONFIG_NAME, missing=(
+        f"has no {MODEL_CONFIG_NAME}: it was saved from a model that is not a transformers model, so nothing "
+        "records its architecture; build and convert the model in code, then call lottalora.load(model, directory)"))
+    if not isinstance(config, dict):
+        fail(directory, f"{MODEL_CONFIG_NAME} must be a JSON object, got {json_type(config)}: not written by "
+                         "lottalora.save")
+    if config.get("model_type") != MODEL_TYPE:
+        fail(directory, f"{MODEL_CONFIG_NAME} has model_type {shorten(config.get('model_type'))} where "
                          f"{MODEL_TYPE!r} was expected: not written by lottalora.save")
     if config.get("lottalora_format") != MODEL_FORMAT or config.get("lottalora_format_version") != MODEL_FORMAT_VERSION:
         fail(directory, f"{MODEL_CONFIG_NAME} is format {config.get('lottalora_format')!r} version "

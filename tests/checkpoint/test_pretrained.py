@@ -157,3 +157,41 @@ def test_a_config_json_dtype_that_is_not_floating_is_refused_by_name(tmp_path):
     config["dtype"] = "bfloat16"
     (tmp_path / MODEL_CONFIG_NAME).write_text(json.dumps(config))
     assert model_config.read_model_config(tmp_path)["dtype"] == "bfloat16"
+
+
+@pytest.fixture
+def untrained(tmp_path):
+    """A converted tiny LLaMA saved as it was converted."""
+    torch.manual_seed(0)
+    lottalora.save(converted_tiny_llama(), tmp_path / "ck")
+    return tmp_path / "ck"
+
+
+def _refused_by_both(ck, match):
+    """lottalora.from_pretrained and the Auto class refuse ``ck`` with a ValueError matching ``match``."""
+    for load in (lottalora.from_pretrained, transformers.AutoModelForCausalLM.from_pretrained):
+        with pytest.raises(ValueError, match=match):
+            load(ck)
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda text: text.replace('"rms_norm_eps": 1e-06', '"rms_norm_eps": NaN'), "NaN is not a JSON number"),
+    (lambda text: text.replace('"rms_norm_eps": 1e-06', '"rms_norm_eps": Infinity'), "Infinity is not a JSON number"),
+    (lambda text: text.replace('"rms_norm_eps": 1e-06', '"rms_norm_eps": 1e-06, "rms_norm_eps": 1e-06'),
+     "duplicate key 'rms_norm_eps'"),
+])
+def test_config_json_is_parsed_as_strictly_as_the_checkpoint_config(untrained, edit, match):
+    # json.loads took NaN (an rms_norm_eps of NaN loaded, and every logit was NaN) and kept the
+    # last of repeated keys. transformers writes neither for its configs.
+    path = untrained / MODEL_CONFIG_NAME
+    text = path.read_text()
+    assert edit(text) != text
+    path.write_text(edit(text))
+    _refused_by_both(untrained, rf"checkpoint .*: config\.json is not valid JSON \(.*{match}")
+
+
+@pytest.mark.parametrize("text, kind", [("[{}]", "an array"), ("null", "null"), ('"x"', "a string")])
+def test_a_config_json_that_is_not_an_object_is_refused_by_name(untrained, text, kind):
+    (untrained / MODEL_CONFIG_NAME).write_text(text)
+    with pytest.raises(ValueError, match=f"checkpoint .*: config\\.json must be a JSON object, got {kind}"):
+        lottalora.from_pretrained(untrained)
