@@ -68,7 +68,7 @@ def from_pretrained(directory: str | os.PathLike, *, device: torch.device | str 
     checkpoint (backbone, rank, alpha, rsLoRA, named adapters), the stored tensors, and each
     layer's lora_dropout; the convert calls are recorded on the model again, so saving it
     writes them back, and the model gets the class ``convert`` gives (its ``save_pretrained``
-    writes a lottalora directory). ``dtype`` (a floating-point torch.dtype) defaults to the one
+    writes a lottalora directory). ``dtype`` (float32, float16, bfloat16 or float64) defaults to the one
     the model was saved in; ``device`` (a torch.device or its name) is where its tensors go.
     Returned in eval mode, as transformers' from_pretrained returns models, with the default
     adapter active.

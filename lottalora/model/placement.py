@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from ..ops.backend import supported_dtypes
+
 
 def check_device(device, argument: str = "device") -> torch.device:
     """``device`` (a torch.device or its name) as a torch.device. TypeError for anything else
@@ -30,11 +32,14 @@ def check_device(device, argument: str = "device") -> torch.device:
 
 
 def check_floating_dtype(dtype, argument: str = "dtype") -> torch.dtype:
-    """``dtype`` unchanged if it is a floating-point torch.dtype (the only kind a model's weights,
-    and torch's default dtype, take); TypeError naming ``argument`` otherwise."""
-    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+    """``dtype`` unchanged if it is a floating-point torch.dtype a seeded model is built in (the
+    dtypes seeded layers take, ``supported_dtypes("torch")``: float8 dtypes are floating point, but
+    neither a seeded layer nor torch's default dtype takes them); TypeError naming ``argument``
+    otherwise."""
+    allowed = supported_dtypes("torch")
+    if not (isinstance(dtype, torch.dtype) and dtype in allowed):
         named = getattr(torch, dtype, None) if isinstance(dtype, str) else None
-        hint = f": give torch.{dtype}" if isinstance(named, torch.dtype) and named.is_floating_point else ""
-        raise TypeError(f"{argument} must be a floating-point torch.dtype (torch.float32, torch.bfloat16, ...), got "
-                        f"{dtype!r}{hint}")
+        hint = f": give torch.{dtype}" if named in allowed else ""
+        raise TypeError(f"{argument} must be a floating-point torch.dtype that seeded layers compute in "
+                        f"({', '.join(map(str, allowed))}), got {dtype!r}{hint}")
     return dtype

@@ -134,6 +134,9 @@ def test_directories_that_cannot_be_rebuilt_say_why(saved, tmp_path):
     ({"dtype": "float16"}, TypeError, r"dtype must be a floating-point torch\.dtype .*got 'float16': give "
                                       r"torch\.float16"),
     ({"dtype": torch.int32}, TypeError, r"dtype must be a floating-point torch\.dtype .*got torch\.int32"),
+    # floating point, but torch's default dtype does not take it ("couldn't find storage object")
+    ({"dtype": torch.float8_e4m3fn}, TypeError, r"dtype must be a floating-point torch\.dtype that seeded layers "
+                                                r"compute in \(torch\.float32, .*\), got torch\.float8_e4m3fn"),
 ])
 def test_bad_device_and_dtype_arguments_are_named_before_anything_is_read(arguments, error, match, tmp_path,
                                                                          monkeypatch):
@@ -144,15 +147,16 @@ def test_bad_device_and_dtype_arguments_are_named_before_anything_is_read(argume
         lottalora.from_pretrained(tmp_path / "not read", **arguments)
 
 
-def test_a_config_json_dtype_that_is_not_floating_is_refused_by_name(tmp_path):
+@pytest.mark.parametrize("dtype", ["int64", "float8_e4m3fn"])
+def test_a_config_json_dtype_that_is_not_floating_is_refused_by_name(tmp_path, dtype):
     from lottalora.checkpoint import model_config
 
     config = {"model_type": model_config.MODEL_TYPE, "lottalora_format": model_config.MODEL_FORMAT,
               "lottalora_format_version": model_config.MODEL_FORMAT_VERSION, "architecture": "LlamaForCausalLM",
-              "base_config": {}, "dtype": "int64", "convert_calls": []}
+              "base_config": {}, "dtype": dtype, "convert_calls": []}
     (tmp_path / MODEL_CONFIG_NAME).write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"checkpoint .*: config\.json's dtype must be a floating-point torch\.dtype "
-                                         r".*got torch\.int64"):
+                                         rf".*got torch\.{dtype}"):
         model_config.read_model_config(tmp_path)
     config["dtype"] = "bfloat16"
     (tmp_path / MODEL_CONFIG_NAME).write_text(json.dumps(config))
