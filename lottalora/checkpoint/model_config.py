@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -113,3 +114,41 @@ def read_model_config(directory: str | os.PathLike) -> dict:
                 and isinstance(call.get("arguments"), dict) and isinstance(call.get("converted"), list)):
             fail(directory, f"{MODEL_CONFIG_NAME} has a malformed convert call {call!r}")
     return config
+
+
+def _reason(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+
+
+def architecture_class(directory: Path, name: str) -> type:
+    """The transformers model class config.json's ``architecture`` names: one transformers
+    exports, with a config class of its own (``PreTrainedModel`` has none). Nothing else is built."""
+    import transformers
+
+    cls = getattr(transformers, name, None)
+    config_class = getattr(cls, "config_class", None)
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel) and isinstance(config_class, type)
+            and issubclass(config_class, transformers.PreTrainedConfig)):
+        fail(directory, f"architecture {shorten(name)} is not a model class of transformers {transformers.__version__} "
+                         "(one with a config class, such as LlamaForCausalLM)")
+    return cls
+
+
+def architecture_config(directory: Path, cls: type, base_config: dict, updates: Mapping | None = None):
+    """``cls``'s config made from config.json's ``base_config``, with ``updates`` (from_pretrained's
+    config_updates) set."""
+    try:
+        return cls.config_class.from_dict(base_config, **(updates or {}))
+    except Exception as exc:  # transformers' checks, run on a file's values: any failure means a bad value
+        also = f" with config_updates {sorted(updates)}" if updates else ""
+        fail(directory, f"{MODEL_CONFIG_NAME}'s base_config{also} does not make a {cls.config_class.__name__} "
+                         f"({_reason(exc)})")
+
+
+def build_architecture(directory: Path, cls: type, config) -> nn.Module:
+    """``cls(config)``, the architecture built from config.json's base_config (a value that
+    ``from_dict`` takes can still fail the build: an unknown activation name)."""
+    try:
+        return cls(config)
+    except Exception as exc:  # transformers' code, run on a file's values
+        fail(directory, f"{MODEL_CONFIG_NAME}'s base_config does not build a {cls.__name__} ({_reason(exc)})")

@@ -30,7 +30,7 @@ from ..nn import SEEDED_LAYER_TYPES, Linear
 from .files import read_checkpoint, tensor_contents
 from .format import ADAPTER_ONLY, CONFIG_NAME, MODEL_CONFIG_NAME, TRAINABLE_ONLY, fail
 from .loading import load_checked
-from .model_config import read_model_config
+from .model_config import architecture_class, architecture_config, build_architecture, read_model_config
 
 # Config options that transformers' from_dict takes by a name the config does not have as an
 # attribute (it keeps them as "_<name>_internal" behind a private "_<name>" property).
@@ -47,15 +47,6 @@ def _default_dtype(dtype: torch.dtype):
         yield
     finally:
         torch.set_default_dtype(previous)
-
-
-def _architecture(directory: Path, name: str) -> type:
-    import transformers
-
-    cls = getattr(transformers, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
-        fail(directory, f"architecture {name!r} is not a model class of transformers {transformers.__version__}")
-    return cls
 
 
 def from_pretrained(directory: str | os.PathLike, *, device: torch.device | str = "cpu",
@@ -99,16 +90,16 @@ def from_pretrained(directory: str | os.PathLike, *, device: torch.device | str 
     model_config = read_model_config(directory)
     if dtype is None:
         dtype = getattr(torch, model_config["dtype"])
-    cls = _architecture(directory, model_config["architecture"])
-    base_config = cls.config_class.from_dict(model_config["base_config"])
+    cls = architecture_class(directory, model_config["architecture"])
+    base_config = architecture_config(directory, cls, model_config["base_config"])
     updates = dict(config_updates or {})
     unknown = sorted(k for k in updates if k not in IMPLEMENTATION_OPTIONS and not hasattr(base_config, k))
     if unknown:  # from_dict would drop them: a typo would leave the option as saved
         raise ValueError(f"config_updates {unknown} are not options of {type(base_config).__name__}")
     if updates:
-        base_config = cls.config_class.from_dict(model_config["base_config"], **updates)
+        base_config = architecture_config(directory, cls, model_config["base_config"], updates)
     with _default_dtype(dtype), torch.device("meta"):
-        model = cls(base_config)
+        model = build_architecture(directory, cls, base_config)
     for layer in checkpoint["layers"]:
         _place_seeded_layer(directory, model, layer, dtype)
     materialize(model, device)

@@ -18,12 +18,11 @@ import os
 from pathlib import Path
 
 import torch
-import transformers
 from transformers import PreTrainedConfig
 
 from ..model.placement import check_device
 from .format import CONFIG_NAME, fail
-from .model_config import MODEL_TYPE, read_model_config
+from .model_config import MODEL_TYPE, architecture_class, architecture_config, read_model_config
 from .pretrained import IMPLEMENTATION_OPTIONS, from_pretrained
 
 # from_pretrained arguments that locate the files on the Hub (passed to snapshot_download for a
@@ -136,7 +135,8 @@ def _config_updates(directory: Path, config, kwargs: dict) -> dict:
         held = saved.base_config
         updates.update({k: v for k, v in config.base_config.items() if held.get(k) != v})
     model_config = read_model_config(directory)
-    base = getattr(transformers, model_config["architecture"]).config_class.from_dict(model_config["base_config"])
+    base = architecture_config(directory, architecture_class(directory, model_config["architecture"]),
+                               model_config["base_config"])
     for key in [k for k in kwargs if hasattr(base, k)]:
         updates[key] = kwargs.pop(key)
     return updates
@@ -221,10 +221,7 @@ def _check_architecture(directory: Path, auto: type, auto_class_name: str) -> No
     if not (directory / CONFIG_NAME).is_file():
         fail(directory, f"has no {CONFIG_NAME}: not a lottalora directory")
     architecture = read_model_config(directory)["architecture"]
-    cls = getattr(transformers, architecture, None)
-    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
-        fail(directory, f"architecture {architecture!r} is not a model class of transformers "
-                         f"{transformers.__version__}")
+    cls = architecture_class(directory, architecture)
     built = auto._model_mapping.get(cls.config_class, None)
     built = tuple(built) if isinstance(built, (list, tuple)) else (built,)
     if cls not in built:

@@ -199,3 +199,26 @@ def test_a_config_json_that_is_not_an_object_is_refused_by_name(untrained, text,
     (untrained / MODEL_CONFIG_NAME).write_text(text)
     with pytest.raises(ValueError, match=f"checkpoint .*: config\\.json must be a JSON object, got {kind}"):
         lottalora.from_pretrained(untrained)
+
+
+def _edit_model_config(ck, edit):
+    path = ck / MODEL_CONFIG_NAME
+    config = json.loads(path.read_text())
+    edit(config)
+    path.write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("edit, match", [
+    # PreTrainedModel has no config class: AttributeError on None
+    (lambda c: c.update(architecture="PreTrainedModel"),
+     r"architecture 'PreTrainedModel' is not a model class of transformers .*one with a config class"),
+    # transformers' StrictDataclassFieldValidationError
+    (lambda c: c["base_config"].update(hidden_size="16"),
+     r"config\.json's base_config does not make a LlamaConfig \(StrictDataclassFieldValidationError: .*hidden_size"),
+    # KeyError 'bogus' from building the model
+    (lambda c: c["base_config"].update(hidden_act="bogus"),
+     r"config\.json's base_config does not build a LlamaForCausalLM \(KeyError: .*bogus"),
+])
+def test_a_config_json_that_cannot_build_its_architecture_is_refused_naming_it(untrained, edit, match):
+    _edit_model_config(untrained, edit)
+    _refused_by_both(untrained, f"checkpoint .*: {match}")
