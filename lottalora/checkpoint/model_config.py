@@ -19,6 +19,7 @@ from torch import nn
 from ..model.placement import check_floating_dtype
 from ..model.pretrained_class import base_class
 from ..model.records import convert_calls
+from ..nn.options import check_dropout
 from .files import read_json
 from .format import MODEL_CONFIG_NAME, fail, shorten
 from .schema import json_type
@@ -109,10 +110,19 @@ def read_model_config(directory: str | os.PathLike) -> dict:
         check_floating_dtype(getattr(torch, config["dtype"]), f"{MODEL_CONFIG_NAME}'s dtype")
     except TypeError as exc:
         fail(directory, str(exc))
-    for call in config["convert_calls"]:
+    for index, call in enumerate(config["convert_calls"]):
         if not (isinstance(call, dict) and isinstance(call.get("module"), str)
-                and isinstance(call.get("arguments"), dict) and isinstance(call.get("converted"), list)):
-            fail(directory, f"{MODEL_CONFIG_NAME} has a malformed convert call {call!r}")
+                and isinstance(call.get("arguments"), dict) and isinstance(call.get("converted"), list)
+                and all(isinstance(name, str) for name in call["converted"])):
+            fail(directory, f"{MODEL_CONFIG_NAME} has a malformed convert call {shorten(call)} (module: a string, "
+                             "arguments: an object, converted: a list of names expected)")
+        # The one argument from_pretrained applies again (each converted layer's dropout); the
+        # others are only recorded.
+        if "lora_dropout" in call["arguments"]:
+            try:
+                check_dropout(call["arguments"]["lora_dropout"])
+            except ValueError as exc:
+                fail(directory, f"{MODEL_CONFIG_NAME} convert_calls[{index}].arguments: {exc}")
     return config
 
 

@@ -222,3 +222,13 @@ def _edit_model_config(ck, edit):
 def test_a_config_json_that_cannot_build_its_architecture_is_refused_naming_it(untrained, edit, match):
     _edit_model_config(untrained, edit)
     _refused_by_both(untrained, f"checkpoint .*: {match}")
+
+
+@pytest.mark.parametrize("dropout", [5.0, -0.5, 1.0, "x", None, True])
+def test_a_convert_calls_lora_dropout_that_is_not_a_probability_is_refused_naming_the_key(untrained, dropout):
+    # It was restored as float(dropout): 5.0, -0.5 and 1.0 (every adapter's input zeroed while
+    # training) loaded without a word; "x" and None raised from float().
+    _edit_model_config(untrained, lambda c: c["convert_calls"][0]["arguments"].update(lora_dropout=dropout))
+    _refused_by_both(untrained, r"checkpoint .*: config\.json convert_calls\[0\]\.arguments: lora_dropout must be a "
+                                r"probability in \[0, 1\)")
+
