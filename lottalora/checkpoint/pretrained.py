@@ -178,9 +178,13 @@ def _restore_convert_calls(directory: Path, model: nn.Module, calls: list[dict])
             owner = model.get_submodule(prefix) if prefix else model
         except AttributeError:
             fail(directory, f"{MODEL_CONFIG_NAME} records a convert call on {prefix!r}, not a module of the model")
-        dropout = call["arguments"].get("lora_dropout", 0.0)
+        dropout = call["arguments"].get("lora_dropout", 0.0)  # checked by read_model_config
         for name in call["converted"]:
-            layer = owner.get_submodule(name)
+            try:
+                layer = owner.get_submodule(name)
+            except AttributeError:
+                fail(directory, f"{MODEL_CONFIG_NAME} records a convert call on {prefix!r} that converted {name!r}, "
+                                 f"not a module of {type(owner).__name__}")
             if isinstance(layer, SEEDED_LAYER_TYPES) and layer.rank > 0:
                 layer.lora_dropout = float(dropout)
         restore_call(owner, call, order)

@@ -232,3 +232,14 @@ def test_a_convert_calls_lora_dropout_that_is_not_a_probability_is_refused_namin
     _refused_by_both(untrained, r"checkpoint .*: config\.json convert_calls\[0\]\.arguments: lora_dropout must be a "
                                 r"probability in \[0, 1\)")
 
+@pytest.mark.parametrize("edit, match", [
+    (lambda call: call["converted"].append(5),
+     r"config\.json has a malformed convert call .*converted: a list of names"),
+    (lambda call: call["converted"].append("model.nope"),
+     r"config\.json records a convert call on '' that converted 'model\.nope', not a module of LlamaForCausalLM"),
+    (lambda call: call.update(module="model"),
+     r"config\.json records a convert call on 'model' that converted 'model\.layers\..*', not a module of LlamaModel"),
+])
+def test_a_convert_call_naming_what_is_not_a_module_is_refused_by_name(untrained, edit, match):
+    _edit_model_config(untrained, lambda c: edit(c["convert_calls"][0]))
+    _refused_by_both(untrained, f"checkpoint .*: {match}")
