@@ -27,14 +27,16 @@ from ..model.placement import check_device, check_floating_dtype
 from ..model.pretrained_class import adopt_seeded_class
 from ..model.records import restore_call
 from ..nn import SEEDED_LAYER_TYPES, Linear
-from .files import read_checkpoint, tensor_contents
+from .files import read_checkpoint, read_json, tensor_contents
 from .format import ADAPTER_ONLY, CONFIG_NAME, MODEL_CONFIG_NAME, TRAINABLE_ONLY, fail
 from .loading import load_checked
 from .model_config import architecture_class, architecture_config, build_architecture, read_model_config
+from .schema import json_type
 
 # Config options that transformers' from_dict takes by a name the config does not have as an
 # attribute (it keeps them as "_<name>_internal" behind a private "_<name>" property).
 IMPLEMENTATION_OPTIONS = ("attn_implementation", "experts_implementation")
+GENERATION_CONFIG_NAME = "generation_config.json"
 
 
 @contextlib.contextmanager
@@ -132,14 +134,19 @@ def _keep_in_float32(model: nn.Module, dtype: torch.dtype) -> None:
 
 def _restore_generation_config(directory: Path, model: nn.Module) -> None:
     """The generation_config.json that save_pretrained writes beside a model that generates."""
-    path = directory / "generation_config.json"
+    path = directory / GENERATION_CONFIG_NAME
     if path.is_file() and getattr(model, "generation_config", None) is not None:
         from transformers import GenerationConfig
 
+        # Read as strictly as the other files first: GenerationConfig takes any JSON value, and a
+        # list raised TypeError from inside it.
+        read = read_json(directory, GENERATION_CONFIG_NAME)
+        if not isinstance(read, dict):
+            fail(directory, f"{GENERATION_CONFIG_NAME} must be a JSON object, got {json_type(read)}")
         try:
             model.generation_config = GenerationConfig.from_pretrained(directory)
         except (OSError, ValueError) as exc:
-            fail(directory, f"generation_config.json cannot be read ({exc})")
+            fail(directory, f"{GENERATION_CONFIG_NAME} cannot be read ({exc})")
 
 
 def _place_seeded_layer(directory: Path, model: nn.Module, layer: dict, dtype: torch.dtype) -> None:

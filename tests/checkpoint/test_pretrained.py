@@ -243,3 +243,14 @@ def test_a_convert_calls_lora_dropout_that_is_not_a_probability_is_refused_namin
 def test_a_convert_call_naming_what_is_not_a_module_is_refused_by_name(untrained, edit, match):
     _edit_model_config(untrained, lambda c: edit(c["convert_calls"][0]))
     _refused_by_both(untrained, f"checkpoint .*: {match}")
+
+
+@pytest.mark.parametrize("text, match", [
+    ("[]", "generation_config.json must be a JSON object, got an array"),  # was TypeError from transformers
+    ('{"temperature": NaN}', r"generation_config.json is not valid JSON \(NaN is not a JSON number\)"),
+])
+def test_a_generation_config_that_is_not_a_strict_json_object_is_refused_by_name(tmp_path, text, match):
+    torch.manual_seed(0)
+    converted_tiny_llama().save_pretrained(tmp_path / "ck")
+    (tmp_path / "ck" / "generation_config.json").write_text(text)
+    _refused_by_both(tmp_path / "ck", f"checkpoint .*: {match}")
