@@ -10,6 +10,7 @@ Nothing is unpickled: the config is JSON and the tensors are safetensors.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -231,9 +232,14 @@ def load(model: nn.Module, directory: str | os.PathLike, *, adapter: str | None 
     return load_checked(model, directory, config, data, adapter=adapter)
 
 
-def load_checked(model: nn.Module, directory: Path, config: dict, data: bytes, adapter: str | None = None) -> nn.Module:
+def load_checked(model: nn.Module, directory: Path, config: dict, data: bytes, adapter: str | None = None,
+                 prepare: Callable[[], None] | None = None) -> nn.Module:
     """``load`` with the checkpoint already read by ``read_checkpoint`` (config and tensor bytes,
-    validated): callers that also need the config read the files once."""
+    validated): callers that also need the config read the files once. ``prepare`` (a whole-model
+    checkpoint only) is called once the stored tensors' names, shapes and dtypes are checked
+    against the model's and before anything is loaded: from_pretrained materializes its
+    meta-built model there, so that shapes the tensors do not have (a config.json's vocab_size)
+    are refused before they are allocated."""
     model = unwrap_model(model)
     layers = seeded_layers(model, plain=True)
     contents = check_tensor_kind(directory, config, data)
@@ -257,6 +263,8 @@ def load_checked(model: nn.Module, directory: Path, config: dict, data: bytes, a
         expected[prefix + "lora_B"] = torch.empty(module.out_features, entry["rank"], device="meta",
                                                   dtype=module.beta.dtype)
     check_tensors_match(directory, tensors, expected, every)
+    if prepare is not None:
+        prepare()
     ties = tied_groups(model)
     _check_ties_agree(directory, tensors, ties)
     _check_nothing_left_on_meta(directory, model, tensors)
@@ -265,7 +273,7 @@ def load_checked(model: nn.Module, directory: Path, config: dict, data: bytes, a
     for layer_name, name, entry in to_add:
         layers[layer_name].add_adapter(name, rank=entry["rank"], alpha=entry["alpha"], use_rslora=entry["use_rslora"],
                                        lora_dropout=entry["lora_dropout"])
-    if to_add:
+    if to_add or prepare is not None:  # the tensors they now hold
         expected = state_tensors(model)
     for key, value in tensors.items():
         want = expected[key]

@@ -3,7 +3,8 @@
 ``from_pretrained`` reads the ``config.json`` that ``lottalora.save`` wrote
 (``model_config``), builds that architecture on the meta device, puts a seeded layer where the
 checkpoint lists one (shape, rank, alpha, init, stream version, seed and stream from the
-checkpoint's own layer entries), materializes the rest, loads the tensors, and restores which
+checkpoint's own layer entries), checks the stored tensors against it, materializes the rest
+(so that shapes the tensors lack are never allocated), loads the tensors, and restores which
 parameters train and each layer's lora_dropout. Only classes that transformers itself exports
 are built; nothing from the directory is run.
 """
@@ -104,9 +105,11 @@ def from_pretrained(directory: str | os.PathLike, *, device: torch.device | str 
         model = build_architecture(directory, cls, base_config)
     for layer in checkpoint["layers"]:
         _place_seeded_layer(directory, model, layer, dtype)
-    materialize(model, device)
-    _keep_in_float32(model, dtype)
-    load_checked(model, directory, checkpoint, data)
+    def prepare():  # once the tensors are checked against the meta-built model's shapes
+        materialize(model, device)
+        _keep_in_float32(model, dtype)
+
+    load_checked(model, directory, checkpoint, data, prepare=prepare)
     del data
     trainable = set(checkpoint["trainable"]) if is_trainable else set()
     for name, param in model.named_parameters(remove_duplicate=False):

@@ -254,3 +254,17 @@ def test_a_generation_config_that_is_not_a_strict_json_object_is_refused_by_name
     converted_tiny_llama().save_pretrained(tmp_path / "ck")
     (tmp_path / "ck" / "generation_config.json").write_text(text)
     _refused_by_both(tmp_path / "ck", f"checkpoint .*: {match}")
+
+
+def test_tensor_shapes_are_checked_against_the_meta_built_model_before_it_is_materialized(untrained, monkeypatch):
+    # A one-line config.json edit (vocab_size 30,000,000 on a checkpoint of kilobytes) had
+    # materialize allocate gigabytes before the load refused the shapes.
+    from lottalora.checkpoint import pretrained
+
+    def materialize(*args, **kwargs):
+        raise AssertionError("materialized before the tensors' shapes were checked")
+
+    monkeypatch.setattr(pretrained, "materialize", materialize)
+    _edit_model_config(untrained, lambda c: c["base_config"].update(vocab_size=30_000_000))
+    _refused_by_both(untrained, r"checkpoint .*: tensor '(lm_head|model\.embed_tokens)\.weight' has shape \(96, 48\), "
+                                r"the model has \(30000000, 48\)")
