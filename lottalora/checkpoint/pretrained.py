@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -122,17 +123,25 @@ def from_pretrained(directory: str | os.PathLike, *, device: torch.device | str 
 
 
 def _keep_in_float32(model: nn.Module, dtype: torch.dtype) -> None:
-    """As transformers' from_pretrained: the modules a class keeps in float32 (T5's ``wo``, whose
-    float16 products overflow) stay float32 under a float16 load (``_keep_in_fp32_modules``) or a
-    float16 / bfloat16 one (``_keep_in_fp32_modules_strict``), seeded or dense. Before the load,
-    so float32 tensors of the checkpoint arrive unrounded."""
+    """As transformers' from_pretrained: what a class keeps in float32 stays float32 under a
+    float16 load (``_keep_in_fp32_modules``) or a float16 / bfloat16 one
+    (``_keep_in_fp32_modules_strict``), seeded or dense: the tensors whose names hold an entry as
+    a dotted part, a module's (T5's ``wo``, whose float16 products overflow) or a parameter's
+    (RWKV's ``time_decay``, MoE routers' ``gate.weight``). Before the load, so float32 tensors of
+    the checkpoint arrive unrounded."""
     keep = set(getattr(model, "_keep_in_fp32_modules_strict", None) or ()) \
         if dtype in (torch.float16, torch.bfloat16) else set()
     if dtype == torch.float16:
         keep |= set(getattr(model, "_keep_in_fp32_modules", None) or ())
-    for name, module in model.named_modules():
-        if any(f".{key}." in f".{name}." for key in keep):
-            module.to(torch.float32)
+    if not keep:
+        return
+    kept = re.compile("|".join(rf"(^|\.){re.escape(key)}(\.|$)" for key in sorted(keep)))
+    for module_name, module in model.named_modules():
+        for kind in ("_parameters", "_buffers"):
+            for name, tensor in getattr(module, kind).items():
+                full = f"{module_name}.{name}" if module_name else name
+                if tensor is not None and tensor.is_floating_point() and kept.search(full):
+                    tensor.data = tensor.data.to(torch.float32)  # in place: tied names stay one tensor
 
 
 def _restore_generation_config(directory: Path, model: nn.Module) -> None:
@@ -153,11 +162,14 @@ def _restore_generation_config(directory: Path, model: nn.Module) -> None:
 
 
 def _place_seeded_layer(directory: Path, model: nn.Module, layer: dict, dtype: torch.dtype) -> None:
+    """The checkpoint's seeded ``layer`` in place of the model's dense one, at every name that
+    module sits at (one module placed twice is one layer, as convert made it)."""
     name, spec = layer["name"], layer["spec"]
     try:
         module = model.get_submodule(name)
     except AttributeError:
         fail(directory, f"layer {name!r} is not a module of {type(model).__name__}")
+    places = [place for place, m in model.named_modules(remove_duplicate=False) if m is module]
     if is_dense_conv(module):
         try:
             seeded = seeded_conv_like(module, spec, rank=layer["rank"], alpha=layer["alpha"] if layer["rank"] else None,
@@ -165,10 +177,13 @@ def _place_seeded_layer(directory: Path, model: nn.Module, layer: dict, dtype: t
                                       device="meta", dtype=dtype)
         except ValueError as exc:
             fail(directory, f"layer {name!r}: {exc}")
-        set_submodule(model, name, seeded)
+        for place in places:
+            set_submodule(model, place, seeded)
         return
-    if linear_shape(module) != (spec.in_features, spec.out_features):
-        fail(directory, f"layer {name!r} is a {type(module).__name__} in {type(model).__name__}, not a linear "
+    shape = linear_shape(module)
+    if shape != (spec.in_features, spec.out_features):
+        what = f"{shape[0]} -> {shape[1]} features" if shape else f"a {type(module).__name__}, not a linear layer"
+        fail(directory, f"layer {name!r} is {what} in {type(model).__name__}, where the checkpoint holds a seeded "
                          f"layer of {spec.in_features} -> {spec.out_features} features")
     seeded = Linear(spec.in_features, spec.out_features, bias=layer["bias"], rank=layer["rank"],
                     alpha=layer["alpha"] if layer["rank"] else None, use_rslora=layer["use_rslora"],
@@ -178,7 +193,8 @@ def _place_seeded_layer(directory: Path, model: nn.Module, layer: dict, dtype: t
         seeded.add_adapter(adapter, rank=entry["rank"], alpha=entry["alpha"], use_rslora=entry["use_rslora"],
                            lora_dropout=entry["lora_dropout"])
     seeded.merges_into_conv1d = not isinstance(module, nn.Linear)  # as convert marks it
-    set_submodule(model, name, seeded)
+    for place in places:
+        set_submodule(model, place, seeded)
 
 
 def _restore_convert_calls(directory: Path, model: nn.Module, calls: list[dict]) -> None:

@@ -185,7 +185,8 @@ def convert(
     first_conversion = not seeded_layers(root)
     # Every seeded layer is built (its arguments checked) before the first one is placed: a layer
     # that refuses its arguments (a conv's rank against its groups) leaves the model as it was.
-    converted = {name: _seeded_layer(plain, module, shape, options) for name, plain, module, shape, _ in targets}
+    converted = {name: _seeded_layer([plain_name(p) for p in places], module, shape, options)
+                 for name, _, module, shape, places in targets}
     for name, _, _, _, places in targets:  # a module placed twice stays one layer, at each of its places
         for place in places:
             set_submodule(root, place, converted[name])
@@ -279,7 +280,7 @@ def _targets(model: nn.Module, options: _Options,
             f" in layers_to_transform={options.layers_to_transform!r} (layers_pattern={options.layers_pattern!r})"
         raise ValueError(f"target_modules={options.target_modules!r} matched no nn.Linear (or Conv1D, or "
                          f"nn.Conv1d / nn.Conv2d named in it) in the model{selection}")
-    target_names = [plain for _, plain, _, _, _ in targets]
+    target_names = [plain_name(p) for _, _, _, _, places in targets for p in places]  # every name matches
     if options.trainable_modules is not None:
         clash = [n for n in target_names if name_matches(n, options.trainable_modules)]
         if clash:
@@ -356,7 +357,7 @@ def _warn_dense_experts(model: nn.Module, experts: dict[str, list[str]], dense_s
 def _check_trainable_matches(model: nn.Module, patterns: Patterns) -> None:
     """ValueError naming the trainable_modules regex, or the entries of its list, that match no
     module of the unwrapped ``model``: a misspelt name would leave its module frozen unseen."""
-    names = [plain_name(name) for name, _ in model.named_modules() if name]
+    names = [plain_name(name) for name, _ in model.named_modules(remove_duplicate=False) if name]
     if isinstance(patterns, str):
         if not any(name_matches(n, patterns) for n in names):
             raise ValueError(f"trainable_modules={patterns!r} matched no module of the model (a regex must "
@@ -368,28 +369,40 @@ def _check_trainable_matches(model: nn.Module, patterns: Patterns) -> None:
                          "(each entry is a module's name or name suffix)")
 
 
-def _seeded_layer(name: str, module: nn.Module, shape: tuple[int, int], options: _Options) -> nn.Module:
-    """The seeded layer for the dense ``module`` whose plain name is ``name`` (not yet placed in the model)."""
+def _seeded_layer(plains: list[str], module: nn.Module, shape: tuple[int, int], options: _Options) -> nn.Module:
+    """The seeded layer for the dense ``module`` whose plain names are ``plains`` (the first its
+    stream's; the options match any of them), not yet placed in the model."""
+    name = plains[0]
     in_features, out_features = shape
     weight = module.weight
-    has_adapter = options.adapter_modules is None or name_matches(name, options.adapter_modules)
-    layer_rank = pattern_value(name, options.rank_pattern, options.rank) if has_adapter else 0
+    has_adapter = options.adapter_modules is None or any(name_matches(p, options.adapter_modules) for p in plains)
+    layer_rank = _pattern_value(plains, options.rank_pattern, options.rank) if has_adapter else 0
+    layer_alpha = _pattern_value(plains, options.alpha_pattern, options.alpha)
     if is_dense_conv(module):
         new = seeded_conv_like(module, BackboneSpec(options.seed, stream_for_name(name), in_features, out_features,
                                                     options.init, options.version),
-                               rank=layer_rank, alpha=pattern_value(name, options.alpha_pattern, options.alpha),
+                               rank=layer_rank, alpha=layer_alpha,
                                use_rslora=options.use_rslora, train_beta=options.train_beta,
                                lora_dropout=options.lora_dropout, init_lora_weights=options.init_lora_weights,
                                use_dora=options.use_dora and layer_rank > 0)
         return _keep_bias(module, new, options)
     new = Linear(in_features, out_features, bias=module.bias is not None, rank=layer_rank,
-                 alpha=pattern_value(name, options.alpha_pattern, options.alpha), use_rslora=options.use_rslora,
+                 alpha=layer_alpha, use_rslora=options.use_rslora,
                  seed=options.seed, stream=stream_for_name(name), init=options.init, stream_version=options.version,
                  train_beta=options.train_beta, lora_dropout=options.lora_dropout,
                  init_lora_weights=options.init_lora_weights, use_dora=options.use_dora and layer_rank > 0,
                  device=weight.device, dtype=weight.dtype)
     new.merges_into_conv1d = not isinstance(module, nn.Linear)
     return _keep_bias(module, new, options)
+
+
+def _pattern_value(plains: list[str], pattern: dict | None, default):
+    """``pattern_value`` of the first of a layer's names that a key of ``pattern`` matches."""
+    for plain in plains:
+        value = pattern_value(plain, pattern, None)
+        if value is not None:
+            return value
+    return default
 
 
 def _keep_bias(module: nn.Module, new: nn.Module, options: _Options) -> nn.Module:
@@ -416,7 +429,7 @@ def _set_trainable(model: nn.Module, converted: dict[str, Linear], options: _Opt
     if options.trainable_modules is not None:
         # Seeded layers inside a trainable module keep what train_beta and bias decided.
         seeded = {id(p) for layer in seeded_layers(model).values() for p in layer.parameters()}
-        for name, module in model.named_modules():
+        for name, module in model.named_modules(remove_duplicate=False):  # a module at two names: either
             if name and name_matches(plain_name(name), options.trainable_modules):
                 for param in module.parameters():
                     if id(param) not in seeded:

@@ -159,6 +159,15 @@ def test_a_float16_load_keeps_the_modules_transformers_keeps_in_float32(tmp_path
                            half(input_ids=ids, decoder_input_ids=start).logits)
     strict = lottalora.from_pretrained(tmp_path / "fp32", dtype=torch.bfloat16)  # wo is not strict: bf16
     assert strict.encoder.block[0].layer[1].DenseReluDense.wo.beta.dtype == torch.bfloat16
+    # Entries may name parameters (RWKV's time_decay), which transformers matches on tensor names.
+    from transformers import RwkvConfig, RwkvForCausalLM
+
+    rwkv = RwkvConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, attention_hidden_size=16,
+                      intermediate_size=32, context_length=16)
+    lottalora.convert(RwkvForCausalLM(rwkv), rank=2).save_pretrained(tmp_path / "rwkv")
+    attention = lottalora.from_pretrained(tmp_path / "rwkv", dtype=torch.float16).rwkv.blocks[0].attention
+    assert (attention.time_decay.dtype, attention.time_first.dtype, attention.key.beta.dtype) == \
+        (torch.float32, torch.float32, torch.float16)
 
 
 def test_a_converted_model_with_peft_layers_in_it_is_refused_at_save_not_at_load(tmp_path):

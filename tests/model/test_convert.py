@@ -345,12 +345,43 @@ def test_a_module_shared_under_two_names_becomes_one_seeded_layer_at_both(tmp_pa
         assert isinstance(chosen.encoder[0], lottalora.Linear) and chosen.encoder[2] is chosen.encoder[0]
         kept = lottalora.convert(_shared_encoder_layer(), rank=2, exclude_modules=[place])
         assert _seeded_names(kept) == {"head"} and type(kept.encoder[2]) is nn.Linear
+    # The per-layer options match either name too.
+    second = lottalora.convert(_shared_encoder_layer(), rank=2, target_modules=["encoder.2"],
+                               adapter_modules=["encoder.2"], rank_pattern={"encoder.2": 3})
+    assert second.encoder[0].rank == 3 and second.encoder[2] is second.encoder[0]
+    dense = lottalora.convert(_shared_encoder_layer(), rank=2, exclude_modules=["encoder.2"],
+                              trainable_modules=["encoder.2"])
+    assert type(dense.encoder[0]) is nn.Linear and dense.encoder[0].weight.requires_grad
     # It saves and loads as the one layer it is: the reload computes the same bits.
     lottalora.save(model, tmp_path / "ck")
     fresh = lottalora.convert(_shared_encoder_layer(), rank=2)
     lottalora.load(fresh, tmp_path / "ck")
     assert fresh.encoder[2] is fresh.encoder[0]
     assert torch.equal(fresh(ids), model(ids))
+
+
+def test_an_architecture_placing_a_module_twice_reloads_from_its_directory(tmp_path, monkeypatch):
+    """from_pretrained put the checkpoint's seeded layer at one of the module's two names: the
+    other stayed dense and the directory convert had saved could not load."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    built = BertForSequenceClassification.__init__
+
+    def with_alias(self, config):
+        built(self, config)
+        self.alias = self.bert.encoder.layer[0].attention.self.query  # as an architecture may share a module
+
+    monkeypatch.setattr(BertForSequenceClassification, "__init__", with_alias)
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=24, num_labels=3)
+    model = lottalora.convert(BertForSequenceClassification(config), rank=2, trainable_modules=["classifier"])
+    assert isinstance(model.alias, lottalora.Linear)
+    model.save_pretrained(tmp_path / "m")
+    rebuilt = lottalora.from_pretrained(tmp_path / "m")
+    assert rebuilt.alias is rebuilt.bert.encoder.layer[0].attention.self.query
+    ids = torch.randint(0, 50, (2, 5))
+    with torch.no_grad():
+        assert torch.equal(rebuilt(ids).logits, model.eval()(ids).logits)
 
 
 class ManyLayers(nn.Module):
