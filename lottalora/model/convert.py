@@ -278,8 +278,11 @@ def _targets(model: nn.Module, options: _Options,
     if not targets:
         selection = "" if options.layers_to_transform is None else \
             f" in layers_to_transform={options.layers_to_transform!r} (layers_pattern={options.layers_pattern!r})"
+        left = sorted(plain_name(n) for n in heads if linear_shape(model.get_submodule(n)) is not None)
+        head = f"; all-linear leaves the output head's layers {left} dense: name them in target_modules to " \
+               "seed them" if left else ""
         raise ValueError(f"target_modules={options.target_modules!r} matched no nn.Linear (or Conv1D, or "
-                         f"nn.Conv1d / nn.Conv2d named in it) in the model{selection}")
+                         f"nn.Conv1d / nn.Conv2d named in it) in the model{selection}{head}")
     target_names = [plain_name(p) for _, _, _, _, places in targets for p in places]  # every name matches
     if options.trainable_modules is not None:
         clash = [n for n in target_names if name_matches(n, options.trainable_modules)]

@@ -17,7 +17,7 @@ from torch import nn
 
 Patterns = str | Sequence[str] | None
 ALL_LINEAR = "all-linear"
-# transformers sequence-classification heads PEFT also leaves out of "all-linear" (SEQ_CLS_HEAD_NAMES).
+# transformers classifiers' heads, PEFT's SEQ_CLS_HEAD_NAMES (PEFT leaves out the module, lottalora all of it).
 CLASSIFIER_HEADS = ("score", "classifier")
 
 

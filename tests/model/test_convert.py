@@ -169,6 +169,12 @@ def test_a_classifier_head_made_of_layers_stays_dense_as_a_whole():
     assert "roberta.encoder.layer.0.attention.self.query" in _seeded_names(model)
     named = lottalora.convert(RobertaForSequenceClassification(config), rank=2, target_modules=["out_proj"])
     assert isinstance(named.classifier.out_proj, lottalora.Linear)  # named, it converts as any layer
+    # A model whose only linear layer is its head's (ResNet's classifier.1) is told so.
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    cnn = ResNetConfig(embedding_size=8, hidden_sizes=[8, 8], depths=[1, 1], num_labels=3)
+    with pytest.raises(ValueError, match=r"leaves the output head's layers \['classifier.1'\] dense: name them"):
+        lottalora.convert(ResNetForImageClassification(cnn), rank=2)
     # Left frozen, a (usually fresh) head would never train: said once, with the way out.
     with pytest.warns(UserWarning, match=r"classifier head 'classifier' dense and frozen.*"
                                          r"trainable_modules=\['classifier'\] trains it"):
