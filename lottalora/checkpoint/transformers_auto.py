@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 import torch
+import transformers
 from transformers import PreTrainedConfig
 
 from ..model.placement import check_device
@@ -64,9 +65,22 @@ class LottaLoraConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
 
     def __getattr__(self, name: str):
-        # Only for names the config does not hold itself: the architecture's other fields.
+        # Only for names the config does not hold itself: the architecture's other fields, read
+        # from its own config class (attribute_map aliases such as GPT-2's hidden_size, sub-configs
+        # as configs). Built per read, not kept: a kept config would be serialized with this one.
         base = self.__dict__.get("base_config")
-        if isinstance(base, dict) and name in base and not name.startswith("_"):
+        if name.startswith("_") or not isinstance(base, dict):
+            raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+        architecture = getattr(transformers, str(self.__dict__.get("architecture")), None)
+        config_class = getattr(architecture, "config_class", None)
+        if isinstance(config_class, type) and issubclass(config_class, PreTrainedConfig):
+            try:
+                return getattr(config_class.from_dict(base), name)
+            except AttributeError:
+                raise AttributeError(f"{type(self).__name__} has no attribute {name!r}") from None
+            except Exception:  # a base_config its class refuses: from_pretrained names the file
+                pass
+        if name in base:
             return base[name]
         raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 

@@ -134,6 +134,9 @@ def test_autoconfig_reads_the_architectures_fields_of_a_lottalora_directory(tmp_
     config.num_labels = 5
     with pytest.raises(ValueError, match=r"'classifier\.(weight|bias)' has shape \(3\b"):
         transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "bert", config=config)
+    _gpt2().save_pretrained(tmp_path / "gpt2")  # fields by the architecture's own names and aliases
+    gpt2 = transformers.AutoConfig.from_pretrained(tmp_path / "gpt2")
+    assert (gpt2.n_embd, gpt2.hidden_size, gpt2.get_text_config().num_hidden_layers) == (32, 32, 2)
     t5 = T5ForConditionalGeneration(T5Config(vocab_size=40, d_model=16, d_kv=8, d_ff=24, num_layers=1, num_heads=2))
     lottalora.convert(t5, rank=2).save_pretrained(tmp_path / "t5")
     assert transformers.AutoConfig.from_pretrained(tmp_path / "t5").is_encoder_decoder
