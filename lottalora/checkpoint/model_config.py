@@ -56,11 +56,18 @@ def model_config_for_save(model: nn.Module) -> dict | None:
     import transformers
 
     base_config = json.loads(config.to_json_string(use_diff=False))
-    if base_config.get("tie_word_embeddings") and not _embeddings_tied(model):
+    if _config_ties(config) and not _embeddings_tied(model):
         # The config says tied but the model holds two tensors (set_input_embeddings without
         # tie_weights): rebuilt from the config, the two names would be one tensor, and the
-        # checkpoint's two values would be refused. The saved model is untied; so is its record.
-        base_config["tie_word_embeddings"] = False
+        # checkpoint's two values would be refused. The saved model is untied; so is its record,
+        # at the top and in the sub-configs that carry the flag (LLaVA copies its text config's).
+        for entry in [base_config, *(v for v in base_config.values() if isinstance(v, dict))]:
+            if entry.get("tie_word_embeddings"):
+                entry["tie_word_embeddings"] = False
+        if _config_ties(type(config).from_dict(base_config)):
+            raise ValueError(f"{architecture.__name__} ties its input and output embeddings whatever its config says, "
+                             "and this model holds them as two tensors, which no directory of it can load: tie them "
+                             "again (model.tie_weights()) before saving")
     return {
         "model_type": MODEL_TYPE,
         "lottalora_format": MODEL_FORMAT,
@@ -72,6 +79,13 @@ def model_config_for_save(model: nn.Module) -> dict | None:
         "transformers_version": transformers.__version__,
         "convert_calls": convert_calls(model),
     }
+
+
+def _config_ties(config) -> bool:
+    """Whether a transformers config ties the input and output embeddings (its own flag, or its
+    text config's)."""
+    text = config.get_text_config() if callable(getattr(config, "get_text_config", None)) else config
+    return bool(getattr(config, "tie_word_embeddings", False) or getattr(text, "tie_word_embeddings", False))
 
 
 def _embeddings_tied(model: nn.Module) -> bool:

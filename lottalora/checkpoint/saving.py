@@ -187,6 +187,9 @@ def save(model: nn.Module, directory: str | os.PathLike, *, trainable_only: bool
                 raise ValueError("trainable_only=True but no parameter of the model requires grad: nothing to save")
         entries = [_layer_entry(name, m) for name, m in layers.items()]
     unique, aliases = _split_aliases(state, _parameter_ids(model))
+    # On every rank, before the gather: a refusal here (an untied model its architecture ties)
+    # reaches every rank, where the writer's alone would leave the others at the barrier.
+    model_config = model_config_for_save(model) if adapter is None else None
     sharded = any(is_dtensor(t) for t in unique.values())
     if sharded:
         unique = gather_full(unique)  # a collective: every rank is here
@@ -194,7 +197,7 @@ def save(model: nn.Module, directory: str | os.PathLike, *, trainable_only: bool
             barrier()
             return directory
     contents = ADAPTER_ONLY if adapter is not None else TRAINABLE_ONLY if trainable_only else None
-    _write(model, directory, layers, entries, unique, aliases, trainable, contents, adapter)
+    _write(directory, layers, entries, unique, aliases, trainable, contents, adapter, model_config)
     if sharded:
         barrier()
     return directory
@@ -220,7 +223,8 @@ def save_given_state(model: nn.Module, directory: str | os.PathLike, state_dict:
     unique = {k: v for k, v in given.items() if k not in aliases}
     entries = [_layer_entry(name, m) for name, m in layers.items()]
     directory = Path(directory)
-    _write(model, directory, layers, entries, unique, aliases, trainable_names(model), None, None)
+    _write(directory, layers, entries, unique, aliases, trainable_names(model), None, None,
+           model_config_for_save(model))
     return directory
 
 
@@ -242,14 +246,15 @@ def _saved_layers(model: nn.Module) -> dict:
     return layers
 
 
-def _write(model: nn.Module, directory: Path, layers: dict, entries: list[dict], unique: dict[str, torch.Tensor],
-           aliases: dict[str, str], trainable: list[str], contents: str | None, adapter: str | None) -> None:
-    """Write the directory's files from whole tensors (this rank is the writer)."""
+def _write(directory: Path, layers: dict, entries: list[dict], unique: dict[str, torch.Tensor],
+           aliases: dict[str, str], trainable: list[str], contents: str | None, adapter: str | None,
+           model_config: dict | None) -> None:
+    """Write the directory's files from whole tensors (this rank is the writer); ``model_config``
+    is ``model_config_for_save``'s, or None for a model that gets no config.json."""
     from safetensors.torch import save as serialize
 
     metadata = {"format": FORMAT_NAME, **({"contents": contents} if contents else {})}
     data = serialize({k: v.detach().contiguous().cpu() for k, v in unique.items()}, metadata=metadata)
-    model_config = model_config_for_save(model) if adapter is None else None
     directory.mkdir(parents=True, exist_ok=True)
     with replaced_atomically(directory / TENSORS_NAME) as tmp:
         tmp.write_bytes(data)

@@ -207,6 +207,15 @@ def test_a_tie_broken_by_set_input_embeddings_saves_as_the_untied_model_it_is(tm
     model.save_pretrained(tmp_path / "tied")
     again = lottalora.from_pretrained(tmp_path / "tied")
     assert again.lm_head.weight is again.model.embed_tokens.weight
+    # T5 ties whatever its config says: an untied T5 has no directory that loads, so none is written.
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    t5 = lottalora.convert(T5ForConditionalGeneration(T5Config(vocab_size=40, d_model=16, d_kv=8, d_ff=24,
+                                                               num_layers=1, num_heads=2)), rank=2)
+    t5.set_input_embeddings(torch.nn.Embedding(40, 16))
+    with pytest.raises(ValueError, match="T5ForConditionalGeneration ties its input and output embeddings whatever"):
+        t5.save_pretrained(tmp_path / "t5")
+    assert not (tmp_path / "t5").exists()
 
 
 @pytest.mark.parametrize("argument", ["dtype", "torch_dtype"])
