@@ -50,7 +50,7 @@ def _check_weight_shape(directory: Path, layer: dict, module) -> None:
 
 def check_fingerprint(directory: Path, layer: dict) -> None:
     """This build's generator reproduces the layer's recorded backbone fingerprint (a few values
-    regenerated, 4 rows of at most 64 columns: about a millisecond a layer, never the backbone)."""
+    regenerated, 4 rows of at most 64 columns, never the backbone)."""
     if backbone_fingerprint(layer["spec"]) != layer["fingerprint"]:
         fail(directory, f"layer {layer['name']!r}: the backbone fingerprint differs: this build's "
                          "generator does not reproduce the weights the checkpoint was trained with")

@@ -118,6 +118,8 @@ def from_pretrained(directory: str | os.PathLike, *, device: torch.device | str 
     _restore_convert_calls(directory, model, model_config["convert_calls"])
     check_loads_whole(model)  # as convert does: a later load_state_dict is all or nothing
     _restore_generation_config(directory, model)
+    if hasattr(model, "config"):
+        model.config.dtype = dtype  # as transformers' from_pretrained records the dtype it loaded in
     adopt_seeded_class(model)
     return model.eval()
 

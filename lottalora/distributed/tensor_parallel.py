@@ -19,9 +19,10 @@ output, as torch's row-parallel nn.Linear) before the bias is added.
 The backward is Megatron's: where a replicated tensor (the column-parallel input, lora_A and beta
 there; lora_B and beta in the row-parallel layer) meets a rank's block, the rank's gradient is a
 partial sum and is all-reduced, so replicated parameters get identical, complete gradients.
-A replicated parameter's 16-bit gradient is summed in float32 and rounded once, as the unsharded
-layer's is; activations (the row-parallel output, the column-parallel input's gradient) are
-summed in their own dtype, as torch's and Megatron's styles do.
+A replicated parameter's 16-bit gradient is summed over the ranks in float32 and rounded to its
+dtype after the sum (a 16-bit ring sum rounds at every rank it passes); activations (the
+row-parallel output, the column-parallel input's gradient) are summed in their own dtype, as
+torch's and Megatron's styles do.
 Row and column ranges split like torch's ``Shard`` (``torch.chunk``: ceil(n / ranks) each, the
 last ranks possibly shorter or empty). Each style checks that every rank of the mesh holds the
 same backbone (``check_same_backbone``) before it shards a layer.
@@ -56,9 +57,9 @@ from .backbone_check import check_same_backbone
 class _AllReduceInBackward(torch.autograd.Function):
     """Identity forward; the gradient is summed over the group (Megatron's "copy to the
     tensor-parallel region"): for a replicated tensor used by every rank's block.
-    ``in_float32``: a 16-bit gradient is summed in float32 and rounded once, as the unsharded
-    layer's is (a bf16 ring sum rounds at every rank it passes); for the replicated parameters,
-    whose gradients are small, not for the activations."""
+    ``in_float32``: a 16-bit gradient is summed in float32 and rounded to its dtype after the
+    sum (a bf16 ring sum rounds at every rank it passes); for the replicated parameters, whose
+    gradients are small, not for the activations."""
 
     @staticmethod
     def forward(ctx, t, group, in_float32=False):

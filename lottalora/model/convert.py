@@ -23,7 +23,7 @@ from torch import nn
 from lottalora_kernels.stream.spec import resolve_version_and_init
 
 from ..backbone import BackboneSpec, stream_for_name
-from ..nn import Linear, plain_name, seeded_layers, unwrap_model
+from ..nn import SEEDED_LAYER_TYPES, Linear, plain_name, seeded_layers, unwrap_model
 from ..nn.adapters import check_init_lora_weights
 from ..nn.options import check_alpha, check_dropout, check_flag, check_rank
 from .conv_layers import conv_matrix_shape, is_dense_conv, seeded_conv_like
@@ -324,7 +324,8 @@ def _warn_frozen_classifier(model: nn.Module) -> None:
     task_type="SEQ_CLS"; convert has no task type, so only trainable_modules says so)."""
     for head in classifier_heads(model):
         params = list(head.parameters())
-        if params and not any(p.requires_grad for p in params):
+        seeded = any(isinstance(m, SEEDED_LAYER_TYPES) for m in head.modules())  # named in target_modules
+        if params and not seeded and not any(p.requires_grad for p in params):
             name = next(n for n, m in model.named_modules() if m is head)
             head_name = plain_name(name)
             warnings.warn(f"convert left the classifier head {head_name!r} dense and frozen: a classifier's head is "

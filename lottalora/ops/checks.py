@@ -61,7 +61,8 @@ def _check_types(x, spec, lora_A, lora_B, beta, bias, scale, lora_input) -> None
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         raise TypeError(f"scale must be a real number, got {type(scale).__name__} {scale!r}")
     # Under torch.compile(dynamic=True) a layer's scaling is a traced number whose finiteness
-    # cannot be asked (a bool out of the graph); the layer checked it when it was set.
+    # cannot be asked (a bool out of the graph), and dynamo shows it as a plain float, so no
+    # compiled call asks; the layer checked its scaling when it was set, eager calls check here.
     if not torch.compiler.is_compiling() and not math.isfinite(float(scale)):
         raise ValueError(f"scale must be finite, got {scale!r}")
 

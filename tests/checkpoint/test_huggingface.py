@@ -224,7 +224,7 @@ def test_from_pretrained_takes_a_dtype_and_a_device_map(argument, tmp_path):
     model.save_pretrained(tmp_path / "m")
     auto = transformers.AutoModelForCausalLM
     half = auto.from_pretrained(tmp_path / "m", **{argument: torch.bfloat16})
-    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16} and half.config.dtype == torch.bfloat16
     ids = torch.randint(0, 96, (2, 7))
     want = lottalora.from_pretrained(tmp_path / "m", dtype=torch.bfloat16)
     assert torch.equal(_output(half, "logits", ids), _output(want, "logits", ids))

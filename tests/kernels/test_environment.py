@@ -15,3 +15,19 @@ def test_settings_follow_the_environment_as_it_changes(monkeypatch):
     assert not flag("LOTTALORA_TEST_SETTING", default=True)
     os.environ["LOTTALORA_TEST_SETTING"] = "é ünïcode"
     assert setting("LOTTALORA_TEST_SETTING", "") == os.environ.get("LOTTALORA_TEST_SETTING")
+
+
+def test_every_setting_the_library_reads_has_its_key_encoded_at_import():
+    """A name read for the first time inside a torch.compile trace was added to the key cache
+    there, which failed the graph's guard on the cache at the next call (a recompile)."""
+    import re
+    from pathlib import Path
+
+    from lottalora_kernels import environment
+
+    root = Path(environment.__file__).parents[1]
+    read = set()
+    for package in ("lottalora", "lottalora_kernels"):
+        for path in (root / package).rglob("*.py"):
+            read |= set(re.findall(r"\b(?:setting|flag)\(\s*\"([A-Z0-9_]+)\"", path.read_text()))
+    assert read and read <= set(environment._KEYS), sorted(read - set(environment._KEYS))

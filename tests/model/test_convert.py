@@ -605,7 +605,12 @@ def test_resizing_the_token_embeddings_of_a_seeded_head_is_refused_before_anythi
     with pytest.raises(ValueError, match=r"output embeddings 'lm_head' are a seeded layer .*resize before convert"):
         seeded.resize_token_embeddings(rows + 32)
     assert seeded.model.embed_tokens.weight.shape[0] == rows and seeded.config.vocab_size == rows
-    seeded.resize_token_embeddings(rows)  # no change: allowed
+    head = seeded.lm_head
+    assert seeded.resize_token_embeddings(rows) is seeded.get_input_embeddings()  # no change: allowed
+    assert seeded.resize_token_embeddings(rows - 8, pad_to_multiple_of=rows) is seeded.get_input_embeddings()
+    assert seeded.lm_head is head
+    with pytest.raises(ValueError, match="cannot be resized"):
+        seeded.resize_token_embeddings(rows, pad_to_multiple_of=rows + 1)
     dense_head = lottalora.convert(LlamaForCausalLM(config), rank=2, target_modules=["q_proj"])
     dense_head.resize_token_embeddings(rows + 32)
     assert dense_head.lm_head.out_features == rows + 32 == dense_head.config.vocab_size
