@@ -32,10 +32,15 @@ _NOTE = ("A lottalora seed-only checkpoint: its linear layers are seeds plus ada
 
 
 def _transformers_class(cls: type) -> type | None:
-    """The transformers model class ``cls`` is or derives from (FSDP2 subclasses the model's class)."""
+    """The transformers model class ``cls`` is or derives from (FSDP2 subclasses the model's class),
+    where transformers exports it: a part of a model (T5's ``T5Stack``, a model's encoder) is no
+    class from_pretrained can build, so it is saved as any module is (no config.json: built in
+    code, then ``lottalora.load``)."""
     for klass in base_class(cls).__mro__:
         if klass.__module__.startswith("transformers.") and hasattr(klass, "config_class"):
-            return klass
+            import transformers
+
+            return klass if getattr(transformers, klass.__name__, None) is klass else None
     return None
 
 
@@ -102,8 +107,9 @@ def read_model_config(directory: str | os.PathLike) -> dict:
     # Parsed as strictly as lottalora_config.json: json.loads takes NaN (an rms_norm_eps of NaN
     # made every logit NaN) and keeps the last of repeated keys without a word.
     config = read_json(directory, MODEL_CONFIG_NAME, missing=(
-        f"has no {MODEL_CONFIG_NAME}: it was saved from a model that is not a transformers model, so nothing "
-        "records its architecture; build and convert the model in code, then call lottalora.load(model, directory)"))
+        f"has no {MODEL_CONFIG_NAME}: it was saved from a model that is not a transformers model (or from a part "
+        "of one, such as its encoder, which from_pretrained cannot build), so nothing records its architecture; "
+        "build and convert the model in code, then call lottalora.load(model, directory)"))
     if not isinstance(config, dict):
         fail(directory, f"{MODEL_CONFIG_NAME} must be a JSON object, got {json_type(config)}: not written by "
                          "lottalora.save")

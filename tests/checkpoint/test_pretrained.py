@@ -114,6 +114,15 @@ def test_directories_that_cannot_be_rebuilt_say_why(saved, tmp_path):
     lottalora.save(torch.nn.Sequential(lottalora.Linear(4, 3, rank=1)), tmp_path / "plain")
     with pytest.raises(ValueError, match="not a transformers model"):
         lottalora.from_pretrained(tmp_path / "plain")
+    # A part of a transformers model (T5's encoder, a T5Stack) is no class from_pretrained builds:
+    # it was recorded as one, and the refusal named an architecture transformers does not export.
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    t5 = T5ForConditionalGeneration(T5Config(vocab_size=40, d_model=16, d_kv=8, d_ff=24, num_layers=1, num_heads=2))
+    lottalora.save(lottalora.convert(t5, rank=2).get_encoder(), tmp_path / "part")
+    assert not (tmp_path / "part" / MODEL_CONFIG_NAME).exists()
+    with pytest.raises(ValueError, match=r"or from a part of one, such as its encoder"):
+        lottalora.from_pretrained(tmp_path / "part")
     lottalora.save(model, tmp_path / "partial", trainable_only=True)
     with pytest.raises(ValueError, match="only the trained tensors"):
         lottalora.from_pretrained(tmp_path / "partial")
