@@ -236,7 +236,7 @@ def load_checked(model: nn.Module, directory: Path, config: dict, data: bytes, a
                  prepare: Callable[[], None] | None = None) -> nn.Module:
     """``load`` with the checkpoint already read by ``read_checkpoint`` (config and tensor bytes,
     validated): callers that also need the config read the files once. ``prepare`` (a whole-model
-    checkpoint only) is called once the stored tensors' names, shapes and dtypes are checked
+    checkpoint only) is called once the stored tensors' names, shapes and dtype kinds are checked
     against the model's and before anything is loaded: from_pretrained materializes its
     meta-built model there, so that shapes the tensors do not have (a config.json's vocab_size)
     are refused before they are allocated."""

@@ -9,6 +9,7 @@ architecture with fresh random weights where the seeds were.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -40,7 +41,9 @@ def _transformers_class(cls: type) -> type | None:
         if klass.__module__.startswith("transformers.") and hasattr(klass, "config_class"):
             import transformers
 
-            return klass if getattr(transformers, klass.__name__, None) is klass else None
+            exported = getattr(transformers, klass.__name__, None) is klass
+            # A class built on a *PreTrainedModel base (a user's own head) is no architecture either.
+            return klass if exported and not klass.__name__.endswith("PreTrainedModel") else None
     return None
 
 
@@ -61,15 +64,13 @@ def model_config_for_save(model: nn.Module) -> dict | None:
     import transformers
 
     base_config = json.loads(config.to_json_string(use_diff=False))
-    if _config_ties(config) and not _embeddings_tied(model):
+    if any(_tie_flags(base_config)) and not _embeddings_tied(model):
         # The config says tied but the model holds two tensors (set_input_embeddings without
         # tie_weights): rebuilt from the config, the two names would be one tensor, and the
         # checkpoint's two values would be refused. The saved model is untied; so is its record,
-        # at the top and in the sub-configs that carry the flag (LLaVA copies its text config's).
-        for entry in [base_config, *(v for v in base_config.values() if isinstance(v, dict))]:
-            if entry.get("tie_word_embeddings"):
-                entry["tie_word_embeddings"] = False
-        if _config_ties(type(config).from_dict(base_config)):
+        # at the top and in every sub-config that carries the flag (LLaVA copies its text config's).
+        _untie(base_config)
+        if any(_tie_flags(json.loads(type(config).from_dict(base_config).to_json_string(use_diff=False)))):
             raise ValueError(f"{architecture.__name__} ties its input and output embeddings whatever its config says, "
                              "and this model holds them as two tensors, which no directory of it can load: tie them "
                              "again (model.tie_weights()) before saving")
@@ -86,11 +87,19 @@ def model_config_for_save(model: nn.Module) -> dict | None:
     }
 
 
-def _config_ties(config) -> bool:
-    """Whether a transformers config ties the input and output embeddings (its own flag, or its
-    text config's)."""
-    text = config.get_text_config() if callable(getattr(config, "get_text_config", None)) else config
-    return bool(getattr(config, "tie_word_embeddings", False) or getattr(text, "tie_word_embeddings", False))
+def _tie_flags(config: dict) -> list:
+    """The ``tie_word_embeddings`` values of a config's dict and of its sub-configs at any depth."""
+    found = [config["tie_word_embeddings"]] if "tie_word_embeddings" in config else []
+    return found + [f for v in config.values() if isinstance(v, dict) for f in _tie_flags(v)]
+
+
+def _untie(config: dict) -> None:
+    """Every ``tie_word_embeddings`` of the dict and its sub-configs set to False."""
+    if "tie_word_embeddings" in config:
+        config["tie_word_embeddings"] = False
+    for value in config.values():
+        if isinstance(value, dict):
+            _untie(value)
 
 
 def _embeddings_tied(model: nn.Module) -> bool:
@@ -143,7 +152,24 @@ def read_model_config(directory: str | os.PathLike) -> dict:
                 check_dropout(call["arguments"]["lora_dropout"])
             except ValueError as exc:
                 fail(directory, f"{MODEL_CONFIG_NAME} convert_calls[{index}].arguments: {exc}")
+    config["base_config"] = _special_floats(config["base_config"])
     return config
+
+
+# transformers writes the floats JSON has no number for as {"__float__": "Infinity"} (Mamba2's
+# time_step_limit holds one) and its from_dict takes them decoded, as its own reader gives them.
+_SPECIAL_FLOATS = {"Infinity": math.inf, "-Infinity": -math.inf, "NaN": math.nan}
+
+
+def _special_floats(value):
+    """``value`` with transformers' encoded special floats made floats again, at any depth."""
+    if isinstance(value, dict):
+        if set(value) == {"__float__"} and value["__float__"] in _SPECIAL_FLOATS:
+            return _SPECIAL_FLOATS[value["__float__"]]
+        return {k: _special_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_special_floats(v) for v in value]
+    return value
 
 
 def _reason(exc: Exception) -> str:

@@ -24,7 +24,7 @@ from torch import nn
 from ..model.conv_layers import is_dense_conv, seeded_conv_like
 from ..model.load_check import check_loads_whole
 from ..model.materialize import materialize
-from ..model.modules import linear_shape, set_submodule
+from ..model.modules import linear_shape, module_places, set_submodule
 from ..model.placement import check_device, check_floating_dtype
 from ..model.pretrained_class import adopt_seeded_class
 from ..model.records import restore_call
@@ -104,8 +104,9 @@ def from_pretrained(directory: str | os.PathLike, *, device: torch.device | str 
         base_config = architecture_config(directory, cls, model_config["base_config"], updates)
     with _default_dtype(dtype), torch.device("meta"):
         model = build_architecture(directory, cls, base_config)
+    places_of = module_places(model)
     for layer in checkpoint["layers"]:
-        _place_seeded_layer(directory, model, layer, dtype)
+        _place_seeded_layer(directory, model, layer, dtype, places_of)
     def prepare():  # once the tensors are checked against the meta-built model's shapes
         materialize(model, device)
         _keep_in_float32(model, dtype)
@@ -118,14 +119,13 @@ def from_pretrained(directory: str | os.PathLike, *, device: torch.device | str 
     _restore_convert_calls(directory, model, model_config["convert_calls"])
     check_loads_whole(model)  # as convert does: a later load_state_dict is all or nothing
     _restore_generation_config(directory, model)
-    if hasattr(model, "config"):
-        model.config.dtype = dtype  # as transformers' from_pretrained records the dtype it loaded in
     adopt_seeded_class(model)
     return model.eval()
 
 
 def _keep_in_float32(model: nn.Module, dtype: torch.dtype) -> None:
-    """As transformers' from_pretrained: what a class keeps in float32 stays float32 under a
+    """As transformers' from_pretrained does (it matches the entries by regex search): what a class
+    keeps in float32 stays float32 under a
     float16 load (``_keep_in_fp32_modules``) or a float16 / bfloat16 one
     (``_keep_in_fp32_modules_strict``), seeded or dense: the tensors whose names hold an entry as
     a dotted part, a module's (T5's ``wo``, whose float16 products overflow) or a parameter's
@@ -138,7 +138,7 @@ def _keep_in_float32(model: nn.Module, dtype: torch.dtype) -> None:
     if not keep:
         return
     kept = re.compile("|".join(rf"(^|\.){re.escape(key)}(\.|$)" for key in sorted(keep)))
-    for module_name, module in model.named_modules():
+    for module_name, module in model.named_modules(remove_duplicate=False):  # a module at two names: either
         for kind in ("_parameters", "_buffers"):
             for name, tensor in getattr(module, kind).items():
                 full = f"{module_name}.{name}" if module_name else name
@@ -163,15 +163,17 @@ def _restore_generation_config(directory: Path, model: nn.Module) -> None:
             fail(directory, f"{GENERATION_CONFIG_NAME} cannot be read ({exc})")
 
 
-def _place_seeded_layer(directory: Path, model: nn.Module, layer: dict, dtype: torch.dtype) -> None:
+def _place_seeded_layer(directory: Path, model: nn.Module, layer: dict, dtype: torch.dtype,
+                        places_of: dict[int, list[str]]) -> None:
     """The checkpoint's seeded ``layer`` in place of the model's dense one, at every name that
-    module sits at (one module placed twice is one layer, as convert made it)."""
+    module sits at (``places_of``: ``module_places`` of the model; one module placed twice is one
+    layer, as convert made it)."""
     name, spec = layer["name"], layer["spec"]
     try:
         module = model.get_submodule(name)
     except AttributeError:
         fail(directory, f"layer {name!r} is not a module of {type(model).__name__}")
-    places = [place for place, m in model.named_modules(remove_duplicate=False) if m is module]
+    places = places_of[id(module)]
     if is_dense_conv(module):
         try:
             seeded = seeded_conv_like(module, spec, rank=layer["rank"], alpha=layer["alpha"] if layer["rank"] else None,

@@ -76,9 +76,7 @@ class LottaLoraConfig(PreTrainedConfig):
         if isinstance(config_class, type) and issubclass(config_class, PreTrainedConfig):
             try:
                 return getattr(config_class.from_dict(base), name)
-            except AttributeError:
-                raise AttributeError(f"{type(self).__name__} has no attribute {name!r}") from None
-            except Exception:  # a base_config its class refuses: from_pretrained names the file
+            except Exception:  # not an attribute there, or a base_config its class refuses (from_pretrained names it)
                 pass
         if name in base:
             return base[name]

@@ -119,10 +119,21 @@ def test_directories_that_cannot_be_rebuilt_say_why(saved, tmp_path):
     from transformers import T5Config, T5ForConditionalGeneration
 
     t5 = T5ForConditionalGeneration(T5Config(vocab_size=40, d_model=16, d_kv=8, d_ff=24, num_layers=1, num_heads=2))
-    lottalora.save(lottalora.convert(t5, rank=2).get_encoder(), tmp_path / "part")
-    assert not (tmp_path / "part" / MODEL_CONFIG_NAME).exists()
-    with pytest.raises(ValueError, match=r"or from a part of one, such as its encoder"):
-        lottalora.from_pretrained(tmp_path / "part")
+    from transformers.models.llama.modeling_llama import LlamaModel, LlamaPreTrainedModel
+
+    class OwnHead(LlamaPreTrainedModel):  # a user's model on a *PreTrainedModel base: no architecture either
+        def __init__(self, config):
+            super().__init__(config)
+            self.model, self.head = LlamaModel(config), torch.nn.Linear(config.hidden_size, 3)
+            self.post_init()
+
+    parts = {"part": lottalora.convert(t5, rank=2).get_encoder(),
+             "own": lottalora.convert(OwnHead(model.config), rank=2, target_modules=["q_proj"])}
+    for name, part in parts.items():
+        lottalora.save(part, tmp_path / name)
+        assert not (tmp_path / name / MODEL_CONFIG_NAME).exists()
+        with pytest.raises(ValueError, match=r"or from a part of one, such as its encoder"):
+            lottalora.from_pretrained(tmp_path / name)
     lottalora.save(model, tmp_path / "partial", trainable_only=True)
     with pytest.raises(ValueError, match="only the trained tensors"):
         lottalora.from_pretrained(tmp_path / "partial")
@@ -266,8 +277,8 @@ def test_a_generation_config_that_is_not_a_strict_json_object_is_refused_by_name
 
 
 def test_tensor_shapes_are_checked_against_the_meta_built_model_before_it_is_materialized(untrained, monkeypatch):
-    # A one-line config.json edit (vocab_size 30,000,000 on a checkpoint of kilobytes) had
-    # materialize allocate gigabytes before the load refused the shapes.
+    # A one-line config.json edit (a vocab_size far beyond the stored embeddings') had materialize
+    # allocate the embeddings and head of that size before the load refused the shapes.
     from lottalora.checkpoint import pretrained
 
     def materialize(*args, **kwargs):

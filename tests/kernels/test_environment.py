@@ -18,8 +18,10 @@ def test_settings_follow_the_environment_as_it_changes(monkeypatch):
 
 
 def test_every_setting_the_library_reads_has_its_key_encoded_at_import():
-    """A name read for the first time inside a torch.compile trace was added to the key cache
-    there, which failed the graph's guard on the cache at the next call (a recompile)."""
+    """The key cache is filled at import and never added to (a key added while torch.compile
+    traced a call failed the graph's guard on the cache: a recompile at the next call), so every
+    name the library reads through ``setting`` / ``flag`` must be in it, else it pays an encoding
+    per read."""
     import re
     from pathlib import Path
 
