@@ -149,7 +149,8 @@ def _keep_in_float32(model: nn.Module, dtype: torch.dtype) -> None:
 def _restore_generation_config(directory: Path, model: nn.Module) -> None:
     """The generation_config.json that save_pretrained writes beside a model that generates."""
     path = directory / GENERATION_CONFIG_NAME
-    if path.is_file() and getattr(model, "generation_config", None) is not None:
+    present = path.exists() or path.is_symlink()  # a dangling link or a directory is named, not skipped
+    if present and getattr(model, "generation_config", None) is not None:
         from transformers import GenerationConfig
 
         # Read as strictly as the other files first: GenerationConfig takes any JSON value, and a

@@ -276,6 +276,15 @@ def test_a_generation_config_that_is_not_a_strict_json_object_is_refused_by_name
     _refused_by_both(tmp_path / "ck", f"checkpoint .*: {match}")
 
 
+def test_a_generation_config_that_is_a_directory_is_named_not_skipped(tmp_path):
+    """It was skipped without a word: the model came back with default generation settings."""
+    torch.manual_seed(0)
+    converted_tiny_llama().save_pretrained(tmp_path / "ck")
+    (tmp_path / "ck" / "generation_config.json").unlink(missing_ok=True)
+    (tmp_path / "ck" / "generation_config.json").mkdir()
+    _refused_by_both(tmp_path / "ck", "checkpoint .*: generation_config.json exists but is a directory")
+
+
 def test_tensor_shapes_are_checked_against_the_meta_built_model_before_it_is_materialized(untrained, monkeypatch):
     # A one-line config.json edit (a vocab_size far beyond the stored embeddings') had materialize
     # allocate the embeddings and head of that size before the load refused the shapes.
