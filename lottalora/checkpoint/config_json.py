@@ -21,9 +21,10 @@ def config_checksum(config: dict) -> str:
     return hashlib.sha256(canonical_json({k: v for k, v in config.items() if k != "config_sha256"})).hexdigest()
 
 
-def parse_config_json(directory: Path, raw: bytes, name: str = CONFIG_NAME):
+def parse_config_json(directory: Path, raw: bytes, name: str = CONFIG_NAME, infinities: bool = False):
     """The JSON value of ``raw``, the bytes of the file ``name`` in ``directory``, parsed
-    strictly; ValueError naming the file otherwise."""
+    strictly; ValueError naming the file otherwise. ``infinities``: the bare ``Infinity`` and
+    ``-Infinity`` that transformers 4 wrote for infinite config values are taken (never NaN)."""
     def unique_keys(pairs):  # json keeps the last of repeated keys without a word
         obj = {}
         for key, value in pairs:
@@ -33,6 +34,8 @@ def parse_config_json(directory: Path, raw: bytes, name: str = CONFIG_NAME):
         return obj
 
     def no_constant(name):
+        if infinities and name in ("Infinity", "-Infinity"):
+            return math.inf if name == "Infinity" else -math.inf
         raise ValueError(f"{name} is not a JSON number")
 
     def finite_float(text):

@@ -55,14 +55,14 @@ def require_file(directory: Path, name: str, missing: str | None = None) -> Path
     return path
 
 
-def read_json(directory: Path, name: str, missing: str | None = None):
+def read_json(directory: Path, name: str, missing: str | None = None, infinities: bool = False):
     """The JSON value of the file ``name`` in ``directory`` (``require_file``), parsed strictly
-    (``parse_config_json``) and read only up to MAX_CONFIG_BYTES."""
+    (``parse_config_json``, ``infinities`` passed on) and read only up to MAX_CONFIG_BYTES."""
     with open(require_file(directory, name, missing), "rb") as f:
         raw = f.read(MAX_CONFIG_BYTES + 1)
     if len(raw) > MAX_CONFIG_BYTES:
         fail(directory, f"{name} is larger than {MAX_CONFIG_BYTES} bytes")
-    return parse_config_json(directory, raw, name)
+    return parse_config_json(directory, raw, name, infinities)
 
 
 def read_checkpoint(directory: Path) -> tuple[dict, bytes]:

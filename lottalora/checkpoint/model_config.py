@@ -114,8 +114,9 @@ def read_model_config(directory: str | os.PathLike) -> dict:
     """The validated ``config.json`` that ``save`` wrote for a transformers model."""
     directory = Path(directory)
     # Parsed as strictly as lottalora_config.json: json.loads takes NaN (an rms_norm_eps of NaN
-    # made every logit NaN) and keeps the last of repeated keys without a word.
-    config = read_json(directory, MODEL_CONFIG_NAME, missing=(
+    # made every logit NaN) and keeps the last of repeated keys without a word. Bare infinities
+    # are taken: transformers 4 wrote Mamba2's time_step_limit so.
+    config = read_json(directory, MODEL_CONFIG_NAME, infinities=True, missing=(
         f"has no {MODEL_CONFIG_NAME}: it was saved from a model that is not a transformers model (or from a part "
         "of one, such as its encoder, which from_pretrained cannot build), so nothing records its architecture; "
         "build and convert the model in code, then call lottalora.load(model, directory)"))

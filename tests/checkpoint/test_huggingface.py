@@ -241,6 +241,11 @@ def test_configs_holding_infinities_or_several_text_configs_save_and_reload(tmp_
     ids = torch.randint(0, 40, (1, 8))
     assert rebuilt.config.time_step_limit[1] == float("inf")
     assert torch.equal(_output(rebuilt, "logits", ids), _output(model, "logits", ids))
+    config_json = tmp_path / "mamba" / "config.json"  # as transformers 4 wrote it: a bare Infinity
+    bare = re.sub(r'\{\s*"__float__":\s*"Infinity"\s*\}', "Infinity", config_json.read_text())
+    assert "__float__" not in bare and "Infinity" in bare
+    config_json.write_text(bare)
+    assert lottalora.from_pretrained(tmp_path / "mamba").config.time_step_limit[1] == float("inf")
     t5 = T5Config(vocab_size=40, d_model=16, d_kv=8, d_ff=24, num_layers=1, num_heads=2)
     audio = EncodecConfig(hidden_size=8, num_filters=4, codebook_size=16, upsampling_ratios=[2, 2], codebook_dim=8,
                           num_residual_layers=1)

@@ -200,7 +200,6 @@ def _refused_by_both(ck, match):
 
 @pytest.mark.parametrize("edit, match", [
     (lambda text: text.replace('"rms_norm_eps": 1e-06', '"rms_norm_eps": NaN'), "NaN is not a JSON number"),
-    (lambda text: text.replace('"rms_norm_eps": 1e-06', '"rms_norm_eps": Infinity'), "Infinity is not a JSON number"),
     (lambda text: text.replace('"rms_norm_eps": 1e-06', '"rms_norm_eps": 1e-06, "rms_norm_eps": 1e-06'),
      "duplicate key 'rms_norm_eps'"),
 ])
