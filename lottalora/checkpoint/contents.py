@@ -23,6 +23,7 @@ from ..nn.state import upgrade_legacy_beta
 from .files import parse_tensors, read_checkpoint
 from .format import ADAPTER_ONLY, CONFIG_NAME, FORMAT_NAME, TRAINABLE_ONLY, fail, shorten, terminal_safe
 from .loading import check_fingerprint, check_no_conv_adapters, check_tensor_kind, check_tensors_match, resolve_aliases
+from .model_state import state_key
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ def _layer_tensors(config: dict, kind: str) -> dict[str, tuple[int, ...]]:
     seeded conv's lora_B has the groups = 1 shape here (``_fits_conv_lora_B``)."""
     expected = {}
     for layer in config["layers"]:
-        prefix, out, rank = f"{layer['name']}." if layer["name"] else "", layer["out_features"], layer["rank"]
+        out, rank = layer["out_features"], layer["rank"]
         shapes = {}
         if kind != ADAPTER_ONLY:  # an adapter checkpoint holds the adapter's tensors alone
             shapes["beta"] = (1,)
@@ -74,7 +75,7 @@ def _layer_tensors(config: dict, kind: str) -> dict[str, tuple[int, ...]]:
         for name, adapter in layer.get("adapters", {}).items():
             shapes[f"lora_adapters.{name}.lora_A"] = (adapter["rank"], layer["in_features"])
             shapes[f"lora_adapters.{name}.lora_B"] = (out, adapter["rank"])
-        expected.update({prefix + key: shape for key, shape in shapes.items()})
+        expected.update({state_key(layer["name"], key): shape for key, shape in shapes.items()})
     return expected
 
 
@@ -92,7 +93,7 @@ def _check_against_config(directory: Path, config: dict, kind: str, tensors: dic
     listed. An adapter checkpoint holds nothing else, as ``load`` requires of it."""
     expected = _layer_tensors(config, kind)
     for layer in config["layers"]:
-        key = f"{layer['name']}.lora_B" if layer["name"] else "lora_B"
+        key = state_key(layer["name"], "lora_B")
         if "weight_shape" in layer and key in tensors and key in expected:
             shape = tuple(tensors[key].shape)
             if not _fits_conv_lora_B(layer, shape):
@@ -124,11 +125,11 @@ def read_contents(directory: str | os.PathLike) -> CheckpointContents:
     if kind != ADAPTER_ONLY:  # load reads an adapter checkpoint's tensors under their own names
         resolve_aliases(directory, tensors, config["aliases"])
     for layer in config["layers"]:
-        upgrade_legacy_beta(tensors, f"{layer['name']}.beta" if layer["name"] else "beta")
+        upgrade_legacy_beta(tensors, state_key(layer["name"], "beta"))
     _check_against_config(directory, config, kind, tensors)
     betas = {}
     for layer in config["layers"]:
-        key = f"{layer['name']}.beta" if layer["name"] else "beta"
+        key = state_key(layer["name"], "beta")
         betas[layer["name"]] = tensors[key] if key in tensors else torch.tensor([math.nan])
     return CheckpointContents(directory, config, {k: tuple(tensors[k].shape) for k in stored}, betas,
                               (directory / CONFIG_NAME).stat().st_size + len(data))
@@ -138,8 +139,7 @@ def _stored_default_values(contents: CheckpointContents, name: str, only: str | 
     """{the layer's adapter: lora_A and lora_B values} of a seeded conv (a lora_A of more than two
     dimensions), as the checkpoint stores them under the layer's own keys (a grouped conv's
     lora_B holds out * rank / groups values); {} for a Linear, as the live summary's entry."""
-    prefix = f"{name}." if name else ""
-    shapes = [contents.shapes.get(prefix + key) for key in ("lora_A", "lora_B")]
+    shapes = [contents.shapes.get(state_key(name, key)) for key in ("lora_A", "lora_B")]
     if any(shape is None for shape in shapes) or len(shapes[0]) <= 2:
         return {}
     return {only or DEFAULT_ADAPTER: sum(math.prod(shape) for shape in shapes)}

@@ -24,17 +24,13 @@ from ..nn.adapters import DEFAULT_ADAPTER, adapter_extra_state, check_adapter_na
 from ..nn.state import extra_state, upgrade_legacy_beta
 from .files import parse_tensors, read_checkpoint, tensor_contents
 from .format import ADAPTER_ONLY, TENSORS_NAME, fail, shorten
-from .model_state import conv_weight_shape, state_tensors
+from .model_state import conv_weight_shape, state_key, state_tensors
 
 
 def _upgrade_betas(tensors: dict[str, torch.Tensor], layers: dict[str, Linear]) -> None:
     """Checkpoints written by lottalora 0.1 hold each beta 0-dim; layers hold it as (1,) now."""
     for name in layers:
         upgrade_legacy_beta(tensors, f"{name}.beta" if name else "beta")
-
-
-def _prefix(name: str) -> str:
-    return f"{name}." if name else ""
 
 
 def _check_weight_shape(directory: Path, layer: dict, module) -> None:
@@ -257,7 +253,7 @@ def load_checked(model: nn.Module, directory: Path, config: dict, data: bytes, a
     _upgrade_betas(tensors, layers)
     expected = state_tensors(model)
     for layer_name, name, entry in to_add:  # what the adapters the load adds will hold
-        module, prefix = layers[layer_name], f"{_prefix(layer_name)}lora_adapters.{name}."
+        module, prefix = layers[layer_name], state_key(layer_name, f"lora_adapters.{name}.")
         expected[prefix + "lora_A"] = torch.empty(entry["rank"], module.in_features, device="meta",
                                                   dtype=module.beta.dtype)
         expected[prefix + "lora_B"] = torch.empty(module.out_features, entry["rank"], device="meta",
@@ -286,10 +282,10 @@ def load_checked(model: nn.Module, directory: Path, config: dict, data: bytes, a
     places = _layer_names(model, layers)
     for layer in config["layers"]:
         for place in places[layer["name"]]:
-            tensors[f"{_prefix(place)}_extra_state"] = extra_state(
+            tensors[state_key(place, "_extra_state")] = extra_state(
                 layer["spec"], layer["rank"], float(layer["alpha"]), layer["use_rslora"])
             for name, entry in layer.get("adapters", {}).items():
-                tensors[f"{_prefix(place)}lora_adapters.{name}._extra_state"] = adapter_extra_state(
+                tensors[state_key(place, f"lora_adapters.{name}._extra_state")] = adapter_extra_state(
                     entry["rank"], float(entry["alpha"]), entry["use_rslora"])
         for name, entry in layer.get("adapters", {}).items():
             layers[layer["name"]].named_adapters[name].lora_dropout = float(entry["lora_dropout"])
@@ -344,14 +340,15 @@ def _load_adapter(model: nn.Module, directory: Path, config: dict, data: bytes, 
     del data
     want = {}
     for layer, module, _ in plan:
-        prefix = _prefix(layer["name"])
+        name = layer["name"]
         if isinstance(module, SeededConv):  # a conv's default adapter holds conv weights
-            want[prefix + "lora_A"], want[prefix + "lora_B"] = tuple(module.lora_A.shape), tuple(module.lora_B.shape)
+            want[state_key(name, "lora_A")] = tuple(module.lora_A.shape)
+            want[state_key(name, "lora_B")] = tuple(module.lora_B.shape)
         else:
-            want[prefix + "lora_A"] = (layer["rank"], module.in_features)
-            want[prefix + "lora_B"] = (module.out_features, layer["rank"])
+            want[state_key(name, "lora_A")] = (layer["rank"], module.in_features)
+            want[state_key(name, "lora_B")] = (module.out_features, layer["rank"])
         if layer.get("use_dora", False):
-            want[prefix + "lora_magnitude"] = (module.out_features,)
+            want[state_key(name, "lora_magnitude")] = (module.out_features,)
     if set(tensors) != set(want):
         fail(directory, f"tensors differ from the adapter's: missing {sorted(set(want) - set(tensors))[:5]}, "
                          f"unexpected {shorten(sorted(set(tensors) - set(want))[:5])}")
@@ -367,14 +364,13 @@ def _load_adapter(model: nn.Module, directory: Path, config: dict, data: bytes, 
         if add:
             module.add_adapter(target, rank=layer["rank"], alpha=layer["alpha"], use_rslora=layer["use_rslora"],
                                lora_dropout=layer["lora_dropout"])
-        prefix = _prefix(layer["name"])
         parts = module.adapter_parts(target)
         with torch.no_grad():
             pairs = [(parts.lora_A, "lora_A"), (parts.lora_B, "lora_B")]
             if layer.get("use_dora", False):
                 pairs.append((module.lora_magnitude, "lora_magnitude"))
             for param, key in pairs:
-                value = tensors[prefix + key].to(param.dtype)
+                value = tensors[state_key(layer["name"], key)].to(param.dtype)
                 param.copy_(shard_like(value, param) if is_dtensor(param) else value.to(param.device))
         owner = module if target == DEFAULT_ADAPTER else module.named_adapters[target]
         owner.alpha, owner.use_rslora = float(layer["alpha"]), layer["use_rslora"]

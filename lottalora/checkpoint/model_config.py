@@ -39,11 +39,22 @@ def _transformers_class(cls: type) -> type | None:
     code, then ``lottalora.load``)."""
     for klass in base_class(cls).__mro__:
         if klass.__module__.startswith("transformers.") and hasattr(klass, "config_class"):
-            import transformers
-
-            exported = getattr(transformers, klass.__name__, None) is klass
             # A class built on a *PreTrainedModel base (a user's own head) is no architecture either.
+            exported = exported_model_class(klass.__name__) is klass
             return klass if exported and not klass.__name__.endswith("PreTrainedModel") else None
+    return None
+
+
+def exported_model_class(name: str) -> type | None:
+    """The model class transformers exports as ``name``, with a config class of its own
+    (``PreTrainedModel`` has none), or None: the only classes a directory's config builds."""
+    import transformers
+
+    cls = getattr(transformers, name, None)
+    config_class = getattr(cls, "config_class", None)
+    if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel) and isinstance(config_class, type) \
+            and issubclass(config_class, transformers.PreTrainedConfig):
+        return cls
     return None
 
 
@@ -180,12 +191,10 @@ def _reason(exc: Exception) -> str:
 def architecture_class(directory: Path, name: str) -> type:
     """The transformers model class config.json's ``architecture`` names: one transformers
     exports, with a config class of its own (``PreTrainedModel`` has none). Nothing else is built."""
-    import transformers
+    cls = exported_model_class(name) if isinstance(name, str) else None
+    if cls is None:
+        import transformers
 
-    cls = getattr(transformers, name, None)
-    config_class = getattr(cls, "config_class", None)
-    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel) and isinstance(config_class, type)
-            and issubclass(config_class, transformers.PreTrainedConfig)):
         fail(directory, f"architecture {shorten(name)} is not a model class of transformers {transformers.__version__} "
                          "(one with a config class, such as LlamaForCausalLM)")
     return cls

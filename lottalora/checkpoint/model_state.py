@@ -15,14 +15,15 @@ from ..nn.dense_guard import ENTRY as DENSE_GUARD_ENTRY
 _DDP_PREFIX = "module."
 
 
-def _prefixed(place: str, entry: str) -> str:
+def state_key(place: str, entry: str) -> str:
+    """The state_dict name of ``entry`` of the module at ``place`` ("" names the model itself)."""
     return f"{place}.{entry}" if place else entry
 
 
 def state_tensors(model: nn.Module, keep_vars: bool = False) -> dict[str, torch.Tensor]:
     """{plain name: state_dict tensor} for every tensor a checkpoint can hold (not the extra
     states, nor the dense guards a state dict taken for transformers holds)."""
-    guards = {_prefixed(place, DENSE_GUARD_ENTRY) for place in seeded_layers(model, plain=True, every_place=True)}
+    guards = {state_key(place, DENSE_GUARD_ENTRY) for place in seeded_layers(model, plain=True, every_place=True)}
     state = {plain_name(k): v for k, v in model.state_dict(keep_vars=keep_vars).items()
              if not k.endswith("_extra_state")}
     return {k: v for k, v in state.items() if k not in guards}
@@ -50,9 +51,9 @@ def given_state_tensors(model: nn.Module, state_dict: Mapping) -> dict[str, torc
     if not isinstance(state_dict, Mapping):
         raise TypeError(f"state_dict must be a mapping of names to tensors, got {type(state_dict).__name__}")
     own, places = state_tensors(model, keep_vars=True), seeded_layers(model, plain=True, every_place=True)
-    guards = {_prefixed(place, DENSE_GUARD_ENTRY) for place in places}
-    states = {_prefixed(place, "_extra_state"): layer.get_extra_state() for place, layer in places.items()}
-    states.update({_prefixed(place, f"lora_adapters.{name}._extra_state"): adapter.get_extra_state()
+    guards = {state_key(place, DENSE_GUARD_ENTRY) for place in places}
+    states = {state_key(place, "_extra_state"): layer.get_extra_state() for place, layer in places.items()}
+    states.update({state_key(place, f"lora_adapters.{name}._extra_state"): adapter.get_extra_state()
                    for place, layer in places.items() for name, adapter in layer.named_adapters.items()})
     names = [plain_name(k) for k in state_dict]
     if names and all(n.startswith(_DDP_PREFIX) for n in names) and not any(n.startswith(_DDP_PREFIX) for n in own):

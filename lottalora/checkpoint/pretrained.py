@@ -124,13 +124,12 @@ def from_pretrained(directory: str | os.PathLike, *, device: torch.device | str 
 
 
 def _keep_in_float32(model: nn.Module, dtype: torch.dtype) -> None:
-    """As transformers' from_pretrained does (it matches the entries by regex search): what a class
-    keeps in float32 stays float32 under a
-    float16 load (``_keep_in_fp32_modules``) or a float16 / bfloat16 one
-    (``_keep_in_fp32_modules_strict``), seeded or dense: the tensors whose names hold an entry as
-    a dotted part, a module's (T5's ``wo``, whose float16 products overflow) or a parameter's
-    (RWKV's ``time_decay``, MoE routers' ``gate.weight``). Before the load, so float32 tensors of
-    the checkpoint arrive unrounded."""
+    """What a class keeps in float32 stays float32 under a float16 load (``_keep_in_fp32_modules``)
+    or a float16 / bfloat16 one (``_keep_in_fp32_modules_strict``), seeded or dense, as in
+    transformers' from_pretrained (which matches the entries by regex search): the tensors whose
+    names hold an entry as a dotted part, a module's (T5's ``wo``, whose float16 products
+    overflow) or a parameter's (RWKV's ``time_decay``, MoE routers' ``gate.weight``). Before the
+    load, so float32 tensors of the checkpoint arrive unrounded."""
     keep = set(getattr(model, "_keep_in_fp32_modules_strict", None) or ()) \
         if dtype in (torch.float16, torch.bfloat16) else set()
     if dtype == torch.float16:

@@ -18,12 +18,11 @@ import os
 from pathlib import Path
 
 import torch
-import transformers
 from transformers import PreTrainedConfig
 
 from ..model.placement import check_device
 from .format import CONFIG_NAME, fail
-from .model_config import MODEL_TYPE, architecture_class, architecture_config, read_model_config
+from .model_config import MODEL_TYPE, architecture_class, architecture_config, exported_model_class, read_model_config
 from .pretrained import IMPLEMENTATION_OPTIONS, from_pretrained
 
 # from_pretrained arguments that locate the files on the Hub (passed to snapshot_download for a
@@ -71,11 +70,10 @@ class LottaLoraConfig(PreTrainedConfig):
         base = self.__dict__.get("base_config")
         if name.startswith("_") or not isinstance(base, dict):
             raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
-        architecture = getattr(transformers, str(self.__dict__.get("architecture")), None)
-        config_class = getattr(architecture, "config_class", None)
-        if isinstance(config_class, type) and issubclass(config_class, PreTrainedConfig):
+        architecture = exported_model_class(str(self.__dict__.get("architecture")))
+        if architecture is not None:
             try:
-                return getattr(config_class.from_dict(base), name)
+                return getattr(architecture.config_class.from_dict(base), name)
             except Exception:  # not an attribute there, or a base_config its class refuses (from_pretrained names it)
                 pass
         if name in base:

@@ -185,17 +185,17 @@ def convert(
     first_conversion = not seeded_layers(root)
     # Every seeded layer is built (its arguments checked) before the first one is placed: a layer
     # that refuses its arguments (a conv's rank against its groups) leaves the model as it was.
-    converted = {name: _seeded_layer([plain_name(p) for p in places], module, shape, options)
-                 for name, _, module, shape, places in targets}
-    for name, _, _, _, places in targets:  # a module placed twice stays one layer, at each of its places
+    converted = {places[0]: _seeded_layer([plain_name(p) for p in places], module, shape, options)
+                 for places, module, shape in targets}
+    for places, _, _ in targets:  # a module placed twice stays one layer, at each of its places
         for place in places:
-            set_submodule(root, place, converted[name])
+            set_submodule(root, place, converted[places[0]])
     _set_trainable(root, converted, options, first_conversion)
     if first_conversion:
         _warn_frozen_classifier(root)
     if experts:
         _warn_dense_experts(root, experts, dense_size)
-    record_call(root, [plain for _, plain, _, _, _ in targets], options.record())
+    record_call(root, [plain_name(places[0]) for places, _, _ in targets], options.record())
     # On the inner model, its pre-hook also runs when the wrapper loads (load_state_dict visits every submodule).
     check_loads_whole(root)
     adopt_seeded_class(root)
@@ -236,15 +236,14 @@ def _check_options(model, rank, alpha, use_rslora, seed, init, stream_version, t
 
 
 def _targets(model: nn.Module, options: _Options,
-             experts: dict[str, list[str]]) -> list[tuple[str, str, nn.Module, tuple[int, int], list[str]]]:
-    """(name, plain name, dense module, (in_features, out_features), places) of every layer of
-    the unwrapped ``model`` to convert: ``name`` is where it sits first, the plain name (without
-    the ``_orig_mod`` segments of submodules compiled in place) is what the stream comes from,
-    and ``places`` every name the module sits at (``self.b = self.a``: both), which the options
-    match: a module placed twice converts when one of its places is selected and none is
-    excluded, into one seeded layer at all of them. ``experts`` is ``moe_experts`` of the model.
-    ValueError when the options name nothing, a tied weight, an MoE experts module, or layers
-    that cannot be both."""
+             experts: dict[str, list[str]]) -> list[tuple[list[str], nn.Module, tuple[int, int]]]:
+    """(places, dense module, (in_features, out_features)) of every layer of the unwrapped
+    ``model`` to convert: ``places`` every name the module sits at (``self.b = self.a``: both),
+    which the options match in their plain form (without the ``_orig_mod`` segments of
+    submodules compiled in place), the first's the stream's: a module placed twice converts when
+    one of its places is selected and none is excluded, into one seeded layer at all of them.
+    ``experts`` is ``moe_experts`` of the model. ValueError when the options name nothing, a tied
+    weight, an MoE experts module, or layers that cannot be both."""
     heads = output_head_names(model) if options.all_linear else set()
     names = parameter_names(model)
     places_of = module_places(model)
@@ -272,7 +271,7 @@ def _targets(model: nn.Module, options: _Options,
         if tied:
             raise ValueError(f"{plain}.weight is tied to {tied[0]}: a tied weight is shared with another module "
                              f"and cannot become a seed; leave {plain!r} out of target_modules")
-        targets.append((name, plain, module, shape, places))
+        targets.append((places, module, shape))
     if not options.all_linear:
         _refuse_named_experts(model, experts, options, bool(targets))
     if not targets:
@@ -283,7 +282,7 @@ def _targets(model: nn.Module, options: _Options,
                "seed them" if left else ""
         raise ValueError(f"target_modules={options.target_modules!r} matched no nn.Linear (or Conv1D, or "
                          f"nn.Conv1d / nn.Conv2d named in it) in the model{selection}{head}")
-    target_names = [plain_name(p) for _, _, _, _, places in targets for p in places]  # every name matches
+    target_names = [plain_name(p) for places, _, _ in targets for p in places]  # every name matches
     if options.trainable_modules is not None:
         clash = [n for n in target_names if name_matches(n, options.trainable_modules)]
         if clash:
